@@ -1,0 +1,54 @@
+//! The architectures of Springenberg et al., "Striving for Simplicity: The
+//! All Convolutional Net" (2014), as data, on [candle](https://github.com/huggingface/candle).
+//!
+//! The principal types and how they hand off:
+//! - [`ArchSpec`]: a network as a list of [`Layer`]s (conv, the paper's
+//!   overlapping max-pool, dropout). [`ArchSpec::by_name`] gives every
+//!   network of the paper (`model-a` ... `all-cnn-c`, `all-cnn-imagenet`)
+//!   for any class count; parameter counts and map sizes come from the spec
+//!   alone. [`registry`] lists them.
+//! - [`AllCnn`]: a spec with its parameters, freshly initialised
+//!   ([`AllCnn::init`], seeded [`Init`]) or loaded ([`WeightsFile`]). Its
+//!   [`AllCnn::forward`] gives logits; [`AllCnn::pass`] configures a
+//!   [`ForwardPass`] that trains with seeded dropout ([`DropoutRng`]),
+//!   captures hidden layers, stops early, or swaps the backward rule of every
+//!   ReLU ([`ReluRule`]: the seam for guided backpropagation).
+//! - [`WeightsFile`] and [`AllCnn::save`]: safetensors in and out, with the
+//!   architecture and preprocessing recorded in the file's metadata, checked
+//!   strictly on load.
+//! - [`pool`]: the 3x3 / stride 2 / padding 1 max-pool with its switches and
+//!   an exact argmax backward, on every device.
+//!
+//! ```
+//! use allcnn_models::{AllCnn, ArchSpec, Init};
+//! use candle_core::{DType, Device, Tensor};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = ArchSpec::by_name("all-cnn-c", 10)?;
+//! assert_eq!(spec.param_count(), 1_369_738);
+//! assert_eq!(spec.final_map(32)?, (10, 6, 6));
+//!
+//! let model = AllCnn::init(spec, Init::HeNormal, 42, &Device::Cpu)?;
+//! let x = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward(&x)?;
+//! assert_eq!(logits.dims(), &[1, 10]);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod model;
+pub mod pool;
+mod spec;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
+mod weights;
+
+pub use error::ModelError;
+pub use model::{Activations, AllCnn, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu};
+pub use spec::{registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo};
+pub use weights::{
+    write_atomic, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX, KEY_CLASSES, KEY_INPUT_SIZE,
+    KEY_MODEL, KEY_PREPROCESSING, KEY_SPEC,
+};

@@ -1,0 +1,525 @@
+//! The network built from an [`ArchSpec`]: [`AllCnn`], its forward pass with
+//! captures and early stop ([`ForwardPass`]), the ReLU seam ([`ReluRule`]),
+//! seeded dropout ([`DropoutRng`]) and initialisation ([`Init`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use crate::error::{CandleContext, ModelError};
+use crate::pool::{self, StrictRelu};
+use crate::spec::{ArchSpec, ConvShape, Layer, LayerName};
+
+/// What happens at every ReLU of the network: the seam where `allcnn-viz`
+/// plugs in the backward rules of guided backpropagation and the deconvnet.
+///
+/// The forward value must stay `max(x, 0)`; only the backward may differ.
+pub trait ReluRule: Send + Sync {
+    /// Applies the rectifier after convolution `layer` (a [`LayerName::Conv`]).
+    ///
+    /// # Errors
+    /// Whatever the tensor operations report.
+    fn relu(&self, layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// The ordinary ReLU, whose backward is PyTorch's: `grad * [x > 0]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StandardRelu;
+
+impl ReluRule for StandardRelu {
+    fn relu(&self, _layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.apply_op1(StrictRelu)
+    }
+}
+
+/// A seeded random source for dropout masks (candle's CPU RNG cannot be
+/// seeded). Masks are drawn on the CPU and moved to the model's device, so a
+/// seed gives the same masks on every device.
+#[derive(Debug, Clone)]
+pub struct DropoutRng {
+    rng: ChaCha8Rng,
+}
+
+impl DropoutRng {
+    /// A generator for `seed` and an independent `stream` (e.g. the training
+    /// step, so a resumed run draws the same masks as an uninterrupted one).
+    pub fn new(seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Self { rng }
+    }
+
+    /// An inverted-dropout mask of `len` elements: 0 with probability `rate`,
+    /// `1 / (1 - rate)` otherwise.
+    pub fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - rate);
+        // P(u < threshold) = rate for u uniform on the 32-bit integers.
+        let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
+        (0..len)
+            .map(|_| {
+                if u64::from(self.rng.random::<u32>()) < threshold {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect()
+    }
+}
+
+/// Weight initialisation for fresh networks. Biases start at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// He/Kaiming normal: `N(0, 2 / fan_in)`, fan_in = in * k * k.
+    HeNormal,
+    /// Xavier/Glorot uniform: `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`.
+    XavierUniform,
+    /// Xavier/Glorot normal: `N(0, 2 / (fan_in + fan_out))`.
+    XavierNormal,
+}
+
+impl std::str::FromStr for Init {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "he-normal" | "he" | "kaiming" => Ok(Init::HeNormal),
+            "xavier-uniform" | "xavier" | "glorot" => Ok(Init::XavierUniform),
+            "xavier-normal" => Ok(Init::XavierNormal),
+            _ => Err(format!(
+                "unknown init `{s}`: use he-normal, xavier-uniform or xavier-normal"
+            )),
+        }
+    }
+}
+
+impl Init {
+    fn sample(self, shape: &ConvShape, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        let k2 = shape.kernel * shape.kernel;
+        let fan_in = (shape.in_channels * k2) as f64;
+        let fan_out = (shape.out_channels * k2) as f64;
+        let n = shape.weight_shape().iter().product();
+        let draw = |d: &dyn Fn(&mut ChaCha8Rng) -> f64, rng: &mut ChaCha8Rng| -> Vec<f32> {
+            (0..n).map(|_| d(rng) as f32).collect()
+        };
+        match self {
+            Init::HeNormal => {
+                let d = Normal::new(0.0, (2.0 / fan_in).sqrt()).expect("finite std");
+                draw(&|r| d.sample(r), rng)
+            }
+            Init::XavierNormal => {
+                let d = Normal::new(0.0, (2.0 / (fan_in + fan_out)).sqrt()).expect("finite std");
+                draw(&|r| d.sample(r), rng)
+            }
+            Init::XavierUniform => {
+                let a = (6.0 / (fan_in + fan_out)).sqrt();
+                let d = Uniform::new_inclusive(-a, a).expect("finite bounds");
+                draw(&|r| d.sample(r), rng)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Conv {
+    shape: ConvShape,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+/// A network of the All-CNN family: an [`ArchSpec`] plus its parameters.
+///
+/// Parameters are named `conv{i}.weight` `[out, in, k, k]` and `conv{i}.bias`
+/// `[out]`, as in the golden PyTorch state dicts. Computation is in f32.
+#[derive(Debug, Clone)]
+pub struct AllCnn {
+    spec: ArchSpec,
+    convs: Vec<Conv>,
+    device: Device,
+}
+
+impl AllCnn {
+    /// A freshly initialised network, reproducible from `seed` whatever the
+    /// device.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidSpec`] for an inconsistent spec, or a candle error
+    /// moving the parameters to `device`.
+    pub fn init(
+        spec: ArchSpec,
+        init: Init,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        spec.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut convs = Vec::new();
+        for shape in spec.convs() {
+            let w = init.sample(&shape, &mut rng);
+            let weight = Tensor::from_vec(w, shape.weight_shape().to_vec(), device)
+                .context(|| format!("initialising conv{}.weight", shape.index))?;
+            let bias = Tensor::zeros(shape.out_channels, DType::F32, device)
+                .context(|| format!("initialising conv{}.bias", shape.index))?;
+            convs.push(Conv {
+                shape,
+                weight,
+                bias,
+            });
+        }
+        Ok(Self {
+            spec,
+            convs,
+            device: device.clone(),
+        })
+    }
+
+    /// Builds the network from named tensors, checking strictly: every
+    /// parameter must be present with its exact shape, and no other tensor
+    /// may be there. `source` names where the tensors came from (a file path)
+    /// for the error messages. Tensors are converted to f32 on `device`.
+    ///
+    /// # Errors
+    /// [`ModelError::MissingTensor`], [`ModelError::UnexpectedTensor`] or
+    /// [`ModelError::ShapeMismatch`], each naming the tensor and shapes.
+    pub fn from_tensors(
+        spec: ArchSpec,
+        mut tensors: HashMap<String, Tensor>,
+        source: &str,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        spec.validate()?;
+        let mut convs = Vec::new();
+        for shape in spec.convs() {
+            let mut take = |suffix: &str, expected: Vec<usize>| -> Result<Tensor, ModelError> {
+                let name = format!("conv{}.{suffix}", shape.index);
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        source_name: source.to_string(),
+                        tensor: name.clone(),
+                        expected: expected.clone(),
+                    })?;
+                if t.dims() != expected.as_slice() {
+                    return Err(ModelError::ShapeMismatch {
+                        source_name: source.to_string(),
+                        tensor: name,
+                        expected,
+                        got: t.dims().to_vec(),
+                        model: spec.name.clone(),
+                    });
+                }
+                t.to_dtype(DType::F32)
+                    .and_then(|t| t.to_device(device))
+                    .context(|| format!("{source}: moving `{name}` to {device:?}"))
+            };
+            let weight = take("weight", shape.weight_shape().to_vec())?;
+            let bias = take("bias", vec![shape.out_channels])?;
+            convs.push(Conv {
+                shape,
+                weight,
+                bias,
+            });
+        }
+        // Report leftovers in a stable order.
+        let leftover: BTreeMap<_, _> = tensors.into_iter().collect();
+        if let Some((name, t)) = leftover.into_iter().next() {
+            return Err(ModelError::UnexpectedTensor {
+                source_name: source.to_string(),
+                tensor: name,
+                shape: t.dims().to_vec(),
+                model: spec.name.clone(),
+            });
+        }
+        Ok(Self {
+            spec,
+            convs,
+            device: device.clone(),
+        })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The number of classes.
+    pub fn classes(&self) -> usize {
+        self.convs.last().map_or(0, |c| c.shape.out_channels)
+    }
+
+    /// The parameters in forward order as `(name, tensor)`.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.convs
+            .iter()
+            .flat_map(|c| {
+                [
+                    (format!("conv{}.weight", c.shape.index), c.weight.clone()),
+                    (format!("conv{}.bias", c.shape.index), c.bias.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Makes every parameter a trainable [`Var`] (for an optimiser) and
+    /// returns them in forward order with their names. The model then computes
+    /// with these variables, so gradients of its outputs reach them.
+    ///
+    /// # Errors
+    /// A candle error copying a parameter.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>, ModelError> {
+        let mut vars = Vec::new();
+        for c in &mut self.convs {
+            let i = c.shape.index;
+            let w = Var::from_tensor(&c.weight).context(|| format!("conv{i}.weight as a Var"))?;
+            let b = Var::from_tensor(&c.bias).context(|| format!("conv{i}.bias as a Var"))?;
+            c.weight = w.as_tensor().clone();
+            c.bias = b.as_tensor().clone();
+            vars.push((format!("conv{i}.weight"), w));
+            vars.push((format!("conv{i}.bias"), b));
+        }
+        Ok(vars)
+    }
+
+    /// Eval-mode logits `[N, classes]` for `x` `[N, C, H, W]` (no dropout).
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] / [`ModelError::InputTooSmall`] for an input
+    /// the network cannot take, or a candle error.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.pass().logits(x)
+    }
+
+    /// Training-mode logits: dropout active, masks drawn from `rng`.
+    ///
+    /// # Errors
+    /// As [`AllCnn::forward`].
+    pub fn forward_train(&self, x: &Tensor, rng: &mut DropoutRng) -> Result<Tensor, ModelError> {
+        self.pass().train(rng).logits(x)
+    }
+
+    /// A configurable forward pass (training mode, ReLU rule, captured
+    /// layers, early stop).
+    pub fn pass(&self) -> ForwardPass<'_> {
+        ForwardPass {
+            model: self,
+            dropout: None,
+            relu: &StandardRelu,
+            capture: Vec::new(),
+            stop_at: None,
+        }
+    }
+
+    /// Every named layer of this network in forward order.
+    pub fn layer_names(&self) -> Vec<LayerName> {
+        let (mut c, mut p) = (0, 0);
+        self.spec
+            .layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Conv { .. } => {
+                    c += 1;
+                    Some(LayerName::Conv(c))
+                }
+                Layer::MaxPool => {
+                    p += 1;
+                    Some(LayerName::Pool(p))
+                }
+                Layer::Dropout { .. } => None,
+            })
+            .collect()
+    }
+
+    fn check_layer(&self, layer: LayerName) -> Result<(), ModelError> {
+        let names = self.layer_names();
+        if names.contains(&layer) {
+            return Ok(());
+        }
+        let convs = names
+            .iter()
+            .filter(|n| matches!(n, LayerName::Conv(_)))
+            .count();
+        let pools = names.len() - convs;
+        let available = if pools == 0 {
+            format!("conv1..conv{convs}")
+        } else {
+            format!("conv1..conv{convs}, pool1..pool{pools}")
+        };
+        Err(ModelError::NoSuchLayer {
+            model: self.spec.name.clone(),
+            layer: layer.to_string(),
+            available,
+        })
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
+        let bad = || ModelError::BadInput {
+            name: self.spec.name.clone(),
+            channels: self.spec.in_channels,
+            got: x.dims().to_vec(),
+        };
+        let (_, c, h, w) = x.dims4().map_err(|_| bad())?;
+        if c != self.spec.in_channels {
+            return Err(bad());
+        }
+        self.spec.map_sizes_hw(h, w).map(|_| ())
+    }
+}
+
+impl candle_core::Module for AllCnn {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        AllCnn::forward(self, xs).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// The activations a [`ForwardPass`] kept.
+#[derive(Debug, Clone)]
+pub struct Activations {
+    /// The logits `[N, classes]`, unless the pass stopped early.
+    pub logits: Option<Tensor>,
+    /// Captured layer outputs in forward order.
+    pub layers: Vec<(LayerName, Tensor)>,
+}
+
+impl Activations {
+    /// The captured output of `layer`, if it was asked for.
+    pub fn get(&self, layer: LayerName) -> Option<&Tensor> {
+        self.layers
+            .iter()
+            .find(|(n, _)| *n == layer)
+            .map(|(_, t)| t)
+    }
+}
+
+/// A forward pass being configured; [`ForwardPass::run`] executes it.
+///
+/// ```no_run
+/// # use allcnn_models::{AllCnn, ArchSpec, Init, LayerName};
+/// # fn main() -> Result<(), allcnn_models::ModelError> {
+/// let dev = candle_core::Device::Cpu;
+/// let model = AllCnn::init(ArchSpec::by_name("all-cnn-c", 10)?, Init::HeNormal, 0, &dev)?;
+/// let x = candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, &dev).unwrap();
+/// let acts = model.pass().capture(LayerName::Conv(6)).stop_at(LayerName::Conv(6)).run(&x)?;
+/// assert_eq!(acts.get(LayerName::Conv(6)).unwrap().dims(), &[2, 192, 8, 8]);
+/// # Ok(()) }
+/// ```
+pub struct ForwardPass<'a> {
+    model: &'a AllCnn,
+    dropout: Option<&'a mut DropoutRng>,
+    relu: &'a dyn ReluRule,
+    capture: Vec<LayerName>,
+    stop_at: Option<LayerName>,
+}
+
+impl<'a> ForwardPass<'a> {
+    /// Training mode: dropout layers draw their masks from `rng`.
+    pub fn train(mut self, rng: &'a mut DropoutRng) -> Self {
+        self.dropout = Some(rng);
+        self
+    }
+
+    /// Uses `rule` at every ReLU instead of the standard one.
+    pub fn relu(mut self, rule: &'a dyn ReluRule) -> Self {
+        self.relu = rule;
+        self
+    }
+
+    /// Keeps the output of `layer` (`conv{i}` after its ReLU, or `pool{j}`).
+    pub fn capture(mut self, layer: LayerName) -> Self {
+        self.capture.push(layer);
+        self
+    }
+
+    /// Stops right after `layer`: no later layer is computed and the result
+    /// has no logits.
+    pub fn stop_at(mut self, layer: LayerName) -> Self {
+        self.stop_at = Some(layer);
+        self
+    }
+
+    /// Runs the pass and returns the logits.
+    ///
+    /// # Errors
+    /// As [`ForwardPass::run`]; also when the pass was told to stop early.
+    pub fn logits(self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let name = self.model.spec.name.clone();
+        self.run(x)?.logits.ok_or(ModelError::InvalidSpec {
+            name,
+            reason: "the pass stopped before the logits".to_string(),
+        })
+    }
+
+    /// Runs the pass on `x` `[N, C, H, W]`.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`], [`ModelError::InputTooSmall`],
+    /// [`ModelError::NoSuchLayer`] for a capture or stop layer the network
+    /// does not have, or a candle error naming the layer.
+    pub fn run(mut self, x: &Tensor) -> Result<Activations, ModelError> {
+        let m = self.model;
+        m.check_input(x)?;
+        for &l in self.capture.iter().chain(self.stop_at.iter()) {
+            m.check_layer(l)?;
+        }
+        let mut x = x.clone();
+        let mut acts = Activations {
+            logits: None,
+            layers: Vec::new(),
+        };
+        let (mut conv_i, mut pool_i) = (0usize, 0usize);
+        for layer in &m.spec.layers {
+            let name = match *layer {
+                Layer::Conv {
+                    stride, padding, ..
+                } => {
+                    let c = &m.convs[conv_i];
+                    conv_i += 1;
+                    let name = LayerName::Conv(conv_i);
+                    let ctx = || format!("{}: {name}", m.spec.name);
+                    let y = x
+                        .conv2d(&c.weight, padding, stride, 1, 1)
+                        .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?))
+                        .context(ctx)?;
+                    x = self.relu.relu(name, &y).context(ctx)?;
+                    name
+                }
+                Layer::MaxPool => {
+                    pool_i += 1;
+                    let name = LayerName::Pool(pool_i);
+                    x = pool::max_pool(&x).context(|| format!("{}: {name}", m.spec.name))?;
+                    name
+                }
+                Layer::Dropout { rate } => {
+                    if let Some(rng) = self.dropout.as_deref_mut() {
+                        if rate > 0.0 {
+                            let mask = rng.mask(x.elem_count(), rate);
+                            x = Tensor::from_vec(mask, x.shape(), x.device())
+                                .and_then(|mask| x.mul(&mask))
+                                .context(|| format!("{}: dropout", m.spec.name))?;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if self.capture.contains(&name) {
+                acts.layers.push((name, x.clone()));
+            }
+            if self.stop_at == Some(name) {
+                return Ok(acts);
+            }
+        }
+        acts.logits = Some(
+            x.mean((2, 3))
+                .context(|| format!("{}: global average", m.spec.name))?,
+        );
+        Ok(acts)
+    }
+}

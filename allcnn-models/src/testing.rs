@@ -1,0 +1,136 @@
+//! Test support shared by the allcnn crates (enabled by the `testing`
+//! feature): the PyTorch/Captum golden fixtures and tolerance checks.
+//!
+//! The fixtures live outside the repository, in `../shared/golden` next to
+//! the workspace. Where that folder is absent (a user's clone), [`Golden::load`]
+//! prints a loud notice and returns `None` so the test can skip.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{ArchSpec, WeightsFile};
+
+/// The models the golden folder holds.
+pub const GOLDEN_MODELS: &[&str] = &["all-cnn-c", "model-c", "strided-cnn-b"];
+
+/// The golden folder: `$ALLCNN_GOLDEN` or `<workspace>/../shared/golden`.
+pub fn golden_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALLCNN_GOLDEN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden")
+}
+
+/// One model's fixtures.
+pub struct Golden {
+    /// The model's registry name.
+    pub name: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// `weights.safetensors` loaded as the model (on the CPU).
+    pub weights: WeightsFile,
+    /// Every tensor of `expected.safetensors` (on the CPU).
+    pub expected: HashMap<String, Tensor>,
+    /// `meta.json`.
+    pub meta: serde_json::Value,
+}
+
+impl Golden {
+    /// Loads `name`'s fixtures, or prints a loud SKIP notice and returns
+    /// `None` when the golden folder is absent.
+    ///
+    /// # Panics
+    /// When the folder exists but its files cannot be read: that is a real
+    /// failure, not a reason to skip.
+    pub fn load(name: &str) -> Option<Self> {
+        let dir = golden_root().join(name);
+        if !dir.is_dir() {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: golden fixtures not found at {} (set ALLCNN_GOLDEN); \
+                 this test proves nothing on this machine !!!!!!!!\n",
+                dir.display()
+            );
+            return None;
+        }
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("meta.json")).expect("read meta.json"),
+        )
+        .expect("parse meta.json");
+        let classes = meta["classes"].as_u64().expect("meta.classes") as usize;
+        let spec = ArchSpec::by_name(name, classes).expect("registered model");
+        let weights = WeightsFile::load_as(dir.join("weights.safetensors"), spec, &Device::Cpu)
+            .expect("load golden weights");
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
+                .expect("load expected.safetensors");
+        Some(Self {
+            name: name.to_string(),
+            dir,
+            weights,
+            expected,
+            meta,
+        })
+    }
+
+    /// The expected tensor `key`.
+    ///
+    /// # Panics
+    /// When the fixture has no such tensor.
+    pub fn get(&self, key: &str) -> &Tensor {
+        self.expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no `{key}` in expected.safetensors", self.name))
+    }
+
+    /// The `labels` as a `u32` tensor.
+    pub fn labels(&self) -> Tensor {
+        self.get("labels")
+            .to_dtype(DType::U32)
+            .expect("labels as u32")
+    }
+}
+
+/// `max |got - want| / max |want|` (0 when both are all zeros).
+///
+/// # Panics
+/// When the shapes differ.
+pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims(), "shape mismatch");
+    let g = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let w = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let diff = g
+        .iter()
+        .zip(&w)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+/// Asserts `rel_err(got, want) <= tol`, naming `what`.
+///
+/// # Panics
+/// When the tolerance is exceeded or the shapes differ.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+    eprintln!("{what}: rel err {e:.2e}");
+}

@@ -1,0 +1,317 @@
+//! Self-describing safetensors weights: [`WeightsFile`] and [`WeightsMeta`].
+//!
+//! A weights file holds the `conv{i}.weight` / `conv{i}.bias` tensors and, in
+//! its safetensors metadata, the architecture (`allcnn.model`,
+//! `allcnn.classes`, `allcnn.input_size`, and the full layer list as JSON in
+//! `allcnn.spec`) plus the preprocessing the weights expect
+//! (`allcnn.preprocessing`, JSON owned by `allcnn-data`). Tensors whose names
+//! start with [`ATTACHMENT_PREFIX`] (e.g. a ZCA matrix) ride along with the
+//! weights and are returned untouched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{Device, Tensor};
+
+use crate::error::{CandleContext, ModelError};
+use crate::model::AllCnn;
+use crate::spec::ArchSpec;
+
+/// Names of tensors that travel with the weights but are not parameters
+/// (the fitted preprocessing).
+pub const ATTACHMENT_PREFIX: &str = "preprocess.";
+
+/// Metadata key: the registry name of the architecture.
+pub const KEY_MODEL: &str = "allcnn.model";
+/// Metadata key: the class count.
+pub const KEY_CLASSES: &str = "allcnn.classes";
+/// Metadata key: the input side length the weights were trained for.
+pub const KEY_INPUT_SIZE: &str = "allcnn.input_size";
+/// Metadata key: the complete [`ArchSpec`] as JSON.
+pub const KEY_SPEC: &str = "allcnn.spec";
+/// Metadata key: the preprocessing the weights expect, as JSON.
+pub const KEY_PREPROCESSING: &str = "allcnn.preprocessing";
+/// Metadata key: the format version of this layout.
+pub const KEY_FORMAT: &str = "allcnn.format";
+const FORMAT_VERSION: &str = "1";
+
+/// What a weights file says about itself besides the tensors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WeightsMeta {
+    /// The preprocessing the weights expect (JSON written by `allcnn-data`),
+    /// if recorded.
+    pub preprocessing: Option<String>,
+    /// The input side length the weights were trained for (defaults to the
+    /// spec's).
+    pub input_size: Option<usize>,
+    /// Any other metadata entries (training recipe, results, provenance).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// A loaded weights file: the model, its metadata and its attachments.
+#[derive(Debug, Clone)]
+pub struct WeightsFile {
+    /// The network with its parameters.
+    pub model: AllCnn,
+    /// The file's metadata.
+    pub meta: WeightsMeta,
+    /// Tensors under [`ATTACHMENT_PREFIX`], by full name, on the CPU.
+    pub attachments: HashMap<String, Tensor>,
+}
+
+fn read_file(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>), ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    Ok((bytes, meta))
+}
+
+fn read_tensors(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Tensor>, ModelError> {
+    let st =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let t = view
+                .load(&Device::Cpu)
+                .context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+fn parse_usize(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<usize>, ModelError> {
+    meta.get(key)
+        .map(|v| {
+            v.parse::<usize>().map_err(|e| ModelError::BadMetadata {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value: v.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// The architecture a weights file describes, from its metadata alone.
+///
+/// # Errors
+/// [`ModelError::NotSelfDescribing`] when the file records no architecture,
+/// [`ModelError::BadMetadata`] when the record cannot be parsed.
+fn spec_from_meta(path: &Path, meta: &HashMap<String, String>) -> Result<ArchSpec, ModelError> {
+    if let Some(json) = meta.get(KEY_SPEC) {
+        return serde_json::from_str(json).map_err(|e| ModelError::BadMetadata {
+            path: path.to_path_buf(),
+            key: KEY_SPEC.to_string(),
+            value: json.clone(),
+            reason: e.to_string(),
+        });
+    }
+    let name = meta
+        .get(KEY_MODEL)
+        .ok_or_else(|| ModelError::NotSelfDescribing {
+            path: path.to_path_buf(),
+            key: KEY_MODEL.to_string(),
+        })?;
+    let classes =
+        parse_usize(path, meta, KEY_CLASSES)?.ok_or_else(|| ModelError::NotSelfDescribing {
+            path: path.to_path_buf(),
+            key: KEY_CLASSES.to_string(),
+        })?;
+    ArchSpec::by_name(name, classes)
+}
+
+impl WeightsFile {
+    /// Loads a self-describing weights file onto `device`.
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] when the file cannot be read,
+    /// [`ModelError::NotSafetensors`] when it is truncated or another format,
+    /// [`ModelError::NotSelfDescribing`] when it records no architecture
+    /// (use [`WeightsFile::load_as`]), and the strict-loading errors of
+    /// [`AllCnn::from_tensors`].
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
+        Self::load_impl(path.as_ref(), None, device)
+    }
+
+    /// Loads a weights file as architecture `spec`, whatever its metadata
+    /// says (for files without metadata, such as PyTorch exports).
+    ///
+    /// # Errors
+    /// As [`WeightsFile::load`], without the self-description requirement.
+    pub fn load_as(
+        path: impl AsRef<Path>,
+        spec: ArchSpec,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        Self::load_impl(path.as_ref(), Some(spec), device)
+    }
+
+    /// The architecture recorded in a weights file, without loading tensors
+    /// into a model.
+    ///
+    /// # Errors
+    /// As [`WeightsFile::load`].
+    pub fn read_spec(path: impl AsRef<Path>) -> Result<ArchSpec, ModelError> {
+        let path = path.as_ref();
+        let (_, meta) = read_file(path)?;
+        spec_from_meta(path, &meta)
+    }
+
+    fn load_impl(path: &Path, spec: Option<ArchSpec>, device: &Device) -> Result<Self, ModelError> {
+        let (bytes, raw) = read_file(path)?;
+        let spec = match spec {
+            Some(s) => s,
+            None => spec_from_meta(path, &raw)?,
+        };
+        let input_size = parse_usize(path, &raw, KEY_INPUT_SIZE)?;
+        let mut tensors = read_tensors(path, &bytes)?;
+        let attachment_names: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with(ATTACHMENT_PREFIX))
+            .cloned()
+            .collect();
+        let attachments = attachment_names
+            .into_iter()
+            .filter_map(|k| tensors.remove_entry(&k))
+            .collect();
+        let model = AllCnn::from_tensors(spec, tensors, &path.display().to_string(), device)?;
+        let preprocessing = raw.get(KEY_PREPROCESSING).cloned();
+        let extra = raw
+            .into_iter()
+            .filter(|(k, _)| {
+                ![
+                    KEY_MODEL,
+                    KEY_CLASSES,
+                    KEY_INPUT_SIZE,
+                    KEY_SPEC,
+                    KEY_PREPROCESSING,
+                    KEY_FORMAT,
+                ]
+                .contains(&k.as_str())
+            })
+            .collect();
+        Ok(Self {
+            model,
+            meta: WeightsMeta {
+                preprocessing,
+                input_size,
+                extra,
+            },
+            attachments,
+        })
+    }
+}
+
+impl AllCnn {
+    /// Saves the parameters with `meta` and `attachments` (whose names must
+    /// start with [`ATTACHMENT_PREFIX`]) as a self-describing safetensors
+    /// file. The file is written to a temporary sibling, synced and renamed,
+    /// so a crash never leaves a half-written file at `path`.
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] when the file cannot be written,
+    /// [`ModelError::InvalidSpec`] for an attachment with another name.
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        meta: &WeightsMeta,
+        attachments: &[(String, Tensor)],
+    ) -> Result<(), ModelError> {
+        let path = path.as_ref();
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in self.parameters() {
+            let t = t
+                .to_device(&Device::Cpu)
+                .context(|| format!("copying `{name}` to the CPU"))?;
+            tensors.push((name, t));
+        }
+        for (name, t) in attachments {
+            if !name.starts_with(ATTACHMENT_PREFIX) {
+                return Err(ModelError::InvalidSpec {
+                    name: self.spec().name.clone(),
+                    reason: format!("attachment `{name}` must be named {ATTACHMENT_PREFIX}*"),
+                });
+            }
+            let t = t
+                .to_device(&Device::Cpu)
+                .context(|| format!("copying `{name}` to the CPU"))?;
+            tensors.push((name.clone(), t));
+        }
+        let mut header: HashMap<String, String> = meta.extra.clone().into_iter().collect();
+        header.insert(KEY_FORMAT.into(), FORMAT_VERSION.into());
+        header.insert(KEY_MODEL.into(), self.spec().name.clone());
+        header.insert(KEY_CLASSES.into(), self.classes().to_string());
+        header.insert(
+            KEY_INPUT_SIZE.into(),
+            meta.input_size
+                .unwrap_or(self.spec().input_size)
+                .to_string(),
+        );
+        header.insert(
+            KEY_SPEC.into(),
+            serde_json::to_string(self.spec()).expect("ArchSpec serialises"),
+        );
+        if let Some(p) = &meta.preprocessing {
+            header.insert(KEY_PREPROCESSING.into(), p.clone());
+        }
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(header))
+                .map_err(|e| ModelError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        write_atomic(path, &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary sibling and a rename.
+///
+/// # Errors
+/// [`ModelError::Io`] naming the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp: PathBuf = {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp{}", std::process::id()));
+        path.with_file_name(name)
+    };
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Persist the rename itself; not every platform can open a dir.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}

@@ -1,0 +1,263 @@
+//! The model: initialisation, forward options, dropout, and weights files
+//! (round trip, metadata, strict loading, bad files).
+
+use std::collections::HashMap;
+
+use allcnn_models::{
+    AllCnn, ArchSpec, DropoutRng, Init, LayerName, ModelError, WeightsFile, WeightsMeta,
+};
+use candle_core::{DType, Device, Tensor};
+
+fn small_input(n: usize, side: usize) -> Tensor {
+    let v: Vec<f32> = (0..n * 3 * side * side)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    Tensor::from_vec(v, (n, 3, side, side), &Device::Cpu).unwrap()
+}
+
+fn model(name: &str, seed: u64) -> AllCnn {
+    AllCnn::init(
+        ArchSpec::by_name(name, 10).unwrap(),
+        Init::HeNormal,
+        seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn init_is_seeded_and_scaled() {
+    let a = model("all-cnn-c", 7);
+    let b = model("all-cnn-c", 7);
+    let c = model("all-cnn-c", 8);
+    let (pa, pb, pc) = (a.parameters(), b.parameters(), c.parameters());
+    assert_eq!(values(&pa[0].1), values(&pb[0].1));
+    assert_ne!(values(&pa[0].1), values(&pc[0].1));
+    // He normal: std sqrt(2 / fan_in) for conv5 (fan_in 192*9).
+    let w = values(&pa[8].1);
+    assert_eq!(pa[8].0, "conv5.weight");
+    let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+    let want = (2.0f32 / (192.0 * 9.0)).sqrt();
+    assert!((std / want - 1.0).abs() < 0.02, "std {std} vs {want}");
+    assert!(
+        values(&pa[9].1).iter().all(|&b| b == 0.0),
+        "bias starts at 0"
+    );
+    // Xavier uniform: bounded by sqrt(6 / (fan_in + fan_out)).
+    let x = AllCnn::init(
+        ArchSpec::by_name("model-a", 10).unwrap(),
+        Init::XavierUniform,
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w = values(&x.parameters()[2].1);
+    let a = (6.0f32 / ((96 * 25 + 192 * 25) as f32)).sqrt();
+    assert!(w.iter().all(|v| v.abs() <= a) && w.iter().any(|v| v.abs() > 0.9 * a));
+}
+
+#[test]
+fn forward_shapes_capture_and_stop() {
+    let m = model("model-c", 0);
+    let x = small_input(2, 32);
+    assert_eq!(m.forward(&x).unwrap().dims(), &[2, 10]);
+    let acts = m
+        .pass()
+        .capture(LayerName::Pool(1))
+        .capture(LayerName::Conv(5))
+        .stop_at(LayerName::Conv(5))
+        .run(&x)
+        .unwrap();
+    assert!(acts.logits.is_none());
+    assert_eq!(
+        acts.get(LayerName::Pool(1)).unwrap().dims(),
+        &[2, 96, 16, 16]
+    );
+    assert_eq!(
+        acts.get(LayerName::Conv(5)).unwrap().dims(),
+        &[2, 192, 6, 6]
+    );
+    // Activations are after the ReLU.
+    assert!(values(acts.get(LayerName::Conv(5)).unwrap())
+        .iter()
+        .all(|&v| v >= 0.0));
+    // Logits are the mean of the last (ReLU'd) map.
+    let acts = m.pass().capture(LayerName::Conv(7)).run(&x).unwrap();
+    let mean = acts.get(LayerName::Conv(7)).unwrap().mean((2, 3)).unwrap();
+    assert_eq!(values(&mean), values(acts.logits.as_ref().unwrap()));
+    // Any input size that leaves a map works; batch 1 too.
+    assert_eq!(m.forward(&small_input(1, 20)).unwrap().dims(), &[1, 10]);
+}
+
+#[test]
+fn forward_errors_name_the_problem() {
+    let m = model("all-cnn-c", 0);
+    let err = m
+        .pass()
+        .capture(LayerName::Pool(1))
+        .run(&small_input(1, 32))
+        .unwrap_err();
+    assert!(matches!(err, ModelError::NoSuchLayer { .. }), "{err}");
+    assert!(err.to_string().contains("conv1..conv9"), "{err}");
+    let gray = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        m.forward(&gray).unwrap_err(),
+        ModelError::BadInput { .. }
+    ));
+    let tiny = small_input(1, 8);
+    assert!(matches!(
+        m.forward(&tiny).unwrap_err(),
+        ModelError::InputTooSmall { .. }
+    ));
+}
+
+#[test]
+fn dropout_is_train_only_seeded_and_at_its_rate() {
+    let m = model("all-cnn-c", 0);
+    let x = small_input(2, 32);
+    let eval1 = values(&m.forward(&x).unwrap());
+    let eval2 = values(&m.forward(&x).unwrap());
+    assert_eq!(eval1, eval2);
+    let t1 = values(&m.forward_train(&x, &mut DropoutRng::new(5, 0)).unwrap());
+    let t2 = values(&m.forward_train(&x, &mut DropoutRng::new(5, 0)).unwrap());
+    let t3 = values(&m.forward_train(&x, &mut DropoutRng::new(5, 1)).unwrap());
+    assert_eq!(t1, t2, "same seed and stream, same masks");
+    assert_ne!(t1, t3, "another stream, other masks");
+    assert_ne!(t1, eval1);
+    let mask = DropoutRng::new(1, 0).mask(100_000, 0.2);
+    let zeros = mask.iter().filter(|&&v| v == 0.0).count() as f64 / 1e5;
+    assert!((zeros - 0.2).abs() < 0.01, "dropped fraction {zeros}");
+    assert!(mask.iter().all(|&v| v == 0.0 || (v - 1.25).abs() < 1e-6));
+}
+
+#[test]
+fn weights_round_trip_with_metadata_and_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let m = AllCnn::init(
+        ArchSpec::by_name("strided-cnn-a", 100).unwrap(),
+        Init::XavierNormal,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut meta = WeightsMeta {
+        preprocessing: Some(r#"{"kind":"gcn-zca"}"#.to_string()),
+        ..Default::default()
+    };
+    meta.extra.insert("allcnn.train.lr".into(), "0.05".into());
+    let zca = Tensor::eye(4, DType::F32, &Device::Cpu).unwrap();
+    m.save(&path, &meta, &[("preprocess.zca".to_string(), zca)])
+        .unwrap();
+
+    assert_eq!(WeightsFile::read_spec(&path).unwrap(), *m.spec());
+    let loaded = WeightsFile::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(loaded.model.spec(), m.spec());
+    assert_eq!(loaded.model.classes(), 100);
+    assert_eq!(loaded.meta.preprocessing, meta.preprocessing);
+    assert_eq!(loaded.meta.input_size, Some(32));
+    assert_eq!(
+        loaded.meta.extra.get("allcnn.train.lr").map(String::as_str),
+        Some("0.05")
+    );
+    assert_eq!(loaded.attachments["preprocess.zca"].dims(), &[4, 4]);
+    for ((n1, t1), (n2, t2)) in m.parameters().iter().zip(loaded.model.parameters().iter()) {
+        assert_eq!(n1, n2);
+        assert_eq!(values(t1), values(t2), "{n1}");
+    }
+    // Attachments must carry the prefix.
+    let bad = m.save(
+        dir.path().join("x.safetensors"),
+        &meta,
+        &[(
+            "zca".into(),
+            Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+        )],
+    );
+    assert!(bad.is_err());
+}
+
+fn write_raw(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {
+    candle_core::safetensors::save(tensors, path).unwrap();
+}
+
+#[test]
+fn strict_loading_names_tensor_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model("model-a", 0);
+    let spec = m.spec().clone();
+    let good: HashMap<String, Tensor> = m.parameters().into_iter().collect();
+
+    // Wrong shape.
+    let mut t = good.clone();
+    t.insert(
+        "conv2.weight".into(),
+        Tensor::zeros((192, 96, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("shape.safetensors");
+    write_raw(&p, &t);
+    let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ModelError::ShapeMismatch { .. }), "{msg}");
+    assert!(
+        msg.contains("conv2.weight")
+            && msg.contains("[192, 96, 3, 3]")
+            && msg.contains("[192, 96, 5, 5]"),
+        "{msg}"
+    );
+    assert!(msg.contains("shape.safetensors"), "{msg}");
+
+    // Missing tensor.
+    let mut t = good.clone();
+    t.remove("conv4.bias");
+    let p = dir.path().join("missing.safetensors");
+    write_raw(&p, &t);
+    let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e, ModelError::MissingTensor { .. }) && e.to_string().contains("conv4.bias"),
+        "{e}"
+    );
+
+    // Extra tensor.
+    let mut t = good.clone();
+    t.insert(
+        "fc.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("extra.safetensors");
+    write_raw(&p, &t);
+    let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e, ModelError::UnexpectedTensor { .. }) && e.to_string().contains("fc.weight"),
+        "{e}"
+    );
+
+    // No metadata: not self-describing, but loads with an explicit spec.
+    let p = dir.path().join("plain.safetensors");
+    write_raw(&p, &good);
+    let e = WeightsFile::load(&p, &Device::Cpu).unwrap_err();
+    assert!(matches!(e, ModelError::NotSelfDescribing { .. }), "{e}");
+    assert!(e.to_string().contains("model name"), "{e}");
+    WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap();
+
+    // Truncated file and a file that is not safetensors at all.
+    let bytes = std::fs::read(&p).unwrap();
+    let p = dir.path().join("truncated.safetensors");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+    assert!(matches!(e, ModelError::NotSafetensors { .. }), "{e}");
+    assert!(e.to_string().contains("truncated.safetensors"), "{e}");
+    let p = dir.path().join("image.png");
+    std::fs::write(&p, b"\x89PNG\r\n\x1a\n not weights at all").unwrap();
+    let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+    assert!(matches!(e, ModelError::NotSafetensors { .. }), "{e}");
+    let e = WeightsFile::load(dir.path().join("nope.safetensors"), &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e, ModelError::Io { .. }) && e.to_string().contains("nope.safetensors"),
+        "{e}"
+    );
+}
