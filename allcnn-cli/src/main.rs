@@ -3,8 +3,11 @@
 //! `allcnn-models` (and, as they land, the data, train and viz crates).
 
 mod bench;
+mod data;
 mod device;
 mod models;
+mod predict;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -26,6 +29,14 @@ enum Command {
         after_help = "Examples:\n  allcnn models\n  allcnn models --classes 100\n  allcnn models --json"
     )]
     Models(models::Args),
+    /// Download datasets and inspect them.
+    #[command(subcommand)]
+    Data(data::Command),
+    /// Classify images (or a preprocessed tensor) with trained weights.
+    #[command(
+        after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors"
+    )]
+    Predict(predict::Args),
     /// Measure inference speed of a model (one JSON line).
     #[command(after_help = "Example:\n  allcnn bench --model all-cnn-c --batch 64 --mode infer")]
     Bench(bench::Args),
@@ -35,6 +46,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models(args) => models::run(&args),
+        Command::Data(cmd) => data::run(&cmd),
+        Command::Predict(args) => predict::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

@@ -94,3 +94,166 @@ fn errors_exit_nonzero_with_a_useful_message() {
     let o = allcnn(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2");
 }
+
+fn write_png(path: &std::path::Path, seed: u8) {
+    let img = image::RgbImage::from_fn(40, 28, |x, y| image::Rgb([x as u8 * 6, y as u8 * 9, seed]));
+    img.save(path).unwrap();
+}
+
+#[test]
+fn predict_images_with_self_describing_weights() {
+    use allcnn_models::{AllCnn, ArchSpec, Init, WeightsMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let model = AllCnn::init(
+        ArchSpec::by_name("all-cnn-a", 4).unwrap(),
+        Init::HeNormal,
+        1,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut meta = WeightsMeta::default();
+    meta.extra.insert(
+        "allcnn.class_names".into(),
+        r#"["cat","dog","emu","gnu"]"#.into(),
+    );
+    model.save(&w, &meta, &[]).unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    write_png(&imgs.join("a.png"), 10);
+    write_png(&imgs.join("b.png"), 200);
+    let logits = dir.path().join("logits.safetensors");
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        imgs.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--json",
+        "--out",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let top = v[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    assert!(top[0]["probability"].as_f64().unwrap() >= top[1]["probability"].as_f64().unwrap());
+    assert!(["cat", "dog", "emu", "gnu"].contains(&top[0]["name"].as_str().unwrap()));
+    assert!(
+        stderr(&o).contains("records no preprocessing"),
+        "{}",
+        stderr(&o)
+    );
+    let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t["logits"].dims(), &[2, 4]);
+}
+
+#[test]
+fn predict_golden_tensor_matches_pytorch_logits() {
+    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.safetensors");
+    let map = std::collections::HashMap::from([("input".to_string(), g.get("input").clone())]);
+    candle_core::safetensors::save(&map, &input).unwrap();
+    let out = dir.path().join("logits.safetensors");
+    let w = g.dir.join("weights.safetensors");
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    allcnn_models::testing::assert_close("cli logits", &t["logits"], g.get("logits"), 2e-5);
+}
+
+#[test]
+fn predict_and_data_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missing weights file.
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        "/nonexistent/w.safetensors",
+        "x.png",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/nonexistent/w.safetensors"),
+        "{}",
+        stderr(&o)
+    );
+    // Corrupt weights.
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"garbage").unwrap();
+    let o = allcnn(&["predict", "--weights", bad.to_str().unwrap(), "x.png"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not a valid safetensors file"),
+        "{}",
+        stderr(&o)
+    );
+    // Wrong model name.
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        bad.to_str().unwrap(),
+        "--model",
+        "vgg",
+        "--classes",
+        "10",
+        "x.png",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown model `vgg`"), "{}", stderr(&o));
+    // Unknown dataset, missing data folder.
+    let o = allcnn(&[
+        "data",
+        "download",
+        "mnist",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown dataset `mnist`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = allcnn(&["data", "info", "/nonexistent/data"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
+}
+
+#[test]
+fn data_info_on_the_real_cifar10_folder() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpg");
+    if !root.is_dir() {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: {} not found; this test proves nothing here !!!!!!!!\n",
+            root.display()
+        );
+        return;
+    }
+    let o = allcnn(&["data", "info", root.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let splits = v["splits"].as_array().unwrap();
+    let sizes: Vec<u64> = splits
+        .iter()
+        .map(|s| s["images"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [50_000, 10_000]);
+}

@@ -1,0 +1,103 @@
+//! `allcnn data download|info`.
+
+use std::path::PathBuf;
+
+use allcnn_data::{download_cifar, info, CifarKind, DownloadOptions};
+use anyhow::{bail, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fetch CIFAR-10 or CIFAR-100 (official binary archive), verify its MD5, extract it.
+    #[command(
+        after_help = "Examples:\n  allcnn data download cifar10 --dir data\n  allcnn data download cifar100 --dir data --url http://mirror.example/cifar-100-binary.tar.gz\n\nAn interrupted download is resumed when the command runs again."
+    )]
+    Download {
+        /// cifar10 or cifar100.
+        dataset: String,
+        /// Folder to download and extract into.
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+        /// Download from this URL instead of the official one (a mirror).
+        #[arg(long)]
+        url: Option<String>,
+        /// Expected MD5 of the archive when --url serves a different file.
+        #[arg(long)]
+        md5: Option<String>,
+        /// Download and extract again even if the dataset is already there.
+        #[arg(long)]
+        force: bool,
+        /// Delete the archive after extracting it.
+        #[arg(long)]
+        remove_archive: bool,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a dataset's format, split sizes and per-class counts.
+    #[command(
+        after_help = "Examples:\n  allcnn data info data/cifar-10-batches-bin\n  allcnn data info ../shared/data/cifar10-jpg --json"
+    )]
+    Info {
+        /// A CIFAR binary folder or an image folder (root/<split>/<class>/<image>).
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::Download {
+            dataset,
+            dir,
+            url,
+            md5,
+            force,
+            remove_archive,
+            json,
+        } => {
+            let kind = match dataset.as_str() {
+                "cifar10" | "cifar-10" => CifarKind::Cifar10,
+                "cifar100" | "cifar-100" => CifarKind::Cifar100,
+                other => bail!("unknown dataset `{other}`: use cifar10 or cifar100"),
+            };
+            let opts = DownloadOptions {
+                url: url.clone(),
+                md5: md5.clone(),
+                progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                remove_archive: *remove_archive,
+                force: *force,
+                timeout: None,
+            };
+            let out = download_cifar(kind, dir, &opts)?;
+            if *json {
+                println!("{}", serde_json::to_string(&out)?);
+            } else if out.already_present {
+                println!(
+                    "{} is already complete in {}",
+                    dataset,
+                    out.dataset_dir.display()
+                );
+            } else {
+                println!(
+                    "{} ready in {} ({} bytes downloaded{})",
+                    dataset,
+                    out.dataset_dir.display(),
+                    out.downloaded_bytes,
+                    if out.resumed { ", resumed" } else { "" }
+                );
+            }
+        }
+        Command::Info { path, json } => {
+            let i = info(path)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                print!("{i}");
+            }
+        }
+    }
+    Ok(())
+}

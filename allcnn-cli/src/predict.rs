@@ -1,0 +1,214 @@
+//! `allcnn predict`: classify images or a preprocessed tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use allcnn_data::{
+    crop_u8, decode_image, is_image_file, resize_u8, resized_shorter, Image, Preprocessing,
+};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use serde::Serialize;
+
+use crate::weights::{self, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image files (JPEG/PNG), folders of images, or one .safetensors file
+    /// holding a preprocessed `input` tensor [N,3,H,W].
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// How many classes to show per input.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write the raw logits [N,C] as tensor `logits` to this .safetensors file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Batch size for images.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct Guess {
+    class: usize,
+    name: Option<String>,
+    probability: f32,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    input: String,
+    top: Vec<Guess>,
+}
+
+/// Expands folders into their image files (sorted).
+fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading folder {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| is_image_file(f))
+                .collect();
+            if files.is_empty() {
+                bail!("{} holds no JPEG or PNG image", p.display());
+            }
+            files.sort();
+            out.extend(files);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    Ok(out)
+}
+
+/// Brings an image to the model's input size: CIFAR-sized inputs are
+/// resized; larger ones (ImageNet) are resized to 256/224 of the input on the
+/// shorter side and centre-cropped, as at evaluation time.
+fn fit(img: &Image, side: usize) -> Result<Image> {
+    if (img.height(), img.width()) == (side, side) {
+        return Ok(img.clone());
+    }
+    if side < 64 {
+        return Ok(resize_u8(img, side, side)?);
+    }
+    let short = side * 256 / 224;
+    let (h, w) = resized_shorter(img.height(), img.width(), short);
+    let r = resize_u8(img, h, w)?;
+    Ok(crop_u8(&r, (h - side) / 2, (w - side) / 2, side, side)?)
+}
+
+/// Loads image files as a preprocessed batch.
+pub fn load_images(
+    paths: &[PathBuf],
+    side: usize,
+    pre: &Preprocessing,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
+    for p in paths {
+        let img = decode_image(p)?;
+        pixels.extend_from_slice(fit(&img, side)?.as_chw());
+    }
+    let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)?;
+    Ok(pre.apply(&t)?)
+}
+
+/// Reads `input` (and `labels` if present) from a .safetensors file.
+pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<Tensor>)> {
+    let mut t: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let input = t.remove("input").with_context(|| {
+        format!(
+            "{} has no tensor `input` (it should hold preprocessed images [N,3,H,W])",
+            path.display()
+        )
+    })?;
+    let labels = t
+        .remove("labels")
+        .map(|l| l.to_dtype(DType::U32))
+        .transpose()?;
+    Ok((input.to_dtype(DType::F32)?, labels))
+}
+
+pub fn is_safetensors(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "safetensors")
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    if args.top_k == 0 || args.batch == 0 {
+        bail!("--top-k and --batch must be at least 1");
+    }
+    let device = crate::device::open(&args.device)?;
+    let loaded = weights::load(&args.model, &device)?;
+    let model = &loaded.file.model;
+    let classes = model.classes();
+    let (names, logits): (Vec<String>, Tensor) =
+        if args.inputs.len() == 1 && is_safetensors(&args.inputs[0]) {
+            let (x, _) = load_tensor_file(&args.inputs[0], &device)?;
+            let n = x.dim(0)?;
+            let names = (0..n)
+                .map(|i| format!("{}[{i}]", args.inputs[0].display()))
+                .collect();
+            (names, model.forward(&x)?)
+        } else {
+            let paths = image_paths(&args.inputs)?;
+            let side = loaded
+                .file
+                .meta
+                .input_size
+                .unwrap_or(model.spec().input_size);
+            let pre = match &loaded.preprocessing {
+                Some(p) => p.clone(),
+                None => {
+                    eprintln!(
+                        "warning: {} records no preprocessing; scaling pixels to [0, 1]. \
+                     Predictions are meaningless if the model was trained otherwise.",
+                        args.model.weights.display()
+                    );
+                    Preprocessing::scale()
+                }
+            };
+            let mut chunks = Vec::new();
+            for chunk in paths.chunks(args.batch) {
+                let x = load_images(chunk, side, &pre, &device)?;
+                chunks.push(model.forward(&x)?);
+            }
+            let names = paths.iter().map(|p| p.display().to_string()).collect();
+            (names, Tensor::cat(&chunks, 0)?)
+        };
+    if let Some(out) = &args.out {
+        let cpu = logits.to_device(&Device::Cpu)?;
+        candle_core::safetensors::save(&HashMap::from([("logits".to_string(), cpu)]), out)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<f32>()?;
+    let k = args.top_k.min(classes);
+    let preds: Vec<Prediction> = names
+        .into_iter()
+        .zip(probs)
+        .map(|(input, p)| {
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            let top = order[..k]
+                .iter()
+                .map(|&c| Guess {
+                    class: c,
+                    name: loaded.class_names.as_ref().and_then(|n| n.get(c).cloned()),
+                    probability: p[c],
+                })
+                .collect();
+            Prediction { input, top }
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&preds)?);
+    } else {
+        for p in &preds {
+            let top: Vec<String> = p
+                .top
+                .iter()
+                .map(|g| match &g.name {
+                    Some(n) => format!("{n} ({}) {:.1}%", g.class, 100.0 * g.probability),
+                    None => format!("class {} {:.1}%", g.class, 100.0 * g.probability),
+                })
+                .collect();
+            println!("{}: {}", p.input, top.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Downloading the official CIFAR binary archives: progress bar, resume of
+//! an interrupted download (HTTP Range), MD5 check, and an extraction that
+//! never leaves a half-extracted dataset looking complete (it extracts into
+//! a temporary folder and renames it into place only once every data file is
+//! there).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use serde::Serialize;
+
+use crate::cifar::{CifarKind, Split, CIFAR_PIXELS};
+use crate::DataError;
+
+/// The official CIFAR-10 binary archive (University of Toronto).
+pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// Its published MD5.
+pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+/// The official CIFAR-100 binary archive.
+pub const CIFAR100_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz";
+/// Its published MD5.
+pub const CIFAR100_MD5: &str = "03b5dce01913d631647c71ecec9e9cb8";
+
+/// The official URL and MD5 of a dataset's binary archive.
+pub const fn official_source(kind: CifarKind) -> (&'static str, &'static str) {
+    match kind {
+        CifarKind::Cifar10 => (CIFAR10_URL, CIFAR10_MD5),
+        CifarKind::Cifar100 => (CIFAR100_URL, CIFAR100_MD5),
+    }
+}
+
+/// Options of [`download_cifar`]. `Default` gives the official URL and MD5,
+/// no progress bar, archive kept.
+#[derive(Debug, Clone, Default)]
+pub struct DownloadOptions {
+    /// Download from this URL instead of the official one (a mirror).
+    pub url: Option<String>,
+    /// Expect this MD5 instead of the published one (for a mirror that
+    /// repackaged the archive, and for tests).
+    pub md5: Option<String>,
+    /// Show an indicatif progress bar on stderr.
+    pub progress: bool,
+    /// Delete the `.tar.gz` after a successful extraction.
+    pub remove_archive: bool,
+    /// Download and extract again even when the dataset is already there.
+    pub force: bool,
+    /// Connection and read timeout (default 60 s).
+    pub timeout: Option<Duration>,
+}
+
+/// What [`download_cifar`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DownloadOutcome {
+    /// The extracted dataset folder, ready for [`crate::CifarDataset::load`].
+    pub dataset_dir: PathBuf,
+    /// The archive (absent when `remove_archive`).
+    pub archive: PathBuf,
+    /// Whether the dataset was already complete (nothing was done).
+    pub already_present: bool,
+    /// Bytes fetched over the network by this call.
+    pub downloaded_bytes: u64,
+    /// Whether the download resumed a partial `.part` file.
+    pub resumed: bool,
+}
+
+/// Fetches, checks and extracts the CIFAR-10 or CIFAR-100 binary archive
+/// into `dir` (created if needed), giving `dir/cifar-10-batches-bin` or
+/// `dir/cifar-100-binary`. Calling it again is cheap: a complete dataset is
+/// left as it is, a partial download (`<archive>.part`) is resumed.
+///
+/// ```no_run
+/// use allcnn_data::{download_cifar, CifarKind, DownloadOptions};
+/// let out = download_cifar(
+///     CifarKind::Cifar10,
+///     std::path::Path::new("data"),
+///     &DownloadOptions { progress: true, ..Default::default() },
+/// )?;
+/// println!("CIFAR-10 is in {}", out.dataset_dir.display());
+/// # Ok::<(), allcnn_data::DataError>(())
+/// ```
+///
+/// # Errors
+/// [`DataError::Http`] (network, HTTP status), [`DataError::Truncated`]
+/// (connection closed early: run again to resume), [`DataError::Md5Mismatch`]
+/// (the corrupt file is deleted: run again), [`DataError::Archive`]
+/// (extraction failed or a member is missing), [`DataError::Io`].
+pub fn download_cifar(
+    kind: CifarKind,
+    dir: &Path,
+    opts: &DownloadOptions,
+) -> Result<DownloadOutcome, DataError> {
+    let (official_url, official_md5) = official_source(kind);
+    let url = opts.url.as_deref().unwrap_or(official_url);
+    let md5 = opts.md5.as_deref().unwrap_or(official_md5).to_ascii_lowercase();
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
+    let target = dir.join(kind.folder());
+    let archive_name = url
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty() && !s.contains(['?', '#']))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}.tar.gz", kind.folder()));
+    let archive = dir.join(&archive_name);
+    let mut outcome = DownloadOutcome {
+        dataset_dir: target.clone(),
+        archive: archive.clone(),
+        already_present: false,
+        downloaded_bytes: 0,
+        resumed: false,
+    };
+
+    if !opts.force && missing_member(&target, kind).is_none() {
+        outcome.already_present = true;
+        return Ok(outcome);
+    }
+
+    // Reuse a complete archive from an earlier run.
+    let mut have_archive = false;
+    if archive.is_file() && !opts.force {
+        if file_md5(&archive)? == md5 {
+            have_archive = true;
+        } else {
+            log::warn!("{}: MD5 mismatch, downloading it again", archive.display());
+            remove_file(&archive)?;
+        }
+    }
+    if !have_archive {
+        let part = dir.join(format!("{archive_name}.part"));
+        if opts.force {
+            let _ = std::fs::remove_file(&part);
+        }
+        let (got, resumed) = fetch_resumable(url, &part, opts)?;
+        outcome.downloaded_bytes = got;
+        outcome.resumed = resumed;
+        let found = file_md5(&part)?;
+        if found != md5 {
+            remove_file(&part)?;
+            return Err(DataError::Md5Mismatch {
+                path: part,
+                expected: md5,
+                found,
+            });
+        }
+        std::fs::rename(&part, &archive).map_err(|e| DataError::io("cannot rename", &part, e))?;
+    }
+
+    extract(&archive, dir, kind)?;
+    if opts.remove_archive {
+        remove_file(&archive)?;
+    }
+    Ok(outcome)
+}
+
+fn remove_file(p: &Path) -> Result<(), DataError> {
+    std::fs::remove_file(p).map_err(|e| DataError::io("cannot remove", p, e))
+}
+
+/// The first data file of `dir` (an extracted dataset folder) that is
+/// missing or not a whole number of records; `None` when complete.
+fn missing_member(dir: &Path, kind: CifarKind) -> Option<String> {
+    for split in [Split::Train, Split::Test] {
+        for f in kind.files(split) {
+            match std::fs::metadata(dir.join(f)) {
+                Ok(m) if m.is_file() && m.len() > 0 && m.len() % kind.record_len() as u64 == 0 => {}
+                Ok(m) => {
+                    return Some(format!(
+                        "{f} has {} bytes, not a whole number of {}-byte records",
+                        m.len(),
+                        kind.record_len()
+                    ))
+                }
+                Err(_) => return Some(format!("{f} is missing")),
+            }
+        }
+    }
+    debug_assert!(kind.record_len() > CIFAR_PIXELS);
+    None
+}
+
+/// MD5 of a file, lowercase hex.
+///
+/// # Errors
+/// [`DataError::Io`] when it cannot be read.
+pub fn file_md5(path: &Path) -> Result<String, DataError> {
+    let f = File::open(path).map_err(|e| DataError::io("cannot open", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| DataError::io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Parses `Content-Range: bytes START-END/TOTAL` (or `bytes */TOTAL`).
+fn content_range(v: &str) -> (Option<u64>, Option<u64>) {
+    let v = v.trim().strip_prefix("bytes").unwrap_or(v).trim();
+    let (range, total) = v.split_once('/').unwrap_or((v, "*"));
+    let start = range.split_once('-').and_then(|(s, _)| s.trim().parse().ok());
+    (start, total.trim().parse().ok())
+}
+
+/// Downloads `url` into `part`, resuming it when it already holds bytes.
+/// Returns (bytes fetched, resumed).
+fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u64, bool), DataError> {
+    let timeout = opts.timeout.unwrap_or(Duration::from_secs(60));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .build()
+        .into();
+    let http = |reason: String| DataError::Http {
+        url: url.to_string(),
+        reason,
+    };
+    let mut offset = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut restarted = false;
+    loop {
+        let mut req = agent.get(url);
+        if offset > 0 {
+            req = req.header("Range", &format!("bytes={offset}-"));
+        }
+        let resp = req.call().map_err(|e| http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_length: Option<u64> = header("content-length").and_then(|v| v.trim().parse().ok());
+        let (append, total) = match status {
+            206 if offset > 0 => {
+                let (start, total) = header("content-range").as_deref().map(content_range).unwrap_or((None, None));
+                if start != Some(offset) {
+                    return Err(http(format!(
+                        "the server resumed at byte {start:?} instead of {offset}; delete {} and retry",
+                        part.display()
+                    )));
+                }
+                (true, total.or(content_length.map(|l| l + offset)))
+            }
+            200 => {
+                if offset > 0 {
+                    log::info!("{url}: the server does not resume downloads, starting again");
+                }
+                (false, content_length)
+            }
+            416 if offset > 0 && !restarted => {
+                // The range starts at or past the end: the part may be complete.
+                let (_, total) = header("content-range").as_deref().map(content_range).unwrap_or((None, None));
+                if total == Some(offset) {
+                    return Ok((0, true));
+                }
+                remove_file(part)?;
+                offset = 0;
+                restarted = true;
+                continue;
+            }
+            code => return Err(http(format!("HTTP status {code}"))),
+        };
+        let resumed = append;
+        let start = if append { offset } else { 0 };
+        let mut file = if append {
+            OpenOptions::new().append(true).open(part)
+        } else {
+            File::create(part)
+        }
+        .map_err(|e| DataError::io("cannot write", part, e))?;
+        let pb = if opts.progress {
+            let pb = indicatif::ProgressBar::new(total.unwrap_or(0));
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                pb.set_style(style.progress_chars("=> "));
+            }
+            pb.set_message(part.file_name().map(|s| s.to_string_lossy().replace(".part", "")).unwrap_or_default());
+            pb.set_position(start);
+            pb
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut reader = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0u64;
+        let read_error = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    file.write_all(&buf[..n]).map_err(|e| DataError::io("cannot write", part, e))?;
+                    got += n as u64;
+                    pb.inc(n as u64);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        file.flush().map_err(|e| DataError::io("cannot write", part, e))?;
+        pb.finish_and_clear();
+        let have = start + got;
+        match total {
+            Some(t) if have < t => {
+                return Err(DataError::Truncated {
+                    url: url.to_string(),
+                    received: have,
+                    expected: t,
+                    part: part.to_path_buf(),
+                })
+            }
+            _ => {}
+        }
+        if let Some(e) = read_error {
+            return Err(http(format!(
+                "connection failed after {have} bytes ({e}); the partial file {} is kept, run again to resume",
+                part.display()
+            )));
+        }
+        return Ok((got, resumed));
+    }
+}
+
+/// Extracts `archive` (tar.gz) into `dir` through a temporary folder; the
+/// dataset folder appears only when complete.
+fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError> {
+    let target = dir.join(kind.folder());
+    let tmp = dir.join(format!(".{}.extracting", kind.folder()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| DataError::io("cannot remove", &tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| DataError::io("cannot create", &tmp, e))?;
+    let arch_err = |reason: String| DataError::Archive {
+        path: archive.to_path_buf(),
+        reason,
+    };
+    let result = (|| -> Result<(), DataError> {
+        let f = File::open(archive).map_err(|e| DataError::io("cannot open", archive, e))?;
+        let gz = flate2::read::GzDecoder::new(BufReader::with_capacity(1 << 20, f));
+        let mut ar = tar::Archive::new(gz);
+        let entries = ar.entries().map_err(|e| arch_err(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| arch_err(e.to_string()))?;
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            let inside = entry
+                .unpack_in(&tmp)
+                .map_err(|e| arch_err(format!("member {name}: {e}")))?;
+            if !inside {
+                return Err(arch_err(format!("member {name} points outside the archive folder")));
+            }
+        }
+        if let Some(what) = missing_member(&tmp.join(kind.folder()), kind) {
+            return Err(arch_err(format!(
+                "it does not hold a complete {} ({}/{what})",
+                kind.name(),
+                kind.folder()
+            )));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if target.exists() {
+        log::warn!("{}: replacing an incomplete dataset folder", target.display());
+        std::fs::remove_dir_all(&target).map_err(|e| DataError::io("cannot remove", &target, e))?;
+    }
+    let from = tmp.join(kind.folder());
+    std::fs::rename(&from, &target).map_err(|e| DataError::io("cannot rename", &from, e))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

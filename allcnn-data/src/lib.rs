@@ -1,0 +1,110 @@
+//! Data for the All Convolutional Net reproduction: CIFAR-10/100 and image
+//! folders, the paper's preprocessing (GCN + ZCA), seeded augmentation, and a
+//! prefetching loader that yields candle tensors.
+//!
+//! # Overview
+//!
+//! The principal types and how they hand off:
+//!
+//! - **Readers** implement the small [`Dataset`] trait (`len`, `get`, as
+//!   `burn-dataset`): [`CifarDataset`] reads the official CIFAR-10 / CIFAR-100
+//!   binary files, [`ImageFolder`] reads `root/<class>/<image>` folders
+//!   (classes sorted, images decoded lazily or cached as `u8`). Images stay
+//!   8-bit ([`Image`], planar CHW) until batching. [`open_dataset`] opens
+//!   any layout; [`info`] reports format, split sizes and class counts;
+//!   [`download_cifar`] fetches, verifies (MD5) and extracts the official
+//!   archives.
+//! - [`Preprocessing`] is fitted on the training split
+//!   ([`Preprocessing::fit_gcn_zca`], the paper's GCN 55 + ZCA 0.1, or
+//!   [`Preprocessing::fit_standardize`]) and saved to safetensors, alone or
+//!   inside model weights ([`Preprocessing::to_parts`] /
+//!   [`Preprocessing::from_parts`]), so prediction applies exactly the
+//!   training transform ([`Preprocessing::apply`] on a tensor).
+//! - [`Augmentation`] first samples its random parameters from a ChaCha8
+//!   RNG keyed by `(seed, epoch, index)`, then applies a pure function:
+//!   reproducible whatever the number of threads.
+//! - [`DataLoader`] (built by [`LoaderBuilder`]) shuffles per epoch with a
+//!   seed, runs reading, augmentation and preprocessing on rayon workers,
+//!   prefetches on a background thread, and yields [`Batch`]es:
+//!   `[N,3,H,W]` `f32` images and `[N]` `u32` labels on a candle `Device`.
+//!   [`split_dataset`] makes a seeded train/validation split.
+//! - Every failure is a [`DataError`] naming the file or value at fault.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use allcnn_data::{
+//!     encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, GcnZcaConfig,
+//!     Image, Preprocessing, Split,
+//! };
+//!
+//! # fn main() -> Result<(), allcnn_data::DataError> {
+//! // A tiny CIFAR-10 folder (real data: `allcnn data download cifar10 --dir data`).
+//! let dir = std::env::temp_dir().join(format!("allcnn-data-doc-{}", std::process::id()));
+//! let bin = dir.join("cifar-10-batches-bin");
+//! std::fs::create_dir_all(&bin).unwrap();
+//! let mut bytes = Vec::new();
+//! for i in 0..64u32 {
+//!     let px: Vec<u8> = (0..3072u32).map(|j| ((i * 31 + j * 7) % 256) as u8).collect();
+//!     encode_cifar_record(CifarKind::Cifar10, &Image::from_chw(3, 32, 32, px)?, i % 10, 0, &mut bytes)?;
+//! }
+//! for f in CifarKind::Cifar10.files(Split::Train).iter().chain(CifarKind::Cifar10.files(Split::Test)) {
+//!     std::fs::write(bin.join(f), &bytes).unwrap();
+//! }
+//!
+//! let train = Arc::new(CifarDataset::load(&dir, CifarKind::Cifar10, Split::Train)?);
+//! let zca = Preprocessing::fit_gcn_zca(train.as_ref(), &GcnZcaConfig::default())?;
+//! let loader = DataLoader::builder(train)
+//!     .preprocessing(zca)
+//!     .augmentation(Augmentation::paper_cifar())
+//!     .batch_size(32)
+//!     .shuffle(true)
+//!     .drop_last(true)
+//!     .seed(42)
+//!     .device(candle_core::Device::Cpu)
+//!     .build()?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.dims(), &[32, 3, 32, 32]);
+//!     assert_eq!(batch.labels.dims(), &[32]);
+//! }
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod augment;
+mod cifar;
+mod dataset;
+pub mod download;
+mod error;
+mod folder;
+mod info;
+mod loader;
+mod preprocess;
+
+pub use augment::{
+    crop_u8, flip_translate, flip_u8, resize_u8, resized_shorter, rng_for, AugmentParams,
+    Augmentation,
+};
+pub use cifar::{
+    encode_cifar_record, parse_cifar_records, CifarDataset, CifarKind, CifarRecords,
+    LabelGranularity, Split, CIFAR10_CLASSES, CIFAR_PIXELS, CIFAR_SIDE,
+};
+pub use dataset::{
+    split_dataset, train_val_split, Dataset, Image, Sample, Subset, ValidationSize, VecDataset,
+};
+pub use download::{download_cifar, DownloadOptions, DownloadOutcome};
+pub use error::DataError;
+pub use folder::{decode_image, decode_image_bytes, is_image_file, FolderOptions, ImageFolder, OnError};
+pub use info::{
+    detect_format, info, open_dataset, ClassCount, DatasetFormat, DatasetInfo, OpenOptions,
+    SplitInfo,
+};
+pub use loader::{Batch, DataLoader, EpochIter, HostBatch, LoaderBuilder, LoaderConfig};
+pub use preprocess::{
+    fit_zca, global_contrast_normalize, zca_matrix, CovarianceAccumulator, GcnZcaConfig,
+    PreprocessKind, Preprocessing, METADATA_KEY, TENSOR_PREFIX,
+};

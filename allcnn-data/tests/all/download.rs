@@ -1,0 +1,243 @@
+//! Download against a server the test starts on 127.0.0.1: happy path,
+//! truncated then resumed, corrupted, no Range support, bad archives.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use allcnn_data::download::{file_md5, official_source};
+use allcnn_data::{download_cifar, CifarDataset, CifarKind, DataError, Dataset, DownloadOptions, Split};
+
+use crate::util::cifar_bytes;
+
+#[derive(Clone, Copy)]
+enum Reply {
+    /// Honour Range requests.
+    Full,
+    /// Announce the full length, send only this many bytes, close.
+    Truncate(usize),
+    /// Ignore Range, always send the whole file with 200.
+    NoRange,
+    /// Answer with this status and no body.
+    Status(u16),
+}
+
+struct Server {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// Serves `body` for the given replies, one connection each, then stops
+/// (also stops by itself after 30 s).
+fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/files/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let log = requests.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for reply in replies {
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            log.lock().unwrap().push(head.clone());
+            let start: Option<usize> = head
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim().trim_end_matches('-').parse().ok());
+            let len = body.len();
+            let (status, extra, payload, announced): (u16, String, &[u8], usize) = match (reply, start) {
+                (Reply::Status(code), _) => (code, String::new(), &[], 0),
+                (Reply::Full, Some(s)) if s >= len => (416, format!("Content-Range: bytes */{len}\r\n"), &[], 0),
+                (Reply::Full, Some(s)) => (206, format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1), &body[s..], len - s),
+                (Reply::Truncate(n), Some(s)) => (206, format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1), &body[s..s + n], len - s),
+                (Reply::Truncate(n), None) => (200, String::new(), &body[..n], len),
+                (Reply::Full | Reply::NoRange, _) => (200, String::new(), &body[..], len),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\nContent-Type: application/gzip\r\n{extra}Connection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(payload);
+            let _ = stream.flush();
+        }
+    });
+    Server { url, requests }
+}
+
+/// A tiny archive in the official layout (`records` per file); `skip` leaves a member out.
+fn archive(records: usize, skip: Option<&str>) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let kind = CifarKind::Cifar10;
+    let mut members: Vec<(String, Vec<u8>)> = kind
+        .files(Split::Train)
+        .iter()
+        .chain(kind.files(Split::Test))
+        .enumerate()
+        .map(|(k, f)| (f.to_string(), cifar_bytes(kind, records, k as u64)))
+        .collect();
+    members.push(("batches.meta.txt".into(), allcnn_data::CIFAR10_CLASSES.join("\n").into_bytes()));
+    for (name, data) in members {
+        if Some(name.as_str()) == skip {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), &data[..]).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn md5_of(bytes: &[u8]) -> String {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), bytes).unwrap();
+    file_md5(tmp.path()).unwrap()
+}
+
+fn opts(url: &str, md5: &str) -> DownloadOptions {
+    DownloadOptions {
+        url: Some(url.into()),
+        md5: Some(md5.into()),
+        timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn official_sources() {
+    assert_eq!(official_source(CifarKind::Cifar10).1, "c32a1d4ab5d03f1284b67883e8d87530");
+    assert_eq!(official_source(CifarKind::Cifar100).1, "03b5dce01913d631647c71ecec9e9cb8");
+    assert!(official_source(CifarKind::Cifar10).0.starts_with("https://www.cs.toronto.edu/~kriz/"));
+}
+
+#[test]
+fn happy_path_then_nothing_to_do() {
+    let body = archive(3, None);
+    let md5 = md5_of(&body);
+    let srv = serve(body.clone(), vec![Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
+    assert!(!out.already_present && !out.resumed);
+    assert_eq!(out.downloaded_bytes, body.len() as u64);
+    assert_eq!(entries(tmp.path()), vec!["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]);
+    let ds = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap();
+    assert_eq!(ds.len(), 15);
+    assert_eq!(ds.class_names()[9], "truck");
+    // Again: complete already, no request.
+    let again = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
+    assert!(again.already_present);
+    assert_eq!(srv.requests.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn truncated_download_is_resumed() {
+    let body = archive(4, None);
+    let md5 = md5_of(&body);
+    let half = body.len() / 2;
+    let srv = serve(body.clone(), vec![Reply::Truncate(half), Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap_err();
+    assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
+    assert!(err.to_string().contains("resume"), "{err}");
+    let part = tmp.path().join("cifar-10-binary.tar.gz.part");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), half as u64);
+    assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+
+    let out = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
+    assert!(out.resumed);
+    assert_eq!(out.downloaded_bytes, (body.len() - half) as u64);
+    assert!(srv.requests.lock().unwrap()[1].contains(&format!("range: bytes={half}-")));
+    assert!(!part.exists());
+    assert_eq!(CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Test).unwrap().len(), 4);
+}
+
+#[test]
+fn corrupted_download_is_deleted() {
+    let body = archive(2, None);
+    let md5 = md5_of(&body);
+    let mut bad = body.clone();
+    bad[body.len() / 3] ^= 0xff;
+    let srv = serve(bad, vec![Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap_err();
+    match &err {
+        DataError::Md5Mismatch { expected, .. } => assert_eq!(expected, &md5),
+        e => panic!("unexpected {e:?}"),
+    }
+    assert!(err.to_string().contains("run the download again"));
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
+fn server_without_range_restarts_cleanly() {
+    let body = archive(2, None);
+    let md5 = md5_of(&body);
+    let srv = serve(body.clone(), vec![Reply::NoRange]);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cifar-10-binary.tar.gz.part"), vec![7u8; 100]).unwrap();
+    let out = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
+    assert!(!out.resumed);
+    assert_eq!(out.downloaded_bytes, body.len() as u64);
+    assert!(srv.requests.lock().unwrap()[0].contains("range: bytes=100-"));
+}
+
+#[test]
+fn bad_archives_never_look_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A well-formed archive that lacks a member (MD5 matches: a bad mirror).
+    let body = archive(2, Some("test_batch.bin"));
+    let srv = serve(body.clone(), vec![Reply::Full]);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5_of(&body))).unwrap_err();
+    assert!(matches!(err, DataError::Archive { .. }) && err.to_string().contains("test_batch.bin"), "{err}");
+    assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+    assert_eq!(entries(tmp.path()), vec!["cifar-10-binary.tar.gz"], "no temporary folder left");
+
+    // A truncated gzip stream (its own MD5, so it passes the check).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cut = archive(3, None);
+    cut.truncate(cut.len() * 2 / 3);
+    let srv = serve(cut.clone(), vec![Reply::Full]);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5_of(&cut))).unwrap_err();
+    assert!(matches!(err, DataError::Archive { .. }), "{err:?}");
+    assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+}
+
+#[test]
+fn http_error_names_url() {
+    let srv = serve(Vec::new(), vec![Reply::Status(404)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, "00")).unwrap_err();
+    assert!(matches!(err, DataError::Http { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("404") && msg.contains(&srv.url), "{msg}");
+}

@@ -1,0 +1,223 @@
+//! GCN, ZCA and standardisation: hand-computed cases and serialisation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use allcnn_data::{
+    fit_zca, global_contrast_normalize, DataError, GcnZcaConfig, Image, PreprocessKind,
+    Preprocessing, VecDataset, METADATA_KEY,
+};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn close(a: f32, b: f32, tol: f32) -> bool {
+    (a - b).abs() <= tol * (1.0 + b.abs())
+}
+
+#[test]
+fn gcn_two_pixels() {
+    // [1, 3]: mean 2, centred [-1, 1], norm sqrt(2), scaled to norm 55.
+    let mut x = [1.0f32, 3.0];
+    global_contrast_normalize(&mut x, 55.0);
+    let v = 55.0 / 2f32.sqrt();
+    assert!(close(x[0], -v, 1e-6) && close(x[1], v, 1e-6), "{x:?}");
+    // A constant image: centred to 0, divisor clamped to 1, no NaN.
+    let mut c = [5.0f32, 5.0];
+    global_contrast_normalize(&mut c, 55.0);
+    assert_eq!(c, [0.0, 0.0]);
+}
+
+/// Rows of a 2-D dataset, covariance `[[4, 2], [2, 3]]` (drawn), mean (1, -2).
+fn correlated(n: usize) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    // L = chol([[4,2],[2,3]]) = [[2,0],[1,sqrt 2]].
+    let mut out = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let (a, b): (f32, f32) = (gauss(&mut rng), gauss(&mut rng));
+        out.push(1.0 + 2.0 * a);
+        out.push(-2.0 + a + 2f32.sqrt() * b);
+    }
+    out
+}
+
+fn gauss<R: Rng>(rng: &mut R) -> f32 {
+    // Box-Muller.
+    let u: f32 = rng.random_range(1e-7..1.0);
+    let v: f32 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+}
+
+fn covariance(rows: &[f32], d: usize) -> Vec<f64> {
+    let n = rows.len() / d;
+    let mut mean = vec![0f64; d];
+    for r in rows.chunks(d) {
+        for (m, &v) in mean.iter_mut().zip(r) {
+            *m += v as f64 / n as f64;
+        }
+    }
+    let mut c = vec![0f64; d * d];
+    for r in rows.chunks(d) {
+        for i in 0..d {
+            for j in 0..d {
+                c[i * d + j] += (r[i] as f64 - mean[i]) * (r[j] as f64 - mean[j]) / n as f64;
+            }
+        }
+    }
+    c
+}
+
+fn whiten(rows: &[f32], mean: &[f32], w: &[f32], d: usize) -> Vec<f32> {
+    rows.chunks(d)
+        .flat_map(|r| {
+            (0..d)
+                .map(|j| (0..d).map(|i| (r[i] - mean[i]) * w[i * d + j]).sum::<f32>())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn zca_diagonal_hand_computed() {
+    // (±2, 0), (0, ±4): mean 0, covariance diag(2, 8) (divided by n = 4).
+    let rows = [2.0, 0.0, -2.0, 0.0, 0.0, 4.0, 0.0, -4.0];
+    let (mean, w) = fit_zca(&rows, 2, 0.1).unwrap();
+    assert_eq!(mean, vec![0.0, 0.0]);
+    let want = [1.0 / 2.1f32.sqrt(), 0.0, 0.0, 1.0 / 8.1f32.sqrt()];
+    for (a, b) in w.iter().zip(want) {
+        assert!(close(*a, b, 1e-5), "{w:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn zca_whitened_covariance_is_identity() {
+    let rows = correlated(20_000);
+    // Without filter bias: identity.
+    let (mean, w) = fit_zca(&rows, 2, 0.0).unwrap();
+    assert!(close(mean[0], 1.0, 0.05) && close(mean[1], -2.0, 0.05), "{mean:?}");
+    let c = covariance(&whiten(&rows, &mean, &w, 2), 2);
+    for (i, v) in c.iter().enumerate() {
+        let want = if i % 3 == 0 { 1.0 } else { 0.0 };
+        assert!((v - want).abs() < 1e-3, "cov {c:?}");
+    }
+    // ZCA is symmetric (no rotation).
+    assert!((w[1] - w[2]).abs() < 1e-6);
+    // With filter bias 0.1: eigenvalues l / (l + 0.1), i.e. identity up to the bias.
+    let (mean, w) = fit_zca(&rows, 2, 0.1).unwrap();
+    let c = covariance(&whiten(&rows, &mean, &w, 2), 2);
+    let orig = covariance(&rows, 2);
+    let (a, b, d) = (orig[0], orig[1], orig[3]);
+    let disc = ((a - d) * (a - d) / 4.0 + b * b).sqrt();
+    let (l1, l2) = ((a + d) / 2.0 - disc, (a + d) / 2.0 + disc);
+    let trace = c[0] + c[3];
+    assert!((trace - (l1 / (l1 + 0.1) + l2 / (l2 + 0.1))).abs() < 1e-3, "{c:?}");
+    assert!(c[0] < 1.0 && c[3] < 1.0 && c[0] > 0.9);
+}
+
+fn small_dataset(n: usize, side: usize) -> VecDataset {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let imgs = (0..n)
+        .map(|_| {
+            let base: u8 = rng.random_range(0..128);
+            let px = (0..3 * side * side).map(|_| base + rng.random_range(0..128u8)).collect();
+            Image::from_chw(3, side, side, px).unwrap()
+        })
+        .collect();
+    let labels = (0..n as u32).map(|i| i % 3).collect();
+    VecDataset::new(imgs, labels, vec!["a".into(), "b".into(), "c".into()]).unwrap()
+}
+
+#[test]
+fn gcn_zca_fit_chunked_equals_one_chunk() {
+    let ds = small_dataset(300, 4);
+    let one = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig { chunk: 1000, ..Default::default() }).unwrap();
+    let many = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig { chunk: 37, ..Default::default() }).unwrap();
+    let (m1, w1) = one.zca().unwrap();
+    let (m2, w2) = many.zca().unwrap();
+    assert!(m1.iter().zip(m2).all(|(a, b)| (a - b).abs() < 1e-4));
+    assert!(w1.iter().zip(w2).all(|(a, b)| (a - b).abs() < 1e-3 * (1.0 + a.abs())));
+    assert_eq!(one.kind(), PreprocessKind::GcnZca);
+    assert_eq!(one.input_shape(), Some((3, 4, 4)));
+}
+
+#[test]
+fn cpu_and_tensor_paths_agree_and_whiten() {
+    let ds = small_dataset(400, 4);
+    let p = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig::default()).unwrap();
+    let d = 48;
+    let pixels: Vec<u8> = (0..400).flat_map(|i| ds_pixels(&ds, i)).collect();
+    let mut cpu = vec![0f32; pixels.len()];
+    p.apply_u8(&pixels, (3, 4, 4), &mut cpu).unwrap();
+    let t = Tensor::from_vec(pixels.clone(), (400, 3, 4, 4), &Device::Cpu).unwrap();
+    let via_tensor: Vec<f32> = p.apply(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for (a, b) in cpu.iter().zip(&via_tensor) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    // Whitened training data: covariance close to identity (bias 0.1 is small
+    // against these eigenvalues), mean close to 0.
+    let c = covariance(&cpu, d);
+    let diag: f64 = (0..d).map(|i| c[i * d + i]).sum::<f64>() / d as f64;
+    let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| c[i * d + j].abs()).fold(0.0, f64::max);
+    assert!(diag > 0.8 && diag <= 1.0, "mean diagonal {diag}");
+    assert!(off < 0.05, "largest off-diagonal {off}");
+    // Wrong size is an error naming both sizes.
+    let err = p.apply_u8(&vec![0u8; 3 * 8 * 8], (3, 8, 8), &mut vec![0.0; 192]).unwrap_err();
+    assert!(matches!(err, DataError::WrongImageSize { found_h: 8, expected_h: 4, .. }), "{err:?}");
+}
+
+fn ds_pixels(ds: &VecDataset, i: usize) -> Vec<u8> {
+    use allcnn_data::Dataset;
+    ds.get(i).unwrap().image.into_chw()
+}
+
+#[test]
+fn standardize_fit_and_apply() {
+    // Channel 0 all 0, channel 1 half 0 half 255, channel 2 all 255.
+    let mut px = vec![0u8; 3 * 4];
+    px[4..6].fill(255);
+    px[8..12].fill(255);
+    let img = Image::from_chw(3, 2, 2, px.clone()).unwrap();
+    let ds = VecDataset::new(vec![img], vec![0], vec!["x".into()]).unwrap();
+    let p = Preprocessing::fit_standardize(&ds).unwrap();
+    let (mean, std) = p.channel_stats().unwrap();
+    assert!(close(mean[1], 0.5, 1e-6) && close(std[1], 0.5, 1e-6) && mean[2] == 1.0);
+    let mut out = vec![0f32; 12];
+    p.apply_u8(&px, (3, 2, 2), &mut out).unwrap();
+    assert_eq!(&out[4..8], &[1.0, 1.0, -1.0, -1.0]);
+    let s = Preprocessing::scale();
+    s.apply_u8(&[0, 51, 255], (3, 1, 1), &mut out[..3]).unwrap();
+    assert_eq!(&out[..3], &[0.0, 0.2, 1.0]);
+}
+
+#[test]
+fn parts_and_file_roundtrip() {
+    let ds = small_dataset(100, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    for p in [
+        Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig::default()).unwrap(),
+        Preprocessing::fit_standardize(&ds).unwrap(),
+        Preprocessing::scale(),
+    ] {
+        let (json, tensors) = p.to_parts();
+        assert!(tensors.iter().all(|(n, _)| n.starts_with("preprocess.")));
+        let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        // Model weights in the same map are ignored.
+        map.insert("conv1.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        assert_eq!(Preprocessing::from_parts(&json, &map).unwrap(), p);
+        let path = tmp.path().join("pre.safetensors");
+        p.save(&path).unwrap();
+        assert_eq!(Preprocessing::load(&path).unwrap(), p);
+    }
+    // Missing tensor, foreign JSON, no metadata: clear errors.
+    let p = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig::default()).unwrap();
+    let (json, _) = p.to_parts();
+    let err = Preprocessing::from_parts(&json, &HashMap::new()).unwrap_err();
+    assert!(err.to_string().contains("preprocess.zca.mean"), "{err}");
+    assert!(Preprocessing::from_parts("{\"format\":\"other\"}", &HashMap::new()).is_err());
+    let bare = tmp.path().join("bare.safetensors");
+    candle_core::safetensors::save(&HashMap::from([("w", Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())]), &bare).unwrap();
+    let err = Preprocessing::load(&bare).unwrap_err();
+    assert!(err.to_string().contains(METADATA_KEY), "{err}");
+    let err = Preprocessing::load(&tmp.path().join("nope.safetensors")).unwrap_err();
+    assert!(err.to_string().contains("nope.safetensors"), "{err}");
+    let _ = Arc::new(p);
+}
