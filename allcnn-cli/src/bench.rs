@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use allcnn_models::{AllCnn, ArchSpec, Init};
+use allcnn_models::{AllCnn, ArchSpec, ConvBackend, DropoutRng, Init};
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -15,7 +15,9 @@ pub struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// What to time: `infer` (eval forward).
+    /// `infer` (eval forward) or `train` (training-mode forward with dropout,
+    /// cross-entropy loss and backward to every parameter; the optimiser
+    /// update is not included).
     #[arg(long, default_value = "infer")]
     mode: String,
     /// Timed iterations after one warm-up iteration.
@@ -24,6 +26,9 @@ pub struct Args {
     /// Class count of the head (default 10; 1000 for the ImageNet model).
     #[arg(long)]
     classes: Option<usize>,
+    /// Convolution implementation: `gemm` (ours, the default) or `candle`.
+    #[arg(long, default_value = "gemm")]
+    conv: String,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -33,6 +38,7 @@ pub struct Args {
 struct Report<'a> {
     model: &'a str,
     mode: &'a str,
+    conv: &'a str,
     batch: usize,
     iters: usize,
     device: String,
@@ -42,9 +48,16 @@ struct Report<'a> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    if args.mode != "infer" {
-        bail!("--mode {}: only `infer` is available so far (training-step timing lands with allcnn-train)", args.mode);
-    }
+    let train = match args.mode.as_str() {
+        "infer" => false,
+        "train" => true,
+        other => bail!("--mode {other}: use infer or train"),
+    };
+    let backend = match args.conv.as_str() {
+        "gemm" => ConvBackend::Gemm,
+        "candle" => ConvBackend::Candle,
+        other => bail!("--conv {other}: use gemm or candle"),
+    };
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
@@ -54,9 +67,16 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         10
     };
-    let spec = ArchSpec::by_name(&args.model, args.classes.unwrap_or(default))?;
+    let classes = args.classes.unwrap_or(default);
+    let spec = ArchSpec::by_name(&args.model, classes)?;
     let side = spec.input_size;
-    let model = AllCnn::init(spec, Init::HeNormal, 0, &device)?;
+    let mut model = AllCnn::init(spec, Init::HeNormal, 0, &device)?;
+    model.set_conv_backend(backend);
+    let vars = if train {
+        model.make_trainable()?
+    } else {
+        Vec::new()
+    };
     // A fixed, deterministic input (the values do not affect the timing).
     let n = args.batch * 3 * side * side;
     let x = Tensor::arange(0u32, n as u32, &device)?
@@ -64,19 +84,34 @@ pub fn run(args: &Args) -> Result<()> {
         .affine(0.01, 0.0)?
         .sin()?
         .reshape((args.batch, 3, side, side))?;
-    let sync = |t: &Tensor| -> Result<()> {
-        t.to_device(&candle_core::Device::Cpu)?;
+    let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % classes as u32).collect();
+    let labels = Tensor::from_vec(labels, args.batch, &device)?;
+    let step = |i: u64| -> Result<()> {
+        if train {
+            let logits = model.forward_train(&x, &mut DropoutRng::new(0, i))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let grads = loss.backward()?;
+            // Touch one gradient so lazy devices finish the work.
+            let (_, v) = &vars[0];
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.to_device(&Device::Cpu))
+                .transpose()?;
+        } else {
+            model.forward(&x)?.to_device(&Device::Cpu)?;
+        }
         Ok(())
     };
-    sync(&model.forward(&x)?)?;
+    step(0)?;
     let start = Instant::now();
-    for _ in 0..args.iters {
-        sync(&model.forward(&x)?)?;
+    for i in 0..args.iters {
+        step(i as u64 + 1)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let report = Report {
         model: &args.model,
         mode: &args.mode,
+        conv: &args.conv,
         batch: args.batch,
         iters: args.iters,
         device: format!("{device:?}"),

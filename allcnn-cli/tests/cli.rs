@@ -67,6 +67,16 @@ fn bench_prints_one_json_line() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["batch"], 2);
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
+    for conv in ["gemm", "candle"] {
+        let o = allcnn(&[
+            "bench", "--model", "model-a", "--batch", "2", "--iters", "1", "--mode", "train",
+            "--conv", conv,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["mode"], "train");
+        assert_eq!(v["conv"], conv);
+    }
 }
 
 #[test]

@@ -36,6 +36,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod conv;
 mod error;
 mod model;
 pub mod pool;
@@ -46,7 +47,9 @@ pub mod testing;
 mod weights;
 
 pub use error::ModelError;
-pub use model::{Activations, AllCnn, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu};
+pub use model::{
+    Activations, AllCnn, ConvBackend, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu,
+};
 pub use spec::{registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo};
 pub use weights::{
     write_atomic, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX, KEY_CLASSES, KEY_INPUT_SIZE,

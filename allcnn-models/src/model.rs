@@ -140,6 +140,19 @@ pub struct AllCnn {
     spec: ArchSpec,
     convs: Vec<Conv>,
     device: Device,
+    conv_backend: ConvBackend,
+}
+
+/// Which convolution implementation the network runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvBackend {
+    /// [`crate::conv::conv2d`]: im2col + GEMM for the forward and both
+    /// gradients on CPU (f32), candle's `conv2d` elsewhere. The default.
+    #[default]
+    Gemm,
+    /// candle's own `conv2d` everywhere (for comparison and benchmarks).
+    Candle,
 }
 
 impl AllCnn {
@@ -174,6 +187,7 @@ impl AllCnn {
             spec,
             convs,
             device: device.clone(),
+            conv_backend: ConvBackend::default(),
         })
     }
 
@@ -238,12 +252,23 @@ impl AllCnn {
             spec,
             convs,
             device: device.clone(),
+            conv_backend: ConvBackend::default(),
         })
     }
 
     /// The architecture.
     pub fn spec(&self) -> &ArchSpec {
         &self.spec
+    }
+
+    /// Chooses the convolution implementation (see [`ConvBackend`]).
+    pub fn set_conv_backend(&mut self, backend: ConvBackend) {
+        self.conv_backend = backend;
+    }
+
+    /// The convolution implementation in use.
+    pub fn conv_backend(&self) -> ConvBackend {
+        self.conv_backend
     }
 
     /// The device the parameters live on.
@@ -484,8 +509,11 @@ impl<'a> ForwardPass<'a> {
                     conv_i += 1;
                     let name = LayerName::Conv(conv_i);
                     let ctx = || format!("{}: {name}", m.spec.name);
-                    let y = x
-                        .conv2d(&c.weight, padding, stride, 1, 1)
+                    let conv = match m.conv_backend {
+                        ConvBackend::Gemm => crate::conv::conv2d(&x, &c.weight, stride, padding),
+                        ConvBackend::Candle => x.conv2d(&c.weight, padding, stride, 1, 1),
+                    };
+                    let y = conv
                         .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?))
                         .context(ctx)?;
                     x = self.relu.relu(name, &y).context(ctx)?;

@@ -1,0 +1,409 @@
+//! A CPU convolution whose forward and both backward passes are GEMMs.
+//!
+//! candle 0.11 computes a convolution's input gradient on CPU with a direct
+//! `conv_transpose2d` loop (10-30 GFLOP/s) and always computes it, even for
+//! the input image. This op lowers the forward, the weight gradient and the
+//! input gradient to im2col / col2im plus a GEMM (faer, which dispatches to
+//! the `gemm` crate), and skips the input gradient when the input does not
+//! need one. Images are processed in parallel with rayon; the weight
+//! gradient is reduced over fixed chunks of the batch in a fixed order, so
+//! results do not depend on the number of threads.
+//!
+//! Only f32 tensors on the CPU take this path; everything else (other
+//! dtypes, CUDA, Metal) uses candle's `conv2d`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Images per partial weight gradient: fixed, so the reduction order does
+/// not depend on the thread count.
+const WGRAD_CHUNK: usize = 8;
+
+/// `x` `[N, Cin, H, W]` convolved with `w` `[Cout, Cin, k, k]` (square
+/// kernel, no bias, no dilation or groups), differentiable in both.
+///
+/// # Errors
+/// When the shapes do not fit, or a candle error on other devices.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
+        x.contiguous()?.apply_op2(&w.contiguous()?, CpuConv { geo })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Self> {
+        let (&[n, cin, h, wd], &[cout, cin2, k, k2]) = (x, w) else {
+            candle_core::bail!("conv2d: expected 4-d input and kernel, got {x:?} and {w:?}");
+        };
+        if cin != cin2 || k != k2 || stride == 0 {
+            candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?} (stride {stride})");
+        }
+        let (Some(hh), Some(ww)) = ((h + 2 * pad).checked_sub(k), (wd + 2 * pad).checked_sub(k))
+        else {
+            candle_core::bail!("conv2d: input {x:?} is smaller than the kernel {w:?}");
+        };
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w: wd,
+            cout,
+            k,
+            stride,
+            pad,
+            ho: hh / stride + 1,
+            wo: ww / stride + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix: `Cin * k * k`.
+    fn kdim(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    fn out_plane(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn in_image(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// A 1x1, stride 1, unpadded conv needs no im2col: the image is the matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// For output column `ox` and kernel column `kx`: the input column, if
+    /// inside the image.
+    #[inline]
+    fn in_x(&self, ox: usize, kx: usize) -> Option<usize> {
+        (ox * self.stride + kx)
+            .checked_sub(self.pad)
+            .filter(|&x| x < self.w)
+    }
+
+    #[inline]
+    fn in_y(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky)
+            .checked_sub(self.pad)
+            .filter(|&y| y < self.h)
+    }
+
+    /// The range of `ox` whose input column is inside the image, for `kx`.
+    fn valid_ox(&self, kx: usize) -> (usize, usize) {
+        let lo = (0..self.wo)
+            .find(|&ox| self.in_x(ox, kx).is_some())
+            .unwrap_or(self.wo);
+        let hi = (lo..self.wo)
+            .take_while(|&ox| self.in_x(ox, kx).is_some())
+            .last()
+            .map_or(lo, |v| v + 1);
+        (lo, hi)
+    }
+
+    /// Fills `col` `[kdim, Ho*Wo]` from one image `[Cin, H, W]`.
+    fn im2col(&self, img: &[f32], col: &mut [f32]) {
+        let (k, plane) = (self.k, self.out_plane());
+        for c in 0..self.cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
+                    let (lo, hi) = self.valid_ox(kx);
+                    for oy in 0..self.ho {
+                        let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
+                        match self.in_y(oy, ky) {
+                            None => out.fill(0.0),
+                            Some(y) => {
+                                out[..lo].fill(0.0);
+                                out[hi..].fill(0.0);
+                                let src = &img[(c * self.h + y) * self.w..][..self.w];
+                                let x0 = lo * self.stride + kx - self.pad;
+                                if self.stride == 1 {
+                                    out[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                                } else {
+                                    for (o, s) in out[lo..hi]
+                                        .iter_mut()
+                                        .zip(src[x0..].iter().step_by(self.stride))
+                                    {
+                                        *o = *s;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `col` `[kdim, Ho*Wo]` back into one image gradient `[Cin, H, W]`.
+    fn col2im(&self, col: &[f32], img: &mut [f32]) {
+        let (k, plane) = (self.k, self.out_plane());
+        img.fill(0.0);
+        for c in 0..self.cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
+                    let (lo, hi) = self.valid_ox(kx);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..self.ho {
+                        let Some(y) = self.in_y(oy, ky) else { continue };
+                        let src = &row[oy * self.wo + lo..oy * self.wo + hi];
+                        let dst = &mut img[(c * self.h + y) * self.w..][..self.w];
+                        let x0 = lo * self.stride + kx - self.pad;
+                        if self.stride == 1 {
+                            for (d, s) in dst[x0..x0 + (hi - lo)].iter_mut().zip(src) {
+                                *d += *s;
+                            }
+                        } else {
+                            for (d, s) in dst[x0..].iter_mut().step_by(self.stride).zip(src) {
+                                *d += *s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// GEMM parallelism: across images when there are enough of them,
+    /// inside the GEMM otherwise.
+    fn par(&self) -> Par {
+        if self.n >= rayon::current_num_threads() {
+            Par::Seq
+        } else {
+            Par::rayon(0)
+        }
+    }
+}
+
+fn rm(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(data, rows, cols)
+}
+
+fn rm_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_, f32> {
+    MatMut::from_row_major_slice_mut(data, rows, cols)
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype());
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let mut out = vec![0f32; g.n * g.cout * plane];
+    let wm = rm(w, g.cout, kd);
+    let par = g.par();
+    out.par_chunks_mut(g.cout * plane)
+        .zip(x.par_chunks(g.in_image()))
+        .for_each_init(
+            || vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }],
+            |col, (o, img)| {
+                let colm = if g.is_pointwise() {
+                    rm(img, kd, plane)
+                } else {
+                    g.im2col(img, col);
+                    rm(col, kd, plane)
+                };
+                matmul(rm_mut(o, g.cout, plane), Accum::Replace, wm, colm, 1.0, par);
+            },
+        );
+    out
+}
+
+fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let par = g.par();
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(WGRAD_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut dw = vec![0f32; g.cout * kd];
+            let mut col = vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }];
+            let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+            for (i, n) in images.enumerate() {
+                let img = &x[n * g.in_image()..][..g.in_image()];
+                let colm = if g.is_pointwise() {
+                    rm(img, kd, plane)
+                } else {
+                    g.im2col(img, &mut col);
+                    rm(&col, kd, plane)
+                };
+                let dym = rm(&dy[n * g.cout * plane..][..g.cout * plane], g.cout, plane);
+                let acc = if i == 0 { Accum::Replace } else { Accum::Add };
+                matmul(
+                    rm_mut(&mut dw, g.cout, kd),
+                    acc,
+                    dym,
+                    colm.transpose(),
+                    1.0,
+                    par,
+                );
+            }
+            dw
+        })
+        .collect();
+    let mut iter = partials.into_iter();
+    let mut total = iter.next().unwrap_or_else(|| vec![0f32; g.cout * kd]);
+    for p in iter {
+        for (t, v) in total.iter_mut().zip(&p) {
+            *t += *v;
+        }
+    }
+    total
+}
+
+fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let mut dx = vec![0f32; g.n * g.in_image()];
+    let wt = rm(w, g.cout, kd).transpose();
+    let par = g.par();
+    dx.par_chunks_mut(g.in_image())
+        .zip(dy.par_chunks(g.cout * plane))
+        .for_each_init(
+            || vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }],
+            |col, (img, d)| {
+                let dym = rm(d, g.cout, plane);
+                if g.is_pointwise() {
+                    matmul(rm_mut(img, kd, plane), Accum::Replace, wt, dym, 1.0, par);
+                } else {
+                    matmul(rm_mut(col, kd, plane), Accum::Replace, wt, dym, 1.0, par);
+                    g.col2im(col, img);
+                }
+            },
+        );
+    dx
+}
+
+struct CpuConv {
+    geo: Geometry,
+}
+
+impl CustomOp2 for CpuConv {
+    fn name(&self) -> &'static str {
+        "allcnn-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geo;
+        let out = forward(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &WeightGrad { geo: self.geo })?)
+        } else {
+            None
+        };
+        // The input image of the first layer needs no gradient in training.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &InputGrad { geo: self.geo })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+struct WeightGrad {
+    geo: Geometry,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "allcnn-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geo;
+        let dw = weight_grad(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        Ok((CpuStorage::F32(dw), Shape::from((g.cout, g.cin, g.k, g.k))))
+    }
+}
+
+struct InputGrad {
+    geo: Geometry,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "allcnn-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geo;
+        let dx = input_grad(
+            g,
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
+    }
+}

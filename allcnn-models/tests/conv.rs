@@ -1,0 +1,142 @@
+//! The GEMM convolution against candle's reference `conv2d` (forward, input
+//! gradient and weight gradient) over every geometry the paper's networks use.
+
+use allcnn_models::conv::conv2d;
+use candle_core::{Device, Tensor, Var};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let s = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / s.max(1e-12)
+}
+
+#[test]
+fn matches_candle_conv_forward_and_backward() {
+    // (n, cin, side, cout, k, stride, pad): 3x3 same, 3x3/2, valid 3x3,
+    // 1x1, 1x1/2, 5x5, 11x11/4, odd sizes, batch smaller and larger than
+    // the thread count and the weight-gradient chunk.
+    let cases = [
+        (2, 3, 8, 5, 3, 1, 1),
+        (3, 4, 9, 6, 3, 2, 1),
+        (1, 4, 7, 3, 3, 1, 0),
+        (4, 6, 6, 5, 1, 1, 0),
+        (2, 6, 7, 4, 1, 2, 0),
+        (2, 3, 10, 4, 5, 1, 2),
+        (2, 3, 27, 4, 11, 4, 0),
+        (11, 2, 5, 3, 3, 2, 1),
+        (9, 3, 6, 2, 3, 2, 0),
+    ];
+    for (i, &(n, cin, side, cout, k, stride, pad)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(
+            values(n * cin * side * side, i as u64),
+            (n, cin, side, side),
+            &dev,
+        )
+        .unwrap();
+        let w = Var::from_vec(
+            values(cout * cin * k * k, 100 + i as u64),
+            (cout, cin, k, k),
+            &dev,
+        )
+        .unwrap();
+        let ours = conv2d(&x, &w, stride, pad).unwrap();
+        let theirs = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+        assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+        assert!(
+            rel(&ours, &theirs) < 1e-5,
+            "case {i} forward: {}",
+            rel(&ours, &theirs)
+        );
+        let up =
+            Tensor::from_vec(values(ours.elem_count(), 200 + i as u64), ours.dims(), &dev).unwrap();
+        let g1 = ours
+            .mul(&up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = theirs
+            .mul(&up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("input", &x), ("weight", &w)] {
+            let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(rel(a, b) < 1e-5, "case {i} {name} grad: {}", rel(a, b));
+        }
+    }
+}
+
+#[test]
+fn input_gradient_is_skipped_for_a_plain_input() {
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(values(2 * 3 * 8 * 8, 1), (2, 3, 8, 8), &dev).unwrap();
+    let w = Var::from_vec(values(4 * 3 * 9, 2), (4, 3, 3, 3), &dev).unwrap();
+    let grads = conv2d(&x, &w, 1, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    assert!(grads.get(&w).is_some());
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dev = Device::Cpu;
+    let x = Var::from_vec(values(20 * 4 * 8 * 8, 3), (20, 4, 8, 8), &dev).unwrap();
+    let w = Var::from_vec(values(5 * 4 * 9, 4), (5, 4, 3, 3), &dev).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let g = conv2d(&x, &w, 1, 1)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            g.get(&w)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+    };
+    assert_eq!(run(1), run(3));
+}
