@@ -7,6 +7,8 @@ mod data;
 mod device;
 mod models;
 mod predict;
+mod progress;
+mod viz;
 mod weights;
 
 use std::process::ExitCode;
@@ -37,6 +39,11 @@ enum Command {
         after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors"
     )]
     Predict(predict::Args),
+    /// Attribution maps (gradient, saliency, deconvnet, guided backpropagation) and the paper's figures.
+    #[command(
+        after_help = "Examples:\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
+    )]
+    Viz(viz::Args),
     /// Measure inference speed of a model (one JSON line).
     #[command(after_help = "Example:\n  allcnn bench --model all-cnn-c --batch 64 --mode infer")]
     Bench(bench::Args),
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         Command::Models(args) => models::run(&args),
         Command::Data(cmd) => data::run(&cmd),
         Command::Predict(args) => predict::run(&args),
+        Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

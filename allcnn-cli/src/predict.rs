@@ -51,7 +51,7 @@ struct Prediction {
 }
 
 /// Expands folders into their image files (sorted).
-fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {

@@ -267,3 +267,136 @@ fn data_info_on_the_real_cifar10_folder() {
         .collect();
     assert_eq!(sizes, [50_000, 10_000]);
 }
+
+#[test]
+fn viz_matches_captum_and_renders() {
+    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let w = g.dir.join("weights.safetensors");
+    let input = g.dir.join("expected.safetensors"); // holds `input` and `labels`
+    let out = dir.path().join("gbp.safetensors");
+    let o = allcnn(&[
+        "viz",
+        "--weights",
+        w.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        "--method",
+        "guided-backprop",
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "labels",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    allcnn_models::testing::assert_close(
+        "cli guided backprop",
+        &t["attribution"],
+        g.get("guided_backprop"),
+        2e-5,
+    );
+
+    let pngs = dir.path().join("maps");
+    let o = allcnn(&[
+        "viz",
+        "--weights",
+        w.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        "--method",
+        "deconvnet",
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "unit:conv7:7:3:3",
+        "--out",
+        pngs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["deconvnet-0000.png", "deconvnet-0001.png", "comparison.png"] {
+        let img = image::open(pngs.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 32, "{f}");
+    }
+
+    // A target the network cannot have is an error that lists what is valid.
+    let o = allcnn(&[
+        "viz",
+        "--weights",
+        w.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        "--method",
+        "gradient",
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "unit:conv12:0:0:0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("conv12"), "{}", stderr(&o));
+}
+
+#[test]
+fn viz_top_on_a_small_image_folder() {
+    use allcnn_models::{AllCnn, ArchSpec, Init, WeightsMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..3u8 {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([x as u8 * 7 + i, y as u8 * 5, i * 40])
+            });
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let w = dir.path().join("w.safetensors");
+    AllCnn::init(
+        ArchSpec::by_name("all-cnn-c", 2).unwrap(),
+        Init::HeNormal,
+        3,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .save(&w, &WeightsMeta::default(), &[])
+    .unwrap();
+    let fig = dir.path().join("fig.png");
+    let o = allcnn(&[
+        "viz",
+        "top",
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--layer",
+        "conv3",
+        "--channels",
+        "0,1",
+        "-k",
+        "2",
+        "--out",
+        fig.to_str().unwrap(),
+        "--scale",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("scanned 6 images"), "{}", stdout(&o));
+    let img = image::open(&fig).unwrap();
+    assert!(
+        img.width() > img.height(),
+        "rows of patches and reconstructions"
+    );
+}

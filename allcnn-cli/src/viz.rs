@@ -1,0 +1,238 @@
+//! `allcnn viz` (attribution maps) and `allcnn viz top` (the top-activation figure).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
+use allcnn_models::LayerName;
+use allcnn_viz::render::{self, RenderOptions, Style};
+use allcnn_viz::{attribute_all, Method, TargetSpec, TopActivations};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Subcommand;
+
+use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file};
+use crate::weights::{self, ModelArgs};
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    #[command(subcommand)]
+    top: Option<Sub>,
+    #[command(flatten)]
+    model: Option<ModelArgs>,
+    /// gradient, saliency, guided-backprop or deconvnet.
+    #[arg(long, required = true)]
+    method: Option<Method>,
+    /// Image files or folders (preprocessed as the weights record), or a
+    /// .safetensors file with a preprocessed `input` [N,3,H,W] (and `labels`).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// class:K, labels, predicted, unit:LAYER:C:Y:X (e.g. unit:conv7:7:3:3) or strongest:LAYER:C.
+    #[arg(long, default_value = "predicted")]
+    target: String,
+    /// `*.safetensors` for the raw maps (tensor `attribution`), or a folder
+    /// for one PNG per image plus `comparison.png`.
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Percentile of |value| at which maps saturate.
+    #[arg(long, default_value_t = 99.0)]
+    percentile: f32,
+    /// Integer upscaling of every picture.
+    #[arg(long, default_value_t = 4)]
+    scale: u32,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// The paper's figure: the k inputs that activate each channel of a layer
+    /// most, as receptive-field patches beside their guided-backprop and
+    /// deconvnet reconstructions.
+    #[command(
+        after_help = "Example:\n  allcnn viz top --weights run/best.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
+    )]
+    Top(TopArgs),
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Data set to scan (CIFAR binary folder or image folder).
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split to scan: train or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Scan only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Layer, e.g. conv6.
+    #[arg(long)]
+    layer: String,
+    /// Channels: a range `0..16` or a list `1,5,9`.
+    #[arg(long, default_value = "0..8")]
+    channels: String,
+    /// Top inputs per channel.
+    #[arg(short, long, default_value_t = 9)]
+    k: usize,
+    /// Batch size of the scan.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn options(c: &Common) -> RenderOptions {
+    RenderOptions {
+        percentile: c.percentile,
+        scale: c.scale.max(1),
+        ..RenderOptions::default()
+    }
+}
+
+fn preprocessing(loaded: &weights::Loaded, path: &Path) -> Preprocessing {
+    loaded.preprocessing.clone().unwrap_or_else(|| {
+        eprintln!(
+            "warning: {} records no preprocessing; scaling pixels to [0, 1]",
+            path.display()
+        );
+        Preprocessing::scale()
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    if let Some(Sub::Top(t)) = &args.top {
+        return top(t);
+    }
+    let (Some(model_args), Some(method), Some(out)) = (&args.model, args.method, &args.out) else {
+        bail!("allcnn viz needs --weights, --method, --input and --out (see --help)");
+    };
+    let device = crate::device::open(&args.common.device)?;
+    let loaded = weights::load(model_args, &device)?;
+    let model = &loaded.file.model;
+    let (input, labels) = if args.input.len() == 1 && is_safetensors(&args.input[0]) {
+        load_tensor_file(&args.input[0], &device)?
+    } else {
+        let paths = image_paths(&args.input)?;
+        let side = loaded
+            .file
+            .meta
+            .input_size
+            .unwrap_or(model.spec().input_size);
+        let pre = preprocessing(&loaded, &model_args.weights);
+        (load_images(&paths, side, &pre, &device)?, None)
+    };
+    let target = args
+        .target
+        .parse::<TargetSpec>()?
+        .resolve(model, &input, labels.as_ref())?;
+    let maps = method.attribute(model, &input, &target)?;
+    if is_safetensors(out) {
+        let cpu = maps.to_device(&Device::Cpu)?;
+        candle_core::safetensors::save(&HashMap::from([("attribution".to_string(), cpu)]), out)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!(
+            "wrote {} maps {:?} to {}",
+            method,
+            maps.dims(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let opts = options(&args.common);
+    let files = render::write_maps(
+        &maps,
+        Style::for_method(method),
+        &opts,
+        out,
+        &format!("{method}-"),
+    )?;
+    let all = attribute_all(
+        model,
+        &[Method::Gradient, Method::Deconvnet, Method::GuidedBackprop],
+        &input,
+        &target,
+    )?;
+    let grid = out.join("comparison.png");
+    render::write_png(&render::comparison_grid(&input, &all, &opts)?, &grid)?;
+    println!(
+        "wrote {} {} maps and {} to {}",
+        files.len(),
+        method,
+        grid.file_name().unwrap_or_default().to_string_lossy(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn parse_channels(s: &str) -> Result<Vec<usize>> {
+    let bad = || format!("--channels {s}: use a range like 0..16 or a list like 1,5,9");
+    if let Some((a, b)) = s.split_once("..") {
+        let (a, b): (usize, usize) = (
+            a.trim().parse().with_context(bad)?,
+            b.trim().parse().with_context(bad)?,
+        );
+        if a >= b {
+            bail!("{}", bad());
+        }
+        return Ok((a..b).collect());
+    }
+    s.split(',')
+        .map(|c| c.trim().parse::<usize>().with_context(bad))
+        .collect()
+}
+
+fn top(args: &TopArgs) -> Result<()> {
+    let device = crate::device::open(&args.common.device)?;
+    let loaded = weights::load(&args.model, &device)?;
+    let model = &loaded.file.model;
+    let layer: LayerName = args.layer.parse()?;
+    let channels = parse_channels(&args.channels)?;
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => bail!("--split {other}: use train or test"),
+    };
+    let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;
+    if let Some(limit) = args.limit {
+        let n = limit.min(data.len());
+        data = std::sync::Arc::new(allcnn_data::Subset::new(data, (0..n).collect())?);
+    }
+    let loader = DataLoader::builder(data)
+        .preprocessing(preprocessing(&loaded, &args.model.weights))
+        .batch_size(args.batch)
+        .shuffle(false)
+        .device(device.clone())
+        .build()?;
+    let mut top = TopActivations::new(model, layer, channels, args.k)?;
+    let bar = crate::progress::bar(loader.num_examples() as u64, "scanning");
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        top.push(&batch.images)?;
+        bar.inc(batch.indices.len() as u64);
+    }
+    bar.finish_and_clear();
+    let fig = top.reconstruct(&[Method::GuidedBackprop, Method::Deconvnet])?;
+    let img = render::top_activation_grid(&fig, &options(&args.common))?;
+    render::write_png(&img, &args.out)?;
+    println!(
+        "scanned {} images; wrote the {} figure to {}",
+        top.seen(),
+        args.layer,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! Rendering, separate from attribution and usable on its own: maps to RGB
+//! images, grids, PNG files, and the paper's two figures.
+//!
+//! - Signed maps ([`Style::Signed`]: gradient, deconvnet, guided backprop)
+//!   put zero at mid-grey and scale symmetrically: values at or beyond the
+//!   `percentile`-th percentile of `|v|` saturate. Each colour channel of the
+//!   map drives the same channel of the picture.
+//! - Non-negative maps ([`Style::Heat`]: saliency) sum `|v|` over the
+//!   channels, scale by the percentile and colour black-red-yellow-white.
+//! - Images ([`Style::Image`]: normalised inputs and patches) are stretched
+//!   from their minimum to their maximum.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use image::{Rgb, RgbImage};
+
+use crate::error::{CandleContext, VizError};
+use crate::methods::Method;
+use crate::top::TopFigure;
+
+/// How to turn a `[C, H, W]` tensor into colours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Zero at mid-grey, symmetric percentile-clipped scale.
+    Signed,
+    /// `sum_c |v|` as a heat map, percentile-clipped.
+    Heat,
+    /// Min-max stretched image.
+    Image,
+}
+
+impl Style {
+    /// The style for a method's maps: [`Style::Heat`] for saliency,
+    /// [`Style::Signed`] otherwise.
+    pub fn for_method(method: Method) -> Self {
+        if method.is_signed() {
+            Style::Signed
+        } else {
+            Style::Heat
+        }
+    }
+}
+
+/// Options shared by the renderers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenderOptions {
+    /// Percentile of `|v|` (0..=100) at which signed and heat maps saturate.
+    pub percentile: f32,
+    /// Integer upscaling of every cell (nearest neighbour); 32x32 CIFAR maps
+    /// are easier to see at 4.
+    pub scale: u32,
+    /// Pixels between grid cells (and around the grid).
+    pub spacing: u32,
+    /// Colour of the spacing.
+    pub background: [u8; 3],
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            percentile: 99.5,
+            scale: 1,
+            spacing: 2,
+            background: [255, 255, 255],
+        }
+    }
+}
+
+/// `[C, H, W]` as `(C, H, W, values)` on the CPU in f32.
+fn chw(t: &Tensor, what: &str) -> Result<(usize, usize, usize, Vec<f32>), VizError> {
+    let (c, h, w) = t.dims3().map_err(|_| VizError::BadTensor {
+        what: what.into(),
+        expected: "[C, H, W] with C = 1 or 3".into(),
+        got: t.dims().to_vec(),
+    })?;
+    if c != 1 && c != 3 {
+        return Err(VizError::BadTensor {
+            what: what.into(),
+            expected: "[C, H, W] with C = 1 or 3".into(),
+            got: t.dims().to_vec(),
+        });
+    }
+    let v = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .with_context(what)?;
+    Ok((c, h, w, v))
+}
+
+trait WithWhat<T> {
+    fn with_context(self, what: &str) -> Result<T, VizError>;
+}
+
+impl<T> WithWhat<T> for candle_core::Result<T> {
+    fn with_context(self, what: &str) -> Result<T, VizError> {
+        self.context(|| format!("reading {what}"))
+    }
+}
+
+/// The `p`-th percentile (0..=100, nearest rank) of `values`; 0 when empty.
+pub fn percentile(values: &[f32], p: f32) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v: Vec<f32> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f32::total_cmp);
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * v.len() as f32).ceil() as usize;
+    v[rank.saturating_sub(1).min(v.len() - 1)]
+}
+
+fn to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+fn pixel(c: usize, plane: usize, v: &[f32], i: usize, f: impl Fn(f32) -> u8) -> Rgb<u8> {
+    if c == 1 {
+        let g = f(v[i]);
+        Rgb([g, g, g])
+    } else {
+        Rgb([f(v[i]), f(v[plane + i]), f(v[2 * plane + i])])
+    }
+}
+
+/// A signed map `[C, H, W]` (C = 1 or 3): 0 is mid-grey, `+clip` white,
+/// `-clip` black, with `clip` the `percentile`-th percentile of `|v|`.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn signed_map(map: &Tensor, percentile_: f32) -> Result<RgbImage, VizError> {
+    let (c, h, w, v) = chw(map, "signed map")?;
+    let abs: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+    let clip = percentile(&abs, percentile_);
+    let clip = if clip > 0.0 { clip } else { 1.0 };
+    let plane = h * w;
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        pixel(c, plane, &v, i, |s| to_u8(0.5 + 0.5 * s / clip))
+    }))
+}
+
+/// The black-red-yellow-white colour of `t` in `[0, 1]`.
+pub fn heat_colour(t: f32) -> Rgb<u8> {
+    let t = t.clamp(0.0, 1.0) * 3.0;
+    Rgb([to_u8(t), to_u8(t - 1.0), to_u8(t - 2.0)])
+}
+
+/// A heat map of `sum_c |v|` for `map` `[C, H, W]`, scaled so the
+/// `percentile`-th percentile saturates.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn heat_map(map: &Tensor, percentile_: f32) -> Result<RgbImage, VizError> {
+    let (c, h, w, v) = chw(map, "heat map")?;
+    let plane = h * w;
+    let sum: Vec<f32> = (0..plane)
+        .map(|i| (0..c).map(|k| v[k * plane + i].abs()).sum())
+        .collect();
+    let clip = percentile(&sum, percentile_);
+    let clip = if clip > 0.0 { clip } else { 1.0 };
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        heat_colour(sum[y as usize * w + x as usize] / clip)
+    }))
+}
+
+/// An image `[C, H, W]` stretched from its minimum (black) to its maximum
+/// (white) over all channels, which suits normalised inputs.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn image_rgb(image: &Tensor) -> Result<RgbImage, VizError> {
+    let (c, h, w, v) = chw(image, "image")?;
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    let plane = h * w;
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        pixel(c, plane, &v, i, |s| to_u8((s - lo) / range))
+    }))
+}
+
+/// Renders `[C, H, W]` in `style` (the percentile applies to the map styles).
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn render(t: &Tensor, style: Style, percentile_: f32) -> Result<RgbImage, VizError> {
+    match style {
+        Style::Signed => signed_map(t, percentile_),
+        Style::Heat => heat_map(t, percentile_),
+        Style::Image => image_rgb(t),
+    }
+}
+
+/// Nearest-neighbour upscaling by an integer `factor` (1 returns a copy).
+pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
+    let f = factor.max(1);
+    RgbImage::from_fn(img.width() * f, img.height() * f, |x, y| {
+        *img.get_pixel(x / f, y / f)
+    })
+}
+
+/// A grid of equally sized cells with spacing between and around them.
+/// Cells left empty show the background.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    rows: u32,
+    cols: u32,
+    cell_w: u32,
+    cell_h: u32,
+    spacing: u32,
+    image: RgbImage,
+}
+
+impl Grid {
+    /// An empty `rows` x `cols` grid of `cell_w` x `cell_h` cells.
+    pub fn new(
+        rows: u32,
+        cols: u32,
+        cell_w: u32,
+        cell_h: u32,
+        spacing: u32,
+        background: [u8; 3],
+    ) -> Self {
+        let w = cols * cell_w + (cols + 1) * spacing;
+        let h = rows * cell_h + (rows + 1) * spacing;
+        Self {
+            rows,
+            cols,
+            cell_w,
+            cell_h,
+            spacing,
+            image: RgbImage::from_pixel(w.max(1), h.max(1), Rgb(background)),
+        }
+    }
+
+    /// Draws `img` into cell `(row, col)` (its top-left corner; anything
+    /// beyond the cell is cut off).
+    ///
+    /// # Errors
+    /// [`VizError::InvalidArgument`] for a cell outside the grid.
+    pub fn put(&mut self, row: u32, col: u32, img: &RgbImage) -> Result<(), VizError> {
+        if row >= self.rows || col >= self.cols {
+            return Err(VizError::InvalidArgument(format!(
+                "grid cell ({row}, {col}) is outside a {}x{} grid",
+                self.rows, self.cols
+            )));
+        }
+        let x0 = self.spacing + col * (self.cell_w + self.spacing);
+        let y0 = self.spacing + row * (self.cell_h + self.spacing);
+        for y in 0..img.height().min(self.cell_h) {
+            for x in 0..img.width().min(self.cell_w) {
+                self.image.put_pixel(x0 + x, y0 + y, *img.get_pixel(x, y));
+            }
+        }
+        Ok(())
+    }
+
+    /// The finished picture.
+    pub fn into_image(self) -> RgbImage {
+        self.image
+    }
+}
+
+/// Writes `img` as a PNG, creating the parent folder.
+///
+/// # Errors
+/// [`VizError::Io`] / [`VizError::Image`] naming the file.
+pub fn write_png(img: &RgbImage, path: impl AsRef<Path>) -> Result<(), VizError> {
+    let path = path.as_ref();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| VizError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|source| VizError::Image {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Renders every map of `maps` `[N, C, H, W]` in `style` and writes
+/// `dir/{stem}{n:04}.png` for image `n`. Returns the paths written.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape, or a write error.
+pub fn write_maps(
+    maps: &Tensor,
+    style: Style,
+    opts: &RenderOptions,
+    dir: impl AsRef<Path>,
+    stem: &str,
+) -> Result<Vec<PathBuf>, VizError> {
+    let n = batch_len(maps, "maps")?;
+    let mut paths = Vec::with_capacity(n);
+    for i in 0..n {
+        let one = maps.get(i).context(|| format!("map {i}"))?;
+        let img = upscale(&render(&one, style, opts.percentile)?, opts.scale);
+        let path = dir.as_ref().join(format!("{stem}{i:04}.png"));
+        write_png(&img, &path)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn batch_len(t: &Tensor, what: &str) -> Result<usize, VizError> {
+    t.dims4().map(|(n, ..)| n).map_err(|_| VizError::BadTensor {
+        what: what.into(),
+        expected: "[N, C, H, W]".into(),
+        got: t.dims().to_vec(),
+    })
+}
+
+/// The method-comparison figure: one row per image of `input` `[N, C, H, W]`,
+/// the image first, then each method's map (in the order of `maps`, each
+/// `[N, C, H, W]`) in that method's [`Style`].
+///
+/// # Errors
+/// [`VizError::BadTensor`] when the shapes disagree.
+pub fn comparison_grid(
+    input: &Tensor,
+    maps: &[(Method, Tensor)],
+    opts: &RenderOptions,
+) -> Result<RgbImage, VizError> {
+    let n = batch_len(input, "input")?;
+    let (_, _, h, w) = input.dims4().context(|| "input".into())?;
+    for (m, t) in maps {
+        if t.dims() != input.dims() {
+            return Err(VizError::BadTensor {
+                what: format!("{m} maps"),
+                expected: format!("the input's shape {:?}", input.dims()),
+                got: t.dims().to_vec(),
+            });
+        }
+    }
+    let s = opts.scale.max(1);
+    let mut grid = Grid::new(
+        n as u32,
+        1 + maps.len() as u32,
+        w as u32 * s,
+        h as u32 * s,
+        opts.spacing,
+        opts.background,
+    );
+    for i in 0..n {
+        let img = input.get(i).context(|| format!("image {i}"))?;
+        grid.put(i as u32, 0, &upscale(&image_rgb(&img)?, s))?;
+        for (j, (m, t)) in maps.iter().enumerate() {
+            let one = t.get(i).context(|| format!("{m} map {i}"))?;
+            let pic = render(&one, Style::for_method(*m), opts.percentile)?;
+            grid.put(i as u32, 1 + j as u32, &upscale(&pic, s))?;
+        }
+    }
+    Ok(grid.into_image())
+}
+
+/// The paper's top-activation figure for one layer: per channel a row of the
+/// `k` receptive-field patches, then, for each reconstruction method, the `k`
+/// reconstructions in the same order. Groups are separated by an empty
+/// cell. Each patch and reconstruction is scaled on its own.
+///
+/// # Errors
+/// [`VizError::InvalidArgument`] for a figure with no rows.
+pub fn top_activation_grid(fig: &TopFigure, opts: &RenderOptions) -> Result<RgbImage, VizError> {
+    let k = fig.rows.iter().map(|r| r.entries.len()).max().unwrap_or(0);
+    if fig.rows.is_empty() || k == 0 {
+        return Err(VizError::InvalidArgument(format!(
+            "the {} top-activation figure has nothing to draw",
+            fig.layer
+        )));
+    }
+    let size = fig.receptive_field.size as u32 * opts.scale.max(1);
+    let groups = 1 + fig.methods.len() as u32;
+    let cols = groups * k as u32 + (groups - 1);
+    let mut grid = Grid::new(
+        fig.rows.len() as u32,
+        cols,
+        size,
+        size,
+        opts.spacing,
+        opts.background,
+    );
+    for (r, row) in fig.rows.iter().enumerate() {
+        for (i, e) in row.entries.iter().enumerate() {
+            let col = i as u32;
+            grid.put(r as u32, col, &upscale(&image_rgb(&e.patch)?, opts.scale))?;
+            for (g, (m, rec)) in e.reconstructions.iter().enumerate() {
+                let col = (g as u32 + 1) * (k as u32 + 1) + i as u32;
+                let pic = render(rec, Style::for_method(*m), opts.percentile)?;
+                grid.put(r as u32, col, &upscale(&pic, opts.scale))?;
+            }
+        }
+    }
+    Ok(grid.into_image())
+}

@@ -1,0 +1,103 @@
+//! Rendering on its own: colour scales, grids and PNG files.
+
+use allcnn_viz::render::{self, Grid, RenderOptions, Style};
+use allcnn_viz::Method;
+use candle_core::{Device, Tensor};
+use image::Rgb;
+
+fn t(v: Vec<f32>, shape: (usize, usize, usize)) -> Tensor {
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn percentile_is_nearest_rank() {
+    let v: Vec<f32> = (1..=100).map(|i| i as f32).collect();
+    assert_eq!(render::percentile(&v, 99.0), 99.0);
+    assert_eq!(render::percentile(&v, 100.0), 100.0);
+    assert_eq!(render::percentile(&v, 0.0), 1.0);
+    assert_eq!(render::percentile(&[], 50.0), 0.0);
+}
+
+#[test]
+fn signed_maps_put_zero_at_mid_grey_and_clip_symmetrically() {
+    // |v| = 0, 1, 2, 4: the 75th percentile is 2, so +-2 and beyond saturate.
+    let img = render::signed_map(&t(vec![0.0, 1.0, -2.0, 4.0], (1, 2, 2)), 75.0).unwrap();
+    assert_eq!(*img.get_pixel(0, 0), Rgb([128, 128, 128]));
+    assert_eq!(*img.get_pixel(1, 0), Rgb([191, 191, 191]));
+    assert_eq!(*img.get_pixel(0, 1), Rgb([0, 0, 0]));
+    assert_eq!(*img.get_pixel(1, 1), Rgb([255, 255, 255]));
+    // An all-zero map is uniformly grey; colour channels stay separate.
+    let img = render::signed_map(&t(vec![1.0, 0.0, -1.0], (3, 1, 1)), 100.0).unwrap();
+    assert_eq!(*img.get_pixel(0, 0), Rgb([255, 128, 0]));
+    let img = render::signed_map(&t(vec![0.0; 4], (1, 2, 2)), 99.5).unwrap();
+    assert!(img.pixels().all(|p| *p == Rgb([128, 128, 128])));
+}
+
+#[test]
+fn heat_maps_sum_absolute_channels() {
+    assert_eq!(render::heat_colour(0.0), Rgb([0, 0, 0]));
+    assert_eq!(render::heat_colour(1.0), Rgb([255, 255, 255]));
+    assert_eq!(render::heat_colour(1.0 / 3.0), Rgb([255, 0, 0]));
+    // Pixel sums 0 and 3 (= the 100th percentile).
+    let img = render::heat_map(&t(vec![0.0, 1.0, 0.0, -1.0, 0.0, 1.0], (3, 1, 2)), 100.0).unwrap();
+    assert_eq!(*img.get_pixel(0, 0), Rgb([0, 0, 0]));
+    assert_eq!(*img.get_pixel(1, 0), Rgb([255, 255, 255]));
+    assert_eq!(Style::for_method(Method::Saliency), Style::Heat);
+    assert_eq!(Style::for_method(Method::GuidedBackprop), Style::Signed);
+}
+
+#[test]
+fn images_are_stretched_and_bad_shapes_rejected() {
+    let img = render::image_rgb(&t(vec![-1.0, 1.0], (1, 1, 2))).unwrap();
+    assert_eq!(*img.get_pixel(0, 0), Rgb([0, 0, 0]));
+    assert_eq!(*img.get_pixel(1, 0), Rgb([255, 255, 255]));
+    assert!(render::image_rgb(&t(vec![0.0; 8], (2, 2, 2))).is_err());
+    assert!(render::signed_map(
+        &Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        99.0
+    )
+    .is_err());
+}
+
+#[test]
+fn grids_have_spacing() {
+    let mut g = Grid::new(2, 3, 4, 5, 2, [255, 0, 255]);
+    let cell = image::RgbImage::from_pixel(4, 5, Rgb([1, 2, 3]));
+    g.put(1, 2, &cell).unwrap();
+    assert!(g.put(2, 0, &cell).is_err());
+    let img = g.into_image();
+    assert_eq!(img.dimensions(), (3 * 4 + 4 * 2, 2 * 5 + 3 * 2));
+    assert_eq!(*img.get_pixel(2 + 2 * 6, 2 + 7), Rgb([1, 2, 3]));
+    assert_eq!(*img.get_pixel(0, 0), Rgb([255, 0, 255]));
+    assert_eq!(render::upscale(&cell, 3).dimensions(), (12, 15));
+}
+
+#[test]
+fn writes_one_png_per_image_and_a_comparison_grid() {
+    let dev = Device::Cpu;
+    let input = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev).unwrap();
+    let maps = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RenderOptions {
+        scale: 2,
+        ..Default::default()
+    };
+    let paths =
+        render::write_maps(&maps, Style::Signed, &opts, dir.path().join("out"), "gb-").unwrap();
+    assert_eq!(paths.len(), 2);
+    assert!(paths[1].ends_with("out/gb-0001.png"));
+    let back = image::open(&paths[0]).unwrap();
+    assert_eq!((back.width(), back.height()), (10, 12));
+
+    let all = vec![
+        (Method::Gradient, maps.clone()),
+        (Method::Saliency, maps.abs().unwrap()),
+    ];
+    let grid = render::comparison_grid(&input, &all, &opts).unwrap();
+    assert_eq!(grid.dimensions(), (3 * 10 + 4 * 2, 2 * 12 + 3 * 2));
+    let bad = vec![(Method::Gradient, maps.narrow(0, 0, 1).unwrap())];
+    assert!(render::comparison_grid(&input, &bad, &opts).is_err());
+    let path = dir.path().join("comparison.png");
+    render::write_png(&grid, &path).unwrap();
+    assert!(path.is_file());
+}
