@@ -43,7 +43,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
     )]
-    Viz(viz::Args),
+    Viz(Box<viz::Args>),
     /// Measure inference speed of a model (one JSON line).
     #[command(after_help = "Example:\n  allcnn bench --model all-cnn-c --batch 64 --mode infer")]
     Bench(bench::Args),
