@@ -13,7 +13,7 @@ mod weights;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Reproduce "Striving for Simplicity: The All Convolutional Net"
 /// (Springenberg et al., 2014) on CPU, CUDA or Metal.
@@ -44,7 +44,16 @@ enum Command {
         after_help = "Examples:\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
     )]
     Viz(Box<viz::Args>),
-    /// Measure inference speed of a model (one JSON line).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  allcnn completions bash > /etc/bash_completion.d/allcnn")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(after_help = "Example:\n  allcnn man > allcnn.1 && man ./allcnn.1")]
+    Man,
+    /// Measure training-step or inference speed of a model (one JSON line).
     #[command(after_help = "Example:\n  allcnn bench --model all-cnn-c --batch 64 --mode infer")]
     Bench(bench::Args),
 }
@@ -57,6 +66,13 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args),
         Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -400,3 +400,22 @@ fn viz_top_on_a_small_image_folder() {
         "rows of patches and reconstructions"
     );
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_same_definition() {
+    let o = allcnn(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("allcnn") && out.contains("predict") && out.contains("--weights"),
+        "bash completion"
+    );
+    let o = allcnn(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH allcnn"),
+        "roff output"
+    );
+    assert!(out.contains("predict"));
+}
