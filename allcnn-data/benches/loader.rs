@@ -2,7 +2,8 @@
 //!
 //! - `cifar_bin/*`: CIFAR-10 binary files generated in a temporary folder
 //!   (from the JPEG folder when present, else random bytes), with and without
-//!   flip + translate + GCN/ZCA.
+//!   flip + translate + GCN/ZCA, and with the preprocessed cache
+//!   (`cache_preprocessed`, later epochs).
 //! - `cifar10_jpg/*`: ../shared/data/cifar10-jpg decoded lazily from JPEG,
 //!   with flip + translate + GCN/ZCA (skipped when the folder is absent).
 //! - `fit_gcn_zca/*`: fitting GCN + ZCA on 10,000 images.
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allcnn_data::{
-    encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, Dataset,
-    FolderOptions, GcnZcaConfig, ImageFolder, LoaderConfig, Preprocessing, Split, Subset,
+    encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, Dataset, FolderOptions,
+    GcnZcaConfig, ImageFolder, LoaderConfig, Preprocessing, Split, Subset,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
@@ -25,7 +26,10 @@ const BATCH: usize = 128;
 const PER_ITER: usize = 40 * BATCH;
 
 fn jpg_root() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/cifar10-jpg"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/cifar10-jpg"
+    ));
     p.join("train").is_dir().then_some(p)
 }
 
@@ -33,7 +37,8 @@ fn jpg_root() -> Option<PathBuf> {
 fn write_cifar(dir: &std::path::Path) {
     let bin = dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let jpg = jpg_root().map(|r| ImageFolder::open_split(&r, Split::Train, FolderOptions::default()).unwrap());
+    let jpg = jpg_root()
+        .map(|r| ImageFolder::open_split(&r, Split::Train, FolderOptions::default()).unwrap());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for (k, f) in CifarKind::Cifar10
         .files(Split::Train)
@@ -46,7 +51,8 @@ fn write_cifar(dir: &std::path::Path) {
             match &jpg {
                 Some(j) => {
                     let s = j.get((k * 10_000 + i) % j.len()).unwrap();
-                    encode_cifar_record(CifarKind::Cifar10, &s.image, s.label, 0, &mut bytes).unwrap();
+                    encode_cifar_record(CifarKind::Cifar10, &s.image, s.label, 0, &mut bytes)
+                        .unwrap();
                 }
                 None => {
                     bytes.push(rng.random_range(0..10));
@@ -83,7 +89,8 @@ fn bench(c: &mut Criterion) {
     let zca = Preprocessing::fit_gcn_zca(&fit_set, &GcnZcaConfig::default()).unwrap();
 
     let mut g = c.benchmark_group("cifar_bin");
-    g.sample_size(10).throughput(Throughput::Elements(PER_ITER as u64));
+    g.sample_size(10)
+        .throughput(Throughput::Elements(PER_ITER as u64));
     let plain = DataLoader::builder(train.clone())
         .config(LoaderConfig::train(BATCH, 1, Augmentation::None))
         .build()
@@ -106,18 +113,36 @@ fn bench(c: &mut Criterion) {
             run_epoch_part(&paper, e)
         })
     });
+    let cached = DataLoader::builder(train.clone())
+        .preprocessing(zca.clone())
+        .config(LoaderConfig::train(BATCH, 1, Augmentation::paper_cifar()))
+        .cache_preprocessed(true)
+        .build()
+        .unwrap();
+    // Fill the cache once (the first epoch costs what `flip_translate_gcn_zca` does).
+    for b in cached.epoch(0) {
+        b.unwrap();
+    }
+    g.bench_function("flip_translate_gcn_zca_cached", |b| {
+        b.iter(|| {
+            e += 1;
+            run_epoch_part(&cached, e)
+        })
+    });
     g.finish();
 
     if let Some(root) = jpg_root() {
-        let jpg: Arc<dyn Dataset> =
-            Arc::new(ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap());
+        let jpg: Arc<dyn Dataset> = Arc::new(
+            ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap(),
+        );
         let loader = DataLoader::builder(jpg)
             .preprocessing(zca)
             .config(LoaderConfig::train(BATCH, 1, Augmentation::paper_cifar()))
             .build()
             .unwrap();
         let mut g = c.benchmark_group("cifar10_jpg");
-        g.sample_size(10).throughput(Throughput::Elements(PER_ITER as u64));
+        g.sample_size(10)
+            .throughput(Throughput::Elements(PER_ITER as u64));
         g.bench_function("flip_translate_gcn_zca", |b| {
             b.iter(|| {
                 e += 1;

@@ -173,7 +173,11 @@ impl Augmentation {
                 let (rh, rw) = resized_shorter(h, w, resize);
                 AugmentParams {
                     resize_to: Some((rh, rw)),
-                    crop: Some((rh.saturating_sub(crop) / 2, rw.saturating_sub(crop) / 2, crop)),
+                    crop: Some((
+                        rh.saturating_sub(crop) / 2,
+                        rw.saturating_sub(crop) / 2,
+                        crop,
+                    )),
                     ..Default::default()
                 }
             }
@@ -216,7 +220,15 @@ impl Augmentation {
     ///
     /// # Panics
     /// When `src` or `dst` is not `c * h * w` long.
-    pub fn apply_f32(&self, params: &AugmentParams, src: &[f32], c: usize, h: usize, w: usize, dst: &mut [f32]) {
+    pub fn apply_f32(
+        &self,
+        params: &AugmentParams,
+        src: &[f32],
+        c: usize,
+        h: usize,
+        w: usize,
+        dst: &mut [f32],
+    ) {
         match self {
             Augmentation::FlipTranslate { .. } => {
                 flip_translate(src, c, h, w, params.flip, params.dx, params.dy, dst)
@@ -232,9 +244,15 @@ pub fn resized_shorter(h: usize, w: usize, side: usize) -> (usize, usize) {
         return (side, side);
     }
     if h <= w {
-        (side, ((w as f64 * side as f64 / h as f64).round() as usize).max(side))
+        (
+            side,
+            ((w as f64 * side as f64 / h as f64).round() as usize).max(side),
+        )
     } else {
-        (((h as f64 * side as f64 / w as f64).round() as usize).max(side), side)
+        (
+            ((h as f64 * side as f64 / w as f64).round() as usize).max(side),
+            side,
+        )
     }
 }
 
@@ -244,7 +262,16 @@ pub fn resized_shorter(h: usize, w: usize, side: usize) -> (usize, usize) {
 /// # Panics
 /// When `src` or `dst` is not `c * h * w` long.
 #[allow(clippy::too_many_arguments)]
-pub fn flip_translate(src: &[f32], c: usize, h: usize, w: usize, flip: bool, dx: i32, dy: i32, dst: &mut [f32]) {
+pub fn flip_translate(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    flip: bool,
+    dx: i32,
+    dy: i32,
+    dst: &mut [f32],
+) {
     assert_eq!(src.len(), c * h * w, "flip_translate: src length");
     assert_eq!(dst.len(), c * h * w, "flip_translate: dst length");
     for ch in 0..c {
@@ -337,11 +364,18 @@ pub fn resize_u8(img: &Image, nh: usize, nw: usize) -> Result<Image, DataError> 
         rgb[3 * i + 1] = chw[hw + i];
         rgb[3 * i + 2] = chw[2 * hw + i];
     }
-    let buf = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| DataError::InvalidConfig {
-        name: "resize",
-        value: format!("{h}x{w}"),
-        reason: "inconsistent image buffer".into(),
+    let buf = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| {
+        DataError::InvalidConfig {
+            name: "resize",
+            value: format!("{h}x{w}"),
+            reason: "inconsistent image buffer".into(),
+        }
     })?;
-    let out = image::imageops::resize(&buf, nw as u32, nh as u32, image::imageops::FilterType::Triangle);
+    let out = image::imageops::resize(
+        &buf,
+        nw as u32,
+        nh as u32,
+        image::imageops::FilterType::Triangle,
+    );
     Image::from_rgb_hwc(nh, nw, out.as_raw())
 }

@@ -319,8 +319,7 @@ impl CifarDataset {
                     ),
                 });
             }
-            let bytes =
-                std::fs::read(&path).map_err(|e| DataError::io("cannot read", &path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| DataError::io("cannot read", &path, e))?;
             let part = parse_cifar_records(&bytes, kind, &path)?;
             records.pixels.extend_from_slice(&part.pixels);
             records.labels.extend_from_slice(&part.labels);

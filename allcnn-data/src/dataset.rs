@@ -203,7 +203,11 @@ impl VecDataset {
     /// # Errors
     /// [`DataError::InvalidConfig`] when the lengths differ or a label is
     /// not below `classes.len()`.
-    pub fn new(images: Vec<Image>, labels: Vec<u32>, classes: Vec<String>) -> Result<Self, DataError> {
+    pub fn new(
+        images: Vec<Image>,
+        labels: Vec<u32>,
+        classes: Vec<String>,
+    ) -> Result<Self, DataError> {
         if images.len() != labels.len() {
             return Err(DataError::InvalidConfig {
                 name: "labels",
@@ -218,7 +222,11 @@ impl VecDataset {
                 reason: format!("must be below the number of classes, {}", classes.len()),
             });
         }
-        Ok(Self { images, labels, classes })
+        Ok(Self {
+            images,
+            labels,
+            classes,
+        })
     }
 }
 
@@ -240,10 +248,13 @@ impl Dataset for VecDataset {
         &self.classes
     }
     fn label(&self, index: usize) -> Result<u32, DataError> {
-        self.labels.get(index).copied().ok_or(DataError::IndexOutOfRange {
-            index,
-            len: self.labels.len(),
-        })
+        self.labels
+            .get(index)
+            .copied()
+            .ok_or(DataError::IndexOutOfRange {
+                index,
+                len: self.labels.len(),
+            })
     }
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
         let f = self.images.first()?;

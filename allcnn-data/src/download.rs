@@ -94,7 +94,11 @@ pub fn download_cifar(
 ) -> Result<DownloadOutcome, DataError> {
     let (official_url, official_md5) = official_source(kind);
     let url = opts.url.as_deref().unwrap_or(official_url);
-    let md5 = opts.md5.as_deref().unwrap_or(official_md5).to_ascii_lowercase();
+    let md5 = opts
+        .md5
+        .as_deref()
+        .unwrap_or(official_md5)
+        .to_ascii_lowercase();
     std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
     let target = dir.join(kind.folder());
     let archive_name = url
@@ -190,7 +194,9 @@ pub fn file_md5(path: &Path) -> Result<String, DataError> {
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = r.read(&mut buf).map_err(|e| DataError::io("cannot read", path, e))?;
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| DataError::io("cannot read", path, e))?;
         if n == 0 {
             break;
         }
@@ -203,13 +209,19 @@ pub fn file_md5(path: &Path) -> Result<String, DataError> {
 fn content_range(v: &str) -> (Option<u64>, Option<u64>) {
     let v = v.trim().strip_prefix("bytes").unwrap_or(v).trim();
     let (range, total) = v.split_once('/').unwrap_or((v, "*"));
-    let start = range.split_once('-').and_then(|(s, _)| s.trim().parse().ok());
+    let start = range
+        .split_once('-')
+        .and_then(|(s, _)| s.trim().parse().ok());
     (start, total.trim().parse().ok())
 }
 
 /// Downloads `url` into `part`, resuming it when it already holds bytes.
 /// Returns (bytes fetched, resumed).
-fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u64, bool), DataError> {
+fn fetch_resumable(
+    url: &str,
+    part: &Path,
+    opts: &DownloadOptions,
+) -> Result<(u64, bool), DataError> {
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(60));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -236,10 +248,14 @@ fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u6
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let content_length: Option<u64> = header("content-length").and_then(|v| v.trim().parse().ok());
+        let content_length: Option<u64> =
+            header("content-length").and_then(|v| v.trim().parse().ok());
         let (append, total) = match status {
             206 if offset > 0 => {
-                let (start, total) = header("content-range").as_deref().map(content_range).unwrap_or((None, None));
+                let (start, total) = header("content-range")
+                    .as_deref()
+                    .map(content_range)
+                    .unwrap_or((None, None));
                 if start != Some(offset) {
                     return Err(http(format!(
                         "the server resumed at byte {start:?} instead of {offset}; delete {} and retry",
@@ -256,7 +272,10 @@ fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u6
             }
             416 if offset > 0 && !restarted => {
                 // The range starts at or past the end: the part may be complete.
-                let (_, total) = header("content-range").as_deref().map(content_range).unwrap_or((None, None));
+                let (_, total) = header("content-range")
+                    .as_deref()
+                    .map(content_range)
+                    .unwrap_or((None, None));
                 if total == Some(offset) {
                     return Ok((0, true));
                 }
@@ -282,7 +301,11 @@ fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u6
             ) {
                 pb.set_style(style.progress_chars("=> "));
             }
-            pb.set_message(part.file_name().map(|s| s.to_string_lossy().replace(".part", "")).unwrap_or_default());
+            pb.set_message(
+                part.file_name()
+                    .map(|s| s.to_string_lossy().replace(".part", ""))
+                    .unwrap_or_default(),
+            );
             pb.set_position(start);
             pb
         } else {
@@ -295,7 +318,8 @@ fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u6
             match reader.read(&mut buf) {
                 Ok(0) => break None,
                 Ok(n) => {
-                    file.write_all(&buf[..n]).map_err(|e| DataError::io("cannot write", part, e))?;
+                    file.write_all(&buf[..n])
+                        .map_err(|e| DataError::io("cannot write", part, e))?;
                     got += n as u64;
                     pb.inc(n as u64);
                 }
@@ -303,7 +327,8 @@ fn fetch_resumable(url: &str, part: &Path, opts: &DownloadOptions) -> Result<(u6
                 Err(e) => break Some(e),
             }
         };
-        file.flush().map_err(|e| DataError::io("cannot write", part, e))?;
+        file.flush()
+            .map_err(|e| DataError::io("cannot write", part, e))?;
         pb.finish_and_clear();
         let have = start + got;
         match total {
@@ -355,7 +380,9 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
                 .unpack_in(&tmp)
                 .map_err(|e| arch_err(format!("member {name}: {e}")))?;
             if !inside {
-                return Err(arch_err(format!("member {name} points outside the archive folder")));
+                return Err(arch_err(format!(
+                    "member {name} points outside the archive folder"
+                )));
             }
         }
         if let Some(what) = missing_member(&tmp.join(kind.folder()), kind) {
@@ -372,7 +399,10 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
         return Err(e);
     }
     if target.exists() {
-        log::warn!("{}: replacing an incomplete dataset folder", target.display());
+        log::warn!(
+            "{}: replacing an incomplete dataset folder",
+            target.display()
+        );
         std::fs::remove_dir_all(&target).map_err(|e| DataError::io("cannot remove", &target, e))?;
     }
     let from = tmp.join(kind.folder());

@@ -241,7 +241,11 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         DataError::Io {
             action,
             path: path.into(),

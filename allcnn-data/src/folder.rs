@@ -149,7 +149,12 @@ fn header_size(path: &Path) -> Result<(usize, usize), DataError> {
     Ok((h as usize, w as usize))
 }
 
-fn check_size(path: &Path, expect: Option<(usize, usize)>, h: usize, w: usize) -> Result<(), DataError> {
+fn check_size(
+    path: &Path,
+    expect: Option<(usize, usize)>,
+    h: usize,
+    w: usize,
+) -> Result<(), DataError> {
     match expect {
         Some((eh, ew)) if (eh, ew) != (h, w) => Err(DataError::WrongImageSize {
             what: path.display().to_string(),
@@ -209,7 +214,11 @@ impl ImageFolder {
     ///
     /// # Errors
     /// As [`ImageFolder::open`].
-    pub fn open_split(root: &Path, split: Split, options: FolderOptions) -> Result<Self, DataError> {
+    pub fn open_split(
+        root: &Path,
+        split: Split,
+        options: FolderOptions,
+    ) -> Result<Self, DataError> {
         Self::open(&split_dir(root, split), options)
     }
 

@@ -73,8 +73,21 @@ impl fmt::Display for DatasetInfo {
         writeln!(f, "path:   {}", self.path.display())?;
         for s in &self.splits {
             writeln!(f)?;
-            writeln!(f, "{}: {} images, {} classes ({})", s.name, s.images, s.classes.len(), s.path.display())?;
-            let width = s.classes.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
+            writeln!(
+                f,
+                "{}: {} images, {} classes ({})",
+                s.name,
+                s.images,
+                s.classes.len(),
+                s.path.display()
+            )?;
+            let width = s
+                .classes
+                .iter()
+                .map(|c| c.name.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
             writeln!(f, "  {:>5}  {:<width$}  {:>8}", "label", "class", "images")?;
             for (i, c) in s.classes.iter().enumerate() {
                 writeln!(f, "  {:>5}  {:<width$}  {:>8}", i, c.name, c.count)?;
@@ -103,12 +116,19 @@ pub fn detect_format(path: &Path) -> Result<(DatasetFormat, PathBuf), DataError>
         (CifarKind::Cifar100, DatasetFormat::Cifar100Binary),
     ] {
         let dir = resolve_dir(path, kind);
-        if kind.files(Split::Train).iter().chain(kind.files(Split::Test)).any(|f| dir.join(f).is_file()) {
+        if kind
+            .files(Split::Train)
+            .iter()
+            .chain(kind.files(Split::Test))
+            .any(|f| dir.join(f).is_file())
+        {
             return Ok((fmt, dir));
         }
     }
     if path.is_dir() {
-        let has_split = ["train", "test", "val"].iter().any(|s| path.join(s).is_dir());
+        let has_split = ["train", "test", "val"]
+            .iter()
+            .any(|s| path.join(s).is_dir());
         let has_classes = !class_dirs(path)?.is_empty();
         if has_split || has_classes {
             return Ok((DatasetFormat::ImageFolder, path.to_path_buf()));
@@ -232,16 +252,28 @@ pub struct OpenOptions {
 ///
 /// # Errors
 /// Those of [`detect_format`], [`CifarDataset::load`] and [`ImageFolder::open`].
-pub fn open_dataset(path: &Path, split: Split, options: &OpenOptions) -> Result<Arc<dyn Dataset>, DataError> {
+pub fn open_dataset(
+    path: &Path,
+    split: Split,
+    options: &OpenOptions,
+) -> Result<Arc<dyn Dataset>, DataError> {
     let (format, dir) = detect_format(path)?;
     Ok(match format {
-        DatasetFormat::Cifar10Binary => Arc::new(CifarDataset::load(&dir, CifarKind::Cifar10, split)?),
-        DatasetFormat::Cifar100Binary => {
-            Arc::new(CifarDataset::load(&dir, CifarKind::Cifar100, split)?.with_labels(options.labels))
+        DatasetFormat::Cifar10Binary => {
+            Arc::new(CifarDataset::load(&dir, CifarKind::Cifar10, split)?)
         }
+        DatasetFormat::Cifar100Binary => Arc::new(
+            CifarDataset::load(&dir, CifarKind::Cifar100, split)?.with_labels(options.labels),
+        ),
         DatasetFormat::ImageFolder => {
-            let has_split = ["train", "test", "val"].iter().any(|s| dir.join(s).is_dir());
-            let root = if has_split { split_dir(&dir, split) } else { dir };
+            let has_split = ["train", "test", "val"]
+                .iter()
+                .any(|s| dir.join(s).is_dir());
+            let root = if has_split {
+                split_dir(&dir, split)
+            } else {
+                dir
+            };
             Arc::new(ImageFolder::open(&root, options.folder.clone())?)
         }
     })

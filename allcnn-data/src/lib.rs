@@ -98,7 +98,9 @@ pub use dataset::{
 };
 pub use download::{download_cifar, DownloadOptions, DownloadOutcome};
 pub use error::DataError;
-pub use folder::{decode_image, decode_image_bytes, is_image_file, FolderOptions, ImageFolder, OnError};
+pub use folder::{
+    decode_image, decode_image_bytes, is_image_file, FolderOptions, ImageFolder, OnError,
+};
 pub use info::{
     detect_format, info, open_dataset, ClassCount, DatasetFormat, DatasetInfo, OpenOptions,
     SplitInfo,

@@ -3,7 +3,7 @@
 //! thread, and hands out candle tensors on the requested device.
 
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
@@ -12,14 +12,16 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::Augmentation;
+use crate::augment::{AugmentParams, Augmentation};
 use crate::dataset::Dataset;
 use crate::preprocess::Preprocessing;
 use crate::DataError;
 
-/// Images handled by one worker task: the unit of parallelism (and of the
-/// preprocessing GEMM). Fixed, so results never depend on the thread count.
+/// Images read and augmented (8-bit stage) by one worker task. Fixed, like
+/// every split of the work, so results never depend on the thread count.
 const CHUNK: usize = 16;
+/// Largest preprocessed cache allowed.
+const MAX_CACHE_BYTES: u64 = 4 << 30;
 
 /// Settings of a [`DataLoader`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +40,14 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches prepared ahead of the consumer (at least 1).
     pub prefetch: usize,
+    /// Keep each example's preprocessed `f32` image after its first use, so
+    /// later epochs only augment (flip, translate). For CIFAR with GCN + ZCA
+    /// this removes the per-epoch ZCA GEMM; it costs `len * c * h * w * 4`
+    /// bytes (614 MB for the 50,000 CIFAR training images) and is refused
+    /// above 4 GiB or with an 8-bit augmentation (ImageNet crops). Off by
+    /// default.
+    #[serde(default)]
+    pub cache_preprocessed: bool,
 }
 
 impl Default for LoaderConfig {
@@ -50,6 +60,7 @@ impl Default for LoaderConfig {
             augmentation: Augmentation::None,
             workers: 0,
             prefetch: 2,
+            cache_preprocessed: false,
         }
     }
 }
@@ -182,6 +193,12 @@ impl LoaderBuilder {
         self.config.prefetch = n;
         self
     }
+    /// Cache preprocessed images across epochs (default off); see
+    /// [`LoaderConfig::cache_preprocessed`].
+    pub fn cache_preprocessed(mut self, on: bool) -> Self {
+        self.config.cache_preprocessed = on;
+        self
+    }
     /// Device of the batch tensors (default CPU).
     pub fn device(mut self, d: Device) -> Self {
         self.device = d;
@@ -233,6 +250,20 @@ impl LoaderBuilder {
                 });
             }
         }
+        let cache = if c.cache_preprocessed {
+            let bytes = self.dataset.len() as u64 * (ch * oh * ow) as u64 * 4;
+            if c.augmentation.has_u8_stage() || bytes > MAX_CACHE_BYTES {
+                return Err(DataError::InvalidConfig {
+                    name: "cache_preprocessed",
+                    value: format!("true ({} MiB, {:?})", bytes >> 20, c.augmentation),
+                    reason: "needs at most 4 GiB and no 8-bit augmentation (crops); turn it off"
+                        .into(),
+                });
+            }
+            Some((0..self.dataset.len()).map(|_| OnceLock::new()).collect())
+        } else {
+            None
+        };
         let workers = if c.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -252,6 +283,7 @@ impl LoaderBuilder {
                 config: self.config,
                 shape,
                 pool,
+                cache,
             }),
             device: self.device,
         })
@@ -264,6 +296,7 @@ struct Inner {
     config: LoaderConfig,
     shape: (usize, usize, usize),
     pool: rayon::ThreadPool,
+    cache: Option<Vec<OnceLock<Box<[f32]>>>>,
 }
 
 /// Produces batches of a dataset, epoch by epoch. Cheap to clone (shares
@@ -402,17 +435,45 @@ impl Inner {
         let (c, h, w) = self.shape;
         let d = c * h * w;
         let n = indices.len();
-        let mut images = vec![0f32; n * d];
+        let mut pixels = vec![0u8; n * d];
         let mut labels = vec![0u32; n];
+        let mut params = vec![AugmentParams::default(); n];
         let aug = self.config.augmentation;
         let seed = self.config.seed;
-        images
+        if let Some(cache) = &self.cache {
+            if let Some(rows) = indices
+                .iter()
+                .map(|&i| cache.get(i).and_then(OnceLock::get))
+                .collect::<Option<Vec<&Box<[f32]>>>>()
+            {
+                let labels = indices
+                    .iter()
+                    .map(|&i| self.dataset.label(i))
+                    .collect::<Result<Vec<u32>, DataError>>()?;
+                let mut images = vec![0f32; n * d];
+                images
+                    .par_chunks_mut(d)
+                    .zip(rows.par_iter())
+                    .zip(indices.par_iter())
+                    .for_each(|((dst, src), &i)| {
+                        let p = aug.sample(seed, epoch, i as u64, h, w);
+                        aug.apply_f32(&p, src, c, h, w, dst);
+                    });
+                return Ok(HostBatch {
+                    images,
+                    shape: (n, c, h, w),
+                    labels,
+                    indices: indices.to_vec(),
+                });
+            }
+        }
+        // 1. Read, 8-bit augmentation, gather: in fixed chunks on the workers.
+        pixels
             .par_chunks_mut(CHUNK * d)
             .zip(labels.par_chunks_mut(CHUNK))
+            .zip(params.par_chunks_mut(CHUNK))
             .zip(indices.par_chunks(CHUNK))
-            .try_for_each(|((out, lab), idx)| -> Result<(), DataError> {
-                let mut pixels = Vec::with_capacity(idx.len() * d);
-                let mut params = Vec::with_capacity(idx.len());
+            .try_for_each(|(((px, lab), par), idx)| -> Result<(), DataError> {
                 for (k, &i) in idx.iter().enumerate() {
                     let s = self.dataset.get(i)?;
                     let img = s.image;
@@ -430,21 +491,35 @@ impl Inner {
                             found_w: found.2,
                         });
                     }
-                    pixels.extend_from_slice(img.as_chw());
+                    px[k * d..(k + 1) * d].copy_from_slice(img.as_chw());
                     lab[k] = s.label;
-                    params.push(p);
-                }
-                if matches!(aug, Augmentation::FlipTranslate { .. }) {
-                    let mut tmp = vec![0f32; out.len()];
-                    self.preprocessing.apply_u8(&pixels, self.shape, &mut tmp)?;
-                    for ((src, dst), p) in tmp.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(&params) {
-                        aug.apply_f32(p, src, c, h, w, dst);
-                    }
-                } else {
-                    self.preprocessing.apply_u8(&pixels, self.shape, out)?;
+                    par[k] = p;
                 }
                 Ok(())
             })?;
+        // 2. Preprocessing of the whole batch (one blocked GEMM for ZCA).
+        let mut pre = vec![0f32; n * d];
+        self.preprocessing.apply_u8(&pixels, self.shape, &mut pre)?;
+        drop(pixels);
+        if let Some(cache) = &self.cache {
+            for (row, &i) in pre.chunks_exact(d).zip(indices) {
+                if let Some(slot) = cache.get(i) {
+                    let _ = slot.set(row.into());
+                }
+            }
+        }
+        // 3. Augmentation after normalisation (zero fill).
+        let images = if matches!(aug, Augmentation::FlipTranslate { .. }) {
+            let mut images = vec![0f32; n * d];
+            images
+                .par_chunks_mut(d)
+                .zip(pre.par_chunks(d))
+                .zip(params.par_iter())
+                .for_each(|((dst, src), p)| aug.apply_f32(p, src, c, h, w, dst));
+            images
+        } else {
+            pre
+        };
         Ok(HostBatch {
             images,
             shape: (n, c, h, w),

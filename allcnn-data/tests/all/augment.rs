@@ -1,6 +1,8 @@
 //! Hand-computed 4x4 cases and reproducibility of the augmentation.
 
-use allcnn_data::{crop_u8, flip_translate, flip_u8, resize_u8, AugmentParams, Augmentation, Image};
+use allcnn_data::{
+    crop_u8, flip_translate, flip_u8, resize_u8, AugmentParams, Augmentation, Image,
+};
 
 /// 1 channel, 4x4, values 0..16 row-major.
 fn grid() -> Vec<f32> {
@@ -62,7 +64,11 @@ fn u8_flip_crop_resize() {
     assert_eq!((r.channels(), r.height(), r.width()), (3, 8, 6));
     // A constant image stays constant.
     let flat = Image::from_chw(3, 5, 7, vec![77; 105]).unwrap();
-    assert!(resize_u8(&flat, 3, 4).unwrap().as_chw().iter().all(|&v| v == 77));
+    assert!(resize_u8(&flat, 3, 4)
+        .unwrap()
+        .as_chw()
+        .iter()
+        .all(|&v| v == 77));
 }
 
 #[test]
@@ -80,8 +86,17 @@ fn imagenet_policies() {
     let eval = Augmentation::imagenet_eval();
     let p = eval.sample(1, 0, 5, 300, 400);
     assert_eq!(p.crop, Some((16, 58, 224)));
-    assert_eq!(p, eval.sample(2, 9, 7, 300, 400), "centre crop is deterministic");
-    assert!(Augmentation::CenterCrop { resize: 100, crop: 224 }.validate().is_err());
+    assert_eq!(
+        p,
+        eval.sample(2, 9, 7, 300, 400),
+        "centre crop is deterministic"
+    );
+    assert!(Augmentation::CenterCrop {
+        resize: 100,
+        crop: 224
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]
@@ -96,5 +111,8 @@ fn sampling_is_keyed_by_seed_epoch_index() {
     // Another epoch or seed draws other parameters.
     let other: Vec<AugmentParams> = (0..200).map(|i| draw(1, 1, i)).collect();
     assert_ne!(all, other);
-    assert_eq!(Augmentation::None.sample(1, 2, 3, 32, 32), AugmentParams::default());
+    assert_eq!(
+        Augmentation::None.sample(1, 2, 3, 32, 32),
+        AugmentParams::default()
+    );
 }

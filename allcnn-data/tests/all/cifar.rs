@@ -52,15 +52,21 @@ fn cifar100_record_layout_fine_and_coarse() {
 fn truncated_file_names_file_and_sizes() {
     let mut bytes = cifar_bytes(CifarKind::Cifar10, 3, 1);
     bytes.truncate(2 * 3073 + 100);
-    let err = parse_cifar_records(&bytes, CifarKind::Cifar10, Path::new("data_batch_9.bin")).unwrap_err();
+    let err =
+        parse_cifar_records(&bytes, CifarKind::Cifar10, Path::new("data_batch_9.bin")).unwrap_err();
     match &err {
-        DataError::BadRecordFile { records, remainder, .. } => {
+        DataError::BadRecordFile {
+            records, remainder, ..
+        } => {
             assert_eq!((*records, *remainder), (2, 100));
         }
         e => panic!("unexpected {e:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("data_batch_9.bin") && msg.contains("3073"), "{msg}");
+    assert!(
+        msg.contains("data_batch_9.bin") && msg.contains("3073"),
+        "{msg}"
+    );
     // An empty file is not a dataset either.
     assert!(parse_cifar_records(&[], CifarKind::Cifar10, Path::new("e.bin")).is_err());
 }
@@ -70,7 +76,17 @@ fn label_out_of_range() {
     let mut bytes = cifar_bytes(CifarKind::Cifar10, 2, 2);
     bytes[3073] = 10;
     let err = parse_cifar_records(&bytes, CifarKind::Cifar10, Path::new("b.bin")).unwrap_err();
-    assert!(matches!(err, DataError::LabelOutOfRange { record: 1, label: 10, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DataError::LabelOutOfRange {
+                record: 1,
+                label: 10,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let mut bytes = cifar_bytes(CifarKind::Cifar100, 1, 2);
     bytes[0] = 20; // coarse
     let err = parse_cifar_records(&bytes, CifarKind::Cifar100, Path::new("c.bin")).unwrap_err();
@@ -97,8 +113,12 @@ fn load_folder_and_granularity() {
     write_cifar_dir(tmp.path(), CifarKind::Cifar10, 4);
     // Accepts the parent folder and the dataset folder itself.
     let a = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap();
-    let b = CifarDataset::load(&tmp.path().join("cifar-10-batches-bin"), CifarKind::Cifar10, Split::Test)
-        .unwrap();
+    let b = CifarDataset::load(
+        &tmp.path().join("cifar-10-batches-bin"),
+        CifarKind::Cifar10,
+        Split::Test,
+    )
+    .unwrap();
     assert_eq!((a.len(), b.len()), (20, 4));
     assert_eq!(a.class_names()[0], "airplane");
     assert_eq!(a.get(5).unwrap().label, 1); // file 2, record 1
@@ -128,9 +148,15 @@ fn missing_file_is_named() {
     std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
     let err = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("data_batch_3.bin") && msg.contains("allcnn data download cifar10"), "{msg}");
+    assert!(
+        msg.contains("data_batch_3.bin") && msg.contains("allcnn data download cifar10"),
+        "{msg}"
+    );
     // A truncated file on disk, through the loader.
     std::fs::write(dir.join("test_batch.bin"), vec![0u8; 3073 * 2 - 1]).unwrap();
     let err = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Test).unwrap_err();
-    assert!(matches!(err, DataError::BadRecordFile { .. }) && err.to_string().contains("test_batch.bin"));
+    assert!(
+        matches!(err, DataError::BadRecordFile { .. })
+            && err.to_string().contains("test_batch.bin")
+    );
 }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use allcnn_data::download::{file_md5, official_source};
-use allcnn_data::{download_cifar, CifarDataset, CifarKind, DataError, Dataset, DownloadOptions, Split};
+use allcnn_data::{
+    download_cifar, CifarDataset, CifarKind, DataError, Dataset, DownloadOptions, Split,
+};
 
 use crate::util::cifar_bytes;
 
@@ -34,7 +36,10 @@ struct Server {
 fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/files/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/files/cifar-10-binary.tar.gz",
+        listener.local_addr().unwrap()
+    );
     let requests = Arc::new(Mutex::new(Vec::new()));
     let log = requests.clone();
     std::thread::spawn(move || {
@@ -43,12 +48,16 @@ fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
             let mut stream = loop {
                 match listener.accept() {
                     Ok((s, _)) => break s,
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(_) => return,
                 }
             };
             stream.set_nonblocking(false).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") {
@@ -64,14 +73,27 @@ fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
                 .find_map(|l| l.strip_prefix("range: bytes="))
                 .and_then(|r| r.trim().trim_end_matches('-').parse().ok());
             let len = body.len();
-            let (status, extra, payload, announced): (u16, String, &[u8], usize) = match (reply, start) {
-                (Reply::Status(code), _) => (code, String::new(), &[], 0),
-                (Reply::Full, Some(s)) if s >= len => (416, format!("Content-Range: bytes */{len}\r\n"), &[], 0),
-                (Reply::Full, Some(s)) => (206, format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1), &body[s..], len - s),
-                (Reply::Truncate(n), Some(s)) => (206, format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1), &body[s..s + n], len - s),
-                (Reply::Truncate(n), None) => (200, String::new(), &body[..n], len),
-                (Reply::Full | Reply::NoRange, _) => (200, String::new(), &body[..], len),
-            };
+            let (status, extra, payload, announced): (u16, String, &[u8], usize) =
+                match (reply, start) {
+                    (Reply::Status(code), _) => (code, String::new(), &[], 0),
+                    (Reply::Full, Some(s)) if s >= len => {
+                        (416, format!("Content-Range: bytes */{len}\r\n"), &[], 0)
+                    }
+                    (Reply::Full, Some(s)) => (
+                        206,
+                        format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1),
+                        &body[s..],
+                        len - s,
+                    ),
+                    (Reply::Truncate(n), Some(s)) => (
+                        206,
+                        format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1),
+                        &body[s..s + n],
+                        len - s,
+                    ),
+                    (Reply::Truncate(n), None) => (200, String::new(), &body[..n], len),
+                    (Reply::Full | Reply::NoRange, _) => (200, String::new(), &body[..], len),
+                };
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\nContent-Type: application/gzip\r\n{extra}Connection: close\r\n\r\n"
@@ -95,7 +117,10 @@ fn archive(records: usize, skip: Option<&str>) -> Vec<u8> {
         .enumerate()
         .map(|(k, f)| (f.to_string(), cifar_bytes(kind, records, k as u64)))
         .collect();
-    members.push(("batches.meta.txt".into(), allcnn_data::CIFAR10_CLASSES.join("\n").into_bytes()));
+    members.push((
+        "batches.meta.txt".into(),
+        allcnn_data::CIFAR10_CLASSES.join("\n").into_bytes(),
+    ));
     for (name, data) in members {
         if Some(name.as_str()) == skip {
             continue;
@@ -104,7 +129,8 @@ fn archive(records: usize, skip: Option<&str>) -> Vec<u8> {
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), &data[..]).unwrap();
+        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), &data[..])
+            .unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -135,9 +161,17 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn official_sources() {
-    assert_eq!(official_source(CifarKind::Cifar10).1, "c32a1d4ab5d03f1284b67883e8d87530");
-    assert_eq!(official_source(CifarKind::Cifar100).1, "03b5dce01913d631647c71ecec9e9cb8");
-    assert!(official_source(CifarKind::Cifar10).0.starts_with("https://www.cs.toronto.edu/~kriz/"));
+    assert_eq!(
+        official_source(CifarKind::Cifar10).1,
+        "c32a1d4ab5d03f1284b67883e8d87530"
+    );
+    assert_eq!(
+        official_source(CifarKind::Cifar100).1,
+        "03b5dce01913d631647c71ecec9e9cb8"
+    );
+    assert!(official_source(CifarKind::Cifar10)
+        .0
+        .starts_with("https://www.cs.toronto.edu/~kriz/"));
 }
 
 #[test]
@@ -149,7 +183,10 @@ fn happy_path_then_nothing_to_do() {
     let out = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
     assert!(!out.already_present && !out.resumed);
     assert_eq!(out.downloaded_bytes, body.len() as u64);
-    assert_eq!(entries(tmp.path()), vec!["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]);
+    assert_eq!(
+        entries(tmp.path()),
+        vec!["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+    );
     let ds = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap();
     assert_eq!(ds.len(), 15);
     assert_eq!(ds.class_names()[9], "truck");
@@ -178,7 +215,12 @@ fn truncated_download_is_resumed() {
     assert_eq!(out.downloaded_bytes, (body.len() - half) as u64);
     assert!(srv.requests.lock().unwrap()[1].contains(&format!("range: bytes={half}-")));
     assert!(!part.exists());
-    assert_eq!(CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Test).unwrap().len(), 4);
+    assert_eq!(
+        CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Test)
+            .unwrap()
+            .len(),
+        4
+    );
 }
 
 #[test]
@@ -204,7 +246,11 @@ fn server_without_range_restarts_cleanly() {
     let md5 = md5_of(&body);
     let srv = serve(body.clone(), vec![Reply::NoRange]);
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cifar-10-binary.tar.gz.part"), vec![7u8; 100]).unwrap();
+    std::fs::write(
+        tmp.path().join("cifar-10-binary.tar.gz.part"),
+        vec![7u8; 100],
+    )
+    .unwrap();
     let out = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
     assert!(!out.resumed);
     assert_eq!(out.downloaded_bytes, body.len() as u64);
@@ -217,17 +263,34 @@ fn bad_archives_never_look_complete() {
     // A well-formed archive that lacks a member (MD5 matches: a bad mirror).
     let body = archive(2, Some("test_batch.bin"));
     let srv = serve(body.clone(), vec![Reply::Full]);
-    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5_of(&body))).unwrap_err();
-    assert!(matches!(err, DataError::Archive { .. }) && err.to_string().contains("test_batch.bin"), "{err}");
+    let err = download_cifar(
+        CifarKind::Cifar10,
+        tmp.path(),
+        &opts(&srv.url, &md5_of(&body)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, DataError::Archive { .. }) && err.to_string().contains("test_batch.bin"),
+        "{err}"
+    );
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
-    assert_eq!(entries(tmp.path()), vec!["cifar-10-binary.tar.gz"], "no temporary folder left");
+    assert_eq!(
+        entries(tmp.path()),
+        vec!["cifar-10-binary.tar.gz"],
+        "no temporary folder left"
+    );
 
     // A truncated gzip stream (its own MD5, so it passes the check).
     let tmp = tempfile::tempdir().unwrap();
     let mut cut = archive(3, None);
     cut.truncate(cut.len() * 2 / 3);
     let srv = serve(cut.clone(), vec![Reply::Full]);
-    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5_of(&cut))).unwrap_err();
+    let err = download_cifar(
+        CifarKind::Cifar10,
+        tmp.path(),
+        &opts(&srv.url, &md5_of(&cut)),
+    )
+    .unwrap_err();
     assert!(matches!(err, DataError::Archive { .. }), "{err:?}");
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
 }

@@ -38,14 +38,24 @@ fn classes_sorted_and_pixels_chw() {
     assert_eq!(labels, vec![0, 0, 1, 2, 2]);
     assert!(f.files()[3].0.ends_with("cat/a.png"));
     let s = f.get(3).unwrap();
-    assert_eq!((s.image.channels(), s.image.height(), s.image.width()), (3, 3, 4));
+    assert_eq!(
+        (s.image.channels(), s.image.height(), s.image.width()),
+        (3, 3, 4)
+    );
     // R plane constant 2; G = 10 x; B = 20 y.
     assert_eq!(s.image.at(0, 2, 3), 2);
     assert_eq!(s.image.at(1, 2, 3), 30);
     assert_eq!(s.image.at(2, 2, 3), 40);
     assert_eq!(f.image_shape(), None, "lazy folder of unknown size");
     // Cached: same pixels, known shape.
-    let c = ImageFolder::open(tmp.path(), FolderOptions { cache: true, ..Default::default() }).unwrap();
+    let c = ImageFolder::open(
+        tmp.path(),
+        FolderOptions {
+            cache: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(c.get(3).unwrap(), s);
     assert_eq!(c.image_shape(), Some((3, 3, 4)));
 }
@@ -57,17 +67,35 @@ fn undecodable_image_fails_or_is_skipped() {
     std::fs::write(tmp.path().join("cat/broken.jpg"), b"this is no jpeg").unwrap();
     // Lazy: the error comes from `get`, naming the file.
     let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
-    let i = f.files().iter().position(|(p, _)| p.ends_with("broken.jpg")).unwrap();
+    let i = f
+        .files()
+        .iter()
+        .position(|(p, _)| p.ends_with("broken.jpg"))
+        .unwrap();
     let err = f.get(i).unwrap_err();
     assert!(matches!(err, DataError::BadImage { .. }));
     assert!(err.to_string().contains("broken.jpg"), "{err}");
     // Cached: at open time.
-    let err = ImageFolder::open(tmp.path(), FolderOptions { cache: true, ..Default::default() }).unwrap_err();
+    let err = ImageFolder::open(
+        tmp.path(),
+        FolderOptions {
+            cache: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("broken.jpg"), "{err}");
     // Skip: left out and reported.
     for cache in [false, true] {
-        let f = ImageFolder::open(tmp.path(), FolderOptions { on_error: OnError::Skip, cache, ..Default::default() })
-            .unwrap();
+        let f = ImageFolder::open(
+            tmp.path(),
+            FolderOptions {
+                on_error: OnError::Skip,
+                cache,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(f.len(), 5);
         assert_eq!(f.skipped().len(), 1);
         assert!(f.skipped()[0].0.ends_with("broken.jpg"));
@@ -82,21 +110,47 @@ fn empty_class_missing_dir_wrong_size() {
     std::fs::create_dir_all(tmp.path().join("dog")).unwrap();
     std::fs::write(tmp.path().join("dog/readme.txt"), "x").unwrap();
     let err = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap_err();
-    assert!(matches!(&err, DataError::EmptyClass { path } if path.ends_with("dog")), "{err:?}");
+    assert!(
+        matches!(&err, DataError::EmptyClass { path } if path.ends_with("dog")),
+        "{err:?}"
+    );
     std::fs::remove_dir_all(tmp.path().join("dog")).unwrap();
 
     let err = ImageFolder::open(&tmp.path().join("nope"), FolderOptions::default()).unwrap_err();
     assert!(matches!(err, DataError::MissingFile { .. }) && err.to_string().contains("nope"));
 
     let empty = tempfile::tempdir().unwrap();
-    assert!(matches!(ImageFolder::open(empty.path(), FolderOptions::default()), Err(DataError::NoClasses { .. })));
+    assert!(matches!(
+        ImageFolder::open(empty.path(), FolderOptions::default()),
+        Err(DataError::NoClasses { .. })
+    ));
 
     png(&tmp.path().join("bee/big.png"), 8, 8, 9);
-    let opts = FolderOptions { expect_size: Some((3, 4)), ..Default::default() };
+    let opts = FolderOptions {
+        expect_size: Some((3, 4)),
+        ..Default::default()
+    };
     let err = ImageFolder::open(tmp.path(), opts.clone()).unwrap_err();
-    assert!(matches!(err, DataError::WrongImageSize { found_h: 8, expected_h: 3, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DataError::WrongImageSize {
+                found_h: 8,
+                expected_h: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("big.png"));
-    let f = ImageFolder::open(tmp.path(), FolderOptions { on_error: OnError::Skip, ..opts }).unwrap();
+    let f = ImageFolder::open(
+        tmp.path(),
+        FolderOptions {
+            on_error: OnError::Skip,
+            ..opts
+        },
+    )
+    .unwrap();
     assert_eq!((f.len(), f.image_shape()), (5, Some((3, 3, 4))));
 }
 
@@ -109,7 +163,10 @@ fn info_and_open_on_split_folders() {
     let i = info(tmp.path()).unwrap();
     assert_eq!(i.format, DatasetFormat::ImageFolder);
     assert_eq!(i.splits.len(), 2);
-    assert_eq!((i.splits[0].name.as_str(), i.splits[0].images), ("train", 5));
+    assert_eq!(
+        (i.splits[0].name.as_str(), i.splits[0].images),
+        ("train", 5)
+    );
     assert_eq!((i.splits[1].name.as_str(), i.splits[1].images), ("val", 2));
     assert_eq!(i.splits[0].classes[2].name, "cat");
     let table = i.to_string();
@@ -120,7 +177,10 @@ fn info_and_open_on_split_folders() {
     assert_eq!(test.len(), 2, "test falls back to val/");
 
     let err = detect_format(&tmp.path().join("train/cat/a.png")).unwrap_err();
-    assert!(matches!(err, DataError::UnrecognisedLayout { .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::UnrecognisedLayout { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -130,7 +190,10 @@ fn info_on_cifar_binaries() {
     crate::util::write_cifar_dir(tmp.path(), CifarKind::Cifar100, 200);
     let i = info(tmp.path()).unwrap();
     assert_eq!(i.format, DatasetFormat::Cifar100Binary);
-    assert_eq!(i.splits.iter().map(|s| s.images).collect::<Vec<_>>(), vec![200, 200]);
+    assert_eq!(
+        i.splits.iter().map(|s| s.images).collect::<Vec<_>>(),
+        vec![200, 200]
+    );
     assert_eq!(i.splits[0].classes.len(), 100);
     assert!(i.splits[0].classes.iter().all(|c| c.count == 2));
     let ds = open_dataset(tmp.path(), Split::Train, &OpenOptions::default()).unwrap();

@@ -93,7 +93,10 @@ fn zca_whitened_covariance_is_identity() {
     let rows = correlated(20_000);
     // Without filter bias: identity.
     let (mean, w) = fit_zca(&rows, 2, 0.0).unwrap();
-    assert!(close(mean[0], 1.0, 0.05) && close(mean[1], -2.0, 0.05), "{mean:?}");
+    assert!(
+        close(mean[0], 1.0, 0.05) && close(mean[1], -2.0, 0.05),
+        "{mean:?}"
+    );
     let c = covariance(&whiten(&rows, &mean, &w, 2), 2);
     for (i, v) in c.iter().enumerate() {
         let want = if i % 3 == 0 { 1.0 } else { 0.0 };
@@ -109,7 +112,10 @@ fn zca_whitened_covariance_is_identity() {
     let disc = ((a - d) * (a - d) / 4.0 + b * b).sqrt();
     let (l1, l2) = ((a + d) / 2.0 - disc, (a + d) / 2.0 + disc);
     let trace = c[0] + c[3];
-    assert!((trace - (l1 / (l1 + 0.1) + l2 / (l2 + 0.1))).abs() < 1e-3, "{c:?}");
+    assert!(
+        (trace - (l1 / (l1 + 0.1) + l2 / (l2 + 0.1))).abs() < 1e-3,
+        "{c:?}"
+    );
     assert!(c[0] < 1.0 && c[3] < 1.0 && c[0] > 0.9);
 }
 
@@ -118,7 +124,9 @@ fn small_dataset(n: usize, side: usize) -> VecDataset {
     let imgs = (0..n)
         .map(|_| {
             let base: u8 = rng.random_range(0..128);
-            let px = (0..3 * side * side).map(|_| base + rng.random_range(0..128u8)).collect();
+            let px = (0..3 * side * side)
+                .map(|_| base + rng.random_range(0..128u8))
+                .collect();
             Image::from_chw(3, side, side, px).unwrap()
         })
         .collect();
@@ -129,12 +137,29 @@ fn small_dataset(n: usize, side: usize) -> VecDataset {
 #[test]
 fn gcn_zca_fit_chunked_equals_one_chunk() {
     let ds = small_dataset(300, 4);
-    let one = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig { chunk: 1000, ..Default::default() }).unwrap();
-    let many = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig { chunk: 37, ..Default::default() }).unwrap();
+    let one = Preprocessing::fit_gcn_zca(
+        &ds,
+        &GcnZcaConfig {
+            chunk: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let many = Preprocessing::fit_gcn_zca(
+        &ds,
+        &GcnZcaConfig {
+            chunk: 37,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (m1, w1) = one.zca().unwrap();
     let (m2, w2) = many.zca().unwrap();
     assert!(m1.iter().zip(m2).all(|(a, b)| (a - b).abs() < 1e-4));
-    assert!(w1.iter().zip(w2).all(|(a, b)| (a - b).abs() < 1e-3 * (1.0 + a.abs())));
+    assert!(w1
+        .iter()
+        .zip(w2)
+        .all(|(a, b)| (a - b).abs() < 1e-3 * (1.0 + a.abs())));
     assert_eq!(one.kind(), PreprocessKind::GcnZca);
     assert_eq!(one.input_shape(), Some((3, 4, 4)));
 }
@@ -148,7 +173,13 @@ fn cpu_and_tensor_paths_agree_and_whiten() {
     let mut cpu = vec![0f32; pixels.len()];
     p.apply_u8(&pixels, (3, 4, 4), &mut cpu).unwrap();
     let t = Tensor::from_vec(pixels.clone(), (400, 3, 4, 4), &Device::Cpu).unwrap();
-    let via_tensor: Vec<f32> = p.apply(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let via_tensor: Vec<f32> = p
+        .apply(&t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     for (a, b) in cpu.iter().zip(&via_tensor) {
         assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
     }
@@ -156,12 +187,27 @@ fn cpu_and_tensor_paths_agree_and_whiten() {
     // against these eigenvalues), mean close to 0.
     let c = covariance(&cpu, d);
     let diag: f64 = (0..d).map(|i| c[i * d + i]).sum::<f64>() / d as f64;
-    let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| c[i * d + j].abs()).fold(0.0, f64::max);
+    let off: f64 = (0..d)
+        .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+        .map(|(i, j)| c[i * d + j].abs())
+        .fold(0.0, f64::max);
     assert!(diag > 0.8 && diag <= 1.0, "mean diagonal {diag}");
     assert!(off < 0.05, "largest off-diagonal {off}");
     // Wrong size is an error naming both sizes.
-    let err = p.apply_u8(&vec![0u8; 3 * 8 * 8], (3, 8, 8), &mut vec![0.0; 192]).unwrap_err();
-    assert!(matches!(err, DataError::WrongImageSize { found_h: 8, expected_h: 4, .. }), "{err:?}");
+    let err = p
+        .apply_u8(&[0u8; 3 * 8 * 8], (3, 8, 8), &mut [0.0; 192])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::WrongImageSize {
+                found_h: 8,
+                expected_h: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 fn ds_pixels(ds: &VecDataset, i: usize) -> Vec<u8> {
@@ -201,7 +247,10 @@ fn parts_and_file_roundtrip() {
         assert!(tensors.iter().all(|(n, _)| n.starts_with("preprocess.")));
         let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
         // Model weights in the same map are ignored.
-        map.insert("conv1.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        map.insert(
+            "conv1.weight".into(),
+            Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
         assert_eq!(Preprocessing::from_parts(&json, &map).unwrap(), p);
         let path = tmp.path().join("pre.safetensors");
         p.save(&path).unwrap();
@@ -214,7 +263,14 @@ fn parts_and_file_roundtrip() {
     assert!(err.to_string().contains("preprocess.zca.mean"), "{err}");
     assert!(Preprocessing::from_parts("{\"format\":\"other\"}", &HashMap::new()).is_err());
     let bare = tmp.path().join("bare.safetensors");
-    candle_core::safetensors::save(&HashMap::from([("w", Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())]), &bare).unwrap();
+    candle_core::safetensors::save(
+        &HashMap::from([(
+            "w",
+            Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )]),
+        &bare,
+    )
+    .unwrap();
     let err = Preprocessing::load(&bare).unwrap_err();
     assert!(err.to_string().contains(METADATA_KEY), "{err}");
     let err = Preprocessing::load(&tmp.path().join("nope.safetensors")).unwrap_err();

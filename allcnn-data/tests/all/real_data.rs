@@ -12,7 +12,9 @@ use crate::util::cifar10_jpg;
 
 #[test]
 fn folder_reader_counts_and_class_order() {
-    let Some(root) = cifar10_jpg("folder_reader_counts_and_class_order") else { return };
+    let Some(root) = cifar10_jpg("folder_reader_counts_and_class_order") else {
+        return;
+    };
     let train = ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap();
     let test = ImageFolder::open_split(&root, Split::Test, FolderOptions::default()).unwrap();
     assert_eq!((train.len(), test.len()), (50_000, 10_000));
@@ -21,18 +23,30 @@ fn folder_reader_counts_and_class_order() {
     assert!(test.class_counts().iter().all(|&c| c == 1_000));
     for i in [0, 12_345, 49_999] {
         let s = train.get(i).unwrap();
-        assert_eq!((s.image.channels(), s.image.height(), s.image.width()), (3, 32, 32));
+        assert_eq!(
+            (s.image.channels(), s.image.height(), s.image.width()),
+            (3, 32, 32)
+        );
         assert_eq!(s.label, (i / 5_000) as u32);
     }
     let i = info(&root).unwrap();
     assert_eq!(i.format, DatasetFormat::ImageFolder);
-    let sizes: Vec<(String, usize)> = i.splits.iter().map(|s| (s.name.clone(), s.images)).collect();
-    assert_eq!(sizes, vec![("train".into(), 50_000), ("test".into(), 10_000)]);
+    let sizes: Vec<(String, usize)> = i
+        .splits
+        .iter()
+        .map(|s| (s.name.clone(), s.images))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![("train".into(), 50_000), ("test".into(), 10_000)]
+    );
 }
 
 #[test]
 fn jpegs_to_cifar_binary_roundtrip() {
-    let Some(root) = cifar10_jpg("jpegs_to_cifar_binary_roundtrip") else { return };
+    let Some(root) = cifar10_jpg("jpegs_to_cifar_binary_roundtrip") else {
+        return;
+    };
     let test = ImageFolder::open_split(&root, Split::Test, FolderOptions::default()).unwrap();
     let picks: Vec<usize> = (0..10).map(|c| c * 1_000 + c).collect();
     let mut bytes = Vec::new();
@@ -53,11 +67,15 @@ fn jpegs_to_cifar_binary_roundtrip() {
 
 #[test]
 fn gcn_zca_on_real_images_and_loader() {
-    let Some(root) = cifar10_jpg("gcn_zca_on_real_images_and_loader") else { return };
+    let Some(root) = cifar10_jpg("gcn_zca_on_real_images_and_loader") else {
+        return;
+    };
     let train = ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap();
     // 1,000 images (100 of each class): the eigendecomposition of the
     // 3072x3072 covariance dominates (a few seconds).
-    let idx: Vec<usize> = (0..10).flat_map(|c| (0..100).map(move |k| c * 5_000 + k)).collect();
+    let idx: Vec<usize> = (0..10)
+        .flat_map(|c| (0..100).map(move |k| c * 5_000 + k))
+        .collect();
     let sub = Arc::new(Subset::new(train, idx).unwrap());
     let zca = Preprocessing::fit_gcn_zca(sub.as_ref(), &GcnZcaConfig::default()).unwrap();
     let loader = DataLoader::builder(sub)
@@ -72,10 +90,15 @@ fn gcn_zca_on_real_images_and_loader() {
     let n = 250.0;
     let mut max_var = 0f64;
     for j in (0..d).step_by(97) {
-        let col: Vec<f64> = (0..250).map(|i| f64::from(batch.images[i * d + j])).collect();
+        let col: Vec<f64> = (0..250)
+            .map(|i| f64::from(batch.images[i * d + j]))
+            .collect();
         let m = col.iter().sum::<f64>() / n;
         let v = col.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n;
         max_var = max_var.max(v);
     }
-    assert!(max_var > 0.05 && max_var < 1.5, "feature variance {max_var}");
+    assert!(
+        max_var > 0.05 && max_var < 1.5,
+        "feature variance {max_var}"
+    );
 }

@@ -7,7 +7,10 @@ use rand::{Rng, SeedableRng};
 
 /// The shared CIFAR-10 JPEG folder, or `None` (with a loud message) when absent.
 pub fn cifar10_jpg(test: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/cifar10-jpg"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/cifar10-jpg"
+    ));
     if p.join("train").is_dir() && p.join("test").is_dir() {
         Some(p)
     } else {
@@ -31,8 +34,14 @@ pub fn cifar_bytes(kind: CifarKind, n: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::new();
     for i in 0..n {
         let img = random_image(seed * 1000 + i as u64);
-        encode_cifar_record(kind, &img, (i % kind.num_classes()) as u32, (i % 20) as u32, &mut out)
-            .unwrap();
+        encode_cifar_record(
+            kind,
+            &img,
+            (i % kind.num_classes()) as u32,
+            (i % 20) as u32,
+            &mut out,
+        )
+        .unwrap();
     }
     out
 }
