@@ -8,6 +8,7 @@ mod device;
 mod models;
 mod predict;
 mod progress;
+mod train;
 mod viz;
 mod weights;
 
@@ -34,6 +35,16 @@ enum Command {
     /// Download datasets and inspect them.
     #[command(subcommand)]
     Data(data::Command),
+    /// Train a model with the paper's protocol (a preset or a config file), or resume a run.
+    #[command(
+        after_help = "Examples:\n  allcnn train --preset cifar10 --model all-cnn-c --data data/cifar-10-batches-bin --out runs/allcnn-c\n  allcnn train --preset cifar10 --data data --out runs/short epochs=10 data.train_subset=5000 schedule.kind=scaled\n  allcnn train --preset cifar10 --print-config > my.toml   # edit, then: allcnn train --config my.toml --data D --out RUN\n  allcnn train --preset cifar10 --data D --out runs/grid --grid --lrs 0.1,0.05,0.01\n  allcnn train --resume runs/allcnn-c\n\nCtrl-C finishes the current step, writes a checkpoint and prints how to resume."
+    )]
+    Train(Box<train::TrainArgs>),
+    /// Evaluate weights on a data set: top-1/top-5 accuracy, loss, per-class accuracy.
+    #[command(
+        after_help = "Examples:\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
+    )]
+    Eval(train::EvalArgs),
     /// Classify images (or a preprocessed tensor) with trained weights.
     #[command(
         after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors"
@@ -64,6 +75,8 @@ fn main() -> ExitCode {
         Command::Models(args) => models::run(&args),
         Command::Data(cmd) => data::run(&cmd),
         Command::Predict(args) => predict::run(&args),
+        Command::Train(args) => train::run_train(&args),
+        Command::Eval(args) => train::run_eval(&args),
         Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Completions { shell } => {

@@ -419,3 +419,136 @@ fn completions_and_man_page_come_from_the_same_definition() {
     );
     assert!(out.contains("predict"));
 }
+
+/// A tiny image folder with train/ and test/ splits of two classes.
+fn tiny_folder(root: &std::path::Path) {
+    for split in ["train", "test"] {
+        for (c, class) in ["cats", "dogs"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..6u8 {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = if c == 0 { x as u8 * 8 } else { y as u8 * 8 };
+                    image::Rgb([v, v.wrapping_add(i * 9), 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn train_eval_predict_resume_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let run = dir.path().join("run");
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--model",
+        "all-cnn-a",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "epochs=1",
+        "batch_size=4",
+        "data.preprocessing=standardize",
+    ]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("finished: 1 epochs, 3 steps"),
+        "{}",
+        stdout(&o)
+    );
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "final.safetensors",
+        "learning-curve.svg",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let w = run.join("final.safetensors");
+
+    let o = allcnn(&[
+        "eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["examples"], 12);
+    assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
+    assert_eq!(v["per_class"][1]["name"], "dogs");
+
+    // predict knows the class names and the preprocessing from the file.
+    let img = data.join("test/dogs/0.png");
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--top-k",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("cats") && stdout(&o).contains("dogs"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !stderr(&o).contains("records no preprocessing"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Resuming a finished run changes nothing and says so; a second run
+    // into the same directory is refused.
+    let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "epochs=1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn train_errors_are_clear() {
+    let o = allcnn(&["train", "--preset", "mnist"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("mnist") && stderr(&o).contains("cifar10"),
+        "{}",
+        stderr(&o)
+    );
+    let o = allcnn(&["train", "--preset", "cifar10", "--out", "/tmp/x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--print-config",
+        "no_such_key=3",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no_such_key"), "{}", stderr(&o));
+    let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "lr=0.01"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("lr = 0.01"), "{}", stdout(&o));
+}

@@ -1,0 +1,231 @@
+//! `allcnn train` and `allcnn eval`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
+use allcnn_train::{evaluate_weights, grid_search, RunStatus, TrainConfig, TrainData, Trainer};
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A named preset: cifar10, cifar10-aug, cifar100 or imagenet (see --print-config).
+    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    preset: Option<String>,
+    /// A config file (TOML or JSON), e.g. an edited copy of a preset.
+    #[arg(long, conflicts_with = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run in this directory exactly where it stopped.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Architecture (overrides the config's `model`).
+    #[arg(long)]
+    model: Option<String>,
+    /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The run directory to create (must not hold a run already).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run the learning-rate grid search (config `lr_grid`, or --lrs) on a
+    /// held-out validation split instead of one training run.
+    #[arg(long)]
+    grid: bool,
+    /// Learning rates for --grid, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<f64>,
+    /// Print the resolved config as TOML and exit (a starting point for --config).
+    #[arg(long)]
+    print_config: bool,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Any config field as key=value, e.g. epochs=10 lr=0.01 data.train_subset=5000.
+    #[arg(value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let already = Arc::new(AtomicBool::new(false));
+    let result = ctrlc::set_handler(move || {
+        if already.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nCtrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+        f.store(true, Ordering::SeqCst);
+    });
+    if let Err(e) = result {
+        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
+    }
+    flag
+}
+
+fn trainer(device: &str) -> Result<Trainer> {
+    let device = crate::device::open(device)?;
+    Ok(Trainer::builder()
+        .device(device)
+        .interrupt_flag(interrupt_flag())
+        .build())
+}
+
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    if let Some(run_dir) = &args.resume {
+        if args.data.is_some() || args.out.is_some() || !args.set.is_empty() {
+            bail!("--resume continues a run with its own config and data; drop --data/--out/KEY=VALUE");
+        }
+        let mut t = trainer(&args.device)?;
+        let summary = t.resume(run_dir, None)?;
+        return report(&summary);
+    }
+    let mut config = match (&args.preset, &args.config) {
+        (Some(p), None) => TrainConfig::preset(p)?,
+        (None, Some(c)) => TrainConfig::from_file(c)?,
+        (None, None) => bail!(
+            "say what to train: --preset ({}) or --config FILE",
+            TrainConfig::preset_names().join(", ")
+        ),
+        (Some(_), Some(_)) => unreachable!("clap rejects --preset with --config"),
+    };
+    if let Some(m) = &args.model {
+        config.model = m.clone();
+    }
+    if let Some(d) = &args.data {
+        config.data.path = Some(d.clone());
+    }
+    config.apply_overrides(&args.set)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    config.validate()?;
+    let Some(data_path) = config.data.path.clone() else {
+        bail!("no data: pass --data DIR (a CIFAR binary folder or an image folder with train/ and test/)");
+    };
+    let Some(out) = &args.out else {
+        bail!("no run directory: pass --out RUN");
+    };
+    let data = TrainData::open(&data_path, &config.data, config.seed)
+        .with_context(|| format!("opening {}", data_path.display()))?;
+    let mut t = trainer(&args.device)?;
+    if args.grid {
+        let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
+        println!("{}", serde_json::to_string_pretty(&g)?);
+        return Ok(());
+    }
+    let summary = t.train(&config, &data, out)?;
+    report(&summary)
+}
+
+fn report(s: &allcnn_train::RunSummary) -> Result<()> {
+    match s.status {
+        RunStatus::Interrupted => {
+            println!(
+                "interrupted after {} steps; checkpoint {}",
+                s.steps,
+                s.checkpoint.display()
+            );
+            if let Some(h) = &s.resume_hint {
+                println!("{h}");
+            }
+        }
+        RunStatus::Completed | RunStatus::StepBudget => {
+            let how = if s.status == RunStatus::Completed {
+                "finished"
+            } else {
+                "stopped at max_steps"
+            };
+            println!(
+                "{how}: {} epochs, {} steps in {}",
+                s.epochs_done,
+                s.steps,
+                s.run_dir.display()
+            );
+            if let Some(t) = &s.test {
+                println!(
+                    "test: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4} on {} images",
+                    100.0 * t.top1,
+                    t.error_percent(),
+                    100.0 * t.top5,
+                    t.loss,
+                    t.examples
+                );
+            }
+            if let Some(w) = &s.best_weights {
+                println!("best weights: {}", w.display());
+            }
+            if let Some(w) = &s.final_weights {
+                println!("final weights: {}", w.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Self-describing weights (e.g. RUN/best.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The data set to evaluate on.
+    #[arg(long)]
+    data: PathBuf,
+    /// train or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// ImageNet-style evaluation: resize the shorter side to 256 and centre-crop 224.
+    #[arg(long)]
+    center_crop: bool,
+    /// Print JSON with per-class accuracy and the confusion matrix.
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let device = crate::device::open(&args.device)?;
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => bail!("--split {other}: use train or test"),
+    };
+    let data = open_dataset(&args.data, split, &OpenOptions::default())?;
+    let aug = if args.center_crop {
+        Augmentation::imagenet_eval()
+    } else {
+        Augmentation::None
+    };
+    let r = evaluate_weights(&args.weights, data, args.batch, aug, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} images: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4}",
+        r.examples,
+        100.0 * r.top1,
+        r.error_percent(),
+        100.0 * r.top5,
+        r.loss
+    );
+    println!("{:>14}  {:>7}  {:>8}", "class", "images", "accuracy");
+    for c in &r.per_class {
+        println!(
+            "{:>14}  {:>7}  {:>7.2}%",
+            c.name,
+            c.count,
+            100.0 * c.accuracy
+        );
+    }
+    Ok(())
+}

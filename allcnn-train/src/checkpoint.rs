@@ -1,0 +1,185 @@
+//! Checkpoints: weights, momentum buffers, counters, RNG state and config in
+//! one safetensors file, written atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use allcnn_models::{write_atomic, ArchSpec};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CandleContext, TrainError};
+use crate::observer::EpochRecord;
+
+/// The metadata key holding [`CheckpointState`] as JSON.
+pub const CHECKPOINT_KEY: &str = "allcnn.checkpoint";
+const FORMAT: &str = "allcnn-train-checkpoint";
+const VERSION: u32 = 1;
+const PARAM_PREFIX: &str = "param.";
+const MOMENTUM_PREFIX: &str = "momentum.";
+
+/// The random state of a run. Every random draw is keyed by counters, so
+/// the state is the seed and the counters: dropout masks come from
+/// `DropoutRng::new(seed, step)`, the shuffle and augmentation of an epoch
+/// from `(seed, epoch)` in the data loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The run's seed.
+    pub seed: u64,
+    /// The dropout stream of the next step (= global steps done).
+    pub dropout_stream: u64,
+    /// The epoch whose shuffle order is in use.
+    pub shuffle_epoch: u64,
+}
+
+/// Sums over the batches done so far in the current epoch, so a resumed
+/// epoch reports the same means as an uninterrupted one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochPartial {
+    /// Sum of batch losses times batch sizes.
+    pub loss_sum: f64,
+    /// Correct top-1 predictions.
+    pub correct: u64,
+    /// Examples seen.
+    pub seen: u64,
+    /// Examples whose logits were all 0.
+    pub dead: u64,
+}
+
+/// The best epoch so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestRecord {
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// Which metric chose it (`val_accuracy` or `test_accuracy`).
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Everything of a run that is not a tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Format tag.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// The epoch to continue in (0-based).
+    pub epoch: u64,
+    /// The next batch of that epoch (0-based).
+    pub batch: u64,
+    /// Global steps done.
+    pub step: u64,
+    /// Random state.
+    pub rng: RngState,
+    /// Partial sums of the current epoch.
+    pub partial: EpochPartial,
+    /// The best epoch so far.
+    pub best: Option<BestRecord>,
+    /// Every finished epoch.
+    pub history: Vec<EpochRecord>,
+    /// Training examples (checked on resume).
+    pub train_examples: usize,
+    /// The resolved config as TOML.
+    pub config: String,
+    /// The architecture.
+    pub spec: ArchSpec,
+}
+
+impl CheckpointState {
+    pub(crate) fn new_format() -> (String, u32) {
+        (FORMAT.to_string(), VERSION)
+    }
+}
+
+/// A checkpoint in memory.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Counters, history, config.
+    pub state: CheckpointState,
+    /// Model parameters by name (`conv1.weight`, ...).
+    pub params: HashMap<String, Tensor>,
+    /// Momentum buffers by parameter name.
+    pub momentum: HashMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint to `path` atomically (temporary file, fsync,
+    /// rename): a crash at any moment leaves the previous file intact.
+    ///
+    /// # Errors
+    /// [`TrainError::Model`] (I/O) naming the path.
+    pub fn write(
+        path: &Path,
+        state: &CheckpointState,
+        params: &[(String, Tensor)],
+        momentum: &[(String, Tensor)],
+    ) -> Result<(), TrainError> {
+        let mut tensors = Vec::with_capacity(params.len() + momentum.len());
+        for (prefix, list) in [(PARAM_PREFIX, params), (MOMENTUM_PREFIX, momentum)] {
+            for (n, t) in list {
+                let t = t
+                    .to_device(&Device::Cpu)
+                    .ctx(|| format!("copying `{n}` to the CPU for a checkpoint"))?;
+                tensors.push((format!("{prefix}{n}"), t));
+            }
+        }
+        let meta = HashMap::from([(
+            CHECKPOINT_KEY.to_string(),
+            serde_json::to_string(state).expect("checkpoint state serialises"),
+        )]);
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+                .map_err(|e| TrainError::BadCheckpoint {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot serialise: {e}"),
+                })?;
+        write_atomic(path, &bytes)?;
+        Ok(())
+    }
+
+    /// Reads a checkpoint (tensors on the CPU).
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] when it cannot be read, [`TrainError::BadCheckpoint`]
+    /// when it is truncated, of another format or version.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
+        let bad = |reason: String| TrainError::BadCheckpoint {
+            path: PathBuf::from(path),
+            reason,
+        };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CHECKPOINT_KEY))
+            .ok_or_else(|| bad(format!("no `{CHECKPOINT_KEY}` metadata: not a checkpoint")))?;
+        let state: CheckpointState =
+            serde_json::from_str(json).map_err(|e| bad(format!("bad state JSON: {e}")))?;
+        if state.format != FORMAT || state.version != VERSION {
+            return Err(bad(format!(
+                "format {} v{}, expected {FORMAT} v{VERSION}",
+                state.format, state.version
+            )));
+        }
+        let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| bad(format!("cannot read tensors: {e}")))?;
+        let (mut params, mut momentum) = (HashMap::new(), HashMap::new());
+        for (name, t) in all {
+            if let Some(n) = name.strip_prefix(PARAM_PREFIX) {
+                params.insert(n.to_string(), t);
+            } else if let Some(n) = name.strip_prefix(MOMENTUM_PREFIX) {
+                momentum.insert(n.to_string(), t);
+            } else {
+                return Err(bad(format!("unexpected tensor `{name}`")));
+            }
+        }
+        Ok(Self {
+            state,
+            params,
+            momentum,
+        })
+    }
+}

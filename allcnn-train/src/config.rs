@@ -1,0 +1,341 @@
+//! [`TrainConfig`]: every setting of a run, readable and writable as TOML,
+//! with presets shipped in the crate and `key=value` overrides.
+
+use std::path::{Path, PathBuf};
+
+use allcnn_data::Augmentation;
+use allcnn_models::{ArchSpec, Init};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::schedule::LrSchedule;
+
+/// The presets shipped with the crate, as `(name, TOML text)`.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("cifar10", include_str!("../presets/cifar10.toml")),
+    ("cifar10-aug", include_str!("../presets/cifar10-aug.toml")),
+    ("cifar100", include_str!("../presets/cifar100.toml")),
+    ("imagenet", include_str!("../presets/imagenet.toml")),
+];
+
+/// The preprocessing fitted on the training split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreprocessChoice {
+    /// The paper's global contrast normalisation then ZCA whitening.
+    GcnZca,
+    /// Per-channel mean / standard deviation.
+    Standardize,
+    /// `x / 255` only.
+    Scale,
+}
+
+/// Where the data come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset (CIFAR binary folder or image folder with `train/` and
+    /// `test/`). Needed by [`crate::resume`]; may be empty when the data are
+    /// passed in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The preprocessing fitted on the training split.
+    pub preprocessing: PreprocessChoice,
+    /// GCN scale (55 in the paper).
+    #[serde(default = "default_gcn_scale")]
+    pub gcn_scale: f32,
+    /// ZCA filter bias (0.1 in the paper).
+    #[serde(default = "default_filter_bias")]
+    pub zca_filter_bias: f32,
+    /// Training augmentation.
+    #[serde(default)]
+    pub augmentation: Augmentation,
+    /// Augmentation at evaluation (ImageNet: centre crop).
+    #[serde(default)]
+    pub eval_augmentation: Augmentation,
+    /// Train on a seeded random subset of this many training images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_subset: Option<usize>,
+    /// Evaluate on a seeded random subset of this many test images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_subset: Option<usize>,
+    /// Images held out of the training split for validation (best epoch,
+    /// lr grid search); 0 for none.
+    #[serde(default)]
+    pub validation: usize,
+    /// Loader worker threads (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn default_gcn_scale() -> f32 {
+    55.0
+}
+fn default_filter_bias() -> f32 {
+    0.1
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            preprocessing: PreprocessChoice::GcnZca,
+            gcn_scale: default_gcn_scale(),
+            zca_filter_bias: default_filter_bias(),
+            augmentation: Augmentation::None,
+            eval_augmentation: Augmentation::None,
+            train_subset: None,
+            test_subset: None,
+            validation: 0,
+            workers: 0,
+        }
+    }
+}
+
+/// Every setting of a training run. Serialised as TOML into the run
+/// directory (`config.toml`), so a run can be resumed and reproduced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Registered architecture name (`allcnn models`), e.g. `all-cnn-c`.
+    pub model: String,
+    /// A custom architecture instead of `model` (its layers as data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ArchSpec>,
+    /// Number of classes; taken from the data when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// Weight initialisation.
+    pub init: Init,
+    /// Seed of initialisation, shuffling, augmentation and dropout.
+    pub seed: u64,
+    /// Epochs in all.
+    pub epochs: u64,
+    /// Stop after this many steps in all (a budget cap), checkpointing first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// The learning rates tried by [`crate::grid_search`].
+    #[serde(default)]
+    pub lr_grid: Vec<f64>,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Batch size for evaluation.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// A step line in `metrics.jsonl` (and the log) every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every_steps: u64,
+    /// A checkpoint every this many steps as well as every epoch (0: epochs only).
+    #[serde(default)]
+    pub checkpoint_every_steps: u64,
+    /// Data.
+    #[serde(default)]
+    pub data: DataConfig,
+}
+
+fn default_eval_batch() -> usize {
+    256
+}
+fn default_log_every() -> u64 {
+    50
+}
+
+impl TrainConfig {
+    /// The names of the shipped presets.
+    pub fn preset_names() -> Vec<&'static str> {
+        PRESETS.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// A shipped preset (`cifar10`, `cifar10-aug`, `cifar100`, `imagenet`).
+    ///
+    /// # Errors
+    /// [`TrainError::UnknownPreset`].
+    pub fn preset(name: &str) -> Result<Self, TrainError> {
+        let text = Self::preset_text(name)?;
+        Self::from_toml(text, &format!("preset `{name}`"))
+    }
+
+    /// The TOML text of a shipped preset (to print or copy).
+    ///
+    /// # Errors
+    /// [`TrainError::UnknownPreset`].
+    pub fn preset_text(name: &str) -> Result<&'static str, TrainError> {
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| TrainError::UnknownPreset {
+                name: name.to_string(),
+                known: Self::preset_names().join(", "),
+            })
+    }
+
+    /// Parses TOML text; `source_name` names it in errors.
+    ///
+    /// # Errors
+    /// [`TrainError::ConfigParse`].
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Self, TrainError> {
+        toml::from_str(text).map_err(|e| TrainError::ConfigParse {
+            source_name: source_name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a TOML (or, by extension `.json`, JSON) config file.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] or [`TrainError::ConfigParse`] naming the file.
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+        if path.extension().is_some_and(|e| e == "json") {
+            return serde_json::from_str(&text).map_err(|e| TrainError::ConfigParse {
+                source_name: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("TrainConfig serialises to TOML")
+    }
+
+    /// Applies one `key=value` override. `key` is a field name, dotted for
+    /// nested fields (`data.train_subset=5000`, `schedule.gamma=0.2`);
+    /// `value` is a TOML value (`0.05`, `[0.1, 0.05]`, `"he-normal"`,
+    /// `{ kind = "constant" }`), and a bare word is taken as a string.
+    ///
+    /// # Errors
+    /// [`TrainError::BadOverride`] naming the item when it is not `key=value`,
+    /// names no field, or the value has the wrong type.
+    pub fn set(&mut self, item: &str) -> Result<(), TrainError> {
+        let bad = |reason: String| TrainError::BadOverride {
+            item: item.to_string(),
+            reason,
+        };
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value".into()))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(bad("empty key".into()));
+        }
+        let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t.remove("v").expect("parsed key"),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        let mut root = toml::Table::try_from(&*self)
+            .map_err(|e| bad(format!("cannot represent the config: {e}")))?;
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut table = &mut root;
+        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+            let entry = table
+                .entry((*part).to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                bad(format!(
+                    "`{}` is a value, not a table of fields",
+                    parts[..=i].join(".")
+                ))
+            })?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+        let next: TrainConfig = root
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Applies several overrides in order.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::set`].
+    pub fn apply_overrides<S: AsRef<str>>(&mut self, items: &[S]) -> Result<(), TrainError> {
+        for item in items {
+            self.set(item.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// The architecture: `spec` when given, else the registered `model`.
+    ///
+    /// # Errors
+    /// [`TrainError::Model`] for an unknown model name.
+    pub fn arch(&self, classes: usize) -> Result<ArchSpec, TrainError> {
+        match &self.spec {
+            Some(s) => Ok(s.clone()),
+            None => Ok(ArchSpec::by_name(&self.model, classes)?),
+        }
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let inv = |field: &'static str, value: String, reason: &str| {
+            Err(TrainError::InvalidConfig {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        if self.epochs == 0 {
+            return inv("epochs", "0".into(), "must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return inv("batch_size", "0".into(), "must be at least 1");
+        }
+        if self.eval_batch_size == 0 {
+            return inv("eval_batch_size", "0".into(), "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return inv("lr", self.lr.to_string(), "must be positive and finite");
+        }
+        if let Some(lr) = self.lr_grid.iter().find(|l| !(**l > 0.0 && l.is_finite())) {
+            return inv("lr_grid", lr.to_string(), "every rate must be positive");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return inv("momentum", self.momentum.to_string(), "must be in [0, 1)");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return inv(
+                "weight_decay",
+                self.weight_decay.to_string(),
+                "must be non-negative",
+            );
+        }
+        if let Err(reason) = self.schedule.validate() {
+            return inv("schedule", format!("{:?}", self.schedule), &reason);
+        }
+        if self.max_steps == Some(0) {
+            return inv("max_steps", "0".into(), "must be at least 1 when given");
+        }
+        if let Some(s) = &self.spec {
+            s.validate()?;
+        } else if !allcnn_models::registry()
+            .iter()
+            .any(|m| m.name == self.model)
+        {
+            let known: Vec<&str> = allcnn_models::registry().iter().map(|m| m.name).collect();
+            return inv(
+                "model",
+                self.model.clone(),
+                &format!("unknown model; known: {}", known.join(", ")),
+            );
+        }
+        self.data.augmentation.validate()?;
+        self.data.eval_augmentation.validate()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! [`TrainData`]: the splits a run uses, opened from disk or given in memory,
+//! and the adapter from [`crate::TrainConfig`] to `allcnn-data` loaders.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use allcnn_data::{
+    open_dataset, Augmentation, DataLoader, Dataset, GcnZcaConfig, OpenOptions, Preprocessing,
+    Split, Subset,
+};
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::config::{DataConfig, PreprocessChoice};
+use crate::error::TrainError;
+
+/// The splits of a run: training, optional validation (held out of the
+/// training split), optional test.
+#[derive(Clone)]
+pub struct TrainData {
+    /// Training examples.
+    pub train: Arc<dyn Dataset>,
+    /// Validation examples (best epoch, lr grid search).
+    pub val: Option<Arc<dyn Dataset>>,
+    /// Test examples (reported every epoch).
+    pub test: Option<Arc<dyn Dataset>>,
+}
+
+impl std::fmt::Debug for TrainData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainData")
+            .field("train", &self.train.len())
+            .field("val", &self.val.as_ref().map(|d| d.len()))
+            .field("test", &self.test.as_ref().map(|d| d.len()))
+            .finish()
+    }
+}
+
+/// A seeded random subset of `n` examples (sorted indices), or the whole set.
+fn random_subset(
+    data: Arc<dyn Dataset>,
+    n: Option<usize>,
+    seed: u64,
+) -> Result<Arc<dyn Dataset>, TrainError> {
+    match n {
+        Some(n) if n < data.len() => {
+            let mut idx: Vec<usize> = (0..data.len()).collect();
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            idx.truncate(n);
+            idx.sort_unstable();
+            Ok(Arc::new(Subset::new(data, idx)?))
+        }
+        _ => Ok(data),
+    }
+}
+
+impl TrainData {
+    /// Training and test splits in memory, no validation.
+    pub fn new(train: Arc<dyn Dataset>, test: Option<Arc<dyn Dataset>>) -> Self {
+        Self {
+            train,
+            val: None,
+            test,
+        }
+    }
+
+    /// Opens `path` (CIFAR binary or image folder with `train/` and `test/`)
+    /// and applies the config's subsets and validation hold-out, seeded by
+    /// `seed`. A missing test split is not an error (no test metrics).
+    ///
+    /// # Errors
+    /// The data crate's errors naming the file at fault.
+    pub fn open(path: &Path, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
+        let opts = OpenOptions::default();
+        let train = open_dataset(path, Split::Train, &opts)?;
+        let test = match open_dataset(path, Split::Test, &opts) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log_line(&format!("no test split under {}: {e}", path.display()));
+                None
+            }
+        };
+        Self::new(train, test).select(config, seed)
+    }
+
+    /// Applies `config`'s `train_subset`, `validation` and `test_subset`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the validation hold-out leaves no
+    /// training example.
+    pub fn select(self, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
+        let mut train = random_subset(self.train, config.train_subset, seed ^ 0x7A1)?;
+        let mut val = self.val;
+        if config.validation > 0 {
+            if config.validation >= train.len() {
+                return Err(TrainError::InvalidConfig {
+                    field: "data.validation",
+                    value: config.validation.to_string(),
+                    reason: format!("must be smaller than the training split ({})", train.len()),
+                });
+            }
+            let (t, v) = allcnn_data::train_val_split(
+                train.len(),
+                allcnn_data::ValidationSize::Count(config.validation),
+                seed,
+            )?;
+            val = Some(Arc::new(Subset::new(train.clone(), v)?) as Arc<dyn Dataset>);
+            train = Arc::new(Subset::new(train, t)?);
+        }
+        let test = match self.test {
+            Some(t) => Some(random_subset(t, config.test_subset, seed ^ 0x7E5)?),
+            None => None,
+        };
+        Ok(Self { train, val, test })
+    }
+
+    /// Number of classes of the training split.
+    pub fn classes(&self) -> usize {
+        self.train.num_classes()
+    }
+}
+
+/// Fits the configured preprocessing on `train`.
+///
+/// # Errors
+/// The data crate's fitting errors.
+pub fn fit_preprocessing(
+    config: &DataConfig,
+    train: &dyn Dataset,
+) -> Result<Preprocessing, TrainError> {
+    Ok(match config.preprocessing {
+        PreprocessChoice::GcnZca => Preprocessing::fit_gcn_zca(
+            train,
+            &GcnZcaConfig {
+                gcn_scale: config.gcn_scale,
+                filter_bias: config.zca_filter_bias,
+                ..GcnZcaConfig::default()
+            },
+        )?,
+        PreprocessChoice::Standardize => Preprocessing::fit_standardize(train)?,
+        PreprocessChoice::Scale => Preprocessing::scale(),
+    })
+}
+
+/// A loader for evaluation: in order, every example.
+///
+/// # Errors
+/// The data crate's loader errors.
+pub fn eval_loader(
+    data: Arc<dyn Dataset>,
+    preprocessing: &Preprocessing,
+    batch_size: usize,
+    augmentation: Augmentation,
+    workers: usize,
+    device: &Device,
+) -> Result<DataLoader, TrainError> {
+    Ok(DataLoader::builder(data)
+        .preprocessing(preprocessing.clone())
+        .batch_size(batch_size)
+        .shuffle(false)
+        .drop_last(false)
+        .augmentation(augmentation)
+        .workers(workers)
+        .device(device.clone())
+        .build()?)
+}
+
+pub(crate) fn log_line(msg: &str) {
+    eprintln!("[allcnn-train] {msg}");
+}

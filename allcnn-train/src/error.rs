@@ -1,0 +1,151 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong configuring, running, resuming or evaluating
+/// a training run. Every variant names the file, key, step or value at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A preset name that is not shipped with the crate.
+    #[error("unknown preset `{name}`; known presets: {known}")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated preset names.
+        known: String,
+    },
+    /// A configuration file or text could not be parsed.
+    #[error("{source_name}: cannot parse the training config: {reason}")]
+    ConfigParse {
+        /// The file or preset the text came from.
+        source_name: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A `key=value` override is malformed or names no field.
+    #[error("config override `{item}`: {reason}")]
+    BadOverride {
+        /// The override as given.
+        item: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A configuration value is out of range or inconsistent.
+    #[error("config field `{field}` = {value}: {reason}")]
+    InvalidConfig {
+        /// The field's name.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The run directory cannot be created or written (checked before
+    /// training starts).
+    #[error("run directory {}: {reason}", path.display())]
+    RunDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file of the run could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing, truncated or inconsistent with the run.
+    #[error("checkpoint {}: {reason}", path.display())]
+    BadCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The loss became NaN or infinite: the run stopped instead of training
+    /// on garbage.
+    #[error(
+        "the loss became {loss} at step {step} (epoch {epoch}, lr {lr}); training stopped. {}",
+        match last_checkpoint {
+            Some(p) => format!("Last good checkpoint: {} (lower the learning rate and resume from a fresh run, or inspect it)", p.display()),
+            None => "No checkpoint had been written yet; lower the learning rate and start again".to_string(),
+        }
+    )]
+    Diverged {
+        /// The global step (0-based) whose loss was not finite.
+        step: u64,
+        /// The epoch (0-based).
+        epoch: u64,
+        /// The loss value.
+        loss: f32,
+        /// The learning rate in use.
+        lr: f64,
+        /// The most recent checkpoint, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// An optimiser was given tensors that do not match its parameters.
+    #[error("optimizer state: {reason}")]
+    OptimizerState {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data do not fit the model or the config.
+    #[error("data: {reason}")]
+    DataMismatch {
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error of the model crate (boxed: it is large).
+    #[error(transparent)]
+    Model(Box<allcnn_models::ModelError>),
+    /// An error of the data crate (boxed: it is large).
+    #[error(transparent)]
+    Data(Box<allcnn_data::DataError>),
+    /// A tensor operation failed.
+    #[error("{context}: {source}")]
+    Candle {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+impl From<allcnn_models::ModelError> for TrainError {
+    fn from(e: allcnn_models::ModelError) -> Self {
+        TrainError::Model(Box::new(e))
+    }
+}
+
+impl From<allcnn_data::DataError> for TrainError {
+    fn from(e: allcnn_data::DataError) -> Self {
+        TrainError::Data(Box::new(e))
+    }
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| TrainError::Io { path, source }
+    }
+}
+
+/// Adds context to candle results.
+pub(crate) trait CandleContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TrainError>;
+}
+
+impl<T> CandleContext<T> for candle_core::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TrainError> {
+        self.map_err(|source| TrainError::Candle {
+            context: what(),
+            source,
+        })
+    }
+}

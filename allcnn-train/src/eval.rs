@@ -1,0 +1,177 @@
+//! Evaluation: top-1 / top-5 accuracy, mean loss, per-class accuracy and the
+//! confusion matrix.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use allcnn_data::{Augmentation, DataLoader, Dataset, Preprocessing};
+use allcnn_models::{AllCnn, WeightsFile};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CandleContext, TrainError};
+
+/// Accuracy of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassReport {
+    /// The class name.
+    pub name: String,
+    /// Test examples of the class.
+    pub count: u64,
+    /// Fraction of them classified correctly.
+    pub accuracy: f64,
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Examples evaluated.
+    pub examples: u64,
+    /// Top-1 accuracy in `[0, 1]`.
+    pub top1: f64,
+    /// Top-5 accuracy in `[0, 1]` (1 when there are at most 5 classes).
+    pub top5: f64,
+    /// Mean softmax cross-entropy.
+    pub loss: f64,
+    /// Per-class accuracy, in label order.
+    pub per_class: Vec<ClassReport>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl EvalReport {
+    /// Top-1 error in percent, as the paper reports it.
+    pub fn error_percent(&self) -> f64 {
+        100.0 * (1.0 - self.top1)
+    }
+}
+
+/// Evaluates `model` (eval mode, no dropout) on every batch of `loader`.
+///
+/// # Errors
+/// [`TrainError::DataMismatch`] when a label is out of the model's range;
+/// data and candle errors.
+pub fn evaluate(model: &AllCnn, loader: &DataLoader) -> Result<EvalReport, TrainError> {
+    let classes = model.classes();
+    let names: Vec<String> = {
+        let n = loader.dataset().class_names();
+        if n.len() == classes {
+            n.to_vec()
+        } else {
+            (0..classes).map(|i| format!("class {i}")).collect()
+        }
+    };
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let (mut n, mut top5_hits, mut loss_sum) = (0u64, 0u64, 0f64);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let logits = model.forward(&batch.images)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)
+            .and_then(|l| l.to_dtype(DType::F64))
+            .and_then(|l| l.to_scalar::<f64>())
+            .ctx(|| "evaluation loss".to_string())?;
+        let rows: Vec<Vec<f32>> = logits.to_vec2().ctx(|| "reading logits".to_string())?;
+        let labels: Vec<u32> = batch
+            .labels
+            .to_vec1()
+            .ctx(|| "reading labels".to_string())?;
+        loss_sum += loss * rows.len() as f64;
+        for (row, &label) in rows.iter().zip(&labels) {
+            let label = label as usize;
+            if label >= classes {
+                return Err(TrainError::DataMismatch {
+                    reason: format!("label {label} but the model has {classes} classes"),
+                });
+            }
+            let pred = argmax(row);
+            confusion[label][pred] += 1;
+            // Rank of the true class: how many logits beat it (ties favour it).
+            let beaten_by = row.iter().filter(|&&v| v > row[label]).count();
+            if beaten_by < 5 {
+                top5_hits += 1;
+            }
+            n += 1;
+        }
+    }
+    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let per_class = names
+        .into_iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let count: u64 = confusion[c].iter().sum();
+            ClassReport {
+                name,
+                count,
+                accuracy: ratio(confusion[c][c], count),
+            }
+        })
+        .collect();
+    Ok(EvalReport {
+        examples: n,
+        top1: ratio(correct, n),
+        top5: ratio(top5_hits, n),
+        loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
+        per_class,
+        confusion,
+    })
+}
+
+/// Loads self-describing weights (as `best.safetensors` / `final.safetensors`
+/// of a run) and evaluates them on `data` with the preprocessing stored in
+/// the file: what `allcnn eval` calls.
+///
+/// # Errors
+/// [`TrainError::Model`] when the file cannot be loaded,
+/// [`TrainError::DataMismatch`] when it records no preprocessing or the
+/// classes differ; as [`evaluate`] otherwise.
+pub fn evaluate_weights(
+    weights: &Path,
+    data: Arc<dyn Dataset>,
+    batch_size: usize,
+    augmentation: Augmentation,
+    device: &Device,
+) -> Result<EvalReport, TrainError> {
+    let w = WeightsFile::load(weights, device)?;
+    let json = w
+        .meta
+        .preprocessing
+        .as_deref()
+        .ok_or_else(|| TrainError::DataMismatch {
+            reason: format!(
+                "{} records no preprocessing: cannot tell how to normalise the images",
+                weights.display()
+            ),
+        })?;
+    let pre = Preprocessing::from_parts(json, &w.attachments)?;
+    if data.num_classes() != w.model.classes() {
+        return Err(TrainError::DataMismatch {
+            reason: format!(
+                "{} has {} classes, the data {}",
+                weights.display(),
+                w.model.classes(),
+                data.num_classes()
+            ),
+        });
+    }
+    let loader = crate::data::eval_loader(data, &pre, batch_size, augmentation, 0, device)?;
+    evaluate(&w.model, &loader)
+}
+
+/// Index of the largest value (the first on ties).
+pub(crate) fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Correct top-1 predictions in a batch of logits `[N, C]` against labels.
+pub(crate) fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<u64> {
+    let pred = logits.argmax(1)?.to_dtype(DType::U32)?;
+    let eq = pred.eq(labels)?.to_dtype(DType::F32)?.sum_all()?;
+    Ok(eq.to_scalar::<f32>()? as u64)
+}

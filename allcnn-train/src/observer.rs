@@ -1,0 +1,284 @@
+//! Observers: what a run reports while it trains. The trainer always writes
+//! `metrics.jsonl` ([`MetricsLog`]); [`Console`] shows a progress bar when
+//! stdout is a terminal and plain log lines otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Facts about a run, given to observers when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The architecture's name.
+    pub model: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Training examples.
+    pub train_examples: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Epochs in all.
+    pub epochs: u64,
+    /// The epoch the run starts (or resumes) in.
+    pub start_epoch: u64,
+    /// The global step it starts from.
+    pub start_step: u64,
+}
+
+/// One optimisation step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepEvent {
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// Global steps done, this one included.
+    pub step: u64,
+    /// 0-based batch index within the epoch.
+    pub batch: u64,
+    /// Batches in the epoch.
+    pub batches: u64,
+    /// Mean loss of this batch.
+    pub loss: f32,
+    /// Top-1 accuracy of this batch (training mode, with dropout).
+    pub accuracy: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Training throughput since the epoch (or resume) started.
+    pub images_per_sec: f64,
+}
+
+/// The summary of one epoch (also a line of `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// Global steps done at its end.
+    pub step: u64,
+    /// Learning rate at its end.
+    pub lr: f64,
+    /// Mean training loss over its batches.
+    pub train_loss: f64,
+    /// Training top-1 accuracy (with dropout) over its batches.
+    pub train_accuracy: f64,
+    /// Fraction of training examples whose logits were all 0 (every class
+    /// map dead) in its batches.
+    pub dead_fraction: f64,
+    /// Validation top-1 accuracy, when there is a validation split.
+    pub val_accuracy: Option<f64>,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+    /// Test top-1 accuracy, when there is a test split.
+    pub test_accuracy: Option<f64>,
+    /// Test loss.
+    pub test_loss: Option<f64>,
+    /// Training images per second in this epoch.
+    pub images_per_sec: f64,
+    /// Wall-clock seconds of the epoch (training and evaluation).
+    pub seconds: f64,
+}
+
+/// Something that watches a run. Every method has an empty default.
+pub trait Observer: Send {
+    /// The run starts or resumes.
+    fn on_start(&mut self, _info: &RunInfo) {}
+    /// A step finished.
+    fn on_step(&mut self, _event: &StepEvent) {}
+    /// An epoch finished (after evaluation).
+    fn on_epoch(&mut self, _record: &EpochRecord) {}
+    /// A warning (e.g. a stuck run).
+    fn on_warning(&mut self, _message: &str) {}
+    /// A message for the person watching (checkpoint written, how to resume).
+    fn on_message(&mut self, _message: &str) {}
+}
+
+/// Progress on the terminal: an indicatif bar with loss, accuracy, learning
+/// rate and images/s when stdout is a terminal, otherwise a plain log line
+/// every `every` steps and at each epoch's end.
+pub struct Console {
+    every: u64,
+    bar: Option<indicatif::ProgressBar>,
+    terminal: bool,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("every", &self.every)
+            .field("terminal", &self.terminal)
+            .finish()
+    }
+}
+
+impl Console {
+    /// A console observer logging every `every` steps when not on a terminal.
+    pub fn new(every: u64) -> Self {
+        Self {
+            every: every.max(1),
+            bar: None,
+            terminal: std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn print(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+}
+
+impl Observer for Console {
+    fn on_start(&mut self, info: &RunInfo) {
+        self.print(&format!(
+            "training {} ({} parameters) on {} images: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
+            info.model,
+            info.params,
+            info.train_examples,
+            info.steps_per_epoch,
+            info.start_epoch + 1,
+            info.epochs,
+            info.start_step,
+            info.run_dir.display()
+        ));
+    }
+
+    fn on_step(&mut self, e: &StepEvent) {
+        if self.terminal {
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = indicatif::ProgressBar::new(e.batches);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                bar
+            });
+            bar.set_length(e.batches);
+            bar.set_prefix(format!("{}", e.epoch + 1));
+            bar.set_position(e.batch + 1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} lr {:.3e} {:.1} img/s",
+                e.loss, e.accuracy, e.lr, e.images_per_sec
+            ));
+        } else if e.step % self.every == 0 {
+            println!(
+                "epoch {} step {} ({}/{}) loss {:.4} acc {:.3} lr {:.3e} {:.1} img/s",
+                e.epoch + 1,
+                e.step,
+                e.batch + 1,
+                e.batches,
+                e.loss,
+                e.accuracy,
+                e.lr,
+                e.images_per_sec
+            );
+        }
+    }
+
+    fn on_epoch(&mut self, r: &EpochRecord) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "epoch {} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {:.1} img/s, {:.1} s",
+            r.epoch + 1,
+            r.train_loss,
+            r.train_accuracy,
+            opt(r.val_accuracy),
+            opt(r.test_accuracy),
+            opt(r.test_loss),
+            r.images_per_sec,
+            r.seconds
+        );
+    }
+
+    fn on_warning(&mut self, message: &str) {
+        self.print(&format!("WARNING: {message}"));
+    }
+
+    fn on_message(&mut self, message: &str) {
+        self.print(message);
+    }
+}
+
+/// Appends one JSON object per line to `metrics.jsonl`: `{"type":"step",..}`
+/// every `every` steps, `{"type":"epoch",..}` per epoch, and
+/// `{"type":"start"|"warning"|"message",..}` lines.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+    every: u64,
+}
+
+impl MetricsLog {
+    /// Opens (appending) `path`.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn open(path: &Path, every: u64) -> Result<Self, TrainError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(TrainError::io(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            every: every.max(1),
+        })
+    }
+
+    fn write(&mut self, kind: &str, value: serde_json::Value) {
+        let mut obj = serde_json::Map::new();
+        obj.insert("type".into(), kind.into());
+        if let serde_json::Value::Object(m) = value {
+            obj.extend(m);
+        }
+        let line = serde_json::Value::Object(obj).to_string();
+        if let Err(e) = writeln!(self.file, "{line}") {
+            eprintln!("cannot append to {}: {e}", self.path.display());
+        }
+    }
+
+    /// The epoch lines of a `metrics.jsonl` file (for plots after a resume).
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn read_epochs(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "epoch")
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect())
+    }
+}
+
+impl Observer for MetricsLog {
+    fn on_start(&mut self, info: &RunInfo) {
+        self.write("start", serde_json::to_value(info).unwrap_or_default());
+    }
+    fn on_step(&mut self, e: &StepEvent) {
+        if e.step % self.every == 0 {
+            self.write("step", serde_json::to_value(e).unwrap_or_default());
+        }
+    }
+    fn on_epoch(&mut self, r: &EpochRecord) {
+        self.write("epoch", serde_json::to_value(r).unwrap_or_default());
+    }
+    fn on_warning(&mut self, message: &str) {
+        self.write("warning", serde_json::json!({ "message": message }));
+    }
+    fn on_message(&mut self, message: &str) {
+        self.write("message", serde_json::json!({ "message": message }));
+    }
+}

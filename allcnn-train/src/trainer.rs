@@ -1,0 +1,801 @@
+//! [`Trainer`]: the training loop, the run directory, resume and interrupt.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
+use allcnn_models::{AllCnn, DropoutRng, WeightsMeta};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{BestRecord, Checkpoint, CheckpointState, EpochPartial, RngState};
+use crate::config::TrainConfig;
+use crate::data::{eval_loader, fit_preprocessing, TrainData};
+use crate::error::{CandleContext, TrainError};
+use crate::eval::{count_correct, evaluate, EvalReport};
+use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
+use crate::optim::{MomentumSgd, SgdConfig};
+use crate::plot::learning_curve_svg;
+
+/// File names inside a run directory.
+pub mod files {
+    /// The resolved config.
+    pub const CONFIG: &str = "config.toml";
+    /// The latest checkpoint.
+    pub const CHECKPOINT: &str = "checkpoint.safetensors";
+    /// The preprocessing fitted on the training split.
+    pub const PREPROCESSING: &str = "preprocessing.safetensors";
+    /// Weights of the best epoch (self-describing, preprocessing attached).
+    pub const BEST: &str = "best.safetensors";
+    /// Weights at the end of the run.
+    pub const FINAL: &str = "final.safetensors";
+    /// One JSON object per line: epochs, periodic steps, warnings.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// The learning curves, redrawn every epoch.
+    pub const PLOT: &str = "learning-curve.svg";
+    /// The final evaluation on the test split.
+    pub const EVAL: &str = "eval.json";
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every epoch ran.
+    Completed,
+    /// `max_steps` was reached.
+    StepBudget,
+    /// The interrupt flag (Ctrl-C) stopped it after a step; resume to continue.
+    Interrupted,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// How it ended.
+    pub status: RunStatus,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Epochs finished.
+    pub epochs_done: u64,
+    /// Global steps done.
+    pub steps: u64,
+    /// The latest checkpoint.
+    pub checkpoint: PathBuf,
+    /// `final.safetensors`, unless interrupted.
+    pub final_weights: Option<PathBuf>,
+    /// `best.safetensors`, when a validation or test split chose one.
+    pub best_weights: Option<PathBuf>,
+    /// The best epoch.
+    pub best: Option<BestRecord>,
+    /// Every finished epoch.
+    pub history: Vec<EpochRecord>,
+    /// The final evaluation on the test split.
+    pub test: Option<EvalReport>,
+    /// The final evaluation on the validation split.
+    pub val: Option<EvalReport>,
+    /// For an interrupted run: how to resume it.
+    pub resume_hint: Option<String>,
+}
+
+/// Builder of a [`Trainer`]; every setting has a sound default (CPU, a
+/// console observer, a private interrupt flag).
+pub struct TrainerBuilder {
+    device: Device,
+    observers: Vec<Box<dyn Observer>>,
+    interrupt: Option<Arc<AtomicBool>>,
+    console: bool,
+}
+
+impl std::fmt::Debug for TrainerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainerBuilder")
+            .field("device", &self.device)
+            .field("observers", &self.observers.len())
+            .field("console", &self.console)
+            .finish()
+    }
+}
+
+impl TrainerBuilder {
+    /// The device to train on (default: CPU).
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Adds an observer (called after the built-in ones).
+    pub fn observer(mut self, observer: Box<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// The flag that stops the run after the current step (set it from a
+    /// Ctrl-C handler: `ctrlc::set_handler(move || flag.store(true, SeqCst))`).
+    pub fn interrupt_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    /// Whether to print progress (a bar on a terminal, log lines otherwise).
+    /// Default: on.
+    pub fn console(mut self, on: bool) -> Self {
+        self.console = on;
+        self
+    }
+
+    /// The trainer.
+    pub fn build(self) -> Trainer {
+        Trainer {
+            device: self.device,
+            observers: self.observers,
+            interrupt: self.interrupt.unwrap_or_default(),
+            console: self.console,
+        }
+    }
+}
+
+/// Runs training: fresh ([`Trainer::train`]) or from a run directory's
+/// checkpoint ([`Trainer::resume`]).
+pub struct Trainer {
+    device: Device,
+    observers: Vec<Box<dyn Observer>>,
+    interrupt: Arc<AtomicBool>,
+    console: bool,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("device", &self.device)
+            .field("observers", &self.observers.len())
+            .finish()
+    }
+}
+
+/// Everything the loop needs, fresh or resumed.
+struct Run {
+    config: TrainConfig,
+    run_dir: PathBuf,
+    model: AllCnn,
+    opt: MomentumSgd,
+    preprocessing: Preprocessing,
+    train_loader: DataLoader,
+    val_loader: Option<DataLoader>,
+    test_loader: Option<DataLoader>,
+    state: CheckpointState,
+    last_checkpoint: Option<PathBuf>,
+    input_size: usize,
+}
+
+impl Default for Trainer {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl Trainer {
+    /// A builder with defaults.
+    pub fn builder() -> TrainerBuilder {
+        TrainerBuilder {
+            device: Device::Cpu,
+            observers: Vec::new(),
+            interrupt: None,
+            console: true,
+        }
+    }
+
+    /// The interrupt flag: set it to stop after the current step.
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.interrupt)
+    }
+
+    /// Trains a fresh run of `config` on `data` into `run_dir`.
+    ///
+    /// The run directory is created and checked (writable, room for a
+    /// checkpoint, not already holding a run) before anything else.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`], [`TrainError::RunDir`],
+    /// [`TrainError::Diverged`] when the loss becomes NaN or infinite, and
+    /// data, model, I/O errors naming what is at fault.
+    pub fn train(
+        &mut self,
+        config: &TrainConfig,
+        data: &TrainData,
+        run_dir: &Path,
+    ) -> Result<RunSummary, TrainError> {
+        config.validate()?;
+        let classes = config.classes.unwrap_or_else(|| data.classes());
+        let spec = config.arch(classes)?;
+        if spec.classes()? != data.classes() {
+            return Err(TrainError::DataMismatch {
+                reason: format!(
+                    "`{}` has {} classes, the training data {}",
+                    spec.name,
+                    spec.classes()?,
+                    data.classes()
+                ),
+            });
+        }
+        prepare_run_dir(run_dir, true, spec.param_count() * 4 * 2 + 4096)?;
+        let config_text = config.to_toml();
+        allcnn_models::write_atomic(&run_dir.join(files::CONFIG), config_text.as_bytes())?;
+
+        let preprocessing = fit_preprocessing(&config.data, data.train.as_ref())?;
+        preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
+
+        let mut model = AllCnn::init(spec.clone(), config.init, config.seed, &self.device)?;
+        let vars = model.make_trainable()?;
+        let opt = MomentumSgd::new(vars, sgd_config(config));
+        let (format, version) = CheckpointState::new_format();
+        let state = CheckpointState {
+            format,
+            version,
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            rng: RngState {
+                seed: config.seed,
+                dropout_stream: 0,
+                shuffle_epoch: 0,
+            },
+            partial: EpochPartial::default(),
+            best: None,
+            history: Vec::new(),
+            train_examples: data.train.len(),
+            config: config_text,
+            spec,
+        };
+        let run = self.assemble(
+            config.clone(),
+            data,
+            run_dir,
+            model,
+            opt,
+            preprocessing,
+            state,
+            None,
+        )?;
+        self.run(run)
+    }
+
+    /// Resumes the run in `run_dir` from its checkpoint, with `data` or,
+    /// when `None`, the data at the config's `data.path`. On the CPU, with
+    /// the same data, the result is bit-identical to an uninterrupted run.
+    ///
+    /// # Errors
+    /// [`TrainError::BadCheckpoint`] when the checkpoint is missing or does
+    /// not fit the data; as [`Trainer::train`] otherwise.
+    pub fn resume(
+        &mut self,
+        run_dir: &Path,
+        data: Option<&TrainData>,
+    ) -> Result<RunSummary, TrainError> {
+        let ckpt_path = run_dir.join(files::CHECKPOINT);
+        if !ckpt_path.is_file() {
+            return Err(TrainError::BadCheckpoint {
+                path: ckpt_path,
+                reason: "no checkpoint here: nothing to resume (was the run started?)".into(),
+            });
+        }
+        let ckpt = Checkpoint::read(&ckpt_path)?;
+        let config = TrainConfig::from_toml(&ckpt.state.config, &ckpt_path.display().to_string())?;
+        config.validate()?;
+        let opened;
+        let data = match data {
+            Some(d) => d,
+            None => {
+                let path = config
+                    .data
+                    .path
+                    .as_ref()
+                    .ok_or_else(|| TrainError::InvalidConfig {
+                        field: "data.path",
+                        value: "(none)".into(),
+                        reason: "the run's config names no data; pass the data to resume".into(),
+                    })?;
+                opened = TrainData::open(path, &config.data, config.seed)?;
+                &opened
+            }
+        };
+        if data.train.len() != ckpt.state.train_examples {
+            return Err(TrainError::BadCheckpoint {
+                path: ckpt_path,
+                reason: format!(
+                    "the run trained on {} examples, the data given have {}: not the same data",
+                    ckpt.state.train_examples,
+                    data.train.len()
+                ),
+            });
+        }
+        prepare_run_dir(run_dir, false, 0)?;
+        let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;
+        let mut model = AllCnn::from_tensors(
+            ckpt.state.spec.clone(),
+            ckpt.params,
+            &ckpt_path.display().to_string(),
+            &self.device,
+        )?;
+        let vars = model.make_trainable()?;
+        let mut opt = MomentumSgd::new(vars, sgd_config(&config));
+        opt.load_state(ckpt.momentum)?;
+        let state = ckpt.state;
+        let run = self.assemble(
+            config,
+            data,
+            run_dir,
+            model,
+            opt,
+            preprocessing,
+            state,
+            Some(ckpt_path),
+        )?;
+        self.run(run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &mut self,
+        config: TrainConfig,
+        data: &TrainData,
+        run_dir: &Path,
+        model: AllCnn,
+        opt: MomentumSgd,
+        preprocessing: Preprocessing,
+        state: CheckpointState,
+        last_checkpoint: Option<PathBuf>,
+    ) -> Result<Run, TrainError> {
+        let train_loader = DataLoader::builder(Arc::clone(&data.train))
+            .preprocessing(preprocessing.clone())
+            .config(LoaderConfig {
+                workers: config.data.workers,
+                ..LoaderConfig::train(config.batch_size, config.seed, config.data.augmentation)
+            })
+            .device(self.device.clone())
+            .build()?;
+        if train_loader.num_batches() == 0 {
+            return Err(TrainError::InvalidConfig {
+                field: "batch_size",
+                value: config.batch_size.to_string(),
+                reason: format!(
+                    "larger than the training split ({} examples): no full batch",
+                    data.train.len()
+                ),
+            });
+        }
+        let make_eval = |d: &Option<Arc<dyn allcnn_data::Dataset>>| {
+            d.as_ref()
+                .map(|d| {
+                    eval_loader(
+                        Arc::clone(d),
+                        &preprocessing,
+                        config.eval_batch_size,
+                        config.data.eval_augmentation,
+                        config.data.workers,
+                        &self.device,
+                    )
+                })
+                .transpose()
+        };
+        let val_loader = make_eval(&data.val)?;
+        let test_loader = make_eval(&data.test)?;
+        let input_size = train_loader.image_shape().1;
+        Ok(Run {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            model,
+            opt,
+            preprocessing,
+            train_loader,
+            val_loader,
+            test_loader,
+            state,
+            last_checkpoint,
+            input_size,
+        })
+    }
+
+    fn emit(
+        &mut self,
+        metrics: &mut MetricsLog,
+        console: &mut Option<Console>,
+        f: impl Fn(&mut dyn Observer),
+    ) {
+        f(metrics);
+        if let Some(c) = console.as_mut() {
+            f(c);
+        }
+        for o in &mut self.observers {
+            f(o.as_mut());
+        }
+    }
+
+    fn run(&mut self, mut run: Run) -> Result<RunSummary, TrainError> {
+        let cfg = run.config.clone();
+        let mut metrics = MetricsLog::open(&run.run_dir.join(files::METRICS), cfg.log_every_steps)?;
+        let mut console = self.console.then(|| Console::new(cfg.log_every_steps));
+        let steps_per_epoch = run.train_loader.num_batches() as u64;
+        let classes = run.model.classes();
+        let info = RunInfo {
+            run_dir: run.run_dir.clone(),
+            model: run.state.spec.name.clone(),
+            params: run.state.spec.param_count(),
+            train_examples: run.train_loader.num_examples(),
+            steps_per_epoch,
+            epochs: cfg.epochs,
+            start_epoch: run.state.epoch,
+            start_step: run.state.step,
+        };
+        self.emit(&mut metrics, &mut console, |o| o.on_start(&info));
+
+        let mut status = RunStatus::Completed;
+        'epochs: while run.state.epoch < cfg.epochs {
+            let epoch = run.state.epoch;
+            let t0 = Instant::now();
+            let mut seen_here = 0u64;
+            let batches = run.train_loader.batches(epoch);
+            let start_batch = run.state.batch as usize;
+            let mut prefetch = (start_batch == 0).then(|| run.train_loader.epoch(epoch));
+            run.state.rng.shuffle_epoch = epoch;
+            for (b, indices) in batches.iter().enumerate().skip(start_batch) {
+                let batch = match prefetch.as_mut() {
+                    Some(it) => it.next().ok_or_else(|| TrainError::DataMismatch {
+                        reason: format!("the loader ended early in epoch {epoch} at batch {b}"),
+                    })??,
+                    None => run
+                        .train_loader
+                        .load_batch(epoch, indices)?
+                        .to_device(&self.device)?,
+                };
+                let step = run.state.step;
+                let lr = cfg.schedule.lr(cfg.lr, epoch, step, cfg.epochs);
+                run.opt.set_learning_rate(lr);
+                let mut drng = DropoutRng::new(cfg.seed, step);
+                let logits = run.model.forward_train(&batch.images, &mut drng)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)
+                    .ctx(|| format!("loss at step {step}"))?;
+                let loss_v = loss
+                    .to_dtype(DType::F32)
+                    .and_then(|l| l.to_scalar::<f32>())
+                    .ctx(|| format!("reading the loss at step {step}"))?;
+                if !loss_v.is_finite() {
+                    let msg = format!("loss {loss_v} at step {step}: stopping");
+                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
+                    return Err(TrainError::Diverged {
+                        step,
+                        epoch,
+                        loss: loss_v,
+                        lr,
+                        last_checkpoint: run.last_checkpoint.clone(),
+                    });
+                }
+                let n = batch.indices.len() as u64;
+                let correct = count_correct(&logits, &batch.labels)
+                    .ctx(|| format!("accuracy at step {step}"))?;
+                let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
+                run.opt.backward_step(&loss)?;
+                run.state.step += 1;
+                run.state.batch = b as u64 + 1;
+                run.state.rng.dropout_stream = run.state.step;
+                let p = &mut run.state.partial;
+                p.loss_sum += f64::from(loss_v) * n as f64;
+                p.correct += correct;
+                p.seen += n;
+                p.dead += dead;
+                seen_here += n;
+                let event = StepEvent {
+                    epoch,
+                    step: run.state.step,
+                    batch: b as u64,
+                    batches: steps_per_epoch,
+                    loss: loss_v,
+                    accuracy: correct as f64 / n.max(1) as f64,
+                    lr,
+                    images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                };
+                self.emit(&mut metrics, &mut console, |o| o.on_step(&event));
+
+                let interrupted = self.interrupt.load(Ordering::SeqCst);
+                let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);
+                let periodic = cfg.checkpoint_every_steps > 0
+                    && run.state.step % cfg.checkpoint_every_steps == 0;
+                let last_batch = b + 1 == batches.len();
+                if (periodic || interrupted || budget) && !last_batch {
+                    self.checkpoint(&mut run)?;
+                }
+                if interrupted && !last_batch {
+                    status = RunStatus::Interrupted;
+                    break 'epochs;
+                }
+                if budget && !last_batch {
+                    status = RunStatus::StepBudget;
+                    break 'epochs;
+                }
+            }
+            drop(prefetch);
+
+            // End of the epoch: evaluate, record, checkpoint, plot.
+            let train_secs = t0.elapsed().as_secs_f64();
+            let val = run
+                .val_loader
+                .as_ref()
+                .map(|l| evaluate(&run.model, l))
+                .transpose()?;
+            let test = run
+                .test_loader
+                .as_ref()
+                .map(|l| evaluate(&run.model, l))
+                .transpose()?;
+            let p = run.state.partial;
+            let seen = p.seen.max(1) as f64;
+            let record = EpochRecord {
+                epoch,
+                step: run.state.step,
+                lr: run.opt.learning_rate(),
+                train_loss: p.loss_sum / seen,
+                train_accuracy: p.correct as f64 / seen,
+                dead_fraction: p.dead as f64 / seen,
+                val_accuracy: val.as_ref().map(|r| r.top1),
+                val_loss: val.as_ref().map(|r| r.loss),
+                test_accuracy: test.as_ref().map(|r| r.top1),
+                test_loss: test.as_ref().map(|r| r.loss),
+                images_per_sec: seen_here as f64 / train_secs.max(1e-9),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            if let Some(w) = stuck_warning(&record, classes) {
+                self.emit(&mut metrics, &mut console, |o| o.on_warning(&w));
+            }
+            let candidate = match (&record.val_accuracy, &record.test_accuracy) {
+                (Some(v), _) => Some(("val_accuracy", *v)),
+                (None, Some(t)) => Some(("test_accuracy", *t)),
+                _ => None,
+            };
+            if let Some((metric, value)) = candidate {
+                if run.state.best.as_ref().is_none_or(|b| value > b.value) {
+                    run.state.best = Some(BestRecord {
+                        epoch,
+                        metric: metric.to_string(),
+                        value,
+                    });
+                    self.save_weights(&run, &run.run_dir.join(files::BEST), Some(&record))?;
+                }
+            }
+            run.state.history.push(record.clone());
+            run.state.epoch += 1;
+            run.state.batch = 0;
+            run.state.partial = EpochPartial::default();
+            self.checkpoint(&mut run)?;
+            let plot = learning_curve_svg(
+                &run.state.history,
+                &format!("{} ({})", run.state.spec.name, run.run_dir.display()),
+            );
+            allcnn_models::write_atomic(&run.run_dir.join(files::PLOT), plot.as_bytes())?;
+            self.emit(&mut metrics, &mut console, |o| o.on_epoch(&record));
+
+            if self.interrupt.load(Ordering::SeqCst) && run.state.epoch < cfg.epochs {
+                status = RunStatus::Interrupted;
+                break;
+            }
+            if cfg.max_steps.is_some_and(|m| run.state.step >= m) {
+                status = RunStatus::StepBudget;
+                break;
+            }
+        }
+
+        let checkpoint = run.run_dir.join(files::CHECKPOINT);
+        if status == RunStatus::Interrupted {
+            let hint = format!(
+                "interrupted after step {} (epoch {}); checkpoint written to {}. Resume with: allcnn train --resume {}",
+                run.state.step,
+                run.state.epoch + 1,
+                checkpoint.display(),
+                run.run_dir.display()
+            );
+            self.emit(&mut metrics, &mut console, |o| o.on_message(&hint));
+            return Ok(self.summary(&run, status, None, None, Some(hint)));
+        }
+        let final_path = run.run_dir.join(files::FINAL);
+        self.save_weights(&run, &final_path, run.state.history.last())?;
+        let val = run
+            .val_loader
+            .as_ref()
+            .map(|l| evaluate(&run.model, l))
+            .transpose()?;
+        let test = run
+            .test_loader
+            .as_ref()
+            .map(|l| evaluate(&run.model, l))
+            .transpose()?;
+        if let Some(t) = &test {
+            let json = serde_json::to_string_pretty(t).expect("report serialises");
+            allcnn_models::write_atomic(&run.run_dir.join(files::EVAL), json.as_bytes())?;
+        }
+        let msg = format!(
+            "run finished ({status:?}) after {} steps: final weights {}{}",
+            run.state.step,
+            final_path.display(),
+            test.as_ref()
+                .map(|t| format!(", test top-1 {:.2}% (loss {:.4})", 100.0 * t.top1, t.loss))
+                .unwrap_or_default()
+        );
+        self.emit(&mut metrics, &mut console, |o| o.on_message(&msg));
+        let mut s = self.summary(&run, status, test, val, None);
+        s.final_weights = Some(final_path);
+        Ok(s)
+    }
+
+    fn summary(
+        &self,
+        run: &Run,
+        status: RunStatus,
+        test: Option<EvalReport>,
+        val: Option<EvalReport>,
+        resume_hint: Option<String>,
+    ) -> RunSummary {
+        let best = run.run_dir.join(files::BEST);
+        RunSummary {
+            status,
+            run_dir: run.run_dir.clone(),
+            epochs_done: run.state.epoch,
+            steps: run.state.step,
+            checkpoint: run.run_dir.join(files::CHECKPOINT),
+            final_weights: None,
+            best_weights: best.is_file().then_some(best),
+            best: run.state.best.clone(),
+            history: run.state.history.clone(),
+            test,
+            val,
+            resume_hint,
+        }
+    }
+
+    fn checkpoint(&mut self, run: &mut Run) -> Result<(), TrainError> {
+        let path = run.run_dir.join(files::CHECKPOINT);
+        Checkpoint::write(&path, &run.state, &run.model.parameters(), &run.opt.state())?;
+        run.last_checkpoint = Some(path);
+        Ok(())
+    }
+
+    fn save_weights(
+        &self,
+        run: &Run,
+        path: &Path,
+        record: Option<&EpochRecord>,
+    ) -> Result<(), TrainError> {
+        let (json, attachments) = run.preprocessing.to_parts();
+        let mut extra = BTreeMap::new();
+        extra.insert("allcnn.train.step".to_string(), run.state.step.to_string());
+        // Class names, so `predict` can print them (read by allcnn-cli).
+        let names = run.train_loader.dataset().class_names();
+        if !names.is_empty() {
+            extra.insert(
+                "allcnn.class_names".to_string(),
+                serde_json::to_string(names).expect("strings serialise"),
+            );
+        }
+        if let Some(r) = record {
+            extra.insert("allcnn.train.epoch".to_string(), (r.epoch + 1).to_string());
+            if let Some(v) = r.val_accuracy {
+                extra.insert("allcnn.train.val_accuracy".to_string(), v.to_string());
+            }
+            if let Some(v) = r.test_accuracy {
+                extra.insert("allcnn.train.test_accuracy".to_string(), v.to_string());
+            }
+        }
+        let meta = WeightsMeta {
+            preprocessing: Some(json),
+            input_size: Some(run.input_size),
+            extra,
+        };
+        run.model.save(path, &meta, &attachments)?;
+        Ok(())
+    }
+}
+
+fn sgd_config(c: &TrainConfig) -> SgdConfig {
+    SgdConfig {
+        lr: c.lr,
+        momentum: c.momentum,
+        weight_decay: c.weight_decay,
+    }
+}
+
+/// Examples of a batch whose logits are all 0 (every class map dead after
+/// the final ReLU).
+fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
+    let max = logits.max(1)?;
+    let dead = max.le(0f32)?.to_dtype(DType::F32)?.sum_all()?;
+    Ok(dead.to_scalar::<f32>()? as u64)
+}
+
+/// A warning when the loss sits at chance (`ln classes`), sharper when every
+/// class map is dead.
+pub(crate) fn stuck_warning(r: &EpochRecord, classes: usize) -> Option<String> {
+    let chance = (classes.max(2) as f64).ln();
+    if (r.train_loss - chance).abs() > 0.01 * chance {
+        return None;
+    }
+    Some(if r.dead_fraction > 0.99 {
+        format!(
+            "the run looks stuck in epoch {}: every class map is dead (all logits 0 on {:.0}% of training images) and the loss is pinned at ln({classes}) = {chance:.4}. Dead ReLUs do not recover: lower the learning rate, check the preprocessing (GCN+ZCA), or change the init or seed.",
+            r.epoch + 1,
+            100.0 * r.dead_fraction
+        )
+    } else {
+        format!(
+            "the training loss in epoch {} is {:.4}, at chance ln({classes}) = {chance:.4}: the run may be stuck (the paper's protocol starts slowly; if this persists, lower the learning rate).",
+            r.epoch + 1,
+            r.train_loss
+        )
+    })
+}
+
+/// Creates `dir` and checks that it can hold the run: writable, with room
+/// for `probe_bytes`, and (when `fresh`) not already holding a run.
+fn prepare_run_dir(dir: &Path, fresh: bool, probe_bytes: usize) -> Result<(), TrainError> {
+    let err = |reason: String| TrainError::RunDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    if fresh && dir.join(files::CHECKPOINT).exists() {
+        return Err(err(format!(
+            "it already holds a run ({}); resume it with `allcnn train --resume {}` or choose another directory",
+            files::CHECKPOINT,
+            dir.display()
+        )));
+    }
+    let probe = dir.join(".allcnn-write-test");
+    let result = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&probe)?;
+        let chunk = vec![0u8; 1 << 16];
+        let mut left = probe_bytes.max(1);
+        while left > 0 {
+            let n = left.min(chunk.len());
+            f.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| {
+        err(format!(
+            "cannot write a {probe_bytes}-byte test file (unwritable or full disk?): {e}"
+        ))
+    })
+}
+
+/// Trains `config` on `data` into `run_dir` with a default [`Trainer`]
+/// (CPU, console progress).
+///
+/// # Errors
+/// As [`Trainer::train`].
+pub fn train(
+    config: &TrainConfig,
+    data: &TrainData,
+    run_dir: &Path,
+) -> Result<RunSummary, TrainError> {
+    Trainer::default().train(config, data, run_dir)
+}
+
+/// Resumes the run in `run_dir` with a default [`Trainer`], reopening the
+/// data named by its config.
+///
+/// # Errors
+/// As [`Trainer::resume`].
+pub fn resume(run_dir: &Path) -> Result<RunSummary, TrainError> {
+    Trainer::default().resume(run_dir, None)
+}
+
+/// The config of the run in `run_dir`.
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::ConfigParse`] naming the file.
+pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig, TrainError> {
+    TrainConfig::from_file(&run_dir.join(files::CONFIG))
+}

@@ -1,0 +1,104 @@
+//! Presets and key=value overrides.
+
+use allcnn_train::{LrSchedule, PreprocessChoice, TrainConfig, TrainError};
+
+#[test]
+fn every_preset_parses_and_validates() {
+    for name in TrainConfig::preset_names() {
+        let c = TrainConfig::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The TOML written to a run directory reads back to the same config.
+        let back = TrainConfig::from_toml(&c.to_toml(), "round trip").unwrap();
+        assert_eq!(back, c, "{name}");
+    }
+}
+
+#[test]
+fn presets_follow_the_paper() {
+    let c = TrainConfig::preset("cifar10").unwrap();
+    assert_eq!(c.model, "all-cnn-c");
+    assert_eq!(c.epochs, 350);
+    assert_eq!(c.momentum, 0.9);
+    assert_eq!(c.weight_decay, 1e-3);
+    assert_eq!(c.lr_grid, vec![0.25, 0.1, 0.05, 0.01]);
+    assert_eq!(c.schedule, LrSchedule::paper());
+    assert_eq!(c.data.preprocessing, PreprocessChoice::GcnZca);
+    assert_eq!(c.data.augmentation, allcnn_data::Augmentation::None);
+    let a = TrainConfig::preset("cifar10-aug").unwrap();
+    assert_eq!(
+        a.data.augmentation,
+        allcnn_data::Augmentation::paper_cifar()
+    );
+    let i = TrainConfig::preset("imagenet").unwrap();
+    assert_eq!((i.batch_size, i.lr, i.weight_decay), (64, 0.01, 5e-4));
+    assert_eq!(
+        i.schedule,
+        LrSchedule::StepIters {
+            every: 200_000,
+            gamma: 0.1
+        }
+    );
+    assert!(matches!(
+        TrainConfig::preset("mnist"),
+        Err(TrainError::UnknownPreset { .. })
+    ));
+}
+
+#[test]
+fn overrides_reach_every_field() {
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&[
+        "lr=0.01",
+        "epochs=35",
+        "init=he-normal",
+        "data.train_subset=5000",
+        "data.path=/tmp/cifar",
+        "data.preprocessing=standardize",
+        "lr_grid=[0.1, 0.05]",
+        "schedule={ kind = \"scaled\", fractions = [0.5, 0.75], gamma = 0.2 }",
+        "data.augmentation={ kind = \"flip_translate\", flip = true, max_shift = 5 }",
+        "data.augmentation.max_shift=3",
+        "max_steps=100",
+    ])
+    .unwrap();
+    assert_eq!(c.lr, 0.01);
+    assert_eq!(c.epochs, 35);
+    assert_eq!(c.init, allcnn_models::Init::HeNormal);
+    assert_eq!(c.data.train_subset, Some(5000));
+    assert_eq!(
+        c.data.path.as_deref(),
+        Some(std::path::Path::new("/tmp/cifar"))
+    );
+    assert_eq!(c.data.preprocessing, PreprocessChoice::Standardize);
+    assert_eq!(c.lr_grid, vec![0.1, 0.05]);
+    assert_eq!(c.schedule.milestone_epochs(35), vec![18, 26]);
+    assert_eq!(
+        c.data.augmentation,
+        allcnn_data::Augmentation::FlipTranslate {
+            flip: true,
+            max_shift: 3
+        }
+    );
+    assert_eq!(c.max_steps, Some(100));
+    c.set("schedule.gamma=0.5").unwrap();
+    assert_eq!(c.schedule.lr(1.0, 20, 0, 35), 0.5);
+}
+
+#[test]
+fn bad_overrides_name_the_item() {
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    for item in [
+        "learning_rate=0.1",
+        "lr",
+        "lr=fast",
+        "data.nope=1",
+        "epochs=-3",
+    ] {
+        let e = c.set(item).unwrap_err();
+        assert!(matches!(e, TrainError::BadOverride { .. }), "{item}: {e}");
+        assert!(e.to_string().contains(item), "{item}: {e}");
+    }
+    c.set("lr=0").unwrap();
+    let e = c.validate().unwrap_err();
+    assert!(e.to_string().contains("`lr`"), "{e}");
+}

@@ -1,0 +1,135 @@
+//! Training on real CIFAR-10 images (../shared/data/cifar10-jpg, or
+//! $ALLCNN_CIFAR10): a short CPU budget must end clearly above chance.
+//! Skips loudly where the data are absent.
+//!
+//! Budget and figures (2-core CPU, `cargo test -p allcnn-train --test
+//! real_data`, measured 2026-11-25): All-CNN-C runs at ~15 img/s here, so
+//! ~3 minutes would be ~2,700 images, and the paper-spec reports that
+//! All-CNN-C on 10,000 images stays at chance for 2-3 epochs. This test
+//! therefore trains a small All-CNN-shaped net (103,146 parameters, ~130-160
+//! img/s) on a seeded random 3,000 training images for 4 epochs with
+//! per-channel standardisation (GCN+ZCA stayed at chance, 8.6%, over 3 epochs
+//! in the same budget), He init, lr 0.01 constant, momentum 0.9, wd 1e-3,
+//! batch 32, and evaluates on 1,000 test images.
+//! Seen with this test's defaults: 24.5% test top-1 (loss 1.96) after 4
+//! epochs / 372 steps, 95 s in all (after 3 epochs: 24.1%). Chance is 10%; the bar is 18%
+//! (about 8 standard deviations above chance for 1,000 test images).
+
+mod common;
+
+use std::path::PathBuf;
+
+use allcnn_models::{ArchSpec, Layer};
+use allcnn_train::{LrSchedule, PreprocessChoice, TrainConfig, TrainData, Trainer};
+
+fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ALLCNN_CIFAR10")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpg")
+        });
+    if dir.join("train").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: CIFAR-10 image folder not found at {} (set ALLCNN_CIFAR10); \
+             this test proves nothing on this machine !!!!!!!!\n",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// A small All-CNN-shaped network: 3x3 convs, stride-2 convs instead of
+/// pooling, a 1x1 class conv with its ReLU, global average; no dropout (too
+/// slow to start in this budget).
+fn small_allcnn() -> ArchSpec {
+    ArchSpec {
+        name: "small-all-cnn".into(),
+        in_channels: 3,
+        input_size: 32,
+        layers: vec![
+            Layer::conv(3, 32, 1),
+            Layer::conv(3, 32, 2),
+            Layer::conv(3, 64, 1),
+            Layer::conv(3, 64, 2),
+            Layer::conv(3, 64, 1),
+            Layer::conv(1, 10, 1),
+        ],
+    }
+}
+
+#[test]
+fn real_cifar10_short_run_beats_chance() {
+    let Some(dir) = data_dir() else { return };
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.spec = Some(small_allcnn());
+    c.init = allcnn_models::Init::HeNormal;
+    c.epochs = env("ALLCNN_REAL_EPOCHS", "4").parse().unwrap();
+    c.batch_size = 32;
+    c.lr = env("ALLCNN_REAL_LR", "0.01").parse().unwrap();
+    c.schedule = LrSchedule::Constant;
+    c.data.preprocessing = match env("ALLCNN_REAL_PRE", "standardize").as_str() {
+        "standardize" => PreprocessChoice::Standardize,
+        _ => PreprocessChoice::GcnZca,
+    };
+    c.data.train_subset = Some(env("ALLCNN_REAL_TRAIN", "3000").parse().unwrap());
+    c.data.test_subset = Some(1000);
+    c.data.path = Some(dir.clone());
+    c.log_every_steps = 25;
+    let t0 = std::time::Instant::now();
+    let data = TrainData::open(&dir, &c.data, c.seed).unwrap();
+    eprintln!("opened {data:?} in {:.1}s", t0.elapsed().as_secs_f64());
+    let run = tempfile::tempdir().unwrap();
+    let s = Trainer::builder()
+        .console(true)
+        .build()
+        .train(&c, &data, run.path())
+        .unwrap();
+    let t = s.test.unwrap();
+    eprintln!(
+        "real CIFAR-10: test top-1 {:.1}% loss {:.3} after {} steps in {:.0}s",
+        100.0 * t.top1,
+        t.loss,
+        s.steps,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        t.top1 > 0.18,
+        "test top-1 {:.3} after {} steps is not clearly above chance (0.10)",
+        t.top1,
+        s.steps
+    );
+}
+
+/// Throughput of the real All-CNN-C under the `cifar10` preset (batch 128),
+/// for the docs: `cargo test -p allcnn-train --test real_data -- --ignored
+/// --nocapture allcnn_c_throughput`. Ignored: ~1 minute of CPU.
+#[test]
+#[ignore]
+fn allcnn_c_throughput() {
+    let Some(dir) = data_dir() else { return };
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&[
+        "max_steps=4",
+        "data.train_subset=1024",
+        "data.test_subset=128",
+        "log_every_steps=1",
+    ])
+    .unwrap();
+    let data = TrainData::open(&dir, &c.data, c.seed).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let s = Trainer::builder()
+        .build()
+        .train(&c, &data, run.path())
+        .unwrap();
+    eprintln!(
+        "all-cnn-c: {} steps of {} in {:.1}s (incl. GCN+ZCA fit and eval)",
+        s.steps,
+        c.batch_size,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(s.status, allcnn_train::RunStatus::StepBudget);
+}

@@ -1,0 +1,371 @@
+//! The training loop on tiny models: memorisation, exact resume, divergence,
+//! run directory contents, interrupt, stuck-run warning, evaluation, grid.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use allcnn_train::{
+    evaluate, files, grid_search, Observer, RunStatus, StepEvent, TrainError, Trainer,
+};
+use common::*;
+
+fn quiet() -> Trainer {
+    Trainer::builder().console(false).build()
+}
+
+#[test]
+fn tiny_model_memorises_32_samples() {
+    let train = random_dataset(32, 8, 4, 1);
+    let mut c = tiny_config(tiny_spec(8, 16, 4, false), 60, 8, 0.05);
+    c.weight_decay = 0.0;
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet()
+        .train(&c, &data(train.clone(), Some(train.clone())), dir.path())
+        .unwrap();
+    let t = s.test.unwrap();
+    eprintln!(
+        "memorise: train loss {:.4}, top1 {:.3}",
+        s.history.last().unwrap().train_loss,
+        t.top1
+    );
+    assert_eq!(t.top1, 1.0, "the 32 training samples are memorised");
+    assert!(t.loss < 0.2, "loss {}", t.loss);
+}
+
+/// Stops the run (as Ctrl-C would) once `at` steps are done.
+struct StopAt(u64, Arc<AtomicBool>);
+impl Observer for StopAt {
+    fn on_step(&mut self, e: &StepEvent) {
+        if e.step == self.0 {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Panics (a crash or kill) once `at` steps are done.
+struct CrashAt(u64);
+impl Observer for CrashAt {
+    fn on_step(&mut self, e: &StepEvent) {
+        if e.step == self.0 {
+            panic!("simulated crash at step {}", e.step);
+        }
+    }
+}
+
+fn resume_config() -> allcnn_train::TrainConfig {
+    // Dropout, augmentation and shuffling all active: every RNG is exercised.
+    let mut c = tiny_config(tiny_spec(8, 8, 3, true), 3, 4, 0.05);
+    c.data.augmentation = allcnn_data::Augmentation::FlipTranslate {
+        flip: true,
+        max_shift: 2,
+    };
+    c
+}
+
+#[test]
+fn interrupted_and_resumed_run_is_bit_identical() {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch, 18 in all
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let c = resume_config();
+
+    let full = tempfile::tempdir().unwrap();
+    let a = quiet().train(&c, &d, full.path()).unwrap();
+    assert_eq!((a.status, a.steps), (RunStatus::Completed, 18));
+
+    // Interrupt mid-epoch 2 (step 8), then resume to the end.
+    let cut = tempfile::tempdir().unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(8, flag.clone())))
+        .build();
+    let b = t.train(&c, &d, cut.path()).unwrap();
+    assert_eq!((b.status, b.steps), (RunStatus::Interrupted, 8));
+    let hint = b.resume_hint.unwrap();
+    assert!(
+        hint.contains("--resume") && hint.contains(&cut.path().display().to_string()),
+        "{hint}"
+    );
+    assert!(!cut.path().join(files::FINAL).exists());
+    flag.store(false, Ordering::SeqCst);
+    let r = quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 18));
+
+    assert_eq!(
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+        "resumed weights differ from the uninterrupted run"
+    );
+    // The epoch metrics agree too (timings aside).
+    for (x, y) in a.history.iter().zip(&r.history) {
+        assert_eq!(
+            (x.train_loss, x.train_accuracy, x.test_accuracy, x.test_loss),
+            (y.train_loss, y.train_accuracy, y.test_accuracy, y.test_loss)
+        );
+    }
+}
+
+fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
+    let d = data(train, None);
+    let mut c = resume_config();
+    c.checkpoint_every_steps = 4;
+
+    let full = tempfile::tempdir().unwrap();
+    quiet().train(&c, &d, full.path()).unwrap();
+
+    let cut = tempfile::tempdir().unwrap();
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut t = Trainer::builder()
+            .console(false)
+            .observer(Box::new(CrashAt(crash_at)))
+            .build();
+        let _ = t.train(&c, &d, cut.path());
+    }));
+    assert!(crashed.is_err());
+    let ck = allcnn_train::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((ck.state.step, ck.state.epoch, ck.state.batch), expect_ckpt);
+    // A fresh train into the same directory refuses to overwrite the run.
+    let e = quiet().train(&c, &d, cut.path()).unwrap_err();
+    assert!(
+        matches!(e, TrainError::RunDir { .. }) && e.to_string().contains("resume"),
+        "{e}"
+    );
+    quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!(
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+        "crash at step {crash_at}: resumed weights differ"
+    );
+}
+
+#[test]
+fn crashed_run_resumes_from_epoch_checkpoint_bit_identically() {
+    // Crash at step 15: the last checkpoint is the end of epoch 2 (step 12).
+    crash_and_resume(15, (12, 2, 0));
+}
+
+#[test]
+fn crashed_run_resumes_from_mid_epoch_checkpoint_bit_identically() {
+    // Crash at step 10: the last checkpoint is the periodic one of step 8,
+    // batch 2 of epoch 2.
+    crash_and_resume(10, (8, 1, 2));
+}
+
+#[test]
+fn diverging_lr_stops_with_step_and_checkpoint() {
+    let train = random_dataset(32, 8, 4, 4);
+    let mut c = tiny_config(tiny_spec(8, 8, 4, false), 3, 8, 1e12);
+    // A checkpoint after every step: the error must name the last good one.
+    c.checkpoint_every_steps = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let e = quiet()
+        .train(&c, &data(train, None), dir.path())
+        .unwrap_err();
+    eprintln!("{e}");
+    match &e {
+        TrainError::Diverged {
+            step,
+            loss,
+            last_checkpoint,
+            ..
+        } => {
+            assert!(!loss.is_finite());
+            assert!(*step >= 1, "the first step is finite");
+            assert!(e.to_string().contains(&format!("step {step}")));
+            let ck = last_checkpoint.as_ref().expect("a checkpoint was written");
+            assert!(e.to_string().contains(&ck.display().to_string()));
+            let state = allcnn_train::Checkpoint::read(ck).unwrap().state;
+            assert_eq!(
+                state.step, *step,
+                "the checkpoint holds the last finite step"
+            );
+        }
+        other => panic!("expected Diverged, got {other}"),
+    }
+}
+
+#[test]
+fn run_dir_holds_everything() {
+    let train = random_dataset(16, 8, 2, 5);
+    let test = random_dataset(8, 8, 2, 6);
+    let mut c = tiny_config(tiny_spec(8, 8, 2, true), 2, 8, 0.05);
+    c.data.preprocessing = allcnn_train::PreprocessChoice::GcnZca;
+    c.log_every_steps = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet()
+        .train(&c, &data(train, Some(test)), dir.path())
+        .unwrap();
+    for f in [
+        files::CONFIG,
+        files::CHECKPOINT,
+        files::PREPROCESSING,
+        files::BEST,
+        files::FINAL,
+        files::METRICS,
+        files::PLOT,
+        files::EVAL,
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(allcnn_train::read_run_config(dir.path()).unwrap(), c);
+    // Self-describing weights with the preprocessing attached.
+    let w =
+        allcnn_models::WeightsFile::load(dir.path().join(files::FINAL), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(w.model.spec(), c.spec.as_ref().unwrap());
+    let json = w.meta.preprocessing.as_deref().unwrap();
+    let p = allcnn_data::Preprocessing::from_parts(json, &w.attachments).unwrap();
+    assert_eq!(p.kind(), allcnn_data::PreprocessKind::GcnZca);
+    // metrics.jsonl: a start line, a step line per step, an epoch line per epoch.
+    let text = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| *k == "step").count(), 4);
+    assert_eq!(kinds[0], "start");
+    let svg = std::fs::read_to_string(dir.path().join(files::PLOT)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert_eq!(s.history.len(), 2);
+    assert!(s.best.is_some());
+}
+
+#[test]
+fn unwritable_run_dir_fails_before_training() {
+    let train = random_dataset(8, 8, 2, 7);
+    let c = tiny_config(tiny_spec(8, 8, 2, false), 1, 4, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the run directory should be.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let e = quiet()
+        .train(&c, &data(train, None), &blocker.join("run"))
+        .unwrap_err();
+    assert!(matches!(e, TrainError::RunDir { .. }), "{e}");
+    assert!(e.to_string().contains("run"), "{e}");
+    let e = quiet().resume(dir.path(), None).unwrap_err();
+    assert!(matches!(e, TrainError::BadCheckpoint { .. }), "{e}");
+}
+
+/// Collects warnings.
+struct Warnings(Arc<Mutex<Vec<String>>>);
+impl Observer for Warnings {
+    fn on_warning(&mut self, m: &str) {
+        self.0.lock().unwrap().push(m.to_string());
+    }
+}
+
+#[test]
+fn stuck_run_is_reported() {
+    // A very negative start kills every ReLU: with -inf-free but huge lr the
+    // first step drives all class maps dead; here we force it with a big lr
+    // and He init on a net whose final ReLU then outputs 0 everywhere.
+    let train = random_dataset(32, 8, 4, 8);
+    let c = tiny_config(tiny_spec(8, 8, 4, false), 3, 8, 30.0);
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut t = Trainer::builder()
+        .console(false)
+        .observer(Box::new(Warnings(seen.clone())))
+        .build();
+    match t.train(&c, &data(train, None), dir.path()) {
+        Ok(s) => {
+            let last = s.history.last().unwrap();
+            eprintln!("loss {} dead {}", last.train_loss, last.dead_fraction);
+            let w = seen.lock().unwrap();
+            assert!(
+                w.iter().any(|m| m.contains("stuck") && m.contains("dead")),
+                "no stuck warning: {w:?}"
+            );
+            let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+            assert!(metrics.contains("\"type\":\"warning\""));
+        }
+        Err(e) => panic!("expected a stuck run, got {e}"),
+    }
+}
+
+#[test]
+fn evaluate_reports_top1_top5_per_class_and_confusion() {
+    let train = random_dataset(32, 8, 4, 1);
+    let c = tiny_config(tiny_spec(8, 8, 4, false), 1, 8, 0.01);
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet()
+        .train(&c, &data(train.clone(), None), dir.path())
+        .unwrap();
+    let w = allcnn_models::WeightsFile::load(s.final_weights.unwrap(), &candle_core::Device::Cpu)
+        .unwrap();
+    let pre = allcnn_data::Preprocessing::load(&dir.path().join(files::PREPROCESSING)).unwrap();
+    let loader = allcnn_train::eval_loader(
+        train,
+        &pre,
+        7,
+        allcnn_data::Augmentation::None,
+        1,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let r = evaluate(&w.model, &loader).unwrap();
+    assert_eq!(r.examples, 32);
+    assert_eq!(r.confusion.iter().flatten().sum::<u64>(), 32);
+    assert_eq!(r.per_class.len(), 4);
+    assert!(r
+        .per_class
+        .iter()
+        .all(|p| p.count == 8 && p.name.starts_with('c')));
+    let diag: u64 = (0..4).map(|i| r.confusion[i][i]).sum();
+    assert!((r.top1 - diag as f64 / 32.0).abs() < 1e-12);
+    assert_eq!(
+        r.top5, 1.0,
+        "4 classes: the true class is always in the top 5"
+    );
+    assert!(r.loss.is_finite() && r.loss > 0.0);
+    // The same through the weights file alone (what `allcnn eval` calls).
+    let r2 = allcnn_train::evaluate_weights(
+        &dir.path().join(files::FINAL),
+        random_dataset(32, 8, 4, 1),
+        5,
+        allcnn_data::Augmentation::None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(r2.confusion, r.confusion);
+}
+
+#[test]
+fn grid_search_picks_by_validation() {
+    let train = random_dataset(40, 8, 2, 9);
+    let mut c = tiny_config(tiny_spec(8, 8, 2, false), 1, 8, 0.05);
+    c.data.validation = 8;
+    let d = allcnn_train::TrainData::new(train, None)
+        .select(&c.data, c.seed)
+        .unwrap();
+    assert_eq!(d.train.len(), 32);
+    assert_eq!(d.val.as_ref().unwrap().len(), 8);
+    let dir = tempfile::tempdir().unwrap();
+    let report = grid_search(&mut quiet(), &c, &d, &[0.05, 1e12], dir.path()).unwrap();
+    assert_eq!(report.results.len(), 2);
+    assert!(report.results[1].failure.is_some(), "lr 1e12 diverges");
+    assert_eq!(report.best_lr, Some(0.05));
+    assert!(dir.path().join("grid.json").is_file());
+    // Without a validation split, the grid search refuses.
+    let e = grid_search(
+        &mut quiet(),
+        &c,
+        &data(random_dataset(8, 8, 2, 1), None),
+        &[0.1],
+        dir.path(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("data.validation"), "{e}");
+}
