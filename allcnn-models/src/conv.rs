@@ -407,3 +407,92 @@ impl CustomOp2 for InputGrad {
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
     }
 }
+
+/// `y` `[N, C, H, W]` plus a per-channel `bias` `[C]`, differentiable in
+/// both. On CPU (f32) the forward is one pass and the bias gradient a direct
+/// per-channel sum; elsewhere it is candle's `broadcast_add`.
+///
+/// # Errors
+/// When the shapes do not fit.
+pub fn add_bias(y: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, c, _, _) = y.dims4()?;
+    if bias.dims() != [c] {
+        candle_core::bail!(
+            "add_bias: bias {:?} does not fit a map with {c} channels",
+            bias.dims()
+        );
+    }
+    if y.device().is_cpu() && y.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        y.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
+    } else {
+        y.broadcast_add(&bias.reshape((1, c, 1, 1))?)
+    }
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "allcnn-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let y = f32_slice(s1, l1, self.name())?;
+        let b = f32_slice(s2, l2, self.name())?;
+        let plane = h * w;
+        let mut out = y.to_vec();
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+            let v = b[i % c];
+            p.iter_mut().for_each(|x| *x += v);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = y.track_op().then(|| grad.clone());
+        let db = if b.track_op() {
+            Some(grad.contiguous()?.apply_op1_no_bwd(&ChannelSum)?)
+        } else {
+            None
+        };
+        Ok((dy, db))
+    }
+}
+
+/// Per-channel sums of an `[N, C, H, W]` map (the bias gradient).
+struct ChannelSum;
+
+impl candle_core::CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "allcnn-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let g = f32_slice(s, l, self.name())?;
+        let plane = h * w;
+        // Sum each plane in f64, then the planes of a channel in batch order:
+        // deterministic whatever the thread count.
+        let per_plane: Vec<f64> = g
+            .par_chunks(plane)
+            .map(|p| p.iter().map(|&v| f64::from(v)).sum())
+            .collect();
+        let sums = (0..c)
+            .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}

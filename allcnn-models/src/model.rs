@@ -514,7 +514,12 @@ impl<'a> ForwardPass<'a> {
                         ConvBackend::Candle => x.conv2d(&c.weight, padding, stride, 1, 1),
                     };
                     let y = conv
-                        .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?))
+                        .and_then(|y| match m.conv_backend {
+                            ConvBackend::Gemm => crate::conv::add_bias(&y, &c.bias),
+                            ConvBackend::Candle => {
+                                y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)
+                            }
+                        })
                         .context(ctx)?;
                     x = self.relu.relu(name, &y).context(ctx)?;
                     name

@@ -15,7 +15,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape, Tensor, WithDType,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Shape, Tensor,
+    WithDType,
 };
 use rayon::prelude::*;
 
@@ -408,8 +409,47 @@ impl CustomOp1 for StrictRelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if arg.device().is_cpu() && arg.dtype() == DType::F32 && grad.dtype() == DType::F32 {
+            // One pass instead of compare, convert and multiply.
+            return Ok(Some(
+                grad.contiguous()?
+                    .apply_op2_no_bwd(&arg.contiguous()?, &CpuReluMask)?,
+            ));
+        }
         let mask = arg.gt(0f64)?.to_dtype(grad.dtype())?;
         Ok(Some(grad.mul(&mask)?))
+    }
+}
+
+/// `grad * [x > 0]` on CPU in one pass.
+struct CpuReluMask;
+
+impl CustomOp2 for CpuReluMask {
+    fn name(&self) -> &'static str {
+        "allcnn-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(x)) = (s1, s2) else {
+            candle_core::bail!("{}: expected f32 tensors", self.name());
+        };
+        let g = contiguous_slice(g, l1, self.name())?;
+        let x = contiguous_slice(x, l2, self.name())?;
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14).zip(x.par_chunks(1 << 14)))
+            .for_each(|(o, (g, x))| {
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    *o = if x > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

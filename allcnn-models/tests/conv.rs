@@ -140,3 +140,37 @@ fn results_do_not_depend_on_the_thread_count() {
     };
     assert_eq!(run(1), run(3));
 }
+
+#[test]
+fn bias_add_matches_broadcast_add_with_gradients() {
+    use allcnn_models::conv::add_bias;
+    let dev = Device::Cpu;
+    let y = Var::from_vec(values(3 * 5 * 4 * 6, 7), (3, 5, 4, 6), &dev).unwrap();
+    let b = Var::from_vec(values(5, 8), 5, &dev).unwrap();
+    let ours = add_bias(&y, &b).unwrap();
+    let theirs = y.broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap()).unwrap();
+    assert!(rel(&ours, &theirs) < 1e-6);
+    let up = Tensor::from_vec(values(ours.elem_count(), 9), ours.dims(), &dev).unwrap();
+    let g1 = ours
+        .mul(&up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g2 = theirs
+        .mul(&up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&y, &b] {
+        assert!(rel(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+    }
+    assert!(add_bias(
+        &y,
+        &Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap()
+    )
+    .is_err());
+}

@@ -158,3 +158,21 @@ fn bad_inputs_are_errors_not_panics() {
     let ints = Tensor::zeros((1, 1, 4, 4), DType::U8, &Device::Cpu).unwrap();
     assert!(max_pool(&ints).is_err());
 }
+
+#[test]
+fn standard_relu_backward_is_strict_at_zero() {
+    use allcnn_models::{LayerName, ReluRule, StandardRelu};
+    for dtype in [DType::F32, DType::F64] {
+        let x =
+            Var::from_tensor(&plane(&[-1., 0., 2., 3.], 2, 2).to_dtype(dtype).unwrap()).unwrap();
+        let y = StandardRelu
+            .relu(LayerName::Conv(1), x.as_tensor())
+            .unwrap();
+        let up = plane(&[5., 6., 7., -8.], 2, 2).to_dtype(dtype).unwrap();
+        let g = y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+        // PyTorch's rule: no gradient where x <= 0.
+        assert_eq!(flat(&g), [0., 0., 7., -8.], "{dtype:?}");
+        assert_eq!(flat(&y.to_dtype(DType::F32).unwrap()), [0., 0., 2., 3.]);
+    }
+}
