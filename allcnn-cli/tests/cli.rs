@@ -551,4 +551,16 @@ fn train_errors_are_clear() {
     let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "lr=0.01"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("lr = 0.01"), "{}", stdout(&o));
+    // Switching to the scaled schedule needs no other field.
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--print-config",
+        "epochs=35",
+        "schedule.kind=scaled",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("kind = \"scaled\""), "{}", stdout(&o));
+    assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
 }

@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+fn paper_fractions() -> Vec<f64> {
+    vec![200.0 / 350.0, 250.0 / 350.0, 300.0 / 350.0]
+}
+
+fn paper_gamma() -> f64 {
+    0.1
+}
+
 /// How the learning rate changes during a run. The rate at a point of the
 /// run is `base_lr * gamma^k`, where `k` counts the milestones passed.
 ///
@@ -23,9 +31,12 @@ pub enum LrSchedule {
     /// fractions of the run's epochs (`[200/350, 250/350, 300/350]` for the
     /// paper's shape), rounded to the nearest epoch.
     Scaled {
-        /// Fractions of the total epochs, in `(0, 1)`.
+        /// Fractions of the total epochs, in `(0, 1)` (default: the paper's
+        /// 200/350, 250/350, 300/350, so `schedule.kind=scaled` alone works).
+        #[serde(default = "paper_fractions")]
         fractions: Vec<f64>,
-        /// The factor.
+        /// The factor (default 0.1).
+        #[serde(default = "paper_gamma")]
         gamma: f64,
     },
     /// Multiply by `gamma` every `every` iterations (the ImageNet protocol:
@@ -50,8 +61,8 @@ impl LrSchedule {
     /// The paper's schedule shape for any number of epochs.
     pub fn paper_scaled() -> Self {
         LrSchedule::Scaled {
-            fractions: vec![200.0 / 350.0, 250.0 / 350.0, 300.0 / 350.0],
-            gamma: 0.1,
+            fractions: paper_fractions(),
+            gamma: paper_gamma(),
         }
     }
 
