@@ -45,6 +45,16 @@ struct Report<'a> {
     threads: usize,
     images_per_sec: f64,
     ms_per_batch: f64,
+    /// Peak resident memory of the process in MiB (Linux: VmHWM), if known.
+    peak_rss_mib: Option<f64>,
+}
+
+/// The process's peak resident set size (`VmHWM` in /proc/self/status).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -118,6 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         threads: candle_core::utils::get_num_threads(),
         images_per_sec: (args.batch * args.iters) as f64 / secs,
         ms_per_batch: secs * 1000.0 / args.iters as f64,
+        peak_rss_mib: peak_rss_mib(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

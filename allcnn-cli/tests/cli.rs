@@ -67,6 +67,9 @@ fn bench_prints_one_json_line() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["batch"], 2);
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
+    if cfg!(target_os = "linux") {
+        assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
+    }
     for conv in ["gemm", "candle"] {
         let o = allcnn(&[
             "bench", "--model", "model-a", "--batch", "2", "--iters", "1", "--mode", "train",
