@@ -169,6 +169,9 @@ struct Run {
     state: CheckpointState,
     last_checkpoint: Option<PathBuf>,
     input_size: usize,
+    /// The latest (validation, test) evaluation and the step it was made at,
+    /// so the end of a run does not evaluate unchanged weights again.
+    last_eval: Option<(u64, Option<EvalReport>, Option<EvalReport>)>,
 }
 
 impl Default for Trainer {
@@ -396,6 +399,7 @@ impl Trainer {
             state,
             last_checkpoint,
             input_size,
+            last_eval: None,
         })
     }
 
@@ -520,16 +524,7 @@ impl Trainer {
 
             // End of the epoch: evaluate, record, checkpoint, plot.
             let train_secs = t0.elapsed().as_secs_f64();
-            let val = run
-                .val_loader
-                .as_ref()
-                .map(|l| evaluate(&run.model, l))
-                .transpose()?;
-            let test = run
-                .test_loader
-                .as_ref()
-                .map(|l| evaluate(&run.model, l))
-                .transpose()?;
+            let (val, test) = evaluate_splits(&mut run)?;
             let p = run.state.partial;
             let seen = p.seen.max(1) as f64;
             let record = EpochRecord {
@@ -600,16 +595,7 @@ impl Trainer {
         }
         let final_path = run.run_dir.join(files::FINAL);
         self.save_weights(&run, &final_path, run.state.history.last())?;
-        let val = run
-            .val_loader
-            .as_ref()
-            .map(|l| evaluate(&run.model, l))
-            .transpose()?;
-        let test = run
-            .test_loader
-            .as_ref()
-            .map(|l| evaluate(&run.model, l))
-            .transpose()?;
+        let (val, test) = evaluate_splits(&mut run)?;
         if let Some(t) = &test {
             let json = serde_json::to_string_pretty(t).expect("report serialises");
             allcnn_models::write_atomic(&run.run_dir.join(files::EVAL), json.as_bytes())?;
@@ -694,6 +680,21 @@ impl Trainer {
         run.model.save(path, &meta, &attachments)?;
         Ok(())
     }
+}
+
+/// Evaluates the model on the validation and test splits, reusing the
+/// previous result when no step has run since.
+fn evaluate_splits(run: &mut Run) -> Result<(Option<EvalReport>, Option<EvalReport>), TrainError> {
+    if let Some((step, val, test)) = &run.last_eval {
+        if *step == run.state.step {
+            return Ok((val.clone(), test.clone()));
+        }
+    }
+    let eval = |l: &Option<DataLoader>| l.as_ref().map(|l| evaluate(&run.model, l)).transpose();
+    let val = eval(&run.val_loader)?;
+    let test = eval(&run.test_loader)?;
+    run.last_eval = Some((run.state.step, val.clone(), test.clone()));
+    Ok((val, test))
 }
 
 fn sgd_config(c: &TrainConfig) -> SgdConfig {
