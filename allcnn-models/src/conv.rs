@@ -342,13 +342,13 @@ impl CustomOp2 for CpuConv {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &WeightGrad { geo: self.geo })?)
+            Some(x.apply_op2_no_bwd(&grad, &Grad::Weight(self.geo))?)
         } else {
             None
         };
         // The input image of the first layer needs no gradient in training.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &InputGrad { geo: self.geo })?)
+            Some(grad.apply_op2_no_bwd(w, &Grad::Input(self.geo))?)
         } else {
             None
         };
@@ -356,13 +356,20 @@ impl CustomOp2 for CpuConv {
     }
 }
 
-struct WeightGrad {
-    geo: Geometry,
+/// The two gradient passes of [`CpuConv`], as one no-backward op over two
+/// f32 tensors: `(x, dy) -> dw` or `(dy, w) -> dx`.
+#[derive(Clone, Copy)]
+enum Grad {
+    Weight(Geometry),
+    Input(Geometry),
 }
 
-impl CustomOp2 for WeightGrad {
+impl CustomOp2 for Grad {
     fn name(&self) -> &'static str {
-        "allcnn-conv2d-weight-grad"
+        match self {
+            Grad::Weight(_) => "allcnn-conv2d-weight-grad",
+            Grad::Input(_) => "allcnn-conv2d-input-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -372,39 +379,15 @@ impl CustomOp2 for WeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.geo;
-        let dw = weight_grad(
-            g,
+        let (a, b) = (
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        Ok((CpuStorage::F32(dw), Shape::from((g.cout, g.cin, g.k, g.k))))
-    }
-}
-
-struct InputGrad {
-    geo: Geometry,
-}
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "allcnn-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.geo;
-        let dx = input_grad(
-            g,
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
-        );
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.cin, g.h, g.w))))
+        let (out, shape) = match self {
+            Grad::Weight(g) => (weight_grad(g, a, b), (g.cout, g.cin, g.k, g.k)),
+            Grad::Input(g) => (input_grad(g, a, b), (g.n, g.cin, g.h, g.w)),
+        };
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 }
 
