@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use allcnn_models::{AllCnn, ArchSpec, ConvBackend, DropoutRng, Init};
+use allcnn_train::{MomentumSgd, SgdConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -15,9 +16,9 @@ pub struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// `infer` (eval forward) or `train` (training-mode forward with dropout,
-    /// cross-entropy loss and backward to every parameter; the optimiser
-    /// update is not included).
+    /// `infer` (eval forward) or `train` (one whole training step: forward
+    /// with dropout, cross-entropy loss, backward to every parameter and the
+    /// SGD momentum + weight-decay update).
     #[arg(long, default_value = "infer")]
     mode: String,
     /// Timed iterations after one warm-up iteration.
@@ -26,7 +27,9 @@ pub struct Args {
     /// Class count of the head (default 10; 1000 for the ImageNet model).
     #[arg(long)]
     classes: Option<usize>,
-    /// Convolution implementation: `gemm` (ours, the default) or `candle`.
+    /// Convolution implementation: `gemm` (ours, im2col, the default),
+    /// `winograd` (ours, Winograd F(2x2,3x3) for 3x3 stride-1 layers) or
+    /// `candle`.
     #[arg(long, default_value = "gemm")]
     conv: String,
     /// cpu, cuda[:N], metal[:N] or auto.
@@ -65,8 +68,9 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let backend = match args.conv.as_str() {
         "gemm" => ConvBackend::Gemm,
+        "winograd" => ConvBackend::Winograd,
         "candle" => ConvBackend::Candle,
-        other => bail!("--conv {other}: use gemm or candle"),
+        other => bail!("--conv {other}: use gemm, winograd or candle"),
     };
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
@@ -82,10 +86,17 @@ pub fn run(args: &Args) -> Result<()> {
     let side = spec.input_size;
     let mut model = AllCnn::init(spec, Init::HeNormal, 0, &device)?;
     model.set_conv_backend(backend);
-    let vars = if train {
-        model.make_trainable()?
+    let mut sgd = if train {
+        Some(MomentumSgd::new(
+            model.make_trainable()?,
+            SgdConfig {
+                lr: 1e-3,
+                momentum: 0.9,
+                weight_decay: 1e-3,
+            },
+        ))
     } else {
-        Vec::new()
+        None
     };
     // A fixed, deterministic input (the values do not affect the timing).
     let n = args.batch * 3 * side * side;
@@ -96,17 +107,14 @@ pub fn run(args: &Args) -> Result<()> {
         .reshape((args.batch, 3, side, side))?;
     let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % classes as u32).collect();
     let labels = Tensor::from_vec(labels, args.batch, &device)?;
-    let step = |i: u64| -> Result<()> {
-        if train {
+    let mut step = |i: u64| -> Result<()> {
+        if let Some(sgd) = sgd.as_mut() {
             let logits = model.forward_train(&x, &mut DropoutRng::new(0, i))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let grads = loss.backward()?;
-            // Touch one gradient so lazy devices finish the work.
-            let (_, v) = &vars[0];
-            grads
-                .get(v.as_tensor())
-                .map(|g| g.to_device(&Device::Cpu))
-                .transpose()?;
+            sgd.backward_step(&loss)?;
+            // Read one updated parameter back so asynchronous devices finish the step.
+            let (_, last) = sgd.params().last().expect("a model has parameters");
+            last.as_tensor().sum_all()?.to_device(&Device::Cpu)?;
         } else {
             model.forward(&x)?.to_device(&Device::Cpu)?;
         }

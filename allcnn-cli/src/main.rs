@@ -5,9 +5,11 @@
 mod bench;
 mod data;
 mod device;
+mod export;
 mod models;
 mod predict;
 mod progress;
+mod reproduce;
 mod train;
 mod viz;
 mod weights;
@@ -45,9 +47,14 @@ enum Command {
         after_help = "Examples:\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
     )]
     Eval(train::EvalArgs),
+    /// Run one of the paper's experiments (all twelve models for table3), resumably, with a report beside the paper's numbers.
+    #[command(
+        after_help = "Experiments: table3 (the twelve CIFAR-10 models, preset cifar10), cifar10-aug (All-CNN-C with\nflips and translations), cifar100 (All-CNN-C), imagenet (the ImageNet All-CNN).\n\nEach model trains into OUT/<model>/; OUT/report.md and OUT/report.json (our test error beside\nthe paper's, times, device, host, exact configs) are rewritten after every model. Rerunning the\nsame command skips finished models and resumes an interrupted one.\n\nExamples:\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3-35 --epochs 35\n  allcnn reproduce table3 --data D --out runs/t3-small --epochs 5 --models model-c,all-cnn-c data.train_subset=5000\n  allcnn reproduce cifar100 --data data/cifar-100-binary --out runs/c100 --device cuda\n  allcnn reproduce imagenet --data IMAGENET_DIR --out runs/imagenet --device cuda --json\n\nCtrl-C finishes the current step, writes a checkpoint and stops; run the same command to resume."
+    )]
+    Reproduce(Box<reproduce::Args>),
     /// Classify images (or a preprocessed tensor) with trained weights.
     #[command(
-        after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors"
+        after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors\n  allcnn predict --weights hf://OWNER/REPO cat.png             # Hugging Face Hub, cached\n  allcnn predict --weights hf://OWNER/REPO/best.safetensors@v1 --offline cat.png\n\nEnvironment: ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1 (as --offline), HF_HUB_CACHE or HF_HOME\n(the cache), HF_ENDPOINT (the server), HF_TOKEN (private or gated repositories)."
     )]
     Predict(predict::Args),
     /// Attribution maps (gradient, saliency, deconvnet, guided backpropagation) and the paper's figures.
@@ -55,6 +62,11 @@ enum Command {
         after_help = "Examples:\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
     )]
     Viz(Box<viz::Args>),
+    /// Write a run's weights as a folder ready to upload as a Hugging Face model repo.
+    #[command(
+        after_help = "Writes model.safetensors (weights, architecture, classes, preprocessing), config.json\n(architecture, preprocessing, training recipe, results) and a model card README.md.\n\nExamples:\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --repo me/all-cnn-c-cifar10\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --weights best --force\n  hf upload me/all-cnn-c-cifar10 hub/allcnn-c .   # then: allcnn predict --weights hf://me/all-cnn-c-cifar10 cat.png"
+    )]
+    ExportHub(export::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  allcnn completions bash > /etc/bash_completion.d/allcnn")]
     Completions {
@@ -77,8 +89,10 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args),
         Command::Train(args) => train::run_train(&args),
         Command::Eval(args) => train::run_eval(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
         Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::ExportHub(args) => export::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut std::io::stdout());
             Ok(())

@@ -46,7 +46,7 @@ pub struct TrainArgs {
     set: Vec<String>,
 }
 
-fn interrupt_flag() -> Arc<AtomicBool> {
+pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let already = Arc::new(AtomicBool::new(false));
@@ -169,9 +169,14 @@ fn report(s: &allcnn_train::RunSummary) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Self-describing weights (e.g. RUN/best.safetensors).
-    #[arg(long)]
+    /// Self-describing weights (e.g. RUN/best.safetensors), or a Hugging Face
+    /// Hub reference hf://OWNER/REPO[/FILE][@REVISION].
+    #[arg(long, value_name = "FILE|hf://OWNER/REPO")]
     weights: PathBuf,
+    /// Use only the Hugging Face cache for hf:// weights, never the network
+    /// (also set by ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// The data set to evaluate on.
     #[arg(long)]
     data: PathBuf,
@@ -205,7 +210,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     } else {
         Augmentation::None
     };
-    let r = evaluate_weights(&args.weights, data, args.batch, aug, &device)?;
+    let weights = crate::weights::resolve(&args.weights, args.offline)?;
+    let r = evaluate_weights(&weights, data, args.batch, aug, &device)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

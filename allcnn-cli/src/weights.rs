@@ -1,20 +1,29 @@
 //! Loading `--weights` with an optional `--model/--classes` override, and the
 //! preprocessing recorded in the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use allcnn_data::Preprocessing;
 use allcnn_models::{ArchSpec, WeightsFile};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
+/// `--weights` (a file or `hf://` reference), `--offline`, and
 /// `--model NAME --classes N`, needed only for files that do not describe
 /// themselves.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Weights file (.safetensors).
+    /// Weights: a .safetensors file, or a Hugging Face Hub reference
+    /// hf://OWNER/REPO[/FILE][@REVISION] (FILE defaults to model.safetensors,
+    /// REVISION to main), downloaded once into the Hugging Face cache.
+    #[arg(long, value_name = "FILE|hf://OWNER/REPO")]
+    pub weights: PathBuf,
+    /// Use only the Hugging Face cache for hf:// weights, never the network
+    /// (also set by ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1). The cache is
+    /// HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub;
+    /// HF_ENDPOINT sets the server, HF_TOKEN authenticates.
     #[arg(long)]
-    pub weights: std::path::PathBuf,
+    pub offline: bool,
     /// Architecture, when the weights file does not record it (see `allcnn models`).
     #[arg(long)]
     pub model: Option<String>,
@@ -31,8 +40,42 @@ pub struct Loaded {
     pub class_names: Option<Vec<String>>,
 }
 
+/// The local file `weights` names: itself, or for an `hf://` reference the
+/// file in the Hugging Face cache (downloaded first unless offline).
+pub fn resolve(weights: &Path, offline: bool) -> Result<PathBuf> {
+    let Some(text) = weights.to_str().filter(|s| s.starts_with(HUB_SCHEME)) else {
+        return Ok(weights.to_path_buf());
+    };
+    hub_resolve(text, offline)
+}
+
+#[cfg(feature = "hub")]
+fn hub_resolve(text: &str, offline: bool) -> Result<PathBuf> {
+    use std::io::IsTerminal;
+
+    use allcnn_models::hub::{resolve, HubOptions, HubRef};
+    let reference: HubRef = text.parse()?;
+    let mut options = HubOptions::default().progress(std::io::stderr().is_terminal());
+    if offline {
+        options = options.offline(true);
+    }
+    Ok(resolve(&reference, &options)?)
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_resolve(text: &str, _offline: bool) -> Result<PathBuf> {
+    bail!(
+        "`{text}` is a Hugging Face Hub reference, but this allcnn was built without Hub \
+         support; rebuild it with `--features hub` (on by default), or download the file and \
+         pass its path"
+    )
+}
+
+const HUB_SCHEME: &str = "hf://";
+
 pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
-    let path: &Path = &args.weights;
+    let resolved = resolve(&args.weights, args.offline)?;
+    let path: &Path = &resolved;
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
         (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),

@@ -567,3 +567,524 @@ fn train_errors_are_clear() {
     assert!(stdout(&o).contains("kind = \"scaled\""), "{}", stdout(&o));
     assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
 }
+
+#[cfg(feature = "hub")]
+/// Runs allcnn with the Hugging Face environment cleared, then `envs` set,
+/// and `HF_HOME` in `home` (no token or cache of the machine leaks in).
+fn allcnn_hub(args: &[&str], home: &std::path::Path, envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allcnn"));
+    for var in [
+        "ALLCNN_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_TOKEN",
+        "HF_TOKEN_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HOME", home).env("NO_PROXY", "127.0.0.1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.args(args).output().expect("run allcnn")
+}
+
+#[cfg(feature = "hub")]
+/// Self-describing 4-class weights with class names, as bytes.
+fn named_weights_bytes() -> Vec<u8> {
+    use allcnn_models::{AllCnn, ArchSpec, Init, WeightsMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let mut meta = WeightsMeta::default();
+    meta.extra.insert(
+        "allcnn.class_names".into(),
+        r#"["cat","dog","emu","gnu"]"#.into(),
+    );
+    AllCnn::init(
+        ArchSpec::by_name("all-cnn-a", 4).unwrap(),
+        Init::HeNormal,
+        5,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .save(&w, &meta, &[])
+    .unwrap();
+    std::fs::read(w).unwrap()
+}
+
+#[cfg(feature = "hub")]
+fn predicted_name(o: &Output) -> String {
+    let v: serde_json::Value = serde_json::from_str(&stdout(o)).unwrap();
+    v[0]["top"][0]["name"].as_str().unwrap().to_string()
+}
+
+#[cfg(feature = "hub")]
+#[test]
+fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
+    use allcnn_models::testing::mock_hub::{prefill_cache, MOCK_COMMIT};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub-cache");
+    prefill_cache(
+        &cache,
+        "owner/repo",
+        "main",
+        MOCK_COMMIT,
+        "model.safetensors",
+        &named_weights_bytes(),
+    );
+    let img = dir.path().join("a.png");
+    write_png(&img, 30);
+    let cache_env = [("HF_HUB_CACHE", cache.to_str().unwrap())];
+    let o = allcnn_hub(
+        &[
+            "predict",
+            "--weights",
+            "hf://owner/repo",
+            "--offline",
+            img.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+        &cache_env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(["cat", "dog", "emu", "gnu"].contains(&predicted_name(&o).as_str()));
+    // The warning names the reference, not the cache path.
+    assert!(stderr(&o).contains("hf://owner/repo"), "{}", stderr(&o));
+
+    // Both environment switches mean offline; a miss says which one and
+    // where it looked, and exits 1.
+    for var in ["ALLCNN_OFFLINE", "HF_HUB_OFFLINE"] {
+        let o = allcnn_hub(
+            &[
+                "predict",
+                "--weights",
+                "hf://owner/absent",
+                img.to_str().unwrap(),
+            ],
+            dir.path(),
+            &[
+                cache_env[0],
+                (var, "1"),
+                ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("hf://owner/absent is not in the Hugging Face cache at")
+                && err.contains(cache.to_str().unwrap())
+                && err.contains(&format!("{var} is set"))
+                && err.contains("run once without --offline"),
+            "{err}"
+        );
+    }
+    // --offline with a miss.
+    let o = allcnn_hub(
+        &[
+            "predict",
+            "--weights",
+            "hf://owner/repo/other.safetensors@v2",
+            "--offline",
+            img.to_str().unwrap(),
+        ],
+        dir.path(),
+        &cache_env,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o)
+            .contains("hf://owner/repo/other.safetensors@v2 is not in the Hugging Face cache"),
+        "{}",
+        stderr(&o)
+    );
+    // A malformed reference.
+    let o = allcnn_hub(
+        &["predict", "--weights", "hf://owner", img.to_str().unwrap()],
+        dir.path(),
+        &cache_env,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid Hub reference `hf://owner`")
+            && stderr(&o).contains("hf://OWNER/REPO[/FILE][@REVISION]"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[cfg(feature = "hub")]
+#[test]
+fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
+    use allcnn_models::testing::mock_hub::MockHub;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let img = dir.path().join("a.png");
+    write_png(&img, 99);
+    let hub = MockHub::start(vec![(
+        "someone/tiny-net",
+        "weights/w.safetensors",
+        named_weights_bytes(),
+    )]);
+    let endpoint = hub.endpoint();
+    let envs = [
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ("HF_ENDPOINT", endpoint.as_str()),
+    ];
+    let reference = "hf://someone/tiny-net/weights/w.safetensors";
+    let args = [
+        "predict",
+        "--weights",
+        reference,
+        img.to_str().unwrap(),
+        "--json",
+    ];
+    let o = allcnn_hub(&args, dir.path(), &envs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = predicted_name(&o);
+    assert!(
+        hub.requests()
+            .contains(&"GET /someone/tiny-net/resolve/main/weights/w.safetensors".to_string()),
+        "{:?}",
+        hub.requests()
+    );
+    assert!(cache.join("models--someone--tiny-net/refs/main").is_file());
+
+    // A missing file is a 404 naming the URL.
+    let o = allcnn_hub(
+        &[
+            "predict",
+            "--weights",
+            "hf://someone/tiny-net",
+            img.to_str().unwrap(),
+        ],
+        dir.path(),
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("404")
+            && stderr(&o).contains(&format!(
+                "{endpoint}/someone/tiny-net/resolve/main/model.safetensors"
+            )),
+        "{}",
+        stderr(&o)
+    );
+
+    // Server gone: the cached copy still serves, offline or not.
+    hub.stop();
+    for extra in [&["--offline"][..], &[][..]] {
+        let mut a = args.to_vec();
+        a.extend_from_slice(extra);
+        let o = allcnn_hub(&a, dir.path(), &envs);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        assert_eq!(predicted_name(&o), first);
+    }
+    // Not cached and the server is gone: a network error naming the endpoint.
+    let o = allcnn_hub(
+        &[
+            "predict",
+            "--weights",
+            "hf://someone/other",
+            img.to_str().unwrap(),
+        ],
+        dir.path(),
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "cannot download hf://someone/other from {endpoint}"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn export_hub_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let run = dir.path().join("run");
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--model",
+        "all-cnn-a",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "epochs=1",
+        "batch_size=4",
+        "data.preprocessing=standardize",
+    ]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+
+    let out = dir.path().join("hub");
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--repo",
+        "me/tiny-allcnn",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("hf upload me/tiny-allcnn"),
+        "{}",
+        stdout(&o)
+    );
+    for f in ["model.safetensors", "config.json", "README.md"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["architecture"], "all-cnn-a");
+    assert_eq!(c["spec"]["name"], "all-cnn-a");
+    assert_eq!(c["num_classes"], 2);
+    assert_eq!(c["class_names"], serde_json::json!(["cats", "dogs"]));
+    assert_eq!(c["id2label"]["1"], "dogs");
+    assert_eq!(c["input_size"], 32);
+    assert_eq!(c["preprocessing"]["kind"], "standardize");
+    assert_eq!(c["preprocessing"]["mean"].as_array().unwrap().len(), 3);
+    assert_eq!(c["training"]["epochs"], 1);
+    assert_eq!(c["training"]["batch_size"], 4);
+    assert!(c["training"]["data"].get("path").is_none(), "no local path");
+    assert_eq!(c["weights"]["exported"], "final");
+    assert_eq!(c["results"][0]["split"], "test");
+    assert_eq!(c["results"][0]["top1"], eval["top1"]);
+    assert_eq!(c["results"][0]["examples"], 12);
+    assert_eq!(c["allcnn_version"], env!("CARGO_PKG_VERSION"));
+
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.starts_with("---\nlibrary_name: allcnn\n"), "{card}");
+    for needle in [
+        "license: \"mit\"",
+        "- accuracy",
+        &format!("value: {:.4}", eval["top1"].as_f64().unwrap()),
+        "allcnn predict --weights hf://me/tiny-allcnn image.png",
+        "## Training recipe",
+        "batch_size = 4",
+        "| test | 12 |",
+        "| dogs |",
+    ] {
+        assert!(card.contains(needle), "{needle} missing from\n{card}");
+    }
+
+    // The exported weights describe themselves: no --model needed.
+    let img = data.join("test/cats/1.png");
+    let w = out.join("model.safetensors");
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cats"), "{}", stdout(&o));
+    assert!(
+        !stderr(&o).contains("records no preprocessing"),
+        "{}",
+        stderr(&o)
+    );
+    // ... and give the same test accuracy as the run's eval.json, also as
+    // an hf:// reference from a cache holding the export.
+    #[cfg(feature = "hub")]
+    {
+        let home = dir.path().join("hf-home");
+        let cache = home.join("hub");
+        allcnn_models::testing::mock_hub::prefill_cache(
+            &cache,
+            "me/tiny-allcnn",
+            "main",
+            allcnn_models::testing::mock_hub::MOCK_COMMIT,
+            "model.safetensors",
+            &std::fs::read(&w).unwrap(),
+        );
+        let o = allcnn_hub(
+            &[
+                "eval",
+                "--weights",
+                "hf://me/tiny-allcnn",
+                "--offline",
+                "--data",
+                data.to_str().unwrap(),
+                "--json",
+            ],
+            &home,
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["top1"], eval["top1"]);
+    }
+
+    // A non-empty --out is refused without --force.
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not empty") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+        "--weights",
+        "best",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["weights"]["exported"], "best");
+    assert_eq!(c["weights"]["epoch"], 1);
+    assert_eq!(c["results"][0]["split"], "test");
+
+    // No such run; a run without final weights.
+    let o = allcnn(&[
+        "export-hub",
+        dir.path().join("nope").to_str().unwrap(),
+        "--out",
+        dir.path().join("o2").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
+    std::fs::remove_file(run.join("final.safetensors")).unwrap();
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        dir.path().join("o3").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no final.safetensors") && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[cfg(not(feature = "hub"))]
+#[test]
+fn hub_references_need_the_hub_feature() {
+    let o = allcnn(&["predict", "--weights", "hf://owner/repo", "x.png"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("hf://owner/repo") && stderr(&o).contains("--features hub"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn reproduce_a_subset_then_rerun_skips_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let out = dir.path().join("table3");
+    let args = [
+        "reproduce",
+        "table3",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--models",
+        "all-cnn-a",
+        "batch_size=4",
+        "data.preprocessing=standardize",
+    ];
+    let o = allcnn(&args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out_text = stdout(&o);
+    let row = out_text
+        .lines()
+        .find(|l| l.starts_with("All-CNN-A (all-cnn-a)"))
+        .unwrap_or_else(|| panic!("{out_text}"));
+    assert!(row.contains("10.30%") && row.ends_with("done"), "{row}");
+    assert!(out_text.contains("not run"), "{out_text}");
+    // Two classes, not CIFAR-10's ten: said on stderr and in the report.
+    assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
+    assert!(out.join("all-cnn-a/final.safetensors").is_file());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| All-CNN-A (`all-cnn-a`) | 10.30% |"), "{md}");
+
+    // The same command again reuses the result; --json prints the report.
+    let mut again = args.to_vec();
+    again.push("--json");
+    let o = allcnn(&again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("all-cnn-a: finished earlier"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["experiment"], "table3");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 12);
+    assert_eq!(v["rows"][3]["model"], "all-cnn-a");
+    assert_eq!(v["rows"][3]["status"], "done");
+    assert_eq!(v["rows"][3]["paper_error"], 10.3);
+    assert!(v["rows"][3]["test_error"].is_number());
+    assert_eq!(v["rows"][0]["status"], "not_run");
+
+    // Errors: an unknown experiment (clap, exit 2), missing data, a model
+    // that is not a row of the experiment.
+    let o = allcnn(&["reproduce", "table9", "--data", "d", "--out", "o"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("table9") && stderr(&o).contains("cifar10-aug"),
+        "{}",
+        stderr(&o)
+    );
+    let missing = dir.path().join("no-such-data");
+    let o = allcnn(&[
+        "reproduce",
+        "cifar100",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no-such-data") && stderr(&o).contains("no such data folder"),
+        "{}",
+        stderr(&o)
+    );
+    let o = allcnn(&[
+        "reproduce",
+        "cifar10-aug",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("aug").to_str().unwrap(),
+        "--models",
+        "model-a",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`model-a` is not a row of cifar10-aug"),
+        "{}",
+        stderr(&o)
+    );
+}

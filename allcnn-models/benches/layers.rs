@@ -1,6 +1,7 @@
 //! Per-layer convolution benches for All-CNN-C at batch 64: forward, input
-//! gradient and weight gradient of each layer, ours (`conv::conv2d`) beside
-//! candle's `conv2d`.
+//! gradient and weight gradient of each layer: ours with im2col
+//! (`allcnn-im2col`), ours with Winograd F(2x2,3x3) where the layer is 3x3
+//! stride 1 (`allcnn-winograd`; im2col elsewhere), and candle's `conv2d`.
 //!
 //! `cargo bench -p allcnn-models --bench layers` (filter with e.g. `-- conv4`)
 //!
@@ -10,7 +11,7 @@
 //! is measured); with only the weight a variable, the weight gradient alone.
 //! Backward timings include the forward pass that precedes them.
 
-use allcnn_models::conv::conv2d;
+use allcnn_models::conv::{conv2d, conv2d_with, Algorithm};
 use allcnn_models::ArchSpec;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -44,9 +45,14 @@ fn layers(c: &mut Criterion) {
         let (s, p) = (conv.stride, conv.padding);
         let name = format!("conv{}", conv.index);
         type ConvFn = fn(&Tensor, &Tensor, usize, usize) -> candle_core::Result<Tensor>;
-        let ours: ConvFn = |x, w, s, p| conv2d(x, w, s, p);
+        let im2col: ConvFn = |x, w, s, p| conv2d(x, w, s, p);
+        let winograd: ConvFn = |x, w, s, p| conv2d_with(x, w, s, p, Algorithm::Winograd);
         let theirs: ConvFn = |x, w, s, p| x.conv2d(w, p, s, 1, 1);
-        for (imp, f) in [("allcnn", ours), ("candle", theirs)] {
+        for (imp, f) in [
+            ("allcnn-im2col", im2col),
+            ("allcnn-winograd", winograd),
+            ("candle", theirs),
+        ] {
             group.bench_function(BenchmarkId::new(format!("{name}/forward"), imp), |b| {
                 b.iter(|| f(&x, &w, s, p).unwrap())
             });

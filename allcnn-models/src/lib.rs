@@ -16,6 +16,9 @@
 //! - [`WeightsFile`] and [`AllCnn::save`]: safetensors in and out, with the
 //!   architecture and preprocessing recorded in the file's metadata, checked
 //!   strictly on load.
+//! - `hub` (cargo feature `hub`): `hf://OWNER/REPO[/FILE][@REVISION]`
+//!   references to weights on the Hugging Face Hub, downloaded into the
+//!   standard cache and reused offline.
 //! - [`pool`]: the 3x3 / stride 2 / padding 1 max-pool with its switches and
 //!   an exact argmax backward, on every device.
 //!
@@ -38,6 +41,8 @@
 
 pub mod conv;
 mod error;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod model;
 pub mod pool;
 mod spec;

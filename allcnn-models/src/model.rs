@@ -148,9 +148,13 @@ pub struct AllCnn {
 #[serde(rename_all = "kebab-case")]
 pub enum ConvBackend {
     /// [`crate::conv::conv2d`]: im2col + GEMM for the forward and both
-    /// gradients on CPU (f32), candle's `conv2d` elsewhere. The default.
-    #[default]
+    /// gradients on CPU (f32), candle's `conv2d` elsewhere.
     Gemm,
+    /// As `Gemm`, but 3x3 stride-1 convolutions use Winograd F(2x2, 3x3)
+    /// ([`crate::conv::Algorithm::Winograd`]): 2.25x fewer multiplications,
+    /// equal up to f32 rounding. The default.
+    #[default]
+    Winograd,
     /// candle's own `conv2d` everywhere (for comparison and benchmarks).
     Candle,
 }
@@ -511,11 +515,20 @@ impl<'a> ForwardPass<'a> {
                     let ctx = || format!("{}: {name}", m.spec.name);
                     let conv = match m.conv_backend {
                         ConvBackend::Gemm => crate::conv::conv2d(&x, &c.weight, stride, padding),
+                        ConvBackend::Winograd => crate::conv::conv2d_with(
+                            &x,
+                            &c.weight,
+                            stride,
+                            padding,
+                            crate::conv::Algorithm::Winograd,
+                        ),
                         ConvBackend::Candle => x.conv2d(&c.weight, padding, stride, 1, 1),
                     };
                     let y = conv
                         .and_then(|y| match m.conv_backend {
-                            ConvBackend::Gemm => crate::conv::add_bias(&y, &c.bias),
+                            ConvBackend::Gemm | ConvBackend::Winograd => {
+                                crate::conv::add_bias(&y, &c.bias)
+                            }
                             ConvBackend::Candle => {
                                 y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)
                             }

@@ -1,9 +1,12 @@
 //! Test support shared by the allcnn crates (enabled by the `testing`
-//! feature): the PyTorch/Captum golden fixtures and tolerance checks.
+//! feature): the PyTorch/Captum golden fixtures and tolerance checks, and
+//! a mock Hugging Face Hub ([`mock_hub`]).
 //!
 //! The fixtures live outside the repository, in `../shared/golden` next to
 //! the workspace. Where that folder is absent (a user's clone), [`Golden::load`]
 //! prints a loud notice and returns `None` so the test can skip.
+
+pub mod mock_hub;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

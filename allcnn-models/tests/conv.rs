@@ -174,3 +174,80 @@ fn bias_add_matches_broadcast_add_with_gradients() {
     )
     .is_err());
 }
+
+/// Forward output and both gradients of `conv2d_with(.., algorithm)` for a
+/// fixed upstream gradient.
+fn passes(
+    x: &Var,
+    w: &Var,
+    pad: usize,
+    algorithm: allcnn_models::conv::Algorithm,
+) -> (Tensor, Tensor, Tensor) {
+    let y = allcnn_models::conv::conv2d_with(x, w, 1, pad, algorithm).unwrap();
+    let up = Tensor::from_vec(values(y.elem_count(), 77), y.dims(), x.device()).unwrap();
+    let g = y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dx, dw) = (g.get(x).unwrap().clone(), g.get(w).unwrap().clone());
+    (y, dx, dw)
+}
+
+#[test]
+fn winograd_matches_im2col_in_all_three_passes() {
+    use allcnn_models::conv::Algorithm;
+    // (n, cin, side, cout, pad): All-CNN-C's 3x3 stride-1 layers (conv2,
+    // conv4/5 at a smaller batch, conv7 unpadded), odd sizes (partial
+    // tiles), padding 2, and a batch spanning several image chunks.
+    let cases = [
+        (2, 96, 32, 96, 1),
+        (3, 96, 16, 192, 1),
+        (5, 192, 8, 192, 0),
+        (2, 16, 7, 20, 1),
+        (3, 17, 5, 16, 0),
+        (2, 16, 5, 18, 2),
+        (70, 16, 8, 16, 1),
+    ];
+    for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(
+            values(n * cin * side * side, 300 + i as u64),
+            (n, cin, side, side),
+            &dev,
+        )
+        .unwrap();
+        let w = Var::from_vec(
+            values(cout * cin * 9, 400 + i as u64),
+            (cout, cin, 3, 3),
+            &dev,
+        )
+        .unwrap();
+        let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::Winograd);
+        let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
+        assert_eq!(y1.dims(), y2.dims(), "case {i}");
+        for (name, a, b) in [
+            ("forward", &y1, &y2),
+            ("input grad", &dx1, &dx2),
+            ("weight grad", &dw1, &dw2),
+        ] {
+            let e = rel(a, b);
+            assert!(e < 1e-5, "case {i} {name}: rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn winograd_results_do_not_depend_on_the_thread_count() {
+    use allcnn_models::conv::Algorithm;
+    let dev = Device::Cpu;
+    let x = Var::from_vec(values(70 * 16 * 8 * 8, 5), (70, 16, 8, 8), &dev).unwrap();
+    let w = Var::from_vec(values(16 * 16 * 9, 6), (16, 16, 3, 3), &dev).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (y, dx, dw) = passes(&x, &w, 1, Algorithm::Winograd);
+            [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+    };
+    assert_eq!(run(1), run(3));
+}

@@ -100,6 +100,46 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// A run cannot be exported as a Hub folder (`export_hub`): no such
+    /// weights, never evaluated, or an output folder that is not empty.
+    #[error("cannot export {}: {reason}", path.display())]
+    Export {
+        /// The run directory, weights file or output folder at fault.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// An experiment name that [`crate::reproduce`] does not know.
+    #[error("unknown experiment `{name}`; known experiments: {known}")]
+    UnknownExperiment {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated experiment names.
+        known: String,
+    },
+    /// [`crate::reproduce`] cannot go on: a model that is not a row of the
+    /// experiment, a run directory that holds a run with other settings,
+    /// missing data, an output folder that cannot be written.
+    #[error("reproduce {experiment}: {}: {reason}", path.display())]
+    Reproduce {
+        /// The experiment's name (`table3`, ...).
+        experiment: String,
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A model of [`crate::reproduce`] failed to train; the report records
+    /// it and the rows before it.
+    #[error("reproduce: model `{model}` (run directory {}): {error}", run_dir.display())]
+    ReproduceModel {
+        /// The model's registry name.
+        model: String,
+        /// Its run directory.
+        run_dir: PathBuf,
+        /// What went wrong.
+        error: Box<TrainError>,
+    },
     /// An error of the model crate (boxed: it is large).
     #[error(transparent)]
     Model(Box<allcnn_models::ModelError>),

@@ -17,6 +17,13 @@
 //! - [`evaluate`] gives an [`EvalReport`] (top-1, top-5, loss, per class,
 //!   confusion); [`grid_search`] tries learning rates and picks by
 //!   validation accuracy.
+//! - [`reproduce`] runs one of the paper's experiments ([`Experiment`]: the
+//!   twelve models of Table 3, or the augmented, CIFAR-100 or ImageNet row)
+//!   model by model, resumably, and writes `report.md` / `report.json`
+//!   ([`ReproduceReport`]) with our test error beside the paper's.
+//! - [`export_hub`] turns a run's final or best weights into a folder ready
+//!   to upload as a Hugging Face model repository (`model.safetensors`,
+//!   `config.json`, a model card `README.md`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -60,10 +67,12 @@ mod config;
 mod data;
 mod error;
 mod eval;
+mod export;
 mod grid;
 mod observer;
 mod optim;
 mod plot;
+mod reproduce;
 mod schedule;
 mod trainer;
 
@@ -74,10 +83,17 @@ pub use config::{DataConfig, PreprocessChoice, TrainConfig, PRESETS};
 pub use data::{eval_loader, fit_preprocessing, TrainData};
 pub use error::TrainError;
 pub use eval::{evaluate, evaluate_weights, ClassReport, EvalReport};
+pub use export::{
+    export_hub, hub_files, ExportOptions, ExportResult, ExportSummary, WeightsChoice,
+};
 pub use grid::{grid_search, GridReport, GridResult};
 pub use observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 pub use optim::{MomentumSgd, SgdConfig};
 pub use plot::learning_curve_svg;
+pub use reproduce::{
+    reproduce, Experiment, HostInfo, ModelAction, PaperRow, ReportRow, ReproduceEvent,
+    ReproduceOptions, ReproduceReport, RowStatus, REPORT_JSON, REPORT_MARKDOWN,
+};
 pub use schedule::LrSchedule;
 pub use trainer::{
     files, read_run_config, resume, train, RunStatus, RunSummary, Trainer, TrainerBuilder,

@@ -196,6 +196,11 @@ impl Trainer {
         Arc::clone(&self.interrupt)
     }
 
+    /// The device the trainer trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Trains a fresh run of `config` on `data` into `run_dir`.
     ///
     /// The run directory is created and checked (writable, room for a
@@ -210,6 +215,19 @@ impl Trainer {
         config: &TrainConfig,
         data: &TrainData,
         run_dir: &Path,
+    ) -> Result<RunSummary, TrainError> {
+        self.train_with_preprocessing(config, data, run_dir, None)
+    }
+
+    /// As [`Trainer::train`], with the preprocessing already fitted on
+    /// `data.train` for `config.data` (shared by several runs on the same
+    /// data), or fitted here when `None`.
+    pub(crate) fn train_with_preprocessing(
+        &mut self,
+        config: &TrainConfig,
+        data: &TrainData,
+        run_dir: &Path,
+        preprocessing: Option<&Preprocessing>,
     ) -> Result<RunSummary, TrainError> {
         config.validate()?;
         let classes = config.classes.unwrap_or_else(|| data.classes());
@@ -228,7 +246,10 @@ impl Trainer {
         let config_text = config.to_toml();
         allcnn_models::write_atomic(&run_dir.join(files::CONFIG), config_text.as_bytes())?;
 
-        let preprocessing = fit_preprocessing(&config.data, data.train.as_ref())?;
+        let preprocessing = match preprocessing {
+            Some(p) => p.clone(),
+            None => fit_preprocessing(&config.data, data.train.as_ref())?,
+        };
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
         let mut model = AllCnn::init(spec.clone(), config.init, config.seed, &self.device)?;

@@ -2,11 +2,13 @@
 //! $ALLCNN_CIFAR10): a short CPU budget must end clearly above chance.
 //! Skips loudly where the data are absent.
 //!
-//! Budget and figures (2-core CPU, `cargo test -p allcnn-train --test
-//! real_data`, measured 2026-11-25): All-CNN-C runs at ~15 img/s here, so
-//! ~3 minutes would be ~2,700 images, and the paper-spec reports that
-//! All-CNN-C on 10,000 images stays at chance for 2-3 epochs. This test
-//! therefore trains a small All-CNN-shaped net (103,146 parameters, ~130-160
+//! Two tests: the paper's All-CNN-C itself with a recipe that leaves chance
+//! within ~2 minutes (`real_allcnn_c_short_run_beats_chance`, figures
+//! there), and a small All-CNN-shaped net that learns faster.
+//!
+//! Budget and figures of the small net (2-core CPU, `cargo test -p
+//! allcnn-train --test real_data`, measured 2026-11-25, when All-CNN-C ran
+//! at ~15 img/s here): it trains a small All-CNN-shaped net (103,146 parameters, ~130-160
 //! img/s) on a seeded random 3,000 training images for 4 epochs with
 //! per-channel standardisation (GCN+ZCA stayed at chance, 8.6%, over 3 epochs
 //! in the same budget), He init, lr 0.01 constant, momentum 0.9, wd 1e-3,
@@ -134,4 +136,61 @@ fn allcnn_c_throughput() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(s.status, allcnn_train::RunStatus::StepBudget);
+}
+
+/// The paper's All-CNN-C itself (dropout included) on 2,000 real training
+/// images for 5 epochs: it must leave chance clearly (bar 15%; chance 10%,
+/// one standard deviation ~1% on 1,000 test images).
+///
+/// Recipe from a seed sweep on a GPU (H100, same code, 2,000 images, 6
+/// epochs, batch 32): with GCN+ZCA, or with lr >= 0.05, most seeds end with
+/// every class map dead (all logits 0, loss pinned at ln 10); per-channel
+/// standardisation with lr 0.03 left chance on 4 of 4 seeds (16.8-19.6%
+/// after 6 epochs).
+///
+/// Seen on the 2-core CI-class CPU (2026-11-25, `cargo test --release -p
+/// allcnn-train --test real_data real_allcnn_c`, Winograd convolution,
+/// under load from other builds): test top-1 after epochs 1-6 of 10.2%,
+/// 15.7%, 21.1%, 23.9%, 25.1%, 24.5%; 42-85 img/s, 277 s for 6 epochs.
+/// Budget: 10,000 training images, about 2 minutes on an idle 2-core CPU.
+#[test]
+fn real_allcnn_c_short_run_beats_chance() {
+    let Some(dir) = data_dir() else { return };
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&[
+        "model=all-cnn-c",
+        "seed=4",
+        "epochs=5",
+        "batch_size=32",
+        "lr=0.03",
+        "schedule.kind=constant",
+        "data.preprocessing=standardize",
+        "data.train_subset=2000",
+        "data.test_subset=1000",
+        "log_every_steps=25",
+    ])
+    .unwrap();
+    c.data.path = Some(dir.clone());
+    let t0 = std::time::Instant::now();
+    let data = TrainData::open(&dir, &c.data, c.seed).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let s = Trainer::builder()
+        .console(true)
+        .build()
+        .train(&c, &data, run.path())
+        .unwrap();
+    let t = s.test.unwrap();
+    eprintln!(
+        "All-CNN-C on real CIFAR-10: test top-1 {:.1}% loss {:.3} after {} steps in {:.0}s",
+        100.0 * t.top1,
+        t.loss,
+        s.steps,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        t.top1 > 0.15,
+        "All-CNN-C test top-1 {:.3} after {} steps is not clearly above chance (0.10)",
+        t.top1,
+        s.steps
+    );
 }

@@ -1,0 +1,72 @@
+//! `allcnn export-hub`: a run's weights as a folder ready to upload to the
+//! Hugging Face Hub (the work is `allcnn_train::export_hub`).
+
+use std::path::PathBuf;
+
+use allcnn_train::{export_hub, ExportOptions, WeightsChoice};
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run directory (written by `allcnn train --out RUN`).
+    run: PathBuf,
+    /// The folder to write: model.safetensors, config.json, README.md.
+    #[arg(long)]
+    out: PathBuf,
+    /// Which weights: final (evaluated in eval.json) or best (the best epoch).
+    #[arg(long, default_value = "final", value_parser = ["final", "best"])]
+    weights: String,
+    /// OWNER/REPO the folder will be uploaded to (for the card's usage lines).
+    #[arg(long, value_name = "OWNER/REPO")]
+    repo: Option<String>,
+    /// License id for the model card's front matter.
+    #[arg(long, default_value = "mit")]
+    license: String,
+    /// Hub dataset id for the model card (default: guessed, e.g. cifar10).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Overwrite the export's files in a non-empty --out folder.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let choice: WeightsChoice = args.weights.parse()?;
+    let mut options = ExportOptions::default()
+        .weights(choice)
+        .force(args.force)
+        .license(&args.license);
+    if let Some(repo) = &args.repo {
+        options = options.repo_id(repo);
+    }
+    if let Some(d) = &args.dataset {
+        options = options.dataset(d);
+    }
+    let s = export_hub(&args.run, &args.out, &options)?;
+    println!(
+        "exported the {} weights of {} ({}, {} classes) from {}",
+        s.weights,
+        args.run.display(),
+        s.model,
+        s.classes,
+        s.source.display()
+    );
+    for r in &s.results {
+        println!(
+            "  {} top-1 {:.2}%, measured by {}",
+            r.split,
+            100.0 * r.top1,
+            r.source
+        );
+    }
+    for f in &s.files {
+        println!("wrote {}", f.display());
+    }
+    let repo = args.repo.as_deref().unwrap_or("OWNER/REPO");
+    println!(
+        "upload with: hf upload {repo} {} .   (or: huggingface-cli upload {repo} {} .)",
+        s.out_dir.display(),
+        s.out_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `allcnn reproduce`: one of the paper's experiments, model by model, with
+//! a report beside the paper's numbers (the work is `allcnn_train::reproduce`).
+
+use std::path::PathBuf;
+
+use allcnn_train::{
+    reproduce, Experiment, ModelAction, ReproduceEvent, ReproduceOptions, RowStatus, Trainer,
+};
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The experiment: table3 (the twelve CIFAR-10 models), cifar10-aug,
+    /// cifar100 or imagenet.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(Experiment::names()))]
+    experiment: String,
+    /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
+    #[arg(long)]
+    data: PathBuf,
+    /// The output folder: OUT/<model>/ per model, OUT/report.md, OUT/report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Scale the protocol to E epochs (learning-rate drops at the same
+    /// fractions of the run); default: the paper's protocol.
+    #[arg(long, value_name = "E")]
+    epochs: Option<u64>,
+    /// Train only these rows (comma-separated model names); the report
+    /// still lists every row.
+    #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
+    models: Vec<String>,
+    /// cpu, cuda[:N], metal[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print the final report as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Config overrides for every model, e.g. lr=0.01 data.train_subset=5000.
+    #[arg(value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// The command line as typed, quoted where a shell would need it.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,+@%".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}%"))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let experiment: Experiment = args.experiment.parse()?;
+    let mut options = ReproduceOptions::new(experiment, &args.data, &args.out);
+    options.epochs = args.epochs;
+    options.overrides = args.set.clone();
+    options.models = args.models.clone();
+    options.command = Some(command_line());
+    let device = crate::device::open(&args.device)?;
+    let mut trainer = Trainer::builder()
+        .device(device)
+        .interrupt_flag(crate::train::interrupt_flag())
+        .console(!args.json)
+        .build();
+
+    let report = reproduce(&mut trainer, &options, &mut |e| match e {
+        ReproduceEvent::Model {
+            index,
+            total,
+            model,
+            action,
+        } => {
+            let what = match action {
+                ModelAction::Skip => "finished earlier, result reused".to_string(),
+                ModelAction::Start => "training".to_string(),
+                ModelAction::Resume { epoch, step } => {
+                    format!("resuming in epoch {} from step {step}", epoch + 1)
+                }
+                _ => format!("{action:?}"),
+            };
+            eprintln!("[{index}/{total}] {model}: {what}");
+        }
+        ReproduceEvent::Row { index, total, row } => {
+            if row.status == RowStatus::Failed {
+                eprintln!(
+                    "[{index}/{total}] {}: failed: {}",
+                    row.model,
+                    row.error.as_deref().unwrap_or("unknown error")
+                );
+            } else {
+                eprintln!(
+                    "[{index}/{total}] {}: {}, test error {} (paper {:.2}%), {}/{} epochs, wall {}",
+                    row.model,
+                    row.status.as_str(),
+                    pct(row.test_error),
+                    row.paper_error,
+                    row.epochs_done,
+                    row.epochs,
+                    hms(row.wall_seconds)
+                );
+            }
+        }
+        ReproduceEvent::FittingPreprocessing => {
+            eprintln!("fitting the preprocessing on the training split (shared by the models)");
+        }
+        ReproduceEvent::Warning(w) => eprintln!("WARNING: {w}"),
+        _ => {}
+    })?;
+
+    let md = args.out.join(allcnn_train::REPORT_MARKDOWN);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} on {} ({})",
+            report.title, report.protocol, report.device, report.host.cpu
+        );
+        println!(
+            "{:<34} {:>8} {:>8} {:>7}  status",
+            "model", "paper", "ours", "epochs"
+        );
+        for r in &report.rows {
+            println!(
+                "{:<34} {:>8} {:>8} {:>7}  {}",
+                format!("{} ({})", r.label, r.model),
+                format!("{:.2}%", r.paper_error),
+                pct(r.test_error),
+                format!("{}/{}", r.epochs_done, r.epochs),
+                r.status.as_str()
+            );
+        }
+        println!("report: {} (and report.json)", md.display());
+    }
+    if report.interrupted {
+        eprintln!(
+            "interrupted: the current model has a checkpoint; rerun the same command to resume"
+        );
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|r| r.model.as_str()).collect();
+        bail!(
+            "{} model(s) failed ({}); see {}",
+            failed.len(),
+            names.join(", "),
+            md.display()
+        );
+    }
+    Ok(())
+}

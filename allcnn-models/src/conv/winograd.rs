@@ -1,0 +1,411 @@
+//! Winograd F(2x2, 3x3) for 3x3, stride-1 convolutions on CPU (f32).
+//!
+//! A 2x2 output tile of a 3x3 convolution is computed from a 4x4 input tile
+//! with 16 multiplications instead of 36 (Lavin & Gray, 2016):
+//!
+//! ```text
+//! Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+//! ```
+//!
+//! Summed over input channels, the element-wise product becomes 16
+//! independent GEMMs `M[ξ] = U[ξ] V[ξ]` (`U[ξ]` `[Cout, Cin]`, `V[ξ]`
+//! `[Cin, tiles]`), so the multiply count falls 2.25x and the work stays in
+//! the GEMM kernel. The same transforms give both gradients:
+//!
+//! * input gradient: a stride-1 3x3 convolution of the output gradient with
+//!   the flipped, transposed kernel and padding `2 - pad`;
+//! * weight gradient: `dU[ξ] = Σ_tiles (A dY Aᵀ)[ξ] V[ξ]ᵀ`, then
+//!   `dg = Gᵀ dU G`.
+//!
+//! With f32 inputs the result differs from a direct convolution by rounding
+//! only (the transforms use the exact constants 0, ±1 and ±1/2); the tests
+//! hold it to 1e-5 relative against the im2col path.
+//!
+//! Images are processed in chunks whose size depends only on the geometry,
+//! and the weight gradient's chunk partials are summed in chunk order, so
+//! results do not depend on the thread count.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Par};
+use rayon::prelude::*;
+
+use super::{rm, rm_mut, Geometry};
+
+/// Tile columns per GEMM that a chunk of images aims for.
+const TARGET_COLS: usize = 256;
+
+/// Whether a geometry takes the Winograd path: a 3x3 stride-1 kernel with
+/// enough channels on both sides for the 16 GEMMs to be worth it.
+pub(super) fn eligible(g: &Geometry) -> bool {
+    g.k == 3 && g.stride == 1 && g.pad <= 2 && g.cin >= 16 && g.cout >= 16
+}
+
+/// The geometry of the input gradient seen as a forward convolution: the
+/// output gradient `[N, Cout, Ho, Wo]` convolved with the flipped,
+/// transposed kernel, padded `2 - pad`, gives `[N, Cin, H, W]`.
+pub(super) fn dual(g: &Geometry) -> Geometry {
+    Geometry {
+        n: g.n,
+        cin: g.cout,
+        h: g.ho,
+        w: g.wo,
+        cout: g.cin,
+        k: 3,
+        stride: 1,
+        pad: 2 - g.pad,
+        ho: g.h,
+        wo: g.w,
+    }
+}
+
+/// How a geometry's outputs split into 2x2 tiles and images into chunks.
+#[derive(Clone, Copy)]
+struct Tiles {
+    /// Tile rows and columns.
+    th: usize,
+    tw: usize,
+    /// Tiles of one image.
+    per_image: usize,
+    /// Images per chunk.
+    chunk: usize,
+}
+
+impl Tiles {
+    fn new(g: &Geometry) -> Self {
+        let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+        let per_image = th * tw;
+        let chunk = (TARGET_COLS / per_image).clamp(1, g.n.max(1));
+        Self {
+            th,
+            tw,
+            per_image,
+            chunk,
+        }
+    }
+
+    fn chunks(&self, n: usize) -> usize {
+        n.div_ceil(self.chunk)
+    }
+
+    /// Inside the chunked loop, GEMMs run single-threaded when there are
+    /// enough chunks to keep every thread busy.
+    fn par(&self, n: usize) -> Par {
+        if self.chunks(n) >= rayon::current_num_threads() {
+            Par::Seq
+        } else {
+            Par::rayon(0)
+        }
+    }
+}
+
+/// `U = G g Gᵀ` for every kernel: `[16][Cout][Cin]` from `[Cout][Cin][3][3]`.
+fn weight_transform(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let (co, ci) = (g.cout, g.cin);
+    let mut u = vec![0f32; 16 * co * ci];
+    for k in 0..co {
+        for c in 0..ci {
+            let f = &w[(k * ci + c) * 9..][..9];
+            // G f: 4x3.
+            let mut t = [[0f32; 3]; 4];
+            for j in 0..3 {
+                let (a, b, e) = (f[j], f[3 + j], f[6 + j]);
+                t[0][j] = a;
+                t[1][j] = 0.5 * (a + b + e);
+                t[2][j] = 0.5 * (a - b + e);
+                t[3][j] = e;
+            }
+            // (G f) Gᵀ: 4x4.
+            for (r, row) in t.iter().enumerate() {
+                let [a, b, e] = *row;
+                let out = [a, 0.5 * (a + b + e), 0.5 * (a - b + e), e];
+                for (s, v) in out.into_iter().enumerate() {
+                    u[((r * 4 + s) * co + k) * ci + c] = v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// `dg = Gᵀ dU G`: `[Cout][Cin][3][3]` from `[16][Cout][Cin]`.
+fn weight_untransform(g: &Geometry, du: &[f32]) -> Vec<f32> {
+    let (co, ci) = (g.cout, g.cin);
+    let mut dw = vec![0f32; co * ci * 9];
+    for k in 0..co {
+        for c in 0..ci {
+            let m = |xi: usize| du[(xi * co + k) * ci + c];
+            // Gᵀ m, column by column: cols[s] is column s of the 3x4 result.
+            let cols = [0, 1, 2, 3].map(|s| {
+                let (m0, m1, m2, m3) = (m(s), m(4 + s), m(8 + s), m(12 + s));
+                [m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]
+            });
+            // (Gᵀ m) G: 3x3.
+            let out = &mut dw[(k * ci + c) * 9..][..9];
+            for r in 0..3 {
+                let [m0, m1, m2, m3] = cols.map(|col| col[r]);
+                out[r * 3] = m0 + 0.5 * (m1 + m2);
+                out[r * 3 + 1] = 0.5 * (m1 - m2);
+                out[r * 3 + 2] = 0.5 * (m1 + m2) + m3;
+            }
+        }
+    }
+    dw
+}
+
+/// `V = Bᵀ d B` of every 4x4 input tile of `imgs` (`[nb, Cin, H, W]`) into
+/// `v` `[16][Cin][cols]`, `cols = nb * per_image`. `pad` is scratch.
+///
+/// Works a row of tiles at a time: `Bᵀ` combines four padded input rows
+/// element-wise (vectorisable), then `B` combines columns while each of
+/// the 16 outputs is written as one contiguous run of tiles.
+fn input_transform(g: &Geometry, t: &Tiles, imgs: &[f32], v: &mut [f32], pad: &mut Vec<f32>) {
+    let nb = imgs.len() / (g.cin * g.h * g.w);
+    let cols = nb * t.per_image;
+    let (ph, pw) = (2 * t.th + 2, 2 * t.tw + 2);
+    // The padded plane, then the four row combinations of one tile row.
+    pad.clear();
+    pad.resize(ph * pw + 4 * pw, 0.0);
+    let (plane, rows) = pad.split_at_mut(ph * pw);
+    let (h_in, w_in) = (g.h.min(ph - g.pad), g.w.min(pw - g.pad));
+    for i in 0..nb {
+        for c in 0..g.cin {
+            let src = &imgs[(i * g.cin + c) * g.h * g.w..][..g.h * g.w];
+            // Borders stay zero: only the interior is rewritten per plane.
+            for y in 0..h_in {
+                plane[(y + g.pad) * pw + g.pad..][..w_in].copy_from_slice(&src[y * g.w..][..w_in]);
+            }
+            for ty in 0..t.th {
+                let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
+                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                let (e0, rest) = rows.split_at_mut(pw);
+                let (e1, rest) = rest.split_at_mut(pw);
+                let (e2, e3) = rest.split_at_mut(pw);
+                for x in 0..pw {
+                    e0[x] = r0[x] - r2[x];
+                    e1[x] = r1[x] + r2[x];
+                    e2[x] = r2[x] - r1[x];
+                    e3[x] = r1[x] - r3[x];
+                }
+                let col0 = i * t.per_image + ty * t.tw;
+                for (ri, e) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
+                    let out = |s: usize| (ri * 4 + s) * g.cin * cols + c * cols + col0;
+                    let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
+                    for tx in 0..t.tw {
+                        let q = &e[2 * tx..2 * tx + 4];
+                        v[o0 + tx] = q[0] - q[2];
+                        v[o1 + tx] = q[1] + q[2];
+                        v[o2 + tx] = q[2] - q[1];
+                        v[o3 + tx] = q[1] - q[3];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` of every tile of `m` (`[16][Cout][cols]`) into `out`
+/// (`[nb, Cout, Ho, Wo]`), a row of tiles at a time. `tmp` is scratch.
+#[inline(never)]
+fn output_transform(g: &Geometry, t: &Tiles, m: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) {
+    let plane = g.ho * g.wo;
+    let nb = out.len() / (g.cout * plane);
+    let cols = nb * t.per_image;
+    let tw = t.tw;
+    tmp.clear();
+    tmp.resize(8 * tw, 0.0);
+    for i in 0..nb {
+        for k in 0..g.cout {
+            let o = &mut out[(i * g.cout + k) * plane..][..plane];
+            for ty in 0..t.th {
+                let col0 = i * t.per_image + ty * tw;
+                let row = |xi: usize| &m[(xi * g.cout + k) * cols + col0..][..tw];
+                // Aᵀ on rows: a[r][s] over the tiles of this row.
+                for s in 0..4 {
+                    let (m0, m1, m2, m3) = (row(s), row(4 + s), row(8 + s), row(12 + s));
+                    let (lo, hi) = tmp.split_at_mut(4 * tw);
+                    let a0 = &mut lo[s * tw..][..tw];
+                    let a1 = &mut hi[s * tw..][..tw];
+                    for x in 0..tw {
+                        a0[x] = m0[x] + m1[x] + m2[x];
+                        a1[x] = m1[x] - m2[x] - m3[x];
+                    }
+                }
+                // A on columns, written out row by row.
+                for r in 0..2 {
+                    let y = 2 * ty + r;
+                    if y >= g.ho {
+                        break;
+                    }
+                    let a = &tmp[r * 4 * tw..][..4 * tw];
+                    let (a0, a1, a2, a3) =
+                        (&a[..tw], &a[tw..2 * tw], &a[2 * tw..3 * tw], &a[3 * tw..]);
+                    let dst = &mut o[y * g.wo..][..g.wo];
+                    for x in 0..g.wo / 2 {
+                        dst[2 * x] = a0[x] + a1[x] + a2[x];
+                        dst[2 * x + 1] = a1[x] - a2[x] - a3[x];
+                    }
+                    if g.wo % 2 == 1 {
+                        let x = g.wo / 2;
+                        dst[2 * x] = a0[x] + a1[x] + a2[x];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `A dY Aᵀ` of every 2x2 output-gradient tile of `dy` (`[nb, Cout, Ho, Wo]`)
+/// into `dm` `[16][Cout][cols]`; positions past the map's edge count as 0.
+/// A row of tiles at a time; `tmp` is scratch.
+#[inline(never)]
+fn grad_transform(g: &Geometry, t: &Tiles, dy: &[f32], dm: &mut [f32], tmp: &mut Vec<f32>) {
+    let plane = g.ho * g.wo;
+    let nb = dy.len() / (g.cout * plane);
+    let cols = nb * t.per_image;
+    let w2 = 2 * t.tw;
+    tmp.clear();
+    tmp.resize(6 * w2, 0.0);
+    for i in 0..nb {
+        for k in 0..g.cout {
+            let d = &dy[(i * g.cout + k) * plane..][..plane];
+            for ty in 0..t.th {
+                let (rows, acc) = tmp.split_at_mut(2 * w2);
+                let (top, bottom) = rows.split_at_mut(w2);
+                // The two output-gradient rows of this tile row, zero-extended.
+                top[..g.wo].copy_from_slice(&d[2 * ty * g.wo..][..g.wo]);
+                if 2 * ty + 1 < g.ho {
+                    bottom[..g.wo].copy_from_slice(&d[(2 * ty + 1) * g.wo..][..g.wo]);
+                } else {
+                    bottom.fill(0.0);
+                }
+                // A on rows: (r0, r0 + r1, r0 - r1, -r1); r0 is `top`.
+                let (s1, rest) = acc.split_at_mut(w2);
+                let (s2, s3) = rest.split_at_mut(w2);
+                for x in 0..w2 {
+                    s1[x] = top[x] + bottom[x];
+                    s2[x] = top[x] - bottom[x];
+                    s3[x] = -bottom[x];
+                }
+                let col0 = i * t.per_image + ty * t.tw;
+                for (r, e) in [&*top, &*s1, &*s2, &*s3].into_iter().enumerate() {
+                    let out = |s: usize| ((r * 4 + s) * g.cout + k) * cols + col0;
+                    let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
+                    // Aᵀ on columns: (p, q) -> (p, p + q, p - q, -q).
+                    for tx in 0..t.tw {
+                        let (p, q) = (e[2 * tx], e[2 * tx + 1]);
+                        dm[o0 + tx] = p;
+                        dm[o1 + tx] = p + q;
+                        dm[o2 + tx] = p - q;
+                        dm[o3 + tx] = -q;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scratch buffers one chunk needs, reused across the chunks a thread runs.
+#[derive(Default)]
+struct Scratch {
+    v: Vec<f32>,
+    m: Vec<f32>,
+    pad: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let t = Tiles::new(g);
+    let u = weight_transform(g, w);
+    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+    let mut out = vec![0f32; g.n * g.cout * plane];
+    let par = t.par(g.n);
+    out.par_chunks_mut(t.chunk * g.cout * plane)
+        .zip(x.par_chunks(t.chunk * image))
+        .for_each_init(Scratch::default, |s, (o, xs)| {
+            let cols = xs.len() / image * t.per_image;
+            let v = resized(&mut s.v, 16 * g.cin * cols);
+            input_transform(g, &t, xs, v, &mut s.pad);
+            let m = resized(&mut s.m, 16 * g.cout * cols);
+            for xi in 0..16 {
+                matmul(
+                    rm_mut(&mut m[xi * g.cout * cols..][..g.cout * cols], g.cout, cols),
+                    Accum::Replace,
+                    rm(&u[xi * g.cout * g.cin..][..g.cout * g.cin], g.cout, g.cin),
+                    rm(&v[xi * g.cin * cols..][..g.cin * cols], g.cin, cols),
+                    1.0,
+                    par,
+                );
+            }
+            output_transform(g, &t, m, o, &mut s.tmp);
+        });
+    out
+}
+
+/// The input gradient `[N, Cin, H, W]` from the output gradient `dy`.
+pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    // w'[c][k][i][j] = w[k][c][2 - i][2 - j].
+    let mut flipped = vec![0f32; w.len()];
+    for k in 0..g.cout {
+        for c in 0..g.cin {
+            let src = &w[(k * g.cin + c) * 9..][..9];
+            let dst = &mut flipped[(c * g.cout + k) * 9..][..9];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src[8 - j];
+            }
+        }
+    }
+    forward(&dual(g), dy, &flipped)
+}
+
+/// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
+/// gradient `dy`.
+pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let t = Tiles::new(g);
+    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+    let par = t.par(g.n);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(t.chunk * image)
+        .zip(dy.par_chunks(t.chunk * g.cout * plane))
+        .map_init(Scratch::default, |s, (xs, ds)| {
+            let cols = xs.len() / image * t.per_image;
+            let v = resized(&mut s.v, 16 * g.cin * cols);
+            input_transform(g, &t, xs, v, &mut s.pad);
+            let dm = resized(&mut s.m, 16 * g.cout * cols);
+            grad_transform(g, &t, ds, dm, &mut s.tmp);
+            let mut du = vec![0f32; 16 * g.cout * g.cin];
+            for xi in 0..16 {
+                matmul(
+                    rm_mut(
+                        &mut du[xi * g.cout * g.cin..][..g.cout * g.cin],
+                        g.cout,
+                        g.cin,
+                    ),
+                    Accum::Replace,
+                    rm(&dm[xi * g.cout * cols..][..g.cout * cols], g.cout, cols),
+                    rm(&v[xi * g.cin * cols..][..g.cin * cols], g.cin, cols).transpose(),
+                    1.0,
+                    par,
+                );
+            }
+            du
+        })
+        .collect();
+    let mut iter = partials.into_iter();
+    let mut du = iter
+        .next()
+        .unwrap_or_else(|| vec![0f32; 16 * g.cout * g.cin]);
+    for p in iter {
+        for (t, v) in du.iter_mut().zip(&p) {
+            *t += *v;
+        }
+    }
+    weight_untransform(g, &du)
+}

@@ -1,0 +1,737 @@
+//! [`export_hub`]: a run directory's weights as a folder ready to upload as
+//! a Hugging Face model repository (`model.safetensors`, `config.json`,
+//! `README.md` model card).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use allcnn_data::{PreprocessKind, Preprocessing};
+use allcnn_models::{ArchSpec, Layer, WeightsFile};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::eval::EvalReport;
+use crate::trainer::files;
+
+/// File names of an exported Hub folder.
+pub mod hub_files {
+    /// The weights, self-describing.
+    pub const WEIGHTS: &str = "model.safetensors";
+    /// Architecture, classes, preprocessing, recipe and results as JSON.
+    pub const CONFIG: &str = "config.json";
+    /// The model card.
+    pub const README: &str = "README.md";
+}
+
+/// Which weights of a run to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsChoice {
+    /// `final.safetensors`, with the test evaluation of `eval.json`.
+    #[default]
+    Final,
+    /// `best.safetensors`: the epoch with the best validation (else test)
+    /// accuracy, with the accuracies measured at that epoch.
+    Best,
+}
+
+impl WeightsChoice {
+    /// The file in the run directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            WeightsChoice::Final => files::FINAL,
+            WeightsChoice::Best => files::BEST,
+        }
+    }
+}
+
+impl fmt::Display for WeightsChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightsChoice::Final => "final",
+            WeightsChoice::Best => "best",
+        })
+    }
+}
+
+impl FromStr for WeightsChoice {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "final" => Ok(WeightsChoice::Final),
+            "best" => Ok(WeightsChoice::Best),
+            other => Err(TrainError::InvalidConfig {
+                field: "weights",
+                value: other.to_string(),
+                reason: "use `best` or `final`".to_string(),
+            }),
+        }
+    }
+}
+
+/// Settings of [`export_hub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    /// Which weights (default [`WeightsChoice::Final`]).
+    pub weights: WeightsChoice,
+    /// Overwrite the export's files in a non-empty output folder.
+    pub force: bool,
+    /// `OWNER/REPO` the folder will be uploaded to, for the card's usage
+    /// lines (default: the placeholder `OWNER/REPO`).
+    pub repo_id: Option<String>,
+    /// The license id in the card's front matter (default `mit`).
+    pub license: String,
+    /// The Hub dataset id in the card (default: guessed from the data path
+    /// and the architecture: `cifar10`, `cifar100`, `imagenet-1k`).
+    pub dataset: Option<String>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            weights: WeightsChoice::Final,
+            force: false,
+            repo_id: None,
+            license: "mit".to_string(),
+            dataset: None,
+        }
+    }
+}
+
+impl ExportOptions {
+    /// Sets [`ExportOptions::weights`].
+    pub fn weights(mut self, choice: WeightsChoice) -> Self {
+        self.weights = choice;
+        self
+    }
+
+    /// Sets [`ExportOptions::force`].
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Sets [`ExportOptions::repo_id`].
+    pub fn repo_id(mut self, id: impl Into<String>) -> Self {
+        self.repo_id = Some(id.into());
+        self
+    }
+
+    /// Sets [`ExportOptions::license`].
+    pub fn license(mut self, license: impl Into<String>) -> Self {
+        self.license = license.into();
+        self
+    }
+
+    /// Sets [`ExportOptions::dataset`].
+    pub fn dataset(mut self, id: impl Into<String>) -> Self {
+        self.dataset = Some(id.into());
+        self
+    }
+}
+
+/// One measured result of the exported weights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportResult {
+    /// `test` or `validation`.
+    pub split: String,
+    /// Top-1 accuracy in `[0, 1]`.
+    pub top1: f64,
+    /// Top-5 accuracy, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f64>,
+    /// Mean cross-entropy, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Images evaluated, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<u64>,
+    /// Where the number comes from.
+    pub source: String,
+}
+
+/// What [`export_hub`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    /// The output folder.
+    pub out_dir: PathBuf,
+    /// The weights exported.
+    pub weights: WeightsChoice,
+    /// The run file they came from.
+    pub source: PathBuf,
+    /// The files written (`model.safetensors`, `config.json`, `README.md`).
+    pub files: Vec<PathBuf>,
+    /// The architecture's name.
+    pub model: String,
+    /// The class count.
+    pub classes: usize,
+    /// The measured results recorded in the card.
+    pub results: Vec<ExportResult>,
+}
+
+fn export_error(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Export {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The Hub dataset id and display name the run was most likely trained on.
+fn guess_dataset(config: &TrainConfig, spec: &ArchSpec) -> Option<(String, String)> {
+    let path = config
+        .data
+        .path
+        .as_ref()
+        .map(|p| {
+            p.to_string_lossy()
+                .to_ascii_lowercase()
+                .replace(['-', '_'], "")
+        })
+        .unwrap_or_default();
+    let pick = |id: &str, name: &str| Some((id.to_string(), name.to_string()));
+    if path.contains("cifar100") {
+        pick("cifar100", "CIFAR-100")
+    } else if path.contains("cifar10") {
+        pick("cifar10", "CIFAR-10")
+    } else if path.contains("imagenet") || spec.name.contains("imagenet") {
+        pick("imagenet-1k", "ImageNet")
+    } else {
+        None
+    }
+}
+
+fn dataset_display(id: &str) -> String {
+    match id {
+        "cifar10" => "CIFAR-10".to_string(),
+        "cifar100" => "CIFAR-100".to_string(),
+        "imagenet-1k" => "ImageNet".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The preprocessing as JSON plus a sentence.
+fn describe_preprocessing(meta_json: &str, pre: &Preprocessing) -> (Value, String) {
+    let recorded: Value = serde_json::from_str(meta_json).unwrap_or(Value::Null);
+    let text = match pre.kind() {
+        PreprocessKind::Scale => "pixels scaled to [0, 1] (x / 255)".to_string(),
+        PreprocessKind::Standardize => match pre.channel_stats() {
+            Some((mean, std)) => {
+                format!("per-channel standardisation of x / 255: mean {mean:?}, std {std:?}")
+            }
+            None => "per-channel standardisation".to_string(),
+        },
+        PreprocessKind::GcnZca => format!(
+            "global contrast normalisation (scale {}) then ZCA whitening (filter bias {}), \
+             fitted on {} training images; the whitening matrix is stored in model.safetensors \
+             (tensors preprocess.zca.*)",
+            recorded["gcn_scale"], recorded["filter_bias"], recorded["fitted_on"]
+        ),
+    };
+    let mut value = json!({ "kind": pre.kind(), "description": text });
+    if let Some((mean, std)) = pre.channel_stats() {
+        value["mean"] = json!(mean);
+        value["std"] = json!(std);
+    }
+    if let Value::Object(fields) = &recorded {
+        for key in ["gcn_scale", "filter_bias", "fitted_on", "shape"] {
+            if let Some(v) = fields.get(key) {
+                value[key] = v.clone();
+            }
+        }
+    }
+    (value, text)
+}
+
+fn layer_rows(spec: &ArchSpec) -> Vec<(String, String, String)> {
+    let maps = spec.map_sizes(spec.input_size).unwrap_or_default();
+    let mut maps = maps.into_iter();
+    let mut rows = vec![(
+        "input".to_string(),
+        String::new(),
+        format!(
+            "{}x{}x{}",
+            spec.in_channels, spec.input_size, spec.input_size
+        ),
+    )];
+    for layer in &spec.layers {
+        let (what, name) = match *layer {
+            Layer::Dropout { rate } => {
+                rows.push(("dropout".into(), format!("p = {rate}"), String::new()));
+                continue;
+            }
+            Layer::Conv {
+                kernel,
+                out,
+                stride,
+                padding,
+            } => (
+                format!(
+                    "{kernel}x{kernel} conv, {out} channels, stride {stride}, pad {padding}, ReLU"
+                ),
+                "conv",
+            ),
+            Layer::MaxPool => ("3x3 max-pool, stride 2, pad 1".to_string(), "pool"),
+        };
+        let (label, map) = maps
+            .next()
+            .map(|(n, (c, h, w))| (n.to_string(), format!("{c}x{h}x{w}")))
+            .unwrap_or((name.to_string(), String::new()));
+        rows.push((label, what, map));
+    }
+    rows.push((
+        "output".into(),
+        "global average over the class maps, softmax".into(),
+        format!("{}", spec.classes().unwrap_or(0)),
+    ));
+    rows
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.2}%", 100.0 * x)
+}
+
+/// Writes `run_dir`'s final or best weights into `out_dir` as a folder ready
+/// to upload as a Hugging Face model repository:
+///
+/// - `model.safetensors`: the weights with all their metadata (architecture,
+///   classes, class names, preprocessing and its tensors), so
+///   `allcnn predict --weights DIR/model.safetensors` needs no `--model`;
+/// - `config.json`: architecture name and layers, classes and their names,
+///   input size, preprocessing, the training recipe (the run's config, without
+///   its local data path), the measured results and the allcnn version;
+/// - `README.md`: a model card with Hugging Face front matter (library,
+///   license, tags, dataset, accuracy), usage, recipe and results.
+///
+/// # Errors
+/// [`TrainError::Export`] when the run has no such weights, they were never
+/// evaluated (final weights need `eval.json`; best weights record their
+/// epoch's accuracy), or `out_dir` is not empty and `force` is off;
+/// [`TrainError::Io`], [`TrainError::ConfigParse`] and model errors for
+/// unreadable files (and [`TrainError::Export`] for an invalid `eval.json`).
+pub fn export_hub(
+    run_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+) -> Result<ExportSummary, TrainError> {
+    let config_path = run_dir.join(files::CONFIG);
+    if !config_path.is_file() {
+        return Err(export_error(
+            run_dir,
+            format!("not a run directory (no {})", files::CONFIG),
+        ));
+    }
+    let mut config = TrainConfig::from_file(&config_path)?;
+    let choice = options.weights;
+    let source = run_dir.join(choice.file_name());
+    if !source.is_file() {
+        let reason = match choice {
+            WeightsChoice::Final => format!(
+                "the run has no {} (is it unfinished or interrupted? resume it with `allcnn train --resume {}`, or export --weights best)",
+                files::FINAL,
+                run_dir.display()
+            ),
+            WeightsChoice::Best => format!(
+                "the run has no {} (no validation or test split chose a best epoch); export --weights final",
+                files::BEST
+            ),
+        };
+        return Err(export_error(run_dir, reason));
+    }
+    let weights = WeightsFile::load(&source, &Device::Cpu)?;
+    let spec = weights.model.spec().clone();
+    let classes = weights.model.classes();
+    let extra = &weights.meta.extra;
+    let epoch: Option<u64> = extra.get("allcnn.train.epoch").and_then(|v| v.parse().ok());
+    let step: Option<u64> = extra.get("allcnn.train.step").and_then(|v| v.parse().ok());
+    let recorded = |key: &str| extra.get(key).and_then(|v| v.parse::<f64>().ok());
+
+    // The measured results of these weights.
+    let mut results = Vec::new();
+    let mut eval_report: Option<EvalReport> = None;
+    match choice {
+        WeightsChoice::Final => {
+            let eval_path = run_dir.join(files::EVAL);
+            if !eval_path.is_file() {
+                return Err(export_error(
+                    run_dir,
+                    format!(
+                        "the final weights were never evaluated (no {}: the run had no test split); \
+                         export --weights best if a validation split chose one",
+                        files::EVAL
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(&eval_path).map_err(TrainError::io(&eval_path))?;
+            let report: EvalReport = serde_json::from_str(&text).map_err(|e| {
+                export_error(&eval_path, format!("not a valid evaluation report: {e}"))
+            })?;
+            results.push(ExportResult {
+                split: "test".into(),
+                top1: report.top1,
+                top5: Some(report.top5),
+                loss: Some(report.loss),
+                examples: Some(report.examples),
+                source: format!("{} (test split, after the last epoch)", files::EVAL),
+            });
+            eval_report = Some(report);
+        }
+        WeightsChoice::Best => {
+            let at = epoch.map(|e| format!("epoch {e}")).unwrap_or_default();
+            for (key, split) in [
+                ("allcnn.train.val_accuracy", "validation"),
+                ("allcnn.train.test_accuracy", "test"),
+            ] {
+                if let Some(top1) = recorded(key) {
+                    results.push(ExportResult {
+                        split: split.into(),
+                        top1,
+                        top5: None,
+                        loss: None,
+                        examples: None,
+                        source: format!("evaluation at the best epoch ({at})"),
+                    });
+                }
+            }
+            if results.is_empty() {
+                return Err(export_error(
+                    &source,
+                    "the best weights record no evaluated accuracy",
+                ));
+            }
+        }
+    }
+
+    // The output folder.
+    if out_dir.is_file() {
+        return Err(export_error(out_dir, "exists and is a file, not a folder"));
+    }
+    let non_empty = std::fs::read_dir(out_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !options.force {
+        return Err(export_error(
+            out_dir,
+            "the folder is not empty; choose another --out or pass --force to overwrite",
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir))?;
+
+    // model.safetensors: the weights with all their metadata.
+    let version = env!("CARGO_PKG_VERSION");
+    let mut meta = weights.meta.clone();
+    meta.extra
+        .insert("allcnn.version".to_string(), version.to_string());
+    meta.extra
+        .insert("allcnn.export.weights".to_string(), choice.to_string());
+    let mut attachments: Vec<(String, Tensor)> = weights
+        .attachments
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    attachments.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights_path = out_dir.join(hub_files::WEIGHTS);
+    weights.model.save(&weights_path, &meta, &attachments)?;
+
+    // config.json.
+    let class_names: Option<Vec<String>> = extra
+        .get("allcnn.class_names")
+        .and_then(|j| serde_json::from_str(j).ok());
+    let (pre_value, pre_text) = match &weights.meta.preprocessing {
+        Some(json) => {
+            let pre = Preprocessing::from_parts(json, &weights.attachments)?;
+            let (v, t) = describe_preprocessing(json, &pre);
+            (v, Some(t))
+        }
+        None => (Value::Null, None),
+    };
+    let input_size = weights.meta.input_size.unwrap_or(spec.input_size);
+    let dataset = options
+        .dataset
+        .clone()
+        .map(|id| {
+            let name = dataset_display(&id);
+            (id, name)
+        })
+        .or_else(|| guess_dataset(&config, &spec));
+    config.data.path = None; // a path on the training machine
+    let paper_error = spec.info().and_then(|i| i.paper_error);
+    let id2label: Option<BTreeMap<String, String>> = class_names.as_ref().map(|n| {
+        n.iter()
+            .enumerate()
+            .map(|(i, name)| (i.to_string(), name.clone()))
+            .collect()
+    });
+    let config_json = HubConfig {
+        library_name: "allcnn",
+        allcnn_version: version,
+        architecture: &spec.name,
+        spec: &spec,
+        num_classes: classes,
+        class_names: class_names.as_deref(),
+        id2label,
+        in_channels: spec.in_channels,
+        input_size,
+        parameters: spec.param_count(),
+        preprocessing: pre_value,
+        weights: WeightsInfo {
+            file: hub_files::WEIGHTS,
+            exported: choice,
+            epoch,
+            step,
+        },
+        dataset: dataset.as_ref().map(|(id, _)| id.as_str()),
+        results: &results,
+        paper_cifar10_error_percent: paper_error.map(|e| (f64::from(e) * 100.0).round() / 100.0),
+        training: &config,
+    };
+    let config_path_out = out_dir.join(hub_files::CONFIG);
+    let text = serde_json::to_string_pretty(&config_json).expect("JSON values serialise") + "\n";
+    allcnn_models::write_atomic(&config_path_out, text.as_bytes())?;
+
+    // README.md.
+    let card = model_card(&CardInput {
+        spec: &spec,
+        classes,
+        class_names: class_names.as_deref(),
+        input_size,
+        preprocessing: pre_text.as_deref(),
+        config: &config,
+        results: &results,
+        eval: eval_report.as_ref(),
+        choice,
+        epoch,
+        dataset: dataset.as_ref(),
+        paper_error,
+        options,
+        version,
+    });
+    let readme_path = out_dir.join(hub_files::README);
+    allcnn_models::write_atomic(&readme_path, card.as_bytes())?;
+
+    Ok(ExportSummary {
+        out_dir: out_dir.to_path_buf(),
+        weights: choice,
+        source,
+        files: vec![weights_path, config_path_out, readme_path],
+        model: spec.name.clone(),
+        classes,
+        results,
+    })
+}
+
+/// `config.json` (fields in this order).
+#[derive(Serialize)]
+struct HubConfig<'a> {
+    library_name: &'static str,
+    allcnn_version: &'a str,
+    architecture: &'a str,
+    num_classes: usize,
+    class_names: Option<&'a [String]>,
+    id2label: Option<BTreeMap<String, String>>,
+    in_channels: usize,
+    input_size: usize,
+    parameters: usize,
+    preprocessing: Value,
+    weights: WeightsInfo,
+    dataset: Option<&'a str>,
+    results: &'a [ExportResult],
+    paper_cifar10_error_percent: Option<f64>,
+    spec: &'a ArchSpec,
+    training: &'a TrainConfig,
+}
+
+#[derive(Serialize)]
+struct WeightsInfo {
+    file: &'static str,
+    exported: WeightsChoice,
+    epoch: Option<u64>,
+    step: Option<u64>,
+}
+
+struct CardInput<'a> {
+    spec: &'a ArchSpec,
+    classes: usize,
+    class_names: Option<&'a [String]>,
+    input_size: usize,
+    preprocessing: Option<&'a str>,
+    config: &'a TrainConfig,
+    results: &'a [ExportResult],
+    eval: Option<&'a EvalReport>,
+    choice: WeightsChoice,
+    epoch: Option<u64>,
+    dataset: Option<&'a (String, String)>,
+    paper_error: Option<f32>,
+    options: &'a ExportOptions,
+    version: &'a str,
+}
+
+/// Quotes a YAML scalar.
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+fn model_card(c: &CardInput<'_>) -> String {
+    let repo = c.options.repo_id.as_deref().unwrap_or("OWNER/REPO");
+    let name = repo.rsplit('/').next().unwrap_or(repo);
+    let test = c.results.iter().find(|r| r.split == "test");
+    let mut s = String::new();
+
+    // Front matter.
+    s.push_str("---\nlibrary_name: allcnn\n");
+    let _ = writeln!(s, "license: {}", yaml_str(&c.options.license));
+    s.push_str("pipeline_tag: image-classification\ntags:\n");
+    for tag in [
+        "image-classification",
+        "all-convolutional-net",
+        c.spec.name.as_str(),
+        "candle",
+        "safetensors",
+    ] {
+        let _ = writeln!(s, "- {}", yaml_str(tag));
+    }
+    if let Some((id, _)) = c.dataset {
+        let _ = writeln!(s, "datasets:\n- {}", yaml_str(id));
+    }
+    s.push_str("metrics:\n- accuracy\n");
+    if let Some(t) = test {
+        let (dtype, dname) = c
+            .dataset
+            .map(|(id, n)| (id.as_str(), n.as_str()))
+            .unwrap_or(("imagefolder", "image folder"));
+        let _ = write!(
+            s,
+            "model-index:\n- name: {}\n  results:\n  - task:\n      type: image-classification\n      name: Image Classification\n    dataset:\n      type: {}\n      name: {}\n      split: test\n    metrics:\n    - type: accuracy\n      value: {:.4}\n      name: Top-1 accuracy\n",
+            yaml_str(name),
+            yaml_str(dtype),
+            yaml_str(dname),
+            t.top1
+        );
+        if let Some(t5) = t.top5.filter(|_| c.classes > 5) {
+            let _ = writeln!(
+                s,
+                "    - type: top_5_accuracy\n      value: {t5:.4}\n      name: Top-5 accuracy"
+            );
+        }
+    }
+    s.push_str("---\n\n");
+
+    // Title and summary.
+    let data_name = c
+        .dataset
+        .map(|(_, n)| n.as_str())
+        .unwrap_or("an image folder");
+    let _ = writeln!(s, "# {} ({})\n", c.spec.name, data_name);
+    let _ = writeln!(
+        s,
+        "`{}` from Springenberg et al., *Striving for Simplicity: The All Convolutional Net* \
+         ([arXiv:1412.6806](https://arxiv.org/abs/1412.6806)), trained on {} with \
+         [allcnn](https://github.com/allcnn/allcnn) {} (Rust, on candle): {} classes, {} \
+         parameters, {}x{} RGB input. These are the run's **{}** weights{}.\n",
+        c.spec.name,
+        data_name,
+        c.version,
+        c.classes,
+        c.spec.param_count(),
+        c.input_size,
+        c.input_size,
+        c.choice,
+        c.epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default()
+    );
+
+    // Results.
+    s.push_str("## Results\n\n| split | images | top-1 accuracy | error | top-5 accuracy | loss | measured by |\n|---|---|---|---|---|---|---|\n");
+    for r in c.results {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2}% | {} | {} | {} |",
+            r.split,
+            r.examples.map(|n| n.to_string()).unwrap_or("-".into()),
+            percent(r.top1),
+            100.0 * (1.0 - r.top1),
+            r.top5
+                .filter(|_| c.classes > 5)
+                .map(percent)
+                .unwrap_or("-".into()),
+            r.loss.map(|l| format!("{l:.4}")).unwrap_or("-".into()),
+            r.source
+        );
+    }
+    if let Some(e) = c.paper_error {
+        let _ = writeln!(
+            s,
+            "\nThe paper reports {e:.2}% CIFAR-10 test error for `{}` without augmentation (Table 3).",
+            c.spec.name
+        );
+    }
+    if let Some(report) = c.eval {
+        s.push_str("\nPer-class test accuracy:\n\n| class | images | accuracy |\n|---|---|---|\n");
+        for r in &report.per_class {
+            let _ = writeln!(s, "| {} | {} | {} |", r.name, r.count, percent(r.accuracy));
+        }
+    }
+
+    // Usage.
+    let _ = write!(
+        s,
+        "\n## Usage\n\nWith the `allcnn` command line (`cargo install allcnn-cli`), which \
+         downloads the weights once into the Hugging Face cache:\n\n```sh\n\
+         allcnn predict --weights hf://{repo} image.png\n\
+         allcnn predict --weights hf://{repo} --offline image.png   # from the cache only\n\
+         allcnn viz --weights hf://{repo} --method guided-backprop --input image.png --out maps/\n```\n\n\
+         From Rust (`allcnn-models` with the `hub` feature):\n\n```rust\n\
+         use allcnn_models::hub::{{fetch, HubOptions}};\n\
+         use allcnn_models::WeightsFile;\n\n\
+         let path = fetch(\"hf://{repo}\", &HubOptions::default())?;\n\
+         let weights = WeightsFile::load(&path, &candle_core::Device::Cpu)?;\n\
+         // weights.model.forward(&images) gives the logits; the preprocessing is\n\
+         // weights.meta.preprocessing with the tensors in weights.attachments.\n```\n\n\
+         `model.safetensors` is self-describing: its metadata records the architecture \
+         (`allcnn.spec`), the classes (`allcnn.classes`, `allcnn.class_names`) and the \
+         preprocessing (`allcnn.preprocessing`, with its tensors `preprocess.*`). The \
+         tensors `conv{{i}}.weight` / `conv{{i}}.bias` use PyTorch's layout.\n"
+    );
+
+    // Model details.
+    s.push_str("\n## Model\n\n| layer | operation | output (CxHxW) |\n|---|---|---|\n");
+    for (label, what, map) in layer_rows(c.spec) {
+        let _ = writeln!(s, "| {label} | {what} | {map} |");
+    }
+    if let Some(names) = c.class_names {
+        let _ = writeln!(s, "\nClasses, in label order: {}.", names.join(", "));
+    }
+    let _ = writeln!(
+        s,
+        "\nPreprocessing: {}. Images are resized to {}x{} (larger inputs: the shorter side to \
+         256/224 of that, then a centre crop).",
+        c.preprocessing.unwrap_or("none recorded"),
+        c.input_size,
+        c.input_size
+    );
+
+    // Recipe.
+    let toml = toml::to_string(c.config).unwrap_or_default();
+    let _ = write!(
+        s,
+        "\n## Training recipe\n\nThe run's `config.toml` without its local data path \
+         (momentum SGD; `allcnn train --config recipe.toml --data DATA --out RUN` repeats it):\n\n\
+         ```toml\n{toml}```\n"
+    );
+
+    // Citation.
+    s.push_str(
+        "\n## Citation\n\n```bibtex\n@inproceedings{springenberg2015striving,\n  \
+         title     = {Striving for Simplicity: The All Convolutional Net},\n  \
+         author    = {Springenberg, Jost Tobias and Dosovitskiy, Alexey and Brox, Thomas and Riedmiller, Martin},\n  \
+         booktitle = {ICLR (workshop track)},\n  year      = {2015},\n  \
+         url       = {https://arxiv.org/abs/1412.6806}\n}\n```\n",
+    );
+    s
+}
