@@ -27,10 +27,10 @@ pub struct Args {
     /// Class count of the head (default 10; 1000 for the ImageNet model).
     #[arg(long)]
     classes: Option<usize>,
-    /// Convolution implementation: `gemm` (ours, im2col, the default),
-    /// `winograd` (ours, Winograd F(2x2,3x3) for 3x3 stride-1 layers) or
-    /// `candle`.
-    #[arg(long, default_value = "gemm")]
+    /// Convolution implementation: `winograd` (ours, the default: Winograd
+    /// F(2x2,3x3) for 3x3 stride-1 layers, im2col for the rest), `gemm`
+    /// (ours, im2col for every layer) or `candle`.
+    #[arg(long, default_value = "winograd")]
     conv: String,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]

@@ -66,14 +66,24 @@ fn bench_prints_one_json_line() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["batch"], 2);
+    assert_eq!(v["conv"], "winograd");
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
     }
-    for conv in ["gemm", "candle"] {
+    for conv in ["gemm", "winograd", "candle"] {
         let o = allcnn(&[
-            "bench", "--model", "model-a", "--batch", "2", "--iters", "1", "--mode", "train",
-            "--conv", conv,
+            "bench",
+            "--model",
+            "all-cnn-c",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--mode",
+            "train",
+            "--conv",
+            conv,
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -440,8 +450,14 @@ fn tiny_folder(root: &std::path::Path) {
     }
 }
 
-#[test]
-fn train_eval_predict_resume_round_trip() {
+/// Trains All-CNN-A for one epoch on [`tiny_folder`] data into `run`:
+/// (temp dir, data dir, run dir, the train command's output).
+fn train_tiny_run() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Output,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_folder(&data);
@@ -461,6 +477,12 @@ fn train_eval_predict_resume_round_trip() {
         "data.preprocessing=standardize",
     ]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    (dir, data, run, o)
+}
+
+#[test]
+fn train_eval_predict_resume_round_trip() {
+    let (_dir, data, run, o) = train_tiny_run();
     assert!(
         stdout(&o).contains("finished: 1 epochs, 3 steps"),
         "{}",
@@ -805,25 +827,7 @@ fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
 
 #[test]
 fn export_hub_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_folder(&data);
-    let run = dir.path().join("run");
-    let o = allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--model",
-        "all-cnn-a",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "epochs=1",
-        "batch_size=4",
-        "data.preprocessing=standardize",
-    ]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let (dir, data, run, _o) = train_tiny_run();
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
 

@@ -35,6 +35,15 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
     d / s.max(1e-12)
 }
 
+/// Runs `f` on a fresh rayon pool of `threads` threads.
+fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 #[test]
 fn matches_candle_conv_forward_and_backward() {
     // (n, cin, side, cout, k, stride, pad): 3x3 same, 3x3/2, valid 3x3,
@@ -117,11 +126,7 @@ fn results_do_not_depend_on_the_thread_count() {
     let x = Var::from_vec(values(20 * 4 * 8 * 8, 3), (20, 4, 8, 8), &dev).unwrap();
     let w = Var::from_vec(values(5 * 4 * 9, 4), (5, 4, 3, 3), &dev).unwrap();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        with_threads(threads, || {
             let g = conv2d(&x, &w, 1, 1)
                 .unwrap()
                 .sqr()
@@ -240,11 +245,7 @@ fn winograd_results_do_not_depend_on_the_thread_count() {
     let x = Var::from_vec(values(70 * 16 * 8 * 8, 5), (70, 16, 8, 8), &dev).unwrap();
     let w = Var::from_vec(values(16 * 16 * 9, 6), (16, 16, 3, 3), &dev).unwrap();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        with_threads(threads, || {
             let (y, dx, dw) = passes(&x, &w, 1, Algorithm::Winograd);
             [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         })
