@@ -187,15 +187,24 @@ fn input_transform(g: &Geometry, t: &Tiles, imgs: &[f32], v: &mut [f32], pad: &m
                     e3[x] = r1[x] - r3[x];
                 }
                 let col0 = i * t.per_image + ty * t.tw;
+                let (tw, stride) = (t.tw, g.cin * cols);
                 for (ri, e) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
-                    let out = |s: usize| (ri * 4 + s) * g.cin * cols + c * cols + col0;
-                    let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
-                    for tx in 0..t.tw {
-                        let q = &e[2 * tx..2 * tx + 4];
-                        v[o0 + tx] = q[0] - q[2];
-                        v[o1 + tx] = q[1] + q[2];
-                        v[o2 + tx] = q[2] - q[1];
-                        v[o3 + tx] = q[1] - q[3];
+                    // The four outputs of this row combination: runs of `tw`
+                    // tiles, `stride` apart.
+                    let base = ri * 4 * stride + c * cols + col0;
+                    let block = &mut v[base..base + 3 * stride + tw];
+                    let (b0, rest) = block.split_at_mut(stride);
+                    let (b1, rest) = rest.split_at_mut(stride);
+                    let (b2, b3) = rest.split_at_mut(stride);
+                    let (y0, y1, y2, y3) = (&mut b0[..tw], &mut b1[..tw], &mut b2[..tw], b3);
+                    let e = &e[..2 * tw + 2];
+                    for tx in 0..tw {
+                        let (q0, q1, q2, q3) =
+                            (e[2 * tx], e[2 * tx + 1], e[2 * tx + 2], e[2 * tx + 3]);
+                        y0[tx] = q0 - q2;
+                        y1[tx] = q1 + q2;
+                        y2[tx] = q2 - q1;
+                        y3[tx] = q1 - q3;
                     }
                 }
             }
