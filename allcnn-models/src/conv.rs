@@ -312,8 +312,15 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             dw
         })
         .collect();
+    sum_in_order(partials, g.cout * kd)
+}
+
+/// The element-wise sum of per-chunk partials of length `len`, added in
+/// chunk order (so the result does not depend on which thread made which
+/// partial); zeros when there are none.
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut iter = partials.into_iter();
-    let mut total = iter.next().unwrap_or_else(|| vec![0f32; g.cout * kd]);
+    let mut total = iter.next().unwrap_or_else(|| vec![0f32; len]);
     for p in iter {
         for (t, v) in total.iter_mut().zip(&p) {
             *t += *v;

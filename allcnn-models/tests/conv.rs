@@ -35,6 +35,11 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
     d / s.max(1e-12)
 }
 
+/// The gradients of `sum(y * up)`: `up` as the upstream gradient of `y`.
+fn backprop(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+    y.mul(up).unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 /// Runs `f` on a fresh rayon pool of `threads` threads.
 fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     rayon::ThreadPoolBuilder::new()
@@ -84,20 +89,8 @@ fn matches_candle_conv_forward_and_backward() {
         );
         let up =
             Tensor::from_vec(values(ours.elem_count(), 200 + i as u64), ours.dims(), &dev).unwrap();
-        let g1 = ours
-            .mul(&up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = theirs
-            .mul(&up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = backprop(&ours, &up);
+        let g2 = backprop(&theirs, &up);
         for (name, v) in [("input", &x), ("weight", &w)] {
             let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
             assert!(rel(a, b) < 1e-5, "case {i} {name} grad: {}", rel(a, b));
@@ -156,20 +149,8 @@ fn bias_add_matches_broadcast_add_with_gradients() {
     let theirs = y.broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap()).unwrap();
     assert!(rel(&ours, &theirs) < 1e-6);
     let up = Tensor::from_vec(values(ours.elem_count(), 9), ours.dims(), &dev).unwrap();
-    let g1 = ours
-        .mul(&up)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g2 = theirs
-        .mul(&up)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g1 = backprop(&ours, &up);
+    let g2 = backprop(&theirs, &up);
     for v in [&y, &b] {
         assert!(rel(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
     }
@@ -190,7 +171,7 @@ fn passes(
 ) -> (Tensor, Tensor, Tensor) {
     let y = allcnn_models::conv::conv2d_with(x, w, 1, pad, algorithm).unwrap();
     let up = Tensor::from_vec(values(y.elem_count(), 77), y.dims(), x.device()).unwrap();
-    let g = y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = backprop(&y, &up);
     let (dx, dw) = (g.get(x).unwrap().clone(), g.get(w).unwrap().clone());
     (y, dx, dw)
 }

@@ -40,6 +40,17 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
+    /// Reads an `eval.json` written by the trainer. An I/O failure names
+    /// the file; a text that is not a report is passed to `invalid` (the
+    /// parser's message) for the caller to turn into its own error.
+    pub(crate) fn read(
+        path: &Path,
+        invalid: impl FnOnce(String) -> TrainError,
+    ) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))
+    }
+
     /// Top-1 error in percent, as the paper reports it.
     pub fn error_percent(&self) -> f64 {
         100.0 * (1.0 - self.top1)

@@ -369,8 +369,7 @@ pub fn export_hub(
                     ),
                 ));
             }
-            let text = std::fs::read_to_string(&eval_path).map_err(TrainError::io(&eval_path))?;
-            let report: EvalReport = serde_json::from_str(&text).map_err(|e| {
+            let report = EvalReport::read(&eval_path, |e| {
                 export_error(&eval_path, format!("not a valid evaluation report: {e}"))
             })?;
             results.push(ExportResult {

@@ -1131,8 +1131,7 @@ fn inspect(dir: &Path, config: &TrainConfig, exp: Experiment) -> Result<Found, T
     }
     let eval_path = dir.join(files::EVAL);
     if dir.join(files::FINAL).is_file() && eval_path.is_file() {
-        let text = std::fs::read_to_string(&eval_path).map_err(TrainError::io(&eval_path))?;
-        let eval: EvalReport = serde_json::from_str(&text).map_err(|e| TrainError::Reproduce {
+        let eval = EvalReport::read(&eval_path, |e| TrainError::Reproduce {
             experiment: exp.name().into(),
             path: eval_path.clone(),
             reason: format!("not an evaluation report: {e}"),

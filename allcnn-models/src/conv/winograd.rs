@@ -29,7 +29,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
 use rayon::prelude::*;
 
-use super::{rm, rm_mut, Geometry};
+use super::{rm, rm_mut, sum_in_order, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for.
 const TARGET_COLS: usize = 256;
@@ -407,14 +407,6 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             du
         })
         .collect();
-    let mut iter = partials.into_iter();
-    let mut du = iter
-        .next()
-        .unwrap_or_else(|| vec![0f32; 16 * g.cout * g.cin]);
-    for p in iter {
-        for (t, v) in du.iter_mut().zip(&p) {
-            *t += *v;
-        }
-    }
+    let du = sum_in_order(partials, 16 * g.cout * g.cin);
     weight_untransform(g, &du)
 }
