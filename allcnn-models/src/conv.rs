@@ -19,7 +19,7 @@
 mod winograd;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -74,6 +74,61 @@ pub fn conv2d_with(
             .apply_op2(&w.contiguous()?, CpuConv { geo, winograd })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// `conv(x, w) + bias`, rectified when `relu` is true, as one op: the
+/// convolution of [`conv2d_with`] followed by the bias and the ReLU in a
+/// single pass over its output. Only the result is kept for the backward
+/// (no separate pre-bias and pre-ReLU maps), which saves two activation-sized
+/// buffers per layer in training. The ReLU's backward is PyTorch's,
+/// `grad * [y > 0]`.
+///
+/// On devices other than the CPU, or for dtypes other than f32, it is
+/// candle's `conv2d`, `broadcast_add` and the same ReLU.
+///
+/// # Errors
+/// When the shapes do not fit, or a candle error on other devices.
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    algorithm: Algorithm,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let cout = w.dims().first().copied().unwrap_or(0);
+    if bias.dims() != [cout] {
+        candle_core::bail!(
+            "conv2d: bias {:?} does not fit a kernel {:?} with {cout} output channels",
+            bias.dims(),
+            w.dims()
+        );
+    }
+    let cpu_f32 = [x, w, bias]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if cpu_f32 {
+        let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
+        let winograd = algorithm == Algorithm::Winograd && winograd::eligible(&geo);
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &bias.contiguous()?,
+            CpuConvBlock {
+                conv: CpuConv { geo, winograd },
+                relu,
+            },
+        )
+    } else {
+        let y = x
+            .conv2d(w, padding, stride, 1, 1)?
+            .broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+        if relu {
+            y.apply_op1(crate::pool::StrictRelu)
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -402,6 +457,70 @@ impl CustomOp2 for CpuConv {
             None
         };
         Ok((dx, dw))
+    }
+}
+
+/// [`CpuConv`] with the bias and optionally the ReLU applied to its output.
+struct CpuConvBlock {
+    conv: CpuConv,
+    relu: bool,
+}
+
+impl CustomOp3 for CpuConvBlock {
+    fn name(&self) -> &'static str {
+        "allcnn-conv2d-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(mut out), shape) = self.conv.cpu_fwd(s1, l1, s2, l2)? else {
+            unreachable!("the convolution returns f32");
+        };
+        let bias = f32_slice(s3, l3, self.name())?;
+        let g = &self.conv.geo;
+        let relu = self.relu;
+        out.par_chunks_mut(g.out_plane())
+            .enumerate()
+            .for_each(|(i, p)| {
+                let b = bias[i % g.cout];
+                if relu {
+                    p.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                } else {
+                    p.iter_mut().for_each(|v| *v += b);
+                }
+            });
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // y > 0 exactly where the pre-activation is > 0: PyTorch's mask.
+        let grad = if self.relu {
+            grad.apply_op2_no_bwd(res, &crate::pool::CpuReluMask)?
+        } else {
+            grad
+        };
+        let db = if b.track_op() {
+            Some(grad.apply_op1_no_bwd(&ChannelSum)?)
+        } else {
+            None
+        };
+        let (dx, dw) = self.conv.bwd(x, w, res, &grad)?;
+        Ok((dx, dw, db))
     }
 }
 

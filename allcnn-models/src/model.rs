@@ -23,6 +23,13 @@ pub trait ReluRule: Send + Sync {
     /// # Errors
     /// Whatever the tensor operations report.
     fn relu(&self, layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Whether this rule is the ordinary ReLU with PyTorch's backward
+    /// ([`StandardRelu`]). The model then fuses it into the convolution
+    /// ([`crate::conv::conv2d_fused`]) instead of calling [`ReluRule::relu`].
+    fn is_standard(&self) -> bool {
+        false
+    }
 }
 
 /// The ordinary ReLU, whose backward is PyTorch's: `grad * [x > 0]`.
@@ -32,6 +39,10 @@ pub struct StandardRelu;
 impl ReluRule for StandardRelu {
     fn relu(&self, _layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor> {
         x.apply_op1(StrictRelu)
+    }
+
+    fn is_standard(&self) -> bool {
+        true
     }
 }
 
@@ -513,28 +524,25 @@ impl<'a> ForwardPass<'a> {
                     conv_i += 1;
                     let name = LayerName::Conv(conv_i);
                     let ctx = || format!("{}: {name}", m.spec.name);
-                    let conv = match m.conv_backend {
-                        ConvBackend::Gemm => crate::conv::conv2d(&x, &c.weight, stride, padding),
-                        ConvBackend::Winograd => crate::conv::conv2d_with(
-                            &x,
-                            &c.weight,
-                            stride,
-                            padding,
-                            crate::conv::Algorithm::Winograd,
-                        ),
-                        ConvBackend::Candle => x.conv2d(&c.weight, padding, stride, 1, 1),
+                    let fused = |algorithm, relu| {
+                        crate::conv::conv2d_fused(
+                            &x, &c.weight, &c.bias, stride, padding, algorithm, relu,
+                        )
                     };
-                    let y = conv
-                        .and_then(|y| match m.conv_backend {
-                            ConvBackend::Gemm | ConvBackend::Winograd => {
-                                crate::conv::add_bias(&y, &c.bias)
-                            }
-                            ConvBackend::Candle => {
-                                y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)
-                            }
-                        })
-                        .context(ctx)?;
-                    x = self.relu.relu(name, &y).context(ctx)?;
+                    let standard = self.relu.is_standard();
+                    let y = match m.conv_backend {
+                        ConvBackend::Gemm => fused(crate::conv::Algorithm::Im2col, standard),
+                        ConvBackend::Winograd => fused(crate::conv::Algorithm::Winograd, standard),
+                        ConvBackend::Candle => x
+                            .conv2d(&c.weight, padding, stride, 1, 1)
+                            .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)),
+                    }
+                    .context(ctx)?;
+                    x = if standard && m.conv_backend != ConvBackend::Candle {
+                        y
+                    } else {
+                        self.relu.relu(name, &y).context(ctx)?
+                    };
                     name
                 }
                 Layer::MaxPool => {

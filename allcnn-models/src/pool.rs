@@ -422,7 +422,7 @@ impl CustomOp1 for StrictRelu {
 }
 
 /// `grad * [x > 0]` on CPU in one pass.
-struct CpuReluMask;
+pub(crate) struct CpuReluMask;
 
 impl CustomOp2 for CpuReluMask {
     fn name(&self) -> &'static str {

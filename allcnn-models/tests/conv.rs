@@ -233,3 +233,59 @@ fn winograd_results_do_not_depend_on_the_thread_count() {
     };
     assert_eq!(run(1), run(3));
 }
+
+#[test]
+fn fused_conv_bias_relu_matches_the_composition() {
+    use allcnn_models::conv::{add_bias, conv2d_fused, conv2d_with, Algorithm};
+    let dev = Device::Cpu;
+    // A Winograd-eligible and an im2col-only geometry (stride 2).
+    for (i, &(n, cin, side, cout, stride)) in
+        [(3, 16, 8, 16, 1), (2, 5, 9, 7, 2)].iter().enumerate()
+    {
+        let x = Var::from_vec(
+            values(n * cin * side * side, 500 + i as u64),
+            (n, cin, side, side),
+            &dev,
+        )
+        .unwrap();
+        let w = Var::from_vec(
+            values(cout * cin * 9, 600 + i as u64),
+            (cout, cin, 3, 3),
+            &dev,
+        )
+        .unwrap();
+        let b = Var::from_vec(values(cout, 700 + i as u64), cout, &dev).unwrap();
+        for algorithm in [Algorithm::Im2col, Algorithm::Winograd] {
+            for relu in [false, true] {
+                let ours = conv2d_fused(&x, &w, &b, stride, 1, algorithm, relu).unwrap();
+                let pre =
+                    add_bias(&conv2d_with(&x, &w, stride, 1, algorithm).unwrap(), &b).unwrap();
+                let theirs = if relu { pre.relu().unwrap() } else { pre };
+                let what = format!("case {i} {algorithm:?} relu={relu}");
+                assert!(rel(&ours, &theirs) < 1e-6, "{what}: forward");
+                if relu {
+                    // The mask matters: about half the outputs are rectified.
+                    let zeros = ours.eq(0f64).unwrap().to_dtype(candle_core::DType::F32);
+                    let frac = zeros
+                        .unwrap()
+                        .mean_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!((0.2..0.8).contains(&frac), "{what}: {frac} rectified");
+                }
+                let up = Tensor::from_vec(values(ours.elem_count(), 9), ours.dims(), &dev).unwrap();
+                let (g1, g2) = (backprop(&ours, &up), backprop(&theirs, &up));
+                for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
+                    let e = rel(g1.get(v).unwrap(), g2.get(v).unwrap());
+                    assert!(e < 1e-5, "{what}: {name} grad rel err {e}");
+                }
+            }
+        }
+    }
+    let bad_bias = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
+    let x = Tensor::zeros((1, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
+    let w = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    let err = conv2d_fused(&x, &w, &bad_bias, 1, 1, Algorithm::Im2col, true).unwrap_err();
+    assert!(err.to_string().contains("bias [3]"), "{err}");
+}
