@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
 use crate::error::{CandleContext, TrainError};
 
@@ -94,18 +94,39 @@ impl MomentumSgd {
                 continue;
             };
             let w = var.as_tensor();
+            let in_place = fused_update_applies(w, g, vel.as_ref());
             let update = (|| -> candle_core::Result<Tensor> {
+                if let (true, Some(v)) = (in_place && momentum != 0.0, vel.as_ref()) {
+                    // One pass for the velocity, one for the weights, no
+                    // temporaries (the generic path below allocates six).
+                    v.inplace_op3(
+                        g,
+                        w,
+                        &VelocityUpdate {
+                            momentum: momentum as f32,
+                            weight_decay: weight_decay as f32,
+                        },
+                    )?;
+                    w.inplace_op2(v, &WeightUpdate { lr: lr as f32 })?;
+                    return Ok(v.clone());
+                }
                 let g = if weight_decay != 0.0 {
                     (g + (w * weight_decay)?)?
                 } else {
-                    g.clone()
+                    // A copy: an in-place step must never write into the
+                    // gradient store.
+                    g.copy()?
                 };
                 let v = match vel.as_ref() {
                     Some(v) if momentum != 0.0 => ((v * momentum)? + g)?,
                     _ => g,
                 };
-                let next = (w - (&v * lr)?)?;
-                var.set(&next)?;
+                if in_place {
+                    w.inplace_op2(&v, &WeightUpdate { lr: lr as f32 })?;
+                } else {
+                    let next = (w - (&v * lr)?)?;
+                    var.set(&next)?;
+                }
                 Ok(v)
             })()
             .ctx(|| format!("SGD update of `{name}`"))?;
@@ -131,7 +152,10 @@ impl MomentumSgd {
         self.params
             .iter()
             .zip(&self.velocity)
-            .filter_map(|((n, _), v)| v.as_ref().map(|v| (n.clone(), v.clone())))
+            .filter_map(|((n, _), v)| {
+                // Copies: the buffers are updated in place by later steps.
+                v.as_ref().and_then(|v| Some((n.clone(), v.copy().ok()?)))
+            })
             .collect()
     }
 
@@ -154,9 +178,11 @@ impl MomentumSgd {
                             ),
                         });
                     }
+                    // A copy of our own: the buffer is updated in place.
                     let t = t
                         .to_dtype(var.dtype())
                         .and_then(|t| t.to_device(var.device()))
+                        .and_then(|t| t.copy())
                         .ctx(|| format!("moving momentum buffer `{name}`"))?;
                     Some(t)
                 }
@@ -169,5 +195,89 @@ impl MomentumSgd {
             });
         }
         Ok(())
+    }
+}
+
+/// Whether the step can run in place: f32 CPU tensors, contiguous, with a
+/// velocity buffer (if any) of the parameter's shape.
+fn fused_update_applies(w: &Tensor, g: &Tensor, v: Option<&Tensor>) -> bool {
+    let ok = |t: &Tensor| {
+        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims()
+    };
+    ok(w) && ok(g) && v.is_none_or(ok)
+}
+
+/// `v = momentum * v + (g + weight_decay * w)` in place on `v`.
+struct VelocityUpdate {
+    momentum: f32,
+    weight_decay: f32,
+}
+
+impl InplaceOp3 for VelocityUpdate {
+    fn name(&self) -> &'static str {
+        "allcnn-sgd-velocity"
+    }
+
+    fn cpu_fwd(
+        &self,
+        v: &mut CpuStorage,
+        lv: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<()> {
+        let (
+            Self {
+                momentum,
+                weight_decay,
+            },
+            v,
+            g,
+            w,
+        ) = (self, f32_mut(v, lv)?, f32_ref(g, lg)?, f32_ref(w, lw)?);
+        for ((v, &g), &w) in v.iter_mut().zip(g).zip(w) {
+            *v = *v * momentum + (g + w * weight_decay);
+        }
+        Ok(())
+    }
+}
+
+/// `w = w - lr * v` in place on `w`.
+struct WeightUpdate {
+    lr: f32,
+}
+
+impl InplaceOp2 for WeightUpdate {
+    fn name(&self) -> &'static str {
+        "allcnn-sgd-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &mut CpuStorage,
+        lw: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        let (w, v) = (f32_mut(w, lw)?, f32_ref(v, lv)?);
+        for (w, &v) in w.iter_mut().zip(v) {
+            *w -= v * self.lr;
+        }
+        Ok(())
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("SGD update: expected a contiguous f32 tensor"),
+    }
+}
+
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => candle_core::bail!("SGD update: expected a contiguous f32 tensor"),
     }
 }

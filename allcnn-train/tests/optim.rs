@@ -98,6 +98,15 @@ fn momentum_matches_hand_computation() {
     assert_eq!(state.len(), 1);
     let vb: Vec<f32> = state[0].1.to_vec1().unwrap();
     assert!((f64::from(vb[0]) - v[0]).abs() < 1e-6);
+    // The steps update the buffers in place on CPU: neither an exported
+    // state nor a gradient store may change under the caller.
+    let saved = state[0].1.clone();
+    let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    opt.step(&grads).unwrap();
+    assert_eq!(saved.to_vec1::<f32>().unwrap(), vb, "exported state moved");
+    let g: Vec<f32> = grads.get(w.as_tensor()).unwrap().to_vec1().unwrap();
+    assert_eq!(g, [0.5, 1.0], "gradient store written");
     let mut opt2 = MomentumSgd::new(vec![("w".into(), w.clone())], opt.config());
     opt2.load_state(state.into_iter().collect()).unwrap();
     let bad = [(
