@@ -28,8 +28,9 @@ pub struct Args {
     #[arg(long)]
     classes: Option<usize>,
     /// Convolution implementation: `winograd` (ours, the default: Winograd
-    /// F(2x2,3x3) for 3x3 stride-1 layers, im2col for the rest), `gemm`
-    /// (ours, im2col for every layer) or `candle`.
+    /// F(2x2,3x3) for 3x3 stride-1 layers, im2col for the rest),
+    /// `winograd-bf16` (the same with bf16 GEMM operands, f32 accumulation),
+    /// `gemm` (ours, im2col for every layer) or `candle`.
     #[arg(long, default_value = "winograd")]
     conv: String,
     /// cpu, cuda[:N], metal[:N] or auto.
@@ -66,12 +67,7 @@ pub fn run(args: &Args) -> Result<()> {
         "train" => true,
         other => bail!("--mode {other}: use infer or train"),
     };
-    let backend = match args.conv.as_str() {
-        "gemm" => ConvBackend::Gemm,
-        "winograd" => ConvBackend::Winograd,
-        "candle" => ConvBackend::Candle,
-        other => bail!("--conv {other}: use gemm, winograd or candle"),
-    };
+    let backend = ConvBackend::from_name(&args.conv)?;
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }

@@ -313,7 +313,7 @@ pub fn fit_zca(
     d: usize,
     filter_bias: f32,
 ) -> Result<(Vec<f32>, Vec<f32>), DataError> {
-    if d == 0 || rows.is_empty() || rows.len() % d != 0 {
+    if d == 0 || rows.is_empty() || !rows.len().is_multiple_of(d) {
         return Err(DataError::InvalidConfig {
             name: "ZCA data",
             value: format!("{} values for dimension {d}", rows.len()),
@@ -575,7 +575,7 @@ impl Preprocessing {
     ) -> Result<(), DataError> {
         let (c, h, w) = shape;
         let d = c * h * w;
-        if d == 0 || pixels.len() % d != 0 || out.len() != pixels.len() {
+        if d == 0 || !pixels.len().is_multiple_of(d) || out.len() != pixels.len() {
             return Err(shape_err(
                 format!("batch of {} bytes into {} floats", pixels.len(), out.len()),
                 shape,

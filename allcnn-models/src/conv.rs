@@ -16,6 +16,7 @@
 //! Only f32 tensors on the CPU take this path; everything else (other
 //! dtypes, CUDA, Metal) uses candle's `conv2d`.
 
+mod bf16;
 mod winograd;
 
 use candle_core::backend::BackendStorage;
@@ -39,6 +40,24 @@ pub enum Algorithm {
     /// every other geometry. Equal to [`Algorithm::Im2col`] up to f32
     /// rounding (tested to 1e-5 relative).
     Winograd,
+    /// As [`Algorithm::Winograd`], but the 16 GEMMs of the Winograd layers
+    /// take their operands rounded to bf16 and accumulate in f32 (AVX-512
+    /// BF16 `vdpbf16ps` where the CPU has it, a portable f32 kernel on the
+    /// same rounded operands otherwise). Each operand carries bf16's 8-bit
+    /// mantissa (relative rounding 2^-9), so results differ from f32 by
+    /// about 1e-3 relative (tested to 1e-2); the transforms, the
+    /// accumulation and every other layer stay f32.
+    WinogradBf16,
+}
+
+impl Algorithm {
+    /// What a geometry actually runs: Winograd only where it is eligible.
+    fn resolve(self, geo: &Geometry) -> Self {
+        match self {
+            Algorithm::Winograd | Algorithm::WinogradBf16 if winograd::eligible(geo) => self,
+            _ => Algorithm::Im2col,
+        }
+    }
 }
 
 /// `x` `[N, Cin, H, W]` convolved with `w` `[Cout, Cin, k, k]` (square
@@ -69,9 +88,9 @@ pub fn conv2d_with(
 ) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-        let winograd = algorithm == Algorithm::Winograd && winograd::eligible(&geo);
+        let algorithm = algorithm.resolve(&geo);
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, CpuConv { geo, winograd })
+            .apply_op2(&w.contiguous()?, CpuConv { geo, algorithm })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -111,12 +130,12 @@ pub fn conv2d_fused(
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
     if cpu_f32 {
         let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-        let winograd = algorithm == Algorithm::Winograd && winograd::eligible(&geo);
+        let algorithm = algorithm.resolve(&geo);
         x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &bias.contiguous()?,
             CpuConvBlock {
-                conv: CpuConv { geo, winograd },
+                conv: CpuConv { geo, algorithm },
                 relu,
             },
         )
@@ -408,8 +427,9 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 struct CpuConv {
     geo: Geometry,
-    /// Winograd for all three passes (the geometry is eligible).
-    winograd: bool,
+    /// Resolved for the geometry ([`Algorithm::resolve`]), for all three
+    /// passes.
+    algorithm: Algorithm,
 }
 
 impl CustomOp2 for CpuConv {
@@ -429,10 +449,10 @@ impl CustomOp2 for CpuConv {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let out = if self.winograd {
-            winograd::forward(g, x, w)
-        } else {
-            forward(g, x, w)
+        let out = match self.algorithm {
+            Algorithm::Im2col => forward(g, x, w),
+            Algorithm::Winograd => winograd::forward(g, x, w, false),
+            Algorithm::WinogradBf16 => winograd::forward(g, x, w, true),
         };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -446,13 +466,13 @@ impl CustomOp2 for CpuConv {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &Grad::Weight(self.geo, self.winograd))?)
+            Some(x.apply_op2_no_bwd(&grad, &Grad::Weight(self.geo, self.algorithm))?)
         } else {
             None
         };
         // The input image of the first layer needs no gradient in training.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &Grad::Input(self.geo, self.winograd))?)
+            Some(grad.apply_op2_no_bwd(w, &Grad::Input(self.geo, self.algorithm))?)
         } else {
             None
         };
@@ -525,11 +545,12 @@ impl CustomOp3 for CpuConvBlock {
 }
 
 /// The two gradient passes of [`CpuConv`], as one no-backward op over two
-/// f32 tensors: `(x, dy) -> dw` or `(dy, w) -> dx`; `true` for Winograd.
+/// f32 tensors: `(x, dy) -> dw` or `(dy, w) -> dx`, with the resolved
+/// algorithm.
 #[derive(Clone, Copy)]
 enum Grad {
-    Weight(Geometry, bool),
-    Input(Geometry, bool),
+    Weight(Geometry, Algorithm),
+    Input(Geometry, Algorithm),
 }
 
 impl CustomOp2 for Grad {
@@ -552,10 +573,22 @@ impl CustomOp2 for Grad {
             f32_slice(s2, l2, self.name())?,
         );
         let (out, shape) = match self {
-            Grad::Weight(g, false) => (weight_grad(g, a, b), (g.cout, g.cin, g.k, g.k)),
-            Grad::Weight(g, true) => (winograd::weight_grad(g, a, b), (g.cout, g.cin, g.k, g.k)),
-            Grad::Input(g, false) => (input_grad(g, a, b), (g.n, g.cin, g.h, g.w)),
-            Grad::Input(g, true) => (winograd::input_grad(g, a, b), (g.n, g.cin, g.h, g.w)),
+            Grad::Weight(g, alg) => {
+                let dw = match alg {
+                    Algorithm::Im2col => weight_grad(g, a, b),
+                    Algorithm::Winograd => winograd::weight_grad(g, a, b, false),
+                    Algorithm::WinogradBf16 => winograd::weight_grad(g, a, b, true),
+                };
+                (dw, (g.cout, g.cin, g.k, g.k))
+            }
+            Grad::Input(g, alg) => {
+                let dx = match alg {
+                    Algorithm::Im2col => input_grad(g, a, b),
+                    Algorithm::Winograd => winograd::input_grad(g, a, b, false),
+                    Algorithm::WinogradBf16 => winograd::input_grad(g, a, b, true),
+                };
+                (dx, (g.n, g.cin, g.h, g.w))
+            }
         };
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }

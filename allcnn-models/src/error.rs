@@ -16,6 +16,14 @@ pub enum ModelError {
         /// Comma-separated registered names.
         known: String,
     },
+    /// The convolution backend name is not one of [`crate::ConvBackend::ALL`].
+    #[error("unknown convolution backend `{name}`; known backends: {known}")]
+    UnknownConvBackend {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated backend names.
+        known: String,
+    },
     /// The architecture description is inconsistent.
     #[error("invalid architecture `{name}`: {reason}")]
     InvalidSpec {

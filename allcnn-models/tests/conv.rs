@@ -289,3 +289,61 @@ fn fused_conv_bias_relu_matches_the_composition() {
     let err = conv2d_fused(&x, &w, &bad_bias, 1, 1, Algorithm::Im2col, true).unwrap_err();
     assert!(err.to_string().contains("bias [3]"), "{err}");
 }
+
+#[test]
+fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
+    use allcnn_models::conv::Algorithm;
+    // All-CNN-C's Winograd layers, a partial tile, and a batch of many
+    // chunks (the GEMMs then run one per thread instead of split 16 ways).
+    let cases = [
+        (2, 96, 32, 96, 1),
+        (3, 96, 16, 192, 1),
+        (5, 192, 8, 192, 0),
+        (2, 16, 7, 20, 1),
+        (70, 16, 8, 16, 1),
+    ];
+    for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(
+            values(n * cin * side * side, 800 + i as u64),
+            (n, cin, side, side),
+            &dev,
+        )
+        .unwrap();
+        let w = Var::from_vec(
+            values(cout * cin * 9, 900 + i as u64),
+            (cout, cin, 3, 3),
+            &dev,
+        )
+        .unwrap();
+        let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::WinogradBf16);
+        let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
+        for (name, a, b) in [
+            ("forward", &y1, &y2),
+            ("input grad", &dx1, &dx2),
+            ("weight grad", &dw1, &dw2),
+        ] {
+            let e = rel(a, b);
+            eprintln!("case {i} {name}: rel err {e:.2e}");
+            // bf16 operands: visibly not f32, and within the documented 1e-2.
+            assert!(e < 1e-2, "case {i} {name}: rel err {e}");
+            assert!(e > 1e-6, "case {i} {name}: rel err {e}: bf16 did not run");
+        }
+    }
+}
+
+#[test]
+fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
+    use allcnn_models::conv::Algorithm;
+    let dev = Device::Cpu;
+    // 6 images of 16x16 (4 per chunk): two chunks, fewer than three threads.
+    let x = Var::from_vec(values(6 * 32 * 16 * 16, 5), (6, 32, 16, 16), &dev).unwrap();
+    let w = Var::from_vec(values(32 * 32 * 9, 6), (32, 32, 3, 3), &dev).unwrap();
+    let run = |threads: usize| {
+        with_threads(threads, || {
+            let (y, dx, dw) = passes(&x, &w, 1, Algorithm::WinogradBf16);
+            [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+    };
+    assert_eq!(run(1), run(3));
+}

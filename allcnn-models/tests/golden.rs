@@ -2,16 +2,48 @@
 //! activations, and every gradient. Skips loudly where the fixtures are absent.
 
 use allcnn_models::testing::{assert_close, Golden, GOLDEN_MODELS};
-use allcnn_models::LayerName;
+use allcnn_models::{ConvBackend, LayerName};
 use candle_core::Var;
 
 /// The golden README promises ~1e-5 for a correct f32 implementation; the
 /// issue asks for 1e-4. Use the stricter bound with a little headroom.
 const TOL: f64 = 2e-5;
 
+/// bf16 GEMM operands (8-bit mantissa, relative rounding 2^-9) in the
+/// Winograd layers: the documented bound of `ConvBackend::WinogradBf16` on
+/// activations, logits and loss.
+const TOL_BF16: f64 = 2e-2;
+
+/// With bf16, ReLU masks flip where a pre-activation lies within rounding
+/// of zero, so single gradient entries can move a lot (the largest entry of
+/// grad.input by ~30% at batch 2, of a parameter gradient by ~5%) while the
+/// direction, which is what SGD follows, stays: bounds on the cosine
+/// between bf16 and PyTorch gradients, for the input gradient (seen: 0.981;
+/// training never uses it) and for every parameter gradient (seen: >= 0.998).
+const GRAD_COSINE_BF16: GradCosine = GradCosine {
+    input: 0.95,
+    params: 0.995,
+};
+
+/// Least cosines between our gradients and PyTorch's.
+#[derive(Clone, Copy)]
+struct GradCosine {
+    input: f64,
+    params: f64,
+}
+
 fn check_model(name: &str) {
+    check_model_with(name, ConvBackend::default(), TOL, None);
+}
+
+/// Checks `name` run with `backend`: every tensor to relative error `tol`,
+/// or, with `grad_cosine`, the gradients by their cosine with PyTorch's.
+fn check_model_with(name: &str, backend: ConvBackend, tol: f64, grad_cosine: Option<GradCosine>) {
     let Some(g) = Golden::load(name) else { return };
-    let model = &g.weights.model;
+    let mut model = g.weights.model.clone();
+    model.set_conv_backend(backend);
+    let model = &model;
+    let name = &format!("{name} ({})", backend.name());
     let input = Var::from_tensor(g.get("input")).unwrap();
 
     // Activations named in the fixture, e.g. act.conv1, act.conv7, act.conv9.
@@ -32,18 +64,18 @@ fn check_model(name: &str) {
             &format!("{name} {k}"),
             acts.get(layer).unwrap(),
             g.get(k),
-            TOL,
+            tol,
         );
     }
 
     let logits = acts.logits.unwrap();
-    assert_close(&format!("{name} logits"), &logits, g.get("logits"), TOL);
+    assert_close(&format!("{name} logits"), &logits, g.get("logits"), tol);
     let loss = candle_nn::loss::cross_entropy(&logits, &g.labels()).unwrap();
     assert_close(
         &format!("{name} loss"),
         &loss.reshape(1).unwrap(),
         g.get("loss"),
-        TOL,
+        tol,
     );
 
     // Gradients with respect to the input and every parameter.
@@ -52,19 +84,27 @@ fn check_model(name: &str) {
     let logits = trainable.forward(input.as_tensor()).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &g.labels()).unwrap();
     let grads = loss.backward().unwrap();
-    assert_close(
-        &format!("{name} grad.input"),
-        grads.get(input.as_tensor()).unwrap(),
-        g.get("grad.input"),
-        TOL,
-    );
+    let check_grad = |what: &str, got: &candle_core::Tensor| match grad_cosine {
+        None => assert_close(&format!("{name} {what}"), got, g.get(what), tol),
+        Some(bounds) => {
+            let min = if what == "grad.input" {
+                bounds.input
+            } else {
+                bounds.params
+            };
+            let c = cosine(got, g.get(what));
+            eprintln!("{name} {what}: cosine {c:.6}");
+            assert!(c >= min, "{name} {what}: cosine {c} < {min}");
+        }
+    };
+    check_grad("grad.input", grads.get(input.as_tensor()).unwrap());
     let mut checked = 0;
     for (pname, var) in &vars {
         let key = format!("grad.{pname}");
         let got = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {pname}"));
-        assert_close(&format!("{name} {key}"), got, g.get(&key), TOL);
+        check_grad(&key, got);
         checked += 1;
     }
     let expected_grads = g
@@ -78,6 +118,23 @@ fn check_model(name: &str) {
 #[test]
 fn golden_all_cnn_c() {
     check_model("all-cnn-c");
+}
+
+#[test]
+fn golden_all_cnn_c_bf16() {
+    check_model_with(
+        "all-cnn-c",
+        ConvBackend::WinogradBf16,
+        TOL_BF16,
+        Some(GRAD_COSINE_BF16),
+    );
+}
+
+#[test]
+fn golden_all_cnn_c_every_backend_but_bf16_is_exact() {
+    for backend in [ConvBackend::Gemm, ConvBackend::Candle] {
+        check_model_with("all-cnn-c", backend, TOL, None);
+    }
 }
 
 #[test]
@@ -97,4 +154,21 @@ fn golden_param_counts_match_meta() {
         let want = g.meta["params"].as_u64().unwrap() as usize;
         assert_eq!(g.weights.model.spec().param_count(), want, "{name}");
     }
+}
+
+/// The cosine of the angle between two tensors, in f64.
+fn cosine(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let v = |t: &candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    let (a, b) = (v(a), v(b));
+    assert_eq!(a.len(), b.len(), "shape mismatch");
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(&a) * norm(&b)).max(f64::MIN_POSITIVE)
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use allcnn_data::Augmentation;
-use allcnn_models::{ArchSpec, Init};
+use allcnn_models::{ArchSpec, ConvBackend, Init};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -136,9 +136,19 @@ pub struct TrainConfig {
     /// A checkpoint every this many steps as well as every epoch (0: epochs only).
     #[serde(default)]
     pub checkpoint_every_steps: u64,
+    /// Convolution implementation on CPU: `winograd` (the default),
+    /// `winograd-bf16` (bf16 GEMM operands, f32 accumulation: faster on
+    /// CPUs with AVX-512 BF16), `gemm` or `candle`. Other devices use
+    /// candle's convolution whatever this says.
+    #[serde(default, skip_serializing_if = "is_default_conv")]
+    pub conv: ConvBackend,
     /// Data.
     #[serde(default)]
     pub data: DataConfig,
+}
+
+fn is_default_conv(c: &ConvBackend) -> bool {
+    *c == ConvBackend::default()
 }
 
 fn default_eval_batch() -> usize {

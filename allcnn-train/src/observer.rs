@@ -166,7 +166,7 @@ impl Observer for Console {
                 "loss {:.4} acc {:.3} lr {:.3e} {:.1} img/s",
                 e.loss, e.accuracy, e.lr, e.images_per_sec
             ));
-        } else if e.step % self.every == 0 {
+        } else if e.step.is_multiple_of(self.every) {
             println!(
                 "epoch {} step {} ({}/{}) loss {:.4} acc {:.3} lr {:.3e} {:.1} img/s",
                 e.epoch + 1,
@@ -268,7 +268,7 @@ impl Observer for MetricsLog {
         self.write("start", serde_json::to_value(info).unwrap_or_default());
     }
     fn on_step(&mut self, e: &StepEvent) {
-        if e.step % self.every == 0 {
+        if e.step.is_multiple_of(self.every) {
             self.write("step", serde_json::to_value(e).unwrap_or_default());
         }
     }

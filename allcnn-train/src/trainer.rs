@@ -253,6 +253,7 @@ impl Trainer {
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
         let mut model = AllCnn::init(spec.clone(), config.init, config.seed, &self.device)?;
+        model.set_conv_backend(config.conv);
         let vars = model.make_trainable()?;
         let opt = MomentumSgd::new(vars, sgd_config(config));
         let (format, version) = CheckpointState::new_format();
@@ -344,6 +345,7 @@ impl Trainer {
             &ckpt_path.display().to_string(),
             &self.device,
         )?;
+        model.set_conv_backend(config.conv);
         let vars = model.make_trainable()?;
         let mut opt = MomentumSgd::new(vars, sgd_config(&config));
         opt.load_state(ckpt.momentum)?;
@@ -527,7 +529,7 @@ impl Trainer {
                 let interrupted = self.interrupt.load(Ordering::SeqCst);
                 let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);
                 let periodic = cfg.checkpoint_every_steps > 0
-                    && run.state.step % cfg.checkpoint_every_steps == 0;
+                    && run.state.step.is_multiple_of(cfg.checkpoint_every_steps);
                 let last_batch = b + 1 == batches.len();
                 if (periodic || interrupted || budget) && !last_batch {
                     self.checkpoint(&mut run)?;

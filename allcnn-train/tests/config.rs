@@ -59,8 +59,10 @@ fn overrides_reach_every_field() {
         "data.augmentation={ kind = \"flip_translate\", flip = true, max_shift = 5 }",
         "data.augmentation.max_shift=3",
         "max_steps=100",
+        "conv=\"winograd-bf16\"",
     ])
     .unwrap();
+    assert_eq!(c.conv, allcnn_models::ConvBackend::WinogradBf16);
     assert_eq!(c.lr, 0.01);
     assert_eq!(c.epochs, 35);
     assert_eq!(c.init, allcnn_models::Init::HeNormal);
@@ -93,6 +95,7 @@ fn bad_overrides_name_the_item() {
         "lr=fast",
         "data.nope=1",
         "epochs=-3",
+        "conv=\"fp8\"",
     ] {
         let e = c.set(item).unwrap_err();
         assert!(matches!(e, TrainError::BadOverride { .. }), "{item}: {e}");

@@ -29,7 +29,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
 use rayon::prelude::*;
 
-use super::{rm, rm_mut, sum_in_order, Geometry};
+use super::bf16::{PackedA, PackedB};
+use super::{bf16, rm, rm_mut, sum_in_order, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for.
 const TARGET_COLS: usize = 256;
@@ -320,6 +321,10 @@ struct Scratch {
     m: Vec<f32>,
     pad: Vec<f32>,
     tmp: Vec<f32>,
+    /// The operands of the bf16 GEMMs (the left one only in the weight
+    /// gradient, where it changes per chunk).
+    packed_a: PackedA,
+    packed: PackedB,
 }
 
 fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -329,10 +334,20 @@ fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`.
-pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`; with
+/// `bf16`, the 16 GEMMs take bf16-rounded operands.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32> {
     let t = Tiles::new(g);
     let u = weight_transform(g, w);
+    let (co, ci) = (g.cout, g.cin);
+    // The transformed kernels, packed once for every chunk.
+    let packed_u: Vec<PackedA> = if bf16 {
+        u.par_chunks(co * ci)
+            .map(|u| PackedA::new(u, co, ci, ci, 1))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let mut out = vec![0f32; g.n * g.cout * plane];
     let par = t.par(g.n);
@@ -343,15 +358,34 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
             let v = resized(&mut s.v, 16 * g.cin * cols);
             input_transform(g, &t, xs, v, &mut s.pad);
             let m = resized(&mut s.m, 16 * g.cout * cols);
-            for xi in 0..16 {
-                matmul(
-                    rm_mut(&mut m[xi * g.cout * cols..][..g.cout * cols], g.cout, cols),
-                    Accum::Replace,
-                    rm(&u[xi * g.cout * g.cin..][..g.cout * g.cin], g.cout, g.cin),
-                    rm(&v[xi * g.cin * cols..][..g.cin * cols], g.cin, cols),
-                    1.0,
-                    par,
-                );
+            let v = &*v;
+            if bf16 {
+                let gemm = |(xi, m): (usize, &mut [f32]), packed: &mut PackedB| {
+                    packed.pack(&v[xi * ci * cols..][..ci * cols], ci, cols, cols, 1);
+                    bf16::gemm(m, cols, &packed_u[xi], packed, false);
+                };
+                if matches!(par, Par::Seq) {
+                    m.chunks_mut(co * cols)
+                        .enumerate()
+                        .for_each(|job| gemm(job, &mut s.packed));
+                } else {
+                    // Too few chunks to keep every thread busy: the 16
+                    // GEMMs of this chunk run in parallel instead.
+                    m.par_chunks_mut(co * cols)
+                        .enumerate()
+                        .for_each_init(PackedB::default, |p, job| gemm(job, p));
+                }
+            } else {
+                for xi in 0..16 {
+                    matmul(
+                        rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
+                        Accum::Replace,
+                        rm(&u[xi * co * ci..][..co * ci], co, ci),
+                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
+                        1.0,
+                        par,
+                    );
+                }
             }
             output_transform(g, &t, m, o, &mut s.tmp);
         });
@@ -359,7 +393,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// The input gradient `[N, Cin, H, W]` from the output gradient `dy`.
-pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec<f32> {
     // w'[c][k][i][j] = w[k][c][2 - i][2 - j].
     let mut flipped = vec![0f32; w.len()];
     for k in 0..g.cout {
@@ -371,14 +405,15 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
             }
         }
     }
-    forward(&dual(g), dy, &flipped)
+    forward(&dual(g), dy, &flipped, bf16)
 }
 
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
-/// gradient `dy`.
-pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+/// gradient `dy`; with `bf16`, the 16 GEMMs take bf16-rounded operands.
+pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Vec<f32> {
     let t = Tiles::new(g);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+    let (co, ci) = (g.cout, g.cin);
     let par = t.par(g.n);
     let partials: Vec<Vec<f32>> = x
         .par_chunks(t.chunk * image)
@@ -389,20 +424,40 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             input_transform(g, &t, xs, v, &mut s.pad);
             let dm = resized(&mut s.m, 16 * g.cout * cols);
             grad_transform(g, &t, ds, dm, &mut s.tmp);
-            let mut du = vec![0f32; 16 * g.cout * g.cin];
-            for xi in 0..16 {
-                matmul(
-                    rm_mut(
-                        &mut du[xi * g.cout * g.cin..][..g.cout * g.cin],
-                        g.cout,
-                        g.cin,
-                    ),
-                    Accum::Replace,
-                    rm(&dm[xi * g.cout * cols..][..g.cout * cols], g.cout, cols),
-                    rm(&v[xi * g.cin * cols..][..g.cin * cols], g.cin, cols).transpose(),
-                    1.0,
-                    par,
-                );
+            let (v, dm) = (&*v, &*dm);
+            let mut du = vec![0f32; 16 * co * ci];
+            if bf16 {
+                // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
+                let gemm = |(xi, du): (usize, &mut [f32]), (a, b): &mut (PackedA, PackedB)| {
+                    a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
+                    b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
+                    bf16::gemm(du, ci, a, b, false);
+                };
+                if matches!(par, Par::Seq) {
+                    let mut packed = (
+                        std::mem::take(&mut s.packed_a),
+                        std::mem::take(&mut s.packed),
+                    );
+                    du.chunks_mut(co * ci)
+                        .enumerate()
+                        .for_each(|job| gemm(job, &mut packed));
+                    (s.packed_a, s.packed) = packed;
+                } else {
+                    du.par_chunks_mut(co * ci)
+                        .enumerate()
+                        .for_each_init(Default::default, |p, job| gemm(job, p));
+                }
+            } else {
+                for xi in 0..16 {
+                    matmul(
+                        rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
+                        Accum::Replace,
+                        rm(&dm[xi * co * cols..][..co * cols], co, cols),
+                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
+                        1.0,
+                        par,
+                    );
+                }
             }
             du
         })

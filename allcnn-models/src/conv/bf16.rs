@@ -1,0 +1,1034 @@
+//! A bf16 x bf16 -> f32 GEMM for CPUs with AVX-512 BF16, with a portable
+//! fallback.
+//!
+//! Both operands are rounded from f32 to bf16 (round to nearest even) while
+//! they are packed; the product is accumulated in f32.
+//!
+//! # Layout
+//!
+//! The native kernel is built around `vdpbf16ps acc, a, b`, which per 32-bit
+//! lane `j` adds `a[2j] b[2j] + a[2j+1] b[2j+1]` to `acc[j]`, where `a` and
+//! `b` hold 32 bf16 values. Both operands are therefore stored as `u32`
+//! words that hold two bf16 values consecutive along the depth `k`
+//! (`lo = x(2q)`, `hi = x(2q+1)`, "pair" `q`), with `k` padded to an even
+//! length with zeros:
+//!
+//! * [`PackedA`] (`m x k`) is cut into panels of [`MR`] rows; panel `P`,
+//!   pair `q`, row `r` is word `(P * pairs + q) * MR + r`. Rows past `m`
+//!   are zero.
+//! * [`PackedB`] (`k x n`) is cut into panels of [`NR`] columns; panel `P`,
+//!   pair `q`, column `j` is word `(P * pairs + q) * NR + j`. Columns past
+//!   `n` are zero.
+//!
+//! Both buffers start on a 64-byte boundary (when the allocator allows), so
+//! the kernel's B vector loads do not split cache lines; the loads are
+//! unaligned ones, so alignment is for speed only. The kernel computes an `MR x NR` tile of C in 24
+//! zmm accumulators: per pair it loads the two B vectors of the panel and,
+//! for each row, broadcasts the row's A word and issues two `vdpbf16ps`.
+//! Edge tiles use fewer rows (a kernel per row count) and masked loads and
+//! stores of C, so nothing outside the `m x n` window of C is touched.
+//! There is no blocking along `k`: for the sizes this serves (`k` up to a
+//! few hundred) a B panel (`k * NR * 2` bytes) stays in L1 while the A
+//! panels stream from L2.
+//!
+//! # Numerics
+//!
+//! A product of two bf16 values is exact in f32, so the result equals the
+//! product of the bf16-rounded operands up to f32 accumulation rounding,
+//! whichever path runs (the order of the additions differs between them).
+//! The native instruction treats bf16 subnormal inputs as zero and flushes
+//! subnormal partial sums to zero (it ignores MXCSR); the portable path
+//! does not. Values that small (below about 1e-38) do not occur in practice.
+//!
+//! The portable path widens the packed bf16 back to f32 and multiplies with
+//! faer, so it computes exactly the same product of the same rounded
+//! inputs.
+
+// The kernel's raw pointer accesses and target-feature calls need `unsafe`;
+// each block states why it is sound.
+#![allow(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Rows of A per panel, and rows of C per kernel tile.
+const MR: usize = 12;
+/// Columns of B per panel, and columns of C per kernel tile (two zmm).
+const NR: usize = 32;
+
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+pub(super) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Keep the sign and the top of the payload; force a quiet NaN so the
+        // truncated payload can not become zero (infinity).
+        return ((bits >> 16) | 0x0040) as u16;
+    }
+    // Adding 0x7fff plus the lowest kept bit rounds half to even; a carry
+    // into the exponent gives the next binade or infinity, as it should.
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits -> f32 (exact).
+pub(super) fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Two f32 values rounded to bf16 and packed into one kernel word, `lo` in
+/// the low half.
+fn word(lo: f32, hi: f32) -> u32 {
+    u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
+}
+
+/// Whether the native AVX-512 BF16 kernel runs on this CPU (detected once,
+/// cached).
+pub(super) fn native() -> bool {
+    static NATIVE: OnceLock<bool> = OnceLock::new();
+    *NATIVE.get_or_init(detect)
+}
+
+/// Runtime detection behind [`native`]: the kernel needs AVX-512 F, BW (the
+/// packing shuffles) and BF16.
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+/// Runtime detection behind [`native`]: never on other architectures.
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+/// A 64-byte aligned, reusable buffer of packed words.
+#[derive(Default)]
+struct Words {
+    /// Backing storage, over-allocated by up to 15 words for the alignment.
+    buf: Vec<u32>,
+    /// Index of the first used word in `buf` (64-byte aligned).
+    start: usize,
+    /// Number of used words.
+    len: usize,
+}
+
+impl Words {
+    /// Makes room for `len` words and returns them (contents unspecified:
+    /// the caller writes every word). Reuses the allocation when it is large
+    /// enough.
+    fn resize(&mut self, len: usize) -> &mut [u32] {
+        let needed = len + 15;
+        if self.buf.len() < needed {
+            self.buf = vec![0; needed];
+        }
+        self.start = self.buf.as_ptr().align_offset(64).min(15);
+        self.len = len;
+        &mut self.buf[self.start..self.start + len]
+    }
+
+    /// The used words.
+    fn get(&self) -> &[u32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// A strided f32 source seen as `lines` lines of depth `k`: element
+/// `(l, p)` is `data[l * ls + p * ps]`. The lines are A's rows or B's
+/// columns.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    /// The elements.
+    data: &'a [f32],
+    /// Number of lines (A's rows, B's columns).
+    lines: usize,
+    /// Depth (the GEMM's `k`).
+    k: usize,
+    /// Stride between lines.
+    ls: usize,
+    /// Stride along the depth.
+    ps: usize,
+}
+
+impl Source<'_> {
+    /// Panics unless every element lies inside `data` (the packers read
+    /// through raw pointers relying on this).
+    fn check(&self) {
+        if self.lines > 0 && self.k > 0 {
+            let last = (self.lines - 1)
+                .checked_mul(self.ls)
+                .and_then(|l| (self.k - 1).checked_mul(self.ps)?.checked_add(l))
+                .expect("bf16 pack: strides overflow");
+            assert!(
+                last < self.data.len(),
+                "bf16 pack: {} x {} with strides ({}, {}) needs more than {} elements",
+                self.lines,
+                self.k,
+                self.ls,
+                self.ps,
+                self.data.len()
+            );
+        }
+    }
+
+    /// Element `(l, p)`, zero past the depth.
+    fn at(&self, l: usize, p: usize) -> f32 {
+        if p < self.k {
+            self.data[l * self.ls + p * self.ps]
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Packs `src` into panels of `w` lines (see the module doc) in `dst`, which
+/// holds exactly `lines.div_ceil(w) * k.div_ceil(2) * w` words. Uses the
+/// AVX-512 packers when [`native`] and the layout is one of the two common
+/// ones, else [`pack_scalar`]; both give the same words.
+fn pack(src: Source<'_>, w: usize, dst: &mut [u32]) {
+    src.check();
+    #[cfg(target_arch = "x86_64")]
+    if native() && (src.ps == 1 || src.ls == 1) {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16;
+        // `check` above and the `dst` length (asserted inside) are what the
+        // packer's raw accesses rely on.
+        unsafe { x86::pack(src, w, dst) };
+        return;
+    }
+    pack_scalar(src, w, dst);
+}
+
+/// The portable packer behind [`pack`]: one word at a time, for any strides.
+fn pack_scalar(src: Source<'_>, w: usize, dst: &mut [u32]) {
+    let pairs = src.k.div_ceil(2);
+    assert_eq!(dst.len(), src.lines.div_ceil(w) * pairs * w);
+    if pairs == 0 {
+        return;
+    }
+    for (panel, words) in dst.chunks_exact_mut(pairs * w).enumerate() {
+        for (q, pair) in words.chunks_exact_mut(w).enumerate() {
+            for (r, out) in pair.iter_mut().enumerate() {
+                let l = panel * w + r;
+                *out = if l < src.lines {
+                    word(src.at(l, 2 * q), src.at(l, 2 * q + 1))
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+/// Left operand, m x k, rounded to bf16 and packed for the kernel.
+#[derive(Default)]
+pub(super) struct PackedA {
+    /// Rows (`m`).
+    m: usize,
+    /// Depth (`k`).
+    k: usize,
+    /// Panels of [`MR`] rows, see the module doc.
+    words: Words,
+}
+
+impl PackedA {
+    /// Element (i, p) is `a[i * rs + p * cs]`.
+    pub(super) fn new(a: &[f32], m: usize, k: usize, rs: usize, cs: usize) -> Self {
+        let mut packed = Self::default();
+        packed.pack(a, m, k, rs, cs);
+        packed
+    }
+
+    /// As [`PackedA::new`], reusing the allocation (for a left operand that
+    /// changes per call, such as `dM` in the weight gradient).
+    pub(super) fn pack(&mut self, a: &[f32], m: usize, k: usize, rs: usize, cs: usize) {
+        let dst = self.words.resize(m.div_ceil(MR) * k.div_ceil(2) * MR);
+        let src = Source {
+            data: a,
+            lines: m,
+            k,
+            ls: rs,
+            ps: cs,
+        };
+        pack(src, MR, dst);
+        self.m = m;
+        self.k = k;
+    }
+
+    /// Rows (`m`).
+    #[cfg(test)]
+    pub(super) fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth (`k`).
+    #[cfg(test)]
+    pub(super) fn depth(&self) -> usize {
+        self.k
+    }
+}
+
+/// Right operand, k x n, rounded to bf16 and packed for the kernel.
+#[derive(Default)]
+pub(super) struct PackedB {
+    /// Depth (`k`).
+    k: usize,
+    /// Columns (`n`).
+    n: usize,
+    /// Panels of [`NR`] columns, see the module doc.
+    words: Words,
+}
+
+impl PackedB {
+    /// Element (p, j) is `b[p * rs + j * cs]`; reuses the allocation.
+    pub(super) fn pack(&mut self, b: &[f32], k: usize, n: usize, rs: usize, cs: usize) {
+        let dst = self.words.resize(n.div_ceil(NR) * k.div_ceil(2) * NR);
+        let src = Source {
+            data: b,
+            lines: n,
+            k,
+            ls: cs,
+            ps: rs,
+        };
+        pack(src, NR, dst);
+        self.k = k;
+        self.n = n;
+    }
+
+    /// Depth (`k`).
+    #[cfg(test)]
+    pub(super) fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (`n`).
+    #[cfg(test)]
+    pub(super) fn cols(&self) -> usize {
+        self.n
+    }
+}
+
+/// Checks the operand and output sizes shared by both paths; returns
+/// `(m, n)`.
+fn check_gemm(c: &[f32], ldc: usize, a: &PackedA, b: &PackedB) -> (usize, usize) {
+    assert_eq!(a.k, b.k, "bf16 gemm: depth of A and B differ");
+    let (m, n) = (a.m, b.n);
+    if m > 0 && n > 0 {
+        assert!(ldc >= n, "bf16 gemm: ldc {ldc} < n {n}");
+        let needed = (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n));
+        assert!(
+            needed.is_some_and(|needed| c.len() >= needed),
+            "bf16 gemm: C has {} elements, {m} x {n} with ldc {ldc} needs more",
+            c.len()
+        );
+    }
+    (m, n)
+}
+
+/// `c` (row-major m x n, row stride `ldc`) = A·B, or += A·B when `accumulate`.
+/// Single-threaded (the caller parallelises). Panics on mismatched sizes
+/// (these are internal invariants).
+pub(super) fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
+    let (m, n) = check_gemm(c, ldc, a, b);
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16;
+        // `check_gemm` checked the sizes the kernel's raw accesses rely on.
+        unsafe { x86::gemm(c, ldc, a, b, accumulate) };
+        return;
+    }
+    gemm_portable(c, ldc, a, b, accumulate);
+}
+
+/// As [`gemm`], always on the portable path: widens the packed operands to
+/// f32 and multiplies with faer. Allocates `(m + n) * k` f32 per call.
+pub(super) fn gemm_portable(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
+    let (m, n) = check_gemm(c, ldc, a, b);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let k = a.k;
+    let pairs = k.div_ceil(2);
+    let half = |w: u32, p: usize| {
+        from_bf16(if p.is_multiple_of(2) {
+            w as u16
+        } else {
+            (w >> 16) as u16
+        })
+    };
+    // Row-major m x k and k x n copies of the rounded operands.
+    let (aw, bw) = (a.words.get(), b.words.get());
+    let mut af = vec![0f32; m * k];
+    for (i, row) in af.chunks_exact_mut(k.max(1)).enumerate() {
+        let base = (i / MR) * pairs * MR + i % MR;
+        for (p, x) in row.iter_mut().enumerate().take(k) {
+            *x = half(aw[base + (p / 2) * MR], p);
+        }
+    }
+    let mut bf = vec![0f32; k * n];
+    for (p, row) in bf.chunks_exact_mut(n).enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = half(bw[((j / NR) * pairs + p / 2) * NR + j % NR], p);
+        }
+    }
+    // The transpose of a column-major view: faer 0.24.4's
+    // `from_row_major_slice_with_stride_mut` builds a column-major view
+    // (sarah-quinones/faer-rs#267).
+    let dst =
+        MatMut::from_column_major_slice_with_stride_mut(&mut c[..(m - 1) * ldc + n], n, m, ldc)
+            .transpose_mut();
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(
+        dst,
+        accum,
+        MatRef::from_row_major_slice(&af, m, k),
+        MatRef::from_row_major_slice(&bf, k, n),
+        1.0,
+        Par::Seq,
+    );
+}
+
+/// The AVX-512 kernel and packers.
+///
+/// The AVX-512 intrinsics and types (`__m512bh`, `__mmask16`, ...) are
+/// stable since Rust 1.89: this module needs 1.89 although the workspace
+/// declares `rust-version = "1.85"`.
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::{PackedA, PackedB, Source, MR, NR};
+
+    /// A vector of 32-bit words seen as 32 bf16 values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 64-byte plain SIMD vectors; every bit pattern is
+        // valid for either.
+        unsafe { core::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    /// Mask of the first `n` (clamped to 16) lanes.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// `C[0..R, 0..cols] (+)= A_panel · B_panel` for one tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16. `a` points at an A panel (stride
+    /// [`MR`] words per pair) and `b` at a B panel ([`NR`] words per pair),
+    /// each with `pairs` pairs. `mask[h]` selects the
+    /// valid columns of the half `16h..16h+16` (the first `cols` of the
+    /// tile, so `mask[1] != 0` implies `mask[0]` is full); for `r < R`, the
+    /// selected elements `c + r * ldc + 16h + t` lie inside one writable
+    /// slice.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    unsafe fn tile<const R: usize>(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        mask: [__mmask16; 2],
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for q in 0..pairs {
+            // SAFETY: the NR = 32 words of pair `q < pairs` of the B panel.
+            let (b0, b1) = unsafe {
+                let p = b.add(q * NR);
+                (
+                    bh(_mm512_loadu_si512(p.cast())),
+                    bh(_mm512_loadu_si512(p.add(16).cast())),
+                )
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `r < R <= MR` of pair `q` of the A panel.
+                let w = unsafe { a.add(q * MR + r).read() };
+                let av = bh(_mm512_set1_epi32(w as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for h in 0..2 {
+                if mask[h] == 0 {
+                    continue;
+                }
+                let p = c.wrapping_add(r * ldc + 16 * h);
+                let mut v = acc[h];
+                // SAFETY: only the lanes in `mask[h]` are read or written,
+                // and those lie in C (the caller's contract).
+                unsafe {
+                    if accumulate {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], p));
+                    }
+                    _mm512_mask_storeu_ps(p, mask[h], v);
+                }
+            }
+        }
+    }
+
+    /// The native [`super::gemm`]: B panels outer (each stays in L1), A
+    /// panels inner.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16, and `super::check_gemm` passed
+    /// for these arguments.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub(super) unsafe fn gemm(
+        c: &mut [f32],
+        ldc: usize,
+        a: &PackedA,
+        b: &PackedB,
+        accumulate: bool,
+    ) {
+        let (m, n, pairs) = (a.m, b.n, a.k.div_ceil(2));
+        let (aw, bw) = (a.words.get(), b.words.get());
+        debug_assert_eq!(aw.len(), m.div_ceil(MR) * pairs * MR);
+        debug_assert_eq!(bw.len(), n.div_ceil(NR) * pairs * NR);
+        let cp = c.as_mut_ptr();
+        for (jp, j0) in (0..n).step_by(NR).enumerate() {
+            let cols = NR.min(n - j0);
+            let mask = [lanes(cols), lanes(cols.saturating_sub(16))];
+            let bpan = bw[jp * pairs * NR..].as_ptr();
+            for (ip, i0) in (0..m).step_by(MR).enumerate() {
+                let rows = MR.min(m - i0);
+                let apan = aw[ip * pairs * MR..].as_ptr();
+                let ct = cp.wrapping_add(i0 * ldc + j0);
+                // SAFETY: the panels hold `pairs` pairs each (lengths above);
+                // the tile covers rows `i0..i0 + rows <= m` and columns
+                // `j0..j0 + cols <= n`, inside C as `check_gemm` verified.
+                unsafe { tile_for(rows)(pairs, apan, bpan, ct, ldc, mask, accumulate) };
+            }
+        }
+    }
+
+    /// The signature of [`tile`].
+    type Tile = unsafe fn(usize, *const u32, *const u32, *mut f32, usize, [__mmask16; 2], bool);
+
+    /// The tile kernel for `rows` rows of C (`1..=MR`).
+    fn tile_for(rows: usize) -> Tile {
+        const { assert!(MR <= 12, "tile_for lists kernels for up to 12 rows") };
+        match rows {
+            1 => tile::<1>,
+            2 => tile::<2>,
+            3 => tile::<3>,
+            4 => tile::<4>,
+            5 => tile::<5>,
+            6 => tile::<6>,
+            7 => tile::<7>,
+            8 => tile::<8>,
+            9 => tile::<9>,
+            10 => tile::<10>,
+            11 => tile::<11>,
+            12 => tile::<12>,
+            _ => unreachable!("a tile has 1..=MR rows"),
+        }
+    }
+
+    /// 16 f32 rounded to bf16 (nearest even, NaN kept), in the high halves of
+    /// the 32-bit lanes (the low halves are garbage).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round(x: __m512) -> __m512i {
+        let bits = _mm512_castps_si512(x);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        _mm512_mask_or_epi32(r, nan, bits, _mm512_set1_epi32(0x0040_0000))
+    }
+
+    /// Transposes a 16 x 16 matrix of 32-bit words in place (`m[i]` is row
+    /// `i`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(m: &mut [__m512i; 16]) {
+        // Within each 128-bit lane L: t pairs rows (2i, 2i+1), u groups rows
+        // 4g..4g+3, so u[4g + c] lane L holds rows 4g..4g+3 of column 4L+c.
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(m[2 * i], m[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(m[2 * i], m[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (t0, t1, t2, t3) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = _mm512_unpacklo_epi64(t0, t2);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
+        }
+        // Gather the four row groups' 128-bit lanes: column 4L + c.
+        for c in 0..4 {
+            let v88 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+            let vdd = _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]);
+            let w88 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+            let wdd = _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]);
+            m[c] = _mm512_shuffle_i32x4::<0x88>(v88, w88);
+            m[4 + c] = _mm512_shuffle_i32x4::<0x88>(vdd, wdd);
+            m[8 + c] = _mm512_shuffle_i32x4::<0xdd>(v88, w88);
+            m[12 + c] = _mm512_shuffle_i32x4::<0xdd>(vdd, wdd);
+        }
+    }
+
+    /// The native [`super::pack`] for `src.ps == 1` (lines contiguous: A
+    /// row-major, B transposed) or `src.ls == 1` (A column-major, B
+    /// row-major). Gives the same words as [`super::pack_scalar`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW, `src.check()` passed, and `src.ps == 1`
+    /// or `src.ls == 1`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack(src: Source<'_>, w: usize, dst: &mut [u32]) {
+        let pairs = src.k.div_ceil(2);
+        assert_eq!(dst.len(), src.lines.div_ceil(w) * pairs * w);
+        if pairs == 0 {
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if src.ps == 1 {
+                pack_lines(src, w, dst);
+            } else {
+                pack_rows(src, w, dst);
+            }
+        }
+    }
+
+    /// Masked load of the lanes of `mask` from `p`.
+    ///
+    /// # Safety
+    /// The selected lanes `p + t` lie inside one readable slice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(mask: __mmask16, p: *const f32) -> __m512 {
+        if mask == 0 {
+            return _mm512_setzero_ps();
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+
+    /// Masked store of the lanes of `mask` to `p`.
+    ///
+    /// # Safety
+    /// The selected lanes `p + t` lie inside one writable slice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(mask: __mmask16, p: *mut u32, v: __m512i) {
+        if mask != 0 {
+            // SAFETY: forwarded from the caller.
+            unsafe { _mm512_mask_storeu_epi32(p.cast(), mask, v) };
+        }
+    }
+
+    /// Packs a source whose depth rows are contiguous across lines
+    /// (`src.ls == 1`): per pair, two masked loads of `w` line values per 16
+    /// lines, interleaved into words without shuffles.
+    ///
+    /// # Safety
+    /// As [`pack`], with `src.ls == 1` and `dst` of the packed length.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pack_rows(src: Source<'_>, w: usize, dst: &mut [u32]) {
+        let pairs = src.k.div_ceil(2);
+        let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let (data, out) = (src.data.as_ptr(), dst.as_mut_ptr());
+        for (panel, l0) in (0..src.lines).step_by(w).enumerate() {
+            for q in 0..pairs {
+                let (p0, p1) = (2 * q, 2 * q + 1);
+                for s in (0..w).step_by(16) {
+                    let sw = (w - s).min(16);
+                    let valid = lanes((src.lines - l0).saturating_sub(s).min(sw));
+                    let odd = if p1 < src.k { valid } else { 0 };
+                    // SAFETY: lanes `t` of `valid` are lines
+                    // `l0 + s + t < lines`, at depth `p0 < k` (and `p1 < k`
+                    // for `odd`): inside `data` by `src.check()`.
+                    let (x0, x1) = unsafe {
+                        (
+                            load(valid, data.wrapping_add(p0 * src.ps + l0 + s)),
+                            load(odd, data.wrapping_add(p1 * src.ps + l0 + s)),
+                        )
+                    };
+                    let v = _mm512_or_si512(
+                        _mm512_srli_epi32::<16>(round(x0)),
+                        _mm512_and_si512(round(x1), hi),
+                    );
+                    // SAFETY: words `s..s + sw` of pair `q` of the panel,
+                    // inside `dst` (its length is asserted in `pack`).
+                    unsafe { store(lanes(sw), out.add((panel * pairs + q) * w + s), v) };
+                }
+            }
+        }
+    }
+
+    /// Packs a source whose lines are contiguous along the depth
+    /// (`src.ps == 1`): blocks of 16 lines x 16 pairs are loaded line by
+    /// line, rounded, narrowed to 16 words per line and transposed.
+    ///
+    /// # Safety
+    /// As [`pack`], with `src.ps == 1` and `dst` of the packed length.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pack_lines(src: Source<'_>, w: usize, dst: &mut [u32]) {
+        let pairs = src.k.div_ceil(2);
+        // u16 index 2t + 1 (t < 32) of the pair (lo, hi): the bf16 halves.
+        let odd_halves = _mm512_set_epi16(
+            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
+            19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+        );
+        let (data, out) = (src.data.as_ptr(), dst.as_mut_ptr());
+        let mut block = [_mm512_setzero_si512(); 16];
+        for (panel, l0) in (0..src.lines).step_by(w).enumerate() {
+            for s in (0..w).step_by(16) {
+                let sw = (w - s).min(16);
+                let live = (src.lines - l0).saturating_sub(s).min(sw);
+                for q0 in (0..pairs).step_by(16) {
+                    let p0 = 2 * q0;
+                    let depth = src.k - p0;
+                    let (m0, m1) = (lanes(depth), lanes(depth.saturating_sub(16)));
+                    for (t, row) in block.iter_mut().enumerate() {
+                        *row = if t < live {
+                            let line = data.wrapping_add((l0 + s + t) * src.ls + p0);
+                            // SAFETY: line `l0 + s + t < lines`, depths
+                            // `p0 + lane < k` only: inside `data` by
+                            // `src.check()`.
+                            let (x0, x1) =
+                                unsafe { (load(m0, line), load(m1, line.wrapping_add(16))) };
+                            _mm512_permutex2var_epi16(round(x0), odd_halves, round(x1))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                    }
+                    transpose16(&mut block);
+                    for (u, v) in block.iter().enumerate().take(pairs - q0) {
+                        // SAFETY: words `s..s + sw` of pair `q0 + u < pairs`
+                        // of the panel, inside `dst` (length asserted in
+                        // `pack`).
+                        unsafe { store(lanes(sw), out.add((panel * pairs + q0 + u) * w + s), *v) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn r(x: f32) -> f64 {
+        f64::from(from_bf16(to_bf16(x)))
+    }
+
+    #[test]
+    fn to_bf16_exact_cases() {
+        let cases: [(f32, u16); 12] = [
+            (1.0, 0x3f80),
+            (-2.5, 0xc020),
+            (0.0, 0x0000),
+            (-0.0, 0x8000),
+            (f32::INFINITY, 0x7f80),
+            (f32::NEG_INFINITY, 0xff80),
+            // Ties to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7.
+            (1.0 + 2f32.powi(-8), 0x3f80),
+            (1.0 + 3.0 * 2f32.powi(-8), 0x3f82),
+            (-(1.0 + 3.0 * 2f32.powi(-8)), 0xbf82),
+            // Just above the tie rounds up.
+            (f32::from_bits(0x3f80_8001), 0x3f81),
+            // Largest finite bf16 stays; f32::MAX is past the halfway point
+            // to 2^128 and rounds to infinity.
+            (from_bf16(0x7f7f), 0x7f7f),
+            (f32::MAX, 0x7f80),
+        ];
+        for (x, want) in cases {
+            assert_eq!(to_bf16(x), want, "{x:e}");
+        }
+        // Just below the overflow halfway point stays finite.
+        assert_eq!(to_bf16(f32::from_bits(0x7f7f_7fff)), 0x7f7f);
+        assert_eq!(to_bf16(f32::from_bits(0x7f7f_8000)), 0x7f80);
+        // Subnormals round like any other value; the smallest f32
+        // subnormal rounds to zero, a bf16 subnormal stays.
+        assert_eq!(to_bf16(f32::from_bits(0x0000_0001)), 0x0000);
+        assert_eq!(to_bf16(f32::from_bits(0x0001_0000)), 0x0001);
+        assert_eq!(to_bf16(f32::from_bits(0x0001_8000)), 0x0002);
+        assert_eq!(to_bf16(f32::from_bits(0x8000_8001)), 0x8001);
+        // Largest subnormal rounds up into the smallest normal.
+        assert_eq!(to_bf16(f32::from_bits(0x007f_ffff)), 0x0080);
+        for b in [0x0000u16, 0x3f80, 0xc020, 0x7f7f, 0x0001, 0x8080, 0x7f80] {
+            assert_eq!(to_bf16(from_bf16(b)), b);
+        }
+        for bits in [
+            0x7fc0_0000u32,
+            0x7f80_0001,
+            0xff80_0001,
+            0x7fff_ffff,
+            0xffff_ffff,
+        ] {
+            let b = to_bf16(f32::from_bits(bits));
+            assert!(from_bf16(b).is_nan(), "{bits:#x} -> {b:#x}");
+            assert_eq!(b & 0x8000, (bits >> 16) as u16 & 0x8000, "sign");
+        }
+    }
+
+    /// Packs with the dispatching packer and with the scalar one; they must
+    /// give the same words.
+    fn pack_both(src: Source<'_>, w: usize) -> Vec<u32> {
+        let len = src.lines.div_ceil(w) * src.k.div_ceil(2) * w;
+        let (mut fast, mut slow) = (vec![0xdead_beef; len], vec![0xdead_beef; len]);
+        pack(src, w, &mut fast);
+        pack_scalar(src, w, &mut slow);
+        assert_eq!(fast, slow, "packers differ");
+        slow
+    }
+
+    #[test]
+    fn packers_agree() {
+        let mut data = values(40 * 70, 7);
+        // Rounding-sensitive values and specials in the mix.
+        data[3] = 1.0 + 2f32.powi(-8);
+        data[5] = f32::NAN;
+        data[8] = f32::MAX;
+        data[13] = f32::NEG_INFINITY;
+        data[21] = f32::from_bits(0x0001_8000);
+        data[34] = -0.0;
+        for (lines, k) in [
+            (1, 1),
+            (5, 3),
+            (12, 32),
+            (13, 33),
+            (33, 31),
+            (40, 70),
+            (7, 0),
+        ] {
+            for w in [MR, NR] {
+                // Lines contiguous (A row-major, B transposed).
+                let words = pack_both(
+                    Source {
+                        data: &data,
+                        lines,
+                        k,
+                        ls: 70,
+                        ps: 1,
+                    },
+                    w,
+                );
+                // Spot-check the layout against the definition.
+                let pairs = k.div_ceil(2);
+                if lines > 0 && k > 0 {
+                    let (l, p) = (lines - 1, k - 1);
+                    let wd = words[((l / w) * pairs + p / 2) * w + l % w];
+                    let half = if p % 2 == 0 {
+                        wd as u16
+                    } else {
+                        (wd >> 16) as u16
+                    };
+                    assert_eq!(half, to_bf16(data[l * 70 + p]));
+                }
+                // Depth rows contiguous (A column-major, B row-major).
+                pack_both(
+                    Source {
+                        data: &data,
+                        lines,
+                        k,
+                        ls: 1,
+                        ps: 40,
+                    },
+                    w,
+                );
+                // Neither.
+                pack_both(
+                    Source {
+                        data: &data,
+                        lines,
+                        k,
+                        ls: 3,
+                        ps: 37,
+                    },
+                    w,
+                );
+            }
+        }
+    }
+
+    type Gemm = fn(&mut [f32], usize, &PackedA, &PackedB, bool);
+
+    /// Layout of an operand in its buffer.
+    #[derive(Clone, Copy, Debug)]
+    enum Lay {
+        /// Row-major (row stride = cols).
+        Rows,
+        /// Column-major (column stride = rows).
+        Cols,
+    }
+
+    /// Runs `f` on an `m x k` by `k x n` product and checks it against an f64
+    /// reference on the rounded inputs; `ldc = n + extra`, with one more
+    /// row of C than needed, and the rest of C must stay untouched.
+    fn check(f: Gemm, (m, k, n): (usize, usize, usize), la: Lay, lb: Lay, accumulate: bool) {
+        let a = values(m * k, 1 + (m * 31 + k) as u64);
+        let b = values(k * n, 2 + (k * 17 + n) as u64);
+        let (ars, acs) = match la {
+            Lay::Rows => (k, 1),
+            Lay::Cols => (1, m),
+        };
+        let (brs, bcs) = match lb {
+            Lay::Rows => (n, 1),
+            Lay::Cols => (1, k),
+        };
+        let mut pa = PackedA::new(&values(200, 8), 20, 10, 10, 1);
+        pa.pack(&a, m, k, ars, acs);
+        let mut pb = PackedB::default();
+        // Pack something else first to exercise reuse.
+        pb.pack(&values(300, 9), 10, 30, 30, 1);
+        pb.pack(&b, k, n, brs, bcs);
+        assert_eq!((pa.rows(), pa.depth(), pb.depth(), pb.cols()), (m, k, k, n));
+        let ldc = n + 3;
+        let sentinel = 12345.0f32;
+        let init = values((m + 1) * ldc, 3);
+        let mut c: Vec<f32> = (0..(m + 1) * ldc)
+            .map(|x| {
+                if x / ldc < m && x % ldc < n {
+                    if accumulate {
+                        init[x]
+                    } else {
+                        f32::NAN
+                    }
+                } else {
+                    sentinel
+                }
+            })
+            .collect();
+        f(&mut c, ldc, &pa, &pb, accumulate);
+        for i in 0..=m {
+            for j in 0..ldc {
+                let got = c[i * ldc + j];
+                if i == m || j >= n {
+                    assert_eq!(got, sentinel, "touched ({i}, {j})");
+                    continue;
+                }
+                let (mut want, mut scale) = if accumulate {
+                    (
+                        f64::from(init[i * ldc + j]),
+                        f64::from(init[i * ldc + j]).abs(),
+                    )
+                } else {
+                    (0.0, 0.0)
+                };
+                for p in 0..k {
+                    let x = r(a[i * ars + p * acs]) * r(b[p * brs + j * bcs]);
+                    want += x;
+                    scale += x.abs();
+                }
+                let err = (f64::from(got) - want).abs();
+                assert!(
+                    err <= 1e-5 * scale,
+                    "({m}, {k}, {n}) {la:?} {lb:?} acc={accumulate}: c[{i}][{j}] = {got}, want {want} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize); 20] = [
+        (1, 1, 1),
+        (0, 5, 3),
+        (5, 0, 3),
+        (3, 4, 0),
+        (0, 0, 0),
+        (2, 3, 5),
+        (1, 7, 33),
+        (MR, 2, NR),
+        (MR + 1, 9, NR + 1),
+        (MR - 1, 17, NR - 1),
+        (13, 31, 17),
+        (25, 33, 47),
+        (24, 64, 64),
+        (37, 95, 70),
+        (96, 96, 256),
+        (192, 192, 256),
+        (192, 96, 64),
+        (96, 256, 96),
+        (16, 256, 192),
+        (100, 1, 15),
+    ];
+
+    fn check_all(f: Gemm) {
+        for shape in SHAPES {
+            for accumulate in [false, true] {
+                check(f, shape, Lay::Rows, Lay::Rows, accumulate);
+            }
+            check(f, shape, Lay::Rows, Lay::Cols, false);
+            check(f, shape, Lay::Cols, Lay::Rows, true);
+            check(f, shape, Lay::Cols, Lay::Cols, false);
+        }
+    }
+
+    #[test]
+    fn gemm_native_matches_reference() {
+        if !native() {
+            eprintln!("no AVX-512 BF16 on this CPU: native kernel not tested");
+            return;
+        }
+        check_all(gemm);
+    }
+
+    #[test]
+    fn gemm_portable_matches_reference() {
+        check_all(gemm_portable);
+    }
+
+    #[test]
+    fn gemm_dispatch_matches_reference() {
+        for shape in [(3, 5, 7), (96, 96, 256)] {
+            check(gemm, shape, Lay::Rows, Lay::Rows, true);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "depth")]
+    fn gemm_rejects_mismatched_depth() {
+        let a = PackedA::new(&[1.0; 6], 2, 3, 3, 1);
+        let mut b = PackedB::default();
+        b.pack(&[1.0; 8], 4, 2, 2, 1);
+        gemm(&mut [0.0; 4], 2, &a, &b, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "needs more")]
+    fn gemm_rejects_short_c() {
+        let a = PackedA::new(&[1.0; 6], 2, 3, 3, 1);
+        let mut b = PackedB::default();
+        b.pack(&[1.0; 6], 3, 2, 2, 1);
+        gemm(&mut [0.0; 3], 2, &a, &b, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "needs more than")]
+    fn pack_rejects_short_source() {
+        PackedB::default().pack(&[1.0; 5], 3, 2, 2, 1);
+    }
+}
