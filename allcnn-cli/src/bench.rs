@@ -51,6 +51,8 @@ struct Report<'a> {
     ms_per_batch: f64,
     /// Peak resident memory of the process in MiB (Linux: VmHWM), if known.
     peak_rss_mib: Option<f64>,
+    /// Whether `--conv winograd-bf16` has the CPU's AVX-512 BF16 kernel.
+    native_bf16: bool,
 }
 
 /// The process's peak resident set size (`VmHWM` in /proc/self/status).
@@ -133,6 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
         images_per_sec: (args.batch * args.iters) as f64 / secs,
         ms_per_batch: secs * 1000.0 / args.iters as f64,
         peak_rss_mib: peak_rss_mib(),
+        native_bf16: allcnn_models::conv::has_native_bf16(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

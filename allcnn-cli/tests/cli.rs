@@ -71,7 +71,8 @@ fn bench_prints_one_json_line() {
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
     }
-    for conv in ["gemm", "winograd", "candle"] {
+    assert!(v["native_bf16"].is_boolean(), "{v}");
+    for conv in ["gemm", "winograd", "winograd-bf16", "candle"] {
         let o = allcnn(&[
             "bench",
             "--model",
@@ -98,6 +99,15 @@ fn errors_exit_nonzero_with_a_useful_message() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("unknown model `all-cnn-z`") && stderr(&o).contains("all-cnn-c"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = allcnn(&["bench", "--conv", "fp8", "--iters", "1", "--batch", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown convolution backend `fp8`")
+            && stderr(&o).contains("winograd-bf16"),
         "{}",
         stderr(&o)
     );

@@ -50,6 +50,14 @@ pub enum Algorithm {
     WinogradBf16,
 }
 
+/// Whether [`Algorithm::WinogradBf16`] runs its native AVX-512 BF16 kernel
+/// on this CPU (otherwise it uses a portable f32 kernel on the same
+/// bf16-rounded operands: the same results up to rounding, but no faster
+/// than [`Algorithm::Winograd`]).
+pub fn has_native_bf16() -> bool {
+    bf16::native()
+}
+
 impl Algorithm {
     /// What a geometry actually runs: Winograd only where it is eligible.
     fn resolve(self, geo: &Geometry) -> Self {
