@@ -66,6 +66,16 @@ impl Algorithm {
             _ => Algorithm::Im2col,
         }
     }
+
+    /// For a Winograd algorithm, whether its GEMMs are bf16; `None` for
+    /// im2col.
+    fn winograd_bf16(self) -> Option<bool> {
+        match self {
+            Algorithm::Im2col => None,
+            Algorithm::Winograd => Some(false),
+            Algorithm::WinogradBf16 => Some(true),
+        }
+    }
 }
 
 /// `x` `[N, Cin, H, W]` convolved with `w` `[Cout, Cin, k, k]` (square
@@ -457,10 +467,9 @@ impl CustomOp2 for CpuConv {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let out = match self.algorithm {
-            Algorithm::Im2col => forward(g, x, w),
-            Algorithm::Winograd => winograd::forward(g, x, w, false),
-            Algorithm::WinogradBf16 => winograd::forward(g, x, w, true),
+        let out = match self.algorithm.winograd_bf16() {
+            None => forward(g, x, w),
+            Some(bf16) => winograd::forward(g, x, w, bf16),
         };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -582,18 +591,16 @@ impl CustomOp2 for Grad {
         );
         let (out, shape) = match self {
             Grad::Weight(g, alg) => {
-                let dw = match alg {
-                    Algorithm::Im2col => weight_grad(g, a, b),
-                    Algorithm::Winograd => winograd::weight_grad(g, a, b, false),
-                    Algorithm::WinogradBf16 => winograd::weight_grad(g, a, b, true),
+                let dw = match alg.winograd_bf16() {
+                    None => weight_grad(g, a, b),
+                    Some(bf16) => winograd::weight_grad(g, a, b, bf16),
                 };
                 (dw, (g.cout, g.cin, g.k, g.k))
             }
             Grad::Input(g, alg) => {
-                let dx = match alg {
-                    Algorithm::Im2col => input_grad(g, a, b),
-                    Algorithm::Winograd => winograd::input_grad(g, a, b, false),
-                    Algorithm::WinogradBf16 => winograd::input_grad(g, a, b, true),
+                let dx = match alg.winograd_bf16() {
+                    None => input_grad(g, a, b),
+                    Some(bf16) => winograd::input_grad(g, a, b, bf16),
                 };
                 (dx, (g.n, g.cin, g.h, g.w))
             }

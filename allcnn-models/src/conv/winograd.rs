@@ -323,8 +323,32 @@ struct Scratch {
     tmp: Vec<f32>,
     /// The operands of the bf16 GEMMs (the left one only in the weight
     /// gradient, where it changes per chunk).
-    packed_a: PackedA,
-    packed: PackedB,
+    packed: Packed,
+}
+
+/// Packed bf16 operands, reused from one GEMM to the next.
+type Packed = (PackedA, PackedB);
+
+/// Runs `gemm(ξ, block)` for the 16 blocks of `len` floats in `out`: one
+/// after another with `packed` when the chunks already keep every thread
+/// busy (`par` is sequential), else in parallel, a fresh [`Packed`] per
+/// worker.
+fn for_each_xi(
+    out: &mut [f32],
+    len: usize,
+    par: Par,
+    packed: &mut Packed,
+    gemm: impl Fn((usize, &mut [f32]), &mut Packed) + Send + Sync,
+) {
+    if matches!(par, Par::Seq) {
+        out.chunks_mut(len)
+            .enumerate()
+            .for_each(|job| gemm(job, packed));
+    } else {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(Packed::default, |p, job| gemm(job, p));
+    }
 }
 
 fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -360,21 +384,10 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32
             let m = resized(&mut s.m, 16 * g.cout * cols);
             let v = &*v;
             if bf16 {
-                let gemm = |(xi, m): (usize, &mut [f32]), packed: &mut PackedB| {
-                    packed.pack(&v[xi * ci * cols..][..ci * cols], ci, cols, cols, 1);
-                    bf16::gemm(m, cols, &packed_u[xi], packed, false);
-                };
-                if matches!(par, Par::Seq) {
-                    m.chunks_mut(co * cols)
-                        .enumerate()
-                        .for_each(|job| gemm(job, &mut s.packed));
-                } else {
-                    // Too few chunks to keep every thread busy: the 16
-                    // GEMMs of this chunk run in parallel instead.
-                    m.par_chunks_mut(co * cols)
-                        .enumerate()
-                        .for_each_init(PackedB::default, |p, job| gemm(job, p));
-                }
+                for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), (_, b)| {
+                    b.pack(&v[xi * ci * cols..][..ci * cols], ci, cols, cols, 1);
+                    bf16::gemm(m, cols, &packed_u[xi], b, false);
+                });
             } else {
                 for xi in 0..16 {
                     matmul(
@@ -428,25 +441,11 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
             let mut du = vec![0f32; 16 * co * ci];
             if bf16 {
                 // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
-                let gemm = |(xi, du): (usize, &mut [f32]), (a, b): &mut (PackedA, PackedB)| {
+                for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
                     a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
                     b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
                     bf16::gemm(du, ci, a, b, false);
-                };
-                if matches!(par, Par::Seq) {
-                    let mut packed = (
-                        std::mem::take(&mut s.packed_a),
-                        std::mem::take(&mut s.packed),
-                    );
-                    du.chunks_mut(co * ci)
-                        .enumerate()
-                        .for_each(|job| gemm(job, &mut packed));
-                    (s.packed_a, s.packed) = packed;
-                } else {
-                    du.par_chunks_mut(co * ci)
-                        .enumerate()
-                        .for_each_init(Default::default, |p, job| gemm(job, p));
-                }
+                });
             } else {
                 for xi in 0..16 {
                     matmul(
