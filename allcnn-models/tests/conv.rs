@@ -35,6 +35,12 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
     d / s.max(1e-12)
 }
 
+/// A CPU variable of `shape` filled with [`values`] from `seed`.
+fn var(shape: &[usize], seed: u64) -> Var {
+    let n = shape.iter().product();
+    Var::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
+}
+
 /// The gradients of `sum(y * up)`: `up` as the upstream gradient of `y`.
 fn backprop(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
     y.mul(up).unwrap().sum_all().unwrap().backward().unwrap()
@@ -67,18 +73,8 @@ fn matches_candle_conv_forward_and_backward() {
     ];
     for (i, &(n, cin, side, cout, k, stride, pad)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
-        let x = Var::from_vec(
-            values(n * cin * side * side, i as u64),
-            (n, cin, side, side),
-            &dev,
-        )
-        .unwrap();
-        let w = Var::from_vec(
-            values(cout * cin * k * k, 100 + i as u64),
-            (cout, cin, k, k),
-            &dev,
-        )
-        .unwrap();
+        let x = var(&[n, cin, side, side], i as u64);
+        let w = var(&[cout, cin, k, k], 100 + i as u64);
         let ours = conv2d(&x, &w, stride, pad).unwrap();
         let theirs = x.conv2d(&w, pad, stride, 1, 1).unwrap();
         assert_eq!(ours.dims(), theirs.dims(), "case {i}");
@@ -102,7 +98,7 @@ fn matches_candle_conv_forward_and_backward() {
 fn input_gradient_is_skipped_for_a_plain_input() {
     let dev = Device::Cpu;
     let x = Tensor::from_vec(values(2 * 3 * 8 * 8, 1), (2, 3, 8, 8), &dev).unwrap();
-    let w = Var::from_vec(values(4 * 3 * 9, 2), (4, 3, 3, 3), &dev).unwrap();
+    let w = var(&[4, 3, 3, 3], 2);
     let grads = conv2d(&x, &w, 1, 1)
         .unwrap()
         .sum_all()
@@ -115,9 +111,8 @@ fn input_gradient_is_skipped_for_a_plain_input() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let dev = Device::Cpu;
-    let x = Var::from_vec(values(20 * 4 * 8 * 8, 3), (20, 4, 8, 8), &dev).unwrap();
-    let w = Var::from_vec(values(5 * 4 * 9, 4), (5, 4, 3, 3), &dev).unwrap();
+    let x = var(&[20, 4, 8, 8], 3);
+    let w = var(&[5, 4, 3, 3], 4);
     let run = |threads: usize| {
         with_threads(threads, || {
             let g = conv2d(&x, &w, 1, 1)
@@ -143,7 +138,7 @@ fn results_do_not_depend_on_the_thread_count() {
 fn bias_add_matches_broadcast_add_with_gradients() {
     use allcnn_models::conv::add_bias;
     let dev = Device::Cpu;
-    let y = Var::from_vec(values(3 * 5 * 4 * 6, 7), (3, 5, 4, 6), &dev).unwrap();
+    let y = var(&[3, 5, 4, 6], 7);
     let b = Var::from_vec(values(5, 8), 5, &dev).unwrap();
     let ours = add_bias(&y, &b).unwrap();
     let theirs = y.broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap()).unwrap();
@@ -192,19 +187,8 @@ fn winograd_matches_im2col_in_all_three_passes() {
         (70, 16, 8, 16, 1),
     ];
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
-        let dev = Device::Cpu;
-        let x = Var::from_vec(
-            values(n * cin * side * side, 300 + i as u64),
-            (n, cin, side, side),
-            &dev,
-        )
-        .unwrap();
-        let w = Var::from_vec(
-            values(cout * cin * 9, 400 + i as u64),
-            (cout, cin, 3, 3),
-            &dev,
-        )
-        .unwrap();
+        let x = var(&[n, cin, side, side], 300 + i as u64);
+        let w = var(&[cout, cin, 3, 3], 400 + i as u64);
         let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::Winograd);
         let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
         assert_eq!(y1.dims(), y2.dims(), "case {i}");
@@ -222,9 +206,8 @@ fn winograd_matches_im2col_in_all_three_passes() {
 #[test]
 fn winograd_results_do_not_depend_on_the_thread_count() {
     use allcnn_models::conv::Algorithm;
-    let dev = Device::Cpu;
-    let x = Var::from_vec(values(70 * 16 * 8 * 8, 5), (70, 16, 8, 8), &dev).unwrap();
-    let w = Var::from_vec(values(16 * 16 * 9, 6), (16, 16, 3, 3), &dev).unwrap();
+    let x = var(&[70, 16, 8, 8], 5);
+    let w = var(&[16, 16, 3, 3], 6);
     let run = |threads: usize| {
         with_threads(threads, || {
             let (y, dx, dw) = passes(&x, &w, 1, Algorithm::Winograd);
@@ -242,18 +225,8 @@ fn fused_conv_bias_relu_matches_the_composition() {
     for (i, &(n, cin, side, cout, stride)) in
         [(3, 16, 8, 16, 1), (2, 5, 9, 7, 2)].iter().enumerate()
     {
-        let x = Var::from_vec(
-            values(n * cin * side * side, 500 + i as u64),
-            (n, cin, side, side),
-            &dev,
-        )
-        .unwrap();
-        let w = Var::from_vec(
-            values(cout * cin * 9, 600 + i as u64),
-            (cout, cin, 3, 3),
-            &dev,
-        )
-        .unwrap();
+        let x = var(&[n, cin, side, side], 500 + i as u64);
+        let w = var(&[cout, cin, 3, 3], 600 + i as u64);
         let b = Var::from_vec(values(cout, 700 + i as u64), cout, &dev).unwrap();
         for algorithm in [Algorithm::Im2col, Algorithm::Winograd] {
             for relu in [false, true] {
@@ -303,19 +276,8 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
         (70, 16, 8, 16, 1),
     ];
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
-        let dev = Device::Cpu;
-        let x = Var::from_vec(
-            values(n * cin * side * side, 800 + i as u64),
-            (n, cin, side, side),
-            &dev,
-        )
-        .unwrap();
-        let w = Var::from_vec(
-            values(cout * cin * 9, 900 + i as u64),
-            (cout, cin, 3, 3),
-            &dev,
-        )
-        .unwrap();
+        let x = var(&[n, cin, side, side], 800 + i as u64);
+        let w = var(&[cout, cin, 3, 3], 900 + i as u64);
         let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::WinogradBf16);
         let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
         for (name, a, b) in [
@@ -335,10 +297,9 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
 #[test]
 fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
     use allcnn_models::conv::Algorithm;
-    let dev = Device::Cpu;
     // 6 images of 16x16 (4 per chunk): two chunks, fewer than three threads.
-    let x = Var::from_vec(values(6 * 32 * 16 * 16, 5), (6, 32, 16, 16), &dev).unwrap();
-    let w = Var::from_vec(values(32 * 32 * 9, 6), (32, 32, 3, 3), &dev).unwrap();
+    let x = var(&[6, 32, 16, 16], 5);
+    let w = var(&[32, 32, 3, 3], 6);
     let run = |threads: usize| {
         with_threads(threads, || {
             let (y, dx, dw) = passes(&x, &w, 1, Algorithm::WinogradBf16);
