@@ -441,14 +441,13 @@ impl CustomOp2 for CpuReluMask {
         };
         let g = contiguous_slice(g, l1, self.name())?;
         let x = contiguous_slice(x, l2, self.name())?;
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(g.par_chunks(1 << 14).zip(x.par_chunks(1 << 14)))
-            .for_each(|(o, (g, x))| {
-                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-                    *o = if x > 0.0 { g } else { 0.0 };
-                }
-            });
+        // Collected in place: no zero fill of the output first.
+        let out: Vec<f32> = g
+            .par_iter()
+            .zip(x.par_iter())
+            .with_min_len(1 << 14)
+            .map(|(&g, &x)| if x > 0.0 { g } else { 0.0 })
+            .collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
