@@ -399,10 +399,8 @@ pub(super) fn gemm_portable(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB,
 /// The AVX-512 kernel and packers.
 ///
 /// The AVX-512 intrinsics and types (`__m512bh`, `__mmask16`, ...) are
-/// stable since Rust 1.89: this module needs 1.89 although the workspace
-/// declares `rust-version = "1.85"`.
+/// stable since Rust 1.89, the workspace's `rust-version`.
 #[cfg(target_arch = "x86_64")]
-#[clippy::msrv = "1.89"]
 mod x86 {
     use core::arch::x86_64::*;
 
