@@ -74,6 +74,7 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--batch and --iters must be at least 1");
     }
     let device = crate::device::open(&args.device)?;
+    crate::device::warn_if_bf16_is_emulated(backend, &device);
     let default = if args.model == "all-cnn-imagenet" {
         1000
     } else {

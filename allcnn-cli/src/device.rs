@@ -41,3 +41,17 @@ pub fn open(spec: &str) -> Result<Device> {
         other => bail!("unknown device `{other}`: use cpu, cuda[:N], metal[:N] or auto"),
     }
 }
+
+/// Warns when `conv` asks for bf16 GEMMs on a CPU without AVX-512 BF16: the
+/// portable kernel keeps bf16's rounding but is no faster than f32.
+pub fn warn_if_bf16_is_emulated(conv: allcnn_models::ConvBackend, device: &candle_core::Device) {
+    if conv == allcnn_models::ConvBackend::WinogradBf16
+        && device.is_cpu()
+        && !allcnn_models::conv::has_native_bf16()
+    {
+        eprintln!(
+            "warning: this CPU has no AVX-512 BF16: `winograd-bf16` runs a portable kernel \
+             (bf16 rounding, no speed-up); `winograd` is faster and exact here"
+        );
+    }
+}

@@ -113,6 +113,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let data = TrainData::open(&data_path, &config.data, config.seed)
         .with_context(|| format!("opening {}", data_path.display()))?;
     let mut t = trainer(&args.device)?;
+    crate::device::warn_if_bf16_is_emulated(config.conv, t.device());
     if args.grid {
         let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
         println!("{}", serde_json::to_string_pretty(&g)?);
