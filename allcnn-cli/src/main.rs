@@ -16,6 +16,8 @@ mod weights;
 
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser, Subcommand};
+
 /// glibc's allocator returns every large buffer (activations, Winograd
 /// transforms: tens of MB) to the kernel with `munmap` and takes it back with
 /// `mmap` on the next step: page faults, page zeroing and TLB shootdowns cost
@@ -42,8 +44,6 @@ fn tune_allocator() {
 
 #[cfg(not(feature = "mimalloc"))]
 fn tune_allocator() {}
-
-use clap::{CommandFactory, Parser, Subcommand};
 
 /// Reproduce "Striving for Simplicity: The All Convolutional Net"
 /// (Springenberg et al., 2014) on CPU, CUDA or Metal.

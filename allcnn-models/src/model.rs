@@ -199,6 +199,18 @@ impl ConvBackend {
             })
     }
 
+    /// The algorithm of our CPU convolution this backend runs; `None` for
+    /// candle's.
+    fn algorithm(self) -> Option<crate::conv::Algorithm> {
+        use crate::conv::Algorithm;
+        match self {
+            ConvBackend::Gemm => Some(Algorithm::Im2col),
+            ConvBackend::Winograd => Some(Algorithm::Winograd),
+            ConvBackend::WinogradBf16 => Some(Algorithm::WinogradBf16),
+            ConvBackend::Candle => None,
+        }
+    }
+
     /// The name of this backend (as in [`ConvBackend::ALL`]).
     pub fn name(self) -> &'static str {
         Self::ALL
@@ -562,24 +574,20 @@ impl<'a> ForwardPass<'a> {
                     conv_i += 1;
                     let name = LayerName::Conv(conv_i);
                     let ctx = || format!("{}: {name}", m.spec.name);
-                    let fused = |algorithm, relu| {
-                        crate::conv::conv2d_fused(
-                            &x, &c.weight, &c.bias, stride, padding, algorithm, relu,
-                        )
-                    };
-                    let standard = self.relu.is_standard();
-                    let y = match m.conv_backend {
-                        ConvBackend::Gemm => fused(crate::conv::Algorithm::Im2col, standard),
-                        ConvBackend::Winograd => fused(crate::conv::Algorithm::Winograd, standard),
-                        ConvBackend::WinogradBf16 => {
-                            fused(crate::conv::Algorithm::WinogradBf16, standard)
-                        }
-                        ConvBackend::Candle => x
+                    // Our convolution takes the bias, and the ReLU too when
+                    // it is the standard one; candle's takes neither.
+                    let algorithm = m.conv_backend.algorithm();
+                    let fuse_relu = algorithm.is_some() && self.relu.is_standard();
+                    let y = match algorithm {
+                        Some(algorithm) => crate::conv::conv2d_fused(
+                            &x, &c.weight, &c.bias, stride, padding, algorithm, fuse_relu,
+                        ),
+                        None => x
                             .conv2d(&c.weight, padding, stride, 1, 1)
                             .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)),
                     }
                     .context(ctx)?;
-                    x = if standard && m.conv_backend != ConvBackend::Candle {
+                    x = if fuse_relu {
                         y
                     } else {
                         self.relu.relu(name, &y).context(ctx)?

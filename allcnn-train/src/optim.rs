@@ -112,10 +112,12 @@ impl MomentumSgd {
                 }
                 let g = if weight_decay != 0.0 {
                     (g + (w * weight_decay)?)?
-                } else {
-                    // A copy: an in-place step must never write into the
-                    // gradient store.
+                } else if in_place && momentum != 0.0 {
+                    // A copy: it becomes the velocity, which later steps
+                    // update in place, and must not be the gradient store's.
                     g.copy()?
+                } else {
+                    g.clone()
                 };
                 let v = match vel.as_ref() {
                     Some(v) if momentum != 0.0 => ((v * momentum)? + g)?,
@@ -153,8 +155,11 @@ impl MomentumSgd {
             .iter()
             .zip(&self.velocity)
             .filter_map(|((n, _), v)| {
-                // Copies: the buffers are updated in place by later steps.
-                v.as_ref().and_then(|v| Some((n.clone(), v.copy().ok()?)))
+                // Copies: CPU buffers are updated in place by later steps
+                // (elsewhere, where nothing is updated in place, a shared
+                // handle does as well should the copy fail).
+                v.as_ref()
+                    .map(|v| (n.clone(), v.copy().unwrap_or_else(|_| v.clone())))
             })
             .collect()
     }
