@@ -38,6 +38,11 @@ pub struct TrainArgs {
     /// Print the resolved config as TOML and exit (a starting point for --config).
     #[arg(long)]
     print_config: bool,
+    /// When every class map dies (the paper's start is fragile; see
+    /// `dead_patience_steps`), move the dead run to OUT.dead-seed-S and start
+    /// again with the next seed, up to this many times.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["grid", "resume"])]
+    retries: u32,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -119,8 +124,42 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&g)?);
         return Ok(());
     }
-    let summary = t.train(&config, &data, out)?;
-    report(&summary)
+    let mut attempt = 0;
+    loop {
+        match t.train(&config, &data, out) {
+            Err(allcnn_train::TrainError::DeadClassMaps { since, .. })
+                if attempt < args.retries =>
+            {
+                let graveyard = dead_run_dir(out, config.seed);
+                std::fs::rename(out, &graveyard)
+                    .with_context(|| format!("moving the dead run {} aside", out.display()))?;
+                eprintln!(
+                    "warning: every class map died from step {since} with seed {}; the run is \
+                     kept in {}. Retrying with seed {} ({} of {} retries)",
+                    config.seed,
+                    graveyard.display(),
+                    config.seed + 1,
+                    attempt + 1,
+                    args.retries
+                );
+                config.seed += 1;
+                attempt += 1;
+            }
+            result => return report(&result?),
+        }
+    }
+}
+
+/// `OUT.dead-seed-S`, or `OUT.dead-seed-S.K` for the first K that is free.
+fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
+    let base = format!("{}.dead-seed-{seed}", out.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut k = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}.{k}"));
+        k += 1;
+    }
+    candidate
 }
 
 fn report(s: &allcnn_train::RunSummary) -> Result<()> {

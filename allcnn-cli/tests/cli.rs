@@ -563,6 +563,50 @@ fn train_eval_predict_resume_round_trip() {
 }
 
 #[test]
+fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let run = dir.path().join("run");
+    // lr 30 kills every class map in the first steps, whatever the seed.
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--model",
+        "all-cnn-a",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--retries",
+        "2",
+        "epochs=4",
+        "batch_size=4",
+        "lr=30",
+        "dead_patience_steps=2",
+        "data.preprocessing=standardize",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{}\n{err}", stdout(&o));
+    for seed in [42, 43] {
+        let moved = dir.path().join(format!("run.dead-seed-{seed}"));
+        assert!(moved.join("config.toml").is_file(), "{err}");
+        assert!(
+            err.contains(&format!("Retrying with seed {}", seed + 1)),
+            "{err}"
+        );
+    }
+    // The last try (seed 44) stays in place and its error says what to do.
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("seed = 44"), "{config}");
+    assert!(
+        err.contains("every class map is dead") && err.contains("seed=45"),
+        "{err}"
+    );
+}
+
+#[test]
 fn train_errors_are_clear() {
     let o = allcnn(&["train", "--preset", "mnist"]);
     assert_eq!(o.status.code(), Some(1));

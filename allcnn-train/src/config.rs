@@ -127,6 +127,13 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Learning-rate schedule.
     pub schedule: LrSchedule,
+    /// Linear learning-rate warm-up over the first this many steps (0, the
+    /// paper: none). Step `s < warmup_steps` runs at
+    /// `schedule_lr * (s + 1) / warmup_steps`. Not part of the paper's
+    /// protocol: an option against the dead class maps of its fragile start
+    /// (docs/training.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_steps: u64,
     /// Batch size for evaluation.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
@@ -136,6 +143,15 @@ pub struct TrainConfig {
     /// A checkpoint every this many steps as well as every epoch (0: epochs only).
     #[serde(default)]
     pub checkpoint_every_steps: u64,
+    /// Stop the run with [`TrainError::DeadClassMaps`] when every training
+    /// example of this many consecutive steps had all its logits at 0
+    /// (every class map dead after the final ReLU: no gradient reaches any
+    /// weight, so the run cannot learn again). 0 never stops.
+    #[serde(
+        default = "default_dead_patience",
+        skip_serializing_if = "is_default_dead_patience"
+    )]
+    pub dead_patience_steps: u64,
     /// Convolution implementation on CPU: `winograd` (the default),
     /// `winograd-bf16` (bf16 GEMM operands, f32 accumulation: faster on
     /// CPUs with AVX-512 BF16), `gemm` or `candle`. Other devices use
@@ -145,6 +161,18 @@ pub struct TrainConfig {
     /// Data.
     #[serde(default)]
     pub data: DataConfig,
+}
+
+fn default_dead_patience() -> u64 {
+    200
+}
+
+fn is_default_dead_patience(v: &u64) -> bool {
+    *v == default_dead_patience()
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn is_default_conv(c: &ConvBackend) -> bool {
@@ -159,6 +187,18 @@ fn default_log_every() -> u64 {
 }
 
 impl TrainConfig {
+    /// The learning rate of global step `step` (0-based) in `epoch`
+    /// (0-based): the schedule's rate, scaled by the linear warm-up while
+    /// `step < warmup_steps`.
+    pub fn lr_at(&self, epoch: u64, step: u64) -> f64 {
+        let lr = self.schedule.lr(self.lr, epoch, step, self.epochs);
+        if step < self.warmup_steps {
+            lr * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            lr
+        }
+    }
+
     /// The names of the shipped presets.
     pub fn preset_names() -> Vec<&'static str> {
         PRESETS.iter().map(|(n, _)| *n).collect()

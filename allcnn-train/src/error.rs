@@ -88,6 +88,28 @@ pub enum TrainError {
         /// The most recent checkpoint, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// Every class map stayed dead (all logits 0 for every example) for
+    /// `steps` consecutive steps: the run cannot learn again.
+    #[error(
+        "every class map is dead since step {since} (all logits 0 for every example of {steps} \
+         consecutive steps, epoch {epoch_1}, lr {lr}): no gradient reaches the weights, so this run \
+         cannot recover. Start again with another seed (e.g. seed={next_seed}) or a learning-rate \
+         warm-up (e.g. warmup_steps=780), or let `allcnn train --retries N` do it",
+        epoch_1 = epoch + 1,
+        next_seed = seed + 1
+    )]
+    DeadClassMaps {
+        /// The first step of the dead stretch (0-based).
+        since: u64,
+        /// The length of the stretch (`dead_patience_steps`).
+        steps: u64,
+        /// The epoch (0-based).
+        epoch: u64,
+        /// The learning rate in use.
+        lr: f64,
+        /// The run's seed.
+        seed: u64,
+    },
     /// An optimiser was given tensors that do not match its parameters.
     #[error("optimizer state: {reason}")]
     OptimizerState {

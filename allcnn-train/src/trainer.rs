@@ -460,6 +460,9 @@ impl Trainer {
         self.emit(&mut metrics, &mut console, |o| o.on_start(&info));
 
         let mut status = RunStatus::Completed;
+        // Consecutive steps in which every example had all logits 0, and the
+        // first of them (not checkpointed: a resumed run counts afresh).
+        let (mut dead_streak, mut dead_since) = (0u64, 0u64);
         'epochs: while run.state.epoch < cfg.epochs {
             let epoch = run.state.epoch;
             let t0 = Instant::now();
@@ -479,7 +482,7 @@ impl Trainer {
                         .to_device(&self.device)?,
                 };
                 let step = run.state.step;
-                let lr = cfg.schedule.lr(cfg.lr, epoch, step, cfg.epochs);
+                let lr = cfg.lr_at(epoch, step);
                 run.opt.set_learning_rate(lr);
                 let mut drng = DropoutRng::new(cfg.seed, step);
                 let logits = run.model.forward_train(&batch.images, &mut drng)?;
@@ -525,6 +528,26 @@ impl Trainer {
                     images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 };
                 self.emit(&mut metrics, &mut console, |o| o.on_step(&event));
+                if dead == n {
+                    if dead_streak == 0 {
+                        dead_since = step;
+                    }
+                    dead_streak += 1;
+                } else {
+                    dead_streak = 0;
+                }
+                if cfg.dead_patience_steps > 0 && dead_streak >= cfg.dead_patience_steps {
+                    let err = TrainError::DeadClassMaps {
+                        since: dead_since,
+                        steps: dead_streak,
+                        epoch,
+                        lr,
+                        seed: cfg.seed,
+                    };
+                    let msg = err.to_string();
+                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
+                    return Err(err);
+                }
 
                 let interrupted = self.interrupt.load(Ordering::SeqCst);
                 let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);

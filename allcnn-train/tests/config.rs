@@ -105,3 +105,24 @@ fn bad_overrides_name_the_item() {
     let e = c.validate().unwrap_err();
     assert!(e.to_string().contains("`lr`"), "{e}");
 }
+
+#[test]
+fn warmup_scales_the_schedule_linearly_then_stops() {
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.lr = 0.05;
+    // The paper's default: no warm-up, and the field is not written out.
+    assert_eq!(c.warmup_steps, 0);
+    assert_eq!(c.lr_at(0, 0), 0.05);
+    assert!(!c.to_toml().contains("warmup_steps"));
+    c.set("warmup_steps=4").unwrap();
+    let lrs: Vec<f64> = (0..6).map(|s| c.lr_at(0, s)).collect();
+    let expect = [0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05];
+    for (a, b) in lrs.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-12, "{lrs:?}");
+    }
+    // It multiplies the schedule: past a milestone the rate is already x0.1.
+    assert!((c.lr_at(300, 2) - 0.05 * 0.001 * 0.75).abs() < 1e-15);
+    let back = TrainConfig::from_toml(&c.to_toml(), "roundtrip").unwrap();
+    assert_eq!(back.warmup_steps, 4);
+    assert_eq!(back.dead_patience_steps, 200);
+}

@@ -267,6 +267,38 @@ impl Observer for Warnings {
 }
 
 #[test]
+fn dead_run_stops_after_patience_and_says_what_to_do() {
+    // The stuck setting below, with a patience of 5 steps and room for 40.
+    let train = random_dataset(32, 8, 4, 8);
+    let mut c = tiny_config(tiny_spec(8, 8, 4, false), 10, 8, 30.0);
+    c.dead_patience_steps = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let e = quiet()
+        .train(&c, &data(train, None), dir.path())
+        .unwrap_err();
+    match &e {
+        TrainError::DeadClassMaps {
+            since, steps, seed, ..
+        } => {
+            assert_eq!(*steps, 5);
+            assert_eq!(*seed, c.seed);
+            let text = e.to_string();
+            assert!(text.contains(&format!("seed={}", c.seed + 1)), "{text}");
+            assert!(text.contains("warmup_steps"), "{text}");
+            // It stopped at once: the last step line is the 5th dead step.
+            let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+            let last_step = metrics
+                .lines()
+                .filter(|l| l.contains("\"type\":\"step\""))
+                .count();
+            assert!(*since + 5 <= 40 && last_step < 40, "{metrics}");
+            assert!(metrics.contains("every class map is dead since step"));
+        }
+        other => panic!("expected DeadClassMaps, got {other}"),
+    }
+}
+
+#[test]
 fn stuck_run_is_reported() {
     // A very negative start kills every ReLU: with -inf-free but huge lr the
     // first step drives all class maps dead; here we force it with a big lr

@@ -277,3 +277,124 @@ fn parts_and_file_roundtrip() {
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
     let _ = Arc::new(p);
 }
+
+/// A 4-dimensional whitening matrix with eigenvalues `diag` in a rotated
+/// (non-axis) orthonormal basis, row-major.
+fn rotated_whitening(diag: [f32; 4]) -> Vec<f32> {
+    // The 4x4 Hadamard matrix / 2 is orthonormal and exactly representable in f16.
+    let h = [
+        [0.5f32, 0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5, -0.5],
+        [0.5, 0.5, -0.5, -0.5],
+        [0.5, -0.5, -0.5, 0.5],
+    ];
+    let mut w = vec![0f32; 16];
+    for i in 0..4 {
+        for j in 0..4 {
+            w[i * 4 + j] = (0..4).map(|k| h[k][i] * diag[k] * h[k][j]).sum();
+        }
+    }
+    w
+}
+
+#[test]
+fn compressed_whitening_hand_computed() {
+    // ZCA with filter bias 0.1 of variances (10, 5, 0, 0): scales
+    // 1/sqrt(10.1), 1/sqrt(5.1) and twice 1/sqrt(0.1).
+    let (a, b, c) = (
+        1.0 / 10.1f32.sqrt(),
+        1.0 / 5.1f32.sqrt(),
+        1.0 / 0.1f32.sqrt(),
+    );
+    let w = rotated_whitening([a, b, c, c]);
+    let full = Preprocessing::from_gcn_zca(55.0, 0.1, (1, 2, 2), vec![0.0; 4], w.clone()).unwrap();
+    assert_eq!(full.whitening_rank(), None);
+
+    // Rank 2 keeps the two high-variance directions; the rest is exactly c I.
+    let two = full.compress_whitening(2).unwrap();
+    assert_eq!(two.whitening_rank(), Some(2));
+    for (x, y) in two.zca().unwrap().1.iter().zip(&w) {
+        assert!(close(*x, *y, 1e-5), "{x} vs {y}");
+    }
+    // Rank 1: the isotropic value is the mean of the dropped scales (b, c, c).
+    let one = full.compress_whitening(1).unwrap();
+    let iso = (b + 2.0 * c) / 3.0;
+    let expect = rotated_whitening([a, iso, iso, iso]);
+    for (x, y) in one.zca().unwrap().1.iter().zip(&expect) {
+        assert!(close(*x, *y, 1e-5), "{x} vs {y}");
+    }
+    // Bad ranks name the value.
+    for bad in [0, 4, 9] {
+        let err = full.compress_whitening(bad).unwrap_err();
+        assert!(err.to_string().contains(&bad.to_string()), "{err}");
+    }
+    // Other transforms are unchanged.
+    assert_eq!(
+        Preprocessing::scale().compress_whitening(2).unwrap(),
+        Preprocessing::scale()
+    );
+}
+
+#[test]
+fn compressed_whitening_roundtrips_small_and_close_on_data() {
+    // Like natural images, a few directions carry nearly all the variance:
+    // six random patterns with random weights; the rest is u8 rounding,
+    // far below the filter bias.
+    let d = 48;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let patterns: Vec<Vec<f32>> = (0..6)
+        .map(|_| (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    let imgs = (0..400)
+        .map(|_| {
+            let w: Vec<f32> = (0..6).map(|_| rng.random_range(-20.0f32..20.0)).collect();
+            let px = (0..d)
+                .map(|j| {
+                    let v: f32 = (0..6).map(|k| w[k] * patterns[k][j]).sum();
+                    (128.0 + v).round().clamp(0.0, 255.0) as u8
+                })
+                .collect();
+            Image::from_chw(3, 4, 4, px).unwrap()
+        })
+        .collect();
+    let ds = VecDataset::new(imgs, vec![0; 400], vec!["a".into()]).unwrap();
+    let full = Preprocessing::fit_gcn_zca(&ds, &GcnZcaConfig::default()).unwrap();
+    let compact = full.compress_whitening(24).unwrap();
+    // Stored form: f16 basis rows and f32 scales instead of the d x d matrix.
+    let (json, tensors) = compact.to_parts();
+    assert!(json.contains("\"version\":2"), "{json}");
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    assert!(!map.contains_key("preprocess.zca.whitening"));
+    let basis = &map["preprocess.zca.basis"];
+    assert_eq!(basis.dims(), &[24, d]);
+    assert_eq!(basis.dtype(), candle_core::DType::F16);
+    assert_eq!(map["preprocess.zca.scales"].dims(), &[24]);
+    let back = Preprocessing::from_parts(&json, &map).unwrap();
+    assert_eq!(back, compact);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("compact.safetensors");
+    compact.save(&path).unwrap();
+    assert_eq!(Preprocessing::load(&path).unwrap(), compact);
+
+    // Applied to the data, the compact transform stays close to the full one.
+    let pixels: Vec<u8> = (0..400).flat_map(|i| ds_pixels(&ds, i)).collect();
+    let mut a = vec![0f32; pixels.len()];
+    let mut b = vec![0f32; pixels.len()];
+    full.apply_u8(&pixels, (3, 4, 4), &mut a).unwrap();
+    compact.apply_u8(&pixels, (3, 4, 4), &mut b).unwrap();
+    let num: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f32 = a.iter().map(|x| x * x).sum();
+    let rel = (num / den).sqrt();
+    assert!(rel < 0.02, "relative error {rel}");
+    // Too low a rank is visibly worse: the error measure can fail.
+    let crude = full.compress_whitening(2).unwrap();
+    crude.apply_u8(&pixels, (3, 4, 4), &mut b).unwrap();
+    let num: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let crude_rel = (num / den).sqrt();
+    assert!(crude_rel > 3.0 * rel, "rank 2: {crude_rel}, rank 24: {rel}");
+
+    // Inconsistent metadata is refused with the reason.
+    let broken = json.replace("\"rank\":24", "\"rank\":0");
+    let err = Preprocessing::from_parts(&broken, &map).unwrap_err();
+    assert!(err.to_string().contains("rank 0"), "{err}");
+}
