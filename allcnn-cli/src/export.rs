@@ -25,6 +25,15 @@ pub struct Args {
     /// Hub dataset id for the model card (default: guessed, e.g. cifar10).
     #[arg(long)]
     dataset: Option<String>,
+    /// Store the ZCA whitening matrix as a low-rank f16 basis of this rank
+    /// plus an isotropic remainder (256 keeps CIFAR-10 weights under 8 MB
+    /// instead of 43 MB); evaluate the exported file afterwards.
+    #[arg(long, value_name = "RANK")]
+    whitening_rank: Option<usize>,
+    /// Provenance recorded in the weights, config.json and the card, e.g.
+    /// --provenance commit=abc123 --provenance "hardware=AMD EPYC, 2 cores".
+    #[arg(long, value_name = "KEY=VALUE")]
+    provenance: Vec<String>,
     /// Overwrite the export's files in a non-empty --out folder.
     #[arg(long)]
     force: bool,
@@ -41,6 +50,15 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if let Some(d) = &args.dataset {
         options = options.dataset(d);
+    }
+    if let Some(k) = args.whitening_rank {
+        options = options.whitening_rank(k);
+    }
+    for item in &args.provenance {
+        let Some((k, v)) = item.split_once('=') else {
+            anyhow::bail!("--provenance {item:?}: expected KEY=VALUE");
+        };
+        options = options.provenance(k.trim(), v.trim());
     }
     let s = export_hub(&args.run, &args.out, &options)?;
     println!(

@@ -8,6 +8,7 @@ mod device;
 mod export;
 mod models;
 mod predict;
+mod pretrained;
 mod progress;
 mod reproduce;
 mod train;
@@ -45,6 +46,22 @@ fn tune_allocator() {
 #[cfg(not(feature = "mimalloc"))]
 fn tune_allocator() {}
 
+/// A closed stdout (`allcnn ... | head`) ends the program quietly, as for
+/// other Unix tools, instead of panicking in `println!`: Rust ignores
+/// SIGPIPE by default; this restores the default action.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn quiet_broken_pipe() {
+    // SAFETY: runs first in `main`, before other threads; it only sets the
+    // disposition of one signal to the default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_broken_pipe() {}
+
 /// Reproduce "Striving for Simplicity: The All Convolutional Net"
 /// (Springenberg et al., 2014) on CPU, CUDA or Metal.
 #[derive(Parser)]
@@ -71,7 +88,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a data set: top-1/top-5 accuracy, loss, per-class accuracy.
     #[command(
-        after_help = "Examples:\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
+        after_help = "Examples:\n  allcnn eval --data ../shared/data/cifar10-jpg                 # the shipped All-CNN-C\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
     )]
     Eval(train::EvalArgs),
     /// Run one of the paper's experiments (all twelve models for table3), resumably, with a report beside the paper's numbers.
@@ -81,14 +98,20 @@ enum Command {
     Reproduce(Box<reproduce::Args>),
     /// Classify images (or a preprocessed tensor) with trained weights.
     #[command(
-        after_help = "Examples:\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors\n  allcnn predict --weights hf://OWNER/REPO cat.png             # Hugging Face Hub, cached\n  allcnn predict --weights hf://OWNER/REPO/best.safetensors@v1 --offline cat.png\n\nEnvironment: ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1 (as --offline), HF_HUB_CACHE or HF_HOME\n(the cache), HF_ENDPOINT (the server), HF_TOKEN (private or gated repositories)."
+        after_help = "Examples:\n  allcnn predict docs/samples                                   # the shipped All-CNN-C\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors\n  allcnn predict --weights hf://OWNER/REPO cat.png             # Hugging Face Hub, cached\n  allcnn predict --weights hf://OWNER/REPO/best.safetensors@v1 --offline cat.png\n\nEnvironment: ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1 (as --offline), HF_HUB_CACHE or HF_HOME\n(the cache), HF_ENDPOINT (the server), HF_TOKEN (private or gated repositories)."
     )]
     Predict(predict::Args),
     /// Attribution maps (gradient, saliency, deconvnet, guided backpropagation) and the paper's figures.
     #[command(
-        after_help = "Examples:\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
+        after_help = "Examples:\n  allcnn viz --method guided-backprop --input docs/samples --out maps   # the shipped All-CNN-C\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png\n  allcnn viz top --data ../shared/data/cifar10-jpg --limit 2000 --layer conv9 --channels 0..8 --out conv9.png"
     )]
     Viz(Box<viz::Args>),
+    /// The weights shipped inside allcnn (the default of predict, eval and viz): list, save, card.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  allcnn pretrained list\n  allcnn pretrained save all-cnn-c-cifar10 --out all-cnn-c.safetensors\n  allcnn pretrained card"
+    )]
+    Pretrained(pretrained::Command),
     /// Write a run's weights as a folder ready to upload as a Hugging Face model repo.
     #[command(
         after_help = "Writes model.safetensors (weights, architecture, classes, preprocessing), config.json\n(architecture, preprocessing, training recipe, results) and a model card README.md.\n\nExamples:\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --repo me/all-cnn-c-cifar10\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --weights best --force\n  hf upload me/all-cnn-c-cifar10 hub/allcnn-c .   # then: allcnn predict --weights hf://me/all-cnn-c-cifar10 cat.png"
@@ -110,6 +133,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tune_allocator();
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models(args) => models::run(&args),
@@ -121,6 +145,7 @@ fn main() -> ExitCode {
         Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::ExportHub(args) => export::run(&args),
+        Command::Pretrained(cmd) => pretrained::run(&cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut std::io::stdout());
             Ok(())

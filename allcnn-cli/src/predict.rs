@@ -156,7 +156,7 @@ pub fn run(args: &Args) -> Result<()> {
                     eprintln!(
                         "warning: {} records no preprocessing; scaling pixels to [0, 1]. \
                      Predictions are meaningless if the model was trained otherwise.",
-                        args.model.weights.display()
+                        args.model.label()
                     );
                     Preprocessing::scale()
                 }

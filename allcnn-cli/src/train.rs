@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
-use allcnn_train::{evaluate_weights, grid_search, RunStatus, TrainConfig, TrainData, Trainer};
+use allcnn_train::{
+    evaluate_weights_file, grid_search, RunStatus, TrainConfig, TrainData, Trainer,
+};
 use anyhow::{bail, Context, Result};
 
 #[derive(clap::Args)]
@@ -209,14 +211,8 @@ fn report(s: &allcnn_train::RunSummary) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Self-describing weights (e.g. RUN/best.safetensors), or a Hugging Face
-    /// Hub reference hf://OWNER/REPO[/FILE][@REVISION].
-    #[arg(long, value_name = "FILE|hf://OWNER/REPO")]
-    weights: PathBuf,
-    /// Use only the Hugging Face cache for hf:// weights, never the network
-    /// (also set by ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    model: crate::weights::ModelArgs,
     /// The data set to evaluate on.
     #[arg(long)]
     data: PathBuf,
@@ -250,8 +246,15 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     } else {
         Augmentation::None
     };
-    let weights = crate::weights::resolve(&args.weights, args.offline)?;
-    let r = evaluate_weights(&weights, data, args.batch, aug, &device)?;
+    let loaded = crate::weights::load(&args.model, &device)?;
+    let r = evaluate_weights_file(
+        &loaded.file,
+        &args.model.label(),
+        data,
+        args.batch,
+        aug,
+        &device,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

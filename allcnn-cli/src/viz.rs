@@ -1,7 +1,7 @@
 //! `allcnn viz` (attribution maps) and `allcnn viz top` (the top-activation figure).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
 use allcnn_models::LayerName;
@@ -20,7 +20,7 @@ pub struct Args {
     #[command(subcommand)]
     top: Option<Sub>,
     #[command(flatten)]
-    model: Option<ModelArgs>,
+    model: ModelArgs,
     /// gradient, saliency, guided-backprop or deconvnet.
     #[arg(long, required = true)]
     method: Option<Method>,
@@ -73,9 +73,13 @@ struct TopArgs {
     /// Which split to scan: train or test.
     #[arg(long, default_value = "test")]
     split: String,
-    /// Scan only the first N images.
+    /// Scan a seeded random sample of N images (a data set sorted by class
+    /// would otherwise show only its first classes).
     #[arg(long)]
     limit: Option<usize>,
+    /// Seed of the --limit sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Layer, e.g. conv6.
     #[arg(long)]
     layer: String,
@@ -103,12 +107,9 @@ fn options(c: &Common) -> RenderOptions {
     }
 }
 
-fn preprocessing(loaded: &weights::Loaded, path: &Path) -> Preprocessing {
+fn preprocessing(loaded: &weights::Loaded, label: &str) -> Preprocessing {
     loaded.preprocessing.clone().unwrap_or_else(|| {
-        eprintln!(
-            "warning: {} records no preprocessing; scaling pixels to [0, 1]",
-            path.display()
-        );
+        eprintln!("warning: {label} records no preprocessing; scaling pixels to [0, 1]");
         Preprocessing::scale()
     })
 }
@@ -117,12 +118,14 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(Sub::Top(t)) = &args.top {
         return top(t);
     }
-    let (Some(model_args), Some(method), Some(out)) = (&args.model, args.method, &args.out) else {
-        bail!("allcnn viz needs --weights, --method, --input and --out (see --help)");
+    let model_args = &args.model;
+    let (Some(method), Some(out)) = (args.method, &args.out) else {
+        bail!("allcnn viz needs --method, --input and --out (see --help)");
     };
     let device = crate::device::open(&args.common.device)?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
+    let mut names = Vec::new();
     let (input, labels) = if args.input.len() == 1 && is_safetensors(&args.input[0]) {
         load_tensor_file(&args.input[0], &device)?
     } else {
@@ -132,9 +135,29 @@ pub fn run(args: &Args) -> Result<()> {
             .meta
             .input_size
             .unwrap_or(model.spec().input_size);
-        let pre = preprocessing(&loaded, &model_args.weights);
+        let pre = preprocessing(&loaded, &model_args.label());
+        names = paths.iter().map(|p| p.display().to_string()).collect();
         (load_images(&paths, side, &pre, &device)?, None)
     };
+    // What the model sees in each image, so the maps can be read.
+    let mut row_labels = Vec::new();
+    if !names.is_empty() {
+        let probs = candle_nn::ops::softmax(&model.forward(&input)?, 1)?.to_vec2::<f32>()?;
+        for (name, p) in names.iter().zip(&probs) {
+            let (k, v) = p
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .expect("at least one class");
+            let class = loaded
+                .class_names
+                .as_ref()
+                .and_then(|n| n.get(k).cloned())
+                .unwrap_or_else(|| format!("class {k}"));
+            println!("{name}: {class} ({:.1}%)", 100.0 * v);
+            row_labels.push(format!("{class} {:.0}%", 100.0 * v));
+        }
+    }
     let target = args
         .target
         .parse::<TargetSpec>()?
@@ -167,7 +190,10 @@ pub fn run(args: &Args) -> Result<()> {
         &target,
     )?;
     let grid = out.join("comparison.png");
-    render::write_png(&render::comparison_grid(&input, &all, &opts)?, &grid)?;
+    render::write_png(
+        &render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?,
+        &grid,
+    )?;
     println!(
         "wrote {} {} maps and {} to {}",
         files.len(),
@@ -208,11 +234,10 @@ fn top(args: &TopArgs) -> Result<()> {
     };
     let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;
     if let Some(limit) = args.limit {
-        let n = limit.min(data.len());
-        data = std::sync::Arc::new(allcnn_data::Subset::new(data, (0..n).collect())?);
+        data = std::sync::Arc::new(allcnn_data::Subset::random(data, limit, args.seed));
     }
     let loader = DataLoader::builder(data)
-        .preprocessing(preprocessing(&loaded, &args.model.weights))
+        .preprocessing(preprocessing(&loaded, &args.model.label()))
         .batch_size(args.batch)
         .shuffle(false)
         .device(device.clone())
@@ -226,7 +251,34 @@ fn top(args: &TopArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let fig = top.reconstruct(&[Method::GuidedBackprop, Method::Deconvnet])?;
-    let img = render::top_activation_grid(&fig, &options(&args.common))?;
+    let opts = options(&args.common);
+    let grid = render::top_activation_grid(&fig, &opts)?;
+    // Titles over the first cell of each group, the channel on each row.
+    let k = fig
+        .rows
+        .iter()
+        .map(|r| r.entries.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut titles = Vec::new();
+    for (g, name) in std::iter::once(format!("{} patches", args.layer))
+        .chain(fig.methods.iter().map(|m| m.to_string()))
+        .enumerate()
+    {
+        if g > 0 {
+            titles.push(String::new());
+        }
+        titles.push(name);
+        titles.extend(std::iter::repeat_n(String::new(), k - 1));
+    }
+    let rows: Vec<String> = fig
+        .rows
+        .iter()
+        .map(|r| format!("ch {}", r.channel))
+        .collect();
+    let size = fig.receptive_field.size as u32 * opts.scale.max(1);
+    let img = render::annotate(&grid, &titles, &rows, size, size, &opts);
     render::write_png(&img, &args.out)?;
     println!(
         "scanned {} images; wrote the {} figure to {}",

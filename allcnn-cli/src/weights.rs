@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use allcnn_data::Preprocessing;
+use allcnn_models::pretrained::AllCnnC;
 use allcnn_models::{ArchSpec, WeightsFile};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -16,8 +17,10 @@ pub struct ModelArgs {
     /// Weights: a .safetensors file, or a Hugging Face Hub reference
     /// hf://OWNER/REPO[/FILE][@REVISION] (FILE defaults to model.safetensors,
     /// REVISION to main), downloaded once into the Hugging Face cache.
+    /// Without --weights: the shipped All-CNN-C trained on CIFAR-10 (see
+    /// `allcnn pretrained list`).
     #[arg(long, value_name = "FILE|hf://OWNER/REPO")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     /// Use only the Hugging Face cache for hf:// weights, never the network
     /// (also set by ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1). The cache is
     /// HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub;
@@ -73,14 +76,36 @@ fn hub_resolve(text: &str, _offline: bool) -> Result<PathBuf> {
 
 const HUB_SCHEME: &str = "hf://";
 
+impl ModelArgs {
+    /// The weights as named in messages: the --weights path, or the shipped
+    /// default's name.
+    pub fn label(&self) -> String {
+        match &self.weights {
+            Some(w) => w.display().to_string(),
+            None => format!("the shipped {} weights", AllCnnC::Cifar10),
+        }
+    }
+}
+
 pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
-    let resolved = resolve(&args.weights, args.offline)?;
+    let Some(weights) = &args.weights else {
+        if args.model.is_some() || args.classes.is_some() {
+            bail!("--model and --classes describe a --weights file; pass --weights FILE with them");
+        }
+        let file = AllCnnC::Cifar10.load(device)?;
+        return finish(file, Path::new(AllCnnC::Cifar10.name()));
+    };
+    let resolved = resolve(weights, args.offline)?;
     let path: &Path = &resolved;
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
         (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),
         (None, None) => WeightsFile::load(path, device)?,
     };
+    finish(file, path)
+}
+
+fn finish(file: WeightsFile, path: &Path) -> Result<Loaded> {
     let preprocessing = match &file.meta.preprocessing {
         Some(json) => Some(
             Preprocessing::from_parts(json, &file.attachments).with_context(|| {

@@ -1146,3 +1146,114 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         stderr(&o)
     );
 }
+
+/// The repository's sample images (one CIFAR-10 test image per class).
+fn samples() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/samples")
+}
+
+#[test]
+fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
+    let dir = tempfile::tempdir().unwrap();
+    // Listed with accuracy and provenance.
+    let o = allcnn(&["pretrained", "list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["name"], "all-cnn-c-cifar10");
+    assert_eq!(v[0]["default"], true);
+    let top1 = v[0]["top1"].as_f64().unwrap();
+    assert!(top1 > 0.0 && top1 <= 1.0, "{v}");
+
+    // Saved byte for byte.
+    let saved = dir.path().join("c10.safetensors");
+    let o = allcnn(&["pretrained", "save", "--out", saved.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../allcnn-models/pretrained/all-cnn-c-cifar10/model.safetensors");
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(shipped).unwrap()
+    );
+    let o = allcnn(&["pretrained", "save", "resnet", "--out", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("all-cnn-c-cifar10"), "{}", stderr(&o));
+
+    // predict without --weights is predict with the saved file.
+    let cat = samples().join("cat.jpg");
+    let default = allcnn(&["predict", cat.to_str().unwrap(), "--json"]);
+    assert!(default.status.success(), "{}", stderr(&default));
+    let explicit = allcnn(&[
+        "predict",
+        "--weights",
+        saved.to_str().unwrap(),
+        cat.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(stdout(&default), stdout(&explicit));
+    assert!(
+        stdout(&default).contains("\"name\""),
+        "{}",
+        stdout(&default)
+    );
+    let o = allcnn(&["predict", "--model", "all-cnn-c", cat.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--weights"), "{}", stderr(&o));
+
+    // eval on a ten-image folder, with and without --weights/--model/--classes.
+    let data = dir.path().join("data");
+    for entry in std::fs::read_dir(samples()).unwrap() {
+        let p = entry.unwrap().path();
+        let class = p.file_stem().unwrap().to_str().unwrap().to_string();
+        std::fs::create_dir_all(data.join("test").join(&class)).unwrap();
+        std::fs::copy(&p, data.join("test").join(&class).join("0.jpg")).unwrap();
+    }
+    let o = allcnn(&["eval", "--data", data.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(a["examples"], 10);
+    let o = allcnn(&[
+        "eval",
+        "--weights",
+        saved.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(a["top1"], b["top1"]);
+
+    // viz without --weights.
+    let maps = dir.path().join("maps");
+    let o = allcnn(&[
+        "viz",
+        "--method",
+        "guided-backprop",
+        "--input",
+        samples().to_str().unwrap(),
+        "--out",
+        maps.to_str().unwrap(),
+        "--scale",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(maps.join("comparison.png").is_file());
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_without_a_panic() {
+    // `allcnn models | head -c 0`: the reader is gone before the first write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_allcnn"))
+        .args(["models", "--json"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_ne!(o.status.code(), Some(101), "a panic exits with 101");
+}

@@ -287,6 +287,20 @@ impl<D: Dataset> Subset<D> {
         Ok(Self { inner, indices })
     }
 
+    /// A seeded random sample of `n` examples (all of them when
+    /// `n >= len`), kept in their original order: the same seed gives the
+    /// same sample on every machine (ChaCha8). Use it instead of
+    /// [`Subset::first`] on data sorted by class.
+    pub fn random(inner: D, n: usize, seed: u64) -> Self {
+        let mut indices: Vec<usize> = (0..inner.len()).collect();
+        if n < indices.len() {
+            indices.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            indices.truncate(n);
+            indices.sort_unstable();
+        }
+        Self { inner, indices }
+    }
+
     /// The first `n` examples (all of them when `n >= len`).
     pub fn first(inner: D, n: usize) -> Self {
         let n = n.min(inner.len());

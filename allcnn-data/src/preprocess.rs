@@ -987,6 +987,7 @@ impl Preprocessing {
                 if d == 0 {
                     return Err(bad(format!("shape {shape:?} is empty")));
                 }
+                let mean = get("zca.mean", d)?;
                 let (whitening, compact) = match (header.rank, header.isotropic) {
                     (None, None) => (get("zca.whitening", d * d)?, None),
                     (Some(k), Some(isotropic)) => {
@@ -1017,7 +1018,7 @@ impl Preprocessing {
                         filter_bias: header.filter_bias.unwrap_or(0.1),
                         shape: (shape[0], shape[1], shape[2]),
                         fitted_on: header.fitted_on.unwrap_or(0),
-                        mean: get("zca.mean", d)?,
+                        mean,
                         whitening,
                         compact,
                     },

@@ -45,6 +45,8 @@ mod error;
 pub mod hub;
 mod model;
 pub mod pool;
+#[cfg(feature = "pretrained")]
+pub mod pretrained;
 mod spec;
 #[cfg(feature = "testing")]
 #[doc(hidden)]

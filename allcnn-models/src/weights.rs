@@ -66,14 +66,17 @@ fn read_file(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>), ModelErr
         path: path.to_path_buf(),
         source,
     })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        ModelError::NotSafetensors {
+    let meta = read_meta(path, &bytes)?;
+    Ok((bytes, meta))
+}
+
+fn read_meta(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, ModelError> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ModelError::NotSafetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        }
-    })?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    Ok((bytes, meta))
+        })?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 fn read_tensors(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Tensor>, ModelError> {
@@ -175,14 +178,45 @@ impl WeightsFile {
         spec_from_meta(path, &meta)
     }
 
+    /// Loads self-describing weights from the bytes of a safetensors file
+    /// (e.g. embedded with `include_bytes!`); `name` stands for the file in
+    /// errors.
+    ///
+    /// # Errors
+    /// As [`WeightsFile::load`], without the I/O errors.
+    pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<Self, ModelError> {
+        let path = Path::new(name);
+        let raw = read_meta(path, bytes)?;
+        Self::from_parts(path, bytes, raw, None, device)
+    }
+
+    /// The class names recorded by the trainer (`allcnn.class_names`), if
+    /// any and well-formed.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        self.meta
+            .extra
+            .get("allcnn.class_names")
+            .and_then(|j| serde_json::from_str(j).ok())
+    }
+
     fn load_impl(path: &Path, spec: Option<ArchSpec>, device: &Device) -> Result<Self, ModelError> {
         let (bytes, raw) = read_file(path)?;
+        Self::from_parts(path, &bytes, raw, spec, device)
+    }
+
+    fn from_parts(
+        path: &Path,
+        bytes: &[u8],
+        raw: HashMap<String, String>,
+        spec: Option<ArchSpec>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let spec = match spec {
             Some(s) => s,
             None => spec_from_meta(path, &raw)?,
         };
         let input_size = parse_usize(path, &raw, KEY_INPUT_SIZE)?;
-        let mut tensors = read_tensors(path, &bytes)?;
+        let mut tensors = read_tensors(path, bytes)?;
         let attachment_names: Vec<String> = tensors
             .keys()
             .filter(|k| k.starts_with(ATTACHMENT_PREFIX))

@@ -9,8 +9,6 @@ use allcnn_data::{
     Split, Subset,
 };
 use candle_core::Device;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use crate::config::{DataConfig, PreprocessChoice};
 use crate::error::TrainError;
@@ -44,13 +42,7 @@ fn random_subset(
     seed: u64,
 ) -> Result<Arc<dyn Dataset>, TrainError> {
     match n {
-        Some(n) if n < data.len() => {
-            let mut idx: Vec<usize> = (0..data.len()).collect();
-            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-            idx.truncate(n);
-            idx.sort_unstable();
-            Ok(Arc::new(Subset::new(data, idx)?))
-        }
+        Some(n) if n < data.len() => Ok(Arc::new(Subset::random(data, n, seed))),
         _ => Ok(data),
     }
 }

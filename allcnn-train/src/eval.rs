@@ -144,22 +144,43 @@ pub fn evaluate_weights(
     device: &Device,
 ) -> Result<EvalReport, TrainError> {
     let w = WeightsFile::load(weights, device)?;
+    evaluate_weights_file(
+        &w,
+        &weights.display().to_string(),
+        data,
+        batch_size,
+        augmentation,
+        device,
+    )
+}
+
+/// [`evaluate_weights`] for weights already loaded (e.g. the shipped
+/// `allcnn_models::pretrained` ones); `name` stands for them in errors.
+///
+/// # Errors
+/// As [`evaluate_weights`], without the loading errors.
+pub fn evaluate_weights_file(
+    w: &WeightsFile,
+    name: &str,
+    data: Arc<dyn Dataset>,
+    batch_size: usize,
+    augmentation: Augmentation,
+    device: &Device,
+) -> Result<EvalReport, TrainError> {
     let json = w
         .meta
         .preprocessing
         .as_deref()
         .ok_or_else(|| TrainError::DataMismatch {
             reason: format!(
-                "{} records no preprocessing: cannot tell how to normalise the images",
-                weights.display()
+                "{name} records no preprocessing: cannot tell how to normalise the images"
             ),
         })?;
     let pre = Preprocessing::from_parts(json, &w.attachments)?;
     if data.num_classes() != w.model.classes() {
         return Err(TrainError::DataMismatch {
             reason: format!(
-                "{} has {} classes, the data {}",
-                weights.display(),
+                "{name} has {} classes, the data {}",
                 w.model.classes(),
                 data.num_classes()
             ),

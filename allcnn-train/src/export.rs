@@ -92,6 +92,14 @@ pub struct ExportOptions {
     /// The Hub dataset id in the card (default: guessed from the data path
     /// and the architecture: `cifar10`, `cifar100`, `imagenet-1k`).
     pub dataset: Option<String>,
+    /// Store the ZCA whitening matrix in the compact low-rank form of this
+    /// rank ([`Preprocessing::compress_whitening`]; `None`: the full matrix).
+    /// Measure the accuracy of the exported file: the transform changes.
+    pub whitening_rank: Option<usize>,
+    /// Where and how the weights were made (`commit`, `hardware`,
+    /// `wall_time`, ...): recorded as `allcnn.provenance.KEY` metadata, in
+    /// `config.json` and in the card.
+    pub provenance: BTreeMap<String, String>,
 }
 
 impl Default for ExportOptions {
@@ -102,6 +110,8 @@ impl Default for ExportOptions {
             repo_id: None,
             license: "mit".to_string(),
             dataset: None,
+            whitening_rank: None,
+            provenance: BTreeMap::new(),
         }
     }
 }
@@ -128,6 +138,18 @@ impl ExportOptions {
     /// Sets [`ExportOptions::license`].
     pub fn license(mut self, license: impl Into<String>) -> Self {
         self.license = license.into();
+        self
+    }
+
+    /// Sets [`ExportOptions::whitening_rank`].
+    pub fn whitening_rank(mut self, rank: usize) -> Self {
+        self.whitening_rank = Some(rank);
+        self
+    }
+
+    /// Adds one [`ExportOptions::provenance`] entry.
+    pub fn provenance(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.provenance.insert(key.into(), value.into());
         self
     }
 
@@ -228,12 +250,23 @@ fn describe_preprocessing(meta_json: &str, pre: &Preprocessing) -> (Value, Strin
             }
             None => "per-channel standardisation".to_string(),
         },
-        PreprocessKind::GcnZca => format!(
-            "global contrast normalisation (scale {}) then ZCA whitening (filter bias {}), \
-             fitted on {} training images; the whitening matrix is stored in model.safetensors \
-             (tensors preprocess.zca.*)",
-            recorded["gcn_scale"], recorded["filter_bias"], recorded["fitted_on"]
-        ),
+        PreprocessKind::GcnZca => {
+            let stored = match pre.whitening_rank() {
+                Some(k) => format!(
+                    "in the compact form W = c I + B^T diag(t) B with {k} f16 basis rows \
+                     B (preprocess.zca.basis), their scales t (preprocess.zca.scales) and c = \
+                     {} (metadata `isotropic`)",
+                    recorded["isotropic"]
+                ),
+                None => "as a full matrix (preprocess.zca.whitening)".to_string(),
+            };
+            format!(
+                "global contrast normalisation (scale {}) then ZCA whitening (filter bias {}), \
+                 fitted on {} training images; the whitening matrix is stored in \
+                 model.safetensors {stored}, with the mean in preprocess.zca.mean",
+                recorded["gcn_scale"], recorded["filter_bias"], recorded["fitted_on"]
+            )
+        }
     };
     let mut value = json!({ "kind": pre.kind(), "description": text });
     if let Some((mean, std)) = pre.channel_stats() {
@@ -241,7 +274,14 @@ fn describe_preprocessing(meta_json: &str, pre: &Preprocessing) -> (Value, Strin
         value["std"] = json!(std);
     }
     if let Value::Object(fields) = &recorded {
-        for key in ["gcn_scale", "filter_bias", "fitted_on", "shape"] {
+        for key in [
+            "gcn_scale",
+            "filter_bias",
+            "fitted_on",
+            "shape",
+            "rank",
+            "isotropic",
+        ] {
             if let Some(v) = fields.get(key) {
                 value[key] = v.clone();
             }
@@ -345,7 +385,20 @@ pub fn export_hub(
         };
         return Err(export_error(run_dir, reason));
     }
-    let weights = WeightsFile::load(&source, &Device::Cpu)?;
+    let mut weights = WeightsFile::load(&source, &Device::Cpu)?;
+    if let (Some(rank), Some(json)) = (options.whitening_rank, weights.meta.preprocessing.clone()) {
+        let pre =
+            Preprocessing::from_parts(&json, &weights.attachments)?.compress_whitening(rank)?;
+        let (json, parts) = pre.to_parts();
+        weights.meta.preprocessing = Some(json);
+        weights.attachments = parts.into_iter().collect();
+    }
+    for (k, v) in &options.provenance {
+        weights
+            .meta
+            .extra
+            .insert(format!("allcnn.provenance.{k}"), v.clone());
+    }
     let spec = weights.model.spec().clone();
     let classes = weights.model.classes();
     let extra = &weights.meta.extra;
@@ -489,6 +542,7 @@ pub fn export_hub(
         dataset: dataset.as_ref().map(|(id, _)| id.as_str()),
         results: &results,
         paper_cifar10_error_percent: paper_error.map(|e| (f64::from(e) * 100.0).round() / 100.0),
+        provenance: &options.provenance,
         training: &config,
     };
     let config_path_out = out_dir.join(hub_files::CONFIG);
@@ -543,6 +597,8 @@ struct HubConfig<'a> {
     dataset: Option<&'a str>,
     results: &'a [ExportResult],
     paper_cifar10_error_percent: Option<f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    provenance: &'a BTreeMap<String, String>,
     spec: &'a ArchSpec,
     training: &'a TrainConfig,
 }
@@ -674,6 +730,13 @@ fn model_card(c: &CardInput<'_>) -> String {
         s.push_str("\nPer-class test accuracy:\n\n| class | images | accuracy |\n|---|---|---|\n");
         for r in &report.per_class {
             let _ = writeln!(s, "| {} | {} | {} |", r.name, r.count, percent(r.accuracy));
+        }
+    }
+
+    if !c.options.provenance.is_empty() {
+        s.push_str("\n## Provenance\n\n| what | value |\n|---|---|\n");
+        for (k, v) in &c.options.provenance {
+            let _ = writeln!(s, "| {k} | {v} |");
         }
     }
 

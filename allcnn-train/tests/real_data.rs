@@ -205,3 +205,35 @@ fn real_allcnn_c_short_run_beats_chance() {
     .unwrap();
     train_and_check("All-CNN-C", c, &dir, 0.15);
 }
+
+/// The shipped All-CNN-C on a seeded random 2,000 of the 10,000 test images
+/// reaches the accuracy its card reports on all of them (within 3 points:
+/// about 2.7 binomial standard deviations), so the shipped file, its compact
+/// whitening and its class order are what was measured.
+#[test]
+fn shipped_all_cnn_c_reaches_its_recorded_accuracy() {
+    use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split, Subset};
+    use allcnn_models::pretrained::AllCnnC;
+    let Some(dir) = data_dir() else { return };
+    let device = candle_core::Device::Cpu;
+    let w = AllCnnC::Cifar10.load(&device).unwrap();
+    let test = open_dataset(&dir, Split::Test, &OpenOptions::default()).unwrap();
+    let sample = std::sync::Arc::new(Subset::random(test, 2000, 1));
+    let r = allcnn_train::evaluate_weights_file(
+        &w,
+        "shipped",
+        sample,
+        250,
+        Augmentation::None,
+        &device,
+    )
+    .unwrap();
+    let recorded = AllCnnC::Cifar10.info().top1;
+    eprintln!(
+        "shipped all-cnn-c-cifar10: {:.2}% on 2,000 test images, card {:.2}% on 10,000",
+        100.0 * r.top1,
+        100.0 * recorded
+    );
+    assert_eq!(r.examples, 2000);
+    assert!((r.top1 - recorded).abs() < 0.03, "{} vs {recorded}", r.top1);
+}

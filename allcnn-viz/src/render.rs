@@ -363,6 +363,133 @@ pub fn comparison_grid(
     Ok(grid.into_image())
 }
 
+/// Glyph size of the label font (font8x8), in pixels at scale 1.
+const GLYPH: u32 = 8;
+
+/// Draws `text` (ASCII; other characters as `?`) with its top-left corner at
+/// `(x, y)`, in `colour`, each font pixel `scale` x `scale`; pixels outside
+/// the image are skipped.
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, colour: [u8; 3], scale: u32) {
+    let s = scale.max(1);
+    for (i, c) in text.chars().enumerate() {
+        let code = if c.is_ascii() {
+            c as usize
+        } else {
+            '?' as usize
+        };
+        let glyph = font8x8::legacy::BASIC_LEGACY[code];
+        let gx = x + i as u32 * GLYPH * s;
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..GLYPH {
+                if bits >> col & 1 == 0 {
+                    continue;
+                }
+                for dy in 0..s {
+                    for dx in 0..s {
+                        let (px, py) = (gx + col * s + dx, y + row as u32 * s + dy);
+                        if px < img.width() && py < img.height() {
+                            img.put_pixel(px, py, Rgb(colour));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The width in pixels of `text` drawn by [`draw_text`] at `scale`.
+pub fn text_width(text: &str, scale: u32) -> u32 {
+    text.chars().count() as u32 * GLYPH * scale.max(1)
+}
+
+/// `grid` (made with `opts`' spacing, cells `cell_w` x `cell_h`) with a band
+/// of column titles above it and a band of row labels to its left, in
+/// dark grey on the background colour. A title is centred over its cell,
+/// or starts at the cell's left edge when wider (running over the next,
+/// e.g. empty, cells); empty lists leave their band out.
+pub fn annotate(
+    grid: &RgbImage,
+    col_titles: &[String],
+    row_labels: &[String],
+    cell_w: u32,
+    cell_h: u32,
+    opts: &RenderOptions,
+) -> RgbImage {
+    const INK: [u8; 3] = [40, 40, 40];
+    let sp = opts.spacing;
+    let top = if col_titles.is_empty() {
+        0
+    } else {
+        GLYPH + 2 * sp.max(2)
+    };
+    let left = row_labels
+        .iter()
+        .map(|l| text_width(l, 1))
+        .max()
+        .map_or(0, |w| w + 2 * sp.max(2));
+    let mut out = RgbImage::from_pixel(
+        grid.width() + left,
+        grid.height() + top,
+        Rgb(opts.background),
+    );
+    for (x, y, p) in grid.enumerate_pixels() {
+        out.put_pixel(x + left, y + top, *p);
+    }
+    for (j, title) in col_titles.iter().enumerate() {
+        let x0 = left + sp + j as u32 * (cell_w + sp);
+        let x = x0 + cell_w.saturating_sub(text_width(title, 1)) / 2;
+        draw_text(&mut out, x, sp.max(2), title, INK, 1);
+    }
+    for (i, label) in row_labels.iter().enumerate() {
+        let y0 = top + sp + i as u32 * (cell_h + sp);
+        let y = y0 + cell_h.saturating_sub(GLYPH) / 2;
+        draw_text(&mut out, sp.max(2), y, label, INK, 1);
+    }
+    out
+}
+
+/// [`comparison_grid`] with each column titled by its method ("input" for
+/// the first) and each row labelled with `row_labels` (e.g. the predicted
+/// class; may be empty).
+///
+/// # Errors
+/// As [`comparison_grid`].
+pub fn labelled_comparison_grid(
+    input: &Tensor,
+    maps: &[(Method, Tensor)],
+    row_labels: &[String],
+    opts: &RenderOptions,
+) -> Result<RgbImage, VizError> {
+    let grid = comparison_grid(input, maps, opts)?;
+    let (_, _, h, w) = input.dims4().context(|| "input".into())?;
+    let s = opts.scale.max(1);
+    // The method's name, or a shorter form where a cell is too narrow.
+    let title = |m: &Method| {
+        let full = m.to_string();
+        if text_width(&full, 1) <= w as u32 * s {
+            full
+        } else {
+            match m {
+                Method::GuidedBackprop => "guided".into(),
+                Method::Deconvnet => "deconv".into(),
+                Method::Gradient => "grad".into(),
+                _ => full,
+            }
+        }
+    };
+    let titles: Vec<String> = std::iter::once("input".to_string())
+        .chain(maps.iter().map(|(m, _)| title(m)))
+        .collect();
+    Ok(annotate(
+        &grid,
+        &titles,
+        row_labels,
+        w as u32 * s,
+        h as u32 * s,
+        opts,
+    ))
+}
+
 /// The paper's top-activation figure for one layer: per channel a row of the
 /// `k` receptive-field patches, then, for each reconstruction method, the `k`
 /// reconstructions in the same order. Groups are separated by an empty

@@ -101,3 +101,55 @@ fn writes_one_png_per_image_and_a_comparison_grid() {
     render::write_png(&grid, &path).unwrap();
     assert!(path.is_file());
 }
+
+#[test]
+fn text_is_drawn_inside_its_box_only() {
+    let mut img = image::RgbImage::from_pixel(40, 20, Rgb([255, 255, 255]));
+    render::draw_text(&mut img, 3, 2, "T", [0, 0, 0], 2);
+    assert_eq!(render::text_width("T", 2), 16);
+    // font8x8's T: the top bar spans 6 of the 8 columns in its first row.
+    let ink: Vec<(u32, u32)> = img
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0 == [0, 0, 0])
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    assert!(!ink.is_empty());
+    assert!(ink
+        .iter()
+        .all(|&(x, y)| (3..19).contains(&x) && (2..18).contains(&y)));
+    // Text past the edge is clipped, not a panic.
+    render::draw_text(&mut img, 35, 15, "clipped", [0, 0, 0], 1);
+}
+
+#[test]
+fn annotate_adds_title_and_label_bands() {
+    let opts = RenderOptions::default();
+    let grid = image::RgbImage::from_pixel(
+        2 * 32 + 3 * opts.spacing,
+        32 + 2 * opts.spacing,
+        Rgb([9, 9, 9]),
+    );
+    let out = render::annotate(
+        &grid,
+        &["input".into(), "gradient".into()],
+        &["cat 63%".into()],
+        32,
+        32,
+        &opts,
+    );
+    let left = render::text_width("cat 63%", 1) + 2 * opts.spacing.max(2);
+    assert_eq!(out.width(), grid.width() + left);
+    assert!(out.height() > grid.height());
+    let top = out.height() - grid.height();
+    // The grid is copied unchanged to the bottom right.
+    assert_eq!(*out.get_pixel(left, top), Rgb([9, 9, 9]));
+    // Ink in the title band and in the label band.
+    let dark = |x0: u32, x1: u32, y0: u32, y1: u32| {
+        (y0..y1).any(|y| (x0..x1).any(|x| out.get_pixel(x, y).0[0] < 100))
+    };
+    assert!(dark(left, out.width(), 0, top));
+    assert!(dark(0, left, top, out.height()));
+    // No lists, no bands.
+    let same = render::annotate(&grid, &[], &[], 32, 32, &opts);
+    assert_eq!(same.dimensions(), grid.dimensions());
+}

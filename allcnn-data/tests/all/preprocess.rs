@@ -398,3 +398,30 @@ fn compressed_whitening_roundtrips_small_and_close_on_data() {
     let err = Preprocessing::from_parts(&broken, &map).unwrap_err();
     assert!(err.to_string().contains("rank 0"), "{err}");
 }
+
+#[test]
+fn random_subset_is_seeded_sorted_and_spread() {
+    use allcnn_data::{Dataset, Subset};
+    // 100 images sorted by class (10 per class), as an image folder is.
+    let imgs = (0..100)
+        .map(|_| Image::from_chw(3, 2, 2, vec![0; 12]).unwrap())
+        .collect();
+    let labels = (0..100u32).map(|i| i / 10).collect();
+    let names = (0..10).map(|c| format!("c{c}")).collect();
+    let ds = Arc::new(VecDataset::new(imgs, labels, names).unwrap());
+    let labels_of = |s: &Subset<Arc<VecDataset>>| -> Vec<u32> {
+        (0..s.len()).map(|i| s.get(i).unwrap().label).collect()
+    };
+    let a = Subset::random(ds.clone(), 20, 7);
+    let b = Subset::random(ds.clone(), 20, 7);
+    let c = Subset::random(ds.clone(), 20, 8);
+    assert_eq!(a.len(), 20);
+    assert_eq!(labels_of(&a), labels_of(&b));
+    assert_ne!(a.indices(), c.indices());
+    assert!(a.indices().windows(2).all(|w| w[0] < w[1]));
+    // Not just the first classes.
+    let mut classes = labels_of(&a);
+    classes.dedup();
+    assert!(classes.len() >= 6, "{classes:?}");
+    assert_eq!(Subset::random(ds, 1000, 7).len(), 100);
+}

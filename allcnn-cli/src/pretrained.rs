@@ -1,0 +1,122 @@
+//! `allcnn pretrained`: the weights shipped inside the binary.
+
+use std::path::PathBuf;
+
+use allcnn_models::pretrained::AllCnnC;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List the shipped weights with their accuracy and provenance.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write shipped weights to a .safetensors file (self-describing: the
+    /// architecture, classes and preprocessing ride along).
+    Save {
+        /// Which weights (see `allcnn pretrained list`).
+        #[arg(default_value = "all-cnn-c-cifar10")]
+        name: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the model card (Markdown) of shipped weights.
+    Card {
+        /// Which weights (see `allcnn pretrained list`).
+        #[arg(default_value = "all-cnn-c-cifar10")]
+        name: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: &'static str,
+    architecture: String,
+    dataset: String,
+    top1: f64,
+    top5: Option<f64>,
+    test_images: Option<usize>,
+    epochs: Option<u64>,
+    bytes: usize,
+    default: bool,
+    provenance: std::collections::BTreeMap<String, String>,
+}
+
+fn by_name(name: &str) -> Result<AllCnnC> {
+    match AllCnnC::by_name(name) {
+        Some(v) => Ok(v),
+        None => bail!(
+            "no shipped weights called {name:?}; available: {}",
+            AllCnnC::ALL
+                .iter()
+                .map(|v| v.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::List { json } => {
+            let rows: Vec<Row> = AllCnnC::ALL
+                .iter()
+                .map(|v| {
+                    let i = v.info();
+                    Row {
+                        name: i.name,
+                        architecture: i.architecture,
+                        dataset: i.dataset,
+                        top1: i.top1,
+                        top5: i.top5,
+                        test_images: i.test_images,
+                        epochs: i.epochs,
+                        bytes: i.bytes,
+                        default: *v == AllCnnC::Cifar10,
+                        provenance: i.provenance,
+                    }
+                })
+                .collect();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            for r in &rows {
+                println!(
+                    "{}{}: {} on {}, test top-1 {:.2}%{} on {} images, {} epochs, {:.1} MB",
+                    r.name,
+                    if r.default { " (default)" } else { "" },
+                    r.architecture,
+                    r.dataset,
+                    100.0 * r.top1,
+                    r.top5
+                        .map(|t| format!(", top-5 {:.2}%", 100.0 * t))
+                        .unwrap_or_default(),
+                    r.test_images.map_or("?".into(), |n| n.to_string()),
+                    r.epochs.map_or("?".into(), |n| n.to_string()),
+                    r.bytes as f64 / 1e6
+                );
+                for (k, v) in &r.provenance {
+                    println!("    {k}: {v}");
+                }
+            }
+        }
+        Command::Save { name, out } => {
+            let v = by_name(name)?;
+            v.save(out)?;
+            println!(
+                "wrote {} ({} bytes) to {}",
+                v.name(),
+                v.bytes().len(),
+                out.display()
+            );
+        }
+        Command::Card { name } => print!("{}", by_name(name)?.card()),
+    }
+    Ok(())
+}
