@@ -309,14 +309,7 @@ pub fn zca_matrix(cov: &Mat<f64>, filter_bias: f64) -> Result<Vec<f32>, DataErro
             reason: format!("filter bias {filter_bias} must be finite and >= 0"),
         });
     }
-    let evd = cov
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| DataError::Fit {
-            what: "ZCA",
-            reason: format!("eigendecomposition failed: {e:?}"),
-        })?;
-    let u = evd.U();
-    let s = evd.S().column_vector();
+    let (u, s) = eigh(cov, "ZCA")?;
     let mut scale = vec![0f64; d];
     for (j, sc) in scale.iter_mut().enumerate() {
         // Round-off can make tiny eigenvalues slightly negative.
@@ -350,6 +343,18 @@ pub fn zca_matrix(cov: &Mat<f64>, filter_bias: f64) -> Result<Vec<f32>, DataErro
         }
     }
     Ok(out)
+}
+
+/// Eigenvectors (columns) and eigenvalues of a symmetric matrix (faer).
+fn eigh(m: &Mat<f64>, what: &'static str) -> Result<(Mat<f64>, Vec<f64>), DataError> {
+    let evd = m
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| DataError::Fit {
+            what,
+            reason: format!("eigendecomposition failed: {e:?}"),
+        })?;
+    let s = evd.S().column_vector();
+    Ok((evd.U().to_owned(), (0..m.nrows()).map(|i| s[i]).collect()))
 }
 
 /// Rounds every value to the nearest f16 (the precision it is stored at).
@@ -813,14 +818,7 @@ impl Preprocessing {
             });
         }
         let w = Mat::<f64>::from_fn(d, d, |i, j| f64::from(whitening[i * d + j]));
-        let evd = w
-            .self_adjoint_eigen(Side::Lower)
-            .map_err(|e| DataError::Fit {
-                what: "whitening compression",
-                reason: format!("eigendecomposition failed: {e:?}"),
-            })?;
-        let u = evd.U();
-        let s = evd.S().column_vector();
+        let (u, s) = eigh(&w, "whitening compression")?;
         let mut order: Vec<usize> = (0..d).collect();
         order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
         let (kept, rest) = order.split_at(rank);
