@@ -38,10 +38,38 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct Guess {
-    class: usize,
-    name: Option<String>,
-    probability: f32,
+pub struct Guess {
+    pub class: usize,
+    pub name: Option<String>,
+    pub probability: f32,
+}
+
+/// The `k` most probable classes of each row of `logits` [N, C], most
+/// probable first, named from `class_names` where given.
+pub fn top_guesses(
+    logits: &Tensor,
+    k: usize,
+    class_names: Option<&[String]>,
+) -> Result<Vec<Vec<Guess>>> {
+    let probs = candle_nn::ops::softmax(logits, D::Minus1)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<f32>()?;
+    Ok(probs
+        .into_iter()
+        .map(|p| {
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            order
+                .into_iter()
+                .take(k)
+                .map(|c| Guess {
+                    class: c,
+                    name: class_names.and_then(|n| n.get(c).cloned()),
+                    probability: p[c],
+                })
+                .collect()
+        })
+        .collect())
 }
 
 #[derive(Serialize)]
@@ -134,7 +162,6 @@ pub fn run(args: &Args) -> Result<()> {
     let device = crate::device::open(&args.device)?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
-    let classes = model.classes();
     let (names, logits): (Vec<String>, Tensor) =
         if args.inputs.len() == 1 && is_safetensors(&args.inputs[0]) {
             let (x, _) = load_tensor_file(&args.inputs[0], &device)?;
@@ -174,26 +201,14 @@ pub fn run(args: &Args) -> Result<()> {
         candle_core::safetensors::save(&HashMap::from([("logits".to_string(), cpu)]), out)
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?;
-    let k = args.top_k.min(classes);
     let preds: Vec<Prediction> = names
         .into_iter()
-        .zip(probs)
-        .map(|(input, p)| {
-            let mut order: Vec<usize> = (0..p.len()).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-            let top = order[..k]
-                .iter()
-                .map(|&c| Guess {
-                    class: c,
-                    name: loaded.class_names.as_ref().and_then(|n| n.get(c).cloned()),
-                    probability: p[c],
-                })
-                .collect();
-            Prediction { input, top }
-        })
+        .zip(top_guesses(
+            &logits,
+            args.top_k,
+            loaded.class_names.as_deref(),
+        )?)
+        .map(|(input, top)| Prediction { input, top })
         .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&preds)?);

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Subcommand;
 
-use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file};
+use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file, top_guesses};
 use crate::weights::{self, ModelArgs};
 
 #[derive(clap::Args)]
@@ -142,20 +142,14 @@ pub fn run(args: &Args) -> Result<()> {
     // What the model sees in each image, so the maps can be read.
     let mut row_labels = Vec::new();
     if !names.is_empty() {
-        let probs = candle_nn::ops::softmax(&model.forward(&input)?, 1)?.to_vec2::<f32>()?;
-        for (name, p) in names.iter().zip(&probs) {
-            let (k, v) = p
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .expect("at least one class");
-            let class = loaded
-                .class_names
-                .as_ref()
-                .and_then(|n| n.get(k).cloned())
-                .unwrap_or_else(|| format!("class {k}"));
-            println!("{name}: {class} ({:.1}%)", 100.0 * v);
-            row_labels.push(format!("{class} {:.0}%", 100.0 * v));
+        let guesses = top_guesses(&model.forward(&input)?, 1, loaded.class_names.as_deref())?;
+        for (name, g) in names.iter().zip(guesses.iter().filter_map(|g| g.first())) {
+            let class = g
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("class {}", g.class));
+            println!("{name}: {class} ({:.1}%)", 100.0 * g.probability);
+            row_labels.push(format!("{class} {:.0}%", 100.0 * g.probability));
         }
     }
     let target = args
@@ -251,34 +245,7 @@ fn top(args: &TopArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let fig = top.reconstruct(&[Method::GuidedBackprop, Method::Deconvnet])?;
-    let opts = options(&args.common);
-    let grid = render::top_activation_grid(&fig, &opts)?;
-    // Titles over the first cell of each group, the channel on each row.
-    let k = fig
-        .rows
-        .iter()
-        .map(|r| r.entries.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut titles = Vec::new();
-    for (g, name) in std::iter::once(format!("{} patches", args.layer))
-        .chain(fig.methods.iter().map(|m| m.to_string()))
-        .enumerate()
-    {
-        if g > 0 {
-            titles.push(String::new());
-        }
-        titles.push(name);
-        titles.extend(std::iter::repeat_n(String::new(), k - 1));
-    }
-    let rows: Vec<String> = fig
-        .rows
-        .iter()
-        .map(|r| format!("ch {}", r.channel))
-        .collect();
-    let size = fig.receptive_field.size as u32 * opts.scale.max(1);
-    let img = render::annotate(&grid, &titles, &rows, size, size, &opts);
+    let img = render::labelled_top_activation_grid(&fig, &options(&args.common))?;
     render::write_png(&img, &args.out)?;
     println!(
         "scanned {} images; wrote the {} figure to {}",

@@ -490,6 +490,37 @@ pub fn labelled_comparison_grid(
     ))
 }
 
+/// [`top_activation_grid`] with a title over each group (the layer's
+/// patches, then each method) and the channel at the start of each row.
+///
+/// # Errors
+/// As [`top_activation_grid`].
+pub fn labelled_top_activation_grid(
+    fig: &TopFigure,
+    opts: &RenderOptions,
+) -> Result<RgbImage, VizError> {
+    let grid = top_activation_grid(fig, opts)?;
+    let k = fig.rows.iter().map(|r| r.entries.len()).max().unwrap_or(1);
+    let mut titles = Vec::new();
+    for (g, name) in std::iter::once(format!("{} patches", fig.layer))
+        .chain(fig.methods.iter().map(|m| m.to_string()))
+        .enumerate()
+    {
+        if g > 0 {
+            titles.push(String::new()); // the empty cell between groups
+        }
+        titles.push(name);
+        titles.extend(std::iter::repeat_n(String::new(), k - 1));
+    }
+    let rows: Vec<String> = fig
+        .rows
+        .iter()
+        .map(|r| format!("ch {}", r.channel))
+        .collect();
+    let size = fig.receptive_field.size as u32 * opts.scale.max(1);
+    Ok(annotate(&grid, &titles, &rows, size, size, opts))
+}
+
 /// The paper's top-activation figure for one layer: per channel a row of the
 /// `k` receptive-field patches, then, for each reconstruction method, the `k`
 /// reconstructions in the same order. Groups are separated by an empty
