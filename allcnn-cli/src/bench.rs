@@ -13,8 +13,8 @@ pub struct Args {
     /// Architecture name (see `allcnn models`).
     #[arg(long, default_value = "all-cnn-c")]
     model: String,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     batch: usize,
     /// `infer` (eval forward) or `train` (one whole training step: forward
     /// with dropout, cross-entropy loss, backward to every parameter and the

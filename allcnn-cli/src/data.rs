@@ -95,7 +95,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
-                print!("{i}");
+                print!("{}", crate::printable(&i.to_string()));
             }
         }
     }

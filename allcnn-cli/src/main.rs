@@ -67,8 +67,59 @@ fn quiet_broken_pipe() {}
 #[derive(Parser)]
 #[command(name = "allcnn", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// More messages on stderr: -v for progress notes from the libraries,
+    /// -vv for debugging. Warnings are always shown; RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `text` safe to print on a terminal: control characters other than line
+/// breaks and tabs (an ANSI escape in a class name from a weights file or a
+/// folder name) are shown escaped, as `\u{1b}`, instead of being sent to
+/// the terminal.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let hostile = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if text.chars().any(hostile) {
+        text.chars()
+            .map(|c| {
+                if hostile(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+/// Sends the libraries' `log` records to stderr as `warning: ...` lines
+/// (warnings and errors by default, more with -v), so that nothing they
+/// report is lost.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format(|buf, record| {
+            use std::io::Write;
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "note",
+                log::Level::Debug | log::Level::Trace => "debug",
+            };
+            writeln!(buf, "{level}: {}", record.args())
+        })
+        .init();
 }
 
 #[derive(Subcommand)]
@@ -135,6 +186,7 @@ fn main() -> ExitCode {
     tune_allocator();
     quiet_broken_pipe();
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Models(args) => models::run(&args),
         Command::Data(cmd) => data::run(&cmd),

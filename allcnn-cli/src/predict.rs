@@ -78,7 +78,9 @@ struct Prediction {
     top: Vec<Guess>,
 }
 
-/// Expands folders into their image files (sorted).
+/// Expands folders into their image files (sorted). Only regular files
+/// are read: a FIFO or a link to a device named like an image would block
+/// or never end.
 pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
@@ -86,20 +88,43 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("reading folder {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| is_image_file(f))
+                .filter(|f| is_image_file(f) && f.is_file())
                 .collect();
             if files.is_empty() {
                 bail!("{} holds no JPEG or PNG image", p.display());
             }
             files.sort();
             out.extend(files);
-        } else if p.exists() {
+        } else if p.is_file() {
             out.push(p.clone());
+        } else if p.exists() {
+            bail!("{}: not a regular file or folder", p.display());
         } else {
             bail!("{}: no such file or folder", p.display());
         }
     }
     Ok(out)
+}
+
+/// Refuses an `--out` that is one of the command's inputs (the weights
+/// file, an input image or tensor): writing it would destroy what was read.
+pub fn refuse_overwriting_inputs<'a>(
+    out: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let Ok(out_real) = std::fs::canonicalize(out) else {
+        return Ok(()); // Not there yet: nothing to overwrite.
+    };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|p| p == out_real) {
+            bail!(
+                "--out {} is also an input of this command ({}): choose another output path",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Brings an image to the model's input size: CIFAR-sized inputs are
@@ -158,6 +183,10 @@ pub fn is_safetensors(p: &Path) -> bool {
 pub fn run(args: &Args) -> Result<()> {
     if args.top_k == 0 || args.batch == 0 {
         bail!("--top-k and --batch must be at least 1");
+    }
+    if let Some(out) = &args.out {
+        let inputs = args.model.weights.iter().chain(&args.inputs);
+        refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
     }
     let device = crate::device::open(&args.device)?;
     let loaded = weights::load(&args.model, &device)?;
@@ -218,11 +247,16 @@ pub fn run(args: &Args) -> Result<()> {
                 .top
                 .iter()
                 .map(|g| match &g.name {
-                    Some(n) => format!("{n} ({}) {:.1}%", g.class, 100.0 * g.probability),
+                    Some(n) => format!(
+                        "{} ({}) {:.1}%",
+                        crate::printable(n),
+                        g.class,
+                        100.0 * g.probability
+                    ),
                     None => format!("class {} {:.1}%", g.class, 100.0 * g.probability),
                 })
                 .collect();
-            println!("{}: {}", p.input, top.join(", "));
+            println!("{}: {}", crate::printable(&p.input), top.join(", "));
         }
     }
     Ok(())

@@ -106,11 +106,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         config.data.path = Some(d.clone());
     }
     config.apply_overrides(&args.set)?;
+    config.validate()?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    config.validate()?;
     let Some(data_path) = config.data.path.clone() else {
         bail!("no data: pass --data DIR (a CIFAR binary folder or an image folder with train/ and test/)");
     };
@@ -167,14 +167,13 @@ fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
 fn report(s: &allcnn_train::RunSummary) -> Result<()> {
     match s.status {
         RunStatus::Interrupted => {
+            // The trainer's console has printed how to resume (stderr);
+            // this is the one summary line on stdout.
             println!(
                 "interrupted after {} steps; checkpoint {}",
                 s.steps,
                 s.checkpoint.display()
             );
-            if let Some(h) = &s.resume_hint {
-                println!("{h}");
-            }
         }
         RunStatus::Completed | RunStatus::StepBudget => {
             let how = if s.status == RunStatus::Completed {
@@ -247,6 +246,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         Augmentation::None
     };
     let loaded = crate::weights::load(&args.model, &device)?;
+    let bar = crate::progress::bar(data.len() as u64, "evaluating");
     let r = evaluate_weights_file(
         &loaded.file,
         &args.model.label(),
@@ -254,7 +254,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         args.batch,
         aug,
         &device,
+        &mut |done| bar.set_position(done),
     )?;
+    bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -271,7 +273,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     for c in &r.per_class {
         println!(
             "{:>14}  {:>7}  {:>7.2}%",
-            c.name,
+            crate::printable(&c.name),
             c.count,
             100.0 * c.accuracy
         );

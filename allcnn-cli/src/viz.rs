@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Subcommand;
 
-use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file, top_guesses};
+use crate::predict::{
+    image_paths, is_safetensors, load_images, load_tensor_file, refuse_overwriting_inputs,
+    top_guesses,
+};
 use crate::weights::{self, ModelArgs};
 
 #[derive(clap::Args)]
@@ -41,15 +44,26 @@ pub struct Args {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// Percentile of |value| at which maps saturate.
-    #[arg(long, default_value_t = 99.0)]
+    /// Percentile of |value| at which maps saturate (above 0, at most 100).
+    #[arg(long, default_value_t = 99.0, value_parser = parse_percentile)]
     percentile: f32,
-    /// Integer upscaling of every picture.
-    #[arg(long, default_value_t = 4)]
+    /// Integer upscaling of every picture (1 to 64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     scale: u32,
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+fn parse_percentile(s: &str) -> Result<f32, String> {
+    let p: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if p > 0.0 && p <= 100.0 {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{s} is not a percentile: use a number above 0 and at most 100"
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -216,6 +230,8 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
 }
 
 fn top(args: &TopArgs) -> Result<()> {
+    let inputs = args.model.weights.iter().map(PathBuf::as_path);
+    refuse_overwriting_inputs(&args.out, inputs)?;
     let device = crate::device::open(&args.common.device)?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;

@@ -126,6 +126,21 @@ fn errors_exit_nonzero_with_a_useful_message() {
 
     let o = allcnn(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2");
+
+    // Every cause is printed once (issue 16): the I/O error is in the
+    // message, and not repeated as its source by `{:#}`.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    let o = allcnn(&["predict", "--weights", missing.to_str().unwrap(), "x.png"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("nope.safetensors"), "{err}");
+    let o = allcnn(&["data", "info", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.matches("nope.safetensors").count() <= 2, "{err}");
+    assert!(err.matches("No such file").count() <= 1, "{err}");
 }
 
 fn write_png(path: &std::path::Path, seed: u8) {
@@ -267,6 +282,116 @@ fn predict_and_data_errors() {
     let o = allcnn(&["data", "info", "/nonexistent/data"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
+}
+
+#[test]
+fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let o = allcnn(&["pretrained", "save", "--out", w.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::read(&w).unwrap();
+    let img = dir.path().join("cat.png");
+    write_png(&img, 3);
+
+    // D19 of issue 15: --out naming an input (the weights, an image).
+    for out in [&w, &img] {
+        let o = allcnn(&[
+            "predict",
+            "--weights",
+            w.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("also an input"), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
+
+    // D22: something that is not a regular file is never read.
+    #[cfg(unix)]
+    {
+        let zero = dir.path().join("zero.png");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let o = allcnn(&["predict", zero.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    }
+
+    // D4, D32: sizes and numbers out of range are usage errors (exit 2),
+    // before any work.
+    for args in [
+        &["bench", "--batch", "10000000"][..],
+        &[
+            "viz", "--method", "gradient", "--input", "x.png", "--out", "m", "--scale", "100000",
+        ],
+        &[
+            "viz", "--method", "gradient", "--input", "x.png", "--out", "m", "--scale", "0",
+        ],
+        &[
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            "x.png",
+            "--out",
+            "m",
+            "--percentile",
+            "NaN",
+        ],
+        &[
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            "x.png",
+            "--out",
+            "m",
+            "--percentile",
+            "200",
+        ],
+    ] {
+        let o = allcnn(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn library_warnings_reach_stderr() {
+    // D13 of issue 15: `log` warnings of the libraries had no logger. A
+    // CIFAR-10 folder whose batches.meta.txt lists 3 names, not 10.
+    let dir = tempfile::tempdir().unwrap();
+    let record = |label: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(label * 20, 3072));
+        r
+    };
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let bytes: Vec<u8> = (0..4u8).flat_map(record).collect();
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    std::fs::write(dir.path().join("batches.meta.txt"), "a\nb\nc\n").unwrap();
+    let o = allcnn(&["data", "info", dir.path().to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: ") && err.contains("3 names instead of 10"),
+        "{err}"
+    );
+    // RUST_LOG=off silences it.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_allcnn"))
+        .args(["data", "info", dir.path().to_str().unwrap()])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("3 names"), "{}", stderr(&o));
 }
 
 #[test]
@@ -1256,4 +1381,21 @@ fn a_closed_stdout_ends_quietly_without_a_panic() {
         .unwrap();
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert_ne!(o.status.code(), Some(101), "a panic exits with 101");
+}
+
+#[test]
+fn class_names_with_terminal_escapes_are_printed_escaped() {
+    // D33 of issue 15: a folder name with an ANSI escape reached the
+    // terminal raw.
+    let dir = tempfile::tempdir().unwrap();
+    for class in ["cat", "dog\u{1b}[2J"] {
+        let d = dir.path().join("train").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        write_png(&d.join("a.png"), 1);
+    }
+    let o = allcnn(&["data", "info", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains("dog\\u{1b}[2J"), "{out}");
 }

@@ -62,14 +62,17 @@ pub struct DownloadOutcome {
     pub already_present: bool,
     /// Bytes fetched over the network by this call.
     pub downloaded_bytes: u64,
-    /// Whether the download resumed a partial `.part` file.
+    /// Whether the download resumed a partial download (`PART_SUFFIX`).
     pub resumed: bool,
 }
 
 /// Fetches, checks and extracts the CIFAR-10 or CIFAR-100 binary archive
 /// into `dir` (created if needed), giving `dir/cifar-10-batches-bin` or
 /// `dir/cifar-100-binary`. Calling it again is cheap: a complete dataset is
-/// left as it is, a partial download (`<archive>.part`) is resumed.
+/// left as it is, a partial download (`<archive>.allcnn-part`) is resumed.
+/// The archive is stored under its official name ([`archive_name`]) whatever
+/// the URL; a file of that name that is not the expected archive is left
+/// alone and reported ([`DataError::ForeignFile`]).
 ///
 /// ```no_run
 /// use allcnn_data::{download_cifar, CifarKind, DownloadOptions};
@@ -99,15 +102,19 @@ pub fn download_cifar(
         .as_deref()
         .unwrap_or(official_md5)
         .to_ascii_lowercase();
+    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DataError::InvalidConfig {
+            name: "md5",
+            value: md5,
+            reason: "an MD5 is 32 hexadecimal digits (e.g. the output of `md5sum`)".into(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
     let target = dir.join(kind.folder());
-    let archive_name = url
-        .rsplit('/')
-        .next()
-        .filter(|s| !s.is_empty() && !s.contains(['?', '#']))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{}.tar.gz", kind.folder()));
-    let archive = dir.join(&archive_name);
+    // The archive and partial download have names of our own, whatever the
+    // URL ends with, so no file of the user's is ever overwritten or deleted.
+    let archive_name = archive_name(kind);
+    let archive = dir.join(archive_name);
     let mut outcome = DownloadOutcome {
         dataset_dir: target.clone(),
         archive: archive.clone(),
@@ -121,18 +128,28 @@ pub fn download_cifar(
         return Ok(outcome);
     }
 
-    // Reuse a complete archive from an earlier run.
+    // Reuse a complete archive from an earlier run; leave any other file of
+    // that name alone.
     let mut have_archive = false;
-    if archive.is_file() && !opts.force {
-        if file_md5(&archive)? == md5 {
-            have_archive = true;
+    if archive.exists() {
+        let found = if archive.is_file() {
+            file_md5(&archive)?
         } else {
-            log::warn!("{}: MD5 mismatch, downloading it again", archive.display());
-            remove_file(&archive)?;
+            "(not a regular file)".into()
+        };
+        if found != md5 {
+            return Err(DataError::ForeignFile {
+                path: archive,
+                reason: format!(
+                    "it is not the expected archive (MD5 {found}, expected {md5}), and it is \
+                     not deleted: move it away and run the download again"
+                ),
+            });
         }
+        have_archive = !opts.force;
     }
     if !have_archive {
-        let part = dir.join(format!("{archive_name}.part"));
+        let part = dir.join(format!("{archive_name}{PART_SUFFIX}"));
         if opts.force {
             let _ = std::fs::remove_file(&part);
         }
@@ -156,6 +173,18 @@ pub fn download_cifar(
         remove_file(&archive)?;
     }
     Ok(outcome)
+}
+
+/// The suffix of a partial download (`cifar-10-binary.tar.gz.allcnn-part`):
+/// only files with it are ever resumed or deleted.
+pub const PART_SUFFIX: &str = ".allcnn-part";
+
+/// The file name the archive of `kind` is stored under (the official one).
+pub const fn archive_name(kind: CifarKind) -> &'static str {
+    match kind {
+        CifarKind::Cifar10 => "cifar-10-binary.tar.gz",
+        CifarKind::Cifar100 => "cifar-100-binary.tar.gz",
+    }
 }
 
 fn remove_file(p: &Path) -> Result<(), DataError> {
@@ -303,7 +332,7 @@ fn fetch_resumable(
             }
             pb.set_message(
                 part.file_name()
-                    .map(|s| s.to_string_lossy().replace(".part", ""))
+                    .map(|s| s.to_string_lossy().replace(PART_SUFFIX, ""))
                     .unwrap_or_default(),
             );
             pb.set_position(start);

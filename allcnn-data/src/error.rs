@@ -12,15 +12,30 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum DataError {
     /// An I/O operation on a file or folder failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("cannot read", "cannot create", ...).
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+
+    /// A symbolic link inside an image folder points to the folder itself
+    /// or to a folder above it: following it would read the same images
+    /// again and again, under the wrong class.
+    #[error(
+        "{link} is a symbolic link to {target}, which contains {root}: a loop. \
+         Remove the link, or point it at a folder outside {root}"
+    )]
+    SymlinkLoop {
+        /// The link.
+        link: PathBuf,
+        /// Where it points (resolved).
+        target: PathBuf,
+        /// The class folder being listed.
+        root: PathBuf,
     },
 
     /// A file of a dataset is missing.
@@ -199,6 +214,16 @@ pub enum DataError {
         part: PathBuf,
     },
 
+    /// A file in the way of one this crate would write, that it did not
+    /// make: it is left as it is.
+    #[error("{path}: {reason}")]
+    ForeignFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it is in the way and what to do.
+        reason: String,
+    },
+
     /// A downloaded file whose MD5 is not the published one.
     #[error(
         "{path}: MD5 {found} does not match the published {expected}; the file is corrupt \
@@ -223,13 +248,12 @@ pub enum DataError {
     },
 
     /// An error from candle (tensor creation, device transfer, safetensors).
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Candle {
         /// What was being done.
         context: String,
         /// The underlying error.
-        #[source]
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 
     /// The loader's worker thread stopped unexpectedly.
@@ -244,19 +268,19 @@ impl DataError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> Self {
         DataError::Io {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
 
-    pub(crate) fn candle(context: impl Into<String>, source: candle_core::Error) -> Self {
+    pub(crate) fn candle(context: impl Into<String>, cause: candle_core::Error) -> Self {
         DataError::Candle {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }

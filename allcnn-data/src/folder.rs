@@ -81,7 +81,15 @@ pub(crate) fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>, DataErro
 }
 
 /// The image files under `dir` (recursively), sorted by path.
+///
+/// Symbolic links are followed, each directory once: a second link to a
+/// directory already read is skipped, and a link to `dir` itself or to a
+/// folder above it (a loop, which would relabel every other class as this
+/// one) is refused with [`DataError::SymlinkLoop`]. Only regular files are
+/// listed, so a FIFO or a link to a device named `*.png` is never read.
 pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let root = std::fs::canonicalize(dir).map_err(|e| DataError::io("cannot open", dir, e))?;
+    let mut visited = std::collections::HashSet::from([root.clone()]);
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -92,9 +100,24 @@ pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
-                stack.push(path);
-            } else if is_image_file(&path) {
+            // `metadata` follows links; a dangling link is left out.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                let real = std::fs::canonicalize(&path)
+                    .map_err(|e| DataError::io("cannot open", &path, e))?;
+                if root.starts_with(&real) {
+                    return Err(DataError::SymlinkLoop {
+                        link: path,
+                        target: real,
+                        root: dir.to_path_buf(),
+                    });
+                }
+                if visited.insert(real) {
+                    stack.push(path);
+                }
+            } else if meta.is_file() && is_image_file(&path) {
                 out.push(path);
             }
         }

@@ -266,7 +266,10 @@ impl Geometry {
                     for oy in 0..self.ho {
                         let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
                         match self.in_y(oy, ky) {
+                            // No output column sees the image for this kx
+                            // (a padded kernel wider than a narrow map).
                             None => out.fill(0.0),
+                            Some(_) if lo >= hi => out.fill(0.0),
                             Some(y) => {
                                 out[..lo].fill(0.0);
                                 out[hi..].fill(0.0);

@@ -107,12 +107,13 @@ pub enum ModelError {
         model: String,
     },
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file at fault.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also a `source()`:
+        /// it would be printed twice).
+        cause: std::io::Error,
     },
     /// The file is not a valid safetensors file (truncated, or another format).
     #[error("{} is not a valid safetensors file ({reason}); is it truncated or another format?", path.display())]
@@ -143,12 +144,13 @@ pub enum ModelError {
         reason: String,
     },
     /// An error from candle, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Candle {
         /// What the crate was doing.
         context: String,
-        /// The underlying error.
-        source: candle_core::Error,
+        /// The underlying error (in the message, so not also a `source()`:
+        /// it would be printed twice).
+        cause: candle_core::Error,
     },
 }
 
@@ -159,9 +161,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, ModelError> {
-        self.map_err(|source| ModelError::Candle {
+        self.map_err(|cause| ModelError::Candle {
             context: what(),
-            source,
+            cause,
         })
     }
 }

@@ -345,14 +345,33 @@ impl ArchSpec {
         self.convs().iter().map(ConvShape::param_count).sum()
     }
 
-    /// Checks the spec (at least one conv, positive sizes, dropout rates in
-    /// `[0, 1)`, a stride that is not 0).
+    /// Checks the spec: at least one conv, positive sizes, dropout rates in
+    /// `[0, 1)`, and every size within [`SpecLimits`] (specs come from
+    /// weights files, which may come from anyone: a bound here keeps a
+    /// hostile file from asking for terabytes).
     ///
     /// # Errors
-    /// [`ModelError::InvalidSpec`] naming the first offending layer.
+    /// [`ModelError::InvalidSpec`] naming the first offending layer or size.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.in_channels == 0 {
-            return Err(self.invalid("in_channels is 0"));
+        const L: SpecLimits = SpecLimits::DEFAULT;
+        if self.in_channels == 0 || self.in_channels > L.channels {
+            return Err(self.invalid(&format!(
+                "in_channels is {}: it must be in 1..={}",
+                self.in_channels, L.channels
+            )));
+        }
+        if self.input_size == 0 || self.input_size > L.input_size {
+            return Err(self.invalid(&format!(
+                "input_size is {}: it must be in 1..={}",
+                self.input_size, L.input_size
+            )));
+        }
+        if self.layers.len() > L.layers {
+            return Err(self.invalid(&format!(
+                "it has {} layers: at most {} are allowed",
+                self.layers.len(),
+                L.layers
+            )));
         }
         for (i, layer) in self.layers.iter().enumerate() {
             match *layer {
@@ -366,6 +385,22 @@ impl ArchSpec {
                         "layer {i} is a conv with kernel {kernel}, out {out}, stride {stride}: all must be >= 1"
                     )))
                 }
+                Layer::Conv {
+                    kernel,
+                    out,
+                    stride,
+                    padding,
+                } if kernel > L.kernel
+                    || out > L.channels
+                    || stride > L.kernel
+                    || padding >= kernel =>
+                {
+                    return Err(self.invalid(&format!(
+                        "layer {i} is a conv with kernel {kernel}, out {out}, stride {stride}, padding {padding}: \
+                         the kernel and stride must be at most {}, out at most {}, and the padding below the kernel",
+                        L.kernel, L.channels
+                    )))
+                }
                 Layer::Dropout { rate } if !(0.0..1.0).contains(&rate) => {
                     return Err(self.invalid(&format!(
                         "layer {i} is a dropout with rate {rate}: it must be in [0, 1)"
@@ -375,6 +410,27 @@ impl ArchSpec {
             }
         }
         self.classes()?;
+        // Sizes are bounded above, so these products cannot overflow.
+        if self.param_count() > L.params {
+            return Err(self.invalid(&format!(
+                "it has {} parameters: at most {} are allowed",
+                self.param_count(),
+                L.params
+            )));
+        }
+        let largest = self
+            .map_sizes(self.input_size)?
+            .iter()
+            .map(|(_, m)| m.0 * m.1 * m.2)
+            .max()
+            .unwrap_or(0)
+            .max(self.in_channels * self.input_size * self.input_size);
+        if largest > L.map_elements {
+            return Err(self.invalid(&format!(
+                "a feature map of one {0}x{0} image has {largest} values: at most {1} are allowed",
+                self.input_size, L.map_elements
+            )));
+        }
         Ok(())
     }
 
@@ -454,6 +510,37 @@ impl ArchSpec {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The bounds [`ArchSpec::validate`] enforces: generous for any network of
+/// the paper's kind (the ImageNet model is well inside them), small enough
+/// that no spec can ask for an absurd allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecLimits {
+    /// Input and output channels of any layer.
+    pub channels: usize,
+    /// Kernel side and stride.
+    pub kernel: usize,
+    /// The input side length.
+    pub input_size: usize,
+    /// Layers in all.
+    pub layers: usize,
+    /// Learnable parameters in all.
+    pub params: usize,
+    /// Values in the largest feature map of one image at `input_size`.
+    pub map_elements: usize,
+}
+
+impl SpecLimits {
+    /// The limits in force.
+    pub const DEFAULT: SpecLimits = SpecLimits {
+        channels: 16_384,
+        kernel: 32,
+        input_size: 4_096,
+        layers: 256,
+        params: 1 << 30,
+        map_elements: 1 << 28,
+    };
 }
 
 /// One convolution's geometry, derived from an [`ArchSpec`].

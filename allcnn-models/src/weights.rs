@@ -62,9 +62,9 @@ pub struct WeightsFile {
 }
 
 fn read_file(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>), ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let meta = read_meta(path, &bytes)?;
     Ok((bytes, meta))
@@ -216,6 +216,19 @@ impl WeightsFile {
             None => spec_from_meta(path, &raw)?,
         };
         let input_size = parse_usize(path, &raw, KEY_INPUT_SIZE)?;
+        if let Some(n) = input_size {
+            // The size the file's users will run at: bounded like the spec's.
+            let at_size = ArchSpec {
+                input_size: n,
+                ..spec.clone()
+            };
+            at_size.validate().map_err(|e| ModelError::BadMetadata {
+                path: path.to_path_buf(),
+                key: KEY_INPUT_SIZE.to_string(),
+                value: n.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
         let mut tensors = read_tensors(path, bytes)?;
         let attachment_names: Vec<String> = tensors
             .keys()
@@ -310,7 +323,7 @@ impl AllCnn {
             safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(header))
                 .map_err(|e| ModelError::Io {
                     path: path.to_path_buf(),
-                    source: std::io::Error::other(e.to_string()),
+                    cause: std::io::Error::other(e.to_string()),
                 })?;
         write_atomic(path, &bytes)
     }
@@ -321,9 +334,9 @@ impl AllCnn {
 /// # Errors
 /// [`ModelError::Io`] naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
+    let io = |cause| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let tmp: PathBuf = {
         let mut name = path.file_name().unwrap_or_default().to_os_string();

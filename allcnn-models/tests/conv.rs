@@ -70,6 +70,10 @@ fn matches_candle_conv_forward_and_backward() {
         (2, 3, 27, 4, 11, 4, 0),
         (11, 2, 5, 3, 3, 2, 1),
         (9, 3, 6, 2, 3, 2, 0),
+        // Padded kernels wider than the map (D34 of issue 15: a panic).
+        (2, 3, 1, 4, 3, 1, 1),
+        (1, 2, 2, 3, 5, 1, 2),
+        (2, 2, 1, 3, 3, 2, 1),
     ];
     for (i, &(n, cin, side, cout, k, stride, pad)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
@@ -185,6 +189,8 @@ fn winograd_matches_im2col_in_all_three_passes() {
         (3, 17, 5, 16, 0),
         (2, 16, 5, 18, 2),
         (70, 16, 8, 16, 1),
+        (2, 4, 1, 5, 1),
+        (2, 4, 2, 5, 1),
     ];
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 300 + i as u64);

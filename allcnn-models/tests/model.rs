@@ -179,6 +179,18 @@ fn weights_round_trip_with_metadata_and_attachments() {
         )],
     );
     assert!(bad.is_err());
+
+    // An input size nobody could run (D4 of issue 15) is refused on load,
+    // naming the key, before anything is allocated for it.
+    let huge = dir.path().join("huge.safetensors");
+    let meta = WeightsMeta {
+        input_size: Some(100_000),
+        ..Default::default()
+    };
+    m.save(&huge, &meta, &[]).unwrap();
+    let e = WeightsFile::load(&huge, &Device::Cpu).unwrap_err();
+    assert!(matches!(e, ModelError::BadMetadata { .. }), "{e:?}");
+    assert!(e.to_string().contains("allcnn.input_size"), "{e}");
 }
 
 fn write_raw(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {

@@ -197,3 +197,70 @@ fn spec_round_trips_through_json() {
     let back: ArchSpec = serde_json::from_str(&json).unwrap();
     assert_eq!(back, spec);
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_any_allocation() {
+    // D4 of issue 15: sizes from a weights file drove 30 GB and 384 TB
+    // allocations. Every registered model is well inside the bounds.
+    for info in allcnn_models::registry() {
+        let spec = ArchSpec::by_name(info.name, 1000).unwrap();
+        spec.validate().unwrap();
+    }
+    let base = ArchSpec::by_name("all-cnn-c", 10).unwrap();
+    let cases: Vec<(ArchSpec, &str)> = vec![
+        (
+            ArchSpec {
+                input_size: 100_000,
+                ..base.clone()
+            },
+            "input_size is 100000",
+        ),
+        (
+            ArchSpec {
+                in_channels: 1 << 40,
+                ..base.clone()
+            },
+            "in_channels",
+        ),
+        (
+            ArchSpec {
+                layers: vec![Layer::conv(1, 10, 1); 1000],
+                ..base.clone()
+            },
+            "1000 layers",
+        ),
+        (
+            {
+                let mut s = base.clone();
+                s.layers[1] = Layer::Conv {
+                    kernel: 3,
+                    out: 96,
+                    stride: 1,
+                    padding: 1_000_000,
+                };
+                s
+            },
+            "padding 1000000",
+        ),
+        (
+            {
+                let mut s = base.clone();
+                s.layers[1] = Layer::conv(3, 1 << 40, 1);
+                s
+            },
+            "out 1099511627776",
+        ),
+        (
+            // Each layer within bounds, the whole too large.
+            ArchSpec {
+                input_size: 4096,
+                ..base.clone()
+            },
+            "feature map",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let msg = spec.validate().unwrap_err().to_string();
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
+}

@@ -107,6 +107,15 @@ pub struct TrainConfig {
     pub classes: Option<usize>,
     /// Weight initialisation.
     pub init: Init,
+    /// Start from the network weights in this file (a run's `final.safetensors`
+    /// or `best.safetensors`, an `export-hub` file, or a shipped model saved
+    /// with `allcnn pretrained save`) instead of a fresh `init`. The file's
+    /// architecture must be the one trained. Momentum starts at zero and the
+    /// preprocessing is fitted anew from `data`, as for a fresh run; the
+    /// schedule starts at its first epoch. Not the paper's protocol: a way to
+    /// continue a finished run with a new schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Seed of initialisation, shuffling, augmentation and dropout.
     pub seed: u64,
     /// Epochs in all.
@@ -162,6 +171,11 @@ pub struct TrainConfig {
     #[serde(default)]
     pub data: DataConfig,
 }
+
+/// The largest batch a config may ask for (training or evaluation).
+pub const MAX_BATCH: usize = 4096;
+/// The most loader threads a config may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 fn default_dead_patience() -> u64 {
     200
@@ -343,11 +357,26 @@ impl TrainConfig {
         if self.epochs == 0 {
             return inv("epochs", "0".into(), "must be at least 1");
         }
-        if self.batch_size == 0 {
-            return inv("batch_size", "0".into(), "must be at least 1");
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return inv(
+                "batch_size",
+                self.batch_size.to_string(),
+                &format!("must be in 1..={MAX_BATCH}"),
+            );
         }
-        if self.eval_batch_size == 0 {
-            return inv("eval_batch_size", "0".into(), "must be at least 1");
+        if !(1..=MAX_BATCH).contains(&self.eval_batch_size) {
+            return inv(
+                "eval_batch_size",
+                self.eval_batch_size.to_string(),
+                &format!("must be in 1..={MAX_BATCH}"),
+            );
+        }
+        if self.data.workers > MAX_WORKERS {
+            return inv(
+                "data.workers",
+                self.data.workers.to_string(),
+                &format!("must be at most {MAX_WORKERS} (0: one per core)"),
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return inv("lr", self.lr.to_string(), "must be positive and finite");

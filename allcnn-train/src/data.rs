@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use allcnn_data::{
-    open_dataset, Augmentation, DataLoader, Dataset, GcnZcaConfig, OpenOptions, Preprocessing,
-    Split, Subset,
+    open_dataset, Augmentation, DataError, DataLoader, Dataset, DatasetFormat, GcnZcaConfig,
+    OpenOptions, Preprocessing, Split, Subset,
 };
 use candle_core::Device;
 
@@ -65,14 +65,43 @@ impl TrainData {
     /// The data crate's errors naming the file at fault.
     pub fn open(path: &Path, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
         let opts = OpenOptions::default();
+        let (format, dir) = allcnn_data::detect_format(path)?;
+        let split_folders = ["train", "test", "val"]
+            .iter()
+            .any(|s| dir.join(s).is_dir());
         let train = open_dataset(path, Split::Train, &opts)?;
-        let test = match open_dataset(path, Split::Test, &opts) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log_line(&format!("no test split under {}: {e}", path.display()));
-                None
+        let test = if format == DatasetFormat::ImageFolder && !split_folders {
+            // The same images would serve as both splits: "test" accuracy
+            // would be training accuracy.
+            log_line(&format!(
+                "{} has no train/ and test/ folders: all its images are training images, and the run has no test split",
+                path.display()
+            ));
+            None
+        } else {
+            match open_dataset(path, Split::Test, &opts) {
+                Ok(t) => Some(t),
+                Err(e @ DataError::MissingFile { .. }) => {
+                    log_line(&format!("no test split under {}: {e}", path.display()));
+                    None
+                }
+                // A test split that is there but unreadable is an error,
+                // not a run without test metrics.
+                Err(e) => return Err(e.into()),
             }
         };
+        if let Some(t) = &test {
+            if t.class_names() != train.class_names() {
+                return Err(TrainError::DataMismatch {
+                    reason: format!(
+                        "the test split of {} has classes [{}], the training split [{}]: the labels would not match",
+                        path.display(),
+                        t.class_names().join(", "),
+                        train.class_names().join(", ")
+                    ),
+                });
+            }
+        }
         Self::new(train, test).select(config, seed)
     }
 

@@ -51,13 +51,12 @@ pub enum TrainError {
         reason: String,
     },
     /// A file of the run could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A checkpoint is missing, truncated or inconsistent with the run.
     #[error("checkpoint {}: {reason}", path.display())]
@@ -169,13 +168,12 @@ pub enum TrainError {
     #[error(transparent)]
     Data(Box<allcnn_data::DataError>),
     /// A tensor operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Candle {
         /// What was being done.
         context: String,
         /// The underlying error.
-        #[source]
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 }
 
@@ -194,7 +192,7 @@ impl From<allcnn_data::DataError> for TrainError {
 impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| TrainError::Io { path, source }
+        move |cause| TrainError::Io { path, cause }
     }
 }
 
@@ -205,9 +203,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TrainError> {
-        self.map_err(|source| TrainError::Candle {
+        self.map_err(|cause| TrainError::Candle {
             context: what(),
-            source,
+            cause,
         })
     }
 }

@@ -63,6 +63,19 @@ impl EvalReport {
 /// [`TrainError::DataMismatch`] when a label is out of the model's range;
 /// data and candle errors.
 pub fn evaluate(model: &AllCnn, loader: &DataLoader) -> Result<EvalReport, TrainError> {
+    evaluate_with_progress(model, loader, &mut |_| {})
+}
+
+/// As [`evaluate`], calling `progress` with the number of examples done
+/// after every batch (for a progress bar).
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_with_progress(
+    model: &AllCnn,
+    loader: &DataLoader,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EvalReport, TrainError> {
     let classes = model.classes();
     let names: Vec<String> = {
         let n = loader.dataset().class_names();
@@ -103,6 +116,7 @@ pub fn evaluate(model: &AllCnn, loader: &DataLoader) -> Result<EvalReport, Train
             }
             n += 1;
         }
+        progress(n);
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
@@ -151,11 +165,13 @@ pub fn evaluate_weights(
         batch_size,
         augmentation,
         device,
+        &mut |_| {},
     )
 }
 
 /// [`evaluate_weights`] for weights already loaded (e.g. the shipped
-/// `allcnn_models::pretrained` ones); `name` stands for them in errors.
+/// `allcnn_models::pretrained` ones); `name` stands for them in errors, and
+/// `progress` is called as by [`evaluate_with_progress`].
 ///
 /// # Errors
 /// As [`evaluate_weights`], without the loading errors.
@@ -166,6 +182,7 @@ pub fn evaluate_weights_file(
     batch_size: usize,
     augmentation: Augmentation,
     device: &Device,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<EvalReport, TrainError> {
     let json = w
         .meta
@@ -187,7 +204,7 @@ pub fn evaluate_weights_file(
         });
     }
     let loader = crate::data::eval_loader(data, &pre, batch_size, augmentation, 0, device)?;
-    evaluate(&w.model, &loader)
+    evaluate_with_progress(&w.model, &loader, progress)
 }
 
 /// Index of the largest value (the first on ties).

@@ -82,7 +82,10 @@ pub use checkpoint::{
 pub use config::{DataConfig, PreprocessChoice, TrainConfig, PRESETS};
 pub use data::{eval_loader, fit_preprocessing, TrainData};
 pub use error::TrainError;
-pub use eval::{evaluate, evaluate_weights, evaluate_weights_file, ClassReport, EvalReport};
+pub use eval::{
+    evaluate, evaluate_weights, evaluate_weights_file, evaluate_with_progress, ClassReport,
+    EvalReport,
+};
 pub use export::{
     export_hub, hub_files, ExportOptions, ExportResult, ExportSummary, WeightsChoice,
 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
-use allcnn_models::{AllCnn, DropoutRng, WeightsMeta};
+use allcnn_models::{AllCnn, DropoutRng, WeightsFile, WeightsMeta};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,20 @@ pub mod files {
     pub const PLOT: &str = "learning-curve.svg";
     /// The final evaluation on the test split.
     pub const EVAL: &str = "eval.json";
+    /// Held locked by the process training in the directory; its presence
+    /// marks a directory as an allcnn run.
+    pub const LOCK: &str = ".allcnn-lock";
+    /// Every file a run writes (but the lock).
+    pub const ALL: [&str; 8] = [
+        CONFIG,
+        CHECKPOINT,
+        PREPROCESSING,
+        BEST,
+        FINAL,
+        METRICS,
+        PLOT,
+        EVAL,
+    ];
 }
 
 /// How a run ended.
@@ -242,7 +256,7 @@ impl Trainer {
                 ),
             });
         }
-        prepare_run_dir(run_dir, true, spec.param_count() * 4 * 2 + 4096)?;
+        let _lock = prepare_run_dir(run_dir, true, spec.param_count() * 4 * 2 + 4096)?;
         let config_text = config.to_toml();
         allcnn_models::write_atomic(&run_dir.join(files::CONFIG), config_text.as_bytes())?;
 
@@ -252,7 +266,7 @@ impl Trainer {
         };
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
-        let mut model = AllCnn::init(spec.clone(), config.init, config.seed, &self.device)?;
+        let mut model = initial_model(config, &spec, &self.device)?;
         model.set_conv_backend(config.conv);
         let vars = model.make_trainable()?;
         let opt = MomentumSgd::new(vars, sgd_config(config));
@@ -302,9 +316,14 @@ impl Trainer {
     ) -> Result<RunSummary, TrainError> {
         let ckpt_path = run_dir.join(files::CHECKPOINT);
         if !ckpt_path.is_file() {
+            let reason = if ckpt_path.exists() {
+                "it is not a regular file (a folder?): move it away; a checkpoint is a file"
+            } else {
+                "no checkpoint here: nothing to resume (was the run started?)"
+            };
             return Err(TrainError::BadCheckpoint {
                 path: ckpt_path,
-                reason: "no checkpoint here: nothing to resume (was the run started?)".into(),
+                reason: reason.into(),
             });
         }
         let ckpt = Checkpoint::read(&ckpt_path)?;
@@ -337,7 +356,7 @@ impl Trainer {
                 ),
             });
         }
-        prepare_run_dir(run_dir, false, 0)?;
+        let _lock = prepare_run_dir(run_dir, false, 0)?;
         let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;
         let mut model = AllCnn::from_tensors(
             ckpt.state.spec.clone(),
@@ -743,6 +762,38 @@ fn evaluate_splits(run: &mut Run) -> Result<(Option<EvalReport>, Option<EvalRepo
     Ok((val, test))
 }
 
+/// The network a fresh run starts from: `config.init_from`'s weights when
+/// set (their architecture must be `spec`), a seeded `config.init` otherwise.
+fn initial_model(
+    config: &TrainConfig,
+    spec: &allcnn_models::ArchSpec,
+    device: &Device,
+) -> Result<AllCnn, TrainError> {
+    let Some(path) = &config.init_from else {
+        return Ok(AllCnn::init(
+            spec.clone(),
+            config.init,
+            config.seed,
+            device,
+        )?);
+    };
+    let file = WeightsFile::load(path, device)?;
+    if file.model.spec() != spec {
+        return Err(TrainError::InvalidConfig {
+            field: "init_from",
+            value: path.display().to_string(),
+            reason: format!(
+                "the file holds `{}` with {} classes, but this run trains `{}` with {} classes",
+                file.model.spec().name,
+                file.model.classes(),
+                spec.name,
+                spec.classes().unwrap_or(0)
+            ),
+        });
+    }
+    Ok(file.model)
+}
+
 fn sgd_config(c: &TrainConfig) -> SgdConfig {
     SgdConfig {
         lr: c.lr,
@@ -783,18 +834,79 @@ pub(crate) fn stuck_warning(r: &EpochRecord, classes: usize) -> Option<String> {
 
 /// Creates `dir` and checks that it can hold the run: writable, with room
 /// for `probe_bytes`, and (when `fresh`) not already holding a run.
-fn prepare_run_dir(dir: &Path, fresh: bool, probe_bytes: usize) -> Result<(), TrainError> {
+/// Claims `dir` for this process and checks it can be written.
+///
+/// The claim is an exclusive lock on `dir/.allcnn-lock`, held until the
+/// returned file is dropped: a second process training or resuming in the
+/// same directory fails at once instead of mixing its files with ours. The
+/// lock file stays behind as the mark of a run directory. A fresh run takes
+/// an empty (or new) directory, or one of ours that never reached its first
+/// checkpoint, whose files it clears; anything else is refused, so no file
+/// of the user's is ever overwritten.
+fn prepare_run_dir(
+    dir: &Path,
+    fresh: bool,
+    probe_bytes: usize,
+) -> Result<std::fs::File, TrainError> {
     let err = |reason: String| TrainError::RunDir {
         path: dir.to_path_buf(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-    if fresh && dir.join(files::CHECKPOINT).exists() {
-        return Err(err(format!(
-            "it already holds a run ({}); resume it with `allcnn train --resume {}` or choose another directory",
-            files::CHECKPOINT,
-            dir.display()
-        )));
+    let lock_path = dir.join(files::LOCK);
+    let ours = lock_path.is_file();
+    if fresh {
+        if dir.join(files::CHECKPOINT).exists() {
+            return Err(err(format!(
+                "it already holds a run ({}); resume it with `allcnn train --resume {}` or choose another directory",
+                files::CHECKPOINT,
+                dir.display()
+            )));
+        }
+        if !ours {
+            let list = std::fs::read_dir(dir).map_err(|e| err(format!("cannot list it: {e}")))?;
+            let mut names: Vec<String> = list
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.is_empty() {
+                names.sort();
+                names.truncate(3);
+                return Err(err(format!(
+                    "it is not empty and holds no allcnn run (it has {}{}); a fresh run writes only into an empty or new directory, so that none of your files is overwritten: choose another --out",
+                    names.join(", "),
+                    if names.len() == 3 { ", ..." } else { "" }
+                )));
+            }
+        }
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| err(format!("cannot create {}: {e}", files::LOCK)))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(err(
+                "another allcnn process is training in it (its lock is held); wait for it to finish, or choose another directory".into(),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(err(format!("cannot lock {}: {e}", files::LOCK)))
+        }
+    }
+    if fresh && ours {
+        // A start of ours that stopped before its first checkpoint: its
+        // files would mix with this run's (metrics.jsonl is appended to).
+        for name in files::ALL {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(format!("cannot clear the earlier start's {name}: {e}"))),
+            }
+        }
     }
     let probe = dir.join(".allcnn-write-test");
     let result = (|| -> std::io::Result<()> {
@@ -814,7 +926,8 @@ fn prepare_run_dir(dir: &Path, fresh: bool, probe_bytes: usize) -> Result<(), Tr
         err(format!(
             "cannot write a {probe_bytes}-byte test file (unwritable or full disk?): {e}"
         ))
-    })
+    })?;
+    Ok(lock)
 }
 
 /// Trains `config` on `data` into `run_dir` with a default [`Trainer`]

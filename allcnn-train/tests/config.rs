@@ -104,6 +104,21 @@ fn bad_overrides_name_the_item() {
     c.set("lr=0").unwrap();
     let e = c.validate().unwrap_err();
     assert!(e.to_string().contains("`lr`"), "{e}");
+
+    // Sizes that would exhaust memory or threads (D4, D14 of issue 15).
+    for (item, field) in [
+        ("batch_size=10000000", "batch_size"),
+        ("eval_batch_size=0", "eval_batch_size"),
+        ("data.workers=100000", "data.workers"),
+    ] {
+        let mut c = TrainConfig::preset("cifar10").unwrap();
+        c.set(item).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(e, TrainError::InvalidConfig { field: f, .. } if f == field),
+            "{item}: {e}"
+        );
+    }
 }
 
 #[test]

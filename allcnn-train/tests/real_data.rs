@@ -226,6 +226,7 @@ fn shipped_all_cnn_c_reaches_its_recorded_accuracy() {
         250,
         Augmentation::None,
         &device,
+        &mut |_| {},
     )
     .unwrap();
     let recorded = AllCnnC::Cifar10.info().top1;

@@ -401,3 +401,170 @@ fn grid_search_picks_by_validation() {
     .unwrap_err();
     assert!(e.to_string().contains("data.validation"), "{e}");
 }
+
+#[test]
+fn init_from_starts_from_the_given_weights() {
+    let train = random_dataset(32, 8, 4, 11);
+    let first = tiny_config(tiny_spec(8, 8, 4, false), 3, 8, 0.05);
+    let a = tempfile::tempdir().unwrap();
+    quiet()
+        .train(&first, &data(train.clone(), None), a.path())
+        .unwrap();
+    let start = a.path().join(files::FINAL);
+
+    // A run from those weights with a vanishing step keeps them (to f32
+    // rounding); a fresh run of the same seed starts elsewhere.
+    let mut cont = tiny_config(tiny_spec(8, 8, 4, false), 1, 8, 1e-12);
+    cont.seed = 99;
+    cont.weight_decay = 0.0;
+    cont.init_from = Some(start.clone());
+    let b = tempfile::tempdir().unwrap();
+    quiet()
+        .train(&cont, &data(train.clone(), None), b.path())
+        .unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    cont.init_from = None;
+    quiet()
+        .train(&cont, &data(train.clone(), None), fresh.path())
+        .unwrap();
+    let max_diff = |x: &std::path::Path, y: &std::path::Path| -> f32 {
+        params_bits(x)
+            .iter()
+            .zip(params_bits(y))
+            .flat_map(|((_, p), (_, q))| {
+                p.iter()
+                    .zip(q)
+                    .map(|(a, b)| (f32::from_bits(*a) - f32::from_bits(b)).abs())
+                    .collect::<Vec<_>>()
+            })
+            .fold(0.0, f32::max)
+    };
+    assert!(max_diff(&start, &b.path().join(files::FINAL)) < 1e-6);
+    assert!(max_diff(&start, &fresh.path().join(files::FINAL)) > 1e-2);
+    // The recorded config says where the run started.
+    let recorded = allcnn_train::read_run_config(b.path()).unwrap();
+    assert_eq!(recorded.init_from.as_deref(), Some(start.as_path()));
+
+    // Weights of another architecture are refused, naming the field and file.
+    let mut other = tiny_config(tiny_spec(8, 16, 4, false), 1, 8, 0.05);
+    other.init_from = Some(start.clone());
+    let c = tempfile::tempdir().unwrap();
+    let e = quiet()
+        .train(&other, &data(train, None), c.path())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidConfig {
+                field: "init_from",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("final.safetensors"), "{e}");
+}
+
+#[test]
+fn a_run_dir_in_use_or_not_ours_is_refused_and_nothing_is_overwritten() {
+    let train = random_dataset(8, 8, 2, 12);
+    let c = tiny_config(tiny_spec(8, 8, 2, false), 1, 4, 0.05);
+
+    // Another process holds the directory (D3 of issue 15).
+    let busy = tempfile::tempdir().unwrap();
+    let lock = std::fs::File::create(busy.path().join(files::LOCK)).unwrap();
+    lock.try_lock().unwrap();
+    let e = quiet()
+        .train(&c, &data(train.clone(), None), busy.path())
+        .unwrap_err();
+    assert!(matches!(e, TrainError::RunDir { .. }), "{e:?}");
+    assert!(e.to_string().contains("another allcnn process"), "{e}");
+    assert!(!busy.path().join(files::CONFIG).exists());
+    drop(lock);
+
+    // A user's files (D11): refused, untouched.
+    let theirs = tempfile::tempdir().unwrap();
+    std::fs::write(theirs.path().join("config.toml"), "mine").unwrap();
+    let e = quiet()
+        .train(&c, &data(train.clone(), None), theirs.path())
+        .unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(theirs.path().join("config.toml")).unwrap(),
+        "mine"
+    );
+
+    // An earlier start of ours that never checkpointed is cleared, so its
+    // metrics do not mix with the new run's (D9).
+    let again = tempfile::tempdir().unwrap();
+    std::fs::write(again.path().join(files::LOCK), "").unwrap();
+    std::fs::write(again.path().join(files::METRICS), "{\"type\":\"old\"}\n").unwrap();
+    quiet()
+        .train(&c, &data(train.clone(), None), again.path())
+        .unwrap();
+    let log = std::fs::read_to_string(again.path().join(files::METRICS)).unwrap();
+    assert!(!log.contains("old"), "{log}");
+
+    // A finished run: a fresh start is refused with the resume hint, and
+    // resuming it while another process holds it is refused too.
+    let e = quiet()
+        .train(&c, &data(train.clone(), None), again.path())
+        .unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    let lock = std::fs::File::open(again.path().join(files::LOCK)).unwrap();
+    lock.try_lock().unwrap();
+    let e = quiet()
+        .resume(again.path(), Some(&data(train, None)))
+        .unwrap_err();
+    assert!(e.to_string().contains("another allcnn process"), "{e}");
+}
+
+/// `root/<split>/<class>/<i>.png`, `n` 8x8 images per class.
+fn folder(root: &std::path::Path, split: &str, classes: &[&str], n: u8) {
+    for (c, class) in classes.iter().enumerate() {
+        let dir = root.join(split).join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_pixel(8, 8, image::Rgb([c as u8 * 50, i, 7]))
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn opened_data_never_mix_splits_or_labels() {
+    let c = tiny_config(tiny_spec(8, 8, 2, false), 1, 4, 0.05).data;
+    // D21 of issue 15: a folder without train/ and test/ is training data
+    // only; it is not also the "test" split.
+    let flat = tempfile::tempdir().unwrap();
+    folder(flat.path(), "", &["ant", "bee"], 3);
+    let d = allcnn_train::TrainData::open(flat.path(), &c, 0).unwrap();
+    assert_eq!(d.train.len(), 6);
+    assert!(d.test.is_none());
+
+    // D6: a test split whose classes differ (one missing: labels would
+    // shift) is refused, naming both lists.
+    let shifted = tempfile::tempdir().unwrap();
+    folder(shifted.path(), "train", &["ant", "bee", "cat"], 2);
+    folder(shifted.path(), "test", &["ant", "cat"], 2);
+    let Err(e) = allcnn_train::TrainData::open(shifted.path(), &c, 0) else {
+        panic!("mismatched classes are refused");
+    };
+    assert!(matches!(e, TrainError::DataMismatch { .. }), "{e:?}");
+    assert!(e.to_string().contains("[ant, cat]"), "{e}");
+
+    // D8: a test split that is there but broken (an empty class) is an
+    // error, not a run without test metrics.
+    let broken = tempfile::tempdir().unwrap();
+    folder(broken.path(), "train", &["ant", "bee"], 2);
+    folder(broken.path(), "test", &["ant"], 2);
+    std::fs::create_dir_all(broken.path().join("test/bee")).unwrap();
+    assert!(allcnn_train::TrainData::open(broken.path(), &c, 0).is_err());
+
+    // No test/ at all beside train/: a run without test metrics, as before.
+    let no_test = tempfile::tempdir().unwrap();
+    folder(no_test.path(), "train", &["ant", "bee"], 2);
+    let d = allcnn_train::TrainData::open(no_test.path(), &c, 0).unwrap();
+    assert!(d.test.is_none());
+}

@@ -107,28 +107,31 @@ pub enum VizError {
     #[error("the top-activation scan saw no images; nothing to reconstruct")]
     EmptyScan,
     /// An image could not be encoded or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Image {
         /// The file at fault.
         path: PathBuf,
-        /// The underlying error.
-        source: image::ImageError,
+        /// The underlying error (in the message, so not also a `source()`:
+        /// it would be printed twice).
+        cause: image::ImageError,
     },
     /// A file or folder could not be created.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or folder at fault.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also a `source()`:
+        /// it would be printed twice).
+        cause: std::io::Error,
     },
     /// An error from candle, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Candle {
         /// What the crate was doing.
         context: String,
-        /// The underlying error.
-        source: candle_core::Error,
+        /// The underlying error (in the message, so not also a `source()`:
+        /// it would be printed twice).
+        cause: candle_core::Error,
     },
 }
 
@@ -145,9 +148,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, VizError> {
-        self.map_err(|source| VizError::Candle {
+        self.map_err(|cause| VizError::Candle {
             context: what(),
-            source,
+            cause,
         })
     }
 }

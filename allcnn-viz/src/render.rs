@@ -276,15 +276,15 @@ impl Grid {
 pub fn write_png(img: &RgbImage, path: impl AsRef<Path>) -> Result<(), VizError> {
     let path = path.as_ref();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| VizError::Io {
+        std::fs::create_dir_all(dir).map_err(|cause| VizError::Io {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
     }
     img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|source| VizError::Image {
+        .map_err(|cause| VizError::Image {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
 }
 

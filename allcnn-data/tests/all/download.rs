@@ -206,7 +206,7 @@ fn truncated_download_is_resumed() {
     let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap_err();
     assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
     assert!(err.to_string().contains("resume"), "{err}");
-    let part = tmp.path().join("cifar-10-binary.tar.gz.part");
+    let part = tmp.path().join("cifar-10-binary.tar.gz.allcnn-part");
     assert_eq!(std::fs::metadata(&part).unwrap().len(), half as u64);
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
 
@@ -247,7 +247,7 @@ fn server_without_range_restarts_cleanly() {
     let srv = serve(body.clone(), vec![Reply::NoRange]);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
-        tmp.path().join("cifar-10-binary.tar.gz.part"),
+        tmp.path().join("cifar-10-binary.tar.gz.allcnn-part"),
         vec![7u8; 100],
     )
     .unwrap();
@@ -299,8 +299,64 @@ fn bad_archives_never_look_complete() {
 fn http_error_names_url() {
     let srv = serve(Vec::new(), vec![Reply::Status(404)]);
     let tmp = tempfile::tempdir().unwrap();
-    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, "00")).unwrap_err();
+    let md5 = "0".repeat(32);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap_err();
     assert!(matches!(err, DataError::Http { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("404") && msg.contains(&srv.url), "{msg}");
+}
+
+#[test]
+fn a_file_named_like_the_url_is_never_touched() {
+    // D2 of issue 15: the URL's last segment named the archive, so a user's
+    // `notes.txt` was deleted before any request.
+    let body = archive(2, None);
+    let md5 = md5_of(&body);
+    let srv = serve(body, vec![Reply::Full]);
+    let url = srv.url.replace("cifar-10-binary.tar.gz", "notes.txt");
+    let tmp = tempfile::tempdir().unwrap();
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let mut o = opts(&url, &md5);
+    o.remove_archive = true;
+    download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap();
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    assert_eq!(
+        entries(tmp.path()),
+        vec!["cifar-10-batches-bin", "notes.txt"]
+    );
+}
+
+#[test]
+fn a_foreign_file_under_the_archive_name_is_reported_not_deleted() {
+    let body = archive(2, None);
+    let md5 = md5_of(&body);
+    let srv = serve(body, vec![Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("cifar-10-binary.tar.gz");
+    std::fs::write(&foreign, "not an archive").unwrap();
+    for force in [false, true] {
+        let mut o = opts(&srv.url, &md5);
+        o.force = force;
+        let err = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap_err();
+        assert!(matches!(err, DataError::ForeignFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("move it away"), "{err}");
+        assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "not an archive");
+    }
+    assert!(srv.requests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_malformed_md5_is_refused_before_any_request() {
+    let srv = serve(archive(1, None), vec![Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["not-hex", "00", &"g".repeat(32)] {
+        let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, bad)).unwrap_err();
+        assert!(
+            matches!(err, DataError::InvalidConfig { name: "md5", .. }),
+            "{bad}: {err:?}"
+        );
+    }
+    assert!(srv.requests.lock().unwrap().is_empty());
+    assert!(entries(tmp.path()).is_empty());
 }

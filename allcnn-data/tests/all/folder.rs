@@ -199,3 +199,34 @@ fn info_on_cifar_binaries() {
     let ds = open_dataset(tmp.path(), Split::Train, &OpenOptions::default()).unwrap();
     assert_eq!(ds.num_classes(), 100);
 }
+
+#[cfg(unix)]
+#[test]
+fn symlinks_are_followed_once_and_loops_refused() {
+    use std::os::unix::fs::symlink;
+    // D1 of issue 15: `ln -s .. cat/loop` relabelled every class as cat,
+    // and two such links grew the listing without bound.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path());
+    symlink("..", tmp.path().join("cat/loop")).unwrap();
+    symlink("..", tmp.path().join("cat/loop2")).unwrap();
+    let err = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::SymlinkLoop { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("cat/loop") && msg.contains("a loop"), "{msg}");
+    assert!(info(tmp.path()).is_err(), "data info refuses the loop too");
+
+    // Two links to one outside folder, and a link to a sibling folder's
+    // sub-folder: each directory is read once.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path());
+    let outside = tempfile::tempdir().unwrap();
+    png(&outside.path().join("o.png"), 4, 3, 9);
+    symlink(outside.path(), tmp.path().join("bee/link1")).unwrap();
+    symlink(outside.path(), tmp.path().join("bee/link2")).unwrap();
+    // Not regular files: a dangling link and a link to a device.
+    symlink("/nonexistent.png", tmp.path().join("bee/dangling.png")).unwrap();
+    symlink("/dev/zero", tmp.path().join("bee/zero.png")).unwrap();
+    let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
+    assert_eq!(f.class_counts(), vec![2, 2, 2]);
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# allcnn against PyTorch on this CPU, interleaved in one run, for the
+# table in docs/performance.md.
+#
+#   bench/side_by_side.sh [ALLCNN_BINARY] [ROUNDS] > results.jsonl
+#
+# For each round, mode (train, infer) and batch (64, 128) it runs, back to
+# back: allcnn f32 (Winograd), allcnn winograd-bf16, PyTorch f32 and PyTorch
+# bf16 autocast + channels_last (its fastest CPU path). Every run prints one
+# JSON line with the round added; take the median over rounds. The CPU's
+# model and its bf16/AMX flags are printed first (as a JSON line with
+# "cpu"). Needs torch; runs on the machine's cores (set THREADS to pin).
+set -euo pipefail
+BIN=${1:-target/release/allcnn}
+ROUNDS=${2:-3}
+ITERS=${ITERS:-3}
+THREADS=${THREADS:-$(nproc)}
+HERE=$(cd "$(dirname "$0")" && pwd)
+SPEC=$(mktemp)
+trap 'rm -f "$SPEC"' EXIT
+"$BIN" models --json > "$SPEC"
+
+model=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+flags=$(grep -m1 "^flags" /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512f|avx512_bf16|amx_bf16|amx_tile|avx2)$' | tr '\n' ' ' | sed 's/ $//')
+printf '{"cpu":"%s","flags":"%s","threads":%s}\n' "$model" "$flags" "$THREADS"
+
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in train infer; do
+    for batch in 64 128; do
+      for conv in winograd winograd-bf16; do
+        RAYON_NUM_THREADS=$THREADS "$BIN" bench --model all-cnn-c --mode "$mode" --batch "$batch" \
+          --iters "$ITERS" --conv "$conv" | sed "s/^{/{\"round\":$round,/"
+      done
+      for extra in "" "--bf16 --channels-last"; do
+        # shellcheck disable=SC2086
+        python3 "$HERE/pytorch_reference.py" --spec "$SPEC" --model all-cnn-c --mode "$mode" \
+          --batch "$batch" --iters "$ITERS" --threads "$THREADS" $extra 2>/dev/null \
+          | sed "s/^{/{\"round\":$round,/"
+      done
+    done
+  done
+done
