@@ -8,10 +8,12 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use crate::values::BenchMode;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Architecture name (see `allcnn models`).
-    #[arg(long, default_value = "all-cnn-c")]
+    #[arg(long, default_value = "all-cnn-c", value_parser = crate::values::model_name())]
     model: String,
     /// Batch size (1 to 4096).
     #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
@@ -19,8 +21,8 @@ pub struct Args {
     /// `infer` (eval forward) or `train` (one whole training step: forward
     /// with dropout, cross-entropy loss, backward to every parameter and the
     /// SGD momentum + weight-decay update).
-    #[arg(long, default_value = "infer")]
-    mode: String,
+    #[arg(long, value_enum, default_value_t = BenchMode::Infer)]
+    mode: BenchMode,
     /// Timed iterations after one warm-up iteration.
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -31,11 +33,10 @@ pub struct Args {
     /// F(2x2,3x3) for 3x3 stride-1 layers, im2col for the rest),
     /// `winograd-bf16` (the same with bf16 GEMM operands, f32 accumulation),
     /// `gemm` (ours, im2col for every layer) or `candle`.
-    #[arg(long, default_value = "winograd")]
-    conv: String,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value = "winograd", value_parser = crate::values::conv_backend())]
+    conv: ConvBackend,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 #[derive(Serialize)]
@@ -64,16 +65,12 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let train = match args.mode.as_str() {
-        "infer" => false,
-        "train" => true,
-        other => bail!("--mode {other}: use infer or train"),
-    };
-    let backend = ConvBackend::from_name(&args.conv)?;
+    let train = args.mode == BenchMode::Train;
+    let backend = args.conv;
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
-    let device = crate::device::open(&args.device)?;
+    let device = args.device.open()?;
     crate::device::warn_if_bf16_is_emulated(backend, &device);
     let default = if args.model == "all-cnn-imagenet" {
         1000
@@ -127,8 +124,8 @@ pub fn run(args: &Args) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let report = Report {
         model: &args.model,
-        mode: &args.mode,
-        conv: &args.conv,
+        mode: if train { "train" } else { "infer" },
+        conv: backend.name(),
         batch: args.batch,
         iters: args.iters,
         device: format!("{device:?}"),

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use allcnn_data::{download_cifar, info, CifarKind, DownloadOptions};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Subcommand;
+
+use crate::values::DatasetArg;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -13,8 +15,9 @@ pub enum Command {
         after_help = "Examples:\n  allcnn data download cifar10 --dir data\n  allcnn data download cifar100 --dir data --url http://mirror.example/cifar-100-binary.tar.gz\n\nAn interrupted download is resumed when the command runs again."
     )]
     Download {
-        /// cifar10 or cifar100.
-        dataset: String,
+        /// The data set.
+        #[arg(value_enum)]
+        dataset: crate::values::DatasetArg,
         /// Folder to download and extract into.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
@@ -58,10 +61,9 @@ pub fn run(cmd: &Command) -> Result<()> {
             remove_archive,
             json,
         } => {
-            let kind = match dataset.as_str() {
-                "cifar10" | "cifar-10" => CifarKind::Cifar10,
-                "cifar100" | "cifar-100" => CifarKind::Cifar100,
-                other => bail!("unknown dataset `{other}`: use cifar10 or cifar100"),
+            let (kind, name) = match dataset {
+                DatasetArg::Cifar10 => (CifarKind::Cifar10, "cifar10"),
+                DatasetArg::Cifar100 => (CifarKind::Cifar100, "cifar100"),
             };
             let opts = DownloadOptions {
                 url: url.clone(),
@@ -77,13 +79,13 @@ pub fn run(cmd: &Command) -> Result<()> {
             } else if out.already_present {
                 println!(
                     "{} is already complete in {}",
-                    dataset,
+                    name,
                     out.dataset_dir.display()
                 );
             } else {
                 println!(
                     "{} ready in {} ({} bytes downloaded{})",
-                    dataset,
+                    name,
                     out.dataset_dir.display(),
                     out.downloaded_bytes,
                     if out.resumed { ", resumed" } else { "" }

@@ -3,42 +3,79 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-/// Parses a device flag and opens the device, saying which cargo feature is
-/// missing when the binary was built without it.
-pub fn open(spec: &str) -> Result<Device> {
+/// `--device`: one definition for every command that computes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// Where to compute: cpu, cuda[:N], metal[:N], or auto (CUDA if
+    /// available, then Metal, then the CPU).
+    #[arg(long = "device", id = "device", default_value = "cpu", value_parser = parse_device)]
+    pub spec: DeviceSpec,
+}
+
+/// A parsed `--device` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// The first GPU backend available, else the CPU.
+    Auto(usize),
+    /// CUDA device N.
+    Cuda(usize),
+    /// Metal device N.
+    Metal(usize),
+}
+
+/// Parses `cpu`, `auto`, `cuda`, `cuda:1`, `metal:0`, ... (a usage error,
+/// exit 2, for anything else).
+pub fn parse_device(spec: &str) -> Result<DeviceSpec, String> {
     let (kind, index) = match spec.split_once(':') {
         Some((k, i)) => {
             let i: usize = i
                 .parse()
-                .with_context(|| format!("device `{spec}`: `{i}` is not a device index"))?;
+                .map_err(|_| format!("`{i}` is not a device index (cuda:0, metal:1, ...)"))?;
             (k, i)
         }
         None => (spec, 0),
     };
     match kind {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                Ok(Device::new_cuda(index)?)
-            } else if candle_core::utils::metal_is_available() {
-                Ok(Device::new_metal(index)?)
-            } else {
-                Ok(Device::Cpu)
+        "cpu" if index == 0 => Ok(DeviceSpec::Cpu),
+        "auto" => Ok(DeviceSpec::Auto(index)),
+        "cuda" => Ok(DeviceSpec::Cuda(index)),
+        "metal" => Ok(DeviceSpec::Metal(index)),
+        _ => Err(format!(
+            "unknown device `{spec}`: use cpu, cuda[:N], metal[:N] or auto"
+        )),
+    }
+}
+
+impl DeviceArg {
+    /// Opens the device, saying which cargo feature is missing when the
+    /// binary was built without it.
+    pub fn open(&self) -> Result<Device> {
+        match self.spec {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto(index) => {
+                if candle_core::utils::cuda_is_available() {
+                    Ok(Device::new_cuda(index)?)
+                } else if candle_core::utils::metal_is_available() {
+                    Ok(Device::new_metal(index)?)
+                } else {
+                    Ok(Device::Cpu)
+                }
+            }
+            DeviceSpec::Cuda(index) => {
+                if !candle_core::utils::cuda_is_available() {
+                    bail!("--device cuda: this allcnn was built without CUDA; rebuild with `cargo build --release -p allcnn-cli --features cuda` (or `cudnn`)");
+                }
+                Device::new_cuda(index).with_context(|| format!("opening CUDA device {index}"))
+            }
+            DeviceSpec::Metal(index) => {
+                if !candle_core::utils::metal_is_available() {
+                    bail!("--device metal: this allcnn was built without Metal; rebuild with `cargo build --release -p allcnn-cli --features metal` (macOS only)");
+                }
+                Device::new_metal(index).with_context(|| format!("opening Metal device {index}"))
             }
         }
-        "cuda" => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("device `{spec}`: this allcnn was built without CUDA; rebuild with `cargo build --release -p allcnn-cli --features cuda` (or `cudnn`)");
-            }
-            Device::new_cuda(index).with_context(|| format!("opening CUDA device {index}"))
-        }
-        "metal" => {
-            if !candle_core::utils::metal_is_available() {
-                bail!("device `{spec}`: this allcnn was built without Metal; rebuild with `cargo build --release -p allcnn-cli --features metal` (macOS only)");
-            }
-            Device::new_metal(index).with_context(|| format!("opening Metal device {index}"))
-        }
-        other => bail!("unknown device `{other}`: use cpu, cuda[:N], metal[:N] or auto"),
     }
 }
 

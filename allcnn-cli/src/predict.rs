@@ -32,9 +32,8 @@ pub struct Args {
     /// Batch size for images.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 #[derive(Serialize)]
@@ -188,7 +187,7 @@ pub fn run(args: &Args) -> Result<()> {
         let inputs = args.model.weights.iter().chain(&args.inputs);
         refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
     }
-    let device = crate::device::open(&args.device)?;
+    let device = args.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
     let (names, logits): (Vec<String>, Tensor) =

@@ -28,9 +28,8 @@ pub struct Args {
     /// still lists every row.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
     models: Vec<String>,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
     /// Print the final report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
@@ -72,7 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
     options.overrides = args.set.clone();
     options.models = args.models.clone();
     options.command = Some(command_line());
-    let device = crate::device::open(&args.device)?;
+    let device = args.device.open()?;
     let mut trainer = Trainer::builder()
         .device(device)
         .interrupt_flag(crate::train::interrupt_flag())

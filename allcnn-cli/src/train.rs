@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// A named preset: cifar10, cifar10-aug, cifar100 or imagenet (see --print-config).
-    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    /// A named preset (see --print-config).
+    #[arg(long, conflicts_with_all = ["config", "resume"], value_parser = crate::values::preset_name())]
     preset: Option<String>,
     /// A config file (TOML or JSON), e.g. an edited copy of a preset.
     #[arg(long, conflicts_with = "resume")]
@@ -22,7 +22,7 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Architecture (overrides the config's `model`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::model_name())]
     model: Option<String>,
     /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
     #[arg(long)]
@@ -45,9 +45,8 @@ pub struct TrainArgs {
     /// again with the next seed, up to this many times.
     #[arg(long, default_value_t = 0, conflicts_with_all = ["grid", "resume"])]
     retries: u32,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
     /// Any config field as key=value, e.g. epochs=10 lr=0.01 data.train_subset=5000.
     #[arg(value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -73,8 +72,8 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn trainer(device: &str) -> Result<Trainer> {
-    let device = crate::device::open(device)?;
+fn trainer(device: &crate::device::DeviceArg) -> Result<Trainer> {
+    let device = device.open()?;
     Ok(Trainer::builder()
         .device(device)
         .interrupt_flag(interrupt_flag())
@@ -215,9 +214,9 @@ pub struct EvalArgs {
     /// The data set to evaluate on.
     #[arg(long)]
     data: PathBuf,
-    /// train or test.
-    #[arg(long, default_value = "test")]
-    split: String,
+    /// Which split to evaluate.
+    #[arg(long, value_enum, default_value_t = crate::values::SplitArg::Test)]
+    split: crate::values::SplitArg,
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
@@ -227,18 +226,13 @@ pub struct EvalArgs {
     /// Print JSON with per-class accuracy and the confusion matrix.
     #[arg(long)]
     json: bool,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
-    let device = crate::device::open(&args.device)?;
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => bail!("--split {other}: use train or test"),
-    };
+    let device = args.device.open()?;
+    let split = Split::from(args.split);
     let data = open_dataset(&args.data, split, &OpenOptions::default())?;
     let aug = if args.center_crop {
         Augmentation::imagenet_eval()

@@ -50,9 +50,8 @@ struct Common {
     /// Integer upscaling of every picture (1 to 64).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     scale: u32,
-    /// cpu, cuda[:N], metal[:N] or auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 fn parse_percentile(s: &str) -> Result<f32, String> {
@@ -84,9 +83,9 @@ struct TopArgs {
     /// Data set to scan (CIFAR binary folder or image folder).
     #[arg(long)]
     data: PathBuf,
-    /// Which split to scan: train or test.
-    #[arg(long, default_value = "test")]
-    split: String,
+    /// Which split to scan.
+    #[arg(long, value_enum, default_value_t = crate::values::SplitArg::Test)]
+    split: crate::values::SplitArg,
     /// Scan a seeded random sample of N images (a data set sorted by class
     /// would otherwise show only its first classes).
     #[arg(long)]
@@ -136,7 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (Some(method), Some(out)) = (args.method, &args.out) else {
         bail!("allcnn viz needs --method, --input and --out (see --help)");
     };
-    let device = crate::device::open(&args.common.device)?;
+    let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
     let mut names = Vec::new();
@@ -232,16 +231,12 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
 fn top(args: &TopArgs) -> Result<()> {
     let inputs = args.model.weights.iter().map(PathBuf::as_path);
     refuse_overwriting_inputs(&args.out, inputs)?;
-    let device = crate::device::open(&args.common.device)?;
+    let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
     let layer: LayerName = args.layer.parse()?;
     let channels = parse_channels(&args.channels)?;
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => bail!("--split {other}: use train or test"),
-    };
+    let split = Split::from(args.split);
     let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;
     if let Some(limit) = args.limit {
         data = std::sync::Arc::new(allcnn_data::Subset::random(data, limit, args.seed));

@@ -28,7 +28,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub offline: bool,
     /// Architecture, when the weights file does not record it (see `allcnn models`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::model_name())]
     pub model: Option<String>,
     /// Class count, with --model.
     #[arg(long)]

@@ -1,0 +1,61 @@
+//! The closed sets of values flags take, as clap value enums and parsers:
+//! `--help` and the shell completions list them, and a bad value is a usage
+//! error (exit 2) naming the valid ones, for every flag alike.
+
+use allcnn_data::Split;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
+/// `--split`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitArg {
+    /// The training split.
+    Train,
+    /// The test split (`test/`, or `val/` in an image folder without one).
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+/// `bench --mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchMode {
+    /// An eval-mode forward.
+    Infer,
+    /// One whole training step.
+    Train,
+}
+
+/// `data download DATASET`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetArg {
+    /// CIFAR-10 (binary version).
+    #[value(alias = "cifar-10")]
+    Cifar10,
+    /// CIFAR-100 (binary version).
+    #[value(alias = "cifar-100")]
+    Cifar100,
+}
+
+/// The registered architectures (`allcnn models`), for `--model`.
+pub fn model_name() -> impl TypedValueParser<Value = String> {
+    PossibleValuesParser::new(allcnn_models::registry().iter().map(|m| m.name))
+}
+
+/// The training presets, for `train --preset`.
+pub fn preset_name() -> impl TypedValueParser<Value = String> {
+    PossibleValuesParser::new(allcnn_train::PRESETS.iter().map(|(name, _)| *name))
+}
+
+/// The CPU convolution backends ([`allcnn_models::ConvBackend::ALL`]), for `--conv`.
+pub fn conv_backend() -> impl TypedValueParser<Value = allcnn_models::ConvBackend> {
+    use allcnn_models::ConvBackend;
+    PossibleValuesParser::new(ConvBackend::ALL.map(|(name, _)| name))
+        .map(|s: String| ConvBackend::from_name(&s).expect("a name from ConvBackend::ALL"))
+}
