@@ -37,6 +37,9 @@ pub struct Args {
     /// Overwrite the export's files in a non-empty --out folder.
     #[arg(long)]
     force: bool,
+    /// Print what was written (files, measured results) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -61,6 +64,10 @@ pub fn run(args: &Args) -> Result<()> {
         options = options.provenance(k.trim(), v.trim());
     }
     let s = export_hub(&args.run, &args.out, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
     println!(
         "exported the {} weights of {} ({}, {} classes) from {}",
         s.weights,

@@ -47,6 +47,9 @@ pub struct TrainArgs {
     retries: u32,
     #[command(flatten)]
     device: crate::device::DeviceArg,
+    /// Print the run's summary (or the grid's report) as JSON on stdout.
+    #[arg(long)]
+    json: bool,
     /// Any config field as key=value, e.g. epochs=10 lr=0.01 data.train_subset=5000.
     #[arg(value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -87,7 +90,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         }
         let mut t = trainer(&args.device)?;
         let summary = t.resume(run_dir, None)?;
-        return report(&summary);
+        return report(&summary, args.json);
     }
     let mut config = match (&args.preset, &args.config) {
         (Some(p), None) => TrainConfig::preset(p)?,
@@ -122,7 +125,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     crate::device::warn_if_bf16_is_emulated(config.conv, t.device());
     if args.grid {
         let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
-        println!("{}", serde_json::to_string_pretty(&g)?);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&g)?);
+        } else {
+            print_grid(&g);
+        }
         return Ok(());
     }
     let mut attempt = 0;
@@ -146,7 +153,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 config.seed += 1;
                 attempt += 1;
             }
-            result => return report(&result?),
+            result => return report(&result?, args.json),
         }
     }
 }
@@ -163,7 +170,39 @@ fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
     candidate
 }
 
-fn report(s: &allcnn_train::RunSummary) -> Result<()> {
+fn print_grid(g: &allcnn_train::GridReport) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "{:>10}  {:>9}  {:>8}  {:>10}  run",
+        "lr", "val top-1", "val loss", "train loss"
+    );
+    for r in &g.results {
+        let best = if Some(r.lr) == g.best_lr {
+            "  (best)"
+        } else {
+            ""
+        };
+        println!(
+            "{:>10}  {:>9}  {:>8}  {:>10}  {}{best}{}",
+            r.lr,
+            pct(r.val_accuracy),
+            num(r.val_loss),
+            num(r.train_loss),
+            r.run_dir.display(),
+            r.failure
+                .as_ref()
+                .map(|f| format!("  failed: {f}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn report(s: &allcnn_train::RunSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
     match s.status {
         RunStatus::Interrupted => {
             // The trainer's console has printed how to resume (stderr);

@@ -52,6 +52,29 @@ struct Common {
     scale: u32,
     #[command(flatten)]
     device: crate::device::DeviceArg,
+    /// Print what was done (predictions, files written) as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--json` output of `viz` and `viz top`.
+#[derive(serde::Serialize, Default)]
+struct Written {
+    /// `(input, predicted class, its name, probability)` per input image.
+    predictions: Vec<Prediction>,
+    /// Every file written.
+    files: Vec<PathBuf>,
+    /// Images scanned (`viz top`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scanned: Option<usize>,
+}
+
+#[derive(serde::Serialize)]
+struct Prediction {
+    input: String,
+    class: usize,
+    name: Option<String>,
+    probability: f32,
 }
 
 fn parse_percentile(s: &str) -> Result<f32, String> {
@@ -154,6 +177,8 @@ pub fn run(args: &Args) -> Result<()> {
     };
     // What the model sees in each image, so the maps can be read.
     let mut row_labels = Vec::new();
+    let mut written = Written::default();
+    let json = args.common.json;
     if !names.is_empty() {
         let guesses = top_guesses(&model.forward(&input)?, 1, loaded.class_names.as_deref())?;
         for (name, g) in names.iter().zip(guesses.iter().filter_map(|g| g.first())) {
@@ -161,7 +186,20 @@ pub fn run(args: &Args) -> Result<()> {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("class {}", g.class));
-            println!("{name}: {class} ({:.1}%)", 100.0 * g.probability);
+            if !json {
+                println!(
+                    "{}: {} ({:.1}%)",
+                    crate::printable(name),
+                    crate::printable(&class),
+                    100.0 * g.probability
+                );
+            }
+            written.predictions.push(Prediction {
+                input: name.clone(),
+                class: g.class,
+                name: g.name.clone(),
+                probability: g.probability,
+            });
             row_labels.push(format!("{class} {:.0}%", 100.0 * g.probability));
         }
     }
@@ -174,12 +212,17 @@ pub fn run(args: &Args) -> Result<()> {
         let cpu = maps.to_device(&Device::Cpu)?;
         candle_core::safetensors::save(&HashMap::from([("attribution".to_string(), cpu)]), out)
             .with_context(|| format!("writing {}", out.display()))?;
-        println!(
-            "wrote {} maps {:?} to {}",
-            method,
-            maps.dims(),
-            out.display()
-        );
+        if json {
+            written.files.push(out.clone());
+            println!("{}", serde_json::to_string_pretty(&written)?);
+        } else {
+            println!(
+                "wrote {} maps {:?} to {}",
+                method,
+                maps.dims(),
+                out.display()
+            );
+        }
         return Ok(());
     }
     let opts = options(&args.common);
@@ -201,6 +244,12 @@ pub fn run(args: &Args) -> Result<()> {
         &render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?,
         &grid,
     )?;
+    if json {
+        written.files = files;
+        written.files.push(grid);
+        println!("{}", serde_json::to_string_pretty(&written)?);
+        return Ok(());
+    }
     println!(
         "wrote {} {} maps and {} to {}",
         files.len(),
@@ -258,6 +307,15 @@ fn top(args: &TopArgs) -> Result<()> {
     let fig = top.reconstruct(&[Method::GuidedBackprop, Method::Deconvnet])?;
     let img = render::labelled_top_activation_grid(&fig, &options(&args.common))?;
     render::write_png(&img, &args.out)?;
+    if args.common.json {
+        let written = Written {
+            files: vec![args.out.clone()],
+            scanned: Some(top.seen()),
+            ..Default::default()
+        };
+        println!("{}", serde_json::to_string_pretty(&written)?);
+        return Ok(());
+    }
     println!(
         "scanned {} images; wrote the {} figure to {}",
         top.seen(),

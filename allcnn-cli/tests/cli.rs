@@ -1372,3 +1372,85 @@ fn class_names_with_terminal_escapes_are_printed_escaped() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(out.contains("dog\\u{1b}[2J"), "{out}");
 }
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+#[test]
+fn json_outputs_for_scripts() {
+    // Issue 16: --json wherever a script reads the output.
+    let (dir, data, run, _) = train_tiny_run();
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/samples");
+    let maps = dir.path().join("maps");
+    let v = json(&allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--input",
+        samples.to_str().unwrap(),
+        "--out",
+        maps.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 10);
+    assert!(v["predictions"][0]["name"].is_string());
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 11, "ten maps and the comparison");
+    assert!(files
+        .iter()
+        .all(|f| std::path::Path::new(f.as_str().unwrap()).is_file()));
+
+    let top = dir.path().join("top.png");
+    let v = json(&allcnn(&[
+        "viz",
+        "top",
+        "--weights",
+        run.join("final.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--layer",
+        "conv5",
+        "--channels",
+        "0..2",
+        "-k",
+        "2",
+        "--out",
+        top.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["scanned"], 12);
+    assert!(top.is_file());
+
+    let export = dir.path().join("hub");
+    let v = json(&allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        export.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["classes"], 2);
+    assert!(!v["files"].as_array().unwrap().is_empty());
+
+    let run2 = dir.path().join("run2");
+    let v = json(&allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--model",
+        "all-cnn-a",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run2.to_str().unwrap(),
+        "--json",
+        "epochs=1",
+        "batch_size=4",
+        "data.preprocessing=standardize",
+    ]));
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["epochs_done"], 1);
+    assert_eq!(v["test"]["examples"], 12);
+}

@@ -1,6 +1,6 @@
 //! Observers: what a run reports while it trains. The trainer always writes
 //! `metrics.jsonl` ([`MetricsLog`]); [`Console`] shows a progress bar when
-//! stdout is a terminal and plain log lines otherwise.
+//! stderr is a terminal and plain log lines otherwise.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -95,13 +95,27 @@ pub trait Observer: Send {
     fn on_message(&mut self, _message: &str) {}
 }
 
-/// Progress on the terminal: an indicatif bar with loss, accuracy, learning
-/// rate and images/s when stdout is a terminal, otherwise a plain log line
-/// every `every` steps and at each epoch's end.
+/// `1h 05m`, `12m 30s` or `45s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m {sec:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
+
+/// Progress on stderr (stdout stays free for a command's result): an
+/// indicatif bar with loss, accuracy, learning rate and images/s when stderr
+/// is a terminal, otherwise a plain log line every `every` steps; at each
+/// epoch's end a line with the run's remaining time.
 pub struct Console {
     every: u64,
     bar: Option<indicatif::ProgressBar>,
     terminal: bool,
+    /// The run's last epoch (1-based) and the seconds of the epochs seen.
+    epochs: u64,
+    epoch_seconds: Vec<f64>,
 }
 
 impl std::fmt::Debug for Console {
@@ -119,20 +133,23 @@ impl Console {
         Self {
             every: every.max(1),
             bar: None,
-            terminal: std::io::stdout().is_terminal(),
+            terminal: std::io::stderr().is_terminal(),
+            epochs: 0,
+            epoch_seconds: Vec::new(),
         }
     }
 
     fn print(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => println!("{line}"),
+            None => eprintln!("{line}"),
         }
     }
 }
 
 impl Observer for Console {
     fn on_start(&mut self, info: &RunInfo) {
+        self.epochs = info.epochs;
         self.print(&format!(
             "training {} ({} parameters) on {} images: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
             info.model,
@@ -167,7 +184,7 @@ impl Observer for Console {
                 e.loss, e.accuracy, e.lr, e.images_per_sec
             ));
         } else if e.step.is_multiple_of(self.every) {
-            println!(
+            eprintln!(
                 "epoch {} step {} ({}/{}) loss {:.4} acc {:.3} lr {:.3e} {:.1} img/s",
                 e.epoch + 1,
                 e.step,
@@ -186,16 +203,25 @@ impl Observer for Console {
             bar.finish_and_clear();
         }
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        println!(
-            "epoch {} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {:.1} img/s, {:.1} s",
+        self.epoch_seconds.push(r.seconds);
+        let mean = self.epoch_seconds.iter().sum::<f64>() / self.epoch_seconds.len() as f64;
+        let left = self.epochs.saturating_sub(r.epoch + 1);
+        eprintln!(
+            "epoch {}/{} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {:.1} img/s, {:.1} s{}",
             r.epoch + 1,
+            self.epochs,
             r.train_loss,
             r.train_accuracy,
             opt(r.val_accuracy),
             opt(r.test_accuracy),
             opt(r.test_loss),
             r.images_per_sec,
-            r.seconds
+            r.seconds,
+            if left > 0 {
+                format!(", about {} left", duration(mean * left as f64))
+            } else {
+                String::new()
+            }
         );
     }
 

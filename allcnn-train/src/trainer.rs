@@ -66,8 +66,8 @@ pub enum RunStatus {
     Interrupted,
 }
 
-/// What a run produced.
-#[derive(Debug, Clone)]
+/// What a run produced (`allcnn train --json` prints it).
+#[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     /// How it ended.
     pub status: RunStatus,
