@@ -274,6 +274,37 @@ impl MetricsLog {
         }
     }
 
+    /// Cuts `path` before its first line about a step after `step` (a step
+    /// or epoch line): what a run resumed from the checkpoint at `step`
+    /// writes again. The file is rewritten atomically; a missing file is
+    /// left missing.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] naming the file.
+    pub fn truncate_after(path: &Path, step: u64) -> Result<(), TrainError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(TrainError::io(path)(e)),
+        };
+        let cut = text
+            .split_inclusive('\n')
+            .take_while(|line| {
+                // A torn last line (a kill mid-write) goes too.
+                line.ends_with('\n')
+                    && serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_none_or(|s| s <= step)
+            })
+            .map(str::len)
+            .sum::<usize>();
+        if cut < text.len() {
+            allcnn_models::write_atomic(path, &text.as_bytes()[..cut])?;
+        }
+        Ok(())
+    }
+
     /// The epoch lines of a `metrics.jsonl` file (for plots after a resume).
     ///
     /// # Errors

@@ -357,6 +357,8 @@ impl Trainer {
             });
         }
         let _lock = prepare_run_dir(run_dir, false, 0)?;
+        // Lines past the checkpoint would be written again: drop them.
+        MetricsLog::truncate_after(&run_dir.join(files::METRICS), ckpt.state.step)?;
         let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;
         let mut model = AllCnn::from_tensors(
             ckpt.state.spec.clone(),
@@ -628,13 +630,16 @@ impl Trainer {
             run.state.epoch += 1;
             run.state.batch = 0;
             run.state.partial = EpochPartial::default();
+            // The epoch's line first: a kill between the two leaves a line
+            // past the checkpoint, which the resume removes and writes again,
+            // never a checkpointed epoch without its line.
+            self.emit(&mut metrics, &mut console, |o| o.on_epoch(&record));
             self.checkpoint(&mut run)?;
             let plot = learning_curve_svg(
                 &run.state.history,
                 &format!("{} ({})", run.state.spec.name, run.run_dir.display()),
             );
             allcnn_models::write_atomic(&run.run_dir.join(files::PLOT), plot.as_bytes())?;
-            self.emit(&mut metrics, &mut console, |o| o.on_epoch(&record));
 
             if self.interrupt.load(Ordering::SeqCst) && run.state.epoch < cfg.epochs {
                 status = RunStatus::Interrupted;

@@ -141,6 +141,29 @@ fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
         params_bits(&cut.path().join(files::FINAL)),
         "crash at step {crash_at}: resumed weights differ"
     );
+    // metrics.jsonl agrees with the checkpoint (D9 of issue 15): every step
+    // and epoch line once, with the uninterrupted run's values.
+    let lines = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join(files::METRICS))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "step" || v["type"] == "epoch")
+            .map(|v| {
+                let loss = if v["type"] == "step" {
+                    &v["loss"]
+                } else {
+                    &v["train_loss"]
+                };
+                format!("{} {} {}", v["type"], v["step"], loss)
+            })
+            .collect()
+    };
+    assert_eq!(
+        lines(full.path()),
+        lines(cut.path()),
+        "crash at step {crash_at}"
+    );
 }
 
 #[test]
