@@ -135,7 +135,14 @@ fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
         matches!(e, TrainError::RunDir { .. }) && e.to_string().contains("resume"),
         "{e}"
     );
+    // A temporary file left by a kill mid-write (D12 of issue 15) is
+    // removed on resume; a file of the user's that looks alike is not.
+    let stale = cut.path().join("checkpoint.safetensors.tmp4242");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let mine = cut.path().join("checkpoint.safetensors.tmp-notes");
+    std::fs::write(&mine, b"mine").unwrap();
     quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert!(!stale.exists() && mine.exists());
     assert_eq!(
         params_bits(&full.path().join(files::FINAL)),
         params_bits(&cut.path().join(files::FINAL)),
