@@ -106,6 +106,17 @@ pub enum ModelError {
         /// The architecture's name.
         model: String,
     },
+    /// A parameter tensor of the right shape that cannot be used: not
+    /// floating point, or holding NaN or infinite values.
+    #[error("{source_name}: tensor `{tensor}`: {reason}")]
+    BadTensor {
+        /// Where the tensors came from (a file path).
+        source_name: String,
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The file could not be read or written.
     #[error("{}: {cause}", path.display())]
     Io {

@@ -291,8 +291,32 @@ impl AllCnn {
                         model: spec.name.clone(),
                     });
                 }
-                t.to_dtype(DType::F32)
-                    .and_then(|t| t.to_device(device))
+                let bad = |reason: String| ModelError::BadTensor {
+                    source_name: source.to_string(),
+                    tensor: name.clone(),
+                    reason,
+                };
+                if !t.dtype().is_float() {
+                    return Err(bad(format!(
+                        "its dtype is {:?}: weights are floating point (f32, f16, bf16 or f64)",
+                        t.dtype()
+                    )));
+                }
+                let t = t
+                    .to_dtype(DType::F32)
+                    .context(|| format!("{source}: converting `{name}` to f32"))?;
+                let values: Vec<f32> = t
+                    .flatten_all()
+                    .and_then(|v| v.to_vec1())
+                    .context(|| format!("{source}: reading `{name}`"))?;
+                let bad_values = values.iter().filter(|v| !v.is_finite()).count();
+                if bad_values > 0 {
+                    return Err(bad(format!(
+                        "{bad_values} of its {} values are NaN or infinite: the file is corrupt, or was saved from a run that diverged",
+                        values.len()
+                    )));
+                }
+                t.to_device(device)
                     .context(|| format!("{source}: moving `{name}` to {device:?}"))
             };
             let weight = take("weight", shape.weight_shape().to_vec())?;

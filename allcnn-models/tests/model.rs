@@ -248,6 +248,50 @@ fn strict_loading_names_tensor_and_shapes() {
         "{e}"
     );
 
+    // Unusable values (D20 of issue 15): integer weights, a NaN, an inf.
+    let shape = good["conv3.bias"].dims().to_vec();
+    let n: usize = shape.iter().product();
+    let mut nan = vec![0.5f32; n];
+    nan[1] = f32::NAN;
+    let mut inf = vec![0.5f32; n];
+    inf[0] = f32::INFINITY;
+    for (label, tensor, expected) in [
+        (
+            "int",
+            Tensor::zeros(shape.clone(), DType::U8, &Device::Cpu).unwrap(),
+            "dtype is U8",
+        ),
+        (
+            "nan",
+            Tensor::from_vec(nan, shape.clone(), &Device::Cpu).unwrap(),
+            "1 of its",
+        ),
+        (
+            "inf",
+            Tensor::from_vec(inf, shape.clone(), &Device::Cpu).unwrap(),
+            "NaN or infinite",
+        ),
+    ] {
+        let mut t = good.clone();
+        t.insert("conv3.bias".into(), tensor);
+        let p = dir.path().join(format!("{label}.safetensors"));
+        write_raw(&p, &t);
+        let e = WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap_err();
+        assert!(matches!(e, ModelError::BadTensor { .. }), "{label}: {e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("conv3.bias") && msg.contains(expected),
+            "{msg}"
+        );
+    }
+    // Other float types load (converted to f32).
+    let mut t = good.clone();
+    let half = t["conv3.bias"].to_dtype(DType::F16).unwrap();
+    t.insert("conv3.bias".into(), half);
+    let p = dir.path().join("f16.safetensors");
+    write_raw(&p, &t);
+    WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap();
+
     // No metadata: not self-describing, but loads with an explicit spec.
     let p = dir.path().join("plain.safetensors");
     write_raw(&p, &good);
