@@ -126,7 +126,13 @@ pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
-/// Decodes an image file to 8-bit RGB CHW.
+/// The largest image side [`decode_image`] accepts (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The most memory decoding one image may take (bytes).
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// Decodes an image file to 8-bit RGB CHW. Images over [`MAX_IMAGE_SIDE`]
+/// pixels a side are refused from their header, before decoding.
 ///
 /// # Errors
 /// [`DataError::Io`] when the file cannot be read, [`DataError::BadImage`]
@@ -145,15 +151,20 @@ pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError>
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::BadImage {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })?
-        .decode()
-        .map_err(bad)?
-        .to_rgb8();
+        })?;
+    // The header's size is checked before any pixel is decoded: a small
+    // compressed file can announce gigabytes.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(bad)?.to_rgb8();
     let (w, h) = img.dimensions();
     Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())
 }

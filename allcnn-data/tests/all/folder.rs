@@ -230,3 +230,15 @@ fn symlinks_are_followed_once_and_loops_refused() {
     let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
     assert_eq!(f.class_counts(), vec![2, 2, 2]);
 }
+
+#[test]
+fn an_image_announcing_a_huge_size_is_refused_before_decoding() {
+    // D15 of issue 15: a small PNG of 20000 x 20000 grey pixels took 2.8 GB.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("train/cat/wide.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::new(9000, 2).save(&path).unwrap();
+    let e = allcnn_data::decode_image(&path).unwrap_err();
+    assert!(matches!(e, DataError::BadImage { .. }), "{e:?}");
+    assert!(e.to_string().contains("wide.png"), "{e}");
+}
