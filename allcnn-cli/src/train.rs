@@ -113,6 +113,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    // Recorded absolute, so `--resume` finds the same data from anywhere.
+    if let Some(p) = &config.data.path {
+        let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        config.data.path = Some(abs);
+    }
     let Some(data_path) = config.data.path.clone() else {
         bail!("no data: pass --data DIR (a CIFAR binary folder or an image folder with train/ and test/)");
     };

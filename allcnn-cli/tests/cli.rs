@@ -1454,3 +1454,40 @@ fn json_outputs_for_scripts() {
     assert_eq!(v["epochs_done"], 1);
     assert_eq!(v["test"]["examples"], 12);
 }
+
+#[test]
+fn a_relative_data_path_is_recorded_absolute() {
+    // D17 of issue 15: `--resume` from another directory lost the data.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_folder(&dir.path().join("data"));
+    let o = Command::new(env!("CARGO_BIN_EXE_allcnn"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            "--preset",
+            "cifar10",
+            "--model",
+            "all-cnn-a",
+            "--data",
+            "data",
+            "--out",
+            "run",
+            "epochs=2",
+            "max_steps=2",
+            "batch_size=4",
+            "data.preprocessing=standardize",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
+    let data = dir.path().join("data");
+    assert!(
+        config.contains(&format!("path = \"{}\"", data.display())),
+        "{config}"
+    );
+    // Resumed from elsewhere, it finds the data and finishes.
+    let run = dir.path().join("run");
+    let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
