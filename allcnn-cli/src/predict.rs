@@ -217,10 +217,13 @@ pub fn run(args: &Args) -> Result<()> {
                 }
             };
             let mut chunks = Vec::new();
+            let bar = crate::progress::bar(paths.len() as u64, "predicting");
             for chunk in paths.chunks(args.batch) {
                 let x = load_images(chunk, side, &pre, &device)?;
                 chunks.push(model.forward(&x)?);
+                bar.inc(chunk.len() as u64);
             }
+            bar.finish_and_clear();
             let names = paths.iter().map(|p| p.display().to_string()).collect();
             (names, Tensor::cat(&chunks, 0)?)
         };
