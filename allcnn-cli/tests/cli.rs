@@ -379,10 +379,7 @@ fn data_info_on_the_real_cifar10_folder() {
     let root =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpg");
     if !root.is_dir() {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: {} not found; this test proves nothing here !!!!!!!!\n",
-            root.display()
-        );
+        allcnn_models::testing::missing_fixture("the CIFAR-10 image folder", &root, "../shared");
         return;
     }
     let o = allcnn(&["data", "info", root.to_str().unwrap(), "--json"]);

@@ -18,6 +18,28 @@ use crate::{ArchSpec, WeightsFile};
 /// The models the golden folder holds.
 pub const GOLDEN_MODELS: &[&str] = &["all-cnn-c", "model-c", "strided-cnn-b"];
 
+/// The environment variable that turns a missing fixture from a loud skip
+/// into a failure: CI sets it (`.ci/run`), so nothing passes by skipping.
+pub const REQUIRE_FIXTURES: &str = "ALLCNN_REQUIRE_FIXTURES";
+
+/// Reports a missing fixture: panics when [`REQUIRE_FIXTURES`] is set,
+/// otherwise prints a loud SKIPPED notice (the caller then returns).
+///
+/// # Panics
+/// When [`REQUIRE_FIXTURES`] is set.
+pub fn missing_fixture(what: &str, path: &Path, hint: &str) {
+    if std::env::var_os(REQUIRE_FIXTURES).is_some() {
+        panic!(
+            "{what} not found at {} ({hint}), and {REQUIRE_FIXTURES} is set: a test may not pass by skipping",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: {what} not found at {} ({hint}); this test proves nothing on this machine !!!!!!!!\n",
+        path.display()
+    );
+}
+
 /// The golden folder: `$ALLCNN_GOLDEN` or `<workspace>/../shared/golden`.
 pub fn golden_root() -> PathBuf {
     if let Some(p) = std::env::var_os("ALLCNN_GOLDEN") {
@@ -50,11 +72,7 @@ impl Golden {
     pub fn load(name: &str) -> Option<Self> {
         let dir = golden_root().join(name);
         if !dir.is_dir() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: golden fixtures not found at {} (set ALLCNN_GOLDEN); \
-                 this test proves nothing on this machine !!!!!!!!\n",
-                dir.display()
-            );
+            missing_fixture("golden fixtures", &dir, "set ALLCNN_GOLDEN");
             return None;
         }
         let meta: serde_json::Value = serde_json::from_str(

@@ -35,10 +35,10 @@ fn data_dir() -> Option<PathBuf> {
     if dir.join("train").is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: CIFAR-10 image folder not found at {} (set ALLCNN_CIFAR10); \
-             this test proves nothing on this machine !!!!!!!!\n",
-            dir.display()
+        allcnn_models::testing::missing_fixture(
+            "the CIFAR-10 image folder",
+            &dir,
+            "set ALLCNN_CIFAR10",
         );
         None
     }
