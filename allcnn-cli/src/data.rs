@@ -33,6 +33,10 @@ pub enum Command {
         /// Delete the archive after extracting it.
         #[arg(long)]
         remove_archive: bool,
+        /// Refuse a download larger than this many bytes (default 512 MiB;
+        /// the CIFAR archives are about 170 MB).
+        #[arg(long)]
+        max_bytes: Option<u64>,
         /// Print what was done as JSON.
         #[arg(long)]
         json: bool,
@@ -59,6 +63,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             md5,
             force,
             remove_archive,
+            max_bytes,
             json,
         } => {
             let (kind, name) = match dataset {
@@ -72,6 +77,8 @@ pub fn run(cmd: &Command) -> Result<()> {
                 remove_archive: *remove_archive,
                 force: *force,
                 timeout: None,
+                body_timeout: None,
+                max_bytes: *max_bytes,
             };
             let out = download_cifar(kind, dir, &opts)?;
             if *json {

@@ -47,9 +47,22 @@ pub struct DownloadOptions {
     pub remove_archive: bool,
     /// Download and extract again even when the dataset is already there.
     pub force: bool,
-    /// Connection and read timeout (default 60 s).
+    /// Connection and response-header timeout (default 60 s).
     pub timeout: Option<Duration>,
+    /// The longest the body of one request may take to arrive (default
+    /// [`DEFAULT_BODY_TIMEOUT`]); a stalled or trickling server then ends
+    /// the call, and running it again resumes the partial download.
+    pub body_timeout: Option<Duration>,
+    /// Refuse, and stop reading, a download larger than this (default
+    /// [`DEFAULT_MAX_BYTES`]): a server cannot fill the disk.
+    pub max_bytes: Option<u64>,
 }
+
+/// The default [`DownloadOptions::body_timeout`]: 30 minutes.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The default [`DownloadOptions::max_bytes`]: 512 MiB (the CIFAR archives
+/// are about 170 MB).
+pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 
 /// What [`download_cifar`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -256,6 +269,7 @@ fn fetch_resumable(
         .http_status_as_error(false)
         .timeout_connect(Some(timeout))
         .timeout_recv_response(Some(timeout))
+        .timeout_recv_body(Some(opts.body_timeout.unwrap_or(DEFAULT_BODY_TIMEOUT)))
         .build()
         .into();
     let http = |reason: String| DataError::Http {
@@ -317,6 +331,16 @@ fn fetch_resumable(
         };
         let resumed = append;
         let start = if append { offset } else { 0 };
+        let max_bytes = opts.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        let too_big = |size: u64| {
+            http(format!(
+                "the download is {size} bytes or more, over the limit of {max_bytes} \
+                 (--max-bytes): refused"
+            ))
+        };
+        if let Some(t) = total.filter(|&t| t > max_bytes) {
+            return Err(too_big(t));
+        }
         let mut file = if append {
             OpenOptions::new().append(true).open(part)
         } else {
@@ -347,6 +371,11 @@ fn fetch_resumable(
             match reader.read(&mut buf) {
                 Ok(0) => break None,
                 Ok(n) => {
+                    if start + got + n as u64 > max_bytes {
+                        drop(file);
+                        remove_file(part)?;
+                        return Err(too_big(start + got + n as u64));
+                    }
                     file.write_all(&buf[..n])
                         .map_err(|e| DataError::io("cannot write", part, e))?;
                     got += n as u64;

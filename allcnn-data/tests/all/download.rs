@@ -24,6 +24,10 @@ enum Reply {
     NoRange,
     /// Answer with this status and no body.
     Status(u16),
+    /// Send the whole file with no Content-Length (the end is the close).
+    NoLength,
+    /// Send the headers and half the body, then stall for 3 s.
+    Stall,
 }
 
 struct Server {
@@ -92,14 +96,25 @@ fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
                         len - s,
                     ),
                     (Reply::Truncate(n), None) => (200, String::new(), &body[..n], len),
-                    (Reply::Full | Reply::NoRange, _) => (200, String::new(), &body[..], len),
+                    (Reply::Full | Reply::NoRange | Reply::NoLength, _) => {
+                        (200, String::new(), &body[..], len)
+                    }
+                    (Reply::Stall, _) => (200, String::new(), &body[..len / 2], len),
                 };
+            let length = if matches!(reply, Reply::NoLength) {
+                String::new()
+            } else {
+                format!("Content-Length: {announced}\r\n")
+            };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\nContent-Type: application/gzip\r\n{extra}Connection: close\r\n\r\n"
+                "HTTP/1.1 {status} X\r\n{length}Content-Type: application/gzip\r\n{extra}Connection: close\r\n\r\n"
             );
             let _ = stream.write_all(payload);
             let _ = stream.flush();
+            if matches!(reply, Reply::Stall) {
+                std::thread::sleep(Duration::from_secs(3));
+            }
         }
     });
     Server { url, requests }
@@ -359,4 +374,32 @@ fn a_malformed_md5_is_refused_before_any_request() {
     }
     assert!(srv.requests.lock().unwrap().is_empty());
     assert!(entries(tmp.path()).is_empty());
+}
+
+#[test]
+fn oversized_and_stalled_downloads_end_by_themselves() {
+    // D5 of issue 15: an endless body wrote 4 GB; a stall hung for ever.
+    let body = archive(3, None);
+    let md5 = md5_of(&body);
+    let cap = (body.len() / 2) as u64;
+    for reply in [Reply::Full, Reply::NoLength] {
+        let srv = serve(body.clone(), vec![reply]);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts(&srv.url, &md5);
+        o.max_bytes = Some(cap);
+        let err = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap_err();
+        assert!(err.to_string().contains("--max-bytes"), "{err}");
+        assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+    }
+    let srv = serve(body, vec![Reply::Stall]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(&srv.url, &md5);
+    o.body_timeout = Some(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(
+        matches!(err, DataError::Http { .. } | DataError::Truncated { .. }),
+        "{err:?}"
+    );
 }
