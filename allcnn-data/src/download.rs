@@ -410,6 +410,22 @@ fn fetch_resumable(
     }
 }
 
+/// `e` and its chain of causes (the tar crate's "failed to unpack ..."
+/// says why only in its source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Extracts `archive` (tar.gz) into `dir` through a temporary folder; the
 /// dataset folder appears only when complete.
 fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError> {
@@ -427,16 +443,16 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
         let f = File::open(archive).map_err(|e| DataError::io("cannot open", archive, e))?;
         let gz = flate2::read::GzDecoder::new(BufReader::with_capacity(1 << 20, f));
         let mut ar = tar::Archive::new(gz);
-        let entries = ar.entries().map_err(|e| arch_err(e.to_string()))?;
+        let entries = ar.entries().map_err(|e| arch_err(with_causes(&e)))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| arch_err(e.to_string()))?;
+            let mut entry = entry.map_err(|e| arch_err(with_causes(&e)))?;
             let name = entry
                 .path()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "?".into());
             let inside = entry
                 .unpack_in(&tmp)
-                .map_err(|e| arch_err(format!("member {name}: {e}")))?;
+                .map_err(|e| arch_err(format!("member {name}: {}", with_causes(&e))))?;
             if !inside {
                 return Err(arch_err(format!(
                     "member {name} points outside the archive folder"

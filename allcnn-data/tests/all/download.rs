@@ -307,6 +307,12 @@ fn bad_archives_never_look_complete() {
     )
     .unwrap_err();
     assert!(matches!(err, DataError::Archive { .. }), "{err:?}");
+    // The cause is named, not just "failed to unpack" (D27 of issue 15).
+    let msg = err.to_string();
+    assert!(
+        msg.contains("incomplete") || msg.contains("unexpected end"),
+        "{msg}"
+    );
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
 }
 
