@@ -168,10 +168,27 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
             path.display()
         )
     })?;
+    match input.dims() {
+        [n, 3, h, w] if *n > 0 && *h > 0 && *w > 0 => {}
+        dims => bail!(
+            "{}: tensor `input` has shape {dims:?}; expected [N,3,H,W] with at least one image",
+            path.display()
+        ),
+    }
     let labels = t
         .remove("labels")
         .map(|l| l.to_dtype(DType::U32))
         .transpose()?;
+    if let Some(l) = &labels {
+        if l.dims() != [input.dims()[0]] {
+            bail!(
+                "{}: tensor `labels` has shape {:?}; expected [{}], one label per image",
+                path.display(),
+                l.dims(),
+                input.dims()[0]
+            );
+        }
+    }
     Ok((input.to_dtype(DType::F32)?, labels))
 }
 

@@ -289,6 +289,26 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
 
+    // D28: an empty or misshapen `input` tensor is named, with no backtrace.
+    for (name, dims) in [("empty", vec![0usize, 3, 32, 32]), ("flat", vec![3, 32])] {
+        let t = dir.path().join(format!("{name}.safetensors"));
+        let input =
+            candle_core::Tensor::zeros(dims, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("input".to_string(), input)]),
+            &t,
+        )
+        .unwrap();
+        let o = allcnn(&["predict", t.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.contains("expected [N,3,H,W]") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+
     // D22: something that is not a regular file is never read.
     #[cfg(unix)]
     {
