@@ -30,6 +30,10 @@ pub struct Args {
     /// instead of 43 MB); evaluate the exported file afterwards.
     #[arg(long, value_name = "RANK")]
     whitening_rank: Option<usize>,
+    /// Store the network's parameters as f16 (about 2.7 MB less for
+    /// All-CNN-C; they load back as f32); evaluate the exported file.
+    #[arg(long)]
+    f16_weights: bool,
     /// Provenance recorded in the weights, config.json and the card, e.g.
     /// --provenance commit=abc123 --provenance "hardware=AMD EPYC, 2 cores".
     #[arg(long, value_name = "KEY=VALUE")]
@@ -57,6 +61,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(k) = args.whitening_rank {
         options = options.whitening_rank(k);
     }
+    options = options.half_weights(args.f16_weights);
     for item in &args.provenance {
         let Some((k, v)) = item.split_once('=') else {
             anyhow::bail!("--provenance {item:?}: expected KEY=VALUE");

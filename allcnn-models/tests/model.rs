@@ -317,3 +317,31 @@ fn strict_loading_names_tensor_and_shapes() {
         "{e}"
     );
 }
+
+#[test]
+fn parameters_saved_as_f16_load_back_as_their_rounded_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model("all-cnn-c", 4);
+    let (full, half) = (
+        dir.path().join("f32.safetensors"),
+        dir.path().join("f16.safetensors"),
+    );
+    m.save(&full, &WeightsMeta::default(), &[]).unwrap();
+    m.save_as(&half, &WeightsMeta::default(), &[], DType::F16)
+        .unwrap();
+    let (a, b) = (
+        std::fs::metadata(&full).unwrap().len(),
+        std::fs::metadata(&half).unwrap().len(),
+    );
+    assert!(b * 10 < a * 6, "f16 file {b} bytes, f32 {a}");
+    let loaded = WeightsFile::load(&half, &Device::Cpu).unwrap();
+    for ((name, orig), (_, back)) in m.parameters().iter().zip(loaded.model.parameters()) {
+        assert_eq!(back.dtype(), DType::F32, "{name}");
+        let rounded = orig
+            .to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(values(&rounded), values(&back), "{name}");
+    }
+}

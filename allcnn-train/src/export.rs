@@ -96,6 +96,9 @@ pub struct ExportOptions {
     /// rank ([`Preprocessing::compress_whitening`]; `None`: the full matrix).
     /// Measure the accuracy of the exported file: the transform changes.
     pub whitening_rank: Option<usize>,
+    /// Store the network's parameters as f16 (half the network's bytes;
+    /// they load back as f32). Measure the accuracy of the exported file.
+    pub half_weights: bool,
     /// Where and how the weights were made (`commit`, `hardware`,
     /// `wall_time`, ...): recorded as `allcnn.provenance.KEY` metadata, in
     /// `config.json` and in the card.
@@ -111,6 +114,7 @@ impl Default for ExportOptions {
             license: "mit".to_string(),
             dataset: None,
             whitening_rank: None,
+            half_weights: false,
             provenance: BTreeMap::new(),
         }
     }
@@ -144,6 +148,12 @@ impl ExportOptions {
     /// Sets [`ExportOptions::whitening_rank`].
     pub fn whitening_rank(mut self, rank: usize) -> Self {
         self.whitening_rank = Some(rank);
+        self
+    }
+
+    /// Sets [`ExportOptions::half_weights`].
+    pub fn half_weights(mut self, half: bool) -> Self {
+        self.half_weights = half;
         self
     }
 
@@ -490,7 +500,14 @@ pub fn export_hub(
         .collect();
     attachments.sort_by(|a, b| a.0.cmp(&b.0));
     let weights_path = out_dir.join(hub_files::WEIGHTS);
-    weights.model.save(&weights_path, &meta, &attachments)?;
+    let dtype = if options.half_weights {
+        candle_core::DType::F16
+    } else {
+        candle_core::DType::F32
+    };
+    weights
+        .model
+        .save_as(&weights_path, &meta, &attachments, dtype)?;
 
     // config.json.
     let class_names: Option<Vec<String>> = extra
