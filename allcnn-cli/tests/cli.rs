@@ -594,7 +594,14 @@ fn train_tiny_run() -> (
     let data = dir.path().join("data");
     tiny_folder(&data);
     let run = dir.path().join("run");
-    let o = allcnn(&[
+    let o = train_tiny(&data, &run, &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    (dir, data, run, o)
+}
+
+/// One epoch of All-CNN-A on `data` into `run`, with `extra` flags.
+fn train_tiny(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "train",
         "--preset",
         "cifar10",
@@ -607,9 +614,9 @@ fn train_tiny_run() -> (
         "epochs=1",
         "batch_size=4",
         "data.preprocessing=standardize",
-    ]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    (dir, data, run, o)
+    ];
+    args.extend_from_slice(extra);
+    allcnn(&args)
 }
 
 #[test]
@@ -1452,21 +1459,7 @@ fn json_outputs_for_scripts() {
     assert!(!v["files"].as_array().unwrap().is_empty());
 
     let run2 = dir.path().join("run2");
-    let v = json(&allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--model",
-        "all-cnn-a",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run2.to_str().unwrap(),
-        "--json",
-        "epochs=1",
-        "batch_size=4",
-        "data.preprocessing=standardize",
-    ]));
+    let v = json(&train_tiny(&data, &run2, &["--json"]));
     assert_eq!(v["status"], "completed");
     assert_eq!(v["epochs_done"], 1);
     assert_eq!(v["test"]["examples"], 12);
