@@ -321,38 +321,19 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
 
     // D4, D32: sizes and numbers out of range are usage errors (exit 2),
     // before any work.
-    for args in [
-        &["bench", "--batch", "10000000"][..],
-        &[
-            "viz", "--method", "gradient", "--input", "x.png", "--out", "m", "--scale", "100000",
-        ],
-        &[
-            "viz", "--method", "gradient", "--input", "x.png", "--out", "m", "--scale", "0",
-        ],
-        &[
-            "viz",
-            "--method",
-            "gradient",
-            "--input",
-            "x.png",
-            "--out",
-            "m",
-            "--percentile",
-            "NaN",
-        ],
-        &[
-            "viz",
-            "--method",
-            "gradient",
-            "--input",
-            "x.png",
-            "--out",
-            "m",
-            "--percentile",
-            "200",
-        ],
+    let o = allcnn(&["bench", "--batch", "10000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for flag in [
+        ["--scale", "100000"],
+        ["--scale", "0"],
+        ["--percentile", "NaN"],
+        ["--percentile", "200"],
     ] {
-        let o = allcnn(args);
+        let viz = [
+            "viz", "--method", "gradient", "--input", "x.png", "--out", "m",
+        ];
+        let args: Vec<&str> = viz.iter().chain(&flag).copied().collect();
+        let o = allcnn(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }

@@ -337,6 +337,14 @@ impl ImageFolder {
 }
 
 /// `root/train`, or for the test split `root/test` (else `root/val`).
+/// Whether an image folder is split into `train/`, `test/` or `val/`
+/// folders (otherwise its class folders sit at the root).
+pub fn has_split_folders(root: &Path) -> bool {
+    ["train", "test", "val"]
+        .iter()
+        .any(|s| root.join(s).is_dir())
+}
+
 pub(crate) fn split_dir(root: &Path, split: Split) -> PathBuf {
     match split {
         Split::Train => root.join("train"),

@@ -126,9 +126,7 @@ pub fn detect_format(path: &Path) -> Result<(DatasetFormat, PathBuf), DataError>
         }
     }
     if path.is_dir() {
-        let has_split = ["train", "test", "val"]
-            .iter()
-            .any(|s| path.join(s).is_dir());
+        let has_split = crate::folder::has_split_folders(path);
         let has_classes = !class_dirs(path)?.is_empty();
         if has_split || has_classes {
             return Ok((DatasetFormat::ImageFolder, path.to_path_buf()));
@@ -266,9 +264,7 @@ pub fn open_dataset(
             CifarDataset::load(&dir, CifarKind::Cifar100, split)?.with_labels(options.labels),
         ),
         DatasetFormat::ImageFolder => {
-            let has_split = ["train", "test", "val"]
-                .iter()
-                .any(|s| dir.join(s).is_dir());
+            let has_split = crate::folder::has_split_folders(&dir);
             let root = if has_split {
                 split_dir(&dir, split)
             } else {

@@ -99,8 +99,8 @@ pub use dataset::{
 pub use download::{download_cifar, DownloadOptions, DownloadOutcome};
 pub use error::DataError;
 pub use folder::{
-    decode_image, decode_image_bytes, is_image_file, FolderOptions, ImageFolder, OnError,
-    MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
+    decode_image, decode_image_bytes, has_split_folders, is_image_file, FolderOptions, ImageFolder,
+    OnError, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
 };
 pub use info::{
     detect_format, info, open_dataset, ClassCount, DatasetFormat, DatasetInfo, OpenOptions,

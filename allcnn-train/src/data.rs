@@ -66,9 +66,7 @@ impl TrainData {
     pub fn open(path: &Path, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
         let opts = OpenOptions::default();
         let (format, dir) = allcnn_data::detect_format(path)?;
-        let split_folders = ["train", "test", "val"]
-            .iter()
-            .any(|s| dir.join(s).is_dir());
+        let split_folders = allcnn_data::has_split_folders(&dir);
         let train = open_dataset(path, Split::Train, &opts)?;
         let test = if format == DatasetFormat::ImageFolder && !split_folders {
             // The same images would serve as both splits: "test" accuracy

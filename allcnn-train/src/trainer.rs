@@ -904,17 +904,15 @@ fn prepare_run_dir(
     }
     // Temporary files of an earlier process killed mid-write (`NAME.tmpPID`
     // of `write_atomic`); with the lock held no other writer is here.
-    for name in files::ALL {
-        let prefix = format!("{name}.tmp");
-        let Ok(list) = std::fs::read_dir(dir) else {
-            break;
-        };
+    if let Ok(list) = std::fs::read_dir(dir) {
         for entry in list.flatten() {
             let file = entry.file_name();
             let file = file.to_string_lossy();
-            let stale = file
-                .strip_prefix(&prefix)
-                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            let stale = files::ALL.iter().any(|name| {
+                file.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(".tmp"))
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            });
             if stale {
                 let _ = std::fs::remove_file(entry.path());
             }
