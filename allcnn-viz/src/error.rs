@@ -23,7 +23,7 @@ pub enum VizError {
     },
     /// A method name could not be parsed.
     #[error(
-        "unknown method `{name}`; valid methods: gradient, saliency, guided-backprop, deconvnet"
+        "unknown method `{name}`; valid methods: gradient, saliency, guided-backprop, deconvnet, grad-cam, guided-grad-cam, integrated-gradients, occlusion"
     )]
     BadMethod {
         /// The name given.
@@ -103,6 +103,14 @@ pub enum VizError {
     /// An argument is invalid (an empty channel list, k = 0, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A method cannot start from this kind of target.
+    #[error("{method} cannot use this target: {reason}")]
+    UnsupportedTarget {
+        /// The method.
+        method: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// The top-activation scan saw no images.
     #[error("the top-activation scan saw no images; nothing to reconstruct")]
     EmptyScan,

@@ -90,20 +90,28 @@
 //! ```
 #![warn(missing_docs)]
 
+mod cam;
 mod error;
+mod integrated;
 mod methods;
+mod occlusion;
 mod receptive;
 mod relu;
 pub mod render;
+mod smooth;
 mod target;
 mod top;
 
+pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
 pub use error::VizError;
+pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use methods::{
-    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, Saliency,
+    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, MethodOptions, Saliency,
 };
+pub use occlusion::Occlusion;
 pub use receptive::{crop, ReceptiveField, Window};
 pub use relu::{BackwardRule, RuleReluAll};
+pub use smooth::{NoiseAggregation, NoiseLevel, SmoothGrad, SmoothOptions};
 pub use target::{labels_vec, layer_shape, predict, Target, TargetSpec, Unit};
 pub use top::{Candidate, TopActivations, TopEntry, TopFigure, TopRow};
 

@@ -4,11 +4,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use allcnn_models::{AllCnn, LayerName};
+use allcnn_models::{AllCnn, LayerName, ReluRule};
 use candle_core::{DType, Tensor, Var};
 
+use crate::cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
 use crate::error::{CandleContext, VizError};
+use crate::integrated::{Baseline, IntegratedGradients, Quadrature};
+use crate::occlusion::Occlusion;
 use crate::relu::{BackwardRule, RuleReluAll};
+use crate::smooth::{SmoothGrad, SmoothOptions};
 use crate::target::{argmax_first, layer_shape, Target, Unit};
 
 /// An attribution method: maps an input batch and a [`Target`] to one map
@@ -95,7 +99,8 @@ method_type!(
     false
 );
 
-/// A method chosen at run time (e.g. from `--method`).
+/// A method chosen at run time (e.g. from `--method`), with its settings
+/// in [`MethodOptions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// [`Gradient`].
@@ -106,35 +111,101 @@ pub enum Method {
     GuidedBackprop,
     /// [`Deconvnet`].
     Deconvnet,
+    /// [`GradCam`] of [`MethodOptions::layer`], upsampled to the input by
+    /// [`MethodOptions::interpolation`]: `[N, 1, H, W]`.
+    GradCam,
+    /// [`GuidedGradCam`] of [`MethodOptions::layer`].
+    GuidedGradCam,
+    /// [`IntegratedGradients`] with [`MethodOptions::steps`],
+    /// [`MethodOptions::quadrature`] and [`MethodOptions::baseline`].
+    IntegratedGradients,
+    /// [`Occlusion`] with [`MethodOptions::window`],
+    /// [`MethodOptions::stride`] and [`MethodOptions::baseline`].
+    Occlusion,
+}
+
+/// The settings of the methods that have any, for [`Method::attribute_with`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodOptions {
+    /// Grad-CAM's layer; `None` is [`default_cam_layer`].
+    pub layer: Option<LayerName>,
+    /// Whether Grad-CAM's map is rectified (on, as in the paper).
+    pub relu_attributions: bool,
+    /// How Grad-CAM's map is brought to the input's size (Guided Grad-CAM
+    /// always uses [`Interpolation::Nearest`], as Captum).
+    pub interpolation: Interpolation,
+    /// Integrated Gradients: points on the path.
+    pub steps: usize,
+    /// Integrated Gradients: the quadrature rule.
+    pub quadrature: Quadrature,
+    /// Integrated Gradients and Occlusion: the constant baseline.
+    pub baseline: f32,
+    /// Occlusion: the window (height, width).
+    pub window: (usize, usize),
+    /// Occlusion: the stride (down, across).
+    pub stride: (usize, usize),
+    /// Images per pass for Integrated Gradients and Occlusion.
+    pub batch: usize,
+    /// SmoothGrad around the method, if set.
+    pub smooth: Option<SmoothOptions>,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        Self {
+            layer: None,
+            relu_attributions: true,
+            interpolation: Interpolation::Bilinear,
+            steps: 50,
+            quadrature: Quadrature::GaussLegendre,
+            baseline: 0.0,
+            window: (8, 8),
+            stride: (4, 4),
+            batch: 64,
+            smooth: None,
+        }
+    }
 }
 
 impl Method {
     /// Every method, in the order of the comparison figure.
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 8] = [
         Method::Gradient,
         Method::Saliency,
         Method::Deconvnet,
         Method::GuidedBackprop,
+        Method::GradCam,
+        Method::GuidedGradCam,
+        Method::IntegratedGradients,
+        Method::Occlusion,
     ];
 
+    /// The paper's three (the comparison figure of section 3.4).
+    pub const PAPER: [Method; 3] = [Method::Gradient, Method::Deconvnet, Method::GuidedBackprop];
+
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
-    /// `deconvnet`.
+    /// `deconvnet`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
+    /// `occlusion`.
     pub fn name(self) -> &'static str {
         match self {
             Method::Gradient => "gradient",
             Method::Saliency => "saliency",
             Method::GuidedBackprop => "guided-backprop",
             Method::Deconvnet => "deconvnet",
+            Method::GradCam => "grad-cam",
+            Method::GuidedGradCam => "guided-grad-cam",
+            Method::IntegratedGradients => "integrated-gradients",
+            Method::Occlusion => "occlusion",
         }
     }
 
     /// Whether the maps are signed (rendered around mid-grey) rather than
     /// non-negative (rendered as heat maps).
     pub fn is_signed(self) -> bool {
-        !matches!(self, Method::Saliency)
+        !matches!(self, Method::Saliency | Method::GradCam)
     }
 
-    /// Runs this method; see [`Attribute::attribute`].
+    /// Runs this method with default options; see [`Attribute::attribute`].
     ///
     /// # Errors
     /// As [`Attribute::attribute`].
@@ -144,11 +215,54 @@ impl Method {
         input: &Tensor,
         target: &Target,
     ) -> Result<Tensor, VizError> {
+        self.attribute_with(model, input, target, &MethodOptions::default())
+    }
+
+    /// Runs this method with `options`: `[N, C, H, W]`, or `[N, 1, H, W]`
+    /// for Grad-CAM.
+    ///
+    /// # Errors
+    /// As [`Attribute::attribute`], and an option the method rejects.
+    pub fn attribute_with(
+        self,
+        model: &AllCnn,
+        input: &Tensor,
+        target: &Target,
+        options: &MethodOptions,
+    ) -> Result<Tensor, VizError> {
+        if let Some(smooth) = options.smooth {
+            return SmoothGrad::new(model, self)
+                .method_options(options.clone())
+                .options(smooth)
+                .attribute(input, target);
+        }
+        let o = options;
+        let layer = o.layer.unwrap_or_else(|| default_cam_layer(model));
         match self {
             Method::Gradient => Gradient::new(model).attribute(input, target),
             Method::Saliency => Saliency::new(model).attribute(input, target),
             Method::GuidedBackprop => GuidedBackprop::new(model).attribute(input, target),
             Method::Deconvnet => Deconvnet::new(model).attribute(input, target),
+            Method::GradCam => {
+                let cam = GradCam::new(model, layer)
+                    .relu_attributions(o.relu_attributions)
+                    .attribute(input, target)?;
+                let (_, _, h, w) = input.dims4().context(|| "input shape".into())?;
+                interpolate(&cam, (h, w), o.interpolation)
+            }
+            Method::GuidedGradCam => GuidedGradCam::new(model, layer).attribute(input, target),
+            Method::IntegratedGradients => IntegratedGradients::new(model)
+                .steps(o.steps)
+                .quadrature(o.quadrature)
+                .baseline(Baseline::Constant(o.baseline))
+                .batch(o.batch)
+                .attribute(input, target),
+            Method::Occlusion => Occlusion::new(model)
+                .window(o.window.0, o.window.1)
+                .stride(o.stride.0, o.stride.1)
+                .baseline(o.baseline)
+                .batch(o.batch)
+                .attribute(input, target),
         }
     }
 }
@@ -162,6 +276,10 @@ impl FromStr for Method {
             "saliency" => Ok(Method::Saliency),
             "guided-backprop" | "guided" | "guided-backpropagation" => Ok(Method::GuidedBackprop),
             "deconvnet" | "deconvolution" | "deconv" => Ok(Method::Deconvnet),
+            "grad-cam" | "gradcam" => Ok(Method::GradCam),
+            "guided-grad-cam" | "guided-gradcam" => Ok(Method::GuidedGradCam),
+            "integrated-gradients" | "ig" => Ok(Method::IntegratedGradients),
+            "occlusion" => Ok(Method::Occlusion),
             _ => Err(VizError::BadMethod {
                 name: s.to_string(),
             }),
@@ -192,6 +310,14 @@ pub fn attribute_all(
         .collect()
 }
 
+/// The input on the model's device as f32.
+pub(crate) fn model_input(model: &AllCnn, input: &Tensor) -> Result<Tensor, VizError> {
+    input
+        .to_device(model.device())
+        .and_then(|x| x.to_dtype(DType::F32))
+        .context(|| "moving the input to the model's device".into())
+}
+
 /// The shared mechanism: a forward pass with `rule` at every ReLU, the target
 /// value summed over the batch, and candle's backward to the input.
 fn propagate(
@@ -201,19 +327,42 @@ fn propagate(
     target: &Target,
 ) -> Result<Tensor, VizError> {
     target.validate(model, input.dims())?;
-    let dev = model.device();
-    let x = input
-        .to_device(dev)
-        .and_then(|x| x.to_dtype(DType::F32))
-        .context(|| "moving the input to the model's device".into())?;
+    let x = model_input(model, input)?;
     // The input is the only variable: the parameters stay plain tensors and
     // the model is never touched.
     let var = Var::from_tensor(&x).context(|| "the input as a variable".into())?;
-    let relu = RuleReluAll(rule);
+    let objective = target_values(model, &RuleReluAll(rule), var.as_tensor(), target)?
+        .sum_all()
+        .context(|| "summing the target over the batch".into())?;
+    let grads = objective
+        .backward()
+        .context(|| format!("backward pass ({rule:?})"))?;
+    match grads.get(var.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => var
+            .as_tensor()
+            .zeros_like()
+            .context(|| "an all-zero map".into()),
+    }
+}
+
+/// The target's value for every image of `x` (on the model's device, f32):
+/// `[N]`, from a forward pass with `relu` at every ReLU. Every method starts
+/// from these values (their sum is what the gradient methods differentiate).
+///
+/// # Errors
+/// As [`Attribute::attribute`]; the target is assumed validated.
+pub(crate) fn target_values(
+    model: &AllCnn,
+    relu: &dyn ReluRule,
+    x: &Tensor,
+    target: &Target,
+) -> Result<Tensor, VizError> {
+    let dev = model.device();
     let (n, _, h, w) = x.dims4().context(|| "input shape".into())?;
-    let objective = match target {
+    match target {
         Target::Class(_) | Target::PerImage(_) => {
-            let logits = model.pass().relu(&relu).logits(var.as_tensor())?;
+            let logits = model.pass().relu(relu).logits(x)?;
             let classes = model.classes();
             let per_image: Vec<u32> = match target {
                 Target::Class(k) => vec![*k; n],
@@ -228,18 +377,18 @@ fn propagate(
                 .context(|| "building the class mask".into())?;
             logits
                 .mul(&onehot)
-                .and_then(|t| t.sum_all())
-                .context(|| "selecting the target logits".into())?
+                .and_then(|t| t.sum(1))
+                .context(|| "selecting the target logits".into())
         }
         Target::Unit { layer, .. }
         | Target::StrongestInChannel { layer, .. }
         | Target::Units { layer, .. } => {
             let acts = model
                 .pass()
-                .relu(&relu)
+                .relu(relu)
                 .capture(*layer)
                 .stop_at(*layer)
-                .run(var.as_tensor())?;
+                .run(x)?;
             let act = acts
                 .get(*layer)
                 .expect("the pass captured the requested layer");
@@ -252,19 +401,42 @@ fn propagate(
             let mask = Tensor::from_vec(mask, (n, c, lh, lw), dev)
                 .context(|| format!("building the {layer} unit mask"))?;
             act.mul(&mask)
-                .and_then(|t| t.sum_all())
-                .context(|| format!("selecting the {layer} units"))?
+                .and_then(|t| t.flatten_from(1))
+                .and_then(|t| t.sum(1))
+                .context(|| format!("selecting the {layer} units"))
         }
-    };
-    let grads = objective
-        .backward()
-        .context(|| format!("backward pass ({rule:?})"))?;
-    match grads.get(var.as_tensor()) {
-        Some(g) => Ok(g.clone()),
-        None => var
-            .as_tensor()
-            .zeros_like()
-            .context(|| "an all-zero map".into()),
+    }
+}
+
+/// `target` with a [`Target::StrongestInChannel`] fixed to the units it
+/// picks on `x`, so that perturbed copies of the input (integrated
+/// gradients, occlusion, noise) keep asking for the same units.
+pub(crate) fn fix_target(model: &AllCnn, x: &Tensor, target: &Target) -> Result<Target, VizError> {
+    Ok(match target {
+        Target::StrongestInChannel { layer, channel } => {
+            let acts = model.pass().capture(*layer).stop_at(*layer).run(x)?;
+            let act = acts
+                .get(*layer)
+                .expect("the pass captured the requested layer");
+            Target::Units {
+                layer: *layer,
+                units: strongest_units(act, *channel)?,
+            }
+        }
+        other => other.clone(),
+    })
+}
+
+/// `target` for a batch made of `copies` copies of the original batch, one
+/// after the other (copy-major).
+pub(crate) fn repeat_target(target: &Target, copies: usize) -> Target {
+    match target {
+        Target::PerImage(ks) => Target::PerImage(ks.repeat(copies)),
+        Target::Units { layer, units } => Target::Units {
+            layer: *layer,
+            units: units.repeat(copies),
+        },
+        other => other.clone(),
     }
 }
 
