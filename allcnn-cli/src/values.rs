@@ -59,3 +59,22 @@ pub fn conv_backend() -> impl TypedValueParser<Value = allcnn_models::ConvBacken
     PossibleValuesParser::new(ConvBackend::ALL.map(|(name, _)| name))
         .map(|s: String| ConvBackend::from_name(&s).expect("a name from ConvBackend::ALL"))
 }
+
+/// The attribution methods ([`allcnn_viz::Method::ALL`]), for `viz --method`.
+pub fn method() -> impl TypedValueParser<Value = allcnn_viz::Method> {
+    PossibleValuesParser::new(allcnn_viz::Method::ALL.map(|m| m.name()))
+        .map(|s: String| s.parse().expect("a name from Method::ALL"))
+}
+
+/// Integrated Gradients' quadrature rules, for `viz --quadrature`.
+pub fn quadrature() -> impl TypedValueParser<Value = allcnn_viz::Quadrature> {
+    PossibleValuesParser::new(allcnn_viz::Quadrature::ALL.map(|q| q.name()))
+        .map(|s: String| s.parse().expect("a name from Quadrature::ALL"))
+}
+
+/// SmoothGrad's aggregations, for `viz --smooth-kind`.
+pub fn noise_aggregation() -> impl TypedValueParser<Value = allcnn_viz::NoiseAggregation> {
+    use allcnn_viz::NoiseAggregation as A;
+    PossibleValuesParser::new([A::Mean, A::MeanOfSquares, A::Variance].map(|a| a.name()))
+        .map(|s: String| s.parse().expect("a name from NoiseAggregation"))
+}

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
 use allcnn_models::LayerName;
 use allcnn_viz::render::{self, RenderOptions, Style};
-use allcnn_viz::{attribute_all, Method, TargetSpec, TopActivations};
+use allcnn_viz::{
+    Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions, TargetSpec,
+    TopActivations,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Subcommand;
@@ -24,8 +27,8 @@ pub struct Args {
     top: Option<Sub>,
     #[command(flatten)]
     model: ModelArgs,
-    /// gradient, saliency, guided-backprop or deconvnet.
-    #[arg(long, required = true)]
+    /// The attribution method (its settings below).
+    #[arg(long, required = true, value_parser = crate::values::method())]
     method: Option<Method>,
     /// Image files or folders (preprocessed as the weights record), or a
     /// .safetensors file with a preprocessed `input` [N,3,H,W] (and `labels`).
@@ -38,8 +41,111 @@ pub struct Args {
     /// for one PNG per image plus `comparison.png`.
     #[arg(long, required = true)]
     out: Option<PathBuf>,
+    /// Methods of `comparison.png`, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::values::method(),
+          default_value = "gradient,deconvnet,guided-backprop")]
+    compare: Vec<Method>,
+    #[command(flatten)]
+    settings: MethodArgs,
     #[command(flatten)]
     common: Common,
+}
+
+/// The settings of the methods beyond the paper.
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Method settings")]
+pub(crate) struct MethodArgs {
+    /// grad-cam, guided-grad-cam: the convolution whose activations are
+    /// weighted [default: the one before the class convolution, conv8 of
+    /// All-CNN-C].
+    #[arg(long)]
+    layer: Option<String>,
+    /// grad-cam: keep negative values (Captum's relu_attributions=False).
+    #[arg(long)]
+    no_relu: bool,
+    /// integrated-gradients: points on the path from the baseline.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    steps: u32,
+    /// integrated-gradients: the quadrature rule (Captum's names).
+    #[arg(long, default_value = "gausslegendre", value_parser = crate::values::quadrature())]
+    quadrature: Quadrature,
+    /// integrated-gradients, occlusion: the constant baseline (in the
+    /// preprocessed input's units; 0 is the mean image after GCN + ZCA).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    baseline: f32,
+    /// occlusion: window size, `8` or `HxW` (e.g. `8x6`).
+    #[arg(long, default_value = "8", value_parser = parse_pair)]
+    window: (usize, usize),
+    /// occlusion: stride, `4` or `YxX`.
+    #[arg(long, default_value = "4", value_parser = parse_pair)]
+    stride: (usize, usize),
+    /// SmoothGrad: average the method's maps over this many noisy copies of
+    /// each image (0: off).
+    #[arg(long, default_value_t = 0)]
+    smooth: usize,
+    /// SmoothGrad: the noise's standard deviation as a fraction of each
+    /// image's value range.
+    #[arg(long, default_value_t = 0.15)]
+    noise: f32,
+    /// SmoothGrad: how the noisy maps are combined.
+    #[arg(long, default_value = "smoothgrad", value_parser = crate::values::noise_aggregation())]
+    smooth_kind: NoiseAggregation,
+    /// SmoothGrad: the noise's seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl MethodArgs {
+    pub(crate) fn options(&self) -> Result<MethodOptions> {
+        if !(self.noise.is_finite() && self.noise >= 0.0) {
+            bail!("--noise {}: use a fraction >= 0, e.g. 0.15", self.noise);
+        }
+        Ok(MethodOptions {
+            layer: self
+                .layer
+                .as_deref()
+                .map(str::parse::<LayerName>)
+                .transpose()?,
+            relu_attributions: !self.no_relu,
+            steps: self.steps as usize,
+            quadrature: self.quadrature,
+            baseline: self.baseline,
+            window: self.window,
+            stride: self.stride,
+            smooth: (self.smooth > 0).then_some(SmoothOptions {
+                samples: self.smooth,
+                noise: NoiseLevel::OfRange(self.noise),
+                aggregation: self.smooth_kind,
+                seed: self.seed,
+            }),
+            ..MethodOptions::default()
+        })
+    }
+
+    /// How the maps of `method` are drawn: squared or variance SmoothGrad
+    /// maps are non-negative.
+    fn style(&self, method: Method) -> Style {
+        if self.smooth > 0 && self.smooth_kind != NoiseAggregation::Mean {
+            Style::Heat
+        } else {
+            Style::for_method(method)
+        }
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{s}`: use a positive size like 8 or 8x6");
+    let one = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(bad)
+    };
+    match s.split_once(['x', 'X']) {
+        Some((a, b)) => Ok((one(a)?, one(b)?)),
+        None => one(s).map(|v| (v, v)),
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -207,7 +313,8 @@ pub fn run(args: &Args) -> Result<()> {
         .target
         .parse::<TargetSpec>()?
         .resolve(model, &input, labels.as_ref())?;
-    let maps = method.attribute(model, &input, &target)?;
+    let settings = args.settings.options()?;
+    let maps = method.attribute_with(model, &input, &target, &settings)?;
     if is_safetensors(out) {
         let cpu = maps.to_device(&Device::Cpu)?;
         candle_core::safetensors::save(&HashMap::from([("attribution".to_string(), cpu)]), out)
@@ -228,17 +335,23 @@ pub fn run(args: &Args) -> Result<()> {
     let opts = options(&args.common);
     let files = render::write_maps(
         &maps,
-        Style::for_method(method),
+        args.settings.style(method),
         &opts,
         out,
         &format!("{method}-"),
     )?;
-    let all = attribute_all(
-        model,
-        &[Method::Gradient, Method::Deconvnet, Method::GuidedBackprop],
-        &input,
-        &target,
-    )?;
+    let all = args
+        .compare
+        .iter()
+        .map(|&m| {
+            let map = if m == method {
+                maps.clone()
+            } else {
+                m.attribute_with(model, &input, &target, &settings)?
+            };
+            Ok((m, map))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let grid = out.join("comparison.png");
     render::write_png(
         &render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?,

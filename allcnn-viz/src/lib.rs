@@ -92,18 +92,21 @@
 
 mod cam;
 mod error;
+mod faithful;
 mod integrated;
 mod methods;
 mod occlusion;
 mod receptive;
 mod relu;
 pub mod render;
+mod sanity;
 mod smooth;
 mod target;
 mod top;
 
 pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
 pub use error::VizError;
+pub use faithful::{auc, Curves, DeletionInsertion};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use methods::{
     attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, MethodOptions, Saliency,
@@ -111,6 +114,10 @@ pub use methods::{
 pub use occlusion::Occlusion;
 pub use receptive::{crop, ReceptiveField, Window};
 pub use relu::{BackwardRule, RuleReluAll};
+pub use sanity::{
+    randomize_layers, similarity, spearman, ssim, Randomized, SanityCheck, SanityReport, SanityRow,
+    Similarity, Verdict,
+};
 pub use smooth::{NoiseAggregation, NoiseLevel, SmoothGrad, SmoothOptions};
 pub use target::{labels_vec, layer_shape, predict, Target, TargetSpec, Unit};
 pub use top::{Candidate, TopActivations, TopEntry, TopFigure, TopRow};

@@ -322,7 +322,8 @@ fn batch_len(t: &Tensor, what: &str) -> Result<usize, VizError> {
 
 /// The method-comparison figure: one row per image of `input` `[N, C, H, W]`,
 /// the image first, then each method's map (in the order of `maps`, each
-/// `[N, C, H, W]`) in that method's [`Style`].
+/// `[N, C, H, W]`, or `[N, 1, H, W]` for Grad-CAM) in that method's
+/// [`Style`].
 ///
 /// # Errors
 /// [`VizError::BadTensor`] when the shapes disagree.
@@ -334,10 +335,13 @@ pub fn comparison_grid(
     let n = batch_len(input, "input")?;
     let (_, _, h, w) = input.dims4().context(|| "input".into())?;
     for (m, t) in maps {
-        if t.dims() != input.dims() {
+        // One map per image at the input's size: C channels, or one
+        // (Grad-CAM).
+        let fits = matches!(t.dims(), &[tn, tc, th, tw] if tn == n && th == h && tw == w && (tc == 1 || tc == input.dims()[1]));
+        if !fits {
             return Err(VizError::BadTensor {
                 what: format!("{m} maps"),
-                expected: format!("the input's shape {:?}", input.dims()),
+                expected: format!("[{n}, 1 or C, {h}, {w}] (the input is {:?})", input.dims()),
                 got: t.dims().to_vec(),
             });
         }
@@ -473,6 +477,9 @@ pub fn labelled_comparison_grid(
                 Method::GuidedBackprop => "guided".into(),
                 Method::Deconvnet => "deconv".into(),
                 Method::Gradient => "grad".into(),
+                Method::GuidedGradCam => "g-gradcam".into(),
+                Method::IntegratedGradients => "int-grad".into(),
+                Method::Occlusion => "occl".into(),
                 _ => full,
             }
         }
