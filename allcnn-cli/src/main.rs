@@ -12,6 +12,7 @@ mod pretrained;
 mod progress;
 mod reproduce;
 mod train;
+mod trust;
 mod values;
 mod viz;
 mod weights;

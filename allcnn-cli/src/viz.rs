@@ -124,7 +124,7 @@ impl MethodArgs {
 
     /// How the maps of `method` are drawn: squared or variance SmoothGrad
     /// maps are non-negative.
-    fn style(&self, method: Method) -> Style {
+    pub(crate) fn style(&self, method: Method) -> Style {
         if self.smooth > 0 && self.smooth_kind != NoiseAggregation::Mean {
             Style::Heat
         } else {
@@ -149,18 +149,18 @@ fn parse_pair(s: &str) -> Result<(usize, usize), String> {
 }
 
 #[derive(clap::Args, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// Percentile of |value| at which maps saturate (above 0, at most 100).
     #[arg(long, default_value_t = 99.0, value_parser = parse_percentile)]
-    percentile: f32,
+    pub(crate) percentile: f32,
     /// Integer upscaling of every picture (1 to 64).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    scale: u32,
+    pub(crate) scale: u32,
     #[command(flatten)]
-    device: crate::device::DeviceArg,
+    pub(crate) device: crate::device::DeviceArg,
     /// Print what was done (predictions, files written) as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `--json` output of `viz` and `viz top`.
@@ -203,6 +203,16 @@ enum Sub {
         after_help = "Example:\n  allcnn viz top --weights run/best.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png"
     )]
     Top(TopArgs),
+    /// The trust report of each method: the sanity checks of Adebayo et al.
+    /// (2018; maps of the trained network against maps after randomising
+    /// its layers, cascading from the top and one at a time, and against a
+    /// network trained on shuffled labels if given) and deletion/insertion
+    /// faithfulness curves.
+    #[command(
+        alias = "trust",
+        after_help = "Example:\n  allcnn viz sanity --input docs/samples --out trust/\n  allcnn viz sanity --input docs/samples --methods gradient,guided-backprop,grad-cam --shuffled-labels shuffled.safetensors --out trust/"
+    )]
+    Sanity(crate::trust::Args),
 }
 
 #[derive(clap::Args)]
@@ -241,7 +251,7 @@ struct TopArgs {
     common: Common,
 }
 
-fn options(c: &Common) -> RenderOptions {
+pub(crate) fn options(c: &Common) -> RenderOptions {
     RenderOptions {
         percentile: c.percentile,
         scale: c.scale.max(1),
@@ -257,8 +267,10 @@ fn preprocessing(loaded: &weights::Loaded, label: &str) -> Preprocessing {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    if let Some(Sub::Top(t)) = &args.top {
-        return top(t);
+    match &args.top {
+        Some(Sub::Top(t)) => return top(t),
+        Some(Sub::Sanity(t)) => return crate::trust::run(t),
+        None => {}
     }
     let model_args = &args.model;
     let (Some(method), Some(out)) = (args.method, &args.out) else {
@@ -267,20 +279,7 @@ pub fn run(args: &Args) -> Result<()> {
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
-    let mut names = Vec::new();
-    let (input, labels) = if args.input.len() == 1 && is_safetensors(&args.input[0]) {
-        load_tensor_file(&args.input[0], &device)?
-    } else {
-        let paths = image_paths(&args.input)?;
-        let side = loaded
-            .file
-            .meta
-            .input_size
-            .unwrap_or(model.spec().input_size);
-        let pre = preprocessing(&loaded, &model_args.label());
-        names = paths.iter().map(|p| p.display().to_string()).collect();
-        (load_images(&paths, side, &pre, &device)?, None)
-    };
+    let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
     // What the model sees in each image, so the maps can be read.
     let mut row_labels = Vec::new();
     let mut written = Written::default();
@@ -371,6 +370,35 @@ pub fn run(args: &Args) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The images of `--input`: a `.safetensors` file with a preprocessed
+/// `input` (and maybe `labels`), or image files and folders preprocessed as
+/// the weights record; with the image names (none for a tensor file).
+pub(crate) fn read_input(
+    inputs: &[PathBuf],
+    loaded: &weights::Loaded,
+    model_args: &ModelArgs,
+    device: &Device,
+) -> Result<(
+    candle_core::Tensor,
+    Option<candle_core::Tensor>,
+    Vec<String>,
+)> {
+    if inputs.len() == 1 && is_safetensors(&inputs[0]) {
+        let (input, labels) = load_tensor_file(&inputs[0], device)?;
+        return Ok((input, labels, Vec::new()));
+    }
+    let model = &loaded.file.model;
+    let paths = image_paths(inputs)?;
+    let side = loaded
+        .file
+        .meta
+        .input_size
+        .unwrap_or(model.spec().input_size);
+    let pre = preprocessing(loaded, &model_args.label());
+    let names = paths.iter().map(|p| p.display().to_string()).collect();
+    Ok((load_images(&paths, side, &pre, device)?, None, names))
 }
 
 fn parse_channels(s: &str) -> Result<Vec<usize>> {

@@ -1482,3 +1482,136 @@ fn a_relative_data_path_is_recorded_absolute() {
     let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `allcnn ARGS...` on the golden all-cnn-c network and its two images
+/// (`--weights W --model all-cnn-c --classes 10 ... --input expected`).
+fn golden_viz(g: &allcnn_models::testing::Golden, args: &[&str]) -> Output {
+    let w = g.dir.join("weights.safetensors");
+    let input = g.dir.join("expected.safetensors"); // holds `input` and `labels`
+    let (sub, rest) = args.split_at(
+        args.iter()
+            .position(|a| a.starts_with("--"))
+            .unwrap_or(args.len()),
+    );
+    let mut all: Vec<&str> = sub.to_vec();
+    all.extend([
+        "--weights",
+        w.to_str().unwrap(),
+        "--model",
+        "all-cnn-c",
+        "--classes",
+        "10",
+        "--input",
+        input.to_str().unwrap(),
+        "--target",
+        "labels",
+    ]);
+    all.extend(rest);
+    allcnn(&all)
+}
+
+#[test]
+fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
+    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+        return;
+    };
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../allcnn-viz/tests/fixtures/captum-methods.safetensors");
+    let want = candle_core::safetensors::load(&fixture, &candle_core::Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("maps.safetensors");
+    let o_str = out.to_str().unwrap();
+    for (flags, key) in [
+        (
+            vec![
+                "--method",
+                "occlusion",
+                "--window",
+                "6x5",
+                "--stride",
+                "4x3",
+                "--baseline",
+                "0.25",
+            ],
+            "occlusion.6x5.4x3.const0.25",
+        ),
+        (
+            vec![
+                "--method",
+                "integrated-gradients",
+                "--steps",
+                "5",
+                "--quadrature",
+                "riemann_trapezoid",
+                "--baseline",
+                "0.25",
+            ],
+            "integrated_gradients.riemann_trapezoid.5.0.25",
+        ),
+        (
+            vec!["--method", "guided-grad-cam", "--layer", "conv6"],
+            "guided_grad_cam.conv6",
+        ),
+    ] {
+        let mut args = vec!["viz"];
+        args.extend(&flags);
+        args.extend(["--out", o_str]);
+        let o = golden_viz(&g, &args);
+        assert!(o.status.success(), "{key}: {}", stderr(&o));
+        let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        allcnn_models::testing::assert_close(
+            &format!("cli {key}"),
+            &t["attribution"],
+            &want[key],
+            2e-5,
+        );
+    }
+
+    // A window that is not a size is a usage error naming the value.
+    let o = golden_viz(
+        &g,
+        &[
+            "viz",
+            "--method",
+            "occlusion",
+            "--window",
+            "0x3",
+            "--out",
+            o_str,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("0x3"), "{}", stderr(&o));
+
+    // The trust report: every cascading step for each method, a verdict per
+    // method, the faithfulness curves with the chance level, and the files.
+    let report = dir.path().join("trust");
+    let o = golden_viz(
+        &g,
+        &[
+            "viz",
+            "sanity",
+            "--methods",
+            "gradient,guided-backprop",
+            "--cascading-only",
+            "--deletion-steps",
+            "4",
+            "--json",
+            "--out",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["sanity"]["rows"].as_array().unwrap().len(), 2 * 9);
+    let verdicts = j["sanity"]["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts.iter().all(|v| v["passes"].is_boolean()));
+    let faith = j["faithfulness"].as_array().unwrap();
+    assert_eq!(faith.len(), 3);
+    assert_eq!(faith[2]["method"], "random ranking");
+    assert_eq!(faith[0]["deletion_curve"].as_array().unwrap().len(), 5);
+    for f in ["trust.json", "sanity-cascade.png", "faithfulness.svg"] {
+        assert!(report.join(f).is_file(), "{f} missing");
+    }
+}

@@ -567,3 +567,160 @@ pub fn top_activation_grid(fig: &TopFigure, opts: &RenderOptions) -> Result<RgbI
     }
     Ok(grid.into_image())
 }
+
+/// The cascading-randomisation figure of a sanity check (Adebayo et al.,
+/// figure 2): one row per method, the first image's map from the trained
+/// network, then after randomising the top 1, 2, ... convolutions, titled by
+/// the deepest layer randomised.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for maps of another shape.
+pub fn sanity_grid(
+    report: &crate::SanityReport,
+    opts: &RenderOptions,
+) -> Result<RgbImage, VizError> {
+    let Some((_, first)) = report.cascade_maps.first() else {
+        return Err(VizError::InvalidArgument("the report holds no maps".into()));
+    };
+    let (cols, _, h, w) = first.dims4().context(|| "cascade maps".into())?;
+    let s = opts.scale.max(1);
+    let mut grid = Grid::new(
+        report.cascade_maps.len() as u32,
+        cols as u32,
+        w as u32 * s,
+        h as u32 * s,
+        opts.spacing,
+        opts.background,
+    );
+    for (i, (m, maps)) in report.cascade_maps.iter().enumerate() {
+        for j in 0..cols {
+            let one = maps.get(j).context(|| format!("{m} cascade map {j}"))?;
+            let pic = render(&one, Style::for_method(*m), opts.percentile)?;
+            grid.put(i as u32, j as u32, &upscale(&pic, s))?;
+        }
+    }
+    let convs = cols - 1;
+    let titles: Vec<String> = std::iter::once("trained".to_string())
+        .chain((1..=convs).map(|k| format!("-conv{}", convs + 1 - k)))
+        .collect();
+    let rows: Vec<String> = report
+        .cascade_maps
+        .iter()
+        .map(|(m, _)| m.to_string())
+        .collect();
+    Ok(annotate(
+        &grid.into_image(),
+        &titles,
+        &rows,
+        w as u32 * s,
+        h as u32 * s,
+        opts,
+    ))
+}
+
+/// One curve: a label and its values, evenly spaced on `[0, 1]`.
+pub type Curve = (String, Vec<f32>);
+
+/// A panel of curves with its title.
+pub type Panel = (String, Vec<Curve>);
+
+/// A small self-contained SVG of curves on `[0, 1] x [0, 1]`: one panel per
+/// `(title, series)`, each series `(label, points evenly spaced on x)`,
+/// with a legend. For the deletion and insertion curves.
+pub fn curves_svg(title: &str, x_label: &str, panels: &[Panel]) -> String {
+    use std::fmt::Write;
+    const COLOURS: [&str; 10] = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+        "#bcbd22", "#17becf",
+    ];
+    let (pw, ph, left, top, gap) = (360.0, 240.0, 50.0, 40.0, 60.0);
+    let legend_h = 16.0 * panels.first().map_or(0, |p| p.1.len()) as f64;
+    let width = left + panels.len() as f64 * (pw + gap);
+    let height = top + ph + 50.0 + legend_h;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="20" font-size="14">{}</text>"#,
+        xml(title)
+    );
+    for (p, (name, series)) in panels.iter().enumerate() {
+        let x0 = left + p as f64 * (pw + gap);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x0 + pw / 2.0,
+            top - 6.0,
+            xml(name)
+        );
+        for t in [0.0, 0.5, 1.0] {
+            let y = top + ph * (1.0 - t);
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{t}</text>"#,
+                x0 - 4.0,
+                y + 4.0
+            );
+            let x = x0 + pw * t;
+            let _ = writeln!(
+                s,
+                r#"<text x="{x}" y="{}" text-anchor="middle">{t}</text>"#,
+                top + ph + 14.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x0 + pw / 2.0,
+            top + ph + 30.0,
+            xml(x_label)
+        );
+        for (k, (label, ys)) in series.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            let n = ys.len().max(2) - 1;
+            let pts: Vec<String> = ys
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x0 + pw * i as f64 / n as f64,
+                        top + ph * (1.0 - y.clamp(0.0, 1.0) as f64)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                pts.join(" ")
+            );
+            if p == 0 {
+                let y = top + ph + 48.0 + 16.0 * k as f64;
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+                    left + 20.0,
+                    left + 26.0,
+                    y + 4.0,
+                    xml(label)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,268 @@
+//! `allcnn viz sanity` (alias `trust`): the sanity checks and the
+//! deletion/insertion faithfulness of each attribution method, as a table,
+//! JSON, a figure and a plot.
+
+use std::path::PathBuf;
+
+use allcnn_viz::render::{self, curves_svg};
+use allcnn_viz::{DeletionInsertion, Method, SanityCheck, Target, TargetSpec};
+use anyhow::{bail, Context, Result};
+
+use crate::viz::{options, read_input, Common, MethodArgs};
+use crate::weights::{self, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image files or folders, or a .safetensors file with `input` (and
+    /// `labels`). A few images (10-50) give stable means.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// What the maps explain: predicted (the trained network's class, kept
+    /// for every randomised network), labels or class:K; a hidden unit works
+    /// for the sanity checks but not for the faithfulness curves.
+    #[arg(long, default_value = "predicted")]
+    target: String,
+    /// Methods to check, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = crate::values::method(),
+          default_value = "gradient,saliency,deconvnet,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion")]
+    methods: Vec<Method>,
+    /// Weights of the same architecture trained on shuffled labels, for the
+    /// data-randomisation test.
+    #[arg(long)]
+    shuffled_labels: Option<PathBuf>,
+    /// A method passes when the rank correlation of its absolute maps with
+    /// the trained network's, averaged over the cascade (top layer, top two,
+    /// ..., every layer randomised), is below this (and so is the one with
+    /// the shuffled-label network).
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    randomization_seed: u64,
+    /// Skip randomising each layer alone (halves the time).
+    #[arg(long)]
+    cascading_only: bool,
+    /// Portions the pixels are deleted or inserted in.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    deletion_steps: u32,
+    /// Folder for trust.json, sanity-cascade.png and faithfulness.svg.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    settings: MethodArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `trust.json`.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    weights: String,
+    target: &'a str,
+    images: usize,
+    sanity: &'a allcnn_viz::SanityReport,
+    faithfulness: Vec<Faithfulness>,
+    files: Vec<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Faithfulness {
+    method: String,
+    deletion_auc: f32,
+    insertion_auc: f32,
+    deletion_curve: Vec<f32>,
+    insertion_curve: Vec<f32>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    if !(args.threshold.is_finite() && args.threshold > -1.0 && args.threshold <= 1.0) {
+        bail!(
+            "--threshold {}: use a rank correlation in (-1, 1]",
+            args.threshold
+        );
+    }
+    let inputs = args.model.weights.iter().map(PathBuf::as_path);
+    crate::predict::refuse_overwriting_inputs(&args.out, inputs)?;
+    let device = args.common.device.open()?;
+    let loaded = weights::load(&args.model, &device)?;
+    let model = &loaded.file.model;
+    let shuffled = match &args.shuffled_labels {
+        Some(p) => {
+            let margs = ModelArgs {
+                weights: Some(p.clone()),
+                offline: args.model.offline,
+                model: None,
+                classes: None,
+            };
+            Some(
+                weights::load(&margs, &device)
+                    .with_context(|| format!("--shuffled-labels {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let (input, labels, _) = read_input(&args.input, &loaded, &args.model, &device)?;
+    // Resolved once on the trained network: every randomised network is
+    // asked about the same class or unit.
+    let target = args
+        .target
+        .parse::<TargetSpec>()?
+        .resolve(model, &input, labels.as_ref())?;
+    let settings = args.settings.options()?;
+    let layers = model.spec().convs().len();
+    let steps = 1 + layers * if args.cascading_only { 1 } else { 2 } + shuffled.is_some() as usize;
+    let bar = crate::progress::bar(steps as u64, "networks");
+    let report = SanityCheck::new(model, &args.methods)
+        .options(settings.clone())
+        .seed(args.randomization_seed)
+        .threshold(args.threshold)
+        .independent(!args.cascading_only)
+        .run(
+            &input,
+            &target,
+            shuffled.as_ref().map(|l| &l.file.model),
+            &mut |done, _| bar.set_position(done as u64),
+        )?;
+    bar.finish_and_clear();
+
+    let mut faithfulness = Vec::new();
+    if matches!(target, Target::Class(_) | Target::PerImage(_)) {
+        let di = DeletionInsertion::new(model)
+            .steps(args.deletion_steps as usize)
+            .baseline(settings.baseline);
+        let bar = crate::progress::bar(args.methods.len() as u64 + 1, "deletion/insertion");
+        for &m in &args.methods {
+            let map = m.attribute_with(model, &input, &target, &settings)?;
+            faithfulness.push(summary(m.name(), &di.curves(&input, &map, &target)?));
+            bar.inc(1);
+        }
+        faithfulness.push(summary(
+            "random ranking",
+            &di.random_curves(&input, &target, args.randomization_seed)?,
+        ));
+        bar.finish_and_clear();
+    } else {
+        eprintln!("note: the faithfulness curves follow a class probability; skipped for a hidden-unit target");
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let figure = args.out.join("sanity-cascade.png");
+    render::write_png(
+        &render::sanity_grid(&report, &options(&args.common))?,
+        &figure,
+    )?;
+    let mut files = vec![figure];
+    if !faithfulness.is_empty() {
+        let series = |deletion: bool| -> Vec<render::Curve> {
+            faithfulness
+                .iter()
+                .map(|f| {
+                    let (auc, curve) = if deletion {
+                        (f.deletion_auc, &f.deletion_curve)
+                    } else {
+                        (f.insertion_auc, &f.insertion_curve)
+                    };
+                    (format!("{} (AUC {auc:.3})", f.method), curve.clone())
+                })
+                .collect()
+        };
+        let svg = curves_svg(
+            &format!(
+                "{}: class probability as pixels are deleted / inserted",
+                loaded.file.model.spec().name
+            ),
+            "fraction of pixels",
+            &[
+                ("deletion (lower is better)".into(), series(true)),
+                ("insertion (higher is better)".into(), series(false)),
+            ],
+        );
+        let path = args.out.join("faithfulness.svg");
+        allcnn_models::write_atomic(&path, svg.as_bytes())?;
+        files.push(path);
+    }
+    let json_path = args.out.join("trust.json");
+    files.push(json_path.clone());
+    let out = Report {
+        weights: args.model.label(),
+        target: &args.target,
+        images: report.images,
+        sanity: &report,
+        faithfulness,
+        files,
+    };
+    let json = serde_json::to_string_pretty(&out)?;
+    allcnn_models::write_atomic(&json_path, json.as_bytes())?;
+    if args.common.json {
+        println!("{json}");
+        return Ok(());
+    }
+    print_table(&out, args.threshold);
+    println!(
+        "wrote {}",
+        out.files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn summary(method: &str, c: &allcnn_viz::Curves) -> Faithfulness {
+    let (deletion_curve, insertion_curve) = c.mean_curves();
+    Faithfulness {
+        method: method.into(),
+        deletion_auc: c.deletion_auc(),
+        insertion_auc: c.insertion_auc(),
+        deletion_curve,
+        insertion_curve,
+    }
+}
+
+fn print_table(r: &Report<'_>, threshold: f32) {
+    println!(
+        "{} images, target {}; rank correlation (Spearman, absolute maps) between the trained network's maps and:",
+        r.images, r.target
+    );
+    println!(
+        "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "method",
+        "top layer",
+        "cascade mean",
+        "all layers",
+        "SSIM all",
+        "shuffled",
+        "verdict",
+        "deletion",
+        "insertion"
+    );
+    let faith = |m: &str| r.faithfulness.iter().find(|f| f.method == m);
+    for v in &r.sanity.verdicts {
+        let f = faith(&v.method);
+        println!(
+            "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>8.3} {:>9} {:>8} {:>9} {:>9}",
+            v.method,
+            v.top_layer_rank_abs,
+            v.cascade_mean_rank_abs,
+            v.all_layers_rank_abs,
+            v.all_layers_ssim,
+            v.labels_rank_abs.map_or("-".into(), |x| format!("{x:.3}")),
+            if v.passes { "pass" } else { "FAIL" },
+            f.map_or("-".into(), |f| format!("{:.3}", f.deletion_auc)),
+            f.map_or("-".into(), |f| format!("{:.3}", f.insertion_auc)),
+        );
+    }
+    if let Some(f) = faith("random ranking") {
+        println!(
+            "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9.3} {:>9.3}",
+            "random ranking", "", "", "", "", "", "", f.deletion_auc, f.insertion_auc
+        );
+    }
+    println!(
+        "pass: mean rank correlation over the cascade (top layer, top two, ..., all) below {threshold}, and against the shuffled-label network; deletion AUC: lower is better, insertion AUC: higher"
+    );
+}
