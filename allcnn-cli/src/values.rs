@@ -78,3 +78,25 @@ pub fn noise_aggregation() -> impl TypedValueParser<Value = allcnn_viz::NoiseAgg
     PossibleValuesParser::new([A::Mean, A::MeanOfSquares, A::Variance].map(|a| a.name()))
         .map(|s: String| s.parse().expect("a name from NoiseAggregation"))
 }
+
+/// The sign modes of overlays, for `viz --sign`.
+pub fn sign() -> impl TypedValueParser<Value = allcnn_viz::render::Sign> {
+    use allcnn_viz::render::Sign;
+    PossibleValuesParser::new(Sign::ALL.map(|s| s.name())).map(|s: String| {
+        *Sign::ALL
+            .iter()
+            .find(|m| m.name() == s)
+            .expect("a name from Sign::ALL")
+    })
+}
+
+/// The colour maps of overlays, for `viz --colormap`.
+pub fn colormap() -> impl TypedValueParser<Value = allcnn_viz::render::Colormap> {
+    use allcnn_viz::render::Colormap;
+    PossibleValuesParser::new(Colormap::ALL.map(|c| c.name())).map(|s: String| {
+        *Colormap::ALL
+            .iter()
+            .find(|m| m.name() == s)
+            .expect("a name from Colormap::ALL")
+    })
+}

@@ -47,6 +47,18 @@ pub struct Args {
     compare: Vec<Method>,
     #[command(flatten)]
     settings: MethodArgs,
+    /// Draw each image's map over the image (in grey) instead of alone.
+    #[arg(long)]
+    overlay: bool,
+    /// With --overlay: opacity of the strongest attribution (0 to 1).
+    #[arg(long, default_value_t = 0.7)]
+    alpha: f32,
+    /// With --overlay: which part of the map (all uses a blue-white-red scale).
+    #[arg(long, default_value = "absolute", value_parser = crate::values::sign())]
+    sign: render::Sign,
+    /// With --overlay: colour scale.
+    #[arg(long, default_value = "heat", value_parser = crate::values::colormap())]
+    colormap: render::Colormap,
     #[command(flatten)]
     common: Common,
 }
@@ -332,13 +344,41 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let opts = options(&args.common);
-    let files = render::write_maps(
-        &maps,
-        args.settings.style(method),
-        &opts,
-        out,
-        &format!("{method}-"),
-    )?;
+    let files = if args.overlay {
+        if !(0.0..=1.0).contains(&args.alpha) {
+            bail!("--alpha {}: use an opacity from 0 to 1", args.alpha);
+        }
+        let o = render::OverlayOptions {
+            sign: args.sign,
+            colormap: args.colormap,
+            alpha: args.alpha,
+            percentile: args.common.percentile,
+        };
+        // Image files are shown as they are, not as the network sees them
+        // (after GCN + ZCA).
+        let shown = if names.is_empty() {
+            input.clone()
+        } else {
+            let paths: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
+            load_images(&paths, input.dim(3)?, &Preprocessing::scale(), &device)?
+        };
+        let mut files = Vec::new();
+        for i in 0..input.dim(0)? {
+            let img = render::overlay(&shown.get(i)?, &maps.get(i)?, &o)?;
+            let path = out.join(format!("{method}-overlay-{i:04}.png"));
+            render::write_png(&render::upscale(&img, opts.scale), &path)?;
+            files.push(path);
+        }
+        files
+    } else {
+        render::write_maps(
+            &maps,
+            args.settings.style(method),
+            &opts,
+            out,
+            &format!("{method}-"),
+        )?
+    };
     let all = args
         .compare
         .iter()

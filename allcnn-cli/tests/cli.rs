@@ -1567,6 +1567,35 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
         );
     }
 
+    // Overlays: one PNG per image, the map over the image.
+    let folder = dir.path().join("overlays");
+    let o = golden_viz(
+        &g,
+        &[
+            "viz",
+            "--method",
+            "grad-cam",
+            "--overlay",
+            "--sign",
+            "all",
+            "--colormap",
+            "viridis",
+            "--compare",
+            "grad-cam,occlusion",
+            "--out",
+            folder.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "grad-cam-overlay-0000.png",
+        "grad-cam-overlay-0001.png",
+        "comparison.png",
+    ] {
+        let img = image::open(folder.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(img.width() >= 32, "{f}");
+    }
+
     // A window that is not a size is a usage error naming the value.
     let o = golden_viz(
         &g,

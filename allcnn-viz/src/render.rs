@@ -724,3 +724,204 @@ fn xml(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+/// Which part of a map a heat map or overlay shows (Captum's `sign`). The
+/// map is first summed over its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Sign {
+    /// Positive and negative evidence, on a diverging scale.
+    All,
+    /// Only the positive part (evidence for the target).
+    Positive,
+    /// Only the negative part (evidence against), as magnitudes.
+    Negative,
+    /// The magnitude `|v|`.
+    #[default]
+    Absolute,
+}
+
+impl Sign {
+    /// `all`, `positive`, `negative` or `absolute`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sign::All => "all",
+            Sign::Positive => "positive",
+            Sign::Negative => "negative",
+            Sign::Absolute => "absolute",
+        }
+    }
+
+    /// Every mode.
+    pub const ALL: [Sign; 4] = [Sign::All, Sign::Positive, Sign::Negative, Sign::Absolute];
+}
+
+/// Colour scales for heat maps and overlays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Colormap {
+    /// Black, red, yellow, white (the saliency maps' scale).
+    #[default]
+    Heat,
+    /// The perceptually uniform dark-blue, green, yellow scale (viridis).
+    Viridis,
+    /// Blue (negative), white (zero), red (positive); the scale of
+    /// [`Sign::All`].
+    Diverging,
+}
+
+impl Colormap {
+    /// `heat`, `viridis` or `diverging`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Colormap::Heat => "heat",
+            Colormap::Viridis => "viridis",
+            Colormap::Diverging => "diverging",
+        }
+    }
+
+    /// Every colour map.
+    pub const ALL: [Colormap; 3] = [Colormap::Heat, Colormap::Viridis, Colormap::Diverging];
+
+    /// The colour of `t`: in `[0, 1]`, or in `[-1, 1]` for
+    /// [`Colormap::Diverging`] (other maps take `|t|`).
+    pub fn colour(self, t: f32) -> Rgb<u8> {
+        match self {
+            Colormap::Heat => heat_colour(t.abs()),
+            Colormap::Viridis => {
+                // Nine samples of viridis, interpolated linearly.
+                const V: [[f32; 3]; 9] = [
+                    [0.267, 0.005, 0.329],
+                    [0.283, 0.141, 0.458],
+                    [0.254, 0.265, 0.530],
+                    [0.207, 0.372, 0.553],
+                    [0.164, 0.471, 0.558],
+                    [0.128, 0.567, 0.551],
+                    [0.135, 0.659, 0.518],
+                    [0.478, 0.821, 0.318],
+                    [0.993, 0.906, 0.144],
+                ];
+                let x = t.abs().clamp(0.0, 1.0) * 8.0;
+                let i = (x.floor() as usize).min(7);
+                let f = x - i as f32;
+                let c = |k: usize| V[i][k] + f * (V[i + 1][k] - V[i][k]);
+                Rgb([to_u8(c(0)), to_u8(c(1)), to_u8(c(2))])
+            }
+            Colormap::Diverging => {
+                let t = t.clamp(-1.0, 1.0);
+                let fade = 1.0 - t.abs();
+                if t >= 0.0 {
+                    Rgb([255, to_u8(fade), to_u8(fade)])
+                } else {
+                    Rgb([to_u8(fade), to_u8(fade), 255])
+                }
+            }
+        }
+    }
+}
+
+/// How [`overlay`] and [`sign_map`] draw a map.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayOptions {
+    /// Which part of the map.
+    pub sign: Sign,
+    /// The colour scale ([`Sign::All`] always uses [`Colormap::Diverging`]).
+    pub colormap: Colormap,
+    /// Opacity of the strongest attribution over the image (0..=1); weaker
+    /// attributions are proportionally more transparent.
+    pub alpha: f32,
+    /// Percentile of the shown magnitudes at which the scale saturates.
+    pub percentile: f32,
+}
+
+impl Default for OverlayOptions {
+    fn default() -> Self {
+        Self {
+            sign: Sign::Absolute,
+            colormap: Colormap::Heat,
+            alpha: 0.7,
+            percentile: 99.0,
+        }
+    }
+}
+
+/// The channel sum of `map` `[C, H, W]` under `sign`, scaled so the
+/// `percentile`-th percentile of the shown magnitudes is 1: values in
+/// `[-1, 1]` for [`Sign::All`], `[0, 1]` otherwise, row-major.
+fn signed_plane(
+    map: &Tensor,
+    sign: Sign,
+    percentile_: f32,
+) -> Result<(usize, usize, Vec<f32>), VizError> {
+    let (c, h, w, v) = chw(map, "map")?;
+    let plane = h * w;
+    let sum: Vec<f32> = (0..plane)
+        .map(|i| (0..c).map(|k| v[k * plane + i]).sum())
+        .map(|s: f32| match sign {
+            Sign::All => s,
+            Sign::Positive => s.max(0.0),
+            Sign::Negative => (-s).max(0.0),
+            Sign::Absolute => s.abs(),
+        })
+        .collect();
+    let shown: Vec<f32> = sum.iter().map(|x| x.abs()).filter(|&x| x > 0.0).collect();
+    let clip = percentile(&shown, percentile_);
+    let clip = if clip > 0.0 { clip } else { 1.0 };
+    Ok((
+        h,
+        w,
+        sum.iter().map(|x| (x / clip).clamp(-1.0, 1.0)).collect(),
+    ))
+}
+
+/// A map `[C, H, W]` alone, summed over channels, in `opts`' sign mode and
+/// colour map (alpha unused).
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn sign_map(map: &Tensor, opts: &OverlayOptions) -> Result<RgbImage, VizError> {
+    let (h, w, t) = signed_plane(map, opts.sign, opts.percentile)?;
+    let cmap = if opts.sign == Sign::All {
+        Colormap::Diverging
+    } else {
+        opts.colormap
+    };
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        cmap.colour(t[y as usize * w + x as usize])
+    }))
+}
+
+/// `map` `[C', H, W]` over `image` `[C, H, W]` (same size; the image in grey,
+/// min-max stretched): each pixel blends the image with the map's colour by
+/// `alpha` times the pixel's scaled magnitude, so unimportant pixels show
+/// the image.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for other shapes or sizes that differ.
+pub fn overlay(image: &Tensor, map: &Tensor, opts: &OverlayOptions) -> Result<RgbImage, VizError> {
+    let base = image_rgb(image)?;
+    let (h, w, t) = signed_plane(map, opts.sign, opts.percentile)?;
+    if (base.width() as usize, base.height() as usize) != (w, h) {
+        return Err(VizError::BadTensor {
+            what: "map to overlay".into(),
+            expected: format!("the image's size {}x{}", base.height(), base.width()),
+            got: map.dims().to_vec(),
+        });
+    }
+    let cmap = if opts.sign == Sign::All {
+        Colormap::Diverging
+    } else {
+        opts.colormap
+    };
+    let alpha = opts.alpha.clamp(0.0, 1.0);
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let p = base.get_pixel(x, y).0;
+        let grey = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+        let v = t[y as usize * w + x as usize];
+        let a = alpha * v.abs();
+        let c = cmap.colour(v).0;
+        Rgb(std::array::from_fn(|k| {
+            ((1.0 - a) * grey + a * c[k] as f32)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }))
+    }))
+}

@@ -153,3 +153,57 @@ fn annotate_adds_title_and_label_bands() {
     let same = render::annotate(&grid, &[], &[], 32, 32, &opts);
     assert_eq!(same.dimensions(), grid.dimensions());
 }
+
+#[test]
+fn sign_modes_colour_maps_and_overlays() {
+    use allcnn_viz::render::{overlay, sign_map, Colormap, OverlayOptions, Sign};
+    let dev = candle_core::Device::Cpu;
+    // Two pixels, three channels summing to 2 and -1.
+    let map = candle_core::Tensor::from_vec(vec![1f32, -1.0, 1.0, 0.0, 0.0, 0.0], (3, 1, 2), &dev)
+        .unwrap();
+    let px = |img: &image::RgbImage, x: u32| img.get_pixel(x, 0).0;
+    let opts = |sign| OverlayOptions {
+        sign,
+        colormap: Colormap::Heat,
+        alpha: 1.0,
+        percentile: 100.0,
+    };
+    // Positive: 2 saturates (white), -1 is hidden (black).
+    let img = sign_map(&map, &opts(Sign::Positive)).unwrap();
+    assert_eq!((px(&img, 0), px(&img, 1)), ([255, 255, 255], [0, 0, 0]));
+    // Negative: the other way round (1 is the largest shown magnitude).
+    let img = sign_map(&map, &opts(Sign::Negative)).unwrap();
+    assert_eq!((px(&img, 0), px(&img, 1)), ([0, 0, 0], [255, 255, 255]));
+    // Absolute: 2 -> 1 (white), 1 -> 0.5 on black-red-yellow-white.
+    let img = sign_map(&map, &opts(Sign::Absolute)).unwrap();
+    assert_eq!((px(&img, 0), px(&img, 1)), ([255, 255, 255], [255, 128, 0]));
+    // All: diverging, +2 -> red, -1 -> half-way to blue.
+    let img = sign_map(&map, &opts(Sign::All)).unwrap();
+    assert_eq!((px(&img, 0), px(&img, 1)), ([255, 0, 0], [128, 128, 255]));
+    // Viridis runs from dark purple to yellow.
+    assert_eq!(Colormap::Viridis.colour(0.0).0, [68, 1, 84]);
+    assert_eq!(Colormap::Viridis.colour(1.0).0, [253, 231, 37]);
+    // Overlay: alpha 1 at the strongest pixel shows its colour; where the
+    // map is zero (or alpha is 0) the image shows, in grey.
+    let image = candle_core::Tensor::from_vec(vec![0f32, 1.0, 0.0, 1.0, 0.0, 1.0], (3, 1, 2), &dev)
+        .unwrap();
+    let o = overlay(&image, &map, &opts(Sign::Positive)).unwrap();
+    assert_eq!(px(&o, 0), [255, 255, 255]);
+    assert_eq!(
+        px(&o, 1),
+        [255, 255, 255],
+        "pixel 1 is white in the image and hidden in the map"
+    );
+    let none = overlay(
+        &image,
+        &map,
+        &OverlayOptions {
+            alpha: 0.0,
+            ..opts(Sign::All)
+        },
+    )
+    .unwrap();
+    assert_eq!((px(&none, 0), px(&none, 1)), ([0, 0, 0], [255, 255, 255]));
+    let wrong = candle_core::Tensor::zeros((3, 2, 2), candle_core::DType::F32, &dev).unwrap();
+    assert!(overlay(&image, &wrong, &opts(Sign::All)).is_err());
+}
