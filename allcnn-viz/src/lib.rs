@@ -24,6 +24,18 @@
 //! [`allcnn_models::ReluRule`], the input is the only variable, and the model
 //! is never modified.
 //!
+//! Beyond the paper, at Captum's numbers: [`GradCam`], [`GuidedGradCam`],
+//! [`IntegratedGradients`] (every [`Quadrature`] Captum has) and
+//! [`Occlusion`]; [`SmoothGrad`] wraps any method. [`Method`] picks one at
+//! run time, its settings in [`MethodOptions`].
+//!
+//! # Can a map be trusted?
+//! [`SanityCheck`] runs Adebayo et al.'s model- and data-randomisation
+//! tests ([`similarity`]: Spearman rank correlation and SSIM against the
+//! trained network's maps) with a [`Verdict`] per method;
+//! [`DeletionInsertion`] measures faithfulness by deleting or inserting
+//! pixels in the order a map ranks them.
+//!
 //! # Targets
 //! [`Target`] says what value the signal starts from: a class logit
 //! ([`Target::Class`], one per image with [`Target::PerImage`]) or one unit
