@@ -1127,6 +1127,20 @@ fn export_hub_round_trip() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
+    // Recorded preprocessing that cannot be read fails the export before
+    // anything is written: no partial export is left behind (D23).
+    let fin = run.join("final.safetensors");
+    rewrite_metadata(&fin, "allcnn.preprocessing", r#"{"kind":"gcn-zca"}"#);
+    let fresh = dir.path().join("hub-bad");
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("preprocessing"), "{}", stderr(&o));
+    assert!(!fresh.exists(), "a failed export left {}", fresh.display());
     std::fs::remove_file(run.join("final.safetensors")).unwrap();
     let o = allcnn(&[
         "export-hub",
@@ -1643,4 +1657,21 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
     for f in ["trust.json", "sanity-cascade.png", "faithfulness.svg"] {
         assert!(report.join(f).is_file(), "{f} missing");
     }
+}
+
+/// Sets metadata `key` of the safetensors file at `path` to `value`
+/// (rewriting the JSON header in place, tensors untouched).
+fn rewrite_metadata(path: &std::path::Path, key: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.into());
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
 }

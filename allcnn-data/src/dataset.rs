@@ -145,6 +145,12 @@ pub trait Dataset: Send + Sync {
         self.len() == 0
     }
 
+    /// How errors name example `index`: its file where it has one (an image
+    /// folder), otherwise `example INDEX of the dataset`.
+    fn describe(&self, index: usize) -> String {
+        format!("example {index} of the dataset")
+    }
+
     /// `(channels, height, width)` when every image has the same size
     /// (CIFAR), `None` when it varies (an image folder of photos).
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
@@ -155,6 +161,9 @@ pub trait Dataset: Send + Sync {
 impl<D: Dataset + ?Sized> Dataset for Arc<D> {
     fn len(&self) -> usize {
         (**self).len()
+    }
+    fn describe(&self, index: usize) -> String {
+        (**self).describe(index)
     }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         (**self).get(index)
@@ -173,6 +182,9 @@ impl<D: Dataset + ?Sized> Dataset for Arc<D> {
 impl<D: Dataset + ?Sized> Dataset for Box<D> {
     fn len(&self) -> usize {
         (**self).len()
+    }
+    fn describe(&self, index: usize) -> String {
+        (**self).describe(index)
     }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         (**self).get(index)
@@ -346,6 +358,12 @@ impl<D: Dataset> Dataset for Subset<D> {
     }
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
         self.inner.image_shape()
+    }
+    fn describe(&self, index: usize) -> String {
+        match self.map(index) {
+            Ok(i) => self.inner.describe(i),
+            Err(_) => format!("example {index} of the subset"),
+        }
     }
 }
 

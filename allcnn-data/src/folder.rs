@@ -363,6 +363,12 @@ impl Dataset for ImageFolder {
     fn len(&self) -> usize {
         self.files.len()
     }
+    fn describe(&self, index: usize) -> String {
+        match self.files.get(index) {
+            Some((path, _)) => path.display().to_string(),
+            None => format!("example {index} of the folder"),
+        }
+    }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         let (path, label) = self.files.get(index).ok_or(DataError::IndexOutOfRange {
             index,

@@ -482,7 +482,7 @@ impl Inner {
                     let found = (img.channels(), img.height(), img.width());
                     if found != self.shape {
                         return Err(DataError::WrongImageSize {
-                            what: format!("example {i} of the dataset"),
+                            what: self.dataset.describe(i),
                             expected_c: c,
                             expected_h: h,
                             expected_w: w,

@@ -471,6 +471,17 @@ pub fn export_hub(
         }
     }
 
+    // Everything that can fail on bad input is read before the output
+    // folder is touched, so a failed export leaves nothing behind.
+    let (pre_value, pre_text) = match &weights.meta.preprocessing {
+        Some(json) => {
+            let pre = Preprocessing::from_parts(json, &weights.attachments)?;
+            let (v, t) = describe_preprocessing(json, &pre);
+            (v, Some(t))
+        }
+        None => (Value::Null, None),
+    };
+
     // The output folder.
     if out_dir.is_file() {
         return Err(export_error(out_dir, "exists and is a file, not a folder"));
@@ -513,14 +524,6 @@ pub fn export_hub(
     let class_names: Option<Vec<String>> = extra
         .get("allcnn.class_names")
         .and_then(|j| serde_json::from_str(j).ok());
-    let (pre_value, pre_text) = match &weights.meta.preprocessing {
-        Some(json) => {
-            let pre = Preprocessing::from_parts(json, &weights.attachments)?;
-            let (v, t) = describe_preprocessing(json, &pre);
-            (v, Some(t))
-        }
-        None => (Value::Null, None),
-    };
     let input_size = weights.meta.input_size.unwrap_or(spec.input_size);
     let dataset = options
         .dataset

@@ -242,3 +242,28 @@ fn an_image_announcing_a_huge_size_is_refused_before_decoding() {
     assert!(matches!(e, DataError::BadImage { .. }), "{e:?}");
     assert!(e.to_string().contains("wide.png"), "{e}");
 }
+
+#[test]
+fn loader_size_errors_name_the_file() {
+    // D29: one image of another size in a folder without a fixed size; the
+    // loader's error names that file, not "example N".
+    use allcnn_data::{DataLoader, Subset};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    png(&tmp.path().join("cat/a.png"), 4, 3, 1);
+    png(&tmp.path().join("cat/b.png"), 4, 3, 2);
+    png(&tmp.path().join("dog/odd.png"), 5, 3, 3);
+    let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
+    assert!(f.describe(2).ends_with("odd.png"), "{}", f.describe(2));
+    let data: Arc<dyn Dataset> = Arc::new(f);
+    let loader = DataLoader::builder(data.clone())
+        .batch_size(3)
+        .shuffle(false)
+        .build()
+        .unwrap();
+    let err = loader.epoch(0).next().unwrap().unwrap_err().to_string();
+    assert!(err.contains("odd.png"), "{err}");
+    // Through a subset, the inner dataset's name of the example.
+    let sub = Subset::new(data, vec![2, 0]).unwrap();
+    assert!(sub.describe(0).ends_with("odd.png"), "{}", sub.describe(0));
+}
