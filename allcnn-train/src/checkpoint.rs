@@ -13,6 +13,9 @@ use crate::observer::EpochRecord;
 
 /// The metadata key holding [`CheckpointState`] as JSON.
 pub const CHECKPOINT_KEY: &str = "allcnn.checkpoint";
+/// The metadata key holding the CRC-32 of the state JSON and of every
+/// tensor (name and bytes, in name order), as 8 hex digits.
+pub const CHECKSUM_KEY: &str = "allcnn.checkpoint.crc32";
 const FORMAT: &str = "allcnn-train-checkpoint";
 const VERSION: u32 = 1;
 const PARAM_PREFIX: &str = "param.";
@@ -124,10 +127,17 @@ impl Checkpoint {
                 tensors.push((format!("{prefix}{n}"), t));
             }
         }
-        let meta = HashMap::from([(
-            CHECKPOINT_KEY.to_string(),
-            serde_json::to_string(state).expect("checkpoint state serialises"),
-        )]);
+        let json = serde_json::to_string(state).expect("checkpoint state serialises");
+        let mut sorted: Vec<(&str, std::borrow::Cow<'_, [u8]>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), safetensors::View::data(t)))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let crc = checksum(&json, sorted.iter().map(|(n, b)| (*n, &b[..])));
+        let meta = HashMap::from([
+            (CHECKPOINT_KEY.to_string(), json),
+            (CHECKSUM_KEY.to_string(), format!("{crc:08x}")),
+        ]);
         let bytes =
             safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
                 .map_err(|e| TrainError::BadCheckpoint {
@@ -138,11 +148,13 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Reads a checkpoint (tensors on the CPU).
+    /// Reads a checkpoint (tensors on the CPU), verifying its checksum (a
+    /// checkpoint of an allcnn that wrote none loads with a warning).
     ///
     /// # Errors
     /// [`TrainError::Io`] when it cannot be read, [`TrainError::BadCheckpoint`]
-    /// when it is truncated, of another format or version.
+    /// when it is truncated, corrupt (checksum), of another format or
+    /// version.
     pub fn read(path: &Path) -> Result<Self, TrainError> {
         let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
         let bad = |reason: String| TrainError::BadCheckpoint {
@@ -164,6 +176,24 @@ impl Checkpoint {
                 state.format, state.version
             )));
         }
+        match meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+            Some(stored) => {
+                let views = safetensors::SafeTensors::deserialize(&bytes)
+                    .map_err(|e| bad(format!("cannot read tensors: {e}")))?;
+                let mut list = views.tensors();
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                let crc = checksum(json, list.iter().map(|(n, v)| (n.as_str(), v.data())));
+                if format!("{crc:08x}") != *stored {
+                    return Err(bad(format!(
+                        "checksum mismatch (stored {stored}, computed {crc:08x}): the file is corrupt; resume from an earlier copy or start the run again"
+                    )));
+                }
+            }
+            None => log::warn!(
+                "{}: checkpoint has no checksum (written by an older allcnn); loading it unverified",
+                path.display()
+            ),
+        }
         let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| bad(format!("cannot read tensors: {e}")))?;
         let (mut params, mut momentum) = (HashMap::new(), HashMap::new());
@@ -182,4 +212,16 @@ impl Checkpoint {
             momentum,
         })
     }
+}
+
+/// CRC-32 of the state JSON and each `(name, bytes)` in the order given.
+fn checksum<'a>(state: &str, tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(state.as_bytes());
+    for (name, data) in tensors {
+        h.update(name.as_bytes());
+        h.update(&(data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    h.finalize()
 }

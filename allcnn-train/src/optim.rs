@@ -164,6 +164,17 @@ impl MomentumSgd {
             .collect()
     }
 
+    /// The parameters that have no momentum buffer yet (all of them before
+    /// the first step).
+    pub fn missing_state(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .zip(&self.velocity)
+            .filter(|(_, v)| v.is_none())
+            .map(|((name, _), _)| name.as_str())
+            .collect()
+    }
+
     /// Restores velocity buffers saved by [`MomentumSgd::state`]; parameters
     /// absent from `state` start from no velocity.
     ///

@@ -379,8 +379,9 @@ impl Trainer {
             opt,
             preprocessing,
             state,
-            Some(ckpt_path),
+            Some(ckpt_path.clone()),
         )?;
+        check_resumed(&run, &ckpt_path)?;
         self.run(run)
     }
 
@@ -979,4 +980,51 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary, TrainError> {
 /// [`TrainError::Io`] or [`TrainError::ConfigParse`] naming the file.
 pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig, TrainError> {
     TrainConfig::from_file(&run_dir.join(files::CONFIG))
+}
+
+/// Refuses a checkpoint whose counters cannot come from this run (epoch past
+/// the end, batch past the epoch, a step count that does not add up) or that
+/// lacks a momentum buffer it must have (D18 of issue 15): resuming from it
+/// would train on silently. (Non-finite parameters are refused when the
+/// model is built.)
+fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
+    let bad = |reason: String| TrainError::BadCheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let s = &run.state;
+    let per_epoch = run.train_loader.num_batches() as u64;
+    let epochs = run.config.epochs as u64;
+    if s.epoch > epochs || (s.epoch == epochs && s.batch != 0) {
+        return Err(bad(format!(
+            "it is at epoch {} batch {}, past the run's {epochs} epochs",
+            s.epoch + 1,
+            s.batch
+        )));
+    }
+    if s.batch >= per_epoch {
+        return Err(bad(format!(
+            "it is at batch {} of an epoch of {per_epoch} batches",
+            s.batch
+        )));
+    }
+    if s.epoch
+        .checked_mul(per_epoch)
+        .and_then(|x| x.checked_add(s.batch))
+        != Some(s.step)
+    {
+        return Err(bad(format!(
+            "its step {} does not match epoch {} batch {} at {per_epoch} batches per epoch",
+            s.step, s.epoch, s.batch
+        )));
+    }
+    if s.step > 0 && run.config.momentum > 0.0 {
+        if let Some(name) = run.opt.missing_state().first() {
+            return Err(bad(format!(
+                "it has no momentum buffer for `{name}` after {} steps",
+                s.step
+            )));
+        }
+    }
+    Ok(())
 }

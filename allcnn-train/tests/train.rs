@@ -598,3 +598,90 @@ fn opened_data_never_mix_splits_or_labels() {
     let d = allcnn_train::TrainData::open(no_test.path(), &c, 0).unwrap();
     assert!(d.test.is_none());
 }
+
+#[test]
+fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
+    // D18 of issue 15: bit flips, counters that cannot come from the run,
+    // a missing momentum buffer and NaN parameters all used to load.
+    use allcnn_train::Checkpoint;
+    let d = data(random_dataset(24, 8, 3, 2), None); // 6 steps per epoch
+    let mut c = resume_config();
+    c.checkpoint_every_steps = 4;
+    let cut = tempfile::tempdir().unwrap();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut t = Trainer::builder()
+            .console(false)
+            .observer(Box::new(CrashAt(10)))
+            .build();
+        let _ = t.train(&c, &d, cut.path());
+    }));
+    let path = cut.path().join(files::CHECKPOINT);
+    let good = std::fs::read(&path).unwrap();
+    let ck = Checkpoint::read(&path).unwrap();
+    let sorted = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
+        let mut v: Vec<(String, candle_core::Tensor)> =
+            m.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (params, momentum) = (sorted(&ck.params), sorted(&ck.momentum));
+    let refused = |why: &str| {
+        let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(why) && msg.contains(&path.display().to_string()),
+            "expected `{why}` naming the file: {e}"
+        );
+    };
+
+    // One flipped bit in the last tensor's data.
+    let mut flipped = good.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x10;
+    std::fs::write(&path, &flipped).unwrap();
+    refused("checksum mismatch");
+
+    // Well-formed files (valid checksum) with impossible contents.
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&mut allcnn_train::CheckpointState)>,
+        bool,
+        bool,
+    )> = vec![
+        ("past the run's", Box::new(|s| s.epoch = 99), false, false),
+        (
+            "of an epoch of 6 batches",
+            Box::new(|s| s.batch = 1_000_000),
+            false,
+            false,
+        ),
+        (
+            "does not match",
+            Box::new(|s| s.step = u64::MAX),
+            false,
+            false,
+        ),
+        ("no momentum buffer", Box::new(|_| {}), true, false),
+        ("NaN or infinite", Box::new(|_| {}), false, true),
+    ];
+    for (why, edit, drop_momentum, nan) in cases {
+        let mut state = ck.state.clone();
+        edit(&mut state);
+        let mut p = params.clone();
+        if nan {
+            p[0].1 = (p[0].1.ones_like().unwrap() * f64::NAN).unwrap();
+        }
+        let m = if drop_momentum {
+            momentum[1..].to_vec()
+        } else {
+            momentum.clone()
+        };
+        Checkpoint::write(&path, &state, &p, &m).unwrap();
+        refused(why);
+    }
+
+    // The untouched checkpoint still resumes.
+    std::fs::write(&path, &good).unwrap();
+    let r = quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+}
