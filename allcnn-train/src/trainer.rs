@@ -994,7 +994,7 @@ fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
     };
     let s = &run.state;
     let per_epoch = run.train_loader.num_batches() as u64;
-    let epochs = run.config.epochs as u64;
+    let epochs = run.config.epochs;
     if s.epoch > epochs || (s.epoch == epochs && s.batch != 0) {
         return Err(bad(format!(
             "it is at epoch {} batch {}, past the run's {epochs} epochs",
