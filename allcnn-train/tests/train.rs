@@ -642,12 +642,8 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     refused("checksum mismatch");
 
     // Well-formed files (valid checksum) with impossible contents.
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut allcnn_train::CheckpointState)>,
-        bool,
-        bool,
-    )> = vec![
+    type Edit = Box<dyn Fn(&mut allcnn_train::CheckpointState)>;
+    let cases: Vec<(&str, Edit, bool, bool)> = vec![
         ("past the run's", Box::new(|s| s.epoch = 99), false, false),
         (
             "of an epoch of 6 batches",
