@@ -204,6 +204,23 @@ fn remove_file(p: &Path) -> Result<(), DataError> {
     std::fs::remove_file(p).map_err(|e| DataError::io("cannot remove", p, e))
 }
 
+/// The largest size a member of the official archive may have: the data
+/// files at most the official record count, the label files and readme
+/// small; `None` for a member the archive should not hold.
+fn member_limit(kind: CifarKind, file: &str) -> Option<u64> {
+    let records = |split| match (kind, split) {
+        (CifarKind::Cifar10, _) => 10_000u64,
+        (CifarKind::Cifar100, Split::Train) => 50_000,
+        (CifarKind::Cifar100, Split::Test) => 10_000,
+    };
+    for split in [Split::Train, Split::Test] {
+        if kind.files(split).contains(&file) {
+            return Some(records(split) * kind.record_len() as u64);
+        }
+    }
+    (kind.meta_files().contains(&file) || file == "readme.html").then_some(1 << 20)
+}
+
 /// The first data file of `dir` (an extracted dataset folder) that is
 /// missing or not a whole number of records; `None` when complete.
 fn missing_member(dir: &Path, kind: CifarKind) -> Option<String> {
@@ -444,18 +461,72 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
         let gz = flate2::read::GzDecoder::new(BufReader::with_capacity(1 << 20, f));
         let mut ar = tar::Archive::new(gz);
         let entries = ar.entries().map_err(|e| arch_err(with_causes(&e)))?;
+        // Only the expected members, as plain files we create ourselves
+        // (default permissions, nothing followed): a symlink, a device, an
+        // odd mode or an unexpected member never reaches the disk.
+        let out = tmp.join(kind.folder());
+        std::fs::create_dir_all(&out).map_err(|e| DataError::io("cannot create", &out, e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| arch_err(with_causes(&e)))?;
-            let name = entry
+            let path = entry
                 .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into());
-            let inside = entry
-                .unpack_in(&tmp)
-                .map_err(|e| arch_err(format!("member {name}: {}", with_causes(&e))))?;
-            if !inside {
+                .map(|p| p.into_owned())
+                .map_err(|e| arch_err(format!("a member with an unreadable name: {e}")))?;
+            let name = path.display().to_string();
+            let parts: Vec<&str> = path
+                .components()
+                .map(|c| match c {
+                    std::path::Component::Normal(s) => s.to_str().unwrap_or("\u{fffd}"),
+                    _ => "\u{fffd}",
+                })
+                .collect();
+            let kind_of = entry.header().entry_type();
+            let file = match parts.as_slice() {
+                [top] if *top == kind.folder() && kind_of.is_dir() => continue,
+                [top, file] if *top == kind.folder() => *file,
+                _ => {
+                    log::warn!(
+                        "{}: skipping member {name} (not part of {})",
+                        archive.display(),
+                        kind.name()
+                    );
+                    continue;
+                }
+            };
+            let Some(limit) = member_limit(kind, file) else {
+                log::warn!(
+                    "{}: skipping member {name} (not part of {})",
+                    archive.display(),
+                    kind.name()
+                );
+                continue;
+            };
+            if !kind_of.is_file() {
                 return Err(arch_err(format!(
-                    "member {name} points outside the archive folder"
+                    "member {name} is a {kind_of:?}, not a regular file"
+                )));
+            }
+            let size = entry
+                .header()
+                .size()
+                .map_err(|e| arch_err(format!("member {name}: {e}")))?;
+            if size > limit {
+                return Err(arch_err(format!(
+                    "member {name} has {size} bytes, more than the {limit} {} allows",
+                    kind.name()
+                )));
+            }
+            let dest = out.join(file);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&dest)
+                .map_err(|e| DataError::io("cannot create", &dest, e))?;
+            let copied = std::io::copy(&mut (&mut entry).take(limit + 1), &mut f)
+                .map_err(|e| arch_err(format!("member {name}: {}", with_causes(&e))))?;
+            if copied != size {
+                return Err(arch_err(format!(
+                    "member {name} holds {copied} bytes, its header says {size}"
                 )));
             }
         }

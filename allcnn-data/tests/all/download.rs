@@ -409,3 +409,133 @@ fn oversized_and_stalled_downloads_end_by_themselves() {
         "{err:?}"
     );
 }
+
+/// `archive(3, None)` plus `extra` members appended by `add`.
+fn archive_with(add: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>)) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    add(&mut tar);
+    // The official members after the hostile ones, so those are met first.
+    let inner = archive(3, None);
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&inner[..]));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut h = e.header().clone();
+        let path = e.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        tar.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn link(
+    tar: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+    kind: tar::EntryType,
+    name: &str,
+    target: &Path,
+) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_mode(0o777);
+    tar.append_link(&mut h, name, target).unwrap();
+}
+
+#[test]
+fn hostile_archive_members_never_reach_the_disk() {
+    // D10 of issue 15.
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.bin");
+    std::fs::write(&secret, vec![7u8; 3073]).unwrap();
+    let run = |body: Vec<u8>| {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = serve(body.clone(), vec![Reply::Full]);
+        let r = download_cifar(
+            CifarKind::Cifar10,
+            tmp.path(),
+            &opts(&srv.url, &md5_of(&body)),
+        );
+        (tmp, r)
+    };
+
+    // An expected member that is a symlink to a file outside: refused.
+    let (tmp, r) = run(archive_with(|t| {
+        link(
+            t,
+            tar::EntryType::Symlink,
+            "cifar-10-batches-bin/data_batch_1.bin",
+            &secret,
+        )
+    }));
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains("data_batch_1.bin") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+
+    // A top folder that is a symlink to an outside folder, an unexpected
+    // executable member and a path outside: the folder is a real one, the
+    // extra members are skipped, nothing is written outside, modes are sane.
+    let (tmp, r) = run(archive_with(|t| {
+        link(
+            t,
+            tar::EntryType::Symlink,
+            "cifar-10-batches-bin",
+            outside.path(),
+        );
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o4777);
+        h.set_cksum();
+        t.append_data(&mut h, "cifar-10-batches-bin/evil.sh", &b"boom\n"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "elsewhere/notes.txt", &b"hello"[..])
+            .unwrap();
+    }));
+    r.unwrap();
+    let folder = tmp.path().join("cifar-10-batches-bin");
+    assert!(!std::fs::symlink_metadata(&folder)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!folder.join("evil.sh").exists() && !tmp.path().join("elsewhere").exists());
+    assert_eq!(
+        entries(outside.path()),
+        vec!["secret.bin"],
+        "nothing written outside"
+    );
+    for f in std::fs::read_dir(&folder).unwrap() {
+        let mode = f.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o7111, 0, "mode {mode:o}");
+    }
+    assert_eq!(
+        CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train)
+            .unwrap()
+            .len(),
+        15
+    );
+
+    // A data member larger than the official file.
+    let (tmp, r) = run(archive_with(|t| {
+        let big = vec![0u8; 10_001 * 3073];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "cifar-10-batches-bin/test_batch.bin", &big[..])
+            .unwrap();
+    }));
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains("test_batch.bin") && err.contains("more than"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+}
