@@ -274,6 +274,39 @@ fn content_range(v: &str) -> (Option<u64>, Option<u64>) {
     (start, total.trim().parse().ok())
 }
 
+/// Redirects followed at most.
+const MAX_REDIRECTS: u32 = 10;
+
+/// Whether `url` is an http:// or https:// URL.
+fn is_http(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// A redirect's `Location` against the URL that sent it: absolute as is,
+/// `/path` on the same host; `None` for an empty one.
+fn resolve_location(base: &str, location: &str) -> Option<String> {
+    if location.is_empty() {
+        return None;
+    }
+    if location.contains("://") {
+        return Some(location.to_string());
+    }
+    let scheme_end = base.find("://")? + 3;
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    if location.starts_with('/') {
+        Some(format!("{}{location}", &base[..host_end]))
+    } else {
+        let dir_end = base
+            .rfind('/')
+            .filter(|&i| i >= host_end)
+            .unwrap_or(host_end);
+        Some(format!("{}/{location}", &base[..dir_end]))
+    }
+}
+
 /// Downloads `url` into `part`, resuming it when it already holds bytes.
 /// Returns (bytes fetched, resumed).
 fn fetch_resumable(
@@ -284,6 +317,9 @@ fn fetch_resumable(
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(60));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // Redirects are followed below, where their target can be checked.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
         .timeout_connect(Some(timeout))
         .timeout_recv_response(Some(timeout))
         .timeout_recv_body(Some(opts.body_timeout.unwrap_or(DEFAULT_BODY_TIMEOUT)))
@@ -293,15 +329,55 @@ fn fetch_resumable(
         url: url.to_string(),
         reason,
     };
+    if !is_http(url) {
+        let name = part
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(PART_SUFFIX, ""))
+            .unwrap_or_default();
+        let dir = part.parent().unwrap_or(Path::new("."));
+        return Err(http(format!(
+            "only http:// and https:// URLs can be downloaded; for an archive already on this machine, copy it to {} (it is then checked and extracted)",
+            dir.join(name).display()
+        )));
+    }
     let mut offset = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut restarted = false;
+    let mut current = url.to_string();
+    let mut redirects = 0;
     loop {
-        let mut req = agent.get(url);
+        let mut req = agent.get(&current);
         if offset > 0 {
             req = req.header("Range", &format!("bytes={offset}-"));
         }
         let resp = req.call().map_err(|e| http(e.to_string()))?;
         let status = resp.status().as_u16();
+        if matches!(status, 301 | 302 | 303 | 307 | 308) {
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let next = resolve_location(&current, &location);
+            match next {
+                Some(n) if is_http(&n) && redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    current = n;
+                    continue;
+                }
+                Some(n) if is_http(&n) => {
+                    return Err(http(format!(
+                        "more than {MAX_REDIRECTS} redirects (the last to {n})"
+                    )))
+                }
+                _ => {
+                    return Err(http(format!(
+                        "the server redirected to `{location}`, which is not an http:// or https:// URL; refused"
+                    )))
+                }
+            }
+        }
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -317,8 +393,12 @@ fn fetch_resumable(
                     .map(content_range)
                     .unwrap_or((None, None));
                 if start != Some(offset) {
+                    let at = match start {
+                        Some(b) => format!("at byte {b}"),
+                        None => "without saying where (no valid Content-Range)".to_string(),
+                    };
                     return Err(http(format!(
-                        "the server resumed at byte {start:?} instead of {offset}; delete {} and retry",
+                        "asked to resume at byte {offset}, the server answered {at}; delete {} and retry",
                         part.display()
                     )));
                 }

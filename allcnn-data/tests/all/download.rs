@@ -28,6 +28,10 @@ enum Reply {
     NoLength,
     /// Send the headers and half the body, then stall for 3 s.
     Stall,
+    /// Redirect (302) to this location.
+    Redirect(&'static str),
+    /// Answer a Range request with 206 from byte 0.
+    WrongRange,
 }
 
 struct Server {
@@ -80,6 +84,13 @@ fn serve(body: Vec<u8>, replies: Vec<Reply>) -> Server {
             let (status, extra, payload, announced): (u16, String, &[u8], usize) =
                 match (reply, start) {
                     (Reply::Status(code), _) => (code, String::new(), &[], 0),
+                    (Reply::Redirect(to), _) => (302, format!("Location: {to}\r\n"), &[], 0),
+                    (Reply::WrongRange, _) => (
+                        206,
+                        format!("Content-Range: bytes 0-{}/{len}\r\n", len - 1),
+                        &body[..],
+                        len,
+                    ),
                     (Reply::Full, Some(s)) if s >= len => {
                         (416, format!("Content-Range: bytes */{len}\r\n"), &[], 0)
                     }
@@ -538,4 +549,50 @@ fn hostile_archive_members_never_reach_the_disk() {
         "{err}"
     );
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+}
+
+#[test]
+fn download_errors_say_what_happened() {
+    // D26 of issue 15: a file:// URL, a redirect to file:// and a server
+    // that resumes at the wrong byte each get a message that says so.
+    let body = archive(2, None);
+    let md5 = md5_of(&body);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = download_cifar(
+        CifarKind::Cifar10,
+        tmp.path(),
+        &opts("file:///etc/passwd", &md5),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("only http:// and https://") && err.contains("cifar-10-binary.tar.gz"),
+        "{err}"
+    );
+
+    let srv = serve(body.clone(), vec![Reply::Redirect("file:///etc/passwd")]);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redirected to `file:///etc/passwd`"), "{err}");
+
+    // A redirect to a path on the same server is followed, with the Range.
+    let srv = serve(
+        body.clone(),
+        vec![Reply::Redirect("/mirror/cifar.tgz"), Reply::Full],
+    );
+    download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap();
+    assert!(srv.requests.lock().unwrap()[1].starts_with("get /mirror/cifar.tgz"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("cifar-10-binary.tar.gz.allcnn-part");
+    std::fs::write(&part, &body[..100]).unwrap();
+    let srv = serve(body.clone(), vec![Reply::WrongRange]);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("resume at byte 100") && err.contains("at byte 0") && !err.contains("Some("),
+        "{err}"
+    );
 }
