@@ -97,8 +97,8 @@ pub enum DataError {
 
     /// An image file that could not be decoded.
     #[error(
-        "{path}: cannot decode image: {reason} (remove the file, or open the folder with \
-         `OnError::Skip` to skip undecodable images)"
+        "{path}: cannot decode image: {reason} (remove the file; or skip undecodable images: \
+         `data.skip_bad_images=true` for `allcnn train`, `OnError::Skip` in the library)"
     )]
     BadImage {
         /// The image file.

@@ -18,7 +18,9 @@ pub enum OnError {
     #[default]
     Fail,
     /// Log a warning, leave the image out and list it in
-    /// [`ImageFolder::skipped`]. Checked when the folder is opened.
+    /// [`ImageFolder::skipped`]. Checked when the folder is opened (image
+    /// headers; a file whose header reads but whose pixels do not is found
+    /// when it is decoded, and is then an error).
     Skip,
 }
 
@@ -258,10 +260,9 @@ impl ImageFolder {
 
     fn check_and_cache(&mut self) -> Result<(), DataError> {
         let opts = self.options.clone();
-        if !opts.cache && opts.on_error == OnError::Fail && opts.expect_size.is_none() {
-            return Ok(());
-        }
-        // One result per file, in file order; decoding in parallel.
+        // Every file's header is read (or the whole image, with `cache`), so
+        // an unreadable image is found now, not in the middle of a run.
+        // One result per file, in file order; in parallel.
         let results: Vec<Result<Option<Image>, DataError>> = self
             .files
             .par_iter()

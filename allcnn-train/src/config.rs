@@ -66,6 +66,10 @@ pub struct DataConfig {
     /// Loader worker threads (0: one per core).
     #[serde(default)]
     pub workers: usize,
+    /// Image folders: leave out (with a warning) images whose header cannot
+    /// be read instead of failing when the data are opened.
+    #[serde(default)]
+    pub skip_bad_images: bool,
 }
 
 fn default_gcn_scale() -> f32 {
@@ -88,6 +92,7 @@ impl Default for DataConfig {
             test_subset: None,
             validation: 0,
             workers: 0,
+            skip_bad_images: false,
         }
     }
 }

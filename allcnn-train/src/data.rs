@@ -64,7 +64,10 @@ impl TrainData {
     /// # Errors
     /// The data crate's errors naming the file at fault.
     pub fn open(path: &Path, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
-        let opts = OpenOptions::default();
+        let mut opts = OpenOptions::default();
+        if config.skip_bad_images {
+            opts.folder.on_error = allcnn_data::OnError::Skip;
+        }
         let (format, dir) = allcnn_data::detect_format(path)?;
         let split_folders = allcnn_data::has_split_folders(&dir);
         let train = open_dataset(path, Split::Train, &opts)?;

@@ -592,7 +592,23 @@ impl Trainer {
 
             // End of the epoch: evaluate, record, checkpoint, plot.
             let train_secs = t0.elapsed().as_secs_f64();
-            let (val, test) = evaluate_splits(&mut run)?;
+            let (val, test) = match evaluate_splits(&mut run) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Keep the epoch's training: a checkpoint at its last
+                    // batch, from which a resume evaluates again.
+                    if self.checkpoint(&mut run).is_ok() {
+                        let msg = format!(
+                            "evaluating epoch {} failed; its training is saved in {}: fix the data, then resume with `allcnn train --resume {}`",
+                            epoch + 1,
+                            run.run_dir.join(files::CHECKPOINT).display(),
+                            run.run_dir.display()
+                        );
+                        self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
+                    }
+                    return Err(e);
+                }
+            };
             let p = run.state.partial;
             let seen = p.seen.max(1) as f64;
             let record = EpochRecord {
@@ -1002,7 +1018,8 @@ fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
             s.batch
         )));
     }
-    if s.batch >= per_epoch {
+    // (batch == per_epoch: the epoch is trained, its evaluation pending.)
+    if s.batch > per_epoch {
         return Err(bad(format!(
             "it is at batch {} of an epoch of {per_epoch} batches",
             s.batch

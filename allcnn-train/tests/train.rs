@@ -681,3 +681,65 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     let r = quiet().resume(cut.path(), Some(&d)).unwrap();
     assert_eq!(r.status, RunStatus::Completed);
 }
+
+/// `root/{train,test}/{a,b}/N.png`: `per_class` 8x8 training images per
+/// class and 2 test images per class.
+fn png_folder(root: &std::path::Path, per_class: usize) {
+    for (split, n) in [("train", per_class), ("test", 2)] {
+        for (c, class) in ["a", "b"].into_iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                    image::Rgb([(c * 200) as u8, (x * 30 + i as u32) as u8, (y * 30) as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_images_are_found_at_open_or_cost_no_training() {
+    // D7 of issue 15.
+    use allcnn_train::{Checkpoint, TrainData};
+    let root = tempfile::tempdir().unwrap();
+    png_folder(root.path(), 8);
+    let mut c = tiny_config(tiny_spec(8, 8, 2, false), 2, 4, 0.05);
+    c.data.path = Some(root.path().to_path_buf());
+
+    // A file whose header cannot be read is found when the data are opened,
+    // and the message says how to skip it from the command line.
+    let junk = root.path().join("test/a/junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    let e = TrainData::open(root.path(), &c.data, 0)
+        .err()
+        .expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("junk.png") && msg.contains("data.skip_bad_images=true"),
+        "{msg}"
+    );
+    c.data.skip_bad_images = true;
+    let d = TrainData::open(root.path(), &c.data, 0).unwrap();
+    assert_eq!(d.test.as_ref().unwrap().len(), 4, "junk.png left out");
+    std::fs::remove_file(&junk).unwrap();
+
+    // A test image whose header reads but whose pixels do not fails the
+    // first evaluation; the epoch's training is checkpointed first.
+    let victim = root.path().join("test/b/1.png");
+    let good = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &good[..good.len() / 2]).unwrap();
+    let d = TrainData::open(root.path(), &c.data, 0).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let e = quiet().train(&c, &d, run.path()).unwrap_err();
+    assert!(e.to_string().contains("1.png"), "{e}");
+    let ck = Checkpoint::read(&run.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((ck.state.epoch, ck.state.batch, ck.state.step), (0, 4, 4));
+    // Fixed, the run resumes from there: evaluation, then epoch 2.
+    std::fs::write(&victim, &good).unwrap();
+    let d = TrainData::open(root.path(), &c.data, 0).unwrap();
+    let r = quiet().resume(run.path(), Some(&d)).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 8));
+    assert_eq!(r.history.len(), 2);
+}

@@ -65,16 +65,25 @@ fn undecodable_image_fails_or_is_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     tree(tmp.path());
     std::fs::write(tmp.path().join("cat/broken.jpg"), b"this is no jpeg").unwrap();
-    // Lazy: the error comes from `get`, naming the file.
-    let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
+    // Not cached: every header is read at open time (D7 of issue 15), so the
+    // error comes before any training, naming the file.
+    let err = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::BadImage { .. }));
+    assert!(err.to_string().contains("broken.jpg"), "{err}");
+    // A file whose header reads but whose pixels do not: found by `get`.
+    let half = tempfile::tempdir().unwrap();
+    tree(half.path());
+    let victim = half.path().join("cat/a.png");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let f = ImageFolder::open(half.path(), FolderOptions::default()).unwrap();
     let i = f
         .files()
         .iter()
-        .position(|(p, _)| p.ends_with("broken.jpg"))
+        .position(|(p, _)| p.ends_with("a.png"))
         .unwrap();
     let err = f.get(i).unwrap_err();
-    assert!(matches!(err, DataError::BadImage { .. }));
-    assert!(err.to_string().contains("broken.jpg"), "{err}");
+    assert!(err.to_string().contains("a.png"), "{err}");
     // Cached: at open time.
     let err = ImageFolder::open(
         tmp.path(),
