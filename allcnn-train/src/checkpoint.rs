@@ -83,6 +83,10 @@ pub struct CheckpointState {
     pub history: Vec<EpochRecord>,
     /// Training examples (checked on resume).
     pub train_examples: usize,
+    /// [`crate::TrainData::fingerprint`] of the data the run trains on
+    /// (checked on resume; absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
     /// The resolved config as TOML.
     pub config: String,
     /// The architecture.

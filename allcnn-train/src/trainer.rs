@@ -286,6 +286,7 @@ impl Trainer {
             best: None,
             history: Vec::new(),
             train_examples: data.train.len(),
+            data_fingerprint: Some(data.fingerprint()),
             config: config_text,
             spec,
         };
@@ -355,6 +356,17 @@ impl Trainer {
                     data.train.len()
                 ),
             });
+        }
+        if let Some(recorded) = &ckpt.state.data_fingerprint {
+            let now = data.fingerprint();
+            if *recorded != now {
+                return Err(TrainError::BadCheckpoint {
+                    path: ckpt_path,
+                    reason: format!(
+                        "the run trained on other data (fingerprint {recorded}; the data given have {now}, with the same example count): pass the run's own data set to resume"
+                    ),
+                });
+            }
         }
         let _lock = prepare_run_dir(run_dir, false, 0)?;
         // Lines past the checkpoint would be written again: drop them.

@@ -743,3 +743,42 @@ fn bad_images_are_found_at_open_or_cost_no_training() {
     assert_eq!((r.status, r.steps), (RunStatus::Completed, 8));
     assert_eq!(r.history.len(), 2);
 }
+
+#[test]
+fn resume_refuses_other_data_of_the_same_size() {
+    // D17 of issue 15: the example count alone let a resume train on
+    // another data set.
+    let d = data(random_dataset(24, 8, 3, 2), None);
+    let c = resume_config();
+    let cut = tempfile::tempdir().unwrap();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut t = Trainer::builder()
+            .console(false)
+            .observer(Box::new(CrashAt(8)))
+            .build();
+        let _ = t.train(&c, &d, cut.path());
+    }));
+    let other = data(random_dataset(24, 8, 3, 7), None);
+    assert_ne!(d.fingerprint(), other.fingerprint());
+    let e = quiet().resume(cut.path(), Some(&other)).unwrap_err();
+    assert!(e.to_string().contains("other data"), "{e}");
+    quiet().resume(cut.path(), Some(&d)).unwrap();
+
+    // An image folder moved elsewhere keeps its fingerprint; a renamed file
+    // changes it.
+    use allcnn_train::TrainData;
+    let a = tempfile::tempdir().unwrap();
+    png_folder(a.path(), 3);
+    let b = tempfile::tempdir().unwrap();
+    png_folder(b.path(), 3);
+    let mut cfg = tiny_config(tiny_spec(8, 8, 2, false), 1, 2, 0.05);
+    cfg.data.path = None;
+    let fp = |p: &std::path::Path| TrainData::open(p, &cfg.data, 0).unwrap().fingerprint();
+    assert_eq!(fp(a.path()), fp(b.path()));
+    std::fs::rename(
+        b.path().join("train/a/0.png"),
+        b.path().join("train/a/9.png"),
+    )
+    .unwrap();
+    assert_ne!(fp(a.path()), fp(b.path()));
+}
