@@ -22,9 +22,7 @@ pub enum VizError {
         reason: String,
     },
     /// A method name could not be parsed.
-    #[error(
-        "unknown method `{name}`; valid methods: gradient, saliency, guided-backprop, deconvnet, grad-cam, guided-grad-cam, integrated-gradients, occlusion"
-    )]
+    #[error("unknown method `{name}`; valid methods: {}", crate::methods::METHODS.map(|m| m.name).join(", "))]
     BadMethod {
         /// The name given.
         name: String,

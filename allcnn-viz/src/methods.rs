@@ -167,42 +167,118 @@ impl Default for MethodOptions {
     }
 }
 
+/// One row of the method table: everything about a method except its
+/// computation. A new method is a row here plus its `match` arm in
+/// [`Method::attribute_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodInfo {
+    /// The method.
+    pub method: Method,
+    /// The command-line name.
+    pub name: &'static str,
+    /// Other accepted spellings.
+    pub aliases: &'static [&'static str],
+    /// A column title for narrow figure cells.
+    pub short: &'static str,
+    /// Whether its maps are signed (drawn around mid-grey) rather than
+    /// non-negative (heat maps).
+    pub signed: bool,
+}
+
+/// The method table, in the order of the comparison figure.
+pub const METHODS: [MethodInfo; 8] = [
+    MethodInfo {
+        method: Method::Gradient,
+        name: "gradient",
+        aliases: &["backprop", "backpropagation"],
+        short: "grad",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::Saliency,
+        name: "saliency",
+        aliases: &[],
+        short: "saliency",
+        signed: false,
+    },
+    MethodInfo {
+        method: Method::Deconvnet,
+        name: "deconvnet",
+        aliases: &["deconvolution", "deconv"],
+        short: "deconv",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::GuidedBackprop,
+        name: "guided-backprop",
+        aliases: &["guided", "guided-backpropagation"],
+        short: "guided",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::GradCam,
+        name: "grad-cam",
+        aliases: &["gradcam"],
+        short: "grad-cam",
+        signed: false,
+    },
+    MethodInfo {
+        method: Method::GuidedGradCam,
+        name: "guided-grad-cam",
+        aliases: &["guided-gradcam"],
+        short: "g-gradcam",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::IntegratedGradients,
+        name: "integrated-gradients",
+        aliases: &["ig"],
+        short: "int-grad",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::Occlusion,
+        name: "occlusion",
+        aliases: &[],
+        short: "occl",
+        signed: true,
+    },
+];
+
 impl Method {
     /// Every method, in the order of the comparison figure.
-    pub const ALL: [Method; 8] = [
-        Method::Gradient,
-        Method::Saliency,
-        Method::Deconvnet,
-        Method::GuidedBackprop,
-        Method::GradCam,
-        Method::GuidedGradCam,
-        Method::IntegratedGradients,
-        Method::Occlusion,
-    ];
+    pub const ALL: [Method; 8] = {
+        let mut all = [Method::Gradient; 8];
+        let mut i = 0;
+        while i < METHODS.len() {
+            all[i] = METHODS[i].method;
+            i += 1;
+        }
+        all
+    };
 
     /// The paper's three (the comparison figure of section 3.4).
     pub const PAPER: [Method; 3] = [Method::Gradient, Method::Deconvnet, Method::GuidedBackprop];
+
+    /// This method's row of [`METHODS`].
+    pub fn info(self) -> &'static MethodInfo {
+        METHODS
+            .iter()
+            .find(|i| i.method == self)
+            .expect("every method has a row in METHODS")
+    }
 
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
     /// `deconvnet`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
     /// `occlusion`.
     pub fn name(self) -> &'static str {
-        match self {
-            Method::Gradient => "gradient",
-            Method::Saliency => "saliency",
-            Method::GuidedBackprop => "guided-backprop",
-            Method::Deconvnet => "deconvnet",
-            Method::GradCam => "grad-cam",
-            Method::GuidedGradCam => "guided-grad-cam",
-            Method::IntegratedGradients => "integrated-gradients",
-            Method::Occlusion => "occlusion",
-        }
+        self.info().name
     }
 
     /// Whether the maps are signed (rendered around mid-grey) rather than
     /// non-negative (rendered as heat maps).
     pub fn is_signed(self) -> bool {
-        !matches!(self, Method::Saliency | Method::GradCam)
+        self.info().signed
     }
 
     /// Runs this method with default options; see [`Attribute::attribute`].
@@ -271,19 +347,14 @@ impl FromStr for Method {
     type Err = VizError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "gradient" | "backprop" | "backpropagation" => Ok(Method::Gradient),
-            "saliency" => Ok(Method::Saliency),
-            "guided-backprop" | "guided" | "guided-backpropagation" => Ok(Method::GuidedBackprop),
-            "deconvnet" | "deconvolution" | "deconv" => Ok(Method::Deconvnet),
-            "grad-cam" | "gradcam" => Ok(Method::GradCam),
-            "guided-grad-cam" | "guided-gradcam" => Ok(Method::GuidedGradCam),
-            "integrated-gradients" | "ig" => Ok(Method::IntegratedGradients),
-            "occlusion" => Ok(Method::Occlusion),
-            _ => Err(VizError::BadMethod {
+        let key = s.trim().to_ascii_lowercase().replace('_', "-");
+        METHODS
+            .iter()
+            .find(|i| i.name == key || i.aliases.contains(&key.as_str()))
+            .map(|i| i.method)
+            .ok_or_else(|| VizError::BadMethod {
                 name: s.to_string(),
-            }),
-        }
+            })
     }
 }
 

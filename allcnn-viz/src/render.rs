@@ -473,15 +473,7 @@ pub fn labelled_comparison_grid(
         if text_width(&full, 1) <= w as u32 * s {
             full
         } else {
-            match m {
-                Method::GuidedBackprop => "guided".into(),
-                Method::Deconvnet => "deconv".into(),
-                Method::Gradient => "grad".into(),
-                Method::GuidedGradCam => "g-gradcam".into(),
-                Method::IntegratedGradients => "int-grad".into(),
-                Method::Occlusion => "occl".into(),
-                _ => full,
-            }
+            m.info().short.to_string()
         }
     };
     let titles: Vec<String> = std::iter::once("input".to_string())
