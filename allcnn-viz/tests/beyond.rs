@@ -2,36 +2,29 @@
 //! Grad-CAM, Integrated Gradients, Occlusion, SmoothGrad and the upsampling.
 //! (Captum parity on the real network is in `captum.rs`.)
 
-use std::collections::HashMap;
+mod common;
 
-use allcnn_models::{AllCnn, ArchSpec, Init, Layer, LayerName};
+use allcnn_models::{AllCnn, LayerName};
 use allcnn_viz::{
     interpolate, Baseline, GradCam, IntegratedGradients, Interpolation, Method, MethodOptions,
     NoiseAggregation, NoiseLevel, Occlusion, Quadrature, SmoothGrad, SmoothOptions, Target,
     VizError,
 };
 use candle_core::{Device, Tensor};
+use common::{conv1x1, model_from};
 
 /// One 1x1 convolution with weight 2 and bias `bias` on a 1-channel 4x4
 /// image, one class: `T(x) = mean(relu(2x + bias))`.
 fn doubling(bias: f32) -> AllCnn {
-    let spec = ArchSpec {
-        name: "tiny".into(),
-        in_channels: 1,
-        input_size: 4,
-        layers: vec![Layer::Conv {
-            kernel: 1,
-            out: 1,
-            stride: 1,
-            padding: 0,
-        }],
-    };
-    let t = |v: Vec<f32>, s: Vec<usize>| Tensor::from_vec(v, s, &Device::Cpu).unwrap();
-    let tensors = HashMap::from([
-        ("conv1.weight".to_string(), t(vec![2.0], vec![1, 1, 1, 1])),
-        ("conv1.bias".to_string(), t(vec![bias], vec![1])),
-    ]);
-    AllCnn::from_tensors(spec, tensors, "test", &Device::Cpu).unwrap()
+    model_from(
+        1,
+        4,
+        vec![conv1x1(1)],
+        vec![
+            ("conv1.weight", vec![2.0], vec![1, 1, 1, 1]),
+            ("conv1.bias", vec![bias], vec![1]),
+        ],
+    )
 }
 
 /// Pixels i/8, except every fifth, which is `negative`.
@@ -47,17 +40,11 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 fn all_cnn_c() -> AllCnn {
-    AllCnn::init(
-        ArchSpec::by_name("all-cnn-c", 10).unwrap(),
-        Init::HeNormal,
-        3,
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::all_cnn_c(3)
 }
 
 fn cifar_batch(n: usize) -> Tensor {
-    Tensor::randn(0f32, 1.0, (n, 3, 32, 32), &Device::Cpu).unwrap()
+    common::noise(n, n as u64)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -1,17 +1,13 @@
 //! Target parsing, resolution and the errors that list what is valid.
 
-use allcnn_models::{AllCnn, ArchSpec, Init, LayerName};
+use allcnn_models::{AllCnn, LayerName};
 use allcnn_viz::{Method, Saliency, Target, TargetSpec, VizError};
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
 fn model() -> AllCnn {
-    AllCnn::init(
-        ArchSpec::by_name("all-cnn-c", 10).unwrap(),
-        Init::HeNormal,
-        1,
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::all_cnn_c(1)
 }
 
 #[test]

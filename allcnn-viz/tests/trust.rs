@@ -2,14 +2,17 @@
 //! scikit-image, layer randomisation, the sanity check's verdicts, and
 //! deletion/insertion curves on hand-checkable cases.
 
+mod common;
+
 use std::collections::HashMap;
 
-use allcnn_models::{AllCnn, ArchSpec, Init, Layer};
+use allcnn_models::AllCnn;
 use allcnn_viz::{
     auc, randomize_layers, similarity, spearman, ssim, DeletionInsertion, Method, MethodOptions,
     Randomized, SanityCheck, Target, VizError,
 };
 use candle_core::{Device, Tensor};
+use common::{conv1x1, model_from};
 
 /// `a = (sin(0.7 i) + 1) / 2`, `b = cos(0.3 i)^2`, `c = round(4 a) / 4`
 /// (ties) for `i = 0..90`, as a 9x10 image, in f32.
@@ -45,13 +48,7 @@ fn rank_correlation_and_ssim_match_scipy_and_scikit_image() {
 }
 
 fn all_cnn_c() -> AllCnn {
-    AllCnn::init(
-        ArchSpec::by_name("all-cnn-c", 10).unwrap(),
-        Init::HeNormal,
-        5,
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::all_cnn_c(5)
 }
 
 #[test]
@@ -94,7 +91,7 @@ fn randomised_layers_are_seeded_scaled_and_only_those_asked_for() {
 #[test]
 fn sanity_check_measures_every_layer_and_judges_by_the_full_cascade() {
     let model = all_cnn_c();
-    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let x = common::noise(2, 17);
     let target = Target::PerImage(vec![1, 2]);
     let methods = [Method::Gradient, Method::GuidedBackprop];
     let mut calls = Vec::new();
@@ -126,10 +123,18 @@ fn sanity_check_measures_every_layer_and_judges_by_the_full_cascade() {
             })
             .unwrap();
         assert_eq!(all.similarity.rank_abs, v.all_layers_rank_abs);
-        assert_eq!(
-            v.passes,
-            v.all_layers_rank_abs < 0.5 && v.labels_rank_abs.unwrap() < 0.5
-        );
+        let cascade: Vec<f32> = report
+            .rows
+            .iter()
+            .filter(|r| {
+                r.method == v.method && matches!(r.randomized, Randomized::Cascading { .. })
+            })
+            .map(|r| r.similarity.rank_abs)
+            .collect();
+        assert_eq!(cascade.len(), 9);
+        let mean = cascade.iter().sum::<f32>() / 9.0;
+        assert!((v.cascade_mean_rank_abs - mean).abs() < 1e-6);
+        assert_eq!(v.passes, mean < 0.5 && v.labels_rank_abs.unwrap() < 0.5);
         assert!(v.all_layers_rank_abs.abs() <= 1.0 && v.all_layers_ssim <= 1.0);
     }
     // Randomising nothing leaves the maps identical: a network compared
@@ -155,36 +160,17 @@ fn sanity_check_measures_every_layer_and_judges_by_the_full_cascade() {
 /// One 1x1 convolution (weight 1, bias 0) to one channel, then a 1x1 class
 /// conv to two classes with weights (1, -1): logits (mean relu(x), -...).
 fn two_class() -> AllCnn {
-    let spec = ArchSpec {
-        name: "tiny".into(),
-        in_channels: 1,
-        input_size: 4,
-        layers: vec![
-            Layer::Conv {
-                kernel: 1,
-                out: 1,
-                stride: 1,
-                padding: 0,
-            },
-            Layer::Conv {
-                kernel: 1,
-                out: 2,
-                stride: 1,
-                padding: 0,
-            },
+    model_from(
+        1,
+        4,
+        vec![conv1x1(1), conv1x1(2)],
+        vec![
+            ("conv1.weight", vec![1.0], vec![1, 1, 1, 1]),
+            ("conv1.bias", vec![0.0], vec![1]),
+            ("conv2.weight", vec![1.0, -1.0], vec![2, 1, 1, 1]),
+            ("conv2.bias", vec![0.0, 0.0], vec![2]),
         ],
-    };
-    let t = |v: Vec<f32>, s: Vec<usize>| Tensor::from_vec(v, s, &Device::Cpu).unwrap();
-    let tensors = HashMap::from([
-        ("conv1.weight".to_string(), t(vec![1.0], vec![1, 1, 1, 1])),
-        ("conv1.bias".to_string(), t(vec![0.0], vec![1])),
-        (
-            "conv2.weight".to_string(),
-            t(vec![1.0, -1.0], vec![2, 1, 1, 1]),
-        ),
-        ("conv2.bias".to_string(), t(vec![0.0, 0.0], vec![2])),
-    ]);
-    AllCnn::from_tensors(spec, tensors, "test", &Device::Cpu).unwrap()
+    )
 }
 
 #[test]
