@@ -33,9 +33,10 @@ pub struct Args {
     #[arg(long)]
     shuffled_labels: Option<PathBuf>,
     /// A method passes when the rank correlation of its absolute maps with
-    /// the trained network's, averaged over the cascade (top layer, top two,
-    /// ..., every layer randomised), is below this (and so is the one with
-    /// the shuffled-label network).
+    /// the trained network's, averaged over the upper half of the cascade
+    /// (the class layer random, then the top two, ..., half the
+    /// convolutions), is below this (and so is the one with the
+    /// shuffled-label network).
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
     /// Seed of the random weights.
@@ -232,7 +233,7 @@ fn print_table(r: &Report<'_>, threshold: f32) {
         "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
         "method",
         "top layer",
-        "cascade mean",
+        "upper half",
         "all layers",
         "SSIM all",
         "shuffled",
@@ -247,7 +248,7 @@ fn print_table(r: &Report<'_>, threshold: f32) {
             "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>8.3} {:>9} {:>8} {:>9} {:>9}",
             v.method,
             v.top_layer_rank_abs,
-            v.cascade_mean_rank_abs,
+            v.upper_cascade_rank_abs,
             v.all_layers_rank_abs,
             v.all_layers_ssim,
             v.labels_rank_abs.map_or("-".into(), |x| format!("{x:.3}")),
@@ -263,6 +264,6 @@ fn print_table(r: &Report<'_>, threshold: f32) {
         );
     }
     println!(
-        "pass: mean rank correlation over the cascade (top layer, top two, ..., all) below {threshold}, and against the shuffled-label network; deletion AUC: lower is better, insertion AUC: higher"
+        "pass: mean rank correlation over the upper half of the cascade (the class layer random, then the top 2, ..., half the convolutions) below {threshold}, and against the shuffled-label network; deletion AUC: lower is better, insertion AUC: higher"
     );
 }
