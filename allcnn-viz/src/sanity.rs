@@ -294,6 +294,11 @@ pub struct SanityReport {
     /// trained network and each cascading step `[1 + L, C, H, W]`.
     #[serde(skip)]
     pub cascade_maps: Vec<(Method, Tensor)>,
+    /// Per method, the trained network's maps of every image (for further
+    /// measures, e.g. [`crate::DeletionInsertion`], without computing them
+    /// again).
+    #[serde(skip)]
+    pub trained_maps: Vec<(Method, Tensor)>,
 }
 
 /// The model-randomisation test (cascading and independent) and, given a
@@ -492,6 +497,7 @@ impl<'a> SanityCheck<'a> {
             rows,
             verdicts,
             cascade_maps,
+            trained_maps: self.methods.iter().copied().zip(trained).collect(),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Tiny hand-computed cases for every rule, and the promise that an
 //! attribution leaves the model as it was.
 
-use std::collections::HashMap;
+mod common;
 
 use allcnn_models::{AllCnn, ArchSpec, Init, Layer, LayerName};
 use allcnn_viz::{
@@ -10,17 +10,7 @@ use allcnn_viz::{
 use candle_core::{Device, Tensor, Var};
 
 fn model(layers: Vec<Layer>, params: Vec<(&str, Vec<f32>, Vec<usize>)>) -> AllCnn {
-    let spec = ArchSpec {
-        name: "tiny".into(),
-        in_channels: 1,
-        input_size: 4,
-        layers,
-    };
-    let tensors: HashMap<String, Tensor> = params
-        .into_iter()
-        .map(|(n, v, s)| (n.to_string(), Tensor::from_vec(v, s, &Device::Cpu).unwrap()))
-        .collect();
-    AllCnn::from_tensors(spec, tensors, "test", &Device::Cpu).unwrap()
+    common::model_from(1, 4, layers, params)
 }
 
 fn image(v: [[f32; 4]; 4]) -> Tensor {
