@@ -60,6 +60,21 @@ fn hms(secs: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// `; about H:MM:SS left (N models)`: the mean time of the models trained so
+/// far in this invocation times the models still to come; empty when none
+/// is left or none has been timed yet.
+fn eta(trained_secs: &[f64], remaining: usize) -> String {
+    if remaining == 0 || trained_secs.is_empty() {
+        return String::new();
+    }
+    let mean = trained_secs.iter().sum::<f64>() / trained_secs.len() as f64;
+    format!(
+        "; about {} left ({remaining} model{})",
+        hms(mean * remaining as f64),
+        if remaining == 1 { "" } else { "s" }
+    )
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}%"))
 }
@@ -78,6 +93,10 @@ pub fn run(args: &Args) -> Result<()> {
         .console(!args.json)
         .build();
 
+    // When the current model's training started, and how long each model
+    // trained in this invocation took: the mean predicts the rest.
+    let mut started: Option<std::time::Instant> = None;
+    let mut trained_secs: Vec<f64> = Vec::new();
     let report = reproduce(&mut trainer, &options, &mut |e| match e {
         ReproduceEvent::Model {
             index,
@@ -87,8 +106,12 @@ pub fn run(args: &Args) -> Result<()> {
         } => {
             let what = match action {
                 ModelAction::Skip => "finished earlier, result reused".to_string(),
-                ModelAction::Start => "training".to_string(),
+                ModelAction::Start => {
+                    started = Some(std::time::Instant::now());
+                    "training".to_string()
+                }
                 ModelAction::Resume { epoch, step } => {
+                    started = Some(std::time::Instant::now());
                     format!("resuming in epoch {} from step {step}", epoch + 1)
                 }
                 _ => format!("{action:?}"),
@@ -96,15 +119,19 @@ pub fn run(args: &Args) -> Result<()> {
             eprintln!("[{index}/{total}] {model}: {what}");
         }
         ReproduceEvent::Row { index, total, row } => {
+            if let Some(t) = started.take() {
+                trained_secs.push(t.elapsed().as_secs_f64());
+            }
+            let left = eta(&trained_secs, total.saturating_sub(*index));
             if row.status == RowStatus::Failed {
                 eprintln!(
-                    "[{index}/{total}] {}: failed: {}",
+                    "[{index}/{total}] {}: failed: {}{left}",
                     row.model,
                     row.error.as_deref().unwrap_or("unknown error")
                 );
             } else {
                 eprintln!(
-                    "[{index}/{total}] {}: {}, test error {} (paper {:.2}%), {}/{} epochs, wall {}",
+                    "[{index}/{total}] {}: {}, test error {} (paper {:.2}%), {}/{} epochs, wall {}{left}",
                     row.model,
                     row.status.as_str(),
                     pct(row.test_error),
@@ -162,4 +189,18 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eta;
+
+    #[test]
+    fn eta_is_the_mean_model_time_times_the_models_left() {
+        assert_eq!(eta(&[], 3), "");
+        assert_eq!(eta(&[100.0], 0), "");
+        // Mean 90 s, 40 models left: one hour.
+        assert_eq!(eta(&[60.0, 120.0], 40), "; about 1:00:00 left (40 models)");
+        assert_eq!(eta(&[61.0], 1), "; about 0:01:01 left (1 model)");
+    }
 }

@@ -7,8 +7,8 @@ use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
 use allcnn_models::LayerName;
 use allcnn_viz::render::{self, RenderOptions, Style};
 use allcnn_viz::{
-    Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions, TargetSpec,
-    TopActivations,
+    Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions, Target,
+    TargetSpec, TopActivations,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -296,8 +296,12 @@ pub fn run(args: &Args) -> Result<()> {
     let mut row_labels = Vec::new();
     let mut written = Written::default();
     let json = args.common.json;
+    // The logits, when the predictions are printed: `predicted` then reuses
+    // them instead of running the model a second time.
+    let mut logits = None;
     if !names.is_empty() {
-        let guesses = top_guesses(&model.forward(&input)?, 1, loaded.class_names.as_deref())?;
+        let l = logits.insert(model.forward(&input)?);
+        let guesses = top_guesses(l, 1, loaded.class_names.as_deref())?;
         for (name, g) in names.iter().zip(guesses.iter().filter_map(|g| g.first())) {
             let class = g
                 .name
@@ -320,10 +324,14 @@ pub fn run(args: &Args) -> Result<()> {
             row_labels.push(format!("{class} {:.0}%", 100.0 * g.probability));
         }
     }
-    let target = args
-        .target
-        .parse::<TargetSpec>()?
-        .resolve(model, &input, labels.as_ref())?;
+    let target = match (args.target.parse::<TargetSpec>()?, &logits) {
+        (TargetSpec::Predicted, Some(logits)) => {
+            let target = Target::PerImage(allcnn_viz::predicted_classes(logits)?);
+            target.validate(model, input.dims())?;
+            target
+        }
+        (spec, _) => spec.resolve(model, &input, labels.as_ref())?,
+    };
     let settings = args.settings.options()?;
     let maps = method.attribute_with(model, &input, &target, &settings)?;
     if is_safetensors(out) {

@@ -93,6 +93,9 @@ pub trait Observer: Send {
     fn on_warning(&mut self, _message: &str) {}
     /// A message for the person watching (checkpoint written, how to resume).
     fn on_message(&mut self, _message: &str) {}
+    /// Evaluation progress: `done` of `total` examples of `split`
+    /// (`"validation"` or `"test"`) evaluated, after every batch.
+    fn on_eval(&mut self, _split: &str, _done: u64, _total: u64) {}
 }
 
 /// `1h 05m`, `12m 30s` or `45s`.
@@ -116,6 +119,35 @@ pub struct Console {
     /// The run's last epoch (1-based) and the seconds of the epochs seen.
     epochs: u64,
     epoch_seconds: Vec<f64>,
+    /// The evaluation under way: its bar (terminal), when it started and
+    /// when its last plain line was printed.
+    eval: Option<EvalProgress>,
+}
+
+/// One split's evaluation, as [`Console`] shows it.
+struct EvalProgress {
+    split: String,
+    bar: Option<indicatif::ProgressBar>,
+    start: std::time::Instant,
+    last_line: std::time::Instant,
+}
+
+/// A plain evaluation line at most this often (a short evaluation prints
+/// none).
+const EVAL_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `evaluating test: 1024/2000 (51%), about 9s left`.
+fn eval_line(split: &str, done: u64, total: u64, elapsed: f64) -> String {
+    let left = if done > 0 {
+        elapsed / done as f64 * total.saturating_sub(done) as f64
+    } else {
+        0.0
+    };
+    format!(
+        "evaluating {split}: {done}/{total} ({:.0}%), about {} left",
+        100.0 * done as f64 / total.max(1) as f64,
+        duration(left)
+    )
 }
 
 impl std::fmt::Debug for Console {
@@ -136,6 +168,7 @@ impl Console {
             terminal: std::io::stderr().is_terminal(),
             epochs: 0,
             epoch_seconds: Vec::new(),
+            eval: None,
         }
     }
 
@@ -231,6 +264,54 @@ impl Observer for Console {
 
     fn on_message(&mut self, message: &str) {
         self.print(message);
+    }
+
+    fn on_eval(&mut self, split: &str, done: u64, total: u64) {
+        let now = std::time::Instant::now();
+        if self.eval.as_ref().is_none_or(|e| e.split != split) {
+            // The epoch's training bar gives way to the evaluation's.
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+            let bar = self.terminal.then(|| {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "evaluating {prefix} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(split.to_string());
+                bar
+            });
+            self.eval = Some(EvalProgress {
+                split: split.to_string(),
+                bar,
+                start: now,
+                last_line: now,
+            });
+        }
+        let Some(e) = self.eval.as_mut() else { return };
+        if let Some(bar) = &e.bar {
+            bar.set_position(done);
+        } else if done < total && now.duration_since(e.last_line) >= EVAL_LINE_EVERY {
+            e.last_line = now;
+            eprintln!(
+                "{}",
+                eval_line(
+                    split,
+                    done,
+                    total,
+                    now.duration_since(e.start).as_secs_f64()
+                )
+            );
+        }
+        if done >= total {
+            if let Some(bar) = self.eval.take().and_then(|e| e.bar) {
+                bar.finish_and_clear();
+            }
+        }
     }
 }
 
@@ -337,5 +418,26 @@ impl Observer for MetricsLog {
     }
     fn on_message(&mut self, message: &str) {
         self.write("message", serde_json::json!({ "message": message }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{duration, eval_line};
+
+    #[test]
+    fn durations_and_eval_lines_read_as_intended() {
+        assert_eq!(duration(45.4), "45s");
+        assert_eq!(duration(750.0), "12m 30s");
+        assert_eq!(duration(3900.0), "1h 05m");
+        // 1024 of 2000 in 10 s: 976 left at 102.4/s is 9.5 s, shown as 10s.
+        assert_eq!(
+            eval_line("test", 1024, 2000, 10.0),
+            "evaluating test: 1024/2000 (51%), about 10s left"
+        );
+        assert_eq!(
+            eval_line("validation", 0, 500, 0.0),
+            "evaluating validation: 0/500 (0%), about 0s left"
+        );
     }
 }

@@ -15,7 +15,7 @@ use crate::checkpoint::{BestRecord, Checkpoint, CheckpointState, EpochPartial, R
 use crate::config::TrainConfig;
 use crate::data::{eval_loader, fit_preprocessing, TrainData};
 use crate::error::{CandleContext, TrainError};
-use crate::eval::{count_correct, evaluate, EvalReport};
+use crate::eval::{count_correct, evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 use crate::optim::{MomentumSgd, SgdConfig};
 use crate::plot::learning_curve_svg;
@@ -602,22 +602,27 @@ impl Trainer {
             }
             drop(prefetch);
 
-            // End of the epoch: evaluate, record, checkpoint, plot.
+            // End of the epoch: checkpoint, evaluate, record, checkpoint,
+            // plot. The first checkpoint (at the epoch's last batch, from
+            // which a resume evaluates again) keeps the epoch's training
+            // when the evaluation fails or the process dies during it.
             let train_secs = t0.elapsed().as_secs_f64();
-            let (val, test) = match evaluate_splits(&mut run) {
+            self.checkpoint(&mut run)?;
+            let evaluated = evaluate_splits(&mut run, &mut |split, done, total| {
+                self.emit(&mut metrics, &mut console, |o| {
+                    o.on_eval(split, done, total)
+                });
+            });
+            let (val, test) = match evaluated {
                 Ok(r) => r,
                 Err(e) => {
-                    // Keep the epoch's training: a checkpoint at its last
-                    // batch, from which a resume evaluates again.
-                    if self.checkpoint(&mut run).is_ok() {
-                        let msg = format!(
-                            "evaluating epoch {} failed; its training is saved in {}: fix the data, then resume with `allcnn train --resume {}`",
-                            epoch + 1,
-                            run.run_dir.join(files::CHECKPOINT).display(),
-                            run.run_dir.display()
-                        );
-                        self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
-                    }
+                    let msg = format!(
+                        "evaluating epoch {} failed; its training is saved in {}: fix the data, then resume with `allcnn train --resume {}`",
+                        epoch + 1,
+                        run.run_dir.join(files::CHECKPOINT).display(),
+                        run.run_dir.display()
+                    );
+                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
                     return Err(e);
                 }
             };
@@ -694,7 +699,11 @@ impl Trainer {
         }
         let final_path = run.run_dir.join(files::FINAL);
         self.save_weights(&run, &final_path, run.state.history.last())?;
-        let (val, test) = evaluate_splits(&mut run)?;
+        let (val, test) = evaluate_splits(&mut run, &mut |split, done, total| {
+            self.emit(&mut metrics, &mut console, |o| {
+                o.on_eval(split, done, total)
+            });
+        })?;
         if let Some(t) = &test {
             let json = serde_json::to_string_pretty(t).expect("report serialises");
             allcnn_models::write_atomic(&run.run_dir.join(files::EVAL), json.as_bytes())?;
@@ -782,16 +791,28 @@ impl Trainer {
 }
 
 /// Evaluates the model on the validation and test splits, reusing the
-/// previous result when no step has run since.
-fn evaluate_splits(run: &mut Run) -> Result<(Option<EvalReport>, Option<EvalReport>), TrainError> {
+/// previous result when no step has run since; `progress(split, done,
+/// total)` follows each batch.
+fn evaluate_splits(
+    run: &mut Run,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<(Option<EvalReport>, Option<EvalReport>), TrainError> {
     if let Some((step, val, test)) = &run.last_eval {
         if *step == run.state.step {
             return Ok((val.clone(), test.clone()));
         }
     }
-    let eval = |l: &Option<DataLoader>| l.as_ref().map(|l| evaluate(&run.model, l)).transpose();
-    let val = eval(&run.val_loader)?;
-    let test = eval(&run.test_loader)?;
+    let model = &run.model;
+    let mut eval = |l: &Option<DataLoader>, split: &str| {
+        l.as_ref()
+            .map(|l| {
+                let total = l.num_examples() as u64;
+                evaluate_with_progress(model, l, &mut |done| progress(split, done, total))
+            })
+            .transpose()
+    };
+    let val = eval(&run.val_loader, "validation")?;
+    let test = eval(&run.test_loader, "test")?;
     run.last_eval = Some((run.state.step, val.clone(), test.clone()));
     Ok((val, test))
 }

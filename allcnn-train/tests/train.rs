@@ -186,6 +186,80 @@ fn crashed_run_resumes_from_mid_epoch_checkpoint_bit_identically() {
     crash_and_resume(10, (8, 1, 2));
 }
 
+/// Records evaluation progress; panics (a crash or kill) inside the
+/// evaluation after `crash_after_epochs` epochs when set.
+struct EvalWatch {
+    calls: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    epochs_seen: u64,
+    crash_after_epochs: Option<u64>,
+}
+impl Observer for EvalWatch {
+    fn on_epoch(&mut self, _r: &allcnn_train::EpochRecord) {
+        self.epochs_seen += 1;
+    }
+    fn on_eval(&mut self, split: &str, done: u64, total: u64) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((split.to_string(), done, total));
+        if Some(self.epochs_seen) == self.crash_after_epochs {
+            panic!(
+                "simulated crash while evaluating epoch {}",
+                self.epochs_seen + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluation_reports_progress_and_a_crash_during_it_loses_no_training() {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch, 18 in all
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let mut c = resume_config();
+    c.eval_batch_size = 5; // 12 test images: batches of 5, 5, 2
+    let watch = |crash: Option<u64>| {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let t = Trainer::builder()
+            .console(false)
+            .observer(Box::new(EvalWatch {
+                calls: calls.clone(),
+                epochs_seen: 0,
+                crash_after_epochs: crash,
+            }))
+            .build();
+        (t, calls)
+    };
+
+    let full = tempfile::tempdir().unwrap();
+    let (mut t, calls) = watch(None);
+    t.train(&c, &d, full.path()).unwrap();
+    // Each of the 3 epochs evaluates the test split once, batch by batch
+    // (the run's end reuses the last epoch's result).
+    let expected: Vec<(String, u64, u64)> = (0..3)
+        .flat_map(|_| [5, 10, 12].map(|n| ("test".to_string(), n, 12)))
+        .collect();
+    assert_eq!(*calls.lock().unwrap(), expected);
+
+    // Killed inside epoch 2's evaluation: the epoch's training was
+    // checkpointed before it (step 12, epoch index 1, batch 6 of 6).
+    let cut = tempfile::tempdir().unwrap();
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (mut t, _) = watch(Some(1));
+        let _ = t.train(&c, &d, cut.path());
+    }));
+    assert!(crashed.is_err());
+    let ck = allcnn_train::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((ck.state.step, ck.state.epoch, ck.state.batch), (12, 1, 6));
+    let r = quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!(r.history.len(), 3);
+    assert_eq!(
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+        "resumed weights differ from the uninterrupted run"
+    );
+}
+
 #[test]
 fn diverging_lr_stops_with_step_and_checkpoint() {
     let train = random_dataset(32, 8, 4, 4);

@@ -131,7 +131,7 @@ pub use sanity::{
     Similarity, Verdict,
 };
 pub use smooth::{NoiseAggregation, NoiseLevel, SmoothGrad, SmoothOptions};
-pub use target::{labels_vec, layer_shape, predict, Target, TargetSpec, Unit};
+pub use target::{labels_vec, layer_shape, predict, predicted_classes, Target, TargetSpec, Unit};
 pub use top::{Candidate, TopActivations, TopEntry, TopFigure, TopRow};
 
 #[cfg(doctest)]

@@ -379,9 +379,19 @@ pub fn predict(model: &AllCnn, input: &Tensor) -> Result<Vec<u32>, VizError> {
         .to_device(model.device())
         .and_then(|x| x.to_dtype(DType::F32))
         .context(|| "moving the input to the model's device".into())?;
-    let logits = model.forward(&x)?;
+    predicted_classes(&model.forward(&x)?)
+}
+
+/// The predicted class of every row of `logits` `[N, classes]` (the first
+/// largest logit), for callers that already ran the model (what
+/// [`predict`] returns, without a second forward pass).
+///
+/// # Errors
+/// A candle error when `logits` is not a rank-2 tensor.
+pub fn predicted_classes(logits: &Tensor) -> Result<Vec<u32>, VizError> {
     let rows = logits
-        .to_vec2::<f32>()
+        .to_dtype(DType::F32)
+        .and_then(|l| l.to_vec2::<f32>())
         .context(|| "reading the logits".into())?;
     Ok(rows.iter().map(|r| argmax_first(r) as u32).collect())
 }

@@ -113,3 +113,25 @@ fn resolve_checks_against_model_and_input() {
         .unwrap_err();
     assert!(matches!(err, VizError::CountMismatch { .. }), "{err}");
 }
+
+#[test]
+fn predicted_classes_take_the_first_largest_logit_and_match_predict() {
+    let logits = Tensor::new(
+        &[[1f32, 3.0, 3.0], [5.0, 0.0, -1.0], [-2.0, -1.0, -3.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        allcnn_viz::predicted_classes(&logits).unwrap(),
+        vec![1, 0, 1]
+    );
+    // From a model's own logits it is what `predict` (one forward) gives.
+    let m = model();
+    let x = Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &Device::Cpu).unwrap();
+    assert_eq!(
+        allcnn_viz::predicted_classes(&m.forward(&x).unwrap()).unwrap(),
+        allcnn_viz::predict(&m, &x).unwrap()
+    );
+    let bad = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    assert!(allcnn_viz::predicted_classes(&bad).is_err());
+}
