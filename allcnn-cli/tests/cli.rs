@@ -207,7 +207,7 @@ fn predict_images_with_self_describing_weights() {
 
 #[test]
 fn predict_golden_tensor_matches_pytorch_logits() {
-    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+    let Some(g) = allcnn_testing::Golden::load("all-cnn-c") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -230,7 +230,7 @@ fn predict_golden_tensor_matches_pytorch_logits() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-    allcnn_models::testing::assert_close("cli logits", &t["logits"], g.get("logits"), 2e-5);
+    allcnn_testing::assert_close("cli logits", &t["logits"], g.get("logits"), 2e-5);
 }
 
 #[test]
@@ -377,12 +377,9 @@ fn library_warnings_reach_stderr() {
 
 #[test]
 fn data_info_on_the_real_cifar10_folder() {
-    let root =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpg");
-    if !root.is_dir() {
-        allcnn_models::testing::missing_fixture("the CIFAR-10 image folder", &root, "../shared");
+    let Some(root) = allcnn_testing::cifar10_jpg() else {
         return;
-    }
+    };
     let o = allcnn(&["data", "info", root.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -396,7 +393,7 @@ fn data_info_on_the_real_cifar10_folder() {
 
 #[test]
 fn viz_matches_captum_and_renders() {
-    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+    let Some(g) = allcnn_testing::Golden::load("all-cnn-c") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -422,7 +419,7 @@ fn viz_matches_captum_and_renders() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-    allcnn_models::testing::assert_close(
+    allcnn_testing::assert_close(
         "cli guided backprop",
         &t["attribution"],
         g.get("guided_backprop"),
@@ -802,7 +799,7 @@ fn predicted_name(o: &Output) -> String {
 #[cfg(feature = "hub")]
 #[test]
 fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
-    use allcnn_models::testing::mock_hub::{prefill_cache, MOCK_COMMIT};
+    use allcnn_testing::mock_hub::{prefill_cache, MOCK_COMMIT};
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("hub-cache");
     prefill_cache(
@@ -897,7 +894,7 @@ fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
 #[cfg(feature = "hub")]
 #[test]
 fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
-    use allcnn_models::testing::mock_hub::MockHub;
+    use allcnn_testing::mock_hub::MockHub;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let img = dir.path().join("a.png");
@@ -1063,11 +1060,11 @@ fn export_hub_round_trip() {
     {
         let home = dir.path().join("hf-home");
         let cache = home.join("hub");
-        allcnn_models::testing::mock_hub::prefill_cache(
+        allcnn_testing::mock_hub::prefill_cache(
             &cache,
             "me/tiny-allcnn",
             "main",
-            allcnn_models::testing::mock_hub::MOCK_COMMIT,
+            allcnn_testing::mock_hub::MOCK_COMMIT,
             "model.safetensors",
             &std::fs::read(&w).unwrap(),
         );
@@ -1499,7 +1496,7 @@ fn a_relative_data_path_is_recorded_absolute() {
 
 /// `allcnn ARGS...` on the golden all-cnn-c network and its two images
 /// (`--weights W --model all-cnn-c --classes 10 ... --input expected`).
-fn golden_viz(g: &allcnn_models::testing::Golden, args: &[&str]) -> Output {
+fn golden_viz(g: &allcnn_testing::Golden, args: &[&str]) -> Output {
     let w = g.dir.join("weights.safetensors");
     let input = g.dir.join("expected.safetensors"); // holds `input` and `labels`
     let (sub, rest) = args.split_at(
@@ -1526,7 +1523,7 @@ fn golden_viz(g: &allcnn_models::testing::Golden, args: &[&str]) -> Output {
 
 #[test]
 fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
-    let Some(g) = allcnn_models::testing::Golden::load("all-cnn-c") else {
+    let Some(g) = allcnn_testing::Golden::load("all-cnn-c") else {
         return;
     };
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1573,12 +1570,7 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
         let o = golden_viz(&g, &args);
         assert!(o.status.success(), "{key}: {}", stderr(&o));
         let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-        allcnn_models::testing::assert_close(
-            &format!("cli {key}"),
-            &t["attribution"],
-            &want[key],
-            2e-5,
-        );
+        allcnn_testing::assert_close(&format!("cli {key}"), &t["attribution"], &want[key], 2e-5);
     }
 
     // Overlays: one PNG per image, the map over the image.

@@ -73,11 +73,14 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod augment;
 mod cifar;
 mod dataset;
+#[cfg(feature = "download")]
+#[cfg_attr(docsrs, doc(cfg(feature = "download")))]
 pub mod download;
 mod error;
 mod folder;
@@ -96,6 +99,7 @@ pub use cifar::{
 pub use dataset::{
     split_dataset, train_val_split, Dataset, Image, Sample, Subset, ValidationSize, VecDataset,
 };
+#[cfg(feature = "download")]
 pub use download::{download_cifar, DownloadOptions, DownloadOutcome};
 pub use error::DataError;
 pub use folder::{

@@ -37,20 +37,20 @@
 //! assert_eq!(logits.dims(), &[1, 10]);
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod conv;
 mod error;
 #[cfg(feature = "hub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
 pub mod hub;
 mod model;
 pub mod pool;
 #[cfg(feature = "pretrained")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pretrained")))]
 pub mod pretrained;
 mod spec;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
 mod weights;
 
 pub use error::ModelError;

@@ -1,8 +1,8 @@
 //! Parity with PyTorch on the golden fixtures (../shared/golden): logits, loss,
 //! activations, and every gradient. Skips loudly where the fixtures are absent.
 
-use allcnn_models::testing::{assert_close, Golden, GOLDEN_MODELS};
 use allcnn_models::{ConvBackend, LayerName};
+use allcnn_testing::{assert_close, Golden, GOLDEN_MODELS};
 use candle_core::Var;
 
 /// The golden README promises ~1e-5 for a correct f32 implementation; the

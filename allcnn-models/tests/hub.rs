@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use allcnn_models::hub::{fetch, resolve, HubError, HubOptions, HubRef, SYNTAX};
-use allcnn_models::testing::mock_hub::{prefill_cache, MockHub, MOCK_COMMIT};
 use allcnn_models::{AllCnn, ArchSpec, Init, WeightsFile, WeightsMeta};
+use allcnn_testing::mock_hub::{prefill_cache, MockHub, MOCK_COMMIT};
 use candle_core::Device;
 
 /// A small self-describing weights file, as bytes.

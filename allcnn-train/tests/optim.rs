@@ -2,7 +2,7 @@
 //! (../shared/golden `sgd2.*`), a hand-computed check, and the schedules at
 //! their milestones.
 
-use allcnn_models::testing::{assert_close, rel_err, Golden, GOLDEN_MODELS};
+use allcnn_testing::{assert_close, rel_err, Golden, GOLDEN_MODELS};
 use allcnn_train::{LrSchedule, MomentumSgd, SgdConfig};
 use candle_core::{Device, Tensor, Var};
 

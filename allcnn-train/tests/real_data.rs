@@ -27,21 +27,7 @@ use allcnn_models::{ArchSpec, Layer};
 use allcnn_train::{LrSchedule, PreprocessChoice, TrainConfig, TrainData, Trainer};
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ALLCNN_CIFAR10")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpg")
-        });
-    if dir.join("train").is_dir() {
-        Some(dir)
-    } else {
-        allcnn_models::testing::missing_fixture(
-            "the CIFAR-10 image folder",
-            &dir,
-            "set ALLCNN_CIFAR10",
-        );
-        None
-    }
+    allcnn_testing::cifar10_jpg()
 }
 
 /// A small All-CNN-shaped network: 3x3 convs, stride-2 convs instead of

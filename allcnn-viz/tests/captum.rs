@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use allcnn_models::testing::{assert_close, Golden};
 use allcnn_models::LayerName;
+use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
     Baseline, GradCam, GuidedGradCam, IntegratedGradients, Occlusion, Quadrature, Target,
 };

@@ -2,8 +2,8 @@
 //! saliency, guided backprop and deconvnet for the labels, and the neuron
 //! maps of meta.json's hidden unit. Skips loudly where the fixtures are absent.
 
-use allcnn_models::testing::{assert_close, Golden};
 use allcnn_models::LayerName;
+use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{Deconvnet, Gradient, GuidedBackprop, Saliency, Target};
 
 /// The issue asks for 1e-4; the fixtures promise ~1e-5 for a correct f32

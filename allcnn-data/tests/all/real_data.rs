@@ -8,11 +8,9 @@ use allcnn_data::{
     Subset, CIFAR10_CLASSES,
 };
 
-use crate::util::cifar10_jpg;
-
 #[test]
 fn folder_reader_counts_and_class_order() {
-    let Some(root) = cifar10_jpg("folder_reader_counts_and_class_order") else {
+    let Some(root) = allcnn_testing::cifar10_jpg() else {
         return;
     };
     let train = ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap();
@@ -44,7 +42,7 @@ fn folder_reader_counts_and_class_order() {
 
 #[test]
 fn jpegs_to_cifar_binary_roundtrip() {
-    let Some(root) = cifar10_jpg("jpegs_to_cifar_binary_roundtrip") else {
+    let Some(root) = allcnn_testing::cifar10_jpg() else {
         return;
     };
     let test = ImageFolder::open_split(&root, Split::Test, FolderOptions::default()).unwrap();
@@ -67,7 +65,7 @@ fn jpegs_to_cifar_binary_roundtrip() {
 
 #[test]
 fn gcn_zca_on_real_images_and_loader() {
-    let Some(root) = cifar10_jpg("gcn_zca_on_real_images_and_loader") else {
+    let Some(root) = allcnn_testing::cifar10_jpg() else {
         return;
     };
     let train = ImageFolder::open_split(&root, Split::Train, FolderOptions::default()).unwrap();

@@ -5,29 +5,6 @@ use std::path::{Path, PathBuf};
 use allcnn_data::{encode_cifar_record, CifarKind, Image, Split};
 use rand::{Rng, SeedableRng};
 
-/// The shared CIFAR-10 JPEG folder, or `None` (with a loud message) when absent.
-pub fn cifar10_jpg(test: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/cifar10-jpg"
-    ));
-    if p.join("train").is_dir() && p.join("test").is_dir() {
-        Some(p)
-    } else if std::env::var_os("ALLCNN_REQUIRE_FIXTURES").is_some() {
-        // CI sets it (.ci/run): no test may pass by skipping there.
-        panic!(
-            "{test}: real data not found at {}, and ALLCNN_REQUIRE_FIXTURES is set",
-            p.display()
-        );
-    } else {
-        eprintln!(
-            "\n*** SKIPPED {test}: real data not found at {} ***\n",
-            p.display()
-        );
-        None
-    }
-}
-
 /// A deterministic pseudo-random 3x32x32 image.
 pub fn random_image(seed: u64) -> Image {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

@@ -1,10 +1,15 @@
-//! Test support shared by the allcnn crates (enabled by the `testing`
-//! feature): the PyTorch/Captum golden fixtures and tolerance checks, and
-//! a mock Hugging Face Hub ([`mock_hub`]).
+//! Test support shared by the allcnn crates' own tests (not published:
+//! `publish = false`, a path-only dev-dependency that `cargo publish`
+//! strips): the PyTorch/Captum golden fixtures and tolerance checks, the
+//! one locator of every fixture outside the repository, and a mock Hugging
+//! Face Hub ([`mock_hub`]).
 //!
-//! The fixtures live outside the repository, in `../shared/golden` next to
-//! the workspace. Where that folder is absent (a user's clone), [`Golden::load`]
-//! prints a loud notice and returns `None` so the test can skip.
+//! The fixtures live outside the repository, in `../shared` next to the
+//! workspace. Where a fixture is absent (a user's clone), [`Golden::load`]
+//! and [`cifar10_jpg`] print a loud notice and return `None` so the test can
+//! skip; with [`REQUIRE_FIXTURES`] set (CI) they panic instead.
+
+#![warn(missing_docs)]
 
 pub mod mock_hub;
 
@@ -13,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::{ArchSpec, WeightsFile};
+use allcnn_models::{ArchSpec, WeightsFile};
 
 /// The models the golden folder holds.
 pub const GOLDEN_MODELS: &[&str] = &["all-cnn-c", "model-c", "strided-cnn-b"];
@@ -40,12 +45,32 @@ pub fn missing_fixture(what: &str, path: &Path, hint: &str) {
     );
 }
 
+/// `<workspace>/../shared`: where the fixtures outside the repository live.
+pub fn shared_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
 /// The golden folder: `$ALLCNN_GOLDEN` or `<workspace>/../shared/golden`.
 pub fn golden_root() -> PathBuf {
     if let Some(p) = std::env::var_os("ALLCNN_GOLDEN") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden")
+    shared_root().join("golden")
+}
+
+/// The CIFAR-10 image folder (`train/` and `test/`, 60,000 JPEGs):
+/// `$ALLCNN_CIFAR10` or `<workspace>/../shared/data/cifar10-jpg`; `None`
+/// after a loud notice (a panic under [`REQUIRE_FIXTURES`]) when absent.
+pub fn cifar10_jpg() -> Option<PathBuf> {
+    let dir = std::env::var_os("ALLCNN_CIFAR10")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared_root().join("data/cifar10-jpg"));
+    if dir.join("train").is_dir() && dir.join("test").is_dir() {
+        Some(dir)
+    } else {
+        missing_fixture("the CIFAR-10 image folder", &dir, "set ALLCNN_CIFAR10");
+        None
+    }
 }
 
 /// One model's fixtures.
