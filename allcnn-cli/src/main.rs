@@ -136,7 +136,7 @@ enum Command {
     Data(data::Command),
     /// Train a model with the paper's protocol (a preset or a config file), or resume a run.
     #[command(
-        after_help = "Examples:\n  allcnn train --preset cifar10 --model all-cnn-c --data data/cifar-10-batches-bin --out runs/allcnn-c\n  allcnn train --preset cifar10 --data data --out runs/short epochs=10 data.train_subset=5000 schedule.kind=scaled\n  allcnn train --preset cifar10 --print-config > my.toml   # edit, then: allcnn train --config my.toml --data D --out RUN\n  allcnn train --preset cifar10 --data D --out runs/grid --grid --lrs 0.1,0.05,0.01\n  allcnn train --resume runs/allcnn-c\n\nCtrl-C finishes the current step, writes a checkpoint and prints how to resume."
+        after_help = "Examples:\n  allcnn train --preset cifar10 --model all-cnn-c --data data/cifar-10-batches-bin --out runs/allcnn-c\n  allcnn train --preset cifar10 --data data --out runs/short epochs=10 data.train_subset=5000 schedule.kind=scaled\n  allcnn train --preset cifar10 --print-config > my.toml   # edit, then: allcnn train --config my.toml --data D --out RUN\n  allcnn train --preset cifar10 --data D --out runs/grid --grid --lrs 0.1,0.05,0.01\n  allcnn train --resume runs/allcnn-c\n  allcnn train --resume runs/allcnn-c --epochs 40   # continue a finished run to 40 epochs, or end one sooner\n\nCtrl-C finishes the current step, writes a checkpoint and prints how to resume."
     )]
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a data set: top-1/top-5 accuracy, loss, per-class accuracy.

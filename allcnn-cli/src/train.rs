@@ -21,6 +21,11 @@ pub struct TrainArgs {
     /// Continue the run in this directory exactly where it stopped.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// With --resume: change the run's length to this many epochs, to end it
+    /// sooner or to continue a finished run (the lr follows the schedule of
+    /// the new length; multi-step milestones stay put).
+    #[arg(long, requires = "resume", conflicts_with_all = ["preset", "config"], value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: Option<u64>,
     /// Architecture (overrides the config's `model`).
     #[arg(long, value_parser = crate::values::model_name())]
     model: Option<String>,
@@ -89,7 +94,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             bail!("--resume continues a run with its own config and data; drop --data/--out/KEY=VALUE");
         }
         let mut t = trainer(&args.device)?;
-        let summary = t.resume(run_dir, None)?;
+        let summary = match args.epochs {
+            Some(epochs) => t.resume_with_epochs(run_dir, None, epochs)?,
+            None => t.resume(run_dir, None)?,
+        };
         return report(&summary, args.json);
     }
     let mut config = match (&args.preset, &args.config) {

@@ -371,9 +371,10 @@ pub fn run(args: &Args) -> Result<()> {
             load_images(&paths, input.dim(3)?, &Preprocessing::scale(), &device)?
         };
         let mut files = Vec::new();
-        for i in 0..input.dim(0)? {
+        let stems = file_stems(&format!("{method}-overlay-"), &names, input.dim(0)?);
+        for (i, stem) in stems.iter().enumerate() {
             let img = render::overlay(&shown.get(i)?, &maps.get(i)?, &o)?;
-            let path = out.join(format!("{method}-overlay-{i:04}.png"));
+            let path = out.join(format!("{stem}.png"));
             render::write_png(&render::upscale(&img, opts.scale), &path)?;
             files.push(path);
         }
@@ -384,7 +385,7 @@ pub fn run(args: &Args) -> Result<()> {
             args.settings.style(method),
             &opts,
             out,
-            &format!("{method}-"),
+            &file_stems(&format!("{method}-"), &names, input.dim(0)?),
         )?
     };
     let all = args
@@ -418,6 +419,29 @@ pub fn run(args: &Args) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Output file stems for `n` maps: `{prefix}{stem of the input file}`
+/// (`guided-backprop-cat` for `cat.jpg`) when every input file has its own
+/// stem, `{prefix}{i:04}-{stem}` when two share one (`train/cat/0.png` and
+/// `train/dog/0.png`), `{prefix}{i:04}` for a tensor file.
+fn file_stems(prefix: &str, inputs: &[String], n: usize) -> Vec<String> {
+    let stems: Vec<String> = inputs
+        .iter()
+        .map(|p| {
+            std::path::Path::new(p)
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    let distinct = stems.iter().collect::<std::collections::HashSet<_>>().len() == stems.len();
+    (0..n)
+        .map(|i| match stems.get(i) {
+            Some(stem) if distinct && !stem.is_empty() => format!("{prefix}{stem}"),
+            Some(stem) => format!("{prefix}{i:04}-{stem}"),
+            None => format!("{prefix}{i:04}"),
+        })
+        .collect()
 }
 
 /// The images of `--input`: a `.safetensors` file with a preprocessed
@@ -512,4 +536,23 @@ fn top(args: &TopArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stems;
+
+    #[test]
+    fn map_files_are_named_after_their_images() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            file_stems("gb-", &names(&["docs/samples/cat.jpg", "x/dog.png"]), 2),
+            ["gb-cat", "gb-dog"]
+        );
+        assert_eq!(
+            file_stems("gb-", &names(&["train/cat/0.png", "train/dog/0.png"]), 2),
+            ["gb-0000-0", "gb-0001-0"]
+        );
+        assert_eq!(file_stems("gb-", &[], 2), ["gb-0000", "gb-0001"]);
+    }
 }

@@ -667,6 +667,26 @@ fn train_eval_predict_resume_round_trip() {
         "epochs=1",
     ]);
     assert_eq!(o.status.code(), Some(1));
+
+    // --epochs continues the finished run for another epoch (3 more steps)
+    // and records the new length; it means nothing without --resume.
+    let o = allcnn(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("finished: 2 epochs, 6 steps"),
+        "{}",
+        stdout(&o)
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("epochs = 2"), "{config}");
+    for args in [
+        &["--epochs", "2"][..],
+        &["--preset", "cifar10", "--epochs", "2"],
+    ] {
+        let o = allcnn(&[&["train"], args].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--epochs"), "{}", stderr(&o));
+    }
 }
 
 #[test]
@@ -1356,6 +1376,11 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(maps.join("comparison.png").is_file());
+    // One map per image, named after it.
+    for class in ["airplane", "cat", "truck"] {
+        let f = maps.join(format!("guided-backprop-{class}.png"));
+        assert!(f.is_file(), "{} missing", f.display());
+    }
 }
 
 #[test]

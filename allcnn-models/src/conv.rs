@@ -19,6 +19,8 @@
 mod bf16;
 mod winograd;
 
+use bf16::{PackedA, PackedB};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use faer::linalg::matmul::matmul;
@@ -40,13 +42,15 @@ pub enum Algorithm {
     /// every other geometry. Equal to [`Algorithm::Im2col`] up to f32
     /// rounding (tested to 1e-5 relative).
     Winograd,
-    /// As [`Algorithm::Winograd`], but the 16 GEMMs of the Winograd layers
-    /// take their operands rounded to bf16 and accumulate in f32 (AVX-512
-    /// BF16 `vdpbf16ps` where the CPU has it, a portable f32 kernel on the
-    /// same rounded operands otherwise). Each operand carries bf16's 8-bit
-    /// mantissa (relative rounding 2^-9), so results differ from f32 by
-    /// about 1e-3 relative (tested to 1e-2); the transforms, the
-    /// accumulation and every other layer stay f32.
+    /// As [`Algorithm::Winograd`], but every GEMM takes its operands
+    /// rounded to bf16 and accumulates in f32 (AVX-512 BF16 `vdpbf16ps`
+    /// where the CPU has it, a portable f32 kernel on the same rounded
+    /// operands otherwise): the 16 GEMMs of the Winograd layers and the
+    /// im2col GEMMs of every other geometry (strided, 1x1, few channels),
+    /// in all three passes. Each operand carries bf16's 8-bit mantissa
+    /// (relative rounding 2^-9), so results differ from f32 by about 1e-3
+    /// relative (tested to 1e-2); the Winograd transforms, im2col / col2im,
+    /// the accumulation and the weights kept by the caller stay f32.
     WinogradBf16,
 }
 
@@ -59,23 +63,23 @@ pub fn has_native_bf16() -> bool {
 }
 
 impl Algorithm {
-    /// What a geometry actually runs: Winograd only where it is eligible.
-    fn resolve(self, geo: &Geometry) -> Self {
-        match self {
-            Algorithm::Winograd | Algorithm::WinogradBf16 if winograd::eligible(geo) => self,
-            _ => Algorithm::Im2col,
-        }
+    /// What a geometry actually runs: Winograd only where it is eligible,
+    /// bf16 GEMMs wherever the algorithm asks for them.
+    fn resolve(self, geo: &Geometry) -> Plan {
+        let winograd = self != Algorithm::Im2col && winograd::eligible(geo);
+        let bf16 = self == Algorithm::WinogradBf16;
+        Plan { winograd, bf16 }
     }
+}
 
-    /// For a Winograd algorithm, whether its GEMMs are bf16; `None` for
-    /// im2col.
-    fn winograd_bf16(self) -> Option<bool> {
-        match self {
-            Algorithm::Im2col => None,
-            Algorithm::Winograd => Some(false),
-            Algorithm::WinogradBf16 => Some(true),
-        }
-    }
+/// What one convolution runs in all three passes, resolved from an
+/// [`Algorithm`] for its geometry.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Winograd F(2x2, 3x3) rather than im2col.
+    winograd: bool,
+    /// The GEMMs take bf16-rounded operands.
+    bf16: bool,
 }
 
 /// `x` `[N, Cin, H, W]` convolved with `w` `[Cout, Cin, k, k]` (square
@@ -106,9 +110,9 @@ pub fn conv2d_with(
 ) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-        let algorithm = algorithm.resolve(&geo);
+        let plan = algorithm.resolve(&geo);
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, CpuConv { geo, algorithm })
+            .apply_op2(&w.contiguous()?, CpuConv { geo, plan })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -148,12 +152,12 @@ pub fn conv2d_fused(
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
     if cpu_f32 {
         let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-        let algorithm = algorithm.resolve(&geo);
+        let plan = algorithm.resolve(&geo);
         x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &bias.contiguous()?,
             CpuConvBlock {
-                conv: CpuConv { geo, algorithm },
+                conv: CpuConv { geo, plan },
                 relu,
             },
         )
@@ -325,6 +329,28 @@ impl Geometry {
         }
     }
 
+    /// A buffer for one image's im2col columns (empty for a 1x1 kernel,
+    /// which needs none).
+    fn col_buffer(&self) -> Vec<f32> {
+        let len = if self.is_pointwise() {
+            0
+        } else {
+            self.kdim() * self.out_plane()
+        };
+        vec![0f32; len]
+    }
+
+    /// One image's columns (`kdim x plane`, row-major): the image itself
+    /// for a 1x1 kernel, else its im2col written into `col`.
+    fn columns<'a>(&self, img: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+        if self.is_pointwise() {
+            img
+        } else {
+            self.im2col(img, col);
+            col
+        }
+    }
+
     /// GEMM parallelism: across images when there are enough of them,
     /// inside the GEMM otherwise.
     fn par(&self) -> Par {
@@ -362,14 +388,9 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(g.cout * plane)
         .zip(x.par_chunks(g.in_image()))
         .for_each_init(
-            || vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }],
+            || g.col_buffer(),
             |col, (o, img)| {
-                let colm = if g.is_pointwise() {
-                    rm(img, kd, plane)
-                } else {
-                    g.im2col(img, col);
-                    rm(col, kd, plane)
-                };
+                let colm = rm(g.columns(img, col), kd, plane);
                 matmul(rm_mut(o, g.cout, plane), Accum::Replace, wm, colm, 1.0, par);
             },
         );
@@ -383,16 +404,11 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0f32; g.cout * kd];
-            let mut col = vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }];
+            let mut col = g.col_buffer();
             let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
             for (i, n) in images.enumerate() {
                 let img = &x[n * g.in_image()..][..g.in_image()];
-                let colm = if g.is_pointwise() {
-                    rm(img, kd, plane)
-                } else {
-                    g.im2col(img, &mut col);
-                    rm(&col, kd, plane)
-                };
+                let colm = rm(g.columns(img, &mut col), kd, plane);
                 let dym = rm(&dy[n * g.cout * plane..][..g.cout * plane], g.cout, plane);
                 let acc = if i == 0 { Accum::Replace } else { Accum::Add };
                 matmul(
@@ -432,7 +448,7 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx.par_chunks_mut(g.in_image())
         .zip(dy.par_chunks(g.cout * plane))
         .for_each_init(
-            || vec![0f32; if g.is_pointwise() { 0 } else { kd * plane }],
+            || g.col_buffer(),
             |col, (img, d)| {
                 let dym = rm(d, g.cout, plane);
                 if g.is_pointwise() {
@@ -446,11 +462,83 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
+/// [`forward`] with the GEMMs on bf16-rounded operands ([`bf16::gemm`]):
+/// the kernel is packed once, each image's im2col columns (or the image
+/// itself for a 1x1 kernel) per image, on the thread that owns the image.
+fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let mut out = vec![0f32; g.n * g.cout * plane];
+    let a = PackedA::new(w, g.cout, kd, kd, 1);
+    out.par_chunks_mut(g.cout * plane)
+        .zip(x.par_chunks(g.in_image()))
+        .for_each_init(
+            || (g.col_buffer(), PackedB::default()),
+            |(col, b), (o, img)| {
+                b.pack(g.columns(img, col), kd, plane, plane, 1);
+                bf16::gemm(o, plane, &a, b, false);
+            },
+        );
+    out
+}
+
+/// [`weight_grad`] with the GEMMs on bf16-rounded operands: per image,
+/// `dW += dY (cout x plane) * colsᵀ (plane x kdim)`, summed over fixed
+/// chunks of the batch in order as in the f32 path.
+fn weight_grad_bf16(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(WGRAD_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut dw = vec![0f32; g.cout * kd];
+            let mut col = g.col_buffer();
+            let (mut a, mut b) = (PackedA::default(), PackedB::default());
+            let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+            for (i, n) in images.enumerate() {
+                let img = &x[n * g.in_image()..][..g.in_image()];
+                a.pack(
+                    &dy[n * g.cout * plane..][..g.cout * plane],
+                    g.cout,
+                    plane,
+                    plane,
+                    1,
+                );
+                b.pack(g.columns(img, &mut col), plane, kd, 1, plane);
+                bf16::gemm(&mut dw, kd, &a, &b, i > 0);
+            }
+            dw
+        })
+        .collect();
+    sum_in_order(partials, g.cout * kd)
+}
+
+/// [`input_grad`] with the GEMMs on bf16-rounded operands: `Wᵀ` is packed
+/// once, each image's output gradient per image.
+fn input_grad_bf16(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (kd, plane) = (g.kdim(), g.out_plane());
+    let mut dx = vec![0f32; g.n * g.in_image()];
+    let wt = PackedA::new(w, kd, g.cout, 1, kd);
+    dx.par_chunks_mut(g.in_image())
+        .zip(dy.par_chunks(g.cout * plane))
+        .for_each_init(
+            || (g.col_buffer(), PackedB::default()),
+            |(col, b), (img, d)| {
+                b.pack(d, g.cout, plane, plane, 1);
+                if g.is_pointwise() {
+                    bf16::gemm(img, plane, &wt, b, false);
+                } else {
+                    bf16::gemm(col, plane, &wt, b, false);
+                    g.col2im(col, img);
+                }
+            },
+        );
+    dx
+}
+
 struct CpuConv {
     geo: Geometry,
     /// Resolved for the geometry ([`Algorithm::resolve`]), for all three
     /// passes.
-    algorithm: Algorithm,
+    plan: Plan,
 }
 
 impl CustomOp2 for CpuConv {
@@ -470,9 +558,11 @@ impl CustomOp2 for CpuConv {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let out = match self.algorithm.winograd_bf16() {
-            None => forward(g, x, w),
-            Some(bf16) => winograd::forward(g, x, w, bf16),
+        let Plan { winograd, bf16 } = self.plan;
+        let out = match (winograd, bf16) {
+            (true, _) => winograd::forward(g, x, w, bf16),
+            (false, false) => forward(g, x, w),
+            (false, true) => forward_bf16(g, x, w),
         };
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -486,13 +576,13 @@ impl CustomOp2 for CpuConv {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &Grad::Weight(self.geo, self.algorithm))?)
+            Some(x.apply_op2_no_bwd(&grad, &Grad::Weight(self.geo, self.plan))?)
         } else {
             None
         };
         // The input image of the first layer needs no gradient in training.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &Grad::Input(self.geo, self.algorithm))?)
+            Some(grad.apply_op2_no_bwd(w, &Grad::Input(self.geo, self.plan))?)
         } else {
             None
         };
@@ -569,8 +659,8 @@ impl CustomOp3 for CpuConvBlock {
 /// algorithm.
 #[derive(Clone, Copy)]
 enum Grad {
-    Weight(Geometry, Algorithm),
-    Input(Geometry, Algorithm),
+    Weight(Geometry, Plan),
+    Input(Geometry, Plan),
 }
 
 impl CustomOp2 for Grad {
@@ -593,17 +683,19 @@ impl CustomOp2 for Grad {
             f32_slice(s2, l2, self.name())?,
         );
         let (out, shape) = match self {
-            Grad::Weight(g, alg) => {
-                let dw = match alg.winograd_bf16() {
-                    None => weight_grad(g, a, b),
-                    Some(bf16) => winograd::weight_grad(g, a, b, bf16),
+            Grad::Weight(g, Plan { winograd, bf16 }) => {
+                let dw = match (winograd, bf16) {
+                    (true, _) => winograd::weight_grad(g, a, b, *bf16),
+                    (false, false) => weight_grad(g, a, b),
+                    (false, true) => weight_grad_bf16(g, a, b),
                 };
                 (dw, (g.cout, g.cin, g.k, g.k))
             }
-            Grad::Input(g, alg) => {
-                let dx = match alg.winograd_bf16() {
-                    None => input_grad(g, a, b),
-                    Some(bf16) => winograd::input_grad(g, a, b, bf16),
+            Grad::Input(g, Plan { winograd, bf16 }) => {
+                let dx = match (winograd, bf16) {
+                    (true, _) => winograd::input_grad(g, a, b, *bf16),
+                    (false, false) => input_grad(g, a, b),
+                    (false, true) => input_grad_bf16(g, a, b),
                 };
                 (dx, (g.n, g.cin, g.h, g.w))
             }

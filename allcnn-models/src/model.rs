@@ -166,8 +166,8 @@ pub enum ConvBackend {
     /// equal up to f32 rounding. The default.
     #[default]
     Winograd,
-    /// As `Winograd`, with the Winograd layers' GEMMs on bf16-rounded
-    /// operands and f32 accumulation
+    /// As `Winograd`, with every convolution GEMM (Winograd and im2col) on
+    /// bf16-rounded operands and f32 accumulation
     /// ([`crate::conv::Algorithm::WinogradBf16`]): faster where the CPU has
     /// AVX-512 BF16, about 1e-3 relative from f32. An opt-in.
     WinogradBf16,

@@ -165,10 +165,10 @@ fn bias_add_matches_broadcast_add_with_gradients() {
 fn passes(
     x: &Var,
     w: &Var,
-    pad: usize,
+    (stride, pad): (usize, usize),
     algorithm: allcnn_models::conv::Algorithm,
 ) -> (Tensor, Tensor, Tensor) {
-    let y = allcnn_models::conv::conv2d_with(x, w, 1, pad, algorithm).unwrap();
+    let y = allcnn_models::conv::conv2d_with(x, w, stride, pad, algorithm).unwrap();
     let up = Tensor::from_vec(values(y.elem_count(), 77), y.dims(), x.device()).unwrap();
     let g = backprop(&y, &up);
     let (dx, dw) = (g.get(x).unwrap().clone(), g.get(w).unwrap().clone());
@@ -195,8 +195,8 @@ fn winograd_matches_im2col_in_all_three_passes() {
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 300 + i as u64);
         let w = var(&[cout, cin, 3, 3], 400 + i as u64);
-        let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::Winograd);
-        let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
+        let (y1, dx1, dw1) = passes(&x, &w, (1, pad), Algorithm::Winograd);
+        let (y2, dx2, dw2) = passes(&x, &w, (1, pad), Algorithm::Im2col);
         assert_eq!(y1.dims(), y2.dims(), "case {i}");
         for (name, a, b) in [
             ("forward", &y1, &y2),
@@ -216,7 +216,7 @@ fn winograd_results_do_not_depend_on_the_thread_count() {
     let w = var(&[16, 16, 3, 3], 6);
     let run = |threads: usize| {
         with_threads(threads, || {
-            let (y, dx, dw) = passes(&x, &w, 1, Algorithm::Winograd);
+            let (y, dx, dw) = passes(&x, &w, (1, 1), Algorithm::Winograd);
             [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         })
     };
@@ -284,8 +284,8 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 800 + i as u64);
         let w = var(&[cout, cin, 3, 3], 900 + i as u64);
-        let (y1, dx1, dw1) = passes(&x, &w, pad, Algorithm::WinogradBf16);
-        let (y2, dx2, dw2) = passes(&x, &w, pad, Algorithm::Im2col);
+        let (y1, dx1, dw1) = passes(&x, &w, (1, pad), Algorithm::WinogradBf16);
+        let (y2, dx2, dw2) = passes(&x, &w, (1, pad), Algorithm::Im2col);
         for (name, a, b) in [
             ("forward", &y1, &y2),
             ("input grad", &dx1, &dx2),
@@ -301,6 +301,57 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
 }
 
 #[test]
+fn bf16_gemms_run_in_every_other_geometry_within_bf16_rounding() {
+    use allcnn_models::conv::Algorithm;
+    // (n, cin, side, cout, k, stride, pad): All-CNN-C's first layer (3 input
+    // channels: not Winograd-eligible), its strided layers conv3/conv6, its
+    // 1x1 layers conv8/conv9, and odd sizes with a chunk boundary (n = 9).
+    let cases = [
+        (2, 3, 32, 96, 3, 1, 1),
+        (2, 96, 32, 96, 3, 2, 1),
+        (3, 192, 16, 192, 3, 2, 1),
+        (2, 192, 6, 192, 1, 1, 0),
+        (2, 192, 6, 10, 1, 1, 0),
+        (9, 5, 9, 7, 3, 2, 1),
+        (2, 7, 5, 13, 5, 1, 2),
+    ];
+    for (i, &(n, cin, side, cout, k, stride, pad)) in cases.iter().enumerate() {
+        let x = var(&[n, cin, side, side], 1000 + i as u64);
+        let w = var(&[cout, cin, k, k], 1100 + i as u64);
+        let (y1, dx1, dw1) = passes(&x, &w, (stride, pad), Algorithm::WinogradBf16);
+        let (y2, dx2, dw2) = passes(&x, &w, (stride, pad), Algorithm::Im2col);
+        assert_eq!(y1.dims(), y2.dims(), "case {i}");
+        for (name, a, b) in [
+            ("forward", &y1, &y2),
+            ("input grad", &dx1, &dx2),
+            ("weight grad", &dw1, &dw2),
+        ] {
+            let e = rel(a, b);
+            eprintln!("case {i} {name}: rel err {e:.2e}");
+            assert!(e < 1e-2, "case {i} {name}: rel err {e}");
+            assert!(e > 1e-6, "case {i} {name}: rel err {e}: bf16 did not run");
+        }
+    }
+}
+
+#[test]
+fn bf16_im2col_results_do_not_depend_on_the_thread_count() {
+    use allcnn_models::conv::Algorithm;
+    // 10 images: two weight-gradient chunks; a strided and a 1x1 layer.
+    for (k, stride, pad) in [(3, 2, 1), (1, 1, 0)] {
+        let x = var(&[10, 24, 8, 8], 7);
+        let w = var(&[20, 24, k, k], 8);
+        let run = |threads: usize| {
+            with_threads(threads, || {
+                let (y, dx, dw) = passes(&x, &w, (stride, pad), Algorithm::WinogradBf16);
+                [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            })
+        };
+        assert_eq!(run(1), run(3), "k {k} stride {stride}");
+    }
+}
+
+#[test]
 fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
     use allcnn_models::conv::Algorithm;
     // 6 images of 16x16 (4 per chunk): two chunks, fewer than three threads.
@@ -308,7 +359,7 @@ fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
     let w = var(&[32, 32, 3, 3], 6);
     let run = |threads: usize| {
         with_threads(threads, || {
-            let (y, dx, dw) = passes(&x, &w, 1, Algorithm::WinogradBf16);
+            let (y, dx, dw) = passes(&x, &w, (1, 1), Algorithm::WinogradBf16);
             [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         })
     };

@@ -315,6 +315,35 @@ impl Trainer {
         run_dir: &Path,
         data: Option<&TrainData>,
     ) -> Result<RunSummary, TrainError> {
+        self.resume_inner(run_dir, data, None)
+    }
+
+    /// As [`Trainer::resume`], with the run's length changed to `epochs`:
+    /// shorter, to end a run sooner, or longer, to continue a finished one.
+    /// The learning rate follows the schedule of the new length (a
+    /// `multi-step` schedule's milestones stay where they are; a `scaled`
+    /// one moves its drops). The new length is recorded in the checkpoint
+    /// and the run's config.toml. Without a change of length the result is
+    /// that of [`Trainer::resume`].
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the run is already past `epochs`;
+    /// as [`Trainer::resume`] otherwise.
+    pub fn resume_with_epochs(
+        &mut self,
+        run_dir: &Path,
+        data: Option<&TrainData>,
+        epochs: u64,
+    ) -> Result<RunSummary, TrainError> {
+        self.resume_inner(run_dir, data, Some(epochs))
+    }
+
+    fn resume_inner(
+        &mut self,
+        run_dir: &Path,
+        data: Option<&TrainData>,
+        epochs: Option<u64>,
+    ) -> Result<RunSummary, TrainError> {
         let ckpt_path = run_dir.join(files::CHECKPOINT);
         if !ckpt_path.is_file() {
             let reason = if ckpt_path.exists() {
@@ -327,8 +356,25 @@ impl Trainer {
                 reason: reason.into(),
             });
         }
-        let ckpt = Checkpoint::read(&ckpt_path)?;
-        let config = TrainConfig::from_toml(&ckpt.state.config, &ckpt_path.display().to_string())?;
+        let mut ckpt = Checkpoint::read(&ckpt_path)?;
+        let mut config =
+            TrainConfig::from_toml(&ckpt.state.config, &ckpt_path.display().to_string())?;
+        let new_length = epochs.filter(|&e| e != config.epochs);
+        if let Some(epochs) = new_length {
+            let done = ckpt.state.epoch + u64::from(ckpt.state.batch > 0);
+            if epochs < done.max(1) {
+                return Err(TrainError::InvalidConfig {
+                    field: "epochs",
+                    value: epochs.to_string(),
+                    reason: format!(
+                        "the run in {} has already started epoch {done}: resume with at least that many",
+                        run_dir.display()
+                    ),
+                });
+            }
+            config.epochs = epochs;
+            ckpt.state.config = config.to_toml();
+        }
         config.validate()?;
         let opened;
         let data = match data {
@@ -369,6 +415,12 @@ impl Trainer {
             }
         }
         let _lock = prepare_run_dir(run_dir, false, 0)?;
+        if new_length.is_some() {
+            allcnn_models::write_atomic(
+                &run_dir.join(files::CONFIG),
+                ckpt.state.config.as_bytes(),
+            )?;
+        }
         // Lines past the checkpoint would be written again: drop them.
         MetricsLog::truncate_after(&run_dir.join(files::METRICS), ckpt.state.step)?;
         let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;

@@ -109,6 +109,64 @@ fn interrupted_and_resumed_run_is_bit_identical() {
     }
 }
 
+#[test]
+fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let mut c = resume_config();
+    let straight = |epochs: u64| {
+        let mut c = c.clone();
+        c.epochs = epochs;
+        let dir = tempfile::tempdir().unwrap();
+        quiet().train(&c, &d, dir.path()).unwrap();
+        dir
+    };
+    let (two, three) = (straight(2), straight(3));
+
+    // A 3-epoch run stopped in epoch 2 (step 8) and ended after 2 epochs is
+    // the 2-epoch run (constant lr, so the schedule does not move).
+    c.epochs = 3;
+    let cut = tempfile::tempdir().unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(8, flag.clone())))
+        .build();
+    assert_eq!(t.train(&c, &d, cut.path()).unwrap().steps, 8);
+    // Epoch 2 has started: it cannot end after epoch 1.
+    let err = quiet()
+        .resume_with_epochs(cut.path(), Some(&d), 1)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidConfig {
+                field: "epochs",
+                ..
+            }
+        ) && err.to_string().contains("already started epoch 2"),
+        "{err}"
+    );
+    let r = quiet().resume_with_epochs(cut.path(), Some(&d), 2).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 12));
+    assert_eq!(
+        params_bits(&two.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL))
+    );
+    let recorded = allcnn_train::read_run_config(cut.path()).unwrap();
+    assert_eq!(recorded.epochs, 2, "config.toml records the new length");
+
+    // The finished 2-epoch run continued to 3 epochs is the 3-epoch run.
+    let r = quiet().resume_with_epochs(cut.path(), Some(&d), 3).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 18));
+    assert_eq!(
+        params_bits(&three.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL))
+    );
+}
+
 fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
     let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
     let d = data(train, None);

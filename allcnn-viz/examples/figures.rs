@@ -50,7 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("comparison.png"),
     )?;
     let sal = Saliency::new(&model).attribute(x, &target)?;
-    render::write_maps(&sal, Style::Heat, &opts, &out, "saliency-")?;
+    let names: Vec<String> = (0..sal.dim(0)?).map(|i| format!("saliency-{i}")).collect();
+    render::write_maps(&sal, Style::Heat, &opts, &out, &names)?;
 
     let channels = model.spec().map_sizes(model.spec().input_size)?;
     let c = channels

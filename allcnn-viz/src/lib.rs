@@ -65,7 +65,7 @@
 //!   let target = T.parse::<TargetSpec>()?.resolve(&model, &input, labels.as_ref())?;
 //!   let maps = method.attribute(&model, &input, &target)?;          // [N, 3, H, W]
 //!   OUT.safetensors: save `maps` as `attribution`
-//!   OUT/ folder:     render::write_maps(&maps, Style::for_method(method), &opts, OUT, "attr-")?
+//!   OUT/ folder:     render::write_maps(&maps, Style::for_method(method), &opts, OUT, &names)?
 //!                    let all = attribute_all(&model, &[Gradient, Deconvnet, GuidedBackprop], &input, &target)?;
 //!                    render::write_png(&render::comparison_grid(&input, &all, &opts)?, OUT/"comparison.png")?
 //! allcnn viz top --layer L --channels C -k K --out fig.png

@@ -289,23 +289,32 @@ pub fn write_png(img: &RgbImage, path: impl AsRef<Path>) -> Result<(), VizError>
 }
 
 /// Renders every map of `maps` `[N, C, H, W]` in `style` and writes
-/// `dir/{stem}{n:04}.png` for image `n`. Returns the paths written.
+/// `dir/{names[n]}.png` for image `n` (e.g. `guided-backprop-cat` for
+/// `cat.jpg`). Returns the paths written.
 ///
 /// # Errors
-/// [`VizError::BadTensor`] for another shape, or a write error.
+/// [`VizError::BadTensor`] for another shape or when `names` does not
+/// hold one name per map, or a write error.
 pub fn write_maps(
     maps: &Tensor,
     style: Style,
     opts: &RenderOptions,
     dir: impl AsRef<Path>,
-    stem: &str,
+    names: &[String],
 ) -> Result<Vec<PathBuf>, VizError> {
     let n = batch_len(maps, "maps")?;
+    if names.len() != n {
+        return Err(VizError::BadTensor {
+            what: format!("maps (for {} file names)", names.len()),
+            expected: format!("[{}, C, H, W]", names.len()),
+            got: maps.dims().to_vec(),
+        });
+    }
     let mut paths = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, name) in names.iter().enumerate() {
         let one = maps.get(i).context(|| format!("map {i}"))?;
         let img = upscale(&render(&one, style, opts.percentile)?, opts.scale);
-        let path = dir.as_ref().join(format!("{stem}{i:04}.png"));
+        let path = dir.as_ref().join(format!("{name}.png"));
         write_png(&img, &path)?;
         paths.push(path);
     }

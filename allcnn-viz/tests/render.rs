@@ -82,10 +82,13 @@ fn writes_one_png_per_image_and_a_comparison_grid() {
         scale: 2,
         ..Default::default()
     };
-    let paths =
-        render::write_maps(&maps, Style::Signed, &opts, dir.path().join("out"), "gb-").unwrap();
+    let names = ["gb-cat".to_string(), "gb-dog".to_string()];
+    let out = dir.path().join("out");
+    let paths = render::write_maps(&maps, Style::Signed, &opts, &out, &names).unwrap();
     assert_eq!(paths.len(), 2);
-    assert!(paths[1].ends_with("out/gb-0001.png"));
+    assert!(paths[1].ends_with("out/gb-dog.png"));
+    let err = render::write_maps(&maps, Style::Signed, &opts, &out, &names[..1]).unwrap_err();
+    assert!(err.to_string().contains("1 file names"), "{err}");
     let back = image::open(&paths[0]).unwrap();
     assert_eq!((back.width(), back.height()), (10, 12));
 
