@@ -144,6 +144,11 @@ enum Command {
         after_help = "Examples:\n  allcnn eval --data ../shared/data/cifar10-jpg                 # the shipped All-CNN-C\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
     )]
     Eval(train::EvalArgs),
+    /// Redraw a run's learning curves (SVG) and metrics.csv from its metrics.jsonl.
+    #[command(
+        after_help = "Examples:\n  allcnn plot runs/allcnn-c\n  allcnn plot runs/allcnn-c --log-loss --out figures/"
+    )]
+    Plot(train::PlotArgs),
     /// Run one of the paper's experiments (all twelve models for table3), resumably, with a report beside the paper's numbers.
     #[command(
         after_help = "Experiments: table3 (the twelve CIFAR-10 models, preset cifar10), cifar10-aug (All-CNN-C with\nflips and translations), cifar100 (All-CNN-C), imagenet (the ImageNet All-CNN).\n\nEach model trains into OUT/<model>/; OUT/report.md and OUT/report.json (our test error beside\nthe paper's, times, device, host, exact configs) are rewritten after every model. Rerunning the\nsame command skips finished models and resumes an interrupted one.\n\nExamples:\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3-35 --epochs 35\n  allcnn reproduce table3 --data D --out runs/t3-small --epochs 5 --models model-c,all-cnn-c data.train_subset=5000\n  allcnn reproduce cifar100 --data data/cifar-100-binary --out runs/c100 --device cuda\n  allcnn reproduce imagenet --data IMAGENET_DIR --out runs/imagenet --device cuda --json\n\nCtrl-C finishes the current step, writes a checkpoint and stops; run the same command to resume."
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args),
         Command::Train(args) => train::run_train(&args),
         Command::Eval(args) => train::run_eval(&args),
+        Command::Plot(args) => train::run_plot(&args),
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Viz(args) => viz::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -26,7 +26,7 @@ pub struct Args {
     epochs: Option<u64>,
     /// Train only these rows (comma-separated model names); the report
     /// still lists every row.
-    #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
+    #[arg(long, value_delimiter = ',', value_name = "MODEL,...", value_parser = crate::values::model_name())]
     models: Vec<String>,
     #[command(flatten)]
     device: crate::device::DeviceArg,

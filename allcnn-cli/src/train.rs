@@ -326,3 +326,59 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// The run directory (written by `allcnn train --out RUN`).
+    run: PathBuf,
+    /// Draw the loss on a log axis (the trainer does once it spans a decade).
+    #[arg(long)]
+    log_loss: bool,
+    /// Where to write learning-curve.svg and metrics.csv [default: RUN].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The figure's title [default: the model and the run directory].
+    #[arg(long)]
+    title: Option<String>,
+}
+
+/// Redraws a run's learning curves and metrics.csv from its metrics.jsonl.
+pub fn run_plot(args: &PlotArgs) -> Result<()> {
+    let metrics = args.run.join(allcnn_train::files::METRICS);
+    if !metrics.is_file() {
+        bail!(
+            "{}: no {} here: not a run directory written by `allcnn train --out`",
+            args.run.display(),
+            allcnn_train::files::METRICS
+        );
+    }
+    let history = allcnn_train::MetricsLog::read_epochs(&metrics)?;
+    if history.is_empty() {
+        bail!(
+            "{}: no finished epoch yet: nothing to plot",
+            metrics.display()
+        );
+    }
+    let model = allcnn_train::read_run_config(&args.run)
+        .ok()
+        .and_then(|c| c.spec.map(|s| s.name).or(Some(c.model)))
+        .unwrap_or_default();
+    let title = args
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("{model} ({})", args.run.display()));
+    let out = args.out.as_ref().unwrap_or(&args.run);
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create it", out.display()))?;
+    let svg = out.join(allcnn_train::files::PLOT);
+    let csv = out.join(allcnn_train::files::CSV);
+    let figure = allcnn_train::learning_curve_svg(&history, &title, args.log_loss)?;
+    allcnn_models::write_atomic(&svg, figure.as_bytes())?;
+    allcnn_models::write_atomic(&csv, allcnn_train::metrics_csv(&history).as_bytes())?;
+    println!(
+        "{} epochs: wrote {} and {}",
+        history.len(),
+        svg.display(),
+        csv.display()
+    );
+    Ok(())
+}

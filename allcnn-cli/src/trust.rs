@@ -22,8 +22,8 @@ pub struct Args {
     /// What the maps explain: predicted (the trained network's class, kept
     /// for every randomised network), labels or class:K; a hidden unit works
     /// for the sanity checks but not for the faithfulness curves.
-    #[arg(long, default_value = "predicted")]
-    target: String,
+    #[arg(long, default_value = "predicted", value_parser = clap::value_parser!(TargetSpec))]
+    target: TargetSpec,
     /// Methods to check, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = crate::values::method(),
           default_value = "gradient,saliency,deconvnet,guided-backprop,grad-cam,guided-grad-cam,integrated-gradients,occlusion")]
@@ -61,7 +61,7 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct Report<'a> {
     weights: String,
-    target: &'a str,
+    target: String,
     images: usize,
     sanity: &'a allcnn_viz::SanityReport,
     faithfulness: Vec<Faithfulness>,
@@ -107,10 +107,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (input, labels, _) = read_input(&args.input, &loaded, &args.model, &device)?;
     // Resolved once on the trained network: every randomised network is
     // asked about the same class or unit.
-    let target = args
-        .target
-        .parse::<TargetSpec>()?
-        .resolve(model, &input, labels.as_ref())?;
+    let target = args.target.resolve(model, &input, labels.as_ref())?;
     let settings = args.settings.options()?;
     let layers = model.spec().convs().len();
     let steps = 1 + layers * if args.cascading_only { 1 } else { 2 } + shuffled.is_some() as usize;
@@ -189,7 +186,7 @@ pub fn run(args: &Args) -> Result<()> {
     files.push(json_path.clone());
     let out = Report {
         weights: args.model.label(),
-        target: &args.target,
+        target: args.target.to_string(),
         images: report.images,
         sanity: &report,
         faithfulness,

@@ -35,8 +35,8 @@ pub struct Args {
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<PathBuf>,
     /// class:K, labels, predicted, unit:LAYER:C:Y:X (e.g. unit:conv7:7:3:3) or strongest:LAYER:C.
-    #[arg(long, default_value = "predicted")]
-    target: String,
+    #[arg(long, default_value = "predicted", value_parser = clap::value_parser!(TargetSpec))]
+    target: TargetSpec,
     /// `*.safetensors` for the raw maps (tensor `attribution`), or a folder
     /// for one PNG per image plus `comparison.png`.
     #[arg(long, required = true)]
@@ -70,8 +70,8 @@ pub(crate) struct MethodArgs {
     /// grad-cam, guided-grad-cam: the convolution whose activations are
     /// weighted [default: the one before the class convolution, conv8 of
     /// All-CNN-C].
-    #[arg(long)]
-    layer: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(LayerName))]
+    layer: Option<LayerName>,
     /// grad-cam: keep negative values (Captum's relu_attributions=False).
     #[arg(long)]
     no_relu: bool,
@@ -113,11 +113,7 @@ impl MethodArgs {
             bail!("--noise {}: use a fraction >= 0, e.g. 0.15", self.noise);
         }
         Ok(MethodOptions {
-            layer: self
-                .layer
-                .as_deref()
-                .map(str::parse::<LayerName>)
-                .transpose()?,
+            layer: self.layer,
             relu_attributions: !self.no_relu,
             steps: self.steps as usize,
             quadrature: self.quadrature,
@@ -245,8 +241,8 @@ struct TopArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Layer, e.g. conv6.
-    #[arg(long)]
-    layer: String,
+    #[arg(long, value_parser = clap::value_parser!(LayerName))]
+    layer: LayerName,
     /// Channels: a range `0..16` or a list `1,5,9`.
     #[arg(long, default_value = "0..8")]
     channels: String,
@@ -324,7 +320,7 @@ pub fn run(args: &Args) -> Result<()> {
             row_labels.push(format!("{class} {:.0}%", 100.0 * g.probability));
         }
     }
-    let target = match (args.target.parse::<TargetSpec>()?, &logits) {
+    let target = match (args.target.clone(), &logits) {
         (TargetSpec::Predicted, Some(logits)) => {
             let target = Target::PerImage(allcnn_viz::predicted_classes(logits)?);
             target.validate(model, input.dims())?;
@@ -496,7 +492,7 @@ fn top(args: &TopArgs) -> Result<()> {
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
-    let layer: LayerName = args.layer.parse()?;
+    let layer = args.layer;
     let channels = parse_channels(&args.channels)?;
     let split = Split::from(args.split);
     let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;

@@ -120,6 +120,46 @@ fn errors_exit_nonzero_with_a_useful_message() {
             "vgg",
             "all-cnn-c",
         ),
+        (
+            &[
+                "reproduce",
+                "table3",
+                "--data",
+                "d",
+                "--out",
+                "o",
+                "--models",
+                "model-a,vgg",
+            ][..],
+            "vgg",
+            "all-cnn-c",
+        ),
+        (
+            &[
+                "viz", "--method", "gradient", "--input", "x.png", "--target", "klass:3",
+            ][..],
+            "klass:3",
+            "predicted",
+        ),
+        (
+            &[
+                "viz", "top", "--data", "d", "--layer", "fc7", "--out", "x.png",
+            ][..],
+            "fc7",
+            "conv",
+        ),
+        (
+            &[
+                "viz",
+                "sanity",
+                "--input",
+                "x.png",
+                "--target",
+                "unit:conv7",
+            ][..],
+            "unit:conv7",
+            "unit:LAYER:CHANNEL:Y:X",
+        ),
     ] {
         let o = allcnn(args);
         let err = stderr(&o);
@@ -608,6 +648,7 @@ fn train_eval_predict_resume_round_trip() {
     for f in [
         "config.toml",
         "metrics.jsonl",
+        "metrics.csv",
         "checkpoint.safetensors",
         "final.safetensors",
         "learning-curve.svg",
@@ -615,6 +656,27 @@ fn train_eval_predict_resume_round_trip() {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let w = run.join("final.safetensors");
+
+    // The figures redraw from metrics.jsonl, elsewhere and on a log axis.
+    let figs = run.join("figs");
+    let o = allcnn(&[
+        "plot",
+        run.to_str().unwrap(),
+        "--log-loss",
+        "--out",
+        figs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 epochs: wrote"), "{}", stdout(&o));
+    let svg = std::fs::read_to_string(figs.join("learning-curve.svg")).unwrap();
+    assert!(svg.contains("(log scale)"), "{svg}");
+    assert_eq!(
+        std::fs::read_to_string(figs.join("metrics.csv")).unwrap(),
+        std::fs::read_to_string(run.join("metrics.csv")).unwrap()
+    );
+    let o = allcnn(&["plot", data.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
 
     let o = allcnn(&[
         "eval",

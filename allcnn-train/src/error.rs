@@ -109,6 +109,14 @@ pub enum TrainError {
         /// The run's seed.
         seed: u64,
     },
+    /// A figure could not be drawn.
+    #[error("cannot draw the {what}: {reason}")]
+    Plot {
+        /// The figure.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An optimiser was given tensors that do not match its parameters.
     #[error("optimizer state: {reason}")]
     OptimizerState {

@@ -92,10 +92,10 @@ pub use export::{
 pub use grid::{grid_search, GridReport, GridResult};
 pub use observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 pub use optim::{MomentumSgd, SgdConfig};
-pub use plot::learning_curve_svg;
+pub use plot::{learning_curve_svg, metrics_csv};
 pub use reproduce::{
     reproduce, Experiment, HostInfo, ModelAction, PaperRow, ReportRow, ReproduceEvent,
-    ReproduceOptions, ReproduceReport, RowStatus, REPORT_JSON, REPORT_MARKDOWN,
+    ReproduceOptions, ReproduceReport, RowStatus, REPORT_FIGURE, REPORT_JSON, REPORT_MARKDOWN,
 };
 pub use schedule::LrSchedule;
 pub use trainer::{

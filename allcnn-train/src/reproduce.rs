@@ -32,6 +32,9 @@ use crate::trainer::{files, RunStatus, RunSummary, Trainer};
 pub const REPORT_MARKDOWN: &str = "report.md";
 /// The JSON report written into the output folder ([`ReproduceReport`]).
 pub const REPORT_JSON: &str = "report.json";
+/// The figure written into the output folder: each model's test error
+/// beside the paper's ([`ReproduceReport::comparison_svg`]).
+pub const REPORT_FIGURE: &str = "comparison.svg";
 
 /// An experiment of the paper that [`reproduce`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -487,6 +490,25 @@ impl ReproduceReport {
             .collect()
     }
 
+    /// Each model's test error beside the paper's, as an SVG figure
+    /// (`comparison.svg`): a point per model for the paper and, once
+    /// evaluated, one for this run.
+    ///
+    /// # Errors
+    /// [`TrainError::Plot`] if plotters cannot draw.
+    pub fn comparison_svg(&self) -> Result<String, TrainError> {
+        let rows: Vec<crate::plot::ComparisonRow<'_>> = self
+            .rows
+            .iter()
+            .map(|r| crate::plot::ComparisonRow {
+                label: &r.label,
+                paper: r.paper_error,
+                ours: r.test_error,
+            })
+            .collect();
+        crate::plot::comparison_svg(&format!("{}: test error", self.title), &rows)
+    }
+
     /// The report as Markdown (`report.md`).
     pub fn to_markdown(&self) -> String {
         use std::fmt::Write;
@@ -794,6 +816,7 @@ pub fn reproduce(
     // Earlier sessions' wall times.
     let json_path = options.out.join(REPORT_JSON);
     let md_path = options.out.join(REPORT_MARKDOWN);
+    let figure_path = options.out.join(REPORT_FIGURE);
     let previous = ReproduceReport::read(&json_path)
         .ok()
         .filter(|r| r.experiment == exp);
@@ -898,6 +921,7 @@ pub fn reproduce(
         let json = serde_json::to_string_pretty(&*report).expect("report serialises");
         allcnn_models::write_atomic(&json_path, json.as_bytes())?;
         allcnn_models::write_atomic(&md_path, report.to_markdown().as_bytes())?;
+        allcnn_models::write_atomic(&figure_path, report.comparison_svg()?.as_bytes())?;
         on_event(&ReproduceEvent::ReportWritten {
             markdown: &md_path,
             json: &json_path,

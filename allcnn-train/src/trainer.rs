@@ -18,7 +18,7 @@ use crate::error::{CandleContext, TrainError};
 use crate::eval::{count_correct, evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 use crate::optim::{MomentumSgd, SgdConfig};
-use crate::plot::learning_curve_svg;
+use crate::plot::{learning_curve_svg, metrics_csv};
 
 /// File names inside a run directory.
 pub mod files {
@@ -36,19 +36,22 @@ pub mod files {
     pub const METRICS: &str = "metrics.jsonl";
     /// The learning curves, redrawn every epoch.
     pub const PLOT: &str = "learning-curve.svg";
+    /// The per-epoch metrics as CSV, rewritten every epoch.
+    pub const CSV: &str = "metrics.csv";
     /// The final evaluation on the test split.
     pub const EVAL: &str = "eval.json";
     /// Held locked by the process training in the directory; its presence
     /// marks a directory as an allcnn run.
     pub const LOCK: &str = ".allcnn-lock";
     /// Every file a run writes (but the lock).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         CHECKPOINT,
         PREPROCESSING,
         BEST,
         FINAL,
         METRICS,
+        CSV,
         PLOT,
         EVAL,
     ];
@@ -721,10 +724,20 @@ impl Trainer {
             // never a checkpointed epoch without its line.
             self.emit(&mut metrics, &mut console, |o| o.on_epoch(&record));
             self.checkpoint(&mut run)?;
-            let plot = learning_curve_svg(
-                &run.state.history,
-                &format!("{} ({})", run.state.spec.name, run.run_dir.display()),
-            );
+            let history = &run.state.history;
+            let csv = metrics_csv(history);
+            allcnn_models::write_atomic(&run.run_dir.join(files::CSV), csv.as_bytes())?;
+            // A log axis once the loss spans more than a decade.
+            let losses = history
+                .iter()
+                .flat_map(|r| [Some(r.train_loss), r.test_loss]);
+            let (lo, hi) = losses
+                .flatten()
+                .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                    (lo.min(v), hi.max(v))
+                });
+            let title = format!("{} ({})", run.state.spec.name, run.run_dir.display());
+            let plot = learning_curve_svg(history, &title, hi > 10.0 * lo)?;
             allcnn_models::write_atomic(&run.run_dir.join(files::PLOT), plot.as_bytes())?;
 
             if self.interrupt.load(Ordering::SeqCst) && run.state.epoch < cfg.epochs {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use allcnn_train::{
     files, reproduce, EvalReport, Experiment, ModelAction, Observer, ReproduceEvent,
     ReproduceOptions, ReproduceReport, RowStatus, RunInfo, StepEvent, TrainError, Trainer,
-    REPORT_JSON, REPORT_MARKDOWN,
+    REPORT_FIGURE, REPORT_JSON, REPORT_MARKDOWN,
 };
 
 /// A CIFAR-10 binary folder: 2 images per training batch file (10 in all)
@@ -138,6 +138,20 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
         md.contains("interrupted (resumable)") && md.contains("not run"),
         "{md}"
     );
+    // The figure: every model by its paper name, a point for ours where
+    // evaluated (and one in the legend).
+    let svg = std::fs::read_to_string(out.join(REPORT_FIGURE)).unwrap();
+    for row in &report.rows {
+        assert!(svg.contains(&row.label), "no {} in the figure", row.label);
+    }
+    let evaluated = report
+        .rows
+        .iter()
+        .filter(|r| r.test_error.is_some())
+        .count();
+    assert!(evaluated >= 1);
+    assert_eq!(svg.matches("<circle").count(), evaluated + 1, "{svg}");
+    assert!(svg.contains("test error (%)"));
     let model_a_final = out.join("model-a").join(files::FINAL);
     let stamp = mtime(&model_a_final);
 

@@ -369,6 +369,7 @@ fn run_dir_holds_everything() {
         files::BEST,
         files::FINAL,
         files::METRICS,
+        files::CSV,
         files::PLOT,
         files::EVAL,
     ] {
@@ -398,7 +399,9 @@ fn run_dir_holds_everything() {
     assert_eq!(kinds.iter().filter(|k| *k == "step").count(), 4);
     assert_eq!(kinds[0], "start");
     let svg = std::fs::read_to_string(dir.path().join(files::PLOT)).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert!(svg.starts_with("<svg") && svg.contains("top-1 error (%)"));
+    let csv = std::fs::read_to_string(dir.path().join(files::CSV)).unwrap();
+    assert_eq!(csv.lines().count(), 3, "a header and one row per epoch");
     assert_eq!(s.history.len(), 2);
     assert!(s.best.is_some());
 }
