@@ -187,6 +187,44 @@ pub fn image_rgb(image: &Tensor) -> Result<RgbImage, VizError> {
     }))
 }
 
+/// Grey drawn where a receptive-field patch lies outside its image.
+pub const OUTSIDE: Rgb<u8> = Rgb([160, 160, 160]);
+
+/// A receptive-field patch `[C, S, S]` cropped at `window` out of an image
+/// of `image_size` (H, W): stretched like [`image_rgb`] over the pixels
+/// inside the image only, the rest [`OUTSIDE`], whatever value the
+/// preprocessing gave the padding.
+///
+/// # Errors
+/// [`VizError::BadTensor`] for another shape.
+pub fn patch_rgb(
+    patch: &Tensor,
+    window: crate::Window,
+    image_size: (usize, usize),
+) -> Result<RgbImage, VizError> {
+    let (c, h, w, v) = chw(patch, "patch")?;
+    let inside = |y: usize, x: usize| {
+        let (iy, ix) = (window.y0 + y as isize, window.x0 + x as isize);
+        (0..image_size.0 as isize).contains(&iy) && (0..image_size.1 as isize).contains(&ix)
+    };
+    let plane = h * w;
+    let (lo, hi) = (0..plane)
+        .filter(|i| inside(i / w, i % w))
+        .flat_map(|i| (0..c).map(move |k| k * plane + i))
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), j| {
+            (a.min(v[j]), b.max(v[j]))
+        });
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        if inside(y, x) {
+            pixel(c, plane, &v, y * w + x, |s| to_u8((s - lo) / range))
+        } else {
+            OUTSIDE
+        }
+    }))
+}
+
 /// Renders `[C, H, W]` in `style` (the percentile applies to the map styles).
 ///
 /// # Errors
@@ -202,9 +240,12 @@ pub fn render(t: &Tensor, style: Style, percentile_: f32) -> Result<RgbImage, Vi
 /// Nearest-neighbour upscaling by an integer `factor` (1 returns a copy).
 pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
     let f = factor.max(1);
-    RgbImage::from_fn(img.width() * f, img.height() * f, |x, y| {
-        *img.get_pixel(x / f, y / f)
-    })
+    image::imageops::resize(
+        img,
+        img.width() * f,
+        img.height() * f,
+        image::imageops::FilterType::Nearest,
+    )
 }
 
 /// A grid of equally sized cells with spacing between and around them.
@@ -255,11 +296,11 @@ impl Grid {
         }
         let x0 = self.spacing + col * (self.cell_w + self.spacing);
         let y0 = self.spacing + row * (self.cell_h + self.spacing);
-        for y in 0..img.height().min(self.cell_h) {
-            for x in 0..img.width().min(self.cell_w) {
-                self.image.put_pixel(x0 + x, y0 + y, *img.get_pixel(x, y));
-            }
-        }
+        // Clipped to the cell, so a larger picture never spills over.
+        let w = img.width().min(self.cell_w);
+        let h = img.height().min(self.cell_h);
+        let part = image::imageops::crop_imm(img, 0, 0, w, h).to_image();
+        image::imageops::replace(&mut self.image, &part, i64::from(x0), i64::from(y0));
         Ok(())
     }
 
@@ -558,7 +599,8 @@ pub fn top_activation_grid(fig: &TopFigure, opts: &RenderOptions) -> Result<RgbI
     for (r, row) in fig.rows.iter().enumerate() {
         for (i, e) in row.entries.iter().enumerate() {
             let col = i as u32;
-            grid.put(r as u32, col, &upscale(&image_rgb(&e.patch)?, opts.scale))?;
+            let patch = patch_rgb(&e.patch, e.window, fig.image_size)?;
+            grid.put(r as u32, col, &upscale(&patch, opts.scale))?;
             for (g, (m, rec)) in e.reconstructions.iter().enumerate() {
                 let col = (g as u32 + 1) * (k as u32 + 1) + i as u32;
                 let pic = render(rec, Style::for_method(*m), opts.percentile)?;
@@ -762,10 +804,17 @@ pub enum Colormap {
     /// Black, red, yellow, white (the saliency maps' scale).
     #[default]
     Heat,
-    /// The perceptually uniform dark-blue, green, yellow scale (viridis).
+    /// The perceptually uniform dark-blue, green, yellow scale (viridis,
+    /// from the colorous crate, as the next three).
     Viridis,
-    /// Blue (negative), white (zero), red (positive); the scale of
-    /// [`Sign::All`].
+    /// Black, purple, orange, pale yellow (inferno).
+    Inferno,
+    /// Black, purple, pink, pale yellow (magma).
+    Magma,
+    /// Dark blue to yellow, readable with colour-vision deficiency (cividis).
+    Cividis,
+    /// Blue (negative), near-white (zero), red (positive), ColorBrewer's
+    /// RdBu; the scale of [`Sign::All`].
     Diverging,
 }
 
@@ -775,46 +824,39 @@ impl Colormap {
         match self {
             Colormap::Heat => "heat",
             Colormap::Viridis => "viridis",
+            Colormap::Inferno => "inferno",
+            Colormap::Magma => "magma",
+            Colormap::Cividis => "cividis",
             Colormap::Diverging => "diverging",
         }
     }
 
     /// Every colour map.
-    pub const ALL: [Colormap; 3] = [Colormap::Heat, Colormap::Viridis, Colormap::Diverging];
+    pub const ALL: [Colormap; 6] = [
+        Colormap::Heat,
+        Colormap::Viridis,
+        Colormap::Inferno,
+        Colormap::Magma,
+        Colormap::Cividis,
+        Colormap::Diverging,
+    ];
 
     /// The colour of `t`: in `[0, 1]`, or in `[-1, 1]` for
     /// [`Colormap::Diverging`] (other maps take `|t|`).
     pub fn colour(self, t: f32) -> Rgb<u8> {
+        let at = |g: colorous::Gradient, x: f32| {
+            let c = g.eval_continuous(f64::from(x.clamp(0.0, 1.0)));
+            Rgb([c.r, c.g, c.b])
+        };
+        let t = if t.is_finite() { t } else { 0.0 };
         match self {
             Colormap::Heat => heat_colour(t.abs()),
-            Colormap::Viridis => {
-                // Nine samples of viridis, interpolated linearly.
-                const V: [[f32; 3]; 9] = [
-                    [0.267, 0.005, 0.329],
-                    [0.283, 0.141, 0.458],
-                    [0.254, 0.265, 0.530],
-                    [0.207, 0.372, 0.553],
-                    [0.164, 0.471, 0.558],
-                    [0.128, 0.567, 0.551],
-                    [0.135, 0.659, 0.518],
-                    [0.478, 0.821, 0.319],
-                    [0.993, 0.906, 0.144],
-                ];
-                let x = t.abs().clamp(0.0, 1.0) * 8.0;
-                let i = (x.floor() as usize).min(7);
-                let f = x - i as f32;
-                let c = |k: usize| V[i][k] + f * (V[i + 1][k] - V[i][k]);
-                Rgb([to_u8(c(0)), to_u8(c(1)), to_u8(c(2))])
-            }
-            Colormap::Diverging => {
-                let t = t.clamp(-1.0, 1.0);
-                let fade = 1.0 - t.abs();
-                if t >= 0.0 {
-                    Rgb([255, to_u8(fade), to_u8(fade)])
-                } else {
-                    Rgb([to_u8(fade), to_u8(fade), 255])
-                }
-            }
+            Colormap::Viridis => at(colorous::VIRIDIS, t.abs()),
+            Colormap::Inferno => at(colorous::INFERNO, t.abs()),
+            Colormap::Magma => at(colorous::MAGMA, t.abs()),
+            Colormap::Cividis => at(colorous::CIVIDIS, t.abs()),
+            // RdBu runs from red (0) to blue (1): positive is red.
+            Colormap::Diverging => at(colorous::RED_BLUE, (1.0 - t.clamp(-1.0, 1.0)) / 2.0),
         }
     }
 }

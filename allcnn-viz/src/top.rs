@@ -241,8 +241,10 @@ impl<'a> TopActivations<'a> {
             }
             rows.push(TopRow { channel, entries });
         }
+        let side = self.model.spec().input_size;
         Ok(TopFigure {
             layer: self.layer,
+            image_size: (side, side),
             receptive_field: rf,
             methods: methods.to_vec(),
             rows,
@@ -256,6 +258,9 @@ impl<'a> TopActivations<'a> {
 pub struct TopFigure {
     /// The layer.
     pub layer: LayerName,
+    /// Height and width of the scanned images: the part of a patch's
+    /// window outside them is drawn in a neutral grey.
+    pub image_size: (usize, usize),
     /// Its units' receptive field.
     pub receptive_field: ReceptiveField,
     /// The reconstruction methods, in column-group order.

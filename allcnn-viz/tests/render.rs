@@ -180,12 +180,30 @@ fn sign_modes_colour_maps_and_overlays() {
     // Absolute: 2 -> 1 (white), 1 -> 0.5 on black-red-yellow-white.
     let img = sign_map(&map, &opts(Sign::Absolute)).unwrap();
     assert_eq!((px(&img, 0), px(&img, 1)), ([255, 255, 255], [255, 128, 0]));
-    // All: diverging, +2 -> red, -1 -> half-way to blue.
+    // All: diverging (RdBu), +2 -> the red end, -1 -> half-way to blue.
     let img = sign_map(&map, &opts(Sign::All)).unwrap();
-    assert_eq!((px(&img, 0), px(&img, 1)), ([255, 0, 0], [128, 128, 255]));
+    let (pos, neg) = (px(&img, 0), px(&img, 1));
+    assert_eq!(pos, Colormap::Diverging.colour(1.0).0);
+    assert_eq!(neg, Colormap::Diverging.colour(-0.5).0);
+    assert!(pos[0] > 2 * pos[2] && neg[2] > neg[0], "{pos:?} {neg:?}");
+    let zero = Colormap::Diverging.colour(0.0).0;
+    assert!(
+        zero.iter().all(|&c| c > 235),
+        "zero is near white: {zero:?}"
+    );
     // Viridis runs from dark purple to yellow.
     assert_eq!(Colormap::Viridis.colour(0.0).0, [68, 1, 84]);
     assert_eq!(Colormap::Viridis.colour(1.0).0, [253, 231, 37]);
+    // Every sequential map darkest at 0, lightest at 1, and NaN-safe.
+    let luma = |c: [u8; 3]| 299 * u32::from(c[0]) + 587 * u32::from(c[1]) + 114 * u32::from(c[2]);
+    for m in Colormap::ALL
+        .into_iter()
+        .filter(|m| *m != Colormap::Diverging)
+    {
+        let (lo, mid, hi) = (m.colour(0.0).0, m.colour(0.5).0, m.colour(1.0).0);
+        assert!(luma(lo) < luma(mid) && luma(mid) < luma(hi), "{m:?}");
+        assert_eq!(m.colour(f32::NAN), m.colour(0.0), "{m:?}");
+    }
     // Overlay: alpha 1 at the strongest pixel shows its colour; where the
     // map is zero (or alpha is 0) the image shows, in grey.
     let image = candle_core::Tensor::from_vec(vec![0f32, 1.0, 0.0, 1.0, 0.0, 1.0], (3, 1, 2), &dev)
@@ -209,4 +227,63 @@ fn sign_modes_colour_maps_and_overlays() {
     assert_eq!((px(&none, 0), px(&none, 1)), ([0, 0, 0], [255, 255, 255]));
     let wrong = candle_core::Tensor::zeros((3, 2, 2), candle_core::DType::F32, &dev).unwrap();
     assert!(overlay(&image, &wrong, &opts(Sign::All)).is_err());
+}
+
+#[test]
+fn patch_outside_its_image_is_neutral_grey_whatever_the_padding_value() {
+    use allcnn_viz::Window;
+    // A 3x3 patch whose window starts one row above and one column left of
+    // a 4x4 image: its first row and first column lie outside. The values
+    // there (1000, as a preprocessing could make of zero padding) must
+    // neither show nor stretch the inside, which runs from -1 to 1.
+    let v: Vec<f32> = vec![
+        1000.0, 1000.0, 1000.0, //
+        1000.0, -1.0, 0.0, //
+        1000.0, 0.5, 1.0,
+    ];
+    let patch = Tensor::from_vec(v, (1, 3, 3), &Device::Cpu).unwrap();
+    let window = Window {
+        y0: -1,
+        x0: -1,
+        size: 3,
+    };
+    let img = render::patch_rgb(&patch, window, (4, 4)).unwrap();
+    for (x, y) in [(0, 0), (1, 0), (2, 0), (0, 1), (0, 2)] {
+        assert_eq!(*img.get_pixel(x, y), render::OUTSIDE, "({x}, {y})");
+    }
+    assert_eq!(
+        img.get_pixel(1, 1).0,
+        [0, 0, 0],
+        "the inside minimum is black"
+    );
+    assert_eq!(img.get_pixel(2, 2).0, [255, 255, 255], "its maximum white");
+    assert!(
+        (126..=129).contains(&img.get_pixel(2, 1).0[0]),
+        "0 is mid-way"
+    );
+    // A window inside the image draws no grey.
+    let inside = Window {
+        y0: 0,
+        x0: 0,
+        size: 3,
+    };
+    let img = render::patch_rgb(&patch, inside, (4, 4)).unwrap();
+    assert_eq!(img.get_pixel(0, 0).0, [255, 255, 255]);
+}
+
+#[test]
+fn upscale_repeats_each_pixel_and_grid_cells_clip() {
+    let img = image::RgbImage::from_fn(2, 1, |x, _| Rgb([100 * x as u8, 7, 9]));
+    let big = render::upscale(&img, 3);
+    assert_eq!(big.dimensions(), (6, 3));
+    for (x, y, p) in big.enumerate_pixels() {
+        assert_eq!(*p, *img.get_pixel(x / 3, y / 3), "({x}, {y})");
+    }
+    // A picture larger than its cell is clipped to the cell.
+    let mut grid = Grid::new(1, 2, 2, 2, 1, [0, 0, 0]);
+    grid.put(0, 0, &big).unwrap();
+    let out = grid.into_image();
+    assert_eq!(*out.get_pixel(1, 1), *big.get_pixel(0, 0));
+    assert_eq!(*out.get_pixel(3, 1), Rgb([0, 0, 0]), "the spacing stays");
+    assert_eq!(*out.get_pixel(4, 1), Rgb([0, 0, 0]), "the next cell stays");
 }
