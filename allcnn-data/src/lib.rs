@@ -115,3 +115,7 @@ pub use preprocess::{
     fit_zca, global_contrast_normalize, zca_matrix, CovarianceAccumulator, GcnZcaConfig,
     PreprocessKind, Preprocessing, METADATA_KEY, TENSOR_PREFIX,
 };
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -62,3 +62,7 @@ pub use weights::{
     write_atomic, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX, KEY_CLASSES, KEY_INPUT_SIZE,
     KEY_MODEL, KEY_PREPROCESSING, KEY_SPEC,
 };
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
