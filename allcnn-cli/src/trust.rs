@@ -177,7 +177,7 @@ pub fn run(args: &Args) -> Result<()> {
                 ("deletion (lower is better)".into(), series(true)),
                 ("insertion (higher is better)".into(), series(false)),
             ],
-        );
+        )?;
         let path = args.out.join("faithfulness.svg");
         allcnn_models::write_atomic(&path, svg.as_bytes())?;
         files.push(path);

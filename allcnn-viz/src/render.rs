@@ -667,105 +667,83 @@ pub type Curve = (String, Vec<f32>);
 /// A panel of curves with its title.
 pub type Panel = (String, Vec<Curve>);
 
-/// A small self-contained SVG of curves on `[0, 1] x [0, 1]`: one panel per
-/// `(title, series)`, each series `(label, points evenly spaced on x)`,
-/// with a legend. For the deletion and insertion curves.
-pub fn curves_svg(title: &str, x_label: &str, panels: &[Panel]) -> String {
-    use std::fmt::Write;
-    const COLOURS: [&str; 10] = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#bcbd22", "#17becf",
-    ];
-    let (pw, ph, left, top, gap) = (360.0, 240.0, 50.0, 40.0, 60.0);
-    let legend_h = 16.0 * panels.first().map_or(0, |p| p.1.len()) as f64;
-    let width = left + panels.len() as f64 * (pw + gap);
-    let height = top + ph + 50.0 + legend_h;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="20" font-size="14">{}</text>"#,
-        xml(title)
-    );
-    for (p, (name, series)) in panels.iter().enumerate() {
-        let x0 = left + p as f64 * (pw + gap);
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            x0 + pw / 2.0,
-            top - 6.0,
-            xml(name)
-        );
-        for t in [0.0, 0.5, 1.0] {
-            let y = top + ph * (1.0 - t);
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{t}</text>"#,
-                x0 - 4.0,
-                y + 4.0
-            );
-            let x = x0 + pw * t;
-            let _ = writeln!(
-                s,
-                r#"<text x="{x}" y="{}" text-anchor="middle">{t}</text>"#,
-                top + ph + 14.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            x0 + pw / 2.0,
-            top + ph + 30.0,
-            xml(x_label)
-        );
-        for (k, (label, ys)) in series.iter().enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
-            let n = ys.len().max(2) - 1;
-            let pts: Vec<String> = ys
-                .iter()
-                .enumerate()
-                .map(|(i, &y)| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x0 + pw * i as f64 / n as f64,
-                        top + ph * (1.0 - y.clamp(0.0, 1.0) as f64)
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
-                pts.join(" ")
-            );
-            if p == 0 {
-                let y = top + ph + 48.0 + 16.0 * k as f64;
-                let _ = writeln!(
-                    s,
-                    r#"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
-                    left + 20.0,
-                    left + 26.0,
-                    y + 4.0,
-                    xml(label)
-                );
-            }
-        }
-    }
-    s.push_str("</svg>\n");
-    s
+/// An SVG of curves on `[0, 1] x [0, 1]`, drawn with plotters: one panel
+/// per `(title, series)`, each series `(label, points evenly spaced on x)`,
+/// the same colour for a label in every panel, and one legend beside the
+/// panels. For the deletion and insertion curves.
+///
+/// # Errors
+/// [`VizError::InvalidArgument`] if plotters cannot draw (it does not fail
+/// on an SVG string in practice).
+pub fn curves_svg(title: &str, x_label: &str, panels: &[Panel]) -> Result<String, VizError> {
+    let mut svg = String::new();
+    draw_curves(&mut svg, title, x_label, panels)
+        .map_err(|e| VizError::InvalidArgument(format!("cannot draw `{title}`: {e}")))?;
+    Ok(svg)
 }
 
-fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+fn draw_curves(
+    svg: &mut String,
+    title: &str,
+    x_label: &str,
+    panels: &[Panel],
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let (pw, legend_w) = (400u32, 260u32);
+    let width = pw * panels.len().max(1) as u32 + legend_w;
+    let root = SVGBackend::with_string(svg, (width, 340)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| text(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 16))
+        .map_err(|e| text(&e))?;
+    let (charts, legend) = root.split_horizontally(pw * panels.len().max(1) as u32);
+    let colour = |k: usize| Palette99::pick(k).to_rgba();
+    for (area, (name, series)) in charts
+        .split_evenly((1, panels.len().max(1)))
+        .iter()
+        .zip(panels)
+    {
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(|e| text(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("class probability")
+            .draw()
+            .map_err(|e| text(&e))?;
+        for (k, (_, ys)) in series.iter().enumerate() {
+            let n = ys.len().max(2) - 1;
+            let points = ys
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| (i as f64 / n as f64, f64::from(y.clamp(0.0, 1.0))));
+            chart
+                .draw_series(LineSeries::new(points, colour(k).stroke_width(2)))
+                .map_err(|e| text(&e))?;
+        }
+    }
+    // The legend, once, beside the panels (it would hide curves inside).
+    let labels = panels.first().map(|p| p.1.as_slice()).unwrap_or_default();
+    for (k, (label, _)) in labels.iter().enumerate() {
+        let y = 50 + 22 * k as i32;
+        legend
+            .draw(&PathElement::new(
+                vec![(8, y), (32, y)],
+                colour(k).stroke_width(3),
+            ))
+            .map_err(|e| text(&e))?;
+        legend
+            .draw(&Text::new(label.clone(), (38, y - 7), ("sans-serif", 13)))
+            .map_err(|e| text(&e))?;
+    }
+    root.present().map_err(|e| text(&e))?;
+    Ok(())
 }
 
 /// Which part of a map a heat map or overlay shows (Captum's `sign`). The

@@ -287,3 +287,38 @@ fn upscale_repeats_each_pixel_and_grid_cells_clip() {
     assert_eq!(*out.get_pixel(3, 1), Rgb([0, 0, 0]), "the spacing stays");
     assert_eq!(*out.get_pixel(4, 1), Rgb([0, 0, 0]), "the next cell stays");
 }
+
+#[test]
+fn curves_svg_has_titled_panels_axes_and_one_legend() {
+    let series = |shift: f32| {
+        vec![
+            (
+                "gradient (AUC 0.600)".to_string(),
+                vec![1.0, 0.5 + shift, 0.1],
+            ),
+            ("occlusion (AUC 0.200)".to_string(), vec![1.0, 0.2, 0.0]),
+        ]
+    };
+    let svg = render::curves_svg(
+        "all-cnn-c: deletion and insertion",
+        "fraction of pixels",
+        &[
+            ("deletion".to_string(), series(0.0)),
+            ("insertion".to_string(), series(0.1)),
+        ],
+    )
+    .unwrap();
+    assert!(svg.starts_with("<svg"));
+    let count = |t: &str| svg.matches(t).count();
+    for t in ["all-cnn-c: deletion and insertion", "deletion", "insertion"] {
+        assert!(count(t) >= 1, "no `{t}`");
+    }
+    assert_eq!(count("fraction of pixels"), 2, "an x label per panel");
+    assert_eq!(count("class probability"), 2, "a y label per panel");
+    assert_eq!(
+        count("gradient (AUC 0.600)"),
+        1,
+        "one legend for both panels"
+    );
+    assert_eq!(count("occlusion (AUC 0.200)"), 1);
+}
