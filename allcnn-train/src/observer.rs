@@ -119,6 +119,9 @@ pub struct Console {
     /// The run's last epoch (1-based) and the seconds of the epochs seen.
     epochs: u64,
     epoch_seconds: Vec<f64>,
+    /// After a resume in mid-epoch: the fraction of the first epoch still
+    /// to train, so its time counts as that fraction of a whole epoch.
+    first_fraction: Option<f64>,
     /// The evaluation under way: its bar (terminal), when it started and
     /// when its last plain line was printed.
     eval: Option<EvalProgress>,
@@ -168,7 +171,26 @@ impl Console {
             terminal: std::io::stderr().is_terminal(),
             epochs: 0,
             epoch_seconds: Vec::new(),
+            first_fraction: None,
             eval: None,
+        }
+    }
+
+    /// Records an epoch's time (a resumed part-epoch scaled to a whole one)
+    /// and returns `, about T left` for the epochs after `epoch` (0-based),
+    /// from the mean epoch time so far; empty after the last.
+    fn eta_after(&mut self, epoch: u64, seconds: f64) -> String {
+        let whole = match self.first_fraction.take() {
+            Some(f) if f > 0.0 => seconds / f,
+            _ => seconds,
+        };
+        self.epoch_seconds.push(whole);
+        let mean = self.epoch_seconds.iter().sum::<f64>() / self.epoch_seconds.len() as f64;
+        let left = self.epochs.saturating_sub(epoch + 1);
+        if left > 0 {
+            format!(", about {} left", duration(mean * left as f64))
+        } else {
+            String::new()
         }
     }
 
@@ -183,6 +205,9 @@ impl Console {
 impl Observer for Console {
     fn on_start(&mut self, info: &RunInfo) {
         self.epochs = info.epochs;
+        let spe = info.steps_per_epoch.max(1);
+        let into = info.start_step % spe;
+        self.first_fraction = (into > 0).then(|| (spe - into) as f64 / spe as f64);
         self.print(&format!(
             "training {} ({} parameters) on {} images: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
             info.model,
@@ -236,9 +261,7 @@ impl Observer for Console {
             bar.finish_and_clear();
         }
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        self.epoch_seconds.push(r.seconds);
-        let mean = self.epoch_seconds.iter().sum::<f64>() / self.epoch_seconds.len() as f64;
-        let left = self.epochs.saturating_sub(r.epoch + 1);
+        let eta = self.eta_after(r.epoch, r.seconds);
         eprintln!(
             "epoch {}/{} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {:.1} img/s, {:.1} s{}",
             r.epoch + 1,
@@ -250,11 +273,7 @@ impl Observer for Console {
             opt(r.test_loss),
             r.images_per_sec,
             r.seconds,
-            if left > 0 {
-                format!(", about {} left", duration(mean * left as f64))
-            } else {
-                String::new()
-            }
+            eta
         );
     }
 
@@ -423,7 +442,34 @@ impl Observer for MetricsLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{duration, eval_line};
+    use super::{duration, eval_line, Console, Observer, RunInfo};
+
+    #[test]
+    fn the_eta_after_a_mid_epoch_resume_counts_the_part_epoch_whole() {
+        let mut c = Console::new(10);
+        let info = |start_step| RunInfo {
+            run_dir: "run".into(),
+            model: "m".into(),
+            params: 1,
+            train_examples: 100,
+            steps_per_epoch: 100,
+            epochs: 10,
+            start_epoch: 3,
+            start_step,
+        };
+        // Resumed at step 375: a quarter of epoch 4 left, trained in 25 s,
+        // is a 100 s epoch; six more at that pace are 10 minutes.
+        c.on_start(&info(375));
+        assert_eq!(c.eta_after(3, 25.0), ", about 10m 00s left");
+        // Then whole epochs count as they are: (100 + 200) / 2 x 5.
+        assert_eq!(c.eta_after(4, 200.0), ", about 12m 30s left");
+        // A resume at an epoch boundary scales nothing; the last epoch has
+        // nothing left.
+        let mut c = Console::new(10);
+        c.on_start(&info(300));
+        assert_eq!(c.eta_after(3, 60.0), ", about 6m 00s left");
+        assert_eq!(c.eta_after(9, 60.0), "");
+    }
 
     #[test]
     fn durations_and_eval_lines_read_as_intended() {
