@@ -124,11 +124,14 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
     let statuses: Vec<RowStatus> = report.rows.iter().map(|r| r.status).collect();
     assert_eq!(&statuses[..4], &[RowStatus::Done; 4]);
     assert_eq!(statuses[4], RowStatus::Interrupted);
-    assert_eq!(&statuses[5..], &[RowStatus::NotRun; 7]);
+    assert!(
+        statuses[5..].iter().all(|s| *s == RowStatus::NotRun),
+        "{statuses:?}"
+    );
     assert_eq!(report.rows[4].steps, 1);
     assert!(!out.join("model-b").join(files::FINAL).exists());
     let on_disk = ReproduceReport::read(&out.join(REPORT_JSON)).unwrap();
-    assert_eq!(on_disk.rows.len(), 12);
+    assert_eq!(on_disk.rows.len(), Experiment::Table3.rows().len());
     for (a, b) in on_disk.rows.iter().zip(&report.rows) {
         assert_eq!((&a.model, a.status, a.steps), (&b.model, b.status, b.steps));
         assert!(a.test_error == b.test_error || close(a.test_error, b.test_error));
@@ -160,7 +163,7 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
     let mut trainer = Trainer::builder().console(false).build();
     let (r, actions, fits) = run(&mut trainer, &o);
     let report = r.unwrap();
-    assert_eq!(actions.len(), 12);
+    assert_eq!(actions.len(), Experiment::Table3.rows().len());
     for (model, action) in &actions[..4] {
         assert_eq!(*action, ModelAction::Skip, "{model}");
     }
@@ -182,7 +185,7 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
 
     // Every row: the paper's error and ours, equal to the run's eval.json.
     let registry = allcnn_models::registry();
-    assert_eq!(report.rows.len(), 12);
+    assert_eq!(report.rows.len(), Experiment::Table3.rows().len());
     for (row, info) in report.rows.iter().zip(registry) {
         assert_eq!(row.model, info.name);
         let paper = f64::from(info.paper_error.unwrap());
