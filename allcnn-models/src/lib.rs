@@ -57,7 +57,9 @@ pub use error::ModelError;
 pub use model::{
     Activations, AllCnn, ConvBackend, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu,
 };
-pub use spec::{registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo, SpecLimits};
+pub use spec::{
+    registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo, SpatialLayer, SpecLimits,
+};
 pub use weights::{
     write_atomic, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX, KEY_CLASSES, KEY_INPUT_SIZE,
     KEY_MODEL, KEY_PREPROCESSING, KEY_SPEC,

@@ -434,22 +434,7 @@ impl AllCnn {
 
     /// Every named layer of this network in forward order.
     pub fn layer_names(&self) -> Vec<LayerName> {
-        let (mut c, mut p) = (0, 0);
-        self.spec
-            .layers
-            .iter()
-            .filter_map(|l| match l {
-                Layer::Conv { .. } => {
-                    c += 1;
-                    Some(LayerName::Conv(c))
-                }
-                Layer::MaxPool => {
-                    p += 1;
-                    Some(LayerName::Pool(p))
-                }
-                Layer::Dropout { .. } => None,
-            })
-            .collect()
+        self.spec.spatial_layers().iter().map(|l| l.name).collect()
     }
 
     fn check_layer(&self, layer: LayerName) -> Result<(), ModelError> {

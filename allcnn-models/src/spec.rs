@@ -443,6 +443,46 @@ impl ArchSpec {
         self.map_sizes_hw(input, input)
     }
 
+    /// The convolutions and max-pools in order (dropout skipped), named
+    /// `conv{i}` / `pool{j}` counted from 1, with their geometry: the one
+    /// walk over the layers that map sizes, receptive fields and layer
+    /// names share.
+    pub fn spatial_layers(&self) -> Vec<SpatialLayer> {
+        let (mut nconv, mut npool, mut channels) = (0, 0, self.in_channels);
+        self.layers
+            .iter()
+            .filter_map(|layer| match *layer {
+                Layer::Conv {
+                    kernel,
+                    out,
+                    stride,
+                    padding,
+                } => {
+                    nconv += 1;
+                    channels = out;
+                    Some(SpatialLayer {
+                        name: LayerName::Conv(nconv),
+                        kernel,
+                        stride,
+                        padding,
+                        channels,
+                    })
+                }
+                Layer::MaxPool => {
+                    npool += 1;
+                    Some(SpatialLayer {
+                        name: LayerName::Pool(npool),
+                        kernel: crate::pool::POOL_KERNEL,
+                        stride: crate::pool::POOL_STRIDE,
+                        padding: crate::pool::POOL_PADDING,
+                        channels,
+                    })
+                }
+                Layer::Dropout { .. } => None,
+            })
+            .collect()
+    }
+
     /// As [`ArchSpec::map_sizes`] for an `h` x `w` input.
     ///
     /// # Errors
@@ -452,27 +492,10 @@ impl ArchSpec {
         h: usize,
         w: usize,
     ) -> Result<Vec<(LayerName, MapShape)>, ModelError> {
-        let (mut c, mut h_cur, mut w_cur) = (self.in_channels, h, w);
+        let (mut h_cur, mut w_cur) = (h, w);
         let mut out = Vec::new();
-        let (mut nconv, mut npool) = (0, 0);
-        for layer in &self.layers {
-            let (name, k, s, p) = match *layer {
-                Layer::Conv {
-                    kernel,
-                    out: cout,
-                    stride,
-                    padding,
-                } => {
-                    nconv += 1;
-                    c = cout;
-                    (LayerName::Conv(nconv), kernel, stride, padding)
-                }
-                Layer::MaxPool => {
-                    npool += 1;
-                    (LayerName::Pool(npool), 3, 2, 1)
-                }
-                Layer::Dropout { .. } => continue,
-            };
+        for l in self.spatial_layers() {
+            let (name, k, s, p) = (l.name, l.kernel, l.stride, l.padding);
             let next = |x: usize| (x + 2 * p).checked_sub(k).map(|v| v / s + 1);
             match (next(h_cur), next(w_cur)) {
                 (Some(nh), Some(nw)) => {
@@ -487,7 +510,7 @@ impl ArchSpec {
                     })
                 }
             }
-            out.push((name, (c, h_cur, w_cur)));
+            out.push((name, (l.channels, h_cur, w_cur)));
         }
         Ok(out)
     }
@@ -575,6 +598,22 @@ impl ConvShape {
     pub fn param_count(&self) -> usize {
         self.out_channels * self.in_channels * self.kernel * self.kernel + self.out_channels
     }
+}
+
+/// A convolution or max-pool with its name and geometry
+/// ([`ArchSpec::spatial_layers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpatialLayer {
+    /// `conv{i}` or `pool{j}`.
+    pub name: LayerName,
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Channels out (a pool keeps its input's).
+    pub channels: usize,
 }
 
 /// The name of a layer whose output can be captured: `conv{i}` (after its

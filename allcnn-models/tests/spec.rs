@@ -264,3 +264,32 @@ fn absurd_sizes_are_refused_before_any_allocation() {
         assert!(msg.contains(expected), "{expected}: {msg}");
     }
 }
+
+#[test]
+fn spatial_layers_name_and_measure_every_conv_and_pool() {
+    use allcnn_models::{LayerName, SpatialLayer};
+    // Model C: conv1, conv2, pool1 (keeps 96 channels), ..., conv7 (10).
+    let spec = ArchSpec::by_name("model-c", 10).unwrap();
+    let layers = spec.spatial_layers();
+    assert_eq!(layers.len(), 7 + 2);
+    assert_eq!(
+        layers[2],
+        SpatialLayer {
+            name: LayerName::Pool(1),
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            channels: 96,
+        }
+    );
+    assert_eq!(layers.last().unwrap().name, LayerName::Conv(7));
+    assert_eq!(layers.last().unwrap().channels, 10);
+    // The map sizes follow the same walk, name for name.
+    let sizes = spec.map_sizes(32).unwrap();
+    let names: Vec<LayerName> = layers.iter().map(|l| l.name).collect();
+    assert_eq!(sizes.iter().map(|(n, _)| *n).collect::<Vec<_>>(), names);
+    // All-CNN-C has no pool: its strided convolutions take their place.
+    let c = ArchSpec::by_name("all-cnn-c", 10).unwrap().spatial_layers();
+    assert!(c.iter().all(|l| matches!(l.name, LayerName::Conv(_))));
+    assert_eq!((c[2].kernel, c[2].stride, c[2].padding), (3, 2, 1));
+}

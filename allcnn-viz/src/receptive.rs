@@ -1,7 +1,7 @@
 //! The exact receptive field of a unit, computed from the [`ArchSpec`], and
 //! cropping the matching patch out of an image.
 
-use allcnn_models::{ArchSpec, Layer, LayerName};
+use allcnn_models::{ArchSpec, LayerName};
 use candle_core::Tensor;
 
 use crate::error::{CandleContext, VizError};
@@ -46,25 +46,9 @@ impl ReceptiveField {
             jump: 1,
             offset: 0,
         };
-        let (mut nconv, mut npool) = (0, 0);
         let mut names = Vec::new();
-        for l in &spec.layers {
-            let (name, k, s, p) = match *l {
-                Layer::Conv {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    nconv += 1;
-                    (LayerName::Conv(nconv), kernel, stride, padding)
-                }
-                Layer::MaxPool => {
-                    npool += 1;
-                    (LayerName::Pool(npool), 3, 2, 1)
-                }
-                Layer::Dropout { .. } => continue,
-            };
+        for l in spec.spatial_layers() {
+            let (name, k, s, p) = (l.name, l.kernel, l.stride, l.padding);
             rf = ReceptiveField {
                 size: rf.size + (k - 1) * rf.jump,
                 jump: rf.jump * s,
