@@ -133,7 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
         images_per_sec: (args.batch * args.iters) as f64 / secs,
         ms_per_batch: secs * 1000.0 / args.iters as f64,
         peak_rss_mib: peak_rss_mib(),
-        native_bf16: allcnn_models::conv::has_native_bf16(),
+        native_bf16: allcnn_models::kernels::conv::has_native_bf16(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -84,7 +84,7 @@ impl DeviceArg {
 pub fn warn_if_bf16_is_emulated(conv: allcnn_models::ConvBackend, device: &candle_core::Device) {
     if conv == allcnn_models::ConvBackend::WinogradBf16
         && device.is_cpu()
-        && !allcnn_models::conv::has_native_bf16()
+        && !allcnn_models::kernels::conv::has_native_bf16()
     {
         eprintln!(
             "warning: this CPU has no AVX-512 BF16: `winograd-bf16` runs a portable kernel \

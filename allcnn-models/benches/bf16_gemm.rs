@@ -1,4 +1,4 @@
-//! The bf16 GEMM of `src/conv/bf16.rs` against faer's f32 GEMM, single
+//! The bf16 GEMM of `src/kernels/conv/bf16.rs` against faer's f32 GEMM, single
 //! threaded, at the Winograd convolution's shapes (`m x k` by `k x n`):
 //!
 //! * `faer-f32`: faer `matmul` (`Par::Seq`) on row-major f32 operands;
@@ -12,12 +12,10 @@
 //! `cargo bench -p allcnn-models --bench bf16_gemm`; throughput is reported
 //! in multiply-adds (elements = `m * k * n`, so GFLOP/s = 2 x Gelem/s).
 //!
-//! The module is private to the crate, so the bench compiles its source
-//! file directly.
+//! The GEMM is reached through the doc-hidden
+//! `allcnn_models::kernels::conv::bf16` (not a supported API).
 
-#[allow(dead_code)]
-#[path = "../src/conv/bf16.rs"]
-mod bf16;
+use allcnn_models::kernels::conv::bf16;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use faer::linalg::matmul::matmul;

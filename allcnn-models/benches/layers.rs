@@ -12,7 +12,7 @@
 //! is measured); with only the weight a variable, the weight gradient alone.
 //! Backward timings include the forward pass that precedes them.
 
-use allcnn_models::conv::{conv2d, conv2d_with, Algorithm};
+use allcnn_models::kernels::conv::{conv2d, conv2d_with, Algorithm};
 use allcnn_models::ArchSpec;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -19,8 +19,10 @@
 //! - `hub` (cargo feature `hub`): `hf://OWNER/REPO[/FILE][@REVISION]`
 //!   references to weights on the Hugging Face Hub, downloaded into the
 //!   standard cache and reused offline.
-//! - [`pool`]: the 3x3 / stride 2 / padding 1 max-pool with its switches and
-//!   an exact argmax backward, on every device.
+//! - [`kernels`]: what the network is computed with (the convolution in
+//!   every pass and precision, the max-pool with switches, the ReLU rules,
+//!   the in-place SGD update), behind one safe API; the crate's only
+//!   `unsafe` code lives there.
 //!
 //! ```
 //! use allcnn_models::{AllCnn, ArchSpec, Init};
@@ -40,13 +42,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
-pub mod conv;
 mod error;
 #[cfg(feature = "hub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
 pub mod hub;
+pub mod kernels;
 mod model;
-pub mod pool;
 #[cfg(feature = "pretrained")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pretrained")))]
 pub mod pretrained;

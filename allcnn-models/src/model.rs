@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::error::{CandleContext, ModelError};
-use crate::pool::{self, StrictRelu};
+use crate::kernels::{pool, relu};
 use crate::spec::{ArchSpec, ConvShape, Layer, LayerName};
 
 /// What happens at every ReLU of the network: the seam where `allcnn-viz`
@@ -26,7 +26,7 @@ pub trait ReluRule: Send + Sync {
 
     /// Whether this rule is the ordinary ReLU with PyTorch's backward
     /// ([`StandardRelu`]). The model then fuses it into the convolution
-    /// ([`crate::conv::conv2d_fused`]) instead of calling [`ReluRule::relu`].
+    /// ([`crate::kernels::conv::conv2d_fused`]) instead of calling [`ReluRule::relu`].
     fn is_standard(&self) -> bool {
         false
     }
@@ -38,7 +38,7 @@ pub struct StandardRelu;
 
 impl ReluRule for StandardRelu {
     fn relu(&self, _layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.apply_op1(StrictRelu)
+        relu::relu(x)
     }
 
     fn is_standard(&self) -> bool {
@@ -158,17 +158,17 @@ pub struct AllCnn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConvBackend {
-    /// [`crate::conv::conv2d`]: im2col + GEMM for the forward and both
+    /// [`crate::kernels::conv::conv2d`]: im2col + GEMM for the forward and both
     /// gradients on CPU (f32), candle's `conv2d` elsewhere.
     Gemm,
     /// As `Gemm`, but 3x3 stride-1 convolutions use Winograd F(2x2, 3x3)
-    /// ([`crate::conv::Algorithm::Winograd`]): 2.25x fewer multiplications,
+    /// ([`crate::kernels::conv::Algorithm::Winograd`]): 2.25x fewer multiplications,
     /// equal up to f32 rounding. The default.
     #[default]
     Winograd,
     /// As `Winograd`, with every convolution GEMM (Winograd and im2col) on
     /// bf16-rounded operands and f32 accumulation
-    /// ([`crate::conv::Algorithm::WinogradBf16`]): faster where the CPU has
+    /// ([`crate::kernels::conv::Algorithm::WinogradBf16`]): faster where the CPU has
     /// AVX-512 BF16, about 1e-3 relative from f32. An opt-in.
     WinogradBf16,
     /// candle's own `conv2d` everywhere (for comparison and benchmarks).
@@ -201,8 +201,8 @@ impl ConvBackend {
 
     /// The algorithm of our CPU convolution this backend runs; `None` for
     /// candle's.
-    fn algorithm(self) -> Option<crate::conv::Algorithm> {
-        use crate::conv::Algorithm;
+    fn algorithm(self) -> Option<crate::kernels::conv::Algorithm> {
+        use crate::kernels::conv::Algorithm;
         match self {
             ConvBackend::Gemm => Some(Algorithm::Im2col),
             ConvBackend::Winograd => Some(Algorithm::Winograd),
@@ -588,7 +588,7 @@ impl<'a> ForwardPass<'a> {
                     let algorithm = m.conv_backend.algorithm();
                     let fuse_relu = algorithm.is_some() && self.relu.is_standard();
                     let y = match algorithm {
-                        Some(algorithm) => crate::conv::conv2d_fused(
+                        Some(algorithm) => crate::kernels::conv::conv2d_fused(
                             &x, &c.weight, &c.bias, stride, padding, algorithm, fuse_relu,
                         ),
                         None => x

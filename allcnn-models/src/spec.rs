@@ -472,9 +472,9 @@ impl ArchSpec {
                     npool += 1;
                     Some(SpatialLayer {
                         name: LayerName::Pool(npool),
-                        kernel: crate::pool::POOL_KERNEL,
-                        stride: crate::pool::POOL_STRIDE,
-                        padding: crate::pool::POOL_PADDING,
+                        kernel: crate::kernels::pool::POOL_KERNEL,
+                        stride: crate::kernels::pool::POOL_STRIDE,
+                        padding: crate::kernels::pool::POOL_PADDING,
                         channels,
                     })
                 }

@@ -1,7 +1,7 @@
 //! The GEMM convolution against candle's reference `conv2d` (forward, input
 //! gradient and weight gradient) over every geometry the paper's networks use.
 
-use allcnn_models::conv::conv2d;
+use allcnn_models::kernels::conv::conv2d;
 use candle_core::{Device, Tensor, Var};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -140,7 +140,7 @@ fn results_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn bias_add_matches_broadcast_add_with_gradients() {
-    use allcnn_models::conv::add_bias;
+    use allcnn_models::kernels::conv::add_bias;
     let dev = Device::Cpu;
     let y = var(&[3, 5, 4, 6], 7);
     let b = Var::from_vec(values(5, 8), 5, &dev).unwrap();
@@ -166,9 +166,9 @@ fn passes(
     x: &Var,
     w: &Var,
     (stride, pad): (usize, usize),
-    algorithm: allcnn_models::conv::Algorithm,
+    algorithm: allcnn_models::kernels::conv::Algorithm,
 ) -> (Tensor, Tensor, Tensor) {
-    let y = allcnn_models::conv::conv2d_with(x, w, stride, pad, algorithm).unwrap();
+    let y = allcnn_models::kernels::conv::conv2d_with(x, w, stride, pad, algorithm).unwrap();
     let up = Tensor::from_vec(values(y.elem_count(), 77), y.dims(), x.device()).unwrap();
     let g = backprop(&y, &up);
     let (dx, dw) = (g.get(x).unwrap().clone(), g.get(w).unwrap().clone());
@@ -177,7 +177,7 @@ fn passes(
 
 #[test]
 fn winograd_matches_im2col_in_all_three_passes() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     // (n, cin, side, cout, pad): All-CNN-C's 3x3 stride-1 layers (conv2,
     // conv4/5 at a smaller batch, conv7 unpadded), odd sizes (partial
     // tiles), padding 2, and a batch spanning several image chunks.
@@ -211,7 +211,7 @@ fn winograd_matches_im2col_in_all_three_passes() {
 
 #[test]
 fn winograd_results_do_not_depend_on_the_thread_count() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     let x = var(&[70, 16, 8, 8], 5);
     let w = var(&[16, 16, 3, 3], 6);
     let run = |threads: usize| {
@@ -225,7 +225,7 @@ fn winograd_results_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn fused_conv_bias_relu_matches_the_composition() {
-    use allcnn_models::conv::{add_bias, conv2d_fused, conv2d_with, Algorithm};
+    use allcnn_models::kernels::conv::{add_bias, conv2d_fused, conv2d_with, Algorithm};
     let dev = Device::Cpu;
     // A Winograd-eligible and an im2col-only geometry (stride 2).
     for (i, &(n, cin, side, cout, stride)) in
@@ -271,7 +271,7 @@ fn fused_conv_bias_relu_matches_the_composition() {
 
 #[test]
 fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     // All-CNN-C's Winograd layers, a partial tile, and a batch of many
     // chunks (the GEMMs then run one per thread instead of split 16 ways).
     let cases = [
@@ -302,7 +302,7 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
 
 #[test]
 fn bf16_gemms_run_in_every_other_geometry_within_bf16_rounding() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     // (n, cin, side, cout, k, stride, pad): All-CNN-C's first layer (3 input
     // channels: not Winograd-eligible), its strided layers conv3/conv6, its
     // 1x1 layers conv8/conv9, and odd sizes with a chunk boundary (n = 9).
@@ -336,7 +336,7 @@ fn bf16_gemms_run_in_every_other_geometry_within_bf16_rounding() {
 
 #[test]
 fn bf16_im2col_results_do_not_depend_on_the_thread_count() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     // 10 images: two weight-gradient chunks; a strided and a 1x1 layer.
     for (k, stride, pad) in [(3, 2, 1), (1, 1, 0)] {
         let x = var(&[10, 24, 8, 8], 7);
@@ -353,7 +353,7 @@ fn bf16_im2col_results_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
-    use allcnn_models::conv::Algorithm;
+    use allcnn_models::kernels::conv::Algorithm;
     // 6 images of 16x16 (4 per chunk): two chunks, fewer than three threads.
     let x = var(&[6, 32, 16, 16], 5);
     let w = var(&[32, 32, 3, 3], 6);

@@ -2,7 +2,7 @@
 //! and backward (ties, windows touching the padding), and the CPU kernel
 //! against the device-generic path.
 
-use allcnn_models::pool::{max_pool, max_pool_generic, max_pool_with_switches, unpool};
+use allcnn_models::kernels::pool::{max_pool, max_pool_generic, max_pool_with_switches, unpool};
 use candle_core::{DType, Device, Tensor, Var};
 
 fn plane(v: &[f32], h: usize, w: usize) -> Tensor {

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use allcnn_models::kernels::sgd;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use crate::error::{CandleContext, TrainError};
 
@@ -94,20 +95,13 @@ impl MomentumSgd {
                 continue;
             };
             let w = var.as_tensor();
-            let in_place = fused_update_applies(w, g, vel.as_ref());
+            let in_place = sgd::applies(w, g, vel.as_ref());
             let update = (|| -> candle_core::Result<Tensor> {
                 if let (true, Some(v)) = (in_place && momentum != 0.0, vel.as_ref()) {
                     // One pass for the velocity, one for the weights, no
                     // temporaries (the generic path below allocates six).
-                    v.inplace_op3(
-                        g,
-                        w,
-                        &VelocityUpdate {
-                            momentum: momentum as f32,
-                            weight_decay: weight_decay as f32,
-                        },
-                    )?;
-                    w.inplace_op2(v, &WeightUpdate { lr: lr as f32 })?;
+                    sgd::velocity_update(v, g, w, momentum as f32, weight_decay as f32)?;
+                    sgd::weight_update(w, v, lr as f32)?;
                     return Ok(v.clone());
                 }
                 let g = if weight_decay != 0.0 {
@@ -124,7 +118,7 @@ impl MomentumSgd {
                     _ => g,
                 };
                 if in_place {
-                    w.inplace_op2(&v, &WeightUpdate { lr: lr as f32 })?;
+                    sgd::weight_update(w, &v, lr as f32)?;
                 } else {
                     let next = (w - (&v * lr)?)?;
                     var.set(&next)?;
@@ -211,89 +205,5 @@ impl MomentumSgd {
             });
         }
         Ok(())
-    }
-}
-
-/// Whether the step can run in place: f32 CPU tensors, contiguous, with a
-/// velocity buffer (if any) of the parameter's shape.
-fn fused_update_applies(w: &Tensor, g: &Tensor, v: Option<&Tensor>) -> bool {
-    let ok = |t: &Tensor| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims()
-    };
-    ok(w) && ok(g) && v.is_none_or(ok)
-}
-
-/// `v = momentum * v + (g + weight_decay * w)` in place on `v`.
-struct VelocityUpdate {
-    momentum: f32,
-    weight_decay: f32,
-}
-
-impl InplaceOp3 for VelocityUpdate {
-    fn name(&self) -> &'static str {
-        "allcnn-sgd-velocity"
-    }
-
-    fn cpu_fwd(
-        &self,
-        v: &mut CpuStorage,
-        lv: &Layout,
-        g: &CpuStorage,
-        lg: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<()> {
-        let (
-            Self {
-                momentum,
-                weight_decay,
-            },
-            v,
-            g,
-            w,
-        ) = (self, f32_mut(v, lv)?, f32_ref(g, lg)?, f32_ref(w, lw)?);
-        for ((v, &g), &w) in v.iter_mut().zip(g).zip(w) {
-            *v = *v * momentum + (g + w * weight_decay);
-        }
-        Ok(())
-    }
-}
-
-/// `w = w - lr * v` in place on `w`.
-struct WeightUpdate {
-    lr: f32,
-}
-
-impl InplaceOp2 for WeightUpdate {
-    fn name(&self) -> &'static str {
-        "allcnn-sgd-weights"
-    }
-
-    fn cpu_fwd(
-        &self,
-        w: &mut CpuStorage,
-        lw: &Layout,
-        v: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<()> {
-        let (w, v) = (f32_mut(w, lw)?, f32_ref(v, lv)?);
-        for (w, &v) in w.iter_mut().zip(v) {
-            *w -= v * self.lr;
-        }
-        Ok(())
-    }
-}
-
-fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("SGD update: expected a contiguous f32 tensor"),
-    }
-}
-
-fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
-        _ => candle_core::bail!("SGD update: expected a contiguous f32 tensor"),
     }
 }

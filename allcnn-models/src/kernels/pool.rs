@@ -15,10 +15,11 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Shape, Tensor,
-    WithDType,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
+
+use super::slice::contiguous;
 
 /// The kernel size of the paper's max-pool.
 pub const POOL_KERNEL: usize = 3;
@@ -225,17 +226,6 @@ fn cpu_pool_backward<T: WithDType + Send + Sync>(
     out
 }
 
-fn contiguous_slice<'a, T: WithDType>(
-    data: &'a [T],
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
 fn dims4(l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
 }
@@ -245,7 +235,7 @@ fn pooled_shape(d: (usize, usize, usize, usize)) -> Shape {
 }
 
 fn not_cpu<S>(what: &str) -> candle_core::Result<S> {
-    candle_core::bail!("{what}: the CPU kernel was called on a non-CPU tensor (use allcnn_models::pool::max_pool, which picks the generic path)")
+    candle_core::bail!("{what}: the CPU kernel was called on a non-CPU tensor (use allcnn_models::kernels::pool::max_pool, which picks the generic path)")
 }
 
 /// Forward on CPU; backward through [`CpuPoolBackward`].
@@ -259,12 +249,8 @@ impl CustomOp1 for CpuMaxPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims4(l)?;
         let out = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(cpu_pool(contiguous_slice(v, l, self.name())?, d))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(cpu_pool(contiguous_slice(v, l, self.name())?, d))
-            }
+            CpuStorage::F32(v) => CpuStorage::F32(cpu_pool(contiguous(v, l, self.name())?, d)),
+            CpuStorage::F64(v) => CpuStorage::F64(cpu_pool(contiguous(v, l, self.name())?, d)),
             other => candle_core::bail!(
                 "{}: unsupported dtype {:?} (use f32 or f64)",
                 self.name(),
@@ -315,13 +301,13 @@ impl CustomOp2 for CpuPoolBackward {
         let d = dims4(l1)?;
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(cpu_pool_backward(
-                contiguous_slice(x, l1, self.name())?,
-                contiguous_slice(g, l2, self.name())?,
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
                 d,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(cpu_pool_backward(
-                contiguous_slice(x, l1, self.name())?,
-                contiguous_slice(g, l2, self.name())?,
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
                 d,
             )),
             (a, b) => candle_core::bail!(
@@ -366,89 +352,11 @@ impl CustomOp1 for CpuSwitches {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims4(l)?;
         let out = match s {
-            CpuStorage::F32(v) => cpu_switches(contiguous_slice(v, l, self.name())?, d),
-            CpuStorage::F64(v) => cpu_switches(contiguous_slice(v, l, self.name())?, d),
+            CpuStorage::F32(v) => cpu_switches(contiguous(v, l, self.name())?, d),
+            CpuStorage::F64(v) => cpu_switches(contiguous(v, l, self.name())?, d),
             other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
         };
         Ok((CpuStorage::U32(out), pooled_shape(d)))
-    }
-}
-
-/// ReLU whose backward masks with `x > 0` (PyTorch's rule: a zero input gets
-/// no gradient), written once for every device through the generic backend.
-pub(crate) struct StrictRelu;
-
-fn relu_fwd<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
-    Ok((s.unary_impl::<candle_core::op::Relu>(l)?, l.shape().clone()))
-}
-
-impl CustomOp1 for StrictRelu {
-    fn name(&self) -> &'static str {
-        "allcnn-relu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        relu_fwd(s, l)
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        relu_fwd(s, l)
-    }
-
-    fn metal_fwd(
-        &self,
-        s: &MetalStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        relu_fwd(s, l)
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        if arg.device().is_cpu() && arg.dtype() == DType::F32 && grad.dtype() == DType::F32 {
-            // One pass instead of compare, convert and multiply.
-            return Ok(Some(
-                grad.contiguous()?
-                    .apply_op2_no_bwd(&arg.contiguous()?, &CpuReluMask)?,
-            ));
-        }
-        let mask = arg.gt(0f64)?.to_dtype(grad.dtype())?;
-        Ok(Some(grad.mul(&mask)?))
-    }
-}
-
-/// `grad * [x > 0]` on CPU in one pass.
-pub(crate) struct CpuReluMask;
-
-impl CustomOp2 for CpuReluMask {
-    fn name(&self) -> &'static str {
-        "allcnn-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(g), CpuStorage::F32(x)) = (s1, s2) else {
-            candle_core::bail!("{}: expected f32 tensors", self.name());
-        };
-        let g = contiguous_slice(g, l1, self.name())?;
-        let x = contiguous_slice(x, l2, self.name())?;
-        // Collected in place: no zero fill of the output first.
-        let out: Vec<f32> = g
-            .par_iter()
-            .zip(x.par_iter())
-            .with_min_len(1 << 14)
-            .map(|(&g, &x)| if x > 0.0 { g } else { 0.0 })
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

@@ -59,7 +59,7 @@ const MR: usize = 12;
 const NR: usize = 32;
 
 /// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
-pub(super) fn to_bf16(x: f32) -> u16 {
+pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     if x.is_nan() {
         // Keep the sign and the top of the payload; force a quiet NaN so the
@@ -72,7 +72,7 @@ pub(super) fn to_bf16(x: f32) -> u16 {
 }
 
 /// bf16 bits -> f32 (exact).
-pub(super) fn from_bf16(b: u16) -> f32 {
+pub fn from_bf16(b: u16) -> f32 {
     f32::from_bits(u32::from(b) << 16)
 }
 
@@ -84,7 +84,7 @@ fn word(lo: f32, hi: f32) -> u32 {
 
 /// Whether the native AVX-512 BF16 kernel runs on this CPU (detected once,
 /// cached).
-pub(super) fn native() -> bool {
+pub fn native() -> bool {
     static NATIVE: OnceLock<bool> = OnceLock::new();
     *NATIVE.get_or_init(detect)
 }
@@ -223,7 +223,7 @@ fn pack_scalar(src: Source<'_>, w: usize, dst: &mut [u32]) {
 
 /// Left operand, m x k, rounded to bf16 and packed for the kernel.
 #[derive(Default)]
-pub(super) struct PackedA {
+pub struct PackedA {
     /// Rows (`m`).
     m: usize,
     /// Depth (`k`).
@@ -234,7 +234,7 @@ pub(super) struct PackedA {
 
 impl PackedA {
     /// Element (i, p) is `a[i * rs + p * cs]`.
-    pub(super) fn new(a: &[f32], m: usize, k: usize, rs: usize, cs: usize) -> Self {
+    pub fn new(a: &[f32], m: usize, k: usize, rs: usize, cs: usize) -> Self {
         let mut packed = Self::default();
         packed.pack(a, m, k, rs, cs);
         packed
@@ -242,7 +242,7 @@ impl PackedA {
 
     /// As [`PackedA::new`], reusing the allocation (for a left operand that
     /// changes per call, such as `dM` in the weight gradient).
-    pub(super) fn pack(&mut self, a: &[f32], m: usize, k: usize, rs: usize, cs: usize) {
+    pub fn pack(&mut self, a: &[f32], m: usize, k: usize, rs: usize, cs: usize) {
         let dst = self.words.resize(m.div_ceil(MR) * k.div_ceil(2) * MR);
         let src = Source {
             data: a,
@@ -258,20 +258,20 @@ impl PackedA {
 
     /// Rows (`m`).
     #[cfg(test)]
-    pub(super) fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         self.m
     }
 
     /// Depth (`k`).
     #[cfg(test)]
-    pub(super) fn depth(&self) -> usize {
+    pub fn depth(&self) -> usize {
         self.k
     }
 }
 
 /// Right operand, k x n, rounded to bf16 and packed for the kernel.
 #[derive(Default)]
-pub(super) struct PackedB {
+pub struct PackedB {
     /// Depth (`k`).
     k: usize,
     /// Columns (`n`).
@@ -282,7 +282,7 @@ pub(super) struct PackedB {
 
 impl PackedB {
     /// Element (p, j) is `b[p * rs + j * cs]`; reuses the allocation.
-    pub(super) fn pack(&mut self, b: &[f32], k: usize, n: usize, rs: usize, cs: usize) {
+    pub fn pack(&mut self, b: &[f32], k: usize, n: usize, rs: usize, cs: usize) {
         let dst = self.words.resize(n.div_ceil(NR) * k.div_ceil(2) * NR);
         let src = Source {
             data: b,
@@ -298,13 +298,13 @@ impl PackedB {
 
     /// Depth (`k`).
     #[cfg(test)]
-    pub(super) fn depth(&self) -> usize {
+    pub fn depth(&self) -> usize {
         self.k
     }
 
     /// Columns (`n`).
     #[cfg(test)]
-    pub(super) fn cols(&self) -> usize {
+    pub fn cols(&self) -> usize {
         self.n
     }
 }
@@ -329,7 +329,7 @@ fn check_gemm(c: &[f32], ldc: usize, a: &PackedA, b: &PackedB) -> (usize, usize)
 /// `c` (row-major m x n, row stride `ldc`) = A·B, or += A·B when `accumulate`.
 /// Single-threaded (the caller parallelises). Panics on mismatched sizes
 /// (these are internal invariants).
-pub(super) fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
+pub fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
     let (m, n) = check_gemm(c, ldc, a, b);
     if m == 0 || n == 0 {
         return;
@@ -346,7 +346,7 @@ pub(super) fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumula
 
 /// As [`gemm`], always on the portable path: widens the packed operands to
 /// f32 and multiplies with faer. Allocates `(m + n) * k` f32 per call.
-pub(super) fn gemm_portable(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
+pub fn gemm_portable(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: bool) {
     let (m, n) = check_gemm(c, ldc, a, b);
     if m == 0 || n == 0 {
         return;

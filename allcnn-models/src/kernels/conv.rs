@@ -16,16 +16,20 @@
 //! Only f32 tensors on the CPU take this path; everything else (other
 //! dtypes, CUDA, Metal) uses candle's `conv2d`.
 
-mod bf16;
+// Public only for the `bf16_gemm` bench, which measures the GEMM alone.
+#[doc(hidden)]
+pub mod bf16;
 mod winograd;
 
 use bf16::{PackedA, PackedB};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+
+use super::relu::{self, CpuReluMask};
+use super::slice::f32_slice;
 
 /// Images per partial weight gradient: fixed, so the reduction order does
 /// not depend on the thread count.
@@ -166,7 +170,7 @@ pub fn conv2d_fused(
             .conv2d(w, padding, stride, 1, 1)?
             .broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
         if relu {
-            y.apply_op1(crate::pool::StrictRelu)
+            relu::relu(&y)
         } else {
             Ok(y)
         }
@@ -368,16 +372,6 @@ fn rm(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
 
 fn rm_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_, f32> {
     MatMut::from_row_major_slice_mut(data, rows, cols)
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
 }
 
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -640,7 +634,7 @@ impl CustomOp3 for CpuConvBlock {
         let grad = grad.contiguous()?;
         // y > 0 exactly where the pre-activation is > 0: PyTorch's mask.
         let grad = if self.relu {
-            grad.apply_op2_no_bwd(res, &crate::pool::CpuReluMask)?
+            grad.apply_op2_no_bwd(res, &CpuReluMask)?
         } else {
             grad
         };

@@ -1,0 +1,26 @@
+//! The kernels: every CPU kernel of the crate, the device-generic custom ops
+//! the network is built from, and the crate's only `unsafe` code.
+//!
+//! Everything above this module (specs, models, weights files, and the
+//! training and visualisation crates) works on [`candle_core::Tensor`]s
+//! through the safe functions here; what is inside (slices of
+//! `CpuStorage`, SIMD intrinsics, packed GEMM panels) does not leak out.
+//!
+//! - [`conv`]: the convolution in all three passes (forward, input and weight
+//!   gradients): Winograd F(2x2, 3x3) and im2col + GEMM on CPU, in f32 or
+//!   with bf16 GEMM operands (AVX-512 BF16 intrinsics, the crate's `unsafe`);
+//!   candle's `conv2d` on other devices.
+//! - [`pool`]: the paper's 3x3 / stride 2 / padding 1 max-pool with its
+//!   switches and an exact single-argmax backward, on every device.
+//! - [`relu`]: the ReLU with a choice of backward rule (the gradient,
+//!   deconvnet, guided backpropagation), written once for every device.
+//! - [`sgd`]: the in-place momentum-SGD update of a parameter (CPU, f32).
+//!
+//! Each kernel states its devices and dtypes; inputs they do not cover take
+//! candle's generic ops, so every function here works on every device.
+
+pub mod conv;
+pub mod pool;
+pub mod relu;
+pub mod sgd;
+mod slice;
