@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use allcnn_models::{AllCnn, ArchSpec, ConvBackend, DropoutRng, Init};
-use allcnn_train::{MomentumSgd, SgdConfig};
+use allcnn_models::{AllCnn, ArchSpec, ConvBackend, Init};
+use allcnn_train::{train_step, MomentumSgd, SgdConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -105,9 +105,9 @@ pub fn run(args: &Args) -> Result<()> {
     let labels = Tensor::from_vec(labels, args.batch, &device)?;
     let mut step = |i: u64| -> Result<()> {
         if let Some(sgd) = sgd.as_mut() {
-            let logits = model.forward_train(&x, &mut DropoutRng::new(0, i))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            sgd.backward_step(&loss)?;
+            // The trainer's own step (forward with dropout, loss, statistics,
+            // backward, update), so the figure is what training runs at.
+            train_step(&model, sgd, &x, &labels, 0, i, 1e-3)?;
             // Read one updated parameter back so asynchronous devices finish the step.
             let (_, last) = sgd.params().last().expect("a model has parameters");
             last.as_tensor().sum_all()?.to_device(&Device::Cpu)?;

@@ -48,11 +48,6 @@ pub const HF_OFFLINE_ENV: &str = "HF_HUB_OFFLINE";
 /// The reference syntax, for messages.
 pub const SYNTAX: &str = "hf://OWNER/REPO[/FILE][@REVISION]";
 
-/// Whether `s` is meant as a Hub reference (starts with [`HUB_SCHEME`]).
-pub fn is_hub_reference(s: &str) -> bool {
-    s.starts_with(HUB_SCHEME)
-}
-
 /// A file in a Hub model repository at a revision:
 /// `hf://OWNER/REPO[/FILE][@REVISION]`.
 ///

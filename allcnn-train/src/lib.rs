@@ -74,6 +74,7 @@ mod optim;
 mod plot;
 mod reproduce;
 mod schedule;
+mod step;
 mod trainer;
 
 pub use checkpoint::{
@@ -98,6 +99,7 @@ pub use reproduce::{
     ReproduceOptions, ReproduceReport, RowStatus, REPORT_FIGURE, REPORT_JSON, REPORT_MARKDOWN,
 };
 pub use schedule::LrSchedule;
+pub use step::{train_step, StepOutcome};
 pub use trainer::{
     files, read_run_config, resume, train, RunStatus, RunSummary, Trainer, TrainerBuilder,
 };

@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
-use allcnn_models::{AllCnn, DropoutRng, WeightsFile, WeightsMeta};
-use candle_core::{DType, Device, Tensor};
+use allcnn_models::{AllCnn, WeightsFile, WeightsMeta};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{BestRecord, Checkpoint, CheckpointState, EpochPartial, RngState};
 use crate::config::TrainConfig;
 use crate::data::{eval_loader, fit_preprocessing, TrainData};
-use crate::error::{CandleContext, TrainError};
-use crate::eval::{count_correct, evaluate_with_progress, EvalReport};
+use crate::error::TrainError;
+use crate::eval::{evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 use crate::optim::{MomentumSgd, SgdConfig};
 use crate::plot::{learning_curve_svg, metrics_csv};
+use crate::step::{train_step, StepOutcome};
 
 /// File names inside a run directory.
 pub mod files {
@@ -572,16 +573,21 @@ impl Trainer {
                 };
                 let step = run.state.step;
                 let lr = cfg.lr_at(epoch, step);
-                run.opt.set_learning_rate(lr);
-                let mut drng = DropoutRng::new(cfg.seed, step);
-                let logits = run.model.forward_train(&batch.images, &mut drng)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)
-                    .ctx(|| format!("loss at step {step}"))?;
-                let loss_v = loss
-                    .to_dtype(DType::F32)
-                    .and_then(|l| l.to_scalar::<f32>())
-                    .ctx(|| format!("reading the loss at step {step}"))?;
-                if !loss_v.is_finite() {
+                let StepOutcome {
+                    loss: loss_v,
+                    correct,
+                    dead,
+                    updated,
+                } = train_step(
+                    &run.model,
+                    &mut run.opt,
+                    &batch.images,
+                    &batch.labels,
+                    cfg.seed,
+                    step,
+                    lr,
+                )?;
+                if !updated {
                     let msg = format!("loss {loss_v} at step {step}: stopping");
                     self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
                     return Err(TrainError::Diverged {
@@ -593,10 +599,6 @@ impl Trainer {
                     });
                 }
                 let n = batch.indices.len() as u64;
-                let correct = count_correct(&logits, &batch.labels)
-                    .ctx(|| format!("accuracy at step {step}"))?;
-                let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
-                run.opt.backward_step(&loss)?;
                 run.state.step += 1;
                 run.state.batch = b as u64 + 1;
                 run.state.rng.dropout_stream = run.state.step;
@@ -920,14 +922,6 @@ fn sgd_config(c: &TrainConfig) -> SgdConfig {
         momentum: c.momentum,
         weight_decay: c.weight_decay,
     }
-}
-
-/// Examples of a batch whose logits are all 0 (every class map dead after
-/// the final ReLU).
-fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
-    let max = logits.max(1)?;
-    let dead = max.le(0f32)?.to_dtype(DType::F32)?.sum_all()?;
-    Ok(dead.to_scalar::<f32>()? as u64)
 }
 
 /// A warning when the loss sits at chance (`ln classes`), sharper when every

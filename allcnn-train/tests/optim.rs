@@ -161,3 +161,42 @@ fn scaled_schedule_keeps_the_paper_shape() {
     .validate()
     .is_err());
 }
+
+/// `train_step` on hand-computable cases: every class map dead (logits all
+/// 0: loss ln 10, every example dead, argmax 0), and a non-finite loss
+/// (no update at all).
+#[test]
+fn train_step_statistics_and_no_update_on_a_non_finite_loss() {
+    use allcnn_models::{AllCnn, ArchSpec, Init};
+    use allcnn_train::train_step;
+
+    let spec = ArchSpec::by_name("all-cnn-c", 10).unwrap();
+    let mut model = AllCnn::init(spec, Init::XavierUniform, 7, &Device::Cpu).unwrap();
+    let vars = model.make_trainable().unwrap();
+    // A very negative class-layer bias kills every class map after the ReLU.
+    let (_, bias) = vars.iter().find(|(n, _)| n == "conv9.bias").unwrap();
+    bias.set(&Tensor::full(-1e4f32, 10, &Device::Cpu).unwrap())
+        .unwrap();
+    let mut opt = MomentumSgd::new(vars.clone(), SgdConfig::default());
+    let images = Tensor::ones((3, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let labels = Tensor::new(&[0u32, 3, 0], &Device::Cpu).unwrap();
+    let out = train_step(&model, &mut opt, &images, &labels, 1, 0, 0.01).unwrap();
+    assert!((out.loss - 10f32.ln()).abs() < 1e-6, "{}", out.loss);
+    assert_eq!((out.dead, out.correct, out.updated), (3, 2, true));
+
+    // An infinite class-layer bias: infinite logits, a NaN loss, and neither
+    // the parameters nor the momentum move.
+    bias.set(&Tensor::full(f32::INFINITY, 10, &Device::Cpu).unwrap())
+        .unwrap();
+    let snapshot = |vars: &[(String, Var)]| -> Vec<Vec<f32>> {
+        vars.iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    };
+    let before = snapshot(&vars);
+    let momentum_before = opt.state().len();
+    let out = train_step(&model, &mut opt, &images, &labels, 1, 1, 0.01).unwrap();
+    assert!(out.loss.is_nan() && !out.updated);
+    assert_eq!(snapshot(&vars), before);
+    assert_eq!(opt.state().len(), momentum_before);
+}

@@ -1,0 +1,94 @@
+//! One training step of the paper's protocol, shared by [`crate::Trainer`]
+//! and `allcnn bench`, so the benchmark times exactly what training runs.
+
+use allcnn_models::{AllCnn, DropoutRng};
+use candle_core::{DType, Tensor};
+
+use crate::error::{CandleContext, TrainError};
+use crate::eval::count_correct;
+use crate::optim::MomentumSgd;
+
+/// What one [`train_step`] measured on its batch (before the update).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// The mean cross-entropy of the batch.
+    pub loss: f32,
+    /// Examples whose largest logit is their label.
+    pub correct: u64,
+    /// Examples whose logits are all 0: every class map dead after the final
+    /// ReLU, so no gradient reaches any weight through them.
+    pub dead: u64,
+    /// Whether the parameters were updated (not when the loss is not finite).
+    pub updated: bool,
+}
+
+/// One step: the training forward pass with the dropout masks of
+/// `(seed, step)` ([`DropoutRng`]), the cross-entropy with `labels`, its
+/// statistics, and, when the loss is finite, backpropagation and a momentum
+/// SGD update at learning rate `lr`. A non-finite loss leaves every
+/// parameter and momentum buffer untouched (the trainer then stops with
+/// [`TrainError::Diverged`]).
+///
+/// ```
+/// use allcnn_models::{AllCnn, ArchSpec, Init};
+/// use allcnn_train::{train_step, MomentumSgd, SgdConfig};
+/// use candle_core::{DType, Device, Tensor};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let spec = ArchSpec::by_name("all-cnn-c", 10)?;
+/// let mut model = AllCnn::init(spec, Init::XavierUniform, 0, &Device::Cpu)?;
+/// let mut opt = MomentumSgd::new(model.make_trainable()?, SgdConfig::default());
+/// let images = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu)?;
+/// let out = train_step(&model, &mut opt, &images, &labels, 42, 0, 0.01)?;
+/// assert!(out.updated && out.loss.is_finite() && out.correct <= 4);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// A candle error in the forward or backward pass or the update, naming
+/// the step.
+pub fn train_step(
+    model: &AllCnn,
+    opt: &mut MomentumSgd,
+    images: &Tensor,
+    labels: &Tensor,
+    seed: u64,
+    step: u64,
+    lr: f64,
+) -> Result<StepOutcome, TrainError> {
+    opt.set_learning_rate(lr);
+    let mut dropout = DropoutRng::new(seed, step);
+    let logits = model.forward_train(images, &mut dropout)?;
+    let loss =
+        candle_nn::loss::cross_entropy(&logits, labels).ctx(|| format!("loss at step {step}"))?;
+    let loss_v = loss
+        .to_dtype(DType::F32)
+        .and_then(|l| l.to_scalar::<f32>())
+        .ctx(|| format!("reading the loss at step {step}"))?;
+    if !loss_v.is_finite() {
+        return Ok(StepOutcome {
+            loss: loss_v,
+            correct: 0,
+            dead: 0,
+            updated: false,
+        });
+    }
+    let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
+    let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
+    opt.backward_step(&loss)?;
+    Ok(StepOutcome {
+        loss: loss_v,
+        correct,
+        dead,
+        updated: true,
+    })
+}
+
+/// Examples of a batch whose logits are all 0 (every class map dead after
+/// the final ReLU).
+fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
+    let max = logits.max(1)?;
+    let dead = max.le(0f32)?.to_dtype(DType::F32)?.sum_all()?;
+    Ok(dead.to_scalar::<f32>()? as u64)
+}
