@@ -2,8 +2,8 @@
 //! activations, and every gradient. Skips loudly where the fixtures are absent.
 
 use allcnn_models::{ConvBackend, LayerName};
-use allcnn_testing::{assert_close, Golden, GOLDEN_MODELS};
-use candle_core::Var;
+use allcnn_testing::{assert_close, test_device, Golden, GOLDEN_MODELS};
+use candle_core::{Device, Var};
 
 /// The golden README promises ~1e-5 for a correct f32 implementation; the
 /// issue asks for 1e-4. Use the stricter bound with a little headroom.
@@ -32,14 +32,20 @@ struct GradCosine {
     params: f64,
 }
 
-fn check_model(name: &str) {
-    check_model_with(name, ConvBackend::default(), TOL, None);
-}
-
-/// Checks `name` run with `backend`: every tensor to relative error `tol`,
-/// or, with `grad_cosine`, the gradients by their cosine with PyTorch's.
-fn check_model_with(name: &str, backend: ConvBackend, tol: f64, grad_cosine: Option<GradCosine>) {
-    let Some(g) = Golden::load(name) else { return };
+/// Checks `name` on `dev` run with `backend` (on the CPU; other devices
+/// use candle's convolution whatever it says): every tensor to relative
+/// error `tol`, or, with `grad_cosine`, the gradients by their cosine with
+/// PyTorch's.
+fn check_model_with(
+    name: &str,
+    dev: &Device,
+    backend: ConvBackend,
+    tol: f64,
+    grad_cosine: Option<GradCosine>,
+) {
+    let Some(g) = Golden::load_on(name, dev) else {
+        return;
+    };
     let mut model = g.weights.model.clone();
     model.set_conv_backend(backend);
     let model = &model;
@@ -115,15 +121,20 @@ fn check_model_with(name: &str, backend: ConvBackend, tol: f64, grad_cosine: Opt
     assert_eq!(checked, expected_grads, "{name}: every grad.conv* checked");
 }
 
-#[test]
-fn golden_all_cnn_c() {
-    check_model("all-cnn-c");
+/// Every golden model at f32 with the default convolution, on every device
+/// of the build.
+fn golden_models(dev: &Device) {
+    for name in GOLDEN_MODELS {
+        check_model_with(name, dev, ConvBackend::default(), TOL, None);
+    }
 }
+test_device!(golden_models);
 
 #[test]
 fn golden_all_cnn_c_bf16() {
     check_model_with(
         "all-cnn-c",
+        &Device::Cpu,
         ConvBackend::WinogradBf16,
         TOL_BF16,
         Some(GRAD_COSINE_BF16),
@@ -133,18 +144,8 @@ fn golden_all_cnn_c_bf16() {
 #[test]
 fn golden_all_cnn_c_every_backend_but_bf16_is_exact() {
     for backend in [ConvBackend::Gemm, ConvBackend::Candle] {
-        check_model_with("all-cnn-c", backend, TOL, None);
+        check_model_with("all-cnn-c", &Device::Cpu, backend, TOL, None);
     }
-}
-
-#[test]
-fn golden_model_c() {
-    check_model("model-c");
-}
-
-#[test]
-fn golden_strided_cnn_b() {
-    check_model("strided-cnn-b");
 }
 
 #[test]

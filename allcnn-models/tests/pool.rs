@@ -1,12 +1,14 @@
 //! The 3x3 / stride 2 / padding 1 max-pool: hand-computed forward, switches
 //! and backward (ties, windows touching the padding), and the CPU kernel
-//! against the device-generic path.
+//! against the device-generic path. The hand-computed cases run on every
+//! device of the build (`test_device!`).
 
 use allcnn_models::kernels::pool::{max_pool, max_pool_generic, max_pool_with_switches, unpool};
+use allcnn_testing::test_device;
 use candle_core::{DType, Device, Tensor, Var};
 
-fn plane(v: &[f32], h: usize, w: usize) -> Tensor {
-    Tensor::from_vec(v.to_vec(), (1, 1, h, w), &Device::Cpu).unwrap()
+fn plane_on(v: &[f32], h: usize, w: usize, dev: &Device) -> Tensor {
+    Tensor::from_vec(v.to_vec(), (1, 1, h, w), dev).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -21,9 +23,8 @@ const X: [f32; 16] = [
     0., 0., 5., 2.,
 ];
 
-#[test]
-fn forward_switches_and_backward_by_hand() {
-    let x = Var::from_tensor(&plane(&X, 4, 4)).unwrap();
+fn forward_switches_and_backward_by_hand(dev: &Device) {
+    let x = Var::from_tensor(&plane_on(&X, 4, 4, dev)).unwrap();
     let (y, s) = max_pool_with_switches(x.as_tensor()).unwrap();
     assert_eq!(y.dims(), &[1, 1, 2, 2]);
     assert_eq!(flat(&y), [3., 3., 3., 5.]);
@@ -34,7 +35,7 @@ fn forward_switches_and_backward_by_hand() {
         [4, 5, 4, 10]
     );
 
-    let up = plane(&[1., 10., 100., 1000.], 2, 2);
+    let up = plane_on(&[1., 10., 100., 1000.], 2, 2, dev);
     let grads = y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
     let g = flat(grads.get(x.as_tensor()).unwrap());
     let mut want = [0f32; 16];
@@ -45,11 +46,11 @@ fn forward_switches_and_backward_by_hand() {
     // unpool through the switches is the same routing.
     assert_eq!(flat(&unpool(&up, &s, 4, 4).unwrap()), want);
 }
+test_device!(forward_switches_and_backward_by_hand);
 
-#[test]
-fn padding_never_wins() {
+fn padding_never_wins(dev: &Device) {
     // All zero (post-ReLU dead map): the first in-bounds cell wins each window.
-    let zeros = Var::from_tensor(&plane(&[0.; 16], 4, 4)).unwrap();
+    let zeros = Var::from_tensor(&plane_on(&[0.; 16], 4, 4, dev)).unwrap();
     let (y, s) = max_pool_with_switches(zeros.as_tensor()).unwrap();
     assert_eq!(flat(&y), [0.; 4]);
     assert_eq!(
@@ -65,12 +66,13 @@ fn padding_never_wins() {
     );
     // Negative inputs: a zero pad would wrongly win; the max is the largest input.
     let neg: Vec<f32> = (0..25).map(|i| -1.0 - i as f32).collect();
-    let y = max_pool(&plane(&neg, 5, 5)).unwrap();
+    let y = max_pool(&plane_on(&neg, 5, 5, dev)).unwrap();
     assert_eq!(y.dims(), &[1, 1, 3, 3]);
     // Window (0,0) covers rows 0..1, cols 0..1: max is -1 (index 0).
     // Window (1,1) covers rows 1..3, cols 1..3: max is -(1+6) = -7.
     assert_eq!(flat(&y), [-1., -2., -4., -6., -7., -9., -16., -17., -19.]);
 }
+test_device!(padding_never_wins);
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     // A tiny LCG: enough to get varied values with some exact ties.
@@ -159,16 +161,27 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(max_pool(&ints).is_err());
 }
 
-#[test]
-fn standard_relu_backward_is_strict_at_zero() {
+fn standard_relu_backward_is_strict_at_zero(dev: &Device) {
     use allcnn_models::{LayerName, ReluRule, StandardRelu};
-    for dtype in [DType::F32, DType::F64] {
-        let x =
-            Var::from_tensor(&plane(&[-1., 0., 2., 3.], 2, 2).to_dtype(dtype).unwrap()).unwrap();
+    // Metal has no f64.
+    let dtypes: &[DType] = if dev.is_metal() {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::F64]
+    };
+    for &dtype in dtypes {
+        let x = Var::from_tensor(
+            &plane_on(&[-1., 0., 2., 3.], 2, 2, dev)
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
         let y = StandardRelu
             .relu(LayerName::Conv(1), x.as_tensor())
             .unwrap();
-        let up = plane(&[5., 6., 7., -8.], 2, 2).to_dtype(dtype).unwrap();
+        let up = plane_on(&[5., 6., 7., -8.], 2, 2, dev)
+            .to_dtype(dtype)
+            .unwrap();
         let g = y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
         let g = g.get(x.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
         // PyTorch's rule: no gradient where x <= 0.
@@ -176,3 +189,4 @@ fn standard_relu_backward_is_strict_at_zero() {
         assert_eq!(flat(&y.to_dtype(DType::F32).unwrap()), [0., 0., 2., 3.]);
     }
 }
+test_device!(standard_relu_backward_is_strict_at_zero);

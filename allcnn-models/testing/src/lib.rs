@@ -8,6 +8,15 @@
 //! workspace. Where a fixture is absent (a user's clone), [`Golden::load`]
 //! and [`cifar10_jpg`] print a loud notice and return `None` so the test can
 //! skip; with [`REQUIRE_FIXTURES`] set (CI) they panic instead.
+//!
+//! [`test_device!`] runs one test body on the CPU and, in a build with the
+//! `cuda` or `metal` feature, on that device too, so the suite checks the
+//! GPU claims wherever a GPU is present:
+//!
+//! ```text
+//! fn relu_is_strict(dev: &candle_core::Device) { /* ... */ }
+//! allcnn_testing::test_device!(relu_is_strict); // relu_is_strict::cpu, ::cuda, ::metal
+//! ```
 
 #![warn(missing_docs)]
 
@@ -45,6 +54,52 @@ pub fn missing_fixture(what: &str, path: &Path, hint: &str) {
     );
 }
 
+/// Generates `#[test]`s that call `fn NAME(dev: &candle_core::Device)` on
+/// each device of the build: `NAME::cpu` always, `NAME::cuda` with the
+/// calling crate's `cuda` feature, `NAME::metal` with its `metal` feature.
+/// A build with a GPU feature on a machine without that GPU fails those
+/// tests ([`gpu_device`]) rather than passing them by skipping.
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&candle_core::Device::Cpu)
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                super::$name(&$crate::gpu_device("cuda"))
+            }
+            #[cfg(feature = "metal")]
+            #[test]
+            fn metal() {
+                super::$name(&$crate::gpu_device("metal"))
+            }
+        }
+    };
+}
+
+/// Device 0 of `kind` (`"cuda"` or `"metal"`), for [`test_device!`].
+///
+/// # Panics
+/// When the device cannot be opened (no GPU, no driver, or a build without
+/// the feature), with what to do about it.
+pub fn gpu_device(kind: &str) -> Device {
+    let opened = match kind {
+        "cuda" => Device::new_cuda(0),
+        "metal" => Device::new_metal(0),
+        other => panic!("gpu_device: unknown kind `{other}` (cuda or metal)"),
+    };
+    opened.unwrap_or_else(|e| {
+        panic!(
+            "this test build has the `{kind}` feature but {kind} device 0 cannot be opened ({e}); \
+             run the GPU tests on a machine with one, or build without the feature"
+        )
+    })
+}
+
 /// `<workspace>/../shared`: where the fixtures outside the repository live.
 pub fn shared_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -79,9 +134,10 @@ pub struct Golden {
     pub name: String,
     /// Its folder.
     pub dir: PathBuf,
-    /// `weights.safetensors` loaded as the model (on the CPU).
+    /// `weights.safetensors` loaded as the model (on the device it was
+    /// loaded for).
     pub weights: WeightsFile,
-    /// Every tensor of `expected.safetensors` (on the CPU).
+    /// Every tensor of `expected.safetensors` (on the same device).
     pub expected: HashMap<String, Tensor>,
     /// `meta.json`.
     pub meta: serde_json::Value,
@@ -95,6 +151,14 @@ impl Golden {
     /// When the folder exists but its files cannot be read: that is a real
     /// failure, not a reason to skip.
     pub fn load(name: &str) -> Option<Self> {
+        Self::load_on(name, &Device::Cpu)
+    }
+
+    /// As [`Golden::load`], with the weights and tensors on `device`.
+    ///
+    /// # Panics
+    /// As [`Golden::load`].
+    pub fn load_on(name: &str, device: &Device) -> Option<Self> {
         let dir = golden_root().join(name);
         if !dir.is_dir() {
             missing_fixture("golden fixtures", &dir, "set ALLCNN_GOLDEN");
@@ -106,11 +170,10 @@ impl Golden {
         .expect("parse meta.json");
         let classes = meta["classes"].as_u64().expect("meta.classes") as usize;
         let spec = ArchSpec::by_name(name, classes).expect("registered model");
-        let weights = WeightsFile::load_as(dir.join("weights.safetensors"), spec, &Device::Cpu)
+        let weights = WeightsFile::load_as(dir.join("weights.safetensors"), spec, device)
             .expect("load golden weights");
-        let expected =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
-                .expect("load expected.safetensors");
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), device)
+            .expect("load expected.safetensors");
         Some(Self {
             name: name.to_string(),
             dir,
@@ -172,4 +235,16 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let e = rel_err(got, want);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
     eprintln!("{what}: rel err {e:.2e}");
+}
+
+#[cfg(test)]
+mod tests {
+    /// A GPU test on a machine without that GPU fails, naming the device
+    /// and what to do (Metal never opens off macOS).
+    #[cfg(not(target_os = "macos"))]
+    #[test]
+    #[should_panic(expected = "metal device 0 cannot be opened")]
+    fn a_missing_gpu_fails_loudly() {
+        super::gpu_device("metal");
+    }
 }
