@@ -114,15 +114,13 @@ fn finish(file: WeightsFile, path: &Path) -> Result<Loaded> {
         ),
         None => None,
     };
-    let class_names = match file.meta.extra.get("allcnn.class_names") {
-        Some(json) => Some(serde_json::from_str::<Vec<String>>(json).with_context(|| {
-            format!(
-                "{}: metadata allcnn.class_names is not a JSON list",
-                path.display()
-            )
-        })?),
-        None => None,
-    };
+    let class_names = file.meta.class_names().with_context(|| {
+        format!(
+            "{}: metadata {} is not a JSON list of strings",
+            path.display(),
+            allcnn_models::KEY_CLASS_NAMES
+        )
+    })?;
     Ok(Loaded {
         file,
         preprocessing,

@@ -36,6 +36,81 @@ pub const KEY_PREPROCESSING: &str = "allcnn.preprocessing";
 /// Metadata key: the format version of this layout.
 pub const KEY_FORMAT: &str = "allcnn.format";
 const FORMAT_VERSION: &str = "1";
+/// Metadata key: the class names, a JSON list ([`WeightsMeta::class_names`]).
+pub const KEY_CLASS_NAMES: &str = "allcnn.class_names";
+/// Metadata key: optimisation steps taken ([`TrainingRecord::step`]).
+pub const KEY_TRAIN_STEP: &str = "allcnn.train.step";
+/// Metadata key: epochs completed ([`TrainingRecord::epoch`]).
+pub const KEY_TRAIN_EPOCH: &str = "allcnn.train.epoch";
+/// Metadata key: validation top-1 accuracy ([`TrainingRecord::val_accuracy`]).
+pub const KEY_TRAIN_VAL_ACCURACY: &str = "allcnn.train.val_accuracy";
+/// Metadata key: test top-1 accuracy ([`TrainingRecord::test_accuracy`]).
+pub const KEY_TRAIN_TEST_ACCURACY: &str = "allcnn.train.test_accuracy";
+
+/// What a training run recorded about the weights it saved (the
+/// `allcnn.train.*` metadata); every field is optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrainingRecord {
+    /// Optimisation steps taken.
+    pub step: Option<u64>,
+    /// Epochs completed.
+    pub epoch: Option<u64>,
+    /// Top-1 accuracy on the validation split after that epoch.
+    pub val_accuracy: Option<f64>,
+    /// Top-1 accuracy on the test split after that epoch.
+    pub test_accuracy: Option<f64>,
+}
+
+impl WeightsMeta {
+    /// The class names ([`KEY_CLASS_NAMES`]), `None` when not recorded.
+    ///
+    /// # Errors
+    /// When the value is not a JSON list of strings.
+    pub fn class_names(&self) -> Result<Option<Vec<String>>, serde_json::Error> {
+        self.extra
+            .get(KEY_CLASS_NAMES)
+            .map(|json| serde_json::from_str(json))
+            .transpose()
+    }
+
+    /// Records the class names ([`KEY_CLASS_NAMES`]).
+    pub fn set_class_names(&mut self, names: &[String]) {
+        let json = serde_json::to_string(names).expect("strings serialise");
+        self.extra.insert(KEY_CLASS_NAMES.to_string(), json);
+    }
+
+    /// The training record; entries that are absent or do not parse are
+    /// `None`.
+    pub fn training(&self) -> TrainingRecord {
+        let get = |key: &str| self.extra.get(key).map(String::as_str);
+        TrainingRecord {
+            step: get(KEY_TRAIN_STEP).and_then(|v| v.parse().ok()),
+            epoch: get(KEY_TRAIN_EPOCH).and_then(|v| v.parse().ok()),
+            val_accuracy: get(KEY_TRAIN_VAL_ACCURACY).and_then(|v| v.parse().ok()),
+            test_accuracy: get(KEY_TRAIN_TEST_ACCURACY).and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// Records the fields of `record` that are set (the others are left as
+    /// they are).
+    pub fn set_training(&mut self, record: &TrainingRecord) {
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                self.extra.insert(key.to_string(), v);
+            }
+        };
+        put(KEY_TRAIN_STEP, record.step.map(|v| v.to_string()));
+        put(KEY_TRAIN_EPOCH, record.epoch.map(|v| v.to_string()));
+        put(
+            KEY_TRAIN_VAL_ACCURACY,
+            record.val_accuracy.map(|v| v.to_string()),
+        );
+        put(
+            KEY_TRAIN_TEST_ACCURACY,
+            record.test_accuracy.map(|v| v.to_string()),
+        );
+    }
+}
 
 /// What a weights file says about itself besides the tensors.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -193,10 +268,7 @@ impl WeightsFile {
     /// The class names recorded by the trainer (`allcnn.class_names`), if
     /// any and well-formed.
     pub fn class_names(&self) -> Option<Vec<String>> {
-        self.meta
-            .extra
-            .get("allcnn.class_names")
-            .and_then(|j| serde_json::from_str(j).ok())
+        self.meta.class_names().ok().flatten()
     }
 
     fn load_impl(path: &Path, spec: Option<ArchSpec>, device: &Device) -> Result<Self, ModelError> {

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use allcnn_models::{
-    AllCnn, ArchSpec, DropoutRng, Init, LayerName, ModelError, WeightsFile, WeightsMeta,
+    AllCnn, ArchSpec, DropoutRng, Init, LayerName, ModelError, TrainingRecord, WeightsFile,
+    WeightsMeta, KEY_CLASS_NAMES, KEY_TRAIN_EPOCH, KEY_TRAIN_STEP,
 };
 use candle_core::{DType, Device, Tensor};
 
@@ -150,6 +151,15 @@ fn weights_round_trip_with_metadata_and_attachments() {
         ..Default::default()
     };
     meta.extra.insert("allcnn.train.lr".into(), "0.05".into());
+    let names: Vec<String> = (0..100).map(|i| format!("class {i}")).collect();
+    meta.set_class_names(&names);
+    let record = TrainingRecord {
+        step: Some(1234),
+        epoch: Some(7),
+        val_accuracy: None,
+        test_accuracy: Some(0.8125),
+    };
+    meta.set_training(&record);
     let zca = Tensor::eye(4, DType::F32, &Device::Cpu).unwrap();
     m.save(&path, &meta, &[("preprocess.zca".to_string(), zca)])
         .unwrap();
@@ -165,6 +175,18 @@ fn weights_round_trip_with_metadata_and_attachments() {
         Some("0.05")
     );
     assert_eq!(loaded.attachments["preprocess.zca"].dims(), &[4, 4]);
+    // The typed accessors read back what they wrote, under their keys.
+    assert_eq!(loaded.meta.class_names().unwrap(), Some(names));
+    assert_eq!(loaded.meta.training(), record);
+    assert_eq!(loaded.meta.extra[KEY_TRAIN_STEP], "1234");
+    let mut broken = loaded.meta.clone();
+    broken
+        .extra
+        .insert(KEY_CLASS_NAMES.into(), "not json".into());
+    broken.extra.insert(KEY_TRAIN_EPOCH.into(), "seven".into());
+    assert!(broken.class_names().is_err());
+    assert_eq!(broken.training().epoch, None);
+    assert_eq!(WeightsMeta::default().class_names().unwrap(), None);
     for ((n1, t1), (n2, t2)) in m.parameters().iter().zip(loaded.model.parameters().iter()) {
         assert_eq!(n1, n2);
         assert_eq!(values(t1), values(t2), "{n1}");

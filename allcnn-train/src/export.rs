@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use allcnn_data::{PreprocessKind, Preprocessing};
-use allcnn_models::{ArchSpec, Layer, WeightsFile};
+use allcnn_models::{ArchSpec, Layer, TrainingRecord, WeightsFile};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -411,10 +411,12 @@ pub fn export_hub(
     }
     let spec = weights.model.spec().clone();
     let classes = weights.model.classes();
-    let extra = &weights.meta.extra;
-    let epoch: Option<u64> = extra.get("allcnn.train.epoch").and_then(|v| v.parse().ok());
-    let step: Option<u64> = extra.get("allcnn.train.step").and_then(|v| v.parse().ok());
-    let recorded = |key: &str| extra.get(key).and_then(|v| v.parse::<f64>().ok());
+    let TrainingRecord {
+        epoch,
+        step,
+        val_accuracy,
+        test_accuracy,
+    } = weights.meta.training();
 
     // The measured results of these weights.
     let mut results = Vec::new();
@@ -447,11 +449,8 @@ pub fn export_hub(
         }
         WeightsChoice::Best => {
             let at = epoch.map(|e| format!("epoch {e}")).unwrap_or_default();
-            for (key, split) in [
-                ("allcnn.train.val_accuracy", "validation"),
-                ("allcnn.train.test_accuracy", "test"),
-            ] {
-                if let Some(top1) = recorded(key) {
+            for (recorded, split) in [(val_accuracy, "validation"), (test_accuracy, "test")] {
+                if let Some(top1) = recorded {
                     results.push(ExportResult {
                         split: split.into(),
                         top1,
@@ -521,9 +520,7 @@ pub fn export_hub(
         .save_as(&weights_path, &meta, &attachments, dtype)?;
 
     // config.json.
-    let class_names: Option<Vec<String>> = extra
-        .get("allcnn.class_names")
-        .and_then(|j| serde_json::from_str(j).ok());
+    let class_names: Option<Vec<String>> = weights.meta.class_names().ok().flatten();
     let input_size = weights.meta.input_size.unwrap_or(spec.input_size);
     let dataset = options
         .dataset

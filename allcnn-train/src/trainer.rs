@@ -1,13 +1,12 @@
 //! [`Trainer`]: the training loop, the run directory, resume and interrupt.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
-use allcnn_models::{AllCnn, WeightsFile, WeightsMeta};
+use allcnn_models::{AllCnn, TrainingRecord, WeightsFile, WeightsMeta};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
@@ -828,30 +827,20 @@ impl Trainer {
         record: Option<&EpochRecord>,
     ) -> Result<(), TrainError> {
         let (json, attachments) = run.preprocessing.to_parts();
-        let mut extra = BTreeMap::new();
-        extra.insert("allcnn.train.step".to_string(), run.state.step.to_string());
+        let mut meta = WeightsMeta::default();
         // Class names, so `predict` can print them (read by allcnn-cli).
         let names = run.train_loader.dataset().class_names();
         if !names.is_empty() {
-            extra.insert(
-                "allcnn.class_names".to_string(),
-                serde_json::to_string(names).expect("strings serialise"),
-            );
+            meta.set_class_names(names);
         }
-        if let Some(r) = record {
-            extra.insert("allcnn.train.epoch".to_string(), (r.epoch + 1).to_string());
-            if let Some(v) = r.val_accuracy {
-                extra.insert("allcnn.train.val_accuracy".to_string(), v.to_string());
-            }
-            if let Some(v) = r.test_accuracy {
-                extra.insert("allcnn.train.test_accuracy".to_string(), v.to_string());
-            }
-        }
-        let meta = WeightsMeta {
-            preprocessing: Some(json),
-            input_size: Some(run.input_size),
-            extra,
-        };
+        meta.set_training(&TrainingRecord {
+            step: Some(run.state.step),
+            epoch: record.map(|r| r.epoch + 1),
+            val_accuracy: record.and_then(|r| r.val_accuracy),
+            test_accuracy: record.and_then(|r| r.test_accuracy),
+        });
+        meta.preprocessing = Some(json);
+        meta.input_size = Some(run.input_size);
         run.model.save(path, &meta, &attachments)?;
         Ok(())
     }
