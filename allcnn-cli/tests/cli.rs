@@ -17,10 +17,37 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts the command succeeded; otherwise panics with its exit code,
+/// stdout and stderr.
+#[track_caller]
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "allcnn failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Asserts the command exited with `code` (1: a runtime error, 2: a usage
+/// error); otherwise panics with its output.
+#[track_caller]
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "allcnn exited with {} (wanted {code}):\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
 #[test]
 fn models_table_lists_every_architecture() {
     let o = allcnn(&["models"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let out = stdout(&o);
     for (name, params) in [
         ("model-a", "839242"),
@@ -39,7 +66,7 @@ fn models_table_lists_every_architecture() {
 #[test]
 fn models_json_is_machine_readable() {
     let o = allcnn(&["models", "--json", "--classes", "100"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), allcnn_models::registry().len());
@@ -63,7 +90,7 @@ fn bench_prints_one_json_line() {
         "--iters",
         "1",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["batch"], 2);
     assert_eq!(v["conv"], "winograd");
@@ -86,7 +113,7 @@ fn bench_prints_one_json_line() {
             "--conv",
             conv,
         ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        assert_ok(&o);
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         assert_eq!(v["mode"], "train");
         assert_eq!(v["conv"], conv);
@@ -168,23 +195,23 @@ fn errors_exit_nonzero_with_a_useful_message() {
     }
 
     let o = allcnn(&["bench", "--device", "cuda", "--iters", "1", "--batch", "1"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
 
     let o = allcnn(&["frobnicate"]);
-    assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2");
+    assert_exit(&o, 2); // clap usage errors exit 2
 
     // Every cause is printed once (issue 16): the I/O error is in the
     // message, and not repeated as its source by `{:#}`.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.safetensors");
     let o = allcnn(&["predict", "--weights", missing.to_str().unwrap(), "x.png"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     let err = stderr(&o);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     assert!(err.contains("nope.safetensors"), "{err}");
     let o = allcnn(&["data", "info", missing.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     let err = stderr(&o);
     assert!(err.matches("nope.safetensors").count() <= 2, "{err}");
     assert!(err.matches("No such file").count() <= 1, "{err}");
@@ -229,7 +256,7 @@ fn predict_images_with_self_describing_weights() {
         "--out",
         logits.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     let top = v[0]["top"].as_array().unwrap();
@@ -268,7 +295,7 @@ fn predict_golden_tensor_matches_pytorch_logits() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
     allcnn_testing::assert_close("cli logits", &t["logits"], g.get("logits"), 2e-5);
 }
@@ -283,7 +310,7 @@ fn predict_and_data_errors() {
         "/nonexistent/w.safetensors",
         "x.png",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("/nonexistent/w.safetensors"),
         "{}",
@@ -293,14 +320,14 @@ fn predict_and_data_errors() {
     let bad = dir.path().join("bad.safetensors");
     std::fs::write(&bad, b"garbage").unwrap();
     let o = allcnn(&["predict", "--weights", bad.to_str().unwrap(), "x.png"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("not a valid safetensors file"),
         "{}",
         stderr(&o)
     );
     let o = allcnn(&["data", "info", "/nonexistent/data"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
 }
 
@@ -309,7 +336,7 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w.safetensors");
     let o = allcnn(&["pretrained", "save", "--out", w.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let before = std::fs::read(&w).unwrap();
     let img = dir.path().join("cat.png");
     write_png(&img, 3);
@@ -324,7 +351,7 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_exit(&o, 1);
         assert!(stderr(&o).contains("also an input"), "{}", stderr(&o));
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
@@ -341,7 +368,7 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         )
         .unwrap();
         let o = allcnn(&["predict", t.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_exit(&o, 1);
         let err = stderr(&o);
         assert!(
             err.contains("expected [N,3,H,W]") && !err.contains("backtrace"),
@@ -355,14 +382,14 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         let zero = dir.path().join("zero.png");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         let o = allcnn(&["predict", zero.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_exit(&o, 1);
         assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
     }
 
     // D4, D32: sizes and numbers out of range are usage errors (exit 2),
     // before any work.
     let o = allcnn(&["bench", "--batch", "10000000"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_exit(&o, 2);
     for flag in [
         ["--scale", "100000"],
         ["--scale", "0"],
@@ -421,7 +448,7 @@ fn data_info_on_the_real_cifar10_folder() {
         return;
     };
     let o = allcnn(&["data", "info", root.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let splits = v["splits"].as_array().unwrap();
     let sizes: Vec<u64> = splits
@@ -457,7 +484,7 @@ fn viz_matches_captum_and_renders() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
     allcnn_testing::assert_close(
         "cli guided backprop",
@@ -484,7 +511,7 @@ fn viz_matches_captum_and_renders() {
         "--out",
         pngs.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     for f in ["deconvnet-0000.png", "deconvnet-0001.png", "comparison.png"] {
         let img = image::open(pngs.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(img.width() >= 32, "{f}");
@@ -508,7 +535,7 @@ fn viz_matches_captum_and_renders() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("conv12"), "{}", stderr(&o));
 }
 
@@ -555,7 +582,7 @@ fn viz_top_on_a_small_image_folder() {
         "--scale",
         "1",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(stdout(&o).contains("scanned 6 images"), "{}", stdout(&o));
     let img = image::open(&fig).unwrap();
     assert!(
@@ -567,14 +594,14 @@ fn viz_top_on_a_small_image_folder() {
 #[test]
 fn completions_and_man_page_come_from_the_same_definition() {
     let o = allcnn(&["completions", "bash"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let out = stdout(&o);
     assert!(
         out.contains("allcnn") && out.contains("predict") && out.contains("--weights"),
         "bash completion"
     );
     let o = allcnn(&["man"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let out = stdout(&o);
     assert!(
         out.starts_with(".ie") || out.contains(".TH allcnn"),
@@ -613,7 +640,7 @@ fn train_tiny_run() -> (
     tiny_folder(&data);
     let run = dir.path().join("run");
     let o = train_tiny(&data, &run, &[]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_ok(&o);
     (dir, data, run, o)
 }
 
@@ -666,7 +693,7 @@ fn train_eval_predict_resume_round_trip() {
         "--out",
         figs.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(stdout(&o).contains("1 epochs: wrote"), "{}", stdout(&o));
     let svg = std::fs::read_to_string(figs.join("learning-curve.svg")).unwrap();
     assert!(svg.contains("(log scale)"), "{svg}");
@@ -675,7 +702,7 @@ fn train_eval_predict_resume_round_trip() {
         std::fs::read_to_string(run.join("metrics.csv")).unwrap()
     );
     let o = allcnn(&["plot", data.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
 
     let o = allcnn(&[
@@ -686,7 +713,7 @@ fn train_eval_predict_resume_round_trip() {
         data.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["examples"], 12);
     assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
@@ -702,7 +729,7 @@ fn train_eval_predict_resume_round_trip() {
         "--top-k",
         "2",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(
         stdout(&o).contains("cats") && stdout(&o).contains("dogs"),
         "{}",
@@ -717,7 +744,7 @@ fn train_eval_predict_resume_round_trip() {
     // Resuming a finished run changes nothing and says so; a second run
     // into the same directory is refused.
     let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let o = allcnn(&[
         "train",
         "--preset",
@@ -728,12 +755,12 @@ fn train_eval_predict_resume_round_trip() {
         run.to_str().unwrap(),
         "epochs=1",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
 
     // --epochs continues the finished run for another epoch (3 more steps)
     // and records the new length; it means nothing without --resume.
     let o = allcnn(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(
         stdout(&o).contains("finished: 2 epochs, 6 steps"),
         "{}",
@@ -777,7 +804,7 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
         "data.preprocessing=standardize",
     ]);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{}\n{err}", stdout(&o));
+    assert_exit(&o, 1);
     for seed in [42, 43] {
         let moved = dir.path().join(format!("run.dead-seed-{seed}"));
         assert!(moved.join("config.toml").is_file(), "{err}");
@@ -798,7 +825,7 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
 #[test]
 fn train_errors_are_clear() {
     let o = allcnn(&["train", "--preset", "cifar10", "--out", "/tmp/x"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
     let o = allcnn(&[
         "train",
@@ -807,10 +834,10 @@ fn train_errors_are_clear() {
         "--print-config",
         "no_such_key=3",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("no_such_key"), "{}", stderr(&o));
     let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "lr=0.01"]);
-    assert!(o.status.success());
+    assert_ok(&o);
     assert!(stdout(&o).contains("lr = 0.01"), "{}", stdout(&o));
     // Switching to the scaled schedule needs no other field.
     let o = allcnn(&[
@@ -821,7 +848,7 @@ fn train_errors_are_clear() {
         "epochs=35",
         "schedule.kind=scaled",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(stdout(&o).contains("kind = \"scaled\""), "{}", stdout(&o));
     assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
 }
@@ -907,7 +934,7 @@ fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
         dir.path(),
         &cache_env,
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(["cat", "dog", "emu", "gnu"].contains(&predicted_name(&o).as_str()));
     // The warning names the reference, not the cache path.
     assert!(stderr(&o).contains("hf://owner/repo"), "{}", stderr(&o));
@@ -929,7 +956,7 @@ fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
                 ("HF_ENDPOINT", "http://127.0.0.1:9"),
             ],
         );
-        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_exit(&o, 1);
         let err = stderr(&o);
         assert!(
             err.contains("hf://owner/absent is not in the Hugging Face cache at")
@@ -951,7 +978,7 @@ fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
         dir.path(),
         &cache_env,
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o)
             .contains("hf://owner/repo/other.safetensors@v2 is not in the Hugging Face cache"),
@@ -964,7 +991,7 @@ fn predict_with_hub_weights_from_a_prefilled_cache_offline() {
         dir.path(),
         &cache_env,
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("invalid Hub reference `hf://owner`")
             && stderr(&o).contains("hf://OWNER/REPO[/FILE][@REVISION]"),
@@ -1000,7 +1027,7 @@ fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
         "--json",
     ];
     let o = allcnn_hub(&args, dir.path(), &envs);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let first = predicted_name(&o);
     assert!(
         hub.requests()
@@ -1021,7 +1048,7 @@ fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
         dir.path(),
         &envs,
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("404")
             && stderr(&o).contains(&format!(
@@ -1051,7 +1078,7 @@ fn predict_downloads_hub_weights_from_hf_endpoint_then_works_offline() {
         dir.path(),
         &envs,
     );
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains(&format!(
             "cannot download hf://someone/other from {endpoint}"
@@ -1076,7 +1103,7 @@ fn export_hub_round_trip() {
         "--repo",
         "me/tiny-allcnn",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(
         stdout(&o).contains("hf upload me/tiny-allcnn"),
         "{}",
@@ -1129,7 +1156,7 @@ fn export_hub_round_trip() {
         w.to_str().unwrap(),
         img.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(stdout(&o).contains("cats"), "{}", stdout(&o));
     assert!(
         !stderr(&o).contains("records no preprocessing"),
@@ -1163,7 +1190,7 @@ fn export_hub_round_trip() {
             &home,
             &[],
         );
-        assert!(o.status.success(), "{}", stderr(&o));
+        assert_ok(&o);
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(v["top1"], eval["top1"]);
     }
@@ -1175,7 +1202,7 @@ fn export_hub_round_trip() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("not empty") && stderr(&o).contains("--force"),
         "{}",
@@ -1190,7 +1217,7 @@ fn export_hub_round_trip() {
         "--weights",
         "best",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(c["weights"]["exported"], "best");
@@ -1204,7 +1231,7 @@ fn export_hub_round_trip() {
         "--out",
         dir.path().join("o2").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
     // Recorded preprocessing that cannot be read fails the export before
     // anything is written: no partial export is left behind (D23).
@@ -1217,7 +1244,7 @@ fn export_hub_round_trip() {
         "--out",
         fresh.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("preprocessing"), "{}", stderr(&o));
     assert!(!fresh.exists(), "a failed export left {}", fresh.display());
     std::fs::remove_file(run.join("final.safetensors")).unwrap();
@@ -1227,7 +1254,7 @@ fn export_hub_round_trip() {
         "--out",
         dir.path().join("o3").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("no final.safetensors") && stderr(&o).contains("--resume"),
         "{}",
@@ -1239,7 +1266,7 @@ fn export_hub_round_trip() {
 #[test]
 fn hub_references_need_the_hub_feature() {
     let o = allcnn(&["predict", "--weights", "hf://owner/repo", "x.png"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("hf://owner/repo") && stderr(&o).contains("--features hub"),
         "{}",
@@ -1268,7 +1295,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         "data.preprocessing=standardize",
     ];
     let o = allcnn(&args);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_ok(&o);
     let out_text = stdout(&o);
     let row = out_text
         .lines()
@@ -1286,7 +1313,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     let mut again = args.to_vec();
     again.push("--json");
     let o = allcnn(&again);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(
         stderr(&o).contains("all-cnn-a: finished earlier"),
         "{}",
@@ -1307,7 +1334,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     // Errors: an unknown experiment (clap, exit 2), missing data, a model
     // that is not a row of the experiment.
     let o = allcnn(&["reproduce", "table9", "--data", "d", "--out", "o"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_exit(&o, 2);
     assert!(
         stderr(&o).contains("table9") && stderr(&o).contains("cifar10-aug"),
         "{}",
@@ -1322,7 +1349,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("no-such-data") && stderr(&o).contains("no such data folder"),
         "{}",
@@ -1338,7 +1365,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         "--models",
         "model-a",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(
         stderr(&o).contains("`model-a` is not a row of cifar10-aug"),
         "{}",
@@ -1356,7 +1383,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     let dir = tempfile::tempdir().unwrap();
     // Listed with accuracy and provenance.
     let o = allcnn(&["pretrained", "list", "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v[0]["name"], "all-cnn-c-cifar10");
     assert_eq!(v[0]["default"], true);
@@ -1366,7 +1393,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     // Saved byte for byte.
     let saved = dir.path().join("c10.safetensors");
     let o = allcnn(&["pretrained", "save", "--out", saved.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../allcnn-models/pretrained/all-cnn-c-cifar10/model.safetensors");
     assert_eq!(
@@ -1374,13 +1401,13 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         std::fs::read(shipped).unwrap()
     );
     let o = allcnn(&["pretrained", "save", "resnet", "--out", "x"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("all-cnn-c-cifar10"), "{}", stderr(&o));
 
     // predict without --weights is predict with the saved file.
     let cat = samples().join("cat.jpg");
     let default = allcnn(&["predict", cat.to_str().unwrap(), "--json"]);
-    assert!(default.status.success(), "{}", stderr(&default));
+    assert_ok(&default);
     let explicit = allcnn(&[
         "predict",
         "--weights",
@@ -1395,7 +1422,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         stdout(&default)
     );
     let o = allcnn(&["predict", "--model", "all-cnn-c", cat.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_exit(&o, 1);
     assert!(stderr(&o).contains("--weights"), "{}", stderr(&o));
 
     // eval on a ten-image folder, with and without --weights/--model/--classes.
@@ -1407,7 +1434,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         std::fs::copy(&p, data.join("test").join(&class).join("0.jpg")).unwrap();
     }
     let o = allcnn(&["eval", "--data", data.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let a: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(a["examples"], 10);
     let o = allcnn(&[
@@ -1422,7 +1449,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         data.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(a["top1"], b["top1"]);
 
@@ -1439,7 +1466,7 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         "--scale",
         "1",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     assert!(maps.join("comparison.png").is_file());
     // One map per image, named after it.
     for class in ["airplane", "cat", "truck"] {
@@ -1473,14 +1500,14 @@ fn class_names_with_terminal_escapes_are_printed_escaped() {
         write_png(&d.join("a.png"), 1);
     }
     let o = allcnn(&["data", "info", dir.path().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let out = stdout(&o);
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(out.contains("dog\\u{1b}[2J"), "{out}");
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
+    assert_ok(o);
     serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
 }
 
@@ -1571,7 +1598,7 @@ fn a_relative_data_path_is_recorded_absolute() {
         ])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let config = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
     let data = dir.path().join("data");
     assert!(
@@ -1581,7 +1608,7 @@ fn a_relative_data_path_is_recorded_absolute() {
     // Resumed from elsewhere, it finds the data and finishes.
     let run = dir.path().join("run");
     let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
 }
 
 /// `allcnn ARGS...` on the golden all-cnn-c network and its two images
@@ -1682,7 +1709,7 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
             folder.to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     for f in [
         "grad-cam-overlay-0000.png",
         "grad-cam-overlay-0001.png",
@@ -1705,7 +1732,7 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
             o_str,
         ],
     );
-    assert_eq!(o.status.code(), Some(2));
+    assert_exit(&o, 2);
     assert!(stderr(&o).contains("0x3"), "{}", stderr(&o));
 
     // The trust report: every cascading step for each method, a verdict per
@@ -1726,7 +1753,7 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
             report.to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ok(&o);
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["sanity"]["rows"].as_array().unwrap().len(), 2 * 9);
     let verdicts = j["sanity"]["verdicts"].as_array().unwrap();
