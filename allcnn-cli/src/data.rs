@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use allcnn_data::{download_cifar, info, CifarKind, DownloadOptions};
+use allcnn_data::{download::download_cifar, download::DownloadOptions, info::info, CifarKind};
 use anyhow::Result;
 use clap::Subcommand;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use allcnn_train::{export_hub, ExportOptions, WeightsChoice};
+use allcnn_train::{export::WeightsChoice, export_hub, ExportOptions};
 use anyhow::Result;
 
 #[derive(clap::Args)]

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use allcnn_data::{
-    crop_u8, decode_image, is_image_file, resize_u8, resized_shorter, Image, Preprocessing,
+    augment::crop_u8, augment::resize_u8, augment::resized_shorter, folder::decode_image,
+    folder::is_image_file, Image, Preprocessing,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};

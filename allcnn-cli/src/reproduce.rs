@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use allcnn_train::{
-    reproduce, Experiment, ModelAction, ReproduceEvent, ReproduceOptions, RowStatus, Trainer,
+    reproduce, reproduce::ModelAction, reproduce::ReproduceEvent, reproduce::RowStatus, Experiment,
+    ReproduceOptions, Trainer,
 };
 use anyhow::{bail, Result};
 
@@ -149,7 +150,7 @@ pub fn run(args: &Args) -> Result<()> {
         _ => {}
     })?;
 
-    let md = args.out.join(allcnn_train::REPORT_MARKDOWN);
+    let md = args.out.join(allcnn_train::reproduce::REPORT_MARKDOWN);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

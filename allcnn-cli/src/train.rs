@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
 use allcnn_train::{
-    evaluate_weights_file, grid_search, RunStatus, TrainConfig, TrainData, Trainer,
+    eval::evaluate_weights_file, grid_search, RunStatus, TrainConfig, TrainData, Trainer,
 };
 use anyhow::{bail, Context, Result};
 
@@ -183,7 +183,7 @@ fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
     candidate
 }
 
-fn print_grid(g: &allcnn_train::GridReport) {
+fn print_grid(g: &allcnn_train::grid::GridReport) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
     let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
@@ -352,14 +352,14 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
             allcnn_train::files::METRICS
         );
     }
-    let history = allcnn_train::MetricsLog::read_epochs(&metrics)?;
+    let history = allcnn_train::observer::MetricsLog::read_epochs(&metrics)?;
     if history.is_empty() {
         bail!(
             "{}: no finished epoch yet: nothing to plot",
             metrics.display()
         );
     }
-    let model = allcnn_train::read_run_config(&args.run)
+    let model = allcnn_train::trainer::read_run_config(&args.run)
         .ok()
         .and_then(|c| c.spec.map(|s| s.name).or(Some(c.model)))
         .unwrap_or_default();
@@ -371,9 +371,9 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create it", out.display()))?;
     let svg = out.join(allcnn_train::files::PLOT);
     let csv = out.join(allcnn_train::files::CSV);
-    let figure = allcnn_train::learning_curve_svg(&history, &title, args.log_loss)?;
+    let figure = allcnn_train::plot::learning_curve_svg(&history, &title, args.log_loss)?;
     allcnn_models::write_atomic(&svg, figure.as_bytes())?;
-    allcnn_models::write_atomic(&csv, allcnn_train::metrics_csv(&history).as_bytes())?;
+    allcnn_models::write_atomic(&csv, allcnn_train::plot::metrics_csv(&history).as_bytes())?;
     println!(
         "{} epochs: wrote {} and {}",
         history.len(),

@@ -50,7 +50,7 @@ pub fn model_name() -> impl TypedValueParser<Value = String> {
 
 /// The training presets, for `train --preset`.
 pub fn preset_name() -> impl TypedValueParser<Value = String> {
-    PossibleValuesParser::new(allcnn_train::PRESETS.iter().map(|(name, _)| *name))
+    PossibleValuesParser::new(allcnn_train::config::PRESETS.iter().map(|(name, _)| *name))
 }
 
 /// The CPU convolution backends ([`allcnn_models::ConvBackend::ALL`]), for `--conv`.

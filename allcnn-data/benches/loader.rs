@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allcnn_data::{
-    encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, Dataset, FolderOptions,
-    GcnZcaConfig, ImageFolder, LoaderConfig, Preprocessing, Split, Subset,
+    cifar::encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, Dataset,
+    FolderOptions, GcnZcaConfig, ImageFolder, LoaderConfig, Preprocessing, Split, Subset,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};

@@ -10,7 +10,7 @@
 //!   transforms (flip, translation by up to `k` pixels filled with zeros,
 //!   so the fill is the normalised data's "no signal" value).
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -20,12 +20,7 @@ use crate::DataError;
 /// The RNG for example `index` of `epoch` under `seed`. Every random choice
 /// of the crate about one example comes from this stream.
 pub fn rng_for(seed: u64, epoch: u64, index: u64) -> ChaCha8Rng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&epoch.to_le_bytes());
-    key[16..24].copy_from_slice(&index.to_le_bytes());
-    key[24..].copy_from_slice(b"allcnnAu");
-    ChaCha8Rng::from_seed(key)
+    allcnn_seed::rng(seed, allcnn_seed::Stream::Augment, epoch, index)
 }
 
 /// An augmentation policy.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
@@ -304,9 +303,21 @@ impl<D: Dataset> Subset<D> {
     /// same sample on every machine (ChaCha8). Use it instead of
     /// [`Subset::first`] on data sorted by class.
     pub fn random(inner: D, n: usize, seed: u64) -> Self {
+        Self::random_nth(inner, n, seed, 0)
+    }
+
+    /// As [`Subset::random`], from sample stream `which` of `seed`: a run
+    /// draws its training sample from stream 0 and its test sample from
+    /// stream 1, so one seed gives unrelated samples of the two.
+    pub fn random_nth(inner: D, n: usize, seed: u64, which: u64) -> Self {
         let mut indices: Vec<usize> = (0..inner.len()).collect();
         if n < indices.len() {
-            indices.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            indices.shuffle(&mut allcnn_seed::rng(
+                seed,
+                allcnn_seed::Stream::Subset,
+                which,
+                0,
+            ));
             indices.truncate(n);
             indices.sort_unstable();
         }
@@ -409,7 +420,7 @@ pub fn train_val_split(
         });
     }
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ SPLIT_TAG);
+    let mut rng = allcnn_seed::rng(seed, allcnn_seed::Stream::Split, 0, 0);
     order.shuffle(&mut rng);
     let mut val = order[..n_val].to_vec();
     let mut train = order[n_val..].to_vec();
@@ -417,10 +428,6 @@ pub fn train_val_split(
     train.sort_unstable();
     Ok((train, val))
 }
-
-/// A fixed tag mixed into the split seed, so the split RNG stream differs
-/// from the shuffle stream for the same user seed.
-const SPLIT_TAG: u64 = 0x5EED_0000_0000_5A17;
 
 /// Splits a dataset into `(train, validation)` [`Subset`]s; see [`train_val_split`].
 ///

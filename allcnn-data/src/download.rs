@@ -88,7 +88,8 @@ pub struct DownloadOutcome {
 /// alone and reported ([`DataError::ForeignFile`]).
 ///
 /// ```no_run
-/// use allcnn_data::{download_cifar, CifarKind, DownloadOptions};
+/// use allcnn_data::download::{download_cifar, DownloadOptions};
+/// use allcnn_data::CifarKind;
 /// let out = download_cifar(
 ///     CifarKind::Cifar10,
 ///     std::path::Path::new("data"),

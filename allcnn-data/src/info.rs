@@ -193,7 +193,7 @@ fn folder_split(name: &str, root: &Path) -> Result<SplitInfo, DataError> {
 /// decoded; CIFAR files are read and checked.
 ///
 /// ```no_run
-/// let info = allcnn_data::info(std::path::Path::new("../shared/data/cifar10-jpg"))?;
+/// let info = allcnn_data::info::info(std::path::Path::new("../shared/data/cifar10-jpg"))?;
 /// print!("{info}"); // a table; or serde_json::to_string_pretty(&info)
 /// # Ok::<(), allcnn_data::DataError>(())
 /// ```

@@ -11,8 +11,8 @@
 //!   binary files, [`ImageFolder`] reads `root/<class>/<image>` folders
 //!   (classes sorted, images decoded lazily or cached as `u8`). Images stay
 //!   8-bit ([`Image`], planar CHW) until batching. [`open_dataset`] opens
-//!   any layout; [`info`] reports format, split sizes and class counts;
-//!   [`download_cifar`] fetches, verifies (MD5) and extracts the official
+//!   any layout; [`info::info`] reports format, split sizes and class counts;
+//!   `download::download_cifar` (feature `download`) fetches, verifies (MD5) and extracts the official
 //!   archives.
 //! - [`Preprocessing`] is fitted on the training split
 //!   ([`Preprocessing::fit_gcn_zca`], the paper's GCN 55 + ZCA 0.1, or
@@ -23,20 +23,29 @@
 //! - [`Augmentation`] first samples its random parameters from a ChaCha8
 //!   RNG keyed by `(seed, epoch, index)`, then applies a pure function:
 //!   reproducible whatever the number of threads.
-//! - [`DataLoader`] (built by [`LoaderBuilder`]) shuffles per epoch with a
+//! - [`DataLoader`] (built by [`loader::LoaderBuilder`]) shuffles per epoch with a
 //!   seed, runs reading, augmentation and preprocessing on rayon workers,
 //!   prefetches on a background thread, and yields [`Batch`]es:
 //!   `[N,3,H,W]` `f32` images and `[N]` `u32` labels on a candle `Device`.
-//!   [`split_dataset`] makes a seeded train/validation split.
+//!   [`dataset::split_dataset`] makes a seeded train/validation split.
 //! - Every failure is a [`DataError`] naming the file or value at fault.
+//!
+//! The crate root holds those principal types. The helpers live in their
+//! modules: [`augment`] (the `u8` crop/flip/resize primitives and the
+//! per-example RNG), [`cifar`] (the record codec, class names and sizes),
+//! [`dataset`] (samples and seeded splits), [`folder`] (decoding one image,
+//! size limits), [`info`] (format detection and `allcnn data info`),
+//! [`loader`] (the builder and the batch iterator), [`preprocess`] (GCN,
+//! ZCA and the safetensors layout of a fitted transform) and, with the
+//! `download` feature, `download`.
 //!
 //! # Example
 //!
 //! ```
 //! use std::sync::Arc;
+//! use allcnn_data::cifar::encode_cifar_record;
 //! use allcnn_data::{
-//!     encode_cifar_record, Augmentation, CifarDataset, CifarKind, DataLoader, GcnZcaConfig,
-//!     Image, Preprocessing, Split,
+//!     Augmentation, CifarDataset, CifarKind, DataLoader, GcnZcaConfig, Image, Preprocessing, Split,
 //! };
 //!
 //! # fn main() -> Result<(), allcnn_data::DataError> {
@@ -76,45 +85,27 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
-mod augment;
-mod cifar;
-mod dataset;
+pub mod augment;
+pub mod cifar;
+pub mod dataset;
 #[cfg(feature = "download")]
 #[cfg_attr(docsrs, doc(cfg(feature = "download")))]
 pub mod download;
 mod error;
-mod folder;
-mod info;
-mod loader;
-mod preprocess;
+pub mod folder;
+pub mod info;
+pub mod loader;
+pub mod preprocess;
 
-pub use augment::{
-    crop_u8, flip_translate, flip_u8, resize_u8, resized_shorter, rng_for, AugmentParams,
-    Augmentation,
-};
-pub use cifar::{
-    encode_cifar_record, parse_cifar_records, CifarDataset, CifarKind, CifarRecords,
-    LabelGranularity, Split, CIFAR10_CLASSES, CIFAR_PIXELS, CIFAR_SIDE,
-};
-pub use dataset::{
-    split_dataset, train_val_split, Dataset, Image, Sample, Subset, ValidationSize, VecDataset,
-};
-#[cfg(feature = "download")]
-pub use download::{download_cifar, DownloadOptions, DownloadOutcome};
+// The principal types; helpers stay in their modules (listed above).
+pub use augment::Augmentation;
+pub use cifar::{CifarDataset, CifarKind, Split};
+pub use dataset::{Dataset, Image, Subset, VecDataset};
 pub use error::DataError;
-pub use folder::{
-    decode_image, decode_image_bytes, has_split_folders, is_image_file, FolderOptions, ImageFolder,
-    OnError, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
-};
-pub use info::{
-    detect_format, info, open_dataset, ClassCount, DatasetFormat, DatasetInfo, OpenOptions,
-    SplitInfo,
-};
-pub use loader::{Batch, DataLoader, EpochIter, HostBatch, LoaderBuilder, LoaderConfig};
-pub use preprocess::{
-    fit_zca, global_contrast_normalize, zca_matrix, CovarianceAccumulator, GcnZcaConfig,
-    PreprocessKind, Preprocessing, METADATA_KEY, TENSOR_PREFIX,
-};
+pub use folder::{FolderOptions, ImageFolder};
+pub use info::{open_dataset, OpenOptions};
+pub use loader::{Batch, DataLoader, LoaderConfig};
+pub use preprocess::{GcnZcaConfig, Preprocessing};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -8,7 +8,6 @@ use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -360,11 +359,8 @@ impl DataLoader {
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.inner.dataset.len()).collect();
         if self.inner.config.shuffle {
-            let mut key = [0u8; 32];
-            key[..8].copy_from_slice(&self.inner.config.seed.to_le_bytes());
-            key[8..16].copy_from_slice(&epoch.to_le_bytes());
-            key[24..].copy_from_slice(b"allcnnSh");
-            let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+            let seed = self.inner.config.seed;
+            let mut rng = allcnn_seed::rng(seed, allcnn_seed::Stream::Shuffle, epoch, 0);
             order.shuffle(&mut rng);
         }
         order

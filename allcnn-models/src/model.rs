@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
@@ -58,9 +58,9 @@ impl DropoutRng {
     /// A generator for `seed` and an independent `stream` (e.g. the training
     /// step, so a resumed run draws the same masks as an uninterrupted one).
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(stream);
-        Self { rng }
+        Self {
+            rng: allcnn_seed::rng(seed, allcnn_seed::Stream::Dropout, stream, 0),
+        }
     }
 
     /// An inverted-dropout mask of `len` elements: 0 with probability `rate`,
@@ -234,7 +234,7 @@ impl AllCnn {
         device: &Device,
     ) -> Result<Self, ModelError> {
         spec.validate()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = allcnn_seed::rng(seed, allcnn_seed::Stream::Init, 0, 0);
         let mut convs = Vec::new();
         for shape in spec.convs() {
             let w = init.sample(&shape, &mut rng);

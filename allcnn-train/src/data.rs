@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use allcnn_data::{
-    open_dataset, Augmentation, DataError, DataLoader, Dataset, DatasetFormat, GcnZcaConfig,
+    info::DatasetFormat, open_dataset, Augmentation, DataError, DataLoader, Dataset, GcnZcaConfig,
     OpenOptions, Preprocessing, Split, Subset,
 };
 use candle_core::Device;
@@ -40,9 +40,10 @@ fn random_subset(
     data: Arc<dyn Dataset>,
     n: Option<usize>,
     seed: u64,
+    which: u64,
 ) -> Result<Arc<dyn Dataset>, TrainError> {
     match n {
-        Some(n) if n < data.len() => Ok(Arc::new(Subset::random(data, n, seed))),
+        Some(n) if n < data.len() => Ok(Arc::new(Subset::random_nth(data, n, seed, which))),
         _ => Ok(data),
     }
 }
@@ -66,10 +67,10 @@ impl TrainData {
     pub fn open(path: &Path, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
         let mut opts = OpenOptions::default();
         if config.skip_bad_images {
-            opts.folder.on_error = allcnn_data::OnError::Skip;
+            opts.folder.on_error = allcnn_data::folder::OnError::Skip;
         }
-        let (format, dir) = allcnn_data::detect_format(path)?;
-        let split_folders = allcnn_data::has_split_folders(&dir);
+        let (format, dir) = allcnn_data::info::detect_format(path)?;
+        let split_folders = allcnn_data::folder::has_split_folders(&dir);
         let train = open_dataset(path, Split::Train, &opts)?;
         let test = if format == DatasetFormat::ImageFolder && !split_folders {
             // The same images would serve as both splits: "test" accuracy
@@ -156,7 +157,7 @@ impl TrainData {
     /// [`TrainError::InvalidConfig`] when the validation hold-out leaves no
     /// training example.
     pub fn select(self, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
-        let mut train = random_subset(self.train, config.train_subset, seed ^ 0x7A1)?;
+        let mut train = random_subset(self.train, config.train_subset, seed, 0)?;
         let mut val = self.val;
         if config.validation > 0 {
             if config.validation >= train.len() {
@@ -166,16 +167,16 @@ impl TrainData {
                     reason: format!("must be smaller than the training split ({})", train.len()),
                 });
             }
-            let (t, v) = allcnn_data::train_val_split(
+            let (t, v) = allcnn_data::dataset::train_val_split(
                 train.len(),
-                allcnn_data::ValidationSize::Count(config.validation),
+                allcnn_data::dataset::ValidationSize::Count(config.validation),
                 seed,
             )?;
             val = Some(Arc::new(Subset::new(train.clone(), v)?) as Arc<dyn Dataset>);
             train = Arc::new(Subset::new(train, t)?);
         }
         let test = match self.test {
-            Some(t) => Some(random_subset(t, config.test_subset, seed ^ 0x7E5)?),
+            Some(t) => Some(random_subset(t, config.test_subset, seed, 1)?),
             None => None,
         };
         Ok(Self { train, val, test })

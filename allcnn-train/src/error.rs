@@ -138,7 +138,7 @@ pub enum TrainError {
         /// What is wrong and what to do.
         reason: String,
     },
-    /// An experiment name that [`crate::reproduce`] does not know.
+    /// An experiment name that [`crate::reproduce()`] does not know.
     #[error("unknown experiment `{name}`; known experiments: {known}")]
     UnknownExperiment {
         /// The name asked for.
@@ -146,7 +146,7 @@ pub enum TrainError {
         /// Comma-separated experiment names.
         known: String,
     },
-    /// [`crate::reproduce`] cannot go on: a model that is not a row of the
+    /// [`crate::reproduce()`] cannot go on: a model that is not a row of the
     /// experiment, a run directory that holds a run with other settings,
     /// missing data, an output folder that cannot be written.
     #[error("reproduce {experiment}: {}: {reason}", path.display())]
@@ -158,7 +158,7 @@ pub enum TrainError {
         /// What is wrong and what to do.
         reason: String,
     },
-    /// A model of [`crate::reproduce`] failed to train; the report records
+    /// A model of [`crate::reproduce()`] failed to train; the report records
     /// it and the rows before it.
     #[error("reproduce: model `{model}` (run directory {}): {error}", run_dir.display())]
     ReproduceModel {

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use allcnn_data::{PreprocessKind, Preprocessing};
+use allcnn_data::{preprocess::PreprocessKind, Preprocessing};
 use allcnn_models::{ArchSpec, Layer, TrainingRecord, WeightsFile};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -371,104 +371,13 @@ pub fn export_hub(
     out_dir: &Path,
     options: &ExportOptions,
 ) -> Result<ExportSummary, TrainError> {
-    let config_path = run_dir.join(files::CONFIG);
-    if !config_path.is_file() {
-        return Err(export_error(
-            run_dir,
-            format!("not a run directory (no {})", files::CONFIG),
-        ));
-    }
-    let mut config = TrainConfig::from_file(&config_path)?;
+    let (mut config, weights, source) = open_run(run_dir, options)?;
     let choice = options.weights;
-    let source = run_dir.join(choice.file_name());
-    if !source.is_file() {
-        let reason = match choice {
-            WeightsChoice::Final => format!(
-                "the run has no {} (is it unfinished or interrupted? resume it with `allcnn train --resume {}`, or export --weights best)",
-                files::FINAL,
-                run_dir.display()
-            ),
-            WeightsChoice::Best => format!(
-                "the run has no {} (no validation or test split chose a best epoch); export --weights final",
-                files::BEST
-            ),
-        };
-        return Err(export_error(run_dir, reason));
-    }
-    let mut weights = WeightsFile::load(&source, &Device::Cpu)?;
-    if let (Some(rank), Some(json)) = (options.whitening_rank, weights.meta.preprocessing.clone()) {
-        let pre =
-            Preprocessing::from_parts(&json, &weights.attachments)?.compress_whitening(rank)?;
-        let (json, parts) = pre.to_parts();
-        weights.meta.preprocessing = Some(json);
-        weights.attachments = parts.into_iter().collect();
-    }
-    for (k, v) in &options.provenance {
-        weights
-            .meta
-            .extra
-            .insert(format!("allcnn.provenance.{k}"), v.clone());
-    }
     let spec = weights.model.spec().clone();
     let classes = weights.model.classes();
-    let TrainingRecord {
-        epoch,
-        step,
-        val_accuracy,
-        test_accuracy,
-    } = weights.meta.training();
-
-    // The measured results of these weights.
-    let mut results = Vec::new();
-    let mut eval_report: Option<EvalReport> = None;
-    match choice {
-        WeightsChoice::Final => {
-            let eval_path = run_dir.join(files::EVAL);
-            if !eval_path.is_file() {
-                return Err(export_error(
-                    run_dir,
-                    format!(
-                        "the final weights were never evaluated (no {}: the run had no test split); \
-                         export --weights best if a validation split chose one",
-                        files::EVAL
-                    ),
-                ));
-            }
-            let report = EvalReport::read(&eval_path, |e| {
-                export_error(&eval_path, format!("not a valid evaluation report: {e}"))
-            })?;
-            results.push(ExportResult {
-                split: "test".into(),
-                top1: report.top1,
-                top5: Some(report.top5),
-                loss: Some(report.loss),
-                examples: Some(report.examples),
-                source: format!("{} (test split, after the last epoch)", files::EVAL),
-            });
-            eval_report = Some(report);
-        }
-        WeightsChoice::Best => {
-            let at = epoch.map(|e| format!("epoch {e}")).unwrap_or_default();
-            for (recorded, split) in [(val_accuracy, "validation"), (test_accuracy, "test")] {
-                if let Some(top1) = recorded {
-                    results.push(ExportResult {
-                        split: split.into(),
-                        top1,
-                        top5: None,
-                        loss: None,
-                        examples: None,
-                        source: format!("evaluation at the best epoch ({at})"),
-                    });
-                }
-            }
-            if results.is_empty() {
-                return Err(export_error(
-                    &source,
-                    "the best weights record no evaluated accuracy",
-                ));
-            }
-        }
-    }
+    let training = weights.meta.training();
+    let (epoch, step) = (training.epoch, training.step);
+    let (results, eval_report) = measured_results(run_dir, &source, choice, &training)?;
 
     // Everything that can fail on bad input is read before the output
     // folder is touched, so a failed export leaves nothing behind.
@@ -481,43 +390,11 @@ pub fn export_hub(
         None => (Value::Null, None),
     };
 
-    // The output folder.
-    if out_dir.is_file() {
-        return Err(export_error(out_dir, "exists and is a file, not a folder"));
-    }
-    let non_empty = std::fs::read_dir(out_dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if non_empty && !options.force {
-        return Err(export_error(
-            out_dir,
-            "the folder is not empty; choose another --out or pass --force to overwrite",
-        ));
-    }
-    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir))?;
+    claim_out_dir(out_dir, options.force)?;
 
     // model.safetensors: the weights with all their metadata.
     let version = env!("CARGO_PKG_VERSION");
-    let mut meta = weights.meta.clone();
-    meta.extra
-        .insert("allcnn.version".to_string(), version.to_string());
-    meta.extra
-        .insert("allcnn.export.weights".to_string(), choice.to_string());
-    let mut attachments: Vec<(String, Tensor)> = weights
-        .attachments
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    attachments.sort_by(|a, b| a.0.cmp(&b.0));
-    let weights_path = out_dir.join(hub_files::WEIGHTS);
-    let dtype = if options.half_weights {
-        candle_core::DType::F16
-    } else {
-        candle_core::DType::F32
-    };
-    weights
-        .model
-        .save_as(&weights_path, &meta, &attachments, dtype)?;
+    let weights_path = write_model(&weights, out_dir, choice, options.half_weights)?;
 
     // config.json.
     let class_names: Option<Vec<String>> = weights.meta.class_names().ok().flatten();
@@ -595,6 +472,172 @@ pub fn export_hub(
         classes,
         results,
     })
+}
+
+/// The run's config and chosen weights (with the requested whitening rank
+/// and provenance applied), and the weights' path.
+fn open_run(
+    run_dir: &Path,
+    options: &ExportOptions,
+) -> Result<(TrainConfig, WeightsFile, PathBuf), TrainError> {
+    let config_path = run_dir.join(files::CONFIG);
+    if !config_path.is_file() {
+        return Err(export_error(
+            run_dir,
+            format!("not a run directory (no {})", files::CONFIG),
+        ));
+    }
+    let config = TrainConfig::from_file(&config_path)?;
+    let choice = options.weights;
+    let source = run_dir.join(choice.file_name());
+    if !source.is_file() {
+        let reason = match choice {
+            WeightsChoice::Final => format!(
+                "the run has no {} (is it unfinished or interrupted? resume it with `allcnn train --resume {}`, or export --weights best)",
+                files::FINAL,
+                run_dir.display()
+            ),
+            WeightsChoice::Best => format!(
+                "the run has no {} (no validation or test split chose a best epoch); export --weights final",
+                files::BEST
+            ),
+        };
+        return Err(export_error(run_dir, reason));
+    }
+    let mut weights = WeightsFile::load(&source, &Device::Cpu)?;
+    if let (Some(rank), Some(json)) = (options.whitening_rank, weights.meta.preprocessing.clone()) {
+        let pre =
+            Preprocessing::from_parts(&json, &weights.attachments)?.compress_whitening(rank)?;
+        let (json, parts) = pre.to_parts();
+        weights.meta.preprocessing = Some(json);
+        weights.attachments = parts.into_iter().collect();
+    }
+    for (k, v) in &options.provenance {
+        weights
+            .meta
+            .extra
+            .insert(format!("allcnn.provenance.{k}"), v.clone());
+    }
+    Ok((config, weights, source))
+}
+
+/// The measured results of the chosen weights: the run's `eval.json` for
+/// the final weights, the accuracies recorded at the best epoch for the
+/// best.
+fn measured_results(
+    run_dir: &Path,
+    source: &Path,
+    choice: WeightsChoice,
+    training: &TrainingRecord,
+) -> Result<(Vec<ExportResult>, Option<EvalReport>), TrainError> {
+    let mut results = Vec::new();
+    match choice {
+        WeightsChoice::Final => {
+            let eval_path = run_dir.join(files::EVAL);
+            if !eval_path.is_file() {
+                return Err(export_error(
+                    run_dir,
+                    format!(
+                        "the final weights were never evaluated (no {}: the run had no test split); \
+                         export --weights best if a validation split chose one",
+                        files::EVAL
+                    ),
+                ));
+            }
+            let report = EvalReport::read(&eval_path, |e| {
+                export_error(&eval_path, format!("not a valid evaluation report: {e}"))
+            })?;
+            results.push(ExportResult {
+                split: "test".into(),
+                top1: report.top1,
+                top5: Some(report.top5),
+                loss: Some(report.loss),
+                examples: Some(report.examples),
+                source: format!("{} (test split, after the last epoch)", files::EVAL),
+            });
+            Ok((results, Some(report)))
+        }
+        WeightsChoice::Best => {
+            let at = training
+                .epoch
+                .map(|e| format!("epoch {e}"))
+                .unwrap_or_default();
+            let recorded = [
+                (training.val_accuracy, "validation"),
+                (training.test_accuracy, "test"),
+            ];
+            for (recorded, split) in recorded {
+                if let Some(top1) = recorded {
+                    results.push(ExportResult {
+                        split: split.into(),
+                        top1,
+                        top5: None,
+                        loss: None,
+                        examples: None,
+                        source: format!("evaluation at the best epoch ({at})"),
+                    });
+                }
+            }
+            if results.is_empty() {
+                return Err(export_error(
+                    source,
+                    "the best weights record no evaluated accuracy",
+                ));
+            }
+            Ok((results, None))
+        }
+    }
+}
+
+/// Creates `out_dir`, refusing a file or (without `force`) a non-empty
+/// folder.
+fn claim_out_dir(out_dir: &Path, force: bool) -> Result<(), TrainError> {
+    if out_dir.is_file() {
+        return Err(export_error(out_dir, "exists and is a file, not a folder"));
+    }
+    let non_empty = std::fs::read_dir(out_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !force {
+        return Err(export_error(
+            out_dir,
+            "the folder is not empty; choose another --out or pass --force to overwrite",
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir))
+}
+
+/// `model.safetensors`: the weights with all their metadata, the version
+/// and which weights were exported, in f16 when `half`.
+fn write_model(
+    weights: &WeightsFile,
+    out_dir: &Path,
+    choice: WeightsChoice,
+    half: bool,
+) -> Result<PathBuf, TrainError> {
+    let mut meta = weights.meta.clone();
+    meta.extra.insert(
+        "allcnn.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    meta.extra
+        .insert("allcnn.export.weights".to_string(), choice.to_string());
+    let mut attachments: Vec<(String, Tensor)> = weights
+        .attachments
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    attachments.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights_path = out_dir.join(hub_files::WEIGHTS);
+    let dtype = if half {
+        candle_core::DType::F16
+    } else {
+        candle_core::DType::F32
+    };
+    weights
+        .model
+        .save_as(&weights_path, &meta, &attachments, dtype)?;
+    Ok(weights_path)
 }
 
 /// `config.json` (fields in this order).

@@ -12,18 +12,27 @@
 //!   and an interrupt flag) runs [`Trainer::train`] / [`Trainer::resume`]
 //!   on a run directory ([`files`]): momentum SGD ([`MomentumSgd`], torch
 //!   form), an [`LrSchedule`], seeded dropout and shuffling, atomic
-//!   checkpoints ([`Checkpoint`]), best and final self-describing weights,
+//!   checkpoints ([`checkpoint::Checkpoint`]), best and final self-describing weights,
 //!   `metrics.jsonl` and an SVG learning curve. It returns a [`RunSummary`].
 //! - [`evaluate`] gives an [`EvalReport`] (top-1, top-5, loss, per class,
 //!   confusion); [`grid_search`] tries learning rates and picks by
 //!   validation accuracy.
-//! - [`reproduce`] runs one of the paper's experiments ([`Experiment`]: the
+//! - [`reproduce()`] runs one of the paper's experiments ([`Experiment`]: the
 //!   twelve models of Table 3, or the augmented, CIFAR-100 or ImageNet row)
 //!   model by model, resumably, and writes `report.md` / `report.json`
 //!   ([`ReproduceReport`]) with our test error beside the paper's.
 //! - [`export_hub`] turns a run's final or best weights into a folder ready
 //!   to upload as a Hugging Face model repository (`model.safetensors`,
 //!   `config.json`, a model card `README.md`).
+//!
+//! The crate root holds those principal types. The rest lives in documented
+//! modules: [`checkpoint`] (the checkpoint format), [`config`] (presets and
+//! the data section), [`data`] (fitting the preprocessing, evaluation
+//! loaders), [`eval`] (evaluating weights files, per-class reports),
+//! [`export`] (what an export writes), [`grid`] (its report), [`observer`]
+//! (the console, `metrics.jsonl` and the events), [`plot`] (learning curves
+//! and `metrics.csv`), [`reproduce`](mod@reproduce) (the paper's rows and the report's
+//! parts), [`step`] and [`trainer`] (the builder and reading a run's config).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -62,47 +71,34 @@
 //! ```
 #![warn(missing_docs)]
 
-mod checkpoint;
-mod config;
-mod data;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
 mod error;
-mod eval;
-mod export;
-mod grid;
-mod observer;
-mod optim;
-mod plot;
-mod reproduce;
+pub mod eval;
+pub mod export;
+pub mod grid;
+pub mod observer;
+pub mod optim;
+pub mod plot;
+pub mod reproduce;
 mod schedule;
-mod step;
-mod trainer;
+pub mod step;
+pub mod trainer;
 
-pub use checkpoint::{
-    BestRecord, Checkpoint, CheckpointState, EpochPartial, RngState, CHECKPOINT_KEY,
-};
-pub use config::{DataConfig, PreprocessChoice, TrainConfig, PRESETS};
-pub use data::{eval_loader, fit_preprocessing, TrainData};
+// The principal types; helpers stay in their modules (listed above).
+pub use config::TrainConfig;
+pub use data::TrainData;
 pub use error::TrainError;
-pub use eval::{
-    evaluate, evaluate_weights, evaluate_weights_file, evaluate_with_progress, ClassReport,
-    EvalReport,
-};
-pub use export::{
-    export_hub, hub_files, ExportOptions, ExportResult, ExportSummary, WeightsChoice,
-};
-pub use grid::{grid_search, GridReport, GridResult};
-pub use observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
+pub use eval::{evaluate, EvalReport};
+pub use export::{export_hub, ExportOptions};
+pub use grid::grid_search;
+pub use observer::Observer;
 pub use optim::{MomentumSgd, SgdConfig};
-pub use plot::{learning_curve_svg, metrics_csv};
-pub use reproduce::{
-    reproduce, Experiment, HostInfo, ModelAction, PaperRow, ReportRow, ReproduceEvent,
-    ReproduceOptions, ReproduceReport, RowStatus, REPORT_FIGURE, REPORT_JSON, REPORT_MARKDOWN,
-};
+pub use reproduce::{reproduce, Experiment, ReproduceOptions, ReproduceReport};
 pub use schedule::LrSchedule;
-pub use step::{train_step, StepOutcome};
-pub use trainer::{
-    files, read_run_config, resume, train, RunStatus, RunSummary, Trainer, TrainerBuilder,
-};
+pub use step::train_step;
+pub use trainer::{files, resume, train, RunStatus, RunSummary, Trainer};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -18,7 +18,7 @@ use crate::eval::{evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 use crate::optim::{MomentumSgd, SgdConfig};
 use crate::plot::{learning_curve_svg, metrics_csv};
-use crate::step::{train_step, StepOutcome};
+use crate::step::train_step;
 
 /// File names inside a run directory.
 pub mod files {
@@ -515,14 +515,9 @@ impl Trainer {
         })
     }
 
-    fn emit(
-        &mut self,
-        metrics: &mut MetricsLog,
-        console: &mut Option<Console>,
-        f: impl Fn(&mut dyn Observer),
-    ) {
-        f(metrics);
-        if let Some(c) = console.as_mut() {
+    fn emit(&mut self, sinks: &mut Sinks, f: impl Fn(&mut dyn Observer)) {
+        f(&mut sinks.metrics);
+        if let Some(c) = sinks.console.as_mut() {
             f(c);
         }
         for o in &mut self.observers {
@@ -530,217 +525,36 @@ impl Trainer {
         }
     }
 
+    /// The epochs from the run's state to the config's end (or a stop),
+    /// then the final weights and evaluation.
     fn run(&mut self, mut run: Run) -> Result<RunSummary, TrainError> {
         let cfg = run.config.clone();
-        let mut metrics = MetricsLog::open(&run.run_dir.join(files::METRICS), cfg.log_every_steps)?;
-        let mut console = self.console.then(|| Console::new(cfg.log_every_steps));
-        let steps_per_epoch = run.train_loader.num_batches() as u64;
-        let classes = run.model.classes();
+        let mut sinks = Sinks {
+            metrics: MetricsLog::open(&run.run_dir.join(files::METRICS), cfg.log_every_steps)?,
+            console: self.console.then(|| Console::new(cfg.log_every_steps)),
+        };
         let info = RunInfo {
             run_dir: run.run_dir.clone(),
             model: run.state.spec.name.clone(),
             params: run.state.spec.param_count(),
             train_examples: run.train_loader.num_examples(),
-            steps_per_epoch,
+            steps_per_epoch: run.train_loader.num_batches() as u64,
             epochs: cfg.epochs,
             start_epoch: run.state.epoch,
             start_step: run.state.step,
         };
-        self.emit(&mut metrics, &mut console, |o| o.on_start(&info));
+        self.emit(&mut sinks, |o| o.on_start(&info));
 
         let mut status = RunStatus::Completed;
-        // Consecutive steps in which every example had all logits 0, and the
-        // first of them (not checkpointed: a resumed run counts afresh).
-        let (mut dead_streak, mut dead_since) = (0u64, 0u64);
-        'epochs: while run.state.epoch < cfg.epochs {
-            let epoch = run.state.epoch;
+        let mut dead = DeadWatch::default();
+        while run.state.epoch < cfg.epochs {
             let t0 = Instant::now();
-            let mut seen_here = 0u64;
-            let batches = run.train_loader.batches(epoch);
-            let start_batch = run.state.batch as usize;
-            let mut prefetch = (start_batch == 0).then(|| run.train_loader.epoch(epoch));
-            run.state.rng.shuffle_epoch = epoch;
-            for (b, indices) in batches.iter().enumerate().skip(start_batch) {
-                let batch = match prefetch.as_mut() {
-                    Some(it) => it.next().ok_or_else(|| TrainError::DataMismatch {
-                        reason: format!("the loader ended early in epoch {epoch} at batch {b}"),
-                    })??,
-                    None => run
-                        .train_loader
-                        .load_batch(epoch, indices)?
-                        .to_device(&self.device)?,
-                };
-                let step = run.state.step;
-                let lr = cfg.lr_at(epoch, step);
-                let StepOutcome {
-                    loss: loss_v,
-                    correct,
-                    dead,
-                    updated,
-                } = train_step(
-                    &run.model,
-                    &mut run.opt,
-                    &batch.images,
-                    &batch.labels,
-                    cfg.seed,
-                    step,
-                    lr,
-                )?;
-                if !updated {
-                    let msg = format!("loss {loss_v} at step {step}: stopping");
-                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
-                    return Err(TrainError::Diverged {
-                        step,
-                        epoch,
-                        loss: loss_v,
-                        lr,
-                        last_checkpoint: run.last_checkpoint.clone(),
-                    });
-                }
-                let n = batch.indices.len() as u64;
-                run.state.step += 1;
-                run.state.batch = b as u64 + 1;
-                run.state.rng.dropout_stream = run.state.step;
-                let p = &mut run.state.partial;
-                p.loss_sum += f64::from(loss_v) * n as f64;
-                p.correct += correct;
-                p.seen += n;
-                p.dead += dead;
-                seen_here += n;
-                let event = StepEvent {
-                    epoch,
-                    step: run.state.step,
-                    batch: b as u64,
-                    batches: steps_per_epoch,
-                    loss: loss_v,
-                    accuracy: correct as f64 / n.max(1) as f64,
-                    lr,
-                    images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                };
-                self.emit(&mut metrics, &mut console, |o| o.on_step(&event));
-                if dead == n {
-                    if dead_streak == 0 {
-                        dead_since = step;
-                    }
-                    dead_streak += 1;
-                } else {
-                    dead_streak = 0;
-                }
-                if cfg.dead_patience_steps > 0 && dead_streak >= cfg.dead_patience_steps {
-                    let err = TrainError::DeadClassMaps {
-                        since: dead_since,
-                        steps: dead_streak,
-                        epoch,
-                        lr,
-                        seed: cfg.seed,
-                    };
-                    let msg = err.to_string();
-                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
-                    return Err(err);
-                }
-
-                let interrupted = self.interrupt.load(Ordering::SeqCst);
-                let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);
-                let periodic = cfg.checkpoint_every_steps > 0
-                    && run.state.step.is_multiple_of(cfg.checkpoint_every_steps);
-                let last_batch = b + 1 == batches.len();
-                if (periodic || interrupted || budget) && !last_batch {
-                    self.checkpoint(&mut run)?;
-                }
-                if interrupted && !last_batch {
-                    status = RunStatus::Interrupted;
-                    break 'epochs;
-                }
-                if budget && !last_batch {
-                    status = RunStatus::StepBudget;
-                    break 'epochs;
-                }
+            let (seen, stop) = self.train_epoch(&mut run, &mut sinks, &mut dead)?;
+            if let Some(stop) = stop {
+                status = stop;
+                break;
             }
-            drop(prefetch);
-
-            // End of the epoch: checkpoint, evaluate, record, checkpoint,
-            // plot. The first checkpoint (at the epoch's last batch, from
-            // which a resume evaluates again) keeps the epoch's training
-            // when the evaluation fails or the process dies during it.
-            let train_secs = t0.elapsed().as_secs_f64();
-            self.checkpoint(&mut run)?;
-            let evaluated = evaluate_splits(&mut run, &mut |split, done, total| {
-                self.emit(&mut metrics, &mut console, |o| {
-                    o.on_eval(split, done, total)
-                });
-            });
-            let (val, test) = match evaluated {
-                Ok(r) => r,
-                Err(e) => {
-                    let msg = format!(
-                        "evaluating epoch {} failed; its training is saved in {}: fix the data, then resume with `allcnn train --resume {}`",
-                        epoch + 1,
-                        run.run_dir.join(files::CHECKPOINT).display(),
-                        run.run_dir.display()
-                    );
-                    self.emit(&mut metrics, &mut console, |o| o.on_warning(&msg));
-                    return Err(e);
-                }
-            };
-            let p = run.state.partial;
-            let seen = p.seen.max(1) as f64;
-            let record = EpochRecord {
-                epoch,
-                step: run.state.step,
-                lr: run.opt.learning_rate(),
-                train_loss: p.loss_sum / seen,
-                train_accuracy: p.correct as f64 / seen,
-                dead_fraction: p.dead as f64 / seen,
-                val_accuracy: val.as_ref().map(|r| r.top1),
-                val_loss: val.as_ref().map(|r| r.loss),
-                test_accuracy: test.as_ref().map(|r| r.top1),
-                test_loss: test.as_ref().map(|r| r.loss),
-                images_per_sec: seen_here as f64 / train_secs.max(1e-9),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            if let Some(w) = stuck_warning(&record, classes) {
-                self.emit(&mut metrics, &mut console, |o| o.on_warning(&w));
-            }
-            let candidate = match (&record.val_accuracy, &record.test_accuracy) {
-                (Some(v), _) => Some(("val_accuracy", *v)),
-                (None, Some(t)) => Some(("test_accuracy", *t)),
-                _ => None,
-            };
-            if let Some((metric, value)) = candidate {
-                if run.state.best.as_ref().is_none_or(|b| value > b.value) {
-                    run.state.best = Some(BestRecord {
-                        epoch,
-                        metric: metric.to_string(),
-                        value,
-                    });
-                    self.save_weights(&run, &run.run_dir.join(files::BEST), Some(&record))?;
-                }
-            }
-            run.state.history.push(record.clone());
-            run.state.epoch += 1;
-            run.state.batch = 0;
-            run.state.partial = EpochPartial::default();
-            // The epoch's line first: a kill between the two leaves a line
-            // past the checkpoint, which the resume removes and writes again,
-            // never a checkpointed epoch without its line.
-            self.emit(&mut metrics, &mut console, |o| o.on_epoch(&record));
-            self.checkpoint(&mut run)?;
-            let history = &run.state.history;
-            let csv = metrics_csv(history);
-            allcnn_models::write_atomic(&run.run_dir.join(files::CSV), csv.as_bytes())?;
-            // A log axis once the loss spans more than a decade.
-            let losses = history
-                .iter()
-                .flat_map(|r| [Some(r.train_loss), r.test_loss]);
-            let (lo, hi) = losses
-                .flatten()
-                .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-                    (lo.min(v), hi.max(v))
-                });
-            let title = format!("{} ({})", run.state.spec.name, run.run_dir.display());
-            let plot = learning_curve_svg(history, &title, hi > 10.0 * lo)?;
-            allcnn_models::write_atomic(&run.run_dir.join(files::PLOT), plot.as_bytes())?;
-
+            self.end_epoch(&mut run, &mut sinks, t0, seen)?;
             if self.interrupt.load(Ordering::SeqCst) && run.state.epoch < cfg.epochs {
                 status = RunStatus::Interrupted;
                 break;
@@ -750,25 +564,211 @@ impl Trainer {
                 break;
             }
         }
+        self.finish(run, &mut sinks, status)
+    }
 
-        let checkpoint = run.run_dir.join(files::CHECKPOINT);
+    /// The batches of the current epoch from the run's position: returns
+    /// the images trained on here and, if the run stops inside the epoch
+    /// (interrupt, step budget), why (a checkpoint is written first).
+    fn train_epoch(
+        &mut self,
+        run: &mut Run,
+        sinks: &mut Sinks,
+        dead: &mut DeadWatch,
+    ) -> Result<(u64, Option<RunStatus>), TrainError> {
+        let cfg = run.config.clone();
+        let epoch = run.state.epoch;
+        let t0 = Instant::now();
+        let mut seen_here = 0u64;
+        let batches = run.train_loader.batches(epoch);
+        let steps_per_epoch = batches.len() as u64;
+        let start_batch = run.state.batch as usize;
+        let mut prefetch = (start_batch == 0).then(|| run.train_loader.epoch(epoch));
+        run.state.rng.shuffle_epoch = epoch;
+        for (b, indices) in batches.iter().enumerate().skip(start_batch) {
+            let batch = match prefetch.as_mut() {
+                Some(it) => it.next().ok_or_else(|| TrainError::DataMismatch {
+                    reason: format!("the loader ended early in epoch {epoch} at batch {b}"),
+                })??,
+                None => run
+                    .train_loader
+                    .load_batch(epoch, indices)?
+                    .to_device(&self.device)?,
+            };
+            let step = run.state.step;
+            let lr = cfg.lr_at(epoch, step);
+            let out = train_step(
+                &run.model,
+                &mut run.opt,
+                &batch.images,
+                &batch.labels,
+                cfg.seed,
+                step,
+                lr,
+            )?;
+            if !out.updated {
+                let msg = format!("loss {} at step {step}: stopping", out.loss);
+                self.emit(sinks, |o| o.on_warning(&msg));
+                return Err(TrainError::Diverged {
+                    step,
+                    epoch,
+                    loss: out.loss,
+                    lr,
+                    last_checkpoint: run.last_checkpoint.clone(),
+                });
+            }
+            let n = batch.indices.len() as u64;
+            run.state.step += 1;
+            run.state.batch = b as u64 + 1;
+            run.state.rng.dropout_stream = run.state.step;
+            let p = &mut run.state.partial;
+            p.loss_sum += f64::from(out.loss) * n as f64;
+            p.correct += out.correct;
+            p.seen += n;
+            p.dead += out.dead;
+            seen_here += n;
+            let event = StepEvent {
+                epoch,
+                step: run.state.step,
+                batch: b as u64,
+                batches: steps_per_epoch,
+                loss: out.loss,
+                accuracy: out.correct as f64 / n.max(1) as f64,
+                lr,
+                images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            };
+            self.emit(sinks, |o| o.on_step(&event));
+            if let Some((since, steps)) = dead.observe(step, out.dead == n, cfg.dead_patience_steps)
+            {
+                let err = TrainError::DeadClassMaps {
+                    since,
+                    steps,
+                    epoch,
+                    lr,
+                    seed: cfg.seed,
+                };
+                let msg = err.to_string();
+                self.emit(sinks, |o| o.on_warning(&msg));
+                return Err(err);
+            }
+
+            let interrupted = self.interrupt.load(Ordering::SeqCst);
+            let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);
+            let periodic = cfg.checkpoint_every_steps > 0
+                && run.state.step.is_multiple_of(cfg.checkpoint_every_steps);
+            let last_batch = b + 1 == batches.len();
+            if (periodic || interrupted || budget) && !last_batch {
+                self.checkpoint(run)?;
+            }
+            if interrupted && !last_batch {
+                return Ok((seen_here, Some(RunStatus::Interrupted)));
+            }
+            if budget && !last_batch {
+                return Ok((seen_here, Some(RunStatus::StepBudget)));
+            }
+        }
+        Ok((seen_here, None))
+    }
+
+    /// The end of an epoch: checkpoint, evaluate, record, checkpoint, plot.
+    /// The first checkpoint (at the epoch's last batch, from which a resume
+    /// evaluates again) keeps the epoch's training when the evaluation
+    /// fails or the process dies during it.
+    fn end_epoch(
+        &mut self,
+        run: &mut Run,
+        sinks: &mut Sinks,
+        t0: Instant,
+        seen_here: u64,
+    ) -> Result<(), TrainError> {
+        let epoch = run.state.epoch;
+        let train_secs = t0.elapsed().as_secs_f64();
+        self.checkpoint(run)?;
+        let evaluated = evaluate_splits(run, &mut |split, done, total| {
+            self.emit(sinks, |o| o.on_eval(split, done, total));
+        });
+        let (val, test) = match evaluated {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!(
+                    "evaluating epoch {} failed; its training is saved in {}: fix the data, then resume with `allcnn train --resume {}`",
+                    epoch + 1,
+                    run.run_dir.join(files::CHECKPOINT).display(),
+                    run.run_dir.display()
+                );
+                self.emit(sinks, |o| o.on_warning(&msg));
+                return Err(e);
+            }
+        };
+        let p = run.state.partial;
+        let seen = p.seen.max(1) as f64;
+        let record = EpochRecord {
+            epoch,
+            step: run.state.step,
+            lr: run.opt.learning_rate(),
+            train_loss: p.loss_sum / seen,
+            train_accuracy: p.correct as f64 / seen,
+            dead_fraction: p.dead as f64 / seen,
+            val_accuracy: val.as_ref().map(|r| r.top1),
+            val_loss: val.as_ref().map(|r| r.loss),
+            test_accuracy: test.as_ref().map(|r| r.top1),
+            test_loss: test.as_ref().map(|r| r.loss),
+            images_per_sec: seen_here as f64 / train_secs.max(1e-9),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if let Some(w) = stuck_warning(&record, run.model.classes()) {
+            self.emit(sinks, |o| o.on_warning(&w));
+        }
+        let candidate = match (&record.val_accuracy, &record.test_accuracy) {
+            (Some(v), _) => Some(("val_accuracy", *v)),
+            (None, Some(t)) => Some(("test_accuracy", *t)),
+            _ => None,
+        };
+        if let Some((metric, value)) = candidate {
+            if run.state.best.as_ref().is_none_or(|b| value > b.value) {
+                run.state.best = Some(BestRecord {
+                    epoch,
+                    metric: metric.to_string(),
+                    value,
+                });
+                self.save_weights(run, &run.run_dir.join(files::BEST), Some(&record))?;
+            }
+        }
+        run.state.history.push(record.clone());
+        run.state.epoch += 1;
+        run.state.batch = 0;
+        run.state.partial = EpochPartial::default();
+        // The epoch's line first: a kill between the two leaves a line past
+        // the checkpoint, which the resume removes and writes again, never a
+        // checkpointed epoch without its line.
+        self.emit(sinks, |o| o.on_epoch(&record));
+        self.checkpoint(run)?;
+        write_figures(run)
+    }
+
+    /// After the last epoch (or a stop): the final weights and evaluation,
+    /// or the resume hint of an interrupted run.
+    fn finish(
+        &mut self,
+        mut run: Run,
+        sinks: &mut Sinks,
+        status: RunStatus,
+    ) -> Result<RunSummary, TrainError> {
         if status == RunStatus::Interrupted {
             let hint = format!(
                 "interrupted after step {} (epoch {}); checkpoint written to {}. Resume with: allcnn train --resume {}",
                 run.state.step,
                 run.state.epoch + 1,
-                checkpoint.display(),
+                run.run_dir.join(files::CHECKPOINT).display(),
                 run.run_dir.display()
             );
-            self.emit(&mut metrics, &mut console, |o| o.on_message(&hint));
+            self.emit(sinks, |o| o.on_message(&hint));
             return Ok(self.summary(&run, status, None, None, Some(hint)));
         }
         let final_path = run.run_dir.join(files::FINAL);
         self.save_weights(&run, &final_path, run.state.history.last())?;
         let (val, test) = evaluate_splits(&mut run, &mut |split, done, total| {
-            self.emit(&mut metrics, &mut console, |o| {
-                o.on_eval(split, done, total)
-            });
+            self.emit(sinks, |o| o.on_eval(split, done, total));
         })?;
         if let Some(t) = &test {
             let json = serde_json::to_string_pretty(t).expect("report serialises");
@@ -782,7 +782,7 @@ impl Trainer {
                 .map(|t| format!(", test top-1 {:.2}% (loss {:.4})", 100.0 * t.top1, t.loss))
                 .unwrap_or_default()
         );
-        self.emit(&mut metrics, &mut console, |o| o.on_message(&msg));
+        self.emit(sinks, |o| o.on_message(&msg));
         let mut s = self.summary(&run, status, test, val, None);
         s.final_weights = Some(final_path);
         Ok(s)
@@ -844,6 +844,57 @@ impl Trainer {
         run.model.save(path, &meta, &attachments)?;
         Ok(())
     }
+}
+
+/// Where a run's events go besides the builder's observers: the metrics
+/// file, and the console when enabled.
+struct Sinks {
+    metrics: MetricsLog,
+    console: Option<Console>,
+}
+
+/// Consecutive steps in which every example had all logits 0 (dead class
+/// maps), and the first of them. Not checkpointed: a resumed run counts
+/// afresh.
+#[derive(Default)]
+struct DeadWatch {
+    streak: u64,
+    since: u64,
+}
+
+impl DeadWatch {
+    /// Counts `step`; `Some((since, steps))` once `patience` (> 0)
+    /// consecutive steps were all dead.
+    fn observe(&mut self, step: u64, all_dead: bool, patience: u64) -> Option<(u64, u64)> {
+        if all_dead {
+            if self.streak == 0 {
+                self.since = step;
+            }
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+        }
+        (patience > 0 && self.streak >= patience).then_some((self.since, self.streak))
+    }
+}
+
+/// `metrics.csv` and the learning-curve SVG redrawn from the run's history
+/// (a log loss axis once the loss spans more than a decade).
+fn write_figures(run: &Run) -> Result<(), TrainError> {
+    let history = &run.state.history;
+    let csv = metrics_csv(history);
+    allcnn_models::write_atomic(&run.run_dir.join(files::CSV), csv.as_bytes())?;
+    let (lo, hi) = history
+        .iter()
+        .flat_map(|r| [Some(r.train_loss), r.test_loss])
+        .flatten()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let title = format!("{} ({})", run.state.spec.name, run.run_dir.display());
+    let plot = learning_curve_svg(history, &title, hi > 10.0 * lo)?;
+    allcnn_models::write_atomic(&run.run_dir.join(files::PLOT), plot.as_bytes())?;
+    Ok(())
 }
 
 /// Evaluates the model on the validation and test splits, reusing the

@@ -1,6 +1,6 @@
 //! Presets and key=value overrides.
 
-use allcnn_train::{LrSchedule, PreprocessChoice, TrainConfig, TrainError};
+use allcnn_train::{config::PreprocessChoice, LrSchedule, TrainConfig, TrainError};
 
 #[test]
 fn every_preset_parses_and_validates() {

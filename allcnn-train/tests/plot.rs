@@ -1,6 +1,6 @@
 //! The learning-curve figure and metrics.csv from a hand-made history.
 
-use allcnn_train::{learning_curve_svg, metrics_csv, EpochRecord};
+use allcnn_train::{observer::EpochRecord, plot::learning_curve_svg, plot::metrics_csv};
 
 /// `n` epochs: a 2-epoch warm-up (lr rising), x0.1 drops after epochs 5
 /// and 8, test accuracy from 30% up, a validation split only in the first

@@ -24,7 +24,7 @@ mod common;
 use std::path::PathBuf;
 
 use allcnn_models::{ArchSpec, Layer};
-use allcnn_train::{LrSchedule, PreprocessChoice, TrainConfig, TrainData, Trainer};
+use allcnn_train::{config::PreprocessChoice, LrSchedule, TrainConfig, TrainData, Trainer};
 
 fn data_dir() -> Option<PathBuf> {
     allcnn_testing::cifar10_jpg()
@@ -205,7 +205,7 @@ fn shipped_all_cnn_c_reaches_its_recorded_accuracy() {
     let w = AllCnnC::Cifar10.load(&device).unwrap();
     let test = open_dataset(&dir, Split::Test, &OpenOptions::default()).unwrap();
     let sample = std::sync::Arc::new(Subset::random(test, 2000, 1));
-    let r = allcnn_train::evaluate_weights_file(
+    let r = allcnn_train::eval::evaluate_weights_file(
         &w,
         "shipped",
         sample,

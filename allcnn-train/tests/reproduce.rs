@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use allcnn_train::{
-    files, reproduce, EvalReport, Experiment, ModelAction, Observer, ReproduceEvent,
-    ReproduceOptions, ReproduceReport, RowStatus, RunInfo, StepEvent, TrainError, Trainer,
-    REPORT_FIGURE, REPORT_JSON, REPORT_MARKDOWN,
+    files, observer::RunInfo, observer::StepEvent, reproduce, reproduce::ModelAction,
+    reproduce::ReproduceEvent, reproduce::RowStatus, reproduce::REPORT_FIGURE,
+    reproduce::REPORT_JSON, reproduce::REPORT_MARKDOWN, EvalReport, Experiment, Observer,
+    ReproduceOptions, ReproduceReport, TrainError, Trainer,
 };
 
 /// A CIFAR-10 binary folder: 2 images per training batch file (10 in all)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use allcnn_train::{
-    evaluate, files, grid_search, Observer, RunStatus, StepEvent, TrainError, Trainer,
+    evaluate, files, grid_search, observer::StepEvent, Observer, RunStatus, TrainError, Trainer,
 };
 use common::*;
 
@@ -20,6 +20,11 @@ fn tiny_model_memorises_32_samples() {
     let train = random_dataset(32, 8, 4, 1);
     let mut c = tiny_config(tiny_spec(8, 16, 4, false), 60, 8, 0.05);
     c.weight_decay = 0.0;
+    // Without a warm-up one class map of four dies for some initialisations
+    // (the paper's fragile start in miniature: seed 42 stopped at 75% when
+    // the init stream changed); with 20 warm-up steps seeds 0-7 and 42 all
+    // reach 100%.
+    c.warmup_steps = 20;
     let dir = tempfile::tempdir().unwrap();
     let s = quiet()
         .train(&c, &data(train.clone(), Some(train.clone())), dir.path())
@@ -155,7 +160,7 @@ fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
         params_bits(&two.path().join(files::FINAL)),
         params_bits(&cut.path().join(files::FINAL))
     );
-    let recorded = allcnn_train::read_run_config(cut.path()).unwrap();
+    let recorded = allcnn_train::trainer::read_run_config(cut.path()).unwrap();
     assert_eq!(recorded.epochs, 2, "config.toml records the new length");
 
     // The finished 2-epoch run continued to 3 epochs is the 3-epoch run.
@@ -185,7 +190,8 @@ fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
         let _ = t.train(&c, &d, cut.path());
     }));
     assert!(crashed.is_err());
-    let ck = allcnn_train::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
+    let ck =
+        allcnn_train::checkpoint::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
     assert_eq!((ck.state.step, ck.state.epoch, ck.state.batch), expect_ckpt);
     // A fresh train into the same directory refuses to overwrite the run.
     let e = quiet().train(&c, &d, cut.path()).unwrap_err();
@@ -252,7 +258,7 @@ struct EvalWatch {
     crash_after_epochs: Option<u64>,
 }
 impl Observer for EvalWatch {
-    fn on_epoch(&mut self, _r: &allcnn_train::EpochRecord) {
+    fn on_epoch(&mut self, _r: &allcnn_train::observer::EpochRecord) {
         self.epochs_seen += 1;
     }
     fn on_eval(&mut self, split: &str, done: u64, total: u64) {
@@ -307,7 +313,8 @@ fn evaluation_reports_progress_and_a_crash_during_it_loses_no_training() {
         let _ = t.train(&c, &d, cut.path());
     }));
     assert!(crashed.is_err());
-    let ck = allcnn_train::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
+    let ck =
+        allcnn_train::checkpoint::Checkpoint::read(&cut.path().join(files::CHECKPOINT)).unwrap();
     assert_eq!((ck.state.step, ck.state.epoch, ck.state.batch), (12, 1, 6));
     let r = quiet().resume(cut.path(), Some(&d)).unwrap();
     assert_eq!(r.history.len(), 3);
@@ -341,7 +348,9 @@ fn diverging_lr_stops_with_step_and_checkpoint() {
             assert!(e.to_string().contains(&format!("step {step}")));
             let ck = last_checkpoint.as_ref().expect("a checkpoint was written");
             assert!(e.to_string().contains(&ck.display().to_string()));
-            let state = allcnn_train::Checkpoint::read(ck).unwrap().state;
+            let state = allcnn_train::checkpoint::Checkpoint::read(ck)
+                .unwrap()
+                .state;
             assert_eq!(
                 state.step, *step,
                 "the checkpoint holds the last finite step"
@@ -356,7 +365,7 @@ fn run_dir_holds_everything() {
     let train = random_dataset(16, 8, 2, 5);
     let test = random_dataset(8, 8, 2, 6);
     let mut c = tiny_config(tiny_spec(8, 8, 2, true), 2, 8, 0.05);
-    c.data.preprocessing = allcnn_train::PreprocessChoice::GcnZca;
+    c.data.preprocessing = allcnn_train::config::PreprocessChoice::GcnZca;
     c.log_every_steps = 1;
     let dir = tempfile::tempdir().unwrap();
     let s = quiet()
@@ -375,7 +384,10 @@ fn run_dir_holds_everything() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
-    assert_eq!(allcnn_train::read_run_config(dir.path()).unwrap(), c);
+    assert_eq!(
+        allcnn_train::trainer::read_run_config(dir.path()).unwrap(),
+        c
+    );
     // Self-describing weights with the preprocessing attached.
     let w =
         allcnn_models::WeightsFile::load(dir.path().join(files::FINAL), &candle_core::Device::Cpu)
@@ -383,7 +395,7 @@ fn run_dir_holds_everything() {
     assert_eq!(w.model.spec(), c.spec.as_ref().unwrap());
     let json = w.meta.preprocessing.as_deref().unwrap();
     let p = allcnn_data::Preprocessing::from_parts(json, &w.attachments).unwrap();
-    assert_eq!(p.kind(), allcnn_data::PreprocessKind::GcnZca);
+    assert_eq!(p.kind(), allcnn_data::preprocess::PreprocessKind::GcnZca);
     // metrics.jsonl: a start line, a step line per step, an epoch line per epoch.
     let text = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
     let kinds: Vec<String> = text
@@ -503,7 +515,7 @@ fn evaluate_reports_top1_top5_per_class_and_confusion() {
     let w = allcnn_models::WeightsFile::load(s.final_weights.unwrap(), &candle_core::Device::Cpu)
         .unwrap();
     let pre = allcnn_data::Preprocessing::load(&dir.path().join(files::PREPROCESSING)).unwrap();
-    let loader = allcnn_train::eval_loader(
+    let loader = allcnn_train::data::eval_loader(
         train,
         &pre,
         7,
@@ -528,7 +540,7 @@ fn evaluate_reports_top1_top5_per_class_and_confusion() {
     );
     assert!(r.loss.is_finite() && r.loss > 0.0);
     // The same through the weights file alone (what `allcnn eval` calls).
-    let r2 = allcnn_train::evaluate_weights(
+    let r2 = allcnn_train::eval::evaluate_weights(
         &dir.path().join(files::FINAL),
         random_dataset(32, 8, 4, 1),
         5,
@@ -607,7 +619,7 @@ fn init_from_starts_from_the_given_weights() {
     assert!(max_diff(&start, &b.path().join(files::FINAL)) < 1e-6);
     assert!(max_diff(&start, &fresh.path().join(files::FINAL)) > 1e-2);
     // The recorded config says where the run started.
-    let recorded = allcnn_train::read_run_config(b.path()).unwrap();
+    let recorded = allcnn_train::trainer::read_run_config(b.path()).unwrap();
     assert_eq!(recorded.init_from.as_deref(), Some(start.as_path()));
 
     // Weights of another architecture are refused, naming the field and file.
@@ -738,7 +750,7 @@ fn opened_data_never_mix_splits_or_labels() {
 fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     // D18 of issue 15: bit flips, counters that cannot come from the run,
     // a missing momentum buffer and NaN parameters all used to load.
-    use allcnn_train::Checkpoint;
+    use allcnn_train::checkpoint::Checkpoint;
     let d = data(random_dataset(24, 8, 3, 2), None); // 6 steps per epoch
     let mut c = resume_config();
     c.checkpoint_every_steps = 4;
@@ -777,7 +789,7 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     refused("checksum mismatch");
 
     // Well-formed files (valid checksum) with impossible contents.
-    type Edit = Box<dyn Fn(&mut allcnn_train::CheckpointState)>;
+    type Edit = Box<dyn Fn(&mut allcnn_train::checkpoint::CheckpointState)>;
     let cases: Vec<(&str, Edit, bool, bool)> = vec![
         ("past the run's", Box::new(|s| s.epoch = 99), false, false),
         (
@@ -837,7 +849,7 @@ fn png_folder(root: &std::path::Path, per_class: usize) {
 #[test]
 fn bad_images_are_found_at_open_or_cost_no_training() {
     // D7 of issue 15.
-    use allcnn_train::{Checkpoint, TrainData};
+    use allcnn_train::{checkpoint::Checkpoint, TrainData};
     let root = tempfile::tempdir().unwrap();
     png_folder(root.path(), 8);
     let mut c = tiny_config(tiny_spec(8, 8, 2, false), 2, 4, 0.05);

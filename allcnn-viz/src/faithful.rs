@@ -7,8 +7,6 @@
 use allcnn_models::AllCnn;
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::{CandleContext, VizError};
 use crate::methods::model_input;
@@ -156,7 +154,7 @@ impl<'a> DeletionInsertion<'a> {
         seed: u64,
     ) -> Result<Curves, VizError> {
         let (n, _, h, w) = input.dims4().context(|| "input shape".into())?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = allcnn_seed::rng(seed, allcnn_seed::Stream::PixelOrder, 0, 0);
         let orders = (0..n)
             .map(|_| {
                 let mut idx: Vec<usize> = (0..h * w).collect();

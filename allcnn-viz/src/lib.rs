@@ -121,7 +121,8 @@ pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use methods::{
-    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, MethodOptions, Saliency,
+    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, MethodInfo,
+    MethodOptions, Saliency, METHODS,
 };
 pub use occlusion::Occlusion;
 pub use receptive::{crop, ReceptiveField, Window};

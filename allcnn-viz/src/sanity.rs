@@ -13,8 +13,6 @@ use std::collections::HashMap;
 
 use allcnn_models::{AllCnn, LayerName};
 use candle_core::{DType, Tensor};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{CandleContext, VizError};
@@ -195,9 +193,8 @@ pub fn randomize_layers(model: &AllCnn, layers: &[usize], seed: u64) -> Result<A
             let normal = Normal::new(mean as f32, var.sqrt() as f32).map_err(|e| {
                 VizError::InvalidArgument(format!("{name}: cannot draw from its statistics: {e}"))
             })?;
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                seed ^ (layer as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k as u64,
-            );
+            let mut rng =
+                allcnn_seed::rng(seed, allcnn_seed::Stream::Randomize, layer as u64, k as u64);
             let fresh: Vec<f32> = (0..v.len()).map(|_| normal.sample(&mut rng)).collect();
             let fresh = Tensor::from_vec(fresh, t.shape(), t.device())
                 .context(|| format!("random {name}"))?;

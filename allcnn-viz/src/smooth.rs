@@ -6,8 +6,6 @@ use std::str::FromStr;
 
 use allcnn_models::AllCnn;
 use candle_core::{DType, Tensor};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{CandleContext, VizError};
@@ -177,7 +175,7 @@ impl<'a> SmoothGrad<'a> {
             smooth: None,
             ..self.method_options.clone()
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+        let mut rng = allcnn_seed::rng(o.seed, allcnn_seed::Stream::Noise, 0, 0);
         let normal = Normal::new(0f32, 1.0).expect("unit normal");
         let (mut sum, mut squares): (Option<Tensor>, Option<Tensor>) = (None, None);
         for _ in 0..o.samples {

@@ -92,7 +92,10 @@ fn randomised_layers_are_seeded_scaled_and_only_those_asked_for() {
 fn sanity_check_measures_every_layer_and_judges_by_the_full_cascade() {
     let model = all_cnn_c();
     let x = common::noise(2, 17);
-    let target = Target::PerImage(vec![1, 2]);
+    // The predicted classes: an untrained network can have dead class maps
+    // (all zero after the ReLU), whose gradient is zero and has no rank
+    // order to compare; the top class's map is alive.
+    let target = Target::PerImage(allcnn_viz::predict(&model, &x).unwrap());
     let methods = [Method::Gradient, Method::GuidedBackprop];
     let mut calls = Vec::new();
     let report = SanityCheck::new(&model, &methods)

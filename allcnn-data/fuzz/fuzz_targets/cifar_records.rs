@@ -2,7 +2,7 @@
 //! returns records whose counts add up, or an error.
 #![no_main]
 
-use allcnn_data::{parse_cifar_records, CifarKind};
+use allcnn_data::{cifar::parse_cifar_records, CifarKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use allcnn_data::{decode_image_bytes, Dataset, FolderOptions, ImageFolder};
+use allcnn_data::{folder::decode_image_bytes, Dataset, FolderOptions, ImageFolder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,8 @@
 //! Hand-computed 4x4 cases and reproducibility of the augmentation.
 
 use allcnn_data::{
-    crop_u8, flip_translate, flip_u8, resize_u8, AugmentParams, Augmentation, Image,
+    augment::crop_u8, augment::flip_translate, augment::flip_u8, augment::resize_u8,
+    augment::AugmentParams, Augmentation, Image,
 };
 
 /// 1 channel, 4x4, values 0..16 row-major.

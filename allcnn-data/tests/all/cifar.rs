@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use allcnn_data::{
-    parse_cifar_records, CifarDataset, CifarKind, DataError, Dataset, LabelGranularity, Split,
+    cifar::parse_cifar_records, cifar::LabelGranularity, CifarDataset, CifarKind, DataError,
+    Dataset, Split,
 };
 use rand::{Rng, SeedableRng};
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use allcnn_data::download::{file_md5, official_source};
 use allcnn_data::{
-    download_cifar, CifarDataset, CifarKind, DataError, Dataset, DownloadOptions, Split,
+    download::download_cifar, download::DownloadOptions, CifarDataset, CifarKind, DataError,
+    Dataset, Split,
 };
 
 use crate::util::cifar_bytes;
@@ -145,7 +146,7 @@ fn archive(records: usize, skip: Option<&str>) -> Vec<u8> {
         .collect();
     members.push((
         "batches.meta.txt".into(),
-        allcnn_data::CIFAR10_CLASSES.join("\n").into_bytes(),
+        allcnn_data::cifar::CIFAR10_CLASSES.join("\n").into_bytes(),
     ));
     for (name, data) in members {
         if Some(name.as_str()) == skip {

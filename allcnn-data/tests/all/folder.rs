@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use allcnn_data::{
-    detect_format, info, open_dataset, DataError, Dataset, DatasetFormat, FolderOptions,
-    ImageFolder, OnError, OpenOptions, Split,
+    folder::OnError, info::detect_format, info::info, info::DatasetFormat, open_dataset, DataError,
+    Dataset, FolderOptions, ImageFolder, OpenOptions, Split,
 };
 
 fn png(path: &Path, w: u32, h: u32, seed: u8) {
@@ -247,7 +247,7 @@ fn an_image_announcing_a_huge_size_is_refused_before_decoding() {
     let path = tmp.path().join("train/cat/wide.png");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image::GrayImage::new(9000, 2).save(&path).unwrap();
-    let e = allcnn_data::decode_image(&path).unwrap_err();
+    let e = allcnn_data::folder::decode_image(&path).unwrap_err();
     assert!(matches!(e, DataError::BadImage { .. }), "{e:?}");
     assert!(e.to_string().contains("wide.png"), "{e}");
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use allcnn_data::{
-    split_dataset, train_val_split, Augmentation, DataError, DataLoader, Dataset, GcnZcaConfig,
-    Image, LoaderConfig, Preprocessing, ValidationSize, VecDataset,
+    dataset::split_dataset, dataset::train_val_split, dataset::ValidationSize, Augmentation,
+    DataError, DataLoader, Dataset, GcnZcaConfig, Image, LoaderConfig, Preprocessing, VecDataset,
 };
 use candle_core::{DType, Device};
 

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use allcnn_data::{
-    fit_zca, global_contrast_normalize, DataError, GcnZcaConfig, Image, PreprocessKind,
-    Preprocessing, VecDataset, METADATA_KEY,
+    preprocess::fit_zca, preprocess::global_contrast_normalize, preprocess::PreprocessKind,
+    preprocess::METADATA_KEY, DataError, GcnZcaConfig, Image, Preprocessing, VecDataset,
 };
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use allcnn_data::{
-    encode_cifar_record, info, Augmentation, CifarDataset, CifarKind, DataLoader, Dataset,
-    DatasetFormat, FolderOptions, GcnZcaConfig, ImageFolder, LoaderConfig, Preprocessing, Split,
-    Subset, CIFAR10_CLASSES,
+    cifar::encode_cifar_record, cifar::CIFAR10_CLASSES, info::info, info::DatasetFormat,
+    Augmentation, CifarDataset, CifarKind, DataLoader, Dataset, FolderOptions, GcnZcaConfig,
+    ImageFolder, LoaderConfig, Preprocessing, Split, Subset,
 };
 
 #[test]

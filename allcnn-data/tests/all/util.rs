@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use allcnn_data::{encode_cifar_record, CifarKind, Image, Split};
+use allcnn_data::{cifar::encode_cifar_record, CifarKind, Image, Split};
 use rand::{Rng, SeedableRng};
 
 /// A deterministic pseudo-random 3x32x32 image.

@@ -1,8 +1,19 @@
 //! Borrowing the data of a contiguous CPU tensor: the one place kernels turn
 //! a `(CpuStorage, Layout)` into a slice.
 
+use std::ops::Range;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
+
+/// Where the elements of a contiguous tensor laid out by `l` lie in its
+/// storage; `what` (the op's name) goes into the error for a strided one.
+fn span(l: &Layout, what: &str) -> candle_core::Result<Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(a..b),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
 
 /// The elements of a contiguous tensor laid out by `l` in `data`; `what`
 /// (the op's name) goes into the error for a strided one.
@@ -11,10 +22,7 @@ pub(crate) fn contiguous<'a, T>(
     l: &Layout,
     what: &str,
 ) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
+    Ok(&data[span(l, what)?])
 }
 
 /// As [`contiguous`], for f32 storage (an error naming `what` and the dtype
@@ -40,8 +48,5 @@ pub(crate) fn f32_slice_mut<'a>(
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32, got {dtype:?}");
     };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
+    Ok(&mut v[span(l, what)?])
 }

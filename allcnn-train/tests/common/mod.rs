@@ -55,7 +55,7 @@ pub fn tiny_config(spec: ArchSpec, epochs: u64, batch: usize, lr: f64) -> TrainC
     c.init = allcnn_models::Init::HeNormal;
     c.schedule = LrSchedule::Constant;
     c.log_every_steps = 5;
-    c.data.preprocessing = allcnn_train::PreprocessChoice::Standardize;
+    c.data.preprocessing = allcnn_train::config::PreprocessChoice::Standardize;
     c.data.workers = 2;
     c
 }

@@ -13,10 +13,10 @@
 //! (`lo = x(2q)`, `hi = x(2q+1)`, "pair" `q`), with `k` padded to an even
 //! length with zeros:
 //!
-//! * [`PackedA`] (`m x k`) is cut into panels of [`MR`] rows; panel `P`,
+//! * [`PackedA`] (`m x k`) is cut into panels of `MR` rows; panel `P`,
 //!   pair `q`, row `r` is word `(P * pairs + q) * MR + r`. Rows past `m`
 //!   are zero.
-//! * [`PackedB`] (`k x n`) is cut into panels of [`NR`] columns; panel `P`,
+//! * [`PackedB`] (`k x n`) is cut into panels of `NR` columns; panel `P`,
 //!   pair `q`, column `j` is word `(P * pairs + q) * NR + j`. Columns past
 //!   `n` are zero.
 //!
