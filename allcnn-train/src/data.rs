@@ -35,6 +35,11 @@ impl std::fmt::Debug for TrainData {
     }
 }
 
+/// The sample streams of `Subset::random_nth` for `train_subset` and
+/// `test_subset`.
+const TRAIN_SAMPLE: u64 = 0;
+const TEST_SAMPLE: u64 = 1;
+
 /// A seeded random subset of `n` examples (sorted indices), or the whole set.
 fn random_subset(
     data: Arc<dyn Dataset>,
@@ -157,7 +162,7 @@ impl TrainData {
     /// [`TrainError::InvalidConfig`] when the validation hold-out leaves no
     /// training example.
     pub fn select(self, config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
-        let mut train = random_subset(self.train, config.train_subset, seed, 0)?;
+        let mut train = random_subset(self.train, config.train_subset, seed, TRAIN_SAMPLE)?;
         let mut val = self.val;
         if config.validation > 0 {
             if config.validation >= train.len() {
@@ -176,7 +181,7 @@ impl TrainData {
             train = Arc::new(Subset::new(train, t)?);
         }
         let test = match self.test {
-            Some(t) => Some(random_subset(t, config.test_subset, seed, 1)?),
+            Some(t) => Some(random_subset(t, config.test_subset, seed, TEST_SAMPLE)?),
             None => None,
         };
         Ok(Self { train, val, test })

@@ -549,7 +549,7 @@ impl Trainer {
         let mut dead = DeadWatch::default();
         while run.state.epoch < cfg.epochs {
             let t0 = Instant::now();
-            let (seen, stop) = self.train_epoch(&mut run, &mut sinks, &mut dead)?;
+            let (seen, stop) = self.train_epoch(&cfg, &mut run, &mut sinks, &mut dead)?;
             if let Some(stop) = stop {
                 status = stop;
                 break;
@@ -572,11 +572,11 @@ impl Trainer {
     /// (interrupt, step budget), why (a checkpoint is written first).
     fn train_epoch(
         &mut self,
+        cfg: &TrainConfig,
         run: &mut Run,
         sinks: &mut Sinks,
         dead: &mut DeadWatch,
     ) -> Result<(u64, Option<RunStatus>), TrainError> {
-        let cfg = run.config.clone();
         let epoch = run.state.epoch;
         let t0 = Instant::now();
         let mut seen_here = 0u64;
