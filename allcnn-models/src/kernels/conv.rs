@@ -265,39 +265,98 @@ impl Geometry {
 
     /// Fills `col` `[kdim, Ho*Wo]` from one image `[Cin, H, W]`.
     fn im2col(&self, img: &[f32], col: &mut [f32]) {
-        let (k, plane) = (self.k, self.out_plane());
-        for c in 0..self.cin {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut col[((c * k + ky) * k + kx) * plane..][..plane];
-                    let (lo, hi) = self.valid_ox(kx);
-                    for oy in 0..self.ho {
-                        let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
-                        match self.in_y(oy, ky) {
-                            // No output column sees the image for this kx
-                            // (a padded kernel wider than a narrow map).
-                            None => out.fill(0.0),
-                            Some(_) if lo >= hi => out.fill(0.0),
-                            Some(y) => {
-                                out[..lo].fill(0.0);
-                                out[hi..].fill(0.0);
-                                let src = &img[(c * self.h + y) * self.w..][..self.w];
-                                let x0 = lo * self.stride + kx - self.pad;
-                                if self.stride == 1 {
-                                    out[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
-                                } else {
-                                    for (o, s) in out[lo..hi]
-                                        .iter_mut()
-                                        .zip(src[x0..].iter().step_by(self.stride))
-                                    {
-                                        *o = *s;
-                                    }
-                                }
-                            }
+        let plane = self.out_plane();
+        for (r, row) in col.chunks_exact_mut(plane).take(self.kdim()).enumerate() {
+            self.im2col_row(img, r, row);
+        }
+    }
+
+    /// Row `r = (c * k + ky) * k + kx` of one image's im2col matrix into
+    /// `row` (`Ho*Wo`).
+    fn im2col_row(&self, img: &[f32], r: usize, row: &mut [f32]) {
+        let k = self.k;
+        let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+        let (lo, hi) = self.valid_ox(kx);
+        for oy in 0..self.ho {
+            let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
+            match self.in_y(oy, ky) {
+                // No output column sees the image for this kx
+                // (a padded kernel wider than a narrow map).
+                None => out.fill(0.0),
+                Some(_) if lo >= hi => out.fill(0.0),
+                Some(y) => {
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let src = &img[(c * self.h + y) * self.w..][..self.w];
+                    let x0 = lo * self.stride + kx - self.pad;
+                    if self.stride == 1 {
+                        out[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                    } else {
+                        for (o, s) in out[lo..hi]
+                            .iter_mut()
+                            .zip(src[x0..].iter().step_by(self.stride))
+                        {
+                            *o = *s;
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// One image's columns rounded to bf16 and packed into `b` as the right
+    /// operand of the forward GEMM (`kdim x plane`), without the f32 im2col
+    /// matrix: two rows (a packed pair) at a time through `rows` (scratch).
+    fn pack_columns(&self, img: &[f32], rows: &mut Vec<f32>, b: &mut PackedB) {
+        const NR: usize = bf16::NR;
+        let (kd, plane) = (self.kdim(), self.out_plane());
+        if self.is_pointwise() {
+            b.pack(img, kd, plane, plane, 1);
+            return;
+        }
+        let pairs = kd.div_ceil(2);
+        let dst = b.words_mut(kd, plane);
+        rows.clear();
+        rows.resize(2 * plane.next_multiple_of(NR), 0.0);
+        let (lo, hi) = rows.split_at_mut(plane.next_multiple_of(NR));
+        for q in 0..pairs {
+            self.im2col_row(img, 2 * q, &mut lo[..plane]);
+            if 2 * q + 1 < kd {
+                self.im2col_row(img, 2 * q + 1, &mut hi[..plane]);
+            } else {
+                hi.fill(0.0);
+            }
+            // Columns past `plane` are the zeros at the end of `lo` and `hi`.
+            for (p, (l, h)) in lo.chunks_exact(NR).zip(hi.chunks_exact(NR)).enumerate() {
+                bf16::words(l, h, &mut dst[(p * pairs + q) * NR..][..NR]);
+            }
+        }
+    }
+
+    /// One image's columns, transposed (`plane x kdim`), rounded to bf16
+    /// and packed into `b` as the right operand of the weight-gradient
+    /// GEMM: im2col rows are made one panel (`NR` rows) at a time in `rows`
+    /// (scratch) and packed from there, so the f32 matrix never exists whole.
+    fn pack_columns_t(&self, img: &[f32], rows: &mut Vec<f32>, b: &mut PackedB) {
+        const NR: usize = bf16::NR;
+        let (kd, plane) = (self.kdim(), self.out_plane());
+        if self.is_pointwise() {
+            b.pack(img, plane, kd, 1, plane);
+            return;
+        }
+        let per_panel = plane.div_ceil(2) * NR;
+        let dst = b.words_mut(plane, kd);
+        // Only the rows written below are read: no need to zero them.
+        if rows.len() < NR * plane {
+            rows.resize(NR * plane, 0.0);
+        }
+        for (p, panel) in dst.chunks_exact_mut(per_panel).enumerate() {
+            let r0 = p * NR;
+            let lines = NR.min(kd - r0);
+            for (j, row) in rows.chunks_exact_mut(plane).take(lines).enumerate() {
+                self.im2col_row(img, r0 + j, row);
+            }
+            bf16::pack_panel(&rows[..lines * plane], lines, plane, panel);
         }
     }
 
@@ -466,9 +525,9 @@ fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(g.cout * plane)
         .zip(x.par_chunks(g.in_image()))
         .for_each_init(
-            || (g.col_buffer(), PackedB::default()),
-            |(col, b), (o, img)| {
-                b.pack(g.columns(img, col), kd, plane, plane, 1);
+            || (Vec::new(), PackedB::default()),
+            |(rows, b), (o, img)| {
+                g.pack_columns(img, rows, b);
                 bf16::gemm(o, plane, &a, b, false);
             },
         );
@@ -484,7 +543,7 @@ fn weight_grad_bf16(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0f32; g.cout * kd];
-            let mut col = g.col_buffer();
+            let mut rows = Vec::new();
             let (mut a, mut b) = (PackedA::default(), PackedB::default());
             let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
             for (i, n) in images.enumerate() {
@@ -496,7 +555,7 @@ fn weight_grad_bf16(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     plane,
                     1,
                 );
-                b.pack(g.columns(img, &mut col), plane, kd, 1, plane);
+                g.pack_columns_t(img, &mut rows, &mut b);
                 bf16::gemm(&mut dw, kd, &a, &b, i > 0);
             }
             dw
@@ -784,5 +843,47 @@ impl candle_core::CustomOp1 for ChannelSum {
             .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
             .collect();
         Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packers that make the im2col columns on the fly write the very
+    /// words of the f32 im2col matrix packed afterwards, in both layouts:
+    /// strided, padded, odd depths, pixel counts that do not fill a panel,
+    /// and several panels of rows.
+    #[test]
+    fn packed_columns_equal_im2col_then_pack() {
+        for (cin, h, k, stride, pad) in [
+            (3, 32, 3, 1, 1),
+            (5, 9, 3, 2, 1),
+            (2, 7, 5, 2, 2),
+            (4, 11, 3, 2, 0),
+            (7, 6, 1, 1, 0),
+        ] {
+            let g = Geometry::new(&[1, cin, h, h], &[6, cin, k, k], stride, pad).unwrap();
+            let img: Vec<f32> = (0..cin * h * h).map(|i| (i as f32 * 0.61).cos()).collect();
+            let (kd, plane) = (g.kdim(), g.out_plane());
+            let mut col = g.col_buffer();
+            let cols = g.columns(&img, &mut col).to_vec();
+            let (mut want, mut got) = (PackedB::default(), PackedB::default());
+            let mut rows = vec![f32::NAN; 3];
+            want.pack(&cols, kd, plane, plane, 1);
+            g.pack_columns(&img, &mut rows, &mut got);
+            assert_eq!(
+                got.raw(),
+                want.raw(),
+                "forward layout, {cin} {h} {k} {stride} {pad}"
+            );
+            want.pack(&cols, plane, kd, 1, plane);
+            g.pack_columns_t(&img, &mut rows, &mut got);
+            assert_eq!(
+                got.raw(),
+                want.raw(),
+                "transposed layout, {cin} {h} {k} {stride} {pad}"
+            );
+        }
     }
 }

@@ -56,7 +56,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// Rows of A per panel, and rows of C per kernel tile.
 const MR: usize = 12;
 /// Columns of B per panel, and columns of C per kernel tile (two zmm).
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
 
 /// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 pub fn to_bf16(x: f32) -> u16 {
@@ -80,6 +80,35 @@ pub fn from_bf16(b: u16) -> f32 {
 /// the low half.
 fn word(lo: f32, hi: f32) -> u32 {
     u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
+}
+
+/// `dst[j] = word(lo[j], hi[j])` over the shortest of the three: 16 words
+/// per AVX-512 instruction sequence where [`native`], else one at a time.
+pub(crate) fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16.
+        unsafe { x86::words(lo, hi, dst) };
+        return;
+    }
+    words_scalar(lo, hi, dst);
+}
+
+/// The portable [`words`], branch-free so that it vectorises.
+fn words_scalar(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    // As `to_bf16`, in the high half of a u32 (the low half is garbage).
+    fn rounded(x: f32) -> u32 {
+        let bits = x.to_bits();
+        let r = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+        if x.is_nan() {
+            bits | 0x0040_0000
+        } else {
+            r
+        }
+    }
+    for ((d, &a), &b) in dst.iter_mut().zip(lo).zip(hi) {
+        *d = (rounded(a) >> 16) | (rounded(b) & 0xffff_0000);
+    }
 }
 
 /// Whether the native AVX-512 BF16 kernel runs on this CPU (detected once,
@@ -200,6 +229,22 @@ fn pack(src: Source<'_>, w: usize, dst: &mut [u32]) {
     pack_scalar(src, w, dst);
 }
 
+/// Packs one panel of a right operand: `lines <= NR` columns of B, each
+/// `k` contiguous values (`src[l * k + p]` is element `(p, l)`), into
+/// `dst`, the `k.div_ceil(2) * NR` words of that panel; lines past `lines`
+/// are zero. The same words as packing the whole operand at once.
+pub(crate) fn pack_panel(src: &[f32], lines: usize, k: usize, dst: &mut [u32]) {
+    assert!(lines <= NR, "bf16 pack_panel: {lines} lines > {NR}");
+    let src = Source {
+        data: src,
+        lines,
+        k,
+        ls: k,
+        ps: 1,
+    };
+    pack(src, NR, dst);
+}
+
 /// The portable packer behind [`pack`]: one word at a time, for any strides.
 fn pack_scalar(src: Source<'_>, w: usize, dst: &mut [u32]) {
     let pairs = src.k.div_ceil(2);
@@ -294,6 +339,22 @@ impl PackedB {
         pack(src, NR, dst);
         self.k = k;
         self.n = n;
+    }
+
+    /// Sets the shape to `k x n` and returns the words for the caller to
+    /// fill in the layout of the module doc, every one of them: the zero
+    /// padding too (columns past `n` in the last panel, and the high halves
+    /// of the last pair when `k` is odd). Reuses the allocation.
+    pub(crate) fn words_mut(&mut self, k: usize, n: usize) -> &mut [u32] {
+        self.k = k;
+        self.n = n;
+        self.words.resize(n.div_ceil(NR) * k.div_ceil(2) * NR)
+    }
+
+    /// The packed words.
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &[u32] {
+        self.words.get()
     }
 
     /// Depth (`k`).
@@ -633,6 +694,28 @@ mod x86 {
         }
     }
 
+    /// The native [`super::words`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+        let n = dst.len().min(lo.len()).min(hi.len());
+        let top = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        for j in (0..n).step_by(16) {
+            let m = lanes(n - j);
+            // SAFETY: the lanes of `m` are indices `j..n`, inside all three.
+            unsafe {
+                let (a, b) = (load(m, lo.as_ptr().add(j)), load(m, hi.as_ptr().add(j)));
+                let v = _mm512_or_si512(
+                    _mm512_srli_epi32::<16>(round(a)),
+                    _mm512_and_si512(round(b), top),
+                );
+                store(m, dst.as_mut_ptr().add(j), v);
+            }
+        }
+    }
+
     /// Packs a source whose depth rows are contiguous across lines
     /// (`src.ls == 1`): per pair, two masked loads of `w` line values per 16
     /// lines, interleaved into words without shuffles.
@@ -802,6 +885,34 @@ mod tests {
         pack_scalar(src, w, &mut slow);
         assert_eq!(fast, slow, "packers differ");
         slow
+    }
+
+    /// Both `words` paths give the words of `word` for every length (full
+    /// vectors and masked tails), with infinities, NaNs, ties and negative
+    /// zero among the values.
+    #[test]
+    fn words_paths_agree_with_word() {
+        let mut lo = values(41, 7);
+        let mut hi = values(41, 8);
+        lo[3] = f32::NAN;
+        hi[5] = -f32::NAN;
+        lo[17] = f32::INFINITY;
+        hi[17] = f32::NEG_INFINITY;
+        lo[20] = 1.0 + 2f32.powi(-8);
+        hi[33] = -0.0;
+        for n in 0..=41 {
+            let want: Vec<u32> = (0..n).map(|j| word(lo[j], hi[j])).collect();
+            let mut got = vec![0xdead_beef; n + 3];
+            words(&lo[..n], &hi[..n], &mut got);
+            assert_eq!(&got[..n], &want[..], "dispatch, n = {n}");
+            assert!(
+                got[n..].iter().all(|&w| w == 0xdead_beef),
+                "wrote past n = {n}"
+            );
+            let mut scalar = vec![0; n];
+            words_scalar(&lo[..n], &hi[..n], &mut scalar);
+            assert_eq!(scalar, want, "portable, n = {n}");
+        }
     }
 
     #[test]

@@ -21,9 +21,13 @@
 //! only (the transforms use the exact constants 0, ±1 and ±1/2); the tests
 //! hold it to 1e-5 relative against the im2col path.
 //!
-//! Images are processed in chunks whose size depends only on the geometry,
-//! and the weight gradient's chunk partials are summed in chunk order, so
-//! results do not depend on the thread count.
+//! Images are processed in chunks whose size depends only on the geometry;
+//! the weight gradient accumulates fixed groups of consecutive chunks and
+//! sums the groups in order, so results do not depend on the thread count.
+//!
+//! With bf16 operands, the forward (and so the input gradient) transforms
+//! two channels at a time and writes `V` rounded and packed for the GEMM
+//! kernel directly; `V` never exists in f32.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
@@ -34,6 +38,11 @@ use super::{bf16, rm, rm_mut, sum_in_order, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for.
 const TARGET_COLS: usize = 256;
+
+/// The most partial sums the weight gradient keeps: consecutive chunks of
+/// images are grouped by position (never by thread), each group's products
+/// accumulate in chunk order, and the groups' sums are added in order.
+const GROUPS: usize = 8;
 
 /// Whether a geometry takes the Winograd path: a 3x3 stride-1 kernel with
 /// enough channels on both sides for the 16 GEMMs to be worth it.
@@ -153,61 +162,152 @@ fn weight_untransform(g: &Geometry, du: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// `V = Bᵀ d B` of every 4x4 input tile of `imgs` (`[nb, Cin, H, W]`) into
-/// `v` `[16][Cin][cols]`, `cols = nb * per_image`. `pad` is scratch.
+/// Copies channel plane `src` (`h x w`) into the interior of the zero-padded
+/// `plane` (`pw` wide, `pad` zeros before the first row and column). The
+/// border is never written, so it stays zero from one plane to the next.
+fn fill_plane(g: &Geometry, src: &[f32], plane: &mut [f32], pw: usize) {
+    let ph = plane.len() / pw;
+    let (h_in, w_in) = (g.h.min(ph - g.pad), g.w.min(pw - g.pad));
+    for y in 0..h_in {
+        plane[(y + g.pad) * pw + g.pad..][..w_in].copy_from_slice(&src[y * g.w..][..w_in]);
+    }
+}
+
+/// `V = Bᵀ d B` of the `tw` tiles of tile row `ty` of one padded plane
+/// (`pw` wide) into `out`: `out[ξ * tw + tx]` is `V[ξ]` of tile `tx`. `e`
+/// is scratch of `4 * pw`.
 ///
-/// Works a row of tiles at a time: `Bᵀ` combines four padded input rows
-/// element-wise (vectorisable), then `B` combines columns while each of
-/// the 16 outputs is written as one contiguous run of tiles.
+/// `Bᵀ` combines four padded input rows element-wise (vectorisable), then
+/// `B` combines columns, each of the 16 outputs a contiguous run of tiles.
+#[inline]
+fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
+    let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
+    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+    let (e0, rest) = e[..4 * pw].split_at_mut(pw);
+    let (e1, rest) = rest.split_at_mut(pw);
+    let (e2, e3) = rest.split_at_mut(pw);
+    for x in 0..pw {
+        e0[x] = r0[x] - r2[x];
+        e1[x] = r1[x] + r2[x];
+        e2[x] = r2[x] - r1[x];
+        e3[x] = r1[x] - r3[x];
+    }
+    for (ri, e) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
+        // The four outputs of this row combination.
+        let block = &mut out[ri * 4 * tw..][..4 * tw];
+        let (y0, rest) = block.split_at_mut(tw);
+        let (y1, rest) = rest.split_at_mut(tw);
+        let (y2, y3) = rest.split_at_mut(tw);
+        let e = &e[..2 * tw + 2];
+        for tx in 0..tw {
+            let (q0, q1, q2, q3) = (e[2 * tx], e[2 * tx + 1], e[2 * tx + 2], e[2 * tx + 3]);
+            y0[tx] = q0 - q2;
+            y1[tx] = q1 + q2;
+            y2[tx] = q2 - q1;
+            y3[tx] = q1 - q3;
+        }
+    }
+}
+
+/// The scratch of [`input_transform`] and [`input_transform_bf16`] for
+/// `planes` padded planes: the planes, the row combinations and `planes`
+/// tile rows of output, all zero. Returns (planes, row combinations, tile
+/// rows) and the padded width.
+fn transform_scratch<'a>(
+    t: &Tiles,
+    planes: usize,
+    pad: &'a mut Vec<f32>,
+) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32], usize) {
+    let (ph, pw) = (2 * t.th + 2, 2 * t.tw + 2);
+    pad.clear();
+    pad.resize(planes * (ph * pw + 16 * t.tw) + 4 * pw, 0.0);
+    let (p, rest) = pad.split_at_mut(planes * ph * pw);
+    let (out, e) = rest.split_at_mut(planes * 16 * t.tw);
+    (p, e, out, pw)
+}
+
+/// `V = Bᵀ d B` of every 4x4 input tile of `imgs` (`[nb, Cin, H, W]`) into
+/// `v` `[16][Cin][cols]`, `cols = nb * per_image`, a row of tiles at a time.
+/// `pad` is scratch.
 fn input_transform(g: &Geometry, t: &Tiles, imgs: &[f32], v: &mut [f32], pad: &mut Vec<f32>) {
     let nb = imgs.len() / (g.cin * g.h * g.w);
-    let cols = nb * t.per_image;
-    let (ph, pw) = (2 * t.th + 2, 2 * t.tw + 2);
-    // The padded plane, then the four row combinations of one tile row.
-    pad.clear();
-    pad.resize(ph * pw + 4 * pw, 0.0);
-    let (plane, rows) = pad.split_at_mut(ph * pw);
-    let (h_in, w_in) = (g.h.min(ph - g.pad), g.w.min(pw - g.pad));
+    let (cols, tw) = (nb * t.per_image, t.tw);
+    let (plane, e, out, pw) = transform_scratch(t, 1, pad);
     for i in 0..nb {
         for c in 0..g.cin {
-            let src = &imgs[(i * g.cin + c) * g.h * g.w..][..g.h * g.w];
-            // Borders stay zero: only the interior is rewritten per plane.
-            for y in 0..h_in {
-                plane[(y + g.pad) * pw + g.pad..][..w_in].copy_from_slice(&src[y * g.w..][..w_in]);
+            fill_plane(
+                g,
+                &imgs[(i * g.cin + c) * g.h * g.w..][..g.h * g.w],
+                plane,
+                pw,
+            );
+            for ty in 0..t.th {
+                tile_row(plane, pw, ty, tw, e, out);
+                let col0 = i * t.per_image + ty * tw;
+                for (xi, run) in out.chunks_exact(tw).enumerate() {
+                    v[(xi * g.cin + c) * cols + col0..][..tw].copy_from_slice(run);
+                }
+            }
+        }
+    }
+}
+
+/// As [`input_transform`], with `V[ξ]` rounded to bf16 and written straight
+/// into the packed right operand `vb[ξ]` (`Cin x cols`) of GEMM ξ: channels
+/// are transformed two at a time, the pair of a packed word, so `V` never
+/// exists in f32.
+fn input_transform_bf16(
+    g: &Geometry,
+    t: &Tiles,
+    imgs: &[f32],
+    vb: &mut [PackedB],
+    pad: &mut Vec<f32>,
+) {
+    const NR: usize = bf16::NR;
+    let nb = imgs.len() / (g.cin * g.h * g.w);
+    let (cols, tw, pairs) = (nb * t.per_image, t.tw, g.cin.div_ceil(2));
+    let mut dst: Vec<&mut [u32]> = vb.iter_mut().map(|b| b.words_mut(g.cin, cols)).collect();
+    let (planes, e, outs, pw) = transform_scratch(t, 2, pad);
+    let (lo_plane, hi_plane) = planes.split_at_mut(planes.len() / 2);
+    let (lo, hi) = outs.split_at_mut(16 * tw);
+    let image = g.cin * g.h * g.w;
+    for i in 0..nb {
+        for q in 0..pairs {
+            let (c0, c1) = (2 * q, 2 * q + 1);
+            let src = |c: usize| &imgs[i * image + c * g.h * g.w..][..g.h * g.w];
+            fill_plane(g, src(c0), lo_plane, pw);
+            if c1 < g.cin {
+                fill_plane(g, src(c1), hi_plane, pw);
             }
             for ty in 0..t.th {
-                let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                let (e0, rest) = rows.split_at_mut(pw);
-                let (e1, rest) = rest.split_at_mut(pw);
-                let (e2, e3) = rest.split_at_mut(pw);
-                for x in 0..pw {
-                    e0[x] = r0[x] - r2[x];
-                    e1[x] = r1[x] + r2[x];
-                    e2[x] = r2[x] - r1[x];
-                    e3[x] = r1[x] - r3[x];
+                tile_row(lo_plane, pw, ty, tw, e, lo);
+                if c1 < g.cin {
+                    tile_row(hi_plane, pw, ty, tw, e, hi);
+                } else {
+                    hi.fill(0.0);
                 }
-                let col0 = i * t.per_image + ty * t.tw;
-                let (tw, stride) = (t.tw, g.cin * cols);
-                for (ri, e) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
-                    // The four outputs of this row combination: runs of `tw`
-                    // tiles, `stride` apart.
-                    let base = ri * 4 * stride + c * cols + col0;
-                    let block = &mut v[base..base + 3 * stride + tw];
-                    let (b0, rest) = block.split_at_mut(stride);
-                    let (b1, rest) = rest.split_at_mut(stride);
-                    let (b2, b3) = rest.split_at_mut(stride);
-                    let (y0, y1, y2, y3) = (&mut b0[..tw], &mut b1[..tw], &mut b2[..tw], b3);
-                    let e = &e[..2 * tw + 2];
-                    for tx in 0..tw {
-                        let (q0, q1, q2, q3) =
-                            (e[2 * tx], e[2 * tx + 1], e[2 * tx + 2], e[2 * tx + 3]);
-                        y0[tx] = q0 - q2;
-                        y1[tx] = q1 + q2;
-                        y2[tx] = q2 - q1;
-                        y3[tx] = q1 - q3;
+                // Tiles col0.. of every ξ, cut where they cross a panel.
+                let col0 = i * t.per_image + ty * tw;
+                let mut tx = 0;
+                while tx < tw {
+                    let col = col0 + tx;
+                    let run = (NR - col % NR).min(tw - tx);
+                    let at = ((col / NR) * pairs + q) * NR + col % NR;
+                    for (xi, d) in dst.iter_mut().enumerate() {
+                        let (l, h) = (&lo[xi * tw + tx..][..run], &hi[xi * tw + tx..][..run]);
+                        bf16::words(l, h, &mut d[at..at + run]);
                     }
+                    tx += run;
                 }
+            }
+        }
+    }
+    // Columns past `cols` in the last panel are zero.
+    if cols % NR != 0 {
+        let last = cols / NR;
+        for d in &mut dst {
+            for q in 0..pairs {
+                d[(last * pairs + q) * NR + cols % NR..][..NR - cols % NR].fill(0);
             }
         }
     }
@@ -324,6 +424,8 @@ struct Scratch {
     /// The operands of the bf16 GEMMs (the left one only in the weight
     /// gradient, where it changes per chunk).
     packed: Packed,
+    /// The 16 packed right operands of the forward's bf16 GEMMs.
+    vb: Vec<PackedB>,
 }
 
 /// Packed bf16 operands, reused from one GEMM to the next.
@@ -379,16 +481,18 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32
         .zip(x.par_chunks(t.chunk * image))
         .for_each_init(Scratch::default, |s, (o, xs)| {
             let cols = xs.len() / image * t.per_image;
-            let v = resized(&mut s.v, 16 * g.cin * cols);
-            input_transform(g, &t, xs, v, &mut s.pad);
             let m = resized(&mut s.m, 16 * g.cout * cols);
-            let v = &*v;
             if bf16 {
-                for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), (_, b)| {
-                    b.pack(&v[xi * ci * cols..][..ci * cols], ci, cols, cols, 1);
-                    bf16::gemm(m, cols, &packed_u[xi], b, false);
+                s.vb.resize_with(16, PackedB::default);
+                input_transform_bf16(g, &t, xs, &mut s.vb, &mut s.pad);
+                let vb = &s.vb;
+                for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), _| {
+                    bf16::gemm(m, cols, &packed_u[xi], &vb[xi], false);
                 });
             } else {
+                let v = resized(&mut s.v, 16 * g.cin * cols);
+                input_transform(g, &t, xs, v, &mut s.pad);
+                let v = &*v;
                 for xi in 0..16 {
                     matmul(
                         rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
@@ -427,35 +531,53 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
     let t = Tiles::new(g);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let (co, ci) = (g.cout, g.cin);
-    let par = t.par(g.n);
+    // Chunks are gathered into at most GROUPS groups by position alone; each
+    // group accumulates its chunks' products in order into one partial.
+    let per_group = t.chunks(g.n).div_ceil(GROUPS).max(1);
+    let group = per_group * t.chunk;
+    let par = if g.n.div_ceil(group) >= rayon::current_num_threads() {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    };
     let partials: Vec<Vec<f32>> = x
-        .par_chunks(t.chunk * image)
-        .zip(dy.par_chunks(t.chunk * g.cout * plane))
-        .map_init(Scratch::default, |s, (xs, ds)| {
-            let cols = xs.len() / image * t.per_image;
-            let v = resized(&mut s.v, 16 * g.cin * cols);
-            input_transform(g, &t, xs, v, &mut s.pad);
-            let dm = resized(&mut s.m, 16 * g.cout * cols);
-            grad_transform(g, &t, ds, dm, &mut s.tmp);
-            let (v, dm) = (&*v, &*dm);
+        .par_chunks(group * image)
+        .zip(dy.par_chunks(group * g.cout * plane))
+        .map_init(Scratch::default, |s, (xg, dg)| {
             let mut du = vec![0f32; 16 * co * ci];
-            if bf16 {
-                // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
-                for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
-                    a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
-                    b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
-                    bf16::gemm(du, ci, a, b, false);
-                });
-            } else {
-                for xi in 0..16 {
-                    matmul(
-                        rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
-                        Accum::Replace,
-                        rm(&dm[xi * co * cols..][..co * cols], co, cols),
-                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
-                        1.0,
-                        par,
-                    );
+            let chunks = xg
+                .chunks(t.chunk * image)
+                .zip(dg.chunks(t.chunk * g.cout * plane));
+            for (k, (xs, ds)) in chunks.enumerate() {
+                let cols = xs.len() / image * t.per_image;
+                let v = resized(&mut s.v, 16 * g.cin * cols);
+                input_transform(g, &t, xs, v, &mut s.pad);
+                let dm = resized(&mut s.m, 16 * g.cout * cols);
+                grad_transform(g, &t, ds, dm, &mut s.tmp);
+                let (v, dm) = (&*v, &*dm);
+                let accumulate = k > 0;
+                if bf16 {
+                    // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
+                    for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
+                        a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
+                        b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
+                        bf16::gemm(du, ci, a, b, accumulate);
+                    });
+                } else {
+                    for xi in 0..16 {
+                        matmul(
+                            rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
+                            if accumulate {
+                                Accum::Add
+                            } else {
+                                Accum::Replace
+                            },
+                            rm(&dm[xi * co * cols..][..co * cols], co, cols),
+                            rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
+                            1.0,
+                            par,
+                        );
+                    }
                 }
             }
             du
@@ -463,4 +585,61 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
         .collect();
     let du = sum_in_order(partials, 16 * g.cout * g.cin);
     weight_untransform(g, &du)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused bf16 transform writes exactly the words that the f32
+    /// transform followed by the packer gives: odd and even channel counts,
+    /// odd map sizes, every padding, tile rows that cross a panel of the
+    /// packed operand, and column counts that do not fill the last panel.
+    #[test]
+    fn fused_bf16_transform_equals_transform_then_pack() {
+        for (n, cin, h, w, pad) in [
+            (3, 17, 7, 9, 1),
+            (2, 16, 8, 8, 0),
+            (1, 20, 6, 6, 2),
+            (4, 33, 16, 16, 1),
+            (1, 18, 13, 31, 1),
+            (2, 16, 32, 32, 1),
+        ] {
+            let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
+            let g = Geometry {
+                n,
+                cin,
+                h,
+                w,
+                cout: 16,
+                k: 3,
+                stride: 1,
+                pad,
+                ho,
+                wo,
+            };
+            let t = Tiles::new(&g);
+            let x: Vec<f32> = (0..n * cin * h * w)
+                .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+                .collect();
+            let cols = n * t.per_image;
+            let mut v = vec![0f32; 16 * cin * cols];
+            input_transform(&g, &t, &x, &mut v, &mut Vec::new());
+            let mut fused: Vec<PackedB> = (0..16).map(|_| PackedB::default()).collect();
+            // Stale words from a larger earlier call must not survive.
+            for b in &mut fused {
+                b.words_mut(cin + 5, cols + 40).fill(u32::MAX);
+            }
+            input_transform_bf16(&g, &t, &x, &mut fused, &mut Vec::new());
+            for (xi, b) in fused.iter().enumerate() {
+                let mut want = PackedB::default();
+                want.pack(&v[xi * cin * cols..][..cin * cols], cin, cols, cols, 1);
+                assert_eq!(
+                    b.raw(),
+                    want.raw(),
+                    "xi {xi}, geometry {n} {cin} {h} {w} {pad}"
+                );
+            }
+        }
+    }
 }
