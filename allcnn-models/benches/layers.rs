@@ -11,6 +11,15 @@
 //! skips the weight gradient; candle computes both, which is part of what
 //! is measured); with only the weight a variable, the weight gradient alone.
 //! Backward timings include the forward pass that precedes them.
+//!
+//! The benches allocate with mimalloc, as the `allcnn` binary does: with
+//! the system allocator every activation-sized buffer is a fresh `mmap`,
+//! and page faults plus kernel page zeroing were 10-15% of a backward
+//! bench. Set `MIMALLOC_PURGE_DELAY=10000` to match the binary exactly (it
+//! sets that delay itself).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use allcnn_models::kernels::conv::{conv2d, conv2d_with, Algorithm};
 use allcnn_models::ArchSpec;
