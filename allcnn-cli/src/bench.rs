@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use allcnn_models::{AllCnn, ArchSpec, ConvBackend, Init};
+use allcnn_models::{AllCnn, ArchSpec, ConvBackend, Init, Precision};
 use allcnn_train::{train_step, MomentumSgd, SgdConfig};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -29,12 +29,17 @@ pub struct Args {
     /// Class count of the head (default 10; 1000 for the ImageNet model).
     #[arg(long)]
     classes: Option<usize>,
-    /// Convolution implementation: `winograd` (ours, the default: Winograd
-    /// F(2x2,3x3) for 3x3 stride-1 layers, im2col for the rest),
-    /// `winograd-bf16` (the same with bf16 GEMM operands, f32 accumulation),
-    /// `gemm` (ours, im2col for every layer) or `candle`.
-    #[arg(long, default_value = "winograd", value_parser = crate::values::conv_backend())]
-    conv: ConvBackend,
+    /// Precision of the convolution GEMMs: `f32` (the default), `bf16`
+    /// (bf16 operands, f32 accumulation) or `auto` (bf16 where this CPU runs
+    /// it faster). The JSON line reports what ran (`conv`, `kernel`).
+    #[arg(long, value_parser = crate::values::precision(), conflicts_with = "conv")]
+    precision: Option<Precision>,
+    /// Convolution implementation, the expert override of --precision:
+    /// `winograd` (ours, what `f32` runs: Winograd F(2x2,3x3) for 3x3
+    /// stride-1 layers, im2col for the rest), `winograd-bf16` (what `bf16`
+    /// runs), `gemm` (ours, im2col for every layer) or `candle`.
+    #[arg(long, value_parser = crate::values::conv_backend())]
+    conv: Option<ConvBackend>,
     #[command(flatten)]
     device: crate::device::DeviceArg,
 }
@@ -43,7 +48,14 @@ pub struct Args {
 struct Report<'a> {
     model: &'a str,
     mode: &'a str,
+    /// The precision asked for (`--precision`), if any.
+    precision: Option<&'a str>,
+    /// The convolution backend that ran.
     conv: &'a str,
+    /// The GEMM kernel of the convolutions that ran: `f32` (ours, f32),
+    /// `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
+    /// multiplied in f32: no faster) or `candle` (candle's convolution).
+    kernel: &'static str,
     batch: usize,
     iters: usize,
     device: String,
@@ -66,7 +78,10 @@ fn peak_rss_mib() -> Option<f64> {
 
 pub fn run(args: &Args) -> Result<()> {
     let train = args.mode == BenchMode::Train;
-    let backend = args.conv;
+    let backend = match (args.conv, args.precision) {
+        (Some(conv), _) => conv,
+        (None, precision) => precision.unwrap_or_default().backend(),
+    };
     if args.batch == 0 || args.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
@@ -125,7 +140,9 @@ pub fn run(args: &Args) -> Result<()> {
     let report = Report {
         model: &args.model,
         mode: if train { "train" } else { "infer" },
+        precision: args.precision.map(Precision::name),
         conv: backend.name(),
+        kernel: kernel(backend, &device),
         batch: args.batch,
         iters: args.iters,
         device: format!("{device:?}"),
@@ -137,4 +154,17 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// The GEMM kernel `backend` runs on `device` (see [`Report::kernel`]).
+fn kernel(backend: ConvBackend, device: &Device) -> &'static str {
+    match backend {
+        _ if !device.is_cpu() => "candle",
+        ConvBackend::Candle => "candle",
+        ConvBackend::WinogradBf16 if allcnn_models::kernels::conv::has_native_bf16() => {
+            "avx512-bf16"
+        }
+        ConvBackend::WinogradBf16 => "portable-bf16",
+        _ => "f32",
+    }
 }

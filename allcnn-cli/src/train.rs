@@ -32,6 +32,11 @@ pub struct TrainArgs {
     /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Precision of the convolution GEMMs on CPU (overrides the config's
+    /// `precision`): `f32`, `bf16` (bf16 operands, f32 accumulation) or
+    /// `auto` (bf16 where this CPU runs it faster).
+    #[arg(long, value_parser = crate::values::precision())]
+    precision: Option<allcnn_models::Precision>,
     /// The run directory to create (must not hold a run already).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -90,8 +95,12 @@ fn trainer(device: &crate::device::DeviceArg) -> Result<Trainer> {
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     if let Some(run_dir) = &args.resume {
-        if args.data.is_some() || args.out.is_some() || !args.set.is_empty() {
-            bail!("--resume continues a run with its own config and data; drop --data/--out/KEY=VALUE");
+        if args.data.is_some()
+            || args.out.is_some()
+            || args.precision.is_some()
+            || !args.set.is_empty()
+        {
+            bail!("--resume continues a run with its own config and data; drop --data/--out/--precision/KEY=VALUE");
         }
         let mut t = trainer(&args.device)?;
         let summary = match args.epochs {
@@ -115,6 +124,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     if let Some(d) = &args.data {
         config.data.path = Some(d.clone());
     }
+    if let Some(p) = args.precision {
+        config.precision = p;
+    }
     config.apply_overrides(&args.set)?;
     config.validate()?;
     if args.print_config {
@@ -135,7 +147,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let data = TrainData::open(&data_path, &config.data, config.seed)
         .with_context(|| format!("opening {}", data_path.display()))?;
     let mut t = trainer(&args.device)?;
-    crate::device::warn_if_bf16_is_emulated(config.conv, t.device());
+    crate::device::warn_if_bf16_is_emulated(config.conv_backend(), t.device());
     if args.grid {
         let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
         if args.json {

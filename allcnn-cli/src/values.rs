@@ -60,6 +60,13 @@ pub fn conv_backend() -> impl TypedValueParser<Value = allcnn_models::ConvBacken
         .map(|s: String| ConvBackend::from_name(&s).expect("a name from ConvBackend::ALL"))
 }
 
+/// The precisions ([`allcnn_models::Precision::ALL`]), for `--precision`.
+pub fn precision() -> impl TypedValueParser<Value = allcnn_models::Precision> {
+    use allcnn_models::Precision;
+    PossibleValuesParser::new(Precision::ALL.map(|(name, _)| name))
+        .map(|s: String| Precision::from_name(&s).expect("a name from Precision::ALL"))
+}
+
 /// The attribution methods ([`allcnn_viz::Method::ALL`]), for `viz --method`.
 pub fn method() -> impl TypedValueParser<Value = allcnn_viz::Method> {
     PossibleValuesParser::new(allcnn_viz::Method::ALL.map(|m| m.name()))

@@ -120,6 +120,74 @@ fn bench_prints_one_json_line() {
     }
 }
 
+/// `--precision` resolves to a backend, and the JSON line says what was
+/// asked for and what ran; it conflicts with the expert `--conv`.
+#[test]
+fn bench_reports_the_precision_and_the_kernel_that_ran() {
+    let native = allcnn_models::kernels::conv::has_native_bf16();
+    for (precision, conv, kernel) in [
+        ("f32", "winograd", "f32"),
+        (
+            "bf16",
+            "winograd-bf16",
+            if native {
+                "avx512-bf16"
+            } else {
+                "portable-bf16"
+            },
+        ),
+        ("auto", allcnn_models::Precision::Auto.backend().name(), ""),
+    ] {
+        let o = allcnn(&[
+            "bench",
+            "--model",
+            "all-cnn-a",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--precision",
+            precision,
+        ]);
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(v["precision"], precision, "{v}");
+        assert_eq!(v["conv"], conv, "{v}");
+        if !kernel.is_empty() {
+            assert_eq!(v["kernel"], kernel, "{v}");
+        }
+    }
+    let o = allcnn(&["bench", "--batch", "2", "--iters", "1", "--conv", "gemm"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (v["precision"].is_null(), &v["kernel"]),
+        (true, &serde_json::json!("f32"))
+    );
+    let o = allcnn(&["bench", "--precision", "bf16", "--conv", "gemm"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--precision") && stderr(&o).contains("--conv"),
+        "{}",
+        stderr(&o)
+    );
+    // train: --precision lands in the resolved config.
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--precision",
+        "bf16",
+        "--print-config",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("precision = \"bf16\""),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[test]
 fn errors_exit_nonzero_with_a_useful_message() {
     // Values from closed sets are checked by clap (issue 16): a usage

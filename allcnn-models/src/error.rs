@@ -24,6 +24,14 @@ pub enum ModelError {
         /// Comma-separated backend names.
         known: String,
     },
+    /// The precision name is not one of [`crate::Precision::ALL`].
+    #[error("unknown precision `{name}`; known precisions: {known}")]
+    UnknownPrecision {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated precision names.
+        known: String,
+    },
     /// The architecture description is inconsistent.
     #[error("invalid architecture `{name}`: {reason}")]
     InvalidSpec {

@@ -19,6 +19,9 @@
 //! - `hub` (cargo feature `hub`): `hf://OWNER/REPO[/FILE][@REVISION]`
 //!   references to weights on the Hugging Face Hub, downloaded into the
 //!   standard cache and reused offline.
+//! - [`Precision`]: `f32`, `bf16` or `auto` for the CPU convolutions,
+//!   resolved to a [`ConvBackend`] (the expert choice of implementation)
+//!   and set with [`AllCnn::set_conv_backend`].
 //! - [`kernels`]: what the network is computed with (the convolution in
 //!   every pass and precision, the max-pool with switches, the ReLU rules,
 //!   the in-place SGD update), behind one safe API; the crate's only
@@ -48,6 +51,7 @@ mod error;
 pub mod hub;
 pub mod kernels;
 mod model;
+mod precision;
 #[cfg(feature = "pretrained")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pretrained")))]
 pub mod pretrained;
@@ -58,6 +62,7 @@ pub use error::ModelError;
 pub use model::{
     Activations, AllCnn, ConvBackend, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu,
 };
+pub use precision::{bf16_is_faster, Precision};
 pub use spec::{
     registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo, SpatialLayer, SpecLimits,
 };

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use allcnn_data::Augmentation;
-use allcnn_models::{ArchSpec, ConvBackend, Init};
+use allcnn_models::{ArchSpec, ConvBackend, Init, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -172,6 +172,13 @@ pub struct TrainConfig {
     /// candle's convolution whatever this says.
     #[serde(default, skip_serializing_if = "is_default_conv")]
     pub conv: ConvBackend,
+    /// Precision of the convolution GEMMs on CPU: `f32` (the default),
+    /// `bf16` (bf16 operands, f32 accumulation; weights, momentum and loss
+    /// stay f32) or `auto` (bf16 where this CPU runs it faster,
+    /// [`allcnn_models::bf16_is_faster`]; resolved again when a run is
+    /// resumed). `conv` is the expert override: set one of the two.
+    #[serde(default, skip_serializing_if = "is_default_precision")]
+    pub precision: Precision,
     /// Data.
     #[serde(default)]
     pub data: DataConfig,
@@ -198,6 +205,10 @@ fn is_default_conv(c: &ConvBackend) -> bool {
     *c == ConvBackend::default()
 }
 
+fn is_default_precision(p: &Precision) -> bool {
+    *p == Precision::default()
+}
+
 fn default_eval_batch() -> usize {
     256
 }
@@ -206,6 +217,17 @@ fn default_log_every() -> u64 {
 }
 
 impl TrainConfig {
+    /// The convolution backend the run uses: `conv` when it is set, else
+    /// what `precision` resolves to on this CPU ([`Precision::backend`]).
+    /// [`TrainConfig::validate`] refuses a config that sets both.
+    pub fn conv_backend(&self) -> ConvBackend {
+        if is_default_conv(&self.conv) {
+            self.precision.backend()
+        } else {
+            self.conv
+        }
+    }
+
     /// The learning rate of global step `step` (0-based) in `epoch`
     /// (0-based): the schedule's rate, scaled by the linear warm-up while
     /// `step < warmup_steps`.
@@ -361,6 +383,16 @@ impl TrainConfig {
         };
         if self.epochs == 0 {
             return inv("epochs", "0".into(), "must be at least 1");
+        }
+        if !is_default_conv(&self.conv) && !is_default_precision(&self.precision) {
+            return inv(
+                "precision",
+                self.precision.name().into(),
+                &format!(
+                    "conflicts with conv = \"{}\"; set one of the two (precision \"bf16\" is conv \"winograd-bf16\")",
+                    self.conv.name()
+                ),
+            );
         }
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
             return inv(

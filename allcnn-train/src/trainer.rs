@@ -270,7 +270,7 @@ impl Trainer {
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
         let mut model = initial_model(config, &spec, &self.device)?;
-        model.set_conv_backend(config.conv);
+        model.set_conv_backend(config.conv_backend());
         let vars = model.make_trainable()?;
         let opt = MomentumSgd::new(vars, sgd_config(config));
         let (format, version) = CheckpointState::new_format();
@@ -433,7 +433,7 @@ impl Trainer {
             &ckpt_path.display().to_string(),
             &self.device,
         )?;
-        model.set_conv_backend(config.conv);
+        model.set_conv_backend(config.conv_backend());
         let vars = model.make_trainable()?;
         let mut opt = MomentumSgd::new(vars, sgd_config(&config));
         opt.load_state(ckpt.momentum)?;

@@ -141,3 +141,59 @@ fn warmup_scales_the_schedule_linearly_then_stops() {
     assert_eq!(back.warmup_steps, 4);
     assert_eq!(back.dead_patience_steps, 200);
 }
+
+/// `precision` picks the convolution backend; `conv` is the expert
+/// override; a config that sets both is refused, naming both.
+#[test]
+fn precision_resolves_to_a_backend_and_conflicts_with_conv() {
+    use allcnn_models::{ConvBackend, Precision};
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    assert_eq!(c.precision, Precision::F32);
+    assert_eq!(c.conv_backend(), ConvBackend::Winograd);
+    // The default is not written out, so older readers see nothing new.
+    assert!(!c.to_toml().contains("precision"));
+
+    c.apply_overrides(&["precision=\"bf16\"".to_string()])
+        .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.precision, Precision::Bf16);
+    assert_eq!(c.conv_backend(), ConvBackend::WinogradBf16);
+    let back = TrainConfig::from_toml(&c.to_toml(), "round trip").unwrap();
+    assert_eq!(back, c);
+
+    c.apply_overrides(&["precision=\"auto\"".to_string()])
+        .unwrap();
+    assert_eq!(c.conv_backend(), Precision::Auto.backend());
+
+    // conv alone still works (older configs).
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&["conv=\"gemm\"".to_string()]).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.conv_backend(), ConvBackend::Gemm);
+    // Both set: refused, naming the field, its value and the other one.
+    c.apply_overrides(&["precision=\"bf16\"".to_string()])
+        .unwrap();
+    let err = c.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidConfig {
+                field: "precision",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bf16") && msg.contains("conv = \"gemm\""),
+        "{msg}"
+    );
+    // An unknown name is refused at parse time, listing the known ones.
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    let err = c
+        .apply_overrides(&["precision=\"fp8\"".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fp8") || err.contains("precision"), "{err}");
+}
