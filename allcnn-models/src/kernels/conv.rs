@@ -517,7 +517,8 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// [`forward`] with the GEMMs on bf16-rounded operands ([`bf16::gemm`]):
 /// the kernel is packed once, each image's im2col columns (or the image
-/// itself for a 1x1 kernel) per image, on the thread that owns the image.
+/// itself for a 1x1 kernel) per image, on the thread that owns the image,
+/// made and packed in one pass ([`Geometry::pack_columns`]).
 fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (kd, plane) = (g.kdim(), g.out_plane());
     let mut out = vec![0f32; g.n * g.cout * plane];
