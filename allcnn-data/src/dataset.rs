@@ -354,6 +354,71 @@ impl<D: Dataset> Subset<D> {
     }
 }
 
+/// A dataset whose labels are a seeded random permutation of `inner`'s:
+/// every image keeps its pixels, the label histogram is unchanged, and the
+/// labels no longer say anything about the images. A network trained on it
+/// can only memorise; it is the model of the data-randomisation sanity
+/// check (Adebayo et al., 2018), which `allcnn viz sanity --shuffled-labels`
+/// compares against.
+pub struct ShuffledLabels<D> {
+    inner: D,
+    labels: Vec<u32>,
+}
+
+impl<D: Dataset> ShuffledLabels<D> {
+    /// `inner` with its labels permuted by stream [`allcnn_seed::Stream::Labels`]
+    /// of `seed` (the same permutation on every machine).
+    ///
+    /// # Errors
+    /// Reading a label of `inner` ([`Dataset::label`]).
+    pub fn new(inner: D, seed: u64) -> Result<Self, DataError> {
+        let mut labels = (0..inner.len())
+            .map(|i| inner.label(i))
+            .collect::<Result<Vec<u32>, DataError>>()?;
+        labels.shuffle(&mut allcnn_seed::rng(
+            seed,
+            allcnn_seed::Stream::Labels,
+            0,
+            0,
+        ));
+        Ok(Self { inner, labels })
+    }
+
+    /// The inner dataset (with its true labels).
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+}
+
+impl<D: Dataset> Dataset for ShuffledLabels<D> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        let mut sample = self.inner.get(index)?;
+        sample.label = self.label(index)?;
+        Ok(sample)
+    }
+    fn class_names(&self) -> &[String] {
+        self.inner.class_names()
+    }
+    fn label(&self, index: usize) -> Result<u32, DataError> {
+        self.labels
+            .get(index)
+            .copied()
+            .ok_or(DataError::IndexOutOfRange {
+                index,
+                len: self.labels.len(),
+            })
+    }
+    fn image_shape(&self) -> Option<(usize, usize, usize)> {
+        self.inner.image_shape()
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+}
+
 impl<D: Dataset> Dataset for Subset<D> {
     fn len(&self) -> usize {
         self.indices.len()

@@ -70,6 +70,13 @@ pub struct DataConfig {
     /// be read instead of failing when the data are opened.
     #[serde(default)]
     pub skip_bad_images: bool,
+    /// Train on a seeded random permutation of the training labels
+    /// (`allcnn_data::dataset::ShuffledLabels`, seeded by the run's seed):
+    /// the model of the data-randomisation sanity check (`allcnn viz sanity
+    /// --shuffled-labels`). Validation and test labels stay true, so their
+    /// accuracy stays at chance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shuffle_labels: bool,
 }
 
 fn default_gcn_scale() -> f32 {
@@ -93,6 +100,7 @@ impl Default for DataConfig {
             validation: 0,
             workers: 0,
             skip_bad_images: false,
+            shuffle_labels: false,
         }
     }
 }

@@ -180,6 +180,9 @@ impl TrainData {
             val = Some(Arc::new(Subset::new(train.clone(), v)?) as Arc<dyn Dataset>);
             train = Arc::new(Subset::new(train, t)?);
         }
+        if config.shuffle_labels {
+            train = Arc::new(allcnn_data::dataset::ShuffledLabels::new(train, seed)?);
+        }
         let test = match self.test {
             Some(t) => Some(random_subset(t, config.test_subset, seed, TEST_SAMPLE)?),
             None => None,

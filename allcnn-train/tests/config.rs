@@ -197,3 +197,49 @@ fn precision_resolves_to_a_backend_and_conflicts_with_conv() {
         .to_string();
     assert!(err.contains("fp8") || err.contains("precision"), "{err}");
 }
+
+/// `data.shuffle_labels` permutes the training labels (seeded by the run's
+/// seed) and leaves the test labels alone.
+#[test]
+fn shuffle_labels_permutes_training_labels_only() {
+    use allcnn_data::{Dataset, Image, VecDataset};
+    use allcnn_train::TrainData;
+    use std::sync::Arc;
+    let make = |n: u32| -> Arc<dyn Dataset> {
+        let imgs = (0..n)
+            .map(|_| Image::from_chw(3, 2, 2, vec![0; 12]).unwrap())
+            .collect();
+        let labels = (0..n).map(|i| i % 10).collect();
+        let names = (0..10).map(|c| format!("c{c}")).collect();
+        Arc::new(VecDataset::new(imgs, labels, names).unwrap())
+    };
+    let labels =
+        |d: &Arc<dyn Dataset>| -> Vec<u32> { (0..d.len()).map(|i| d.label(i).unwrap()).collect() };
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&["data.shuffle_labels=true".to_string()])
+        .unwrap();
+    c.validate().unwrap();
+    assert!(c.to_toml().contains("shuffle_labels = true"));
+    let (train, test) = (make(200), make(50));
+    let plain = labels(&train);
+    let data = TrainData::new(train.clone(), Some(test.clone()))
+        .select(&c.data, 5)
+        .unwrap();
+    let shuffled = labels(&data.train);
+    assert_ne!(shuffled, plain);
+    let (mut a, mut b) = (shuffled.clone(), plain.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "not a permutation");
+    assert_eq!(labels(data.test.as_ref().unwrap()), labels(&test));
+    // Seeded: the same seed, the same labels.
+    let again = TrainData::new(train, Some(test))
+        .select(&c.data, 5)
+        .unwrap();
+    assert_eq!(labels(&again.train), shuffled);
+    // Off by default, and then not written.
+    assert!(!TrainConfig::preset("cifar10")
+        .unwrap()
+        .to_toml()
+        .contains("shuffle_labels"));
+}

@@ -425,3 +425,38 @@ fn random_subset_is_seeded_sorted_and_spread() {
     assert!(classes.len() >= 6, "{classes:?}");
     assert_eq!(Subset::random(ds, 1000, 7).len(), 100);
 }
+
+/// Shuffled labels are a seeded permutation of the true ones: the same
+/// histogram, images untouched, most labels changed, the same permutation
+/// for the same seed and another for another seed.
+#[test]
+fn shuffled_labels_permute_the_labels_and_keep_the_images() {
+    use allcnn_data::dataset::ShuffledLabels;
+    use allcnn_data::Dataset;
+    let imgs = (0..100u8)
+        .map(|i| Image::from_chw(3, 2, 2, vec![i; 12]).unwrap())
+        .collect();
+    let labels: Vec<u32> = (0..100u32).map(|i| i / 10).collect();
+    let names = (0..10).map(|c| format!("c{c}")).collect();
+    let ds = Arc::new(VecDataset::new(imgs, labels.clone(), names).unwrap());
+    let shuffled = |seed| ShuffledLabels::new(ds.clone(), seed).unwrap();
+    let labels_of = |s: &ShuffledLabels<Arc<VecDataset>>| -> Vec<u32> {
+        (0..s.len()).map(|i| s.label(i).unwrap()).collect()
+    };
+    let a = shuffled(3);
+    let got = labels_of(&a);
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, labels, "the label histogram changes");
+    let kept = got.iter().zip(&labels).filter(|(g, l)| g == l).count();
+    assert!(kept < 30, "{kept} of 100 labels unchanged");
+    for i in 0..100 {
+        let s = a.get(i).unwrap();
+        assert_eq!(s.label, got[i], "get and label disagree at {i}");
+        assert_eq!(s.image.as_chw()[0], i as u8, "image {i} moved");
+    }
+    assert_eq!(labels_of(&shuffled(3)), got);
+    assert_ne!(labels_of(&shuffled(4)), got);
+    assert_eq!(a.class_names(), ds.class_names());
+    assert!(a.label(100).is_err());
+}

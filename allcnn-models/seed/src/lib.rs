@@ -49,6 +49,9 @@ pub enum Stream {
     Randomize,
     /// Random pixel orders (deletion/insertion baselines).
     PixelOrder,
+    /// A permutation of the training labels (the data-randomisation sanity
+    /// check's model; `a`, `b` unused).
+    Labels,
 }
 
 impl Stream {
@@ -64,6 +67,7 @@ impl Stream {
             Stream::Noise => *b"allcnnNo",
             Stream::Randomize => *b"allcnnRa",
             Stream::PixelOrder => *b"allcnnPx",
+            Stream::Labels => *b"allcnnLa",
         }
     }
 }
@@ -83,7 +87,7 @@ mod tests {
     use super::*;
     use rand_chacha::rand_core::RngCore;
 
-    const ALL: [Stream; 9] = [
+    const ALL: [Stream; 10] = [
         Stream::Init,
         Stream::Dropout,
         Stream::Shuffle,
@@ -93,6 +97,7 @@ mod tests {
         Stream::Noise,
         Stream::Randomize,
         Stream::PixelOrder,
+        Stream::Labels,
     ];
 
     fn first(seed: u64, s: Stream, a: u64, b: u64) -> [u64; 2] {
