@@ -36,8 +36,10 @@ use rayon::prelude::*;
 use super::bf16::{PackedA, PackedB};
 use super::{bf16, rm, rm_mut, sum_in_order, Geometry};
 
-/// Tile columns per GEMM that a chunk of images aims for.
-const TARGET_COLS: usize = 256;
+/// Tile columns per GEMM that a chunk of images aims for. 128 keeps a
+/// chunk's transformed tiles in L2 for 192 channels; measured against 64,
+/// 256 and 512 (docs/performance.md), 128 gave the fastest training step.
+const TARGET_COLS: usize = 128;
 
 /// The most partial sums the weight gradient keeps: consecutive chunks of
 /// images are grouped by position (never by thread), each group's products
