@@ -259,13 +259,7 @@ impl Dataset for VecDataset {
         &self.classes
     }
     fn label(&self, index: usize) -> Result<u32, DataError> {
-        self.labels
-            .get(index)
-            .copied()
-            .ok_or(DataError::IndexOutOfRange {
-                index,
-                len: self.labels.len(),
-            })
+        label_at(&self.labels, index)
     }
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
         let f = self.images.first()?;
@@ -354,6 +348,18 @@ impl<D: Dataset> Subset<D> {
     }
 }
 
+/// `labels[index]`, or [`DataError::IndexOutOfRange`] past the end (the
+/// label lookup of the in-memory datasets).
+fn label_at(labels: &[u32], index: usize) -> Result<u32, DataError> {
+    labels
+        .get(index)
+        .copied()
+        .ok_or(DataError::IndexOutOfRange {
+            index,
+            len: labels.len(),
+        })
+}
+
 /// A dataset whose labels are a seeded random permutation of `inner`'s:
 /// every image keeps its pixels, the label histogram is unchanged, and the
 /// labels no longer say anything about the images. A network trained on it
@@ -403,13 +409,7 @@ impl<D: Dataset> Dataset for ShuffledLabels<D> {
         self.inner.class_names()
     }
     fn label(&self, index: usize) -> Result<u32, DataError> {
-        self.labels
-            .get(index)
-            .copied()
-            .ok_or(DataError::IndexOutOfRange {
-                index,
-                len: self.labels.len(),
-            })
+        label_at(&self.labels, index)
     }
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
         self.inner.image_shape()
