@@ -53,7 +53,7 @@ struct Report<'a> {
     /// The convolution backend that ran.
     conv: &'a str,
     /// The GEMM kernel of the convolutions that ran: `f32` (ours, f32),
-    /// `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
+    /// `amx-bf16` (AMX tiles, `tdpbf16ps`), `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
     /// multiplied in f32: no faster) or `candle` (candle's convolution).
     kernel: &'static str,
     batch: usize,
@@ -66,6 +66,8 @@ struct Report<'a> {
     peak_rss_mib: Option<f64>,
     /// Whether `--conv winograd-bf16` has the CPU's AVX-512 BF16 kernel.
     native_bf16: bool,
+    /// The AMX tile kernel's state on this machine (`active`, or why not).
+    amx: String,
 }
 
 /// The process's peak resident set size (`VmHWM` in /proc/self/status).
@@ -151,6 +153,7 @@ pub fn run(args: &Args) -> Result<()> {
         ms_per_batch: secs * 1000.0 / args.iters as f64,
         peak_rss_mib: peak_rss_mib(),
         native_bf16: allcnn_models::kernels::conv::has_native_bf16(),
+        amx: allcnn_models::kernels::conv::amx_status().describe(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -161,10 +164,7 @@ fn kernel(backend: ConvBackend, device: &Device) -> &'static str {
     match backend {
         _ if !device.is_cpu() => "candle",
         ConvBackend::Candle => "candle",
-        ConvBackend::WinogradBf16 if allcnn_models::kernels::conv::has_native_bf16() => {
-            "avx512-bf16"
-        }
-        ConvBackend::WinogradBf16 => "portable-bf16",
+        ConvBackend::WinogradBf16 => allcnn_models::kernels::conv::bf16::kernel_name(),
         _ => "f32",
     }
 }

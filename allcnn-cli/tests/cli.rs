@@ -99,6 +99,7 @@ fn bench_prints_one_json_line() {
         assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
     }
     assert!(v["native_bf16"].is_boolean(), "{v}");
+    assert!(v["amx"].is_string(), "{v}");
     for conv in ["gemm", "winograd", "winograd-bf16", "candle"] {
         let o = allcnn(&[
             "bench",
@@ -124,17 +125,12 @@ fn bench_prints_one_json_line() {
 /// asked for and what ran; it conflicts with the expert `--conv`.
 #[test]
 fn bench_reports_the_precision_and_the_kernel_that_ran() {
-    let native = allcnn_models::kernels::conv::has_native_bf16();
     for (precision, conv, kernel) in [
         ("f32", "winograd", "f32"),
         (
             "bf16",
             "winograd-bf16",
-            if native {
-                "avx512-bf16"
-            } else {
-                "portable-bf16"
-            },
+            allcnn_models::kernels::conv::bf16::kernel_name(),
         ),
         ("auto", allcnn_models::Precision::Auto.backend().name(), ""),
     ] {

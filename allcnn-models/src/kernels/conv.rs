@@ -18,8 +18,11 @@
 
 // Public only for the `bf16_gemm` bench, which measures the GEMM alone.
 #[doc(hidden)]
+mod amx;
 pub mod bf16;
 mod winograd;
+
+pub use amx::{status as amx_status, AmxStatus};
 
 use bf16::{PackedA, PackedB};
 

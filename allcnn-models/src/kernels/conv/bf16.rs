@@ -51,6 +51,8 @@
 use std::sync::OnceLock;
 
 use faer::linalg::matmul::matmul;
+
+use super::amx;
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// Rows of A per panel, and rows of C per kernel tile.
@@ -78,7 +80,7 @@ pub fn from_bf16(b: u16) -> f32 {
 
 /// Two f32 values rounded to bf16 and packed into one kernel word, `lo` in
 /// the low half.
-fn word(lo: f32, hi: f32) -> u32 {
+pub(crate) fn word(lo: f32, hi: f32) -> u32 {
     u32::from(to_bf16(lo)) | (u32::from(to_bf16(hi)) << 16)
 }
 
@@ -229,6 +231,27 @@ fn pack(src: Source<'_>, w: usize, dst: &mut [u32]) {
     pack_scalar(src, w, dst);
 }
 
+/// Packs `src` in the AMX layout of a left operand (see [`amx`]) into
+/// `dst`, of [`amx::padded_len`] words; the AVX-512 packer when [`native`]
+/// and the lines or the depth are contiguous, else [`amx::pack_scalar`];
+/// both give the same words.
+fn pack_amx(src: Source<'_>, dst: &mut [u32]) {
+    src.check();
+    assert_eq!(
+        dst.len(),
+        amx::padded_len(src.lines, src.k),
+        "bf16 pack_amx: wrong length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if native() && (src.ps == 1 || src.ls == 1) {
+        // SAFETY: `native()` checked AVX-512 F, BW and BF16; `check` and the
+        // length assertion above are what the packer's raw accesses rely on.
+        unsafe { x86::pack_amx(src, dst) };
+        return;
+    }
+    amx::pack_scalar(|i, p| src.at(i, p), src.lines, src.k, dst);
+}
+
 /// Packs one panel of a right operand: `lines <= NR` columns of B, each
 /// `k` contiguous values (`src[l * k + p]` is element `(p, l)`), into
 /// `dst`, the `k.div_ceil(2) * NR` words of that panel; lines past `lines`
@@ -273,8 +296,10 @@ pub struct PackedA {
     m: usize,
     /// Depth (`k`).
     k: usize,
-    /// Panels of [`MR`] rows, see the module doc.
+    /// Panels of [`MR`] rows (see the module doc), or the AMX layout.
     words: Words,
+    /// Whether `words` holds the AMX layout (see [`amx`]) instead.
+    amx: bool,
 }
 
 impl PackedA {
@@ -288,7 +313,20 @@ impl PackedA {
     /// As [`PackedA::new`], reusing the allocation (for a left operand that
     /// changes per call, such as `dM` in the weight gradient).
     pub fn pack(&mut self, a: &[f32], m: usize, k: usize, rs: usize, cs: usize) {
-        let dst = self.words.resize(m.div_ceil(MR) * k.div_ceil(2) * MR);
+        self.pack_as(a, m, k, rs, cs, amx::active());
+    }
+
+    /// As [`PackedA::pack`], in the AMX layout when `amx` (the layout the
+    /// AMX kernel reads; any layout works with [`gemm_portable`]).
+    pub(crate) fn pack_as(
+        &mut self,
+        a: &[f32],
+        m: usize,
+        k: usize,
+        rs: usize,
+        cs: usize,
+        amx: bool,
+    ) {
         let src = Source {
             data: a,
             lines: m,
@@ -296,9 +334,28 @@ impl PackedA {
             ls: rs,
             ps: cs,
         };
-        pack(src, MR, dst);
+        if amx {
+            pack_amx(src, self.words.resize(amx::padded_len(m, k)));
+        } else {
+            pack(
+                src,
+                MR,
+                self.words.resize(m.div_ceil(MR) * k.div_ceil(2) * MR),
+            );
+        }
         self.m = m;
         self.k = k;
+        self.amx = amx;
+    }
+
+    /// The word of row `i` and pair `q`.
+    fn word_at(&self, i: usize, q: usize) -> u32 {
+        let w = self.words.get();
+        if self.amx {
+            w[i * amx::padded_pairs(self.k) + q]
+        } else {
+            w[((i / MR) * self.k.div_ceil(2) + q) * MR + i % MR]
+        }
     }
 
     /// Rows (`m`).
@@ -395,6 +452,18 @@ pub fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: boo
     if m == 0 || n == 0 {
         return;
     }
+    if a.amx {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if amx::active() {
+            let (aw, bw) = (a.words.get(), b.words.get());
+            // SAFETY: the AMX path is active; the operands were packed with
+            // the lengths the kernel expects and `check_gemm` checked C.
+            unsafe { amx::gemm_hardware(c, ldc, aw, m, bw, n, a.k, accumulate) };
+            return;
+        }
+        gemm_portable(c, ldc, a, b, accumulate);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if native() {
         // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16;
@@ -403,6 +472,19 @@ pub fn gemm(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumulate: boo
         return;
     }
     gemm_portable(c, ldc, a, b, accumulate);
+}
+
+/// The kernel [`gemm`] runs on this CPU: `"amx-bf16"` (AMX tiles),
+/// `"avx512-bf16"` (`vdpbf16ps`) or `"portable-bf16"` (bf16-rounded operands
+/// multiplied in f32).
+pub fn kernel_name() -> &'static str {
+    if amx::active() {
+        "amx-bf16"
+    } else if native() {
+        "avx512-bf16"
+    } else {
+        "portable-bf16"
+    }
 }
 
 /// As [`gemm`], always on the portable path: widens the packed operands to
@@ -422,12 +504,11 @@ pub fn gemm_portable(c: &mut [f32], ldc: usize, a: &PackedA, b: &PackedB, accumu
         })
     };
     // Row-major m x k and k x n copies of the rounded operands.
-    let (aw, bw) = (a.words.get(), b.words.get());
+    let bw = b.words.get();
     let mut af = vec![0f32; m * k];
     for (i, row) in af.chunks_exact_mut(k.max(1)).enumerate() {
-        let base = (i / MR) * pairs * MR + i % MR;
         for (p, x) in row.iter_mut().enumerate().take(k) {
-            *x = half(aw[base + (p / 2) * MR], p);
+            *x = half(a.word_at(i, p / 2), p);
         }
     }
     let mut bf = vec![0f32; k * n];
@@ -716,6 +797,85 @@ mod x86 {
         }
     }
 
+    /// The native [`super::pack_amx`]: rows of `ppad` words, the padding
+    /// zero. With contiguous lines (`src.ps == 1`) each row is rounded and
+    /// narrowed 32 values at a time; with contiguous depth rows
+    /// (`src.ls == 1`) 16 lines x 16 pairs are built pair by pair and
+    /// transposed.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW, `src.check()` passed, `src.ps == 1` or
+    /// `src.ls == 1`, and `dst` holds `amx::padded_len(lines, k)` words.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_amx(src: Source<'_>, dst: &mut [u32]) {
+        let ppad = super::amx::padded_pairs(src.k);
+        if ppad == 0 {
+            return;
+        }
+        let rows = dst.len() / ppad;
+        let (data, out) = (src.data.as_ptr(), dst.as_mut_ptr());
+        let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        if src.ps == 1 {
+            let odd_halves = _mm512_set_epi16(
+                63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23,
+                21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+            );
+            for i in 0..rows {
+                let line = data.wrapping_add(i * src.ls);
+                for q0 in (0..ppad).step_by(16) {
+                    let p0 = 2 * q0;
+                    let depth = if i < src.lines {
+                        src.k.saturating_sub(p0)
+                    } else {
+                        0
+                    };
+                    let (m0, m1) = (lanes(depth), lanes(depth.saturating_sub(16)));
+                    // SAFETY: only depths `p0 + lane < k` of a line `i < lines`
+                    // are read (inside `data` by `src.check()`); the 16 words
+                    // written are pairs `q0..q0 + 16 <= ppad` of row `i < rows`.
+                    unsafe {
+                        let (x0, x1) = (
+                            load(m0, line.wrapping_add(p0)),
+                            load(m1, line.wrapping_add(p0 + 16)),
+                        );
+                        let v = _mm512_permutex2var_epi16(round(x0), odd_halves, round(x1));
+                        _mm512_storeu_si512(out.add(i * ppad + q0).cast(), v);
+                    }
+                }
+            }
+        } else {
+            let mut block = [_mm512_setzero_si512(); 16];
+            for i0 in (0..rows).step_by(16) {
+                let valid = lanes(src.lines.saturating_sub(i0));
+                for q0 in (0..ppad).step_by(16) {
+                    for (u, words) in block.iter_mut().enumerate() {
+                        let (p0, p1) = (2 * (q0 + u), 2 * (q0 + u) + 1);
+                        let m0 = if p0 < src.k { valid } else { 0 };
+                        let m1 = if p1 < src.k { valid } else { 0 };
+                        // SAFETY: lanes of `valid` are lines `i0 + t < lines`
+                        // at depths below `k`: inside `data` by `src.check()`.
+                        let (x0, x1) = unsafe {
+                            (
+                                load(m0, data.wrapping_add(p0 * src.ps + i0)),
+                                load(m1, data.wrapping_add(p1 * src.ps + i0)),
+                            )
+                        };
+                        *words = _mm512_or_si512(
+                            _mm512_srli_epi32::<16>(round(x0)),
+                            _mm512_and_si512(round(x1), hi),
+                        );
+                    }
+                    transpose16(&mut block);
+                    for (t, v) in block.iter().enumerate() {
+                        // SAFETY: pairs `q0..q0 + 16 <= ppad` of row
+                        // `i0 + t < rows` (rows is a multiple of 32).
+                        unsafe { _mm512_storeu_si512(out.add((i0 + t) * ppad + q0).cast(), *v) };
+                    }
+                }
+            }
+        }
+    }
+
     /// Packs a source whose depth rows are contiguous across lines
     /// (`src.ls == 1`): per pair, two masked loads of `w` line values per 16
     /// lines, interleaved into words without shuffles.
@@ -998,7 +1158,19 @@ mod tests {
     /// Runs `f` on an `m x k` by `k x n` product and checks it against an f64
     /// reference on the rounded inputs; `ldc = n + extra`, with one more
     /// row of C than needed, and the rest of C must stay untouched.
-    fn check(f: Gemm, (m, k, n): (usize, usize, usize), la: Lay, lb: Lay, accumulate: bool) {
+    fn check(f: Gemm, shape: (usize, usize, usize), la: Lay, lb: Lay, accumulate: bool) {
+        check_as(f, shape, la, lb, accumulate, amx::active());
+    }
+
+    /// As [`check`], with A packed in the AMX layout when `amx`.
+    fn check_as(
+        f: Gemm,
+        (m, k, n): (usize, usize, usize),
+        la: Lay,
+        lb: Lay,
+        accumulate: bool,
+        amx: bool,
+    ) {
         let a = values(m * k, 1 + (m * 31 + k) as u64);
         let b = values(k * n, 2 + (k * 17 + n) as u64);
         let (ars, acs) = match la {
@@ -1010,7 +1182,7 @@ mod tests {
             Lay::Cols => (1, k),
         };
         let mut pa = PackedA::new(&values(200, 8), 20, 10, 10, 1);
-        pa.pack(&a, m, k, ars, acs);
+        pa.pack_as(&a, m, k, ars, acs, amx);
         let mut pb = PackedB::default();
         // Pack something else first to exercise reuse.
         pb.pack(&values(300, 9), 10, 30, 30, 1);
@@ -1108,6 +1280,60 @@ mod tests {
     #[test]
     fn gemm_portable_matches_reference() {
         check_all(gemm_portable);
+    }
+
+    /// The AMX layout of A, read by the AMX kernel where it runs and by the
+    /// portable path elsewhere (the kernel itself is tested on the software
+    /// model of the tile unit in `amx`).
+    #[test]
+    fn gemm_with_the_amx_layout_matches_reference() {
+        for shape in SHAPES {
+            check_as(gemm, shape, Lay::Rows, Lay::Rows, false, true);
+            check_as(gemm, shape, Lay::Cols, Lay::Rows, true, true);
+            check_as(gemm_portable, shape, Lay::Rows, Lay::Cols, true, true);
+        }
+    }
+
+    /// The AVX-512 AMX-layout packer writes the words of the scalar one,
+    /// padding included, for contiguous lines and contiguous depth rows.
+    #[test]
+    fn amx_packers_agree() {
+        if !native() {
+            eprintln!("no AVX-512 BF16 on this CPU: the AVX-512 AMX packer not tested");
+            return;
+        }
+        for (lines, k) in [
+            (1, 1),
+            (3, 5),
+            (16, 32),
+            (17, 33),
+            (33, 64),
+            (40, 70),
+            (96, 192),
+            (5, 0),
+        ] {
+            let data = values(lines * k + 40 * 70, (lines * 3 + k) as u64);
+            for (ls, ps) in [(k, 1), (1, lines), (k + 3, 1), (1, lines + 2)] {
+                let src = Source {
+                    data: &data,
+                    lines,
+                    k,
+                    ls,
+                    ps,
+                };
+                let len = amx::padded_len(lines, k);
+                let mut want = vec![u32::MAX; len];
+                amx::pack_scalar(|i, p| src.at(i, p), lines, k, &mut want);
+                let mut got = vec![u32::MAX; len];
+                // SAFETY: native() holds, the source fits (`check`), the
+                // layout is one of the two, and `got` has the AMX length.
+                unsafe {
+                    src.check();
+                    x86::pack_amx(src, &mut got);
+                }
+                assert_eq!(got, want, "{lines} x {k}, strides ({ls}, {ps})");
+            }
+        }
     }
 
     #[test]
