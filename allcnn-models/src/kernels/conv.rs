@@ -825,6 +825,28 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+/// The f64 sum of `p` in a fixed order: eight interleaved partial sums
+/// (element `i` goes to partial `i % 8`, so the loop vectorises), added
+/// pairwise at the end, then the tail.
+fn plane_sum(p: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = p.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v);
+        }
+    }
+    let quads = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let total = (quads[0] + quads[2]) + (quads[1] + quads[3]);
+    tail.iter().fold(total, |s, &v| s + f64::from(v))
+}
+
 /// Per-channel sums of an `[N, C, H, W]` map (the bias gradient).
 struct ChannelSum;
 
@@ -839,10 +861,7 @@ impl candle_core::CustomOp1 for ChannelSum {
         let plane = h * w;
         // Sum each plane in f64, then the planes of a channel in batch order:
         // deterministic whatever the thread count.
-        let per_plane: Vec<f64> = g
-            .par_chunks(plane)
-            .map(|p| p.iter().map(|&v| f64::from(v)).sum())
-            .collect();
+        let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
         let sums = (0..c)
             .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
             .collect();
@@ -853,6 +872,24 @@ impl candle_core::CustomOp1 for ChannelSum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The interleaved f64 sum equals the plain one on exact cases (integers,
+    /// every tail length) and to f64 rounding on a plane of the size the
+    /// network sees.
+    #[test]
+    fn plane_sum_is_the_sum() {
+        for len in 0..40 {
+            let p: Vec<f32> = (0..len).map(|i| (i as f32) - 7.5).collect();
+            let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
+            assert_eq!(plane_sum(&p), want, "length {len}");
+        }
+        let p: Vec<f32> = (0..32 * 32)
+            .map(|i| ((i * 7919 % 1013) as f32).sin() * 1e3)
+            .collect();
+        let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
+        let scale: f64 = p.iter().map(|&v| f64::from(v).abs()).sum();
+        assert!((plane_sum(&p) - want).abs() <= 1e-12 * scale);
+    }
 
     /// The packers that make the im2col columns on the fly write the very
     /// words of the f32 im2col matrix packed afterwards, in both layouts:
