@@ -20,6 +20,7 @@
 #[doc(hidden)]
 mod amx;
 pub mod bf16;
+mod gather;
 mod winograd;
 
 pub use amx::{status as amx_status, AmxStatus};
@@ -286,6 +287,10 @@ impl Geometry {
                 // No output column sees the image for this kx
                 // (a padded kernel wider than a narrow map).
                 None => out.fill(0.0),
+                Some(y) if self.stride == 2 => {
+                    let src = &img[(c * self.h + y) * self.w..][..self.w];
+                    gather::stride2(src, kx as isize - self.pad as isize, out);
+                }
                 Some(_) if lo >= hi => out.fill(0.0),
                 Some(y) => {
                     out[..lo].fill(0.0);
@@ -384,6 +389,8 @@ impl Geometry {
                             for (d, s) in dst[x0..x0 + (hi - lo)].iter_mut().zip(src) {
                                 *d += *s;
                             }
+                        } else if self.stride == 2 {
+                            gather::add_stride2(dst, x0 as isize, src);
                         } else {
                             for (d, s) in dst[x0..].iter_mut().step_by(self.stride).zip(src) {
                                 *d += *s;
