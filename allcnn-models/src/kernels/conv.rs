@@ -280,6 +280,15 @@ impl Geometry {
     fn im2col_row(&self, img: &[f32], r: usize, row: &mut [f32]) {
         let k = self.k;
         let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+        if self.stride == 2 {
+            let plane = &img[c * self.h * self.w..][..self.h * self.w];
+            let (y0, x0) = (
+                ky as isize - self.pad as isize,
+                kx as isize - self.pad as isize,
+            );
+            gather::stride2_rows(plane, self.w, y0, x0, &mut row[..self.out_plane()], self.wo);
+            return;
+        }
         let (lo, hi) = self.valid_ox(kx);
         for oy in 0..self.ho {
             let out = &mut row[oy * self.wo..(oy + 1) * self.wo];
@@ -287,10 +296,6 @@ impl Geometry {
                 // No output column sees the image for this kx
                 // (a padded kernel wider than a narrow map).
                 None => out.fill(0.0),
-                Some(y) if self.stride == 2 => {
-                    let src = &img[(c * self.h + y) * self.w..][..self.w];
-                    gather::stride2(src, kx as isize - self.pad as isize, out);
-                }
                 Some(_) if lo >= hi => out.fill(0.0),
                 Some(y) => {
                     out[..lo].fill(0.0);
@@ -376,6 +381,13 @@ impl Geometry {
             for ky in 0..k {
                 for kx in 0..k {
                     let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
+                    if self.stride == 2 {
+                        let dst = &mut img[c * self.h * self.w..][..self.h * self.w];
+                        let y0 = ky as isize - self.pad as isize;
+                        let x0 = kx as isize - self.pad as isize;
+                        gather::add_stride2_rows(dst, self.w, y0, x0, row, self.wo);
+                        continue;
+                    }
                     let (lo, hi) = self.valid_ox(kx);
                     if lo >= hi {
                         continue;
@@ -389,8 +401,6 @@ impl Geometry {
                             for (d, s) in dst[x0..x0 + (hi - lo)].iter_mut().zip(src) {
                                 *d += *s;
                             }
-                        } else if self.stride == 2 {
-                            gather::add_stride2(dst, x0 as isize, src);
                         } else {
                             for (d, s) in dst[x0..].iter_mut().step_by(self.stride).zip(src) {
                                 *d += *s;

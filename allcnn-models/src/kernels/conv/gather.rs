@@ -13,7 +13,8 @@
 #![allow(unsafe_code)]
 
 /// `out[i] = src[start + 2 i]` where `0 <= start + 2 i < src.len()`, else 0.
-pub(super) fn stride2(src: &[f32], start: isize, out: &mut [f32]) {
+#[cfg(test)]
+fn stride2(src: &[f32], start: isize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::native() {
         // SAFETY: `native()` checked AVX-512 F and BW; the kernel reads only
@@ -24,9 +25,94 @@ pub(super) fn stride2(src: &[f32], start: isize, out: &mut [f32]) {
     stride2_scalar(src, start, out);
 }
 
+/// One row of a stride-2 im2col matrix: for each output row `oy` (`out` is
+/// `ho x wo`), [`stride2`] of input row `y0 + 2 oy` of `plane` (`w` wide)
+/// from column `x0`, or zeros where that row is outside the plane.
+pub(super) fn stride2_rows(
+    plane: &[f32],
+    w: usize,
+    y0: isize,
+    x0: isize,
+    out: &mut [f32],
+    wo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16::native() {
+        // SAFETY: as in `stride2`.
+        unsafe { x86::stride2_rows(plane, w, y0, x0, out, wo) };
+        return;
+    }
+    rows(plane, w, y0, x0, out, wo, stride2_scalar);
+}
+
+/// The loop over output rows behind [`stride2_rows`], with `row` the
+/// one-row gather.
+#[inline(always)]
+fn rows(
+    plane: &[f32],
+    w: usize,
+    y0: isize,
+    x0: isize,
+    out: &mut [f32],
+    wo: usize,
+    mut row: impl FnMut(&[f32], isize, &mut [f32]),
+) {
+    let h = (plane.len() / w.max(1)) as isize;
+    for (oy, dst) in out.chunks_exact_mut(wo.max(1)).enumerate() {
+        let y = y0 + 2 * oy as isize;
+        if (0..h).contains(&y) {
+            row(&plane[y as usize * w..][..w], x0, dst);
+        } else {
+            dst.fill(0.0);
+        }
+    }
+}
+
+/// The col2im counterpart of [`stride2_rows`]: for each row `oy` of `src`
+/// (`ho x wo`), [`add_stride2`] into row `y0 + 2 oy` of `plane` (`w` wide)
+/// from column `x0`; rows outside the plane are dropped.
+pub(super) fn add_stride2_rows(
+    plane: &mut [f32],
+    w: usize,
+    y0: isize,
+    x0: isize,
+    src: &[f32],
+    wo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16::native() {
+        // SAFETY: as in `add_stride2`.
+        unsafe { x86::add_stride2_rows(plane, w, y0, x0, src, wo) };
+        return;
+    }
+    add_rows(plane, w, y0, x0, src, wo, add_stride2_scalar);
+}
+
+/// The loop over rows behind [`add_stride2_rows`], with `row` the one-row
+/// scatter-add.
+#[inline(always)]
+fn add_rows(
+    plane: &mut [f32],
+    w: usize,
+    y0: isize,
+    x0: isize,
+    src: &[f32],
+    wo: usize,
+    mut row: impl FnMut(&mut [f32], isize, &[f32]),
+) {
+    let h = (plane.len() / w.max(1)) as isize;
+    for (oy, s) in src.chunks_exact(wo.max(1)).enumerate() {
+        let y = y0 + 2 * oy as isize;
+        if (0..h).contains(&y) {
+            row(&mut plane[y as usize * w..][..w], x0, s);
+        }
+    }
+}
+
 /// `dst[start + 2 i] += src[i]` where `0 <= start + 2 i < dst.len()`; the
 /// other `src` values are dropped.
-pub(super) fn add_stride2(dst: &mut [f32], start: isize, src: &[f32]) {
+#[cfg(test)]
+fn add_stride2(dst: &mut [f32], start: isize, src: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::native() {
         // SAFETY: `native()` checked AVX-512 F and BW; the kernel reads only
@@ -75,10 +161,30 @@ mod x86 {
         ones as __mmask16
     }
 
+    /// The AVX-512 [`super::stride2_rows`]: one call for all the rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn stride2_rows(
+        plane: &[f32],
+        w: usize,
+        y0: isize,
+        x0: isize,
+        out: &mut [f32],
+        wo: usize,
+    ) {
+        super::rows(plane, w, y0, x0, out, wo, |src, start, dst| {
+            // SAFETY: the caller's contract (the CPU features).
+            unsafe { stride2(src, start, dst) }
+        });
+    }
+
     /// The AVX-512 [`super::stride2`].
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BW.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn stride2(src: &[f32], start: isize, out: &mut [f32]) {
         let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -100,12 +206,32 @@ mod x86 {
         }
     }
 
+    /// The AVX-512 [`super::add_stride2_rows`]: one call for all the rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn add_stride2_rows(
+        plane: &mut [f32],
+        w: usize,
+        y0: isize,
+        x0: isize,
+        src: &[f32],
+        wo: usize,
+    ) {
+        super::add_rows(plane, w, y0, x0, src, wo, |dst, start, s| {
+            // SAFETY: the caller's contract (the CPU features).
+            unsafe { add_stride2(dst, start, s) }
+        });
+    }
+
     /// The AVX-512 [`super::add_stride2`]: 16 source values are spread to
     /// the even lanes of two vectors (odd lanes zero) and added to the 32
     /// destination elements they fall in.
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BW.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn add_stride2(dst: &mut [f32], start: isize, src: &[f32]) {
         let lo_idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
@@ -168,6 +294,63 @@ mod tests {
                     assert!(got[n].is_nan(), "wrote past the output");
                     let mut plain = vec![f32::NAN; n];
                     stride2_scalar(&src, start, &mut plain);
+                    assert_eq!(plain, want);
+                }
+            }
+        }
+    }
+
+    /// Whole rows: each output row is the gather of its input row, or zeros
+    /// above and below the plane; the same from both versions.
+    #[test]
+    fn stride2_rows_gathers_each_row() {
+        let (h, w) = (7, 9);
+        let plane: Vec<f32> = (0..h * w).map(|x| x as f32 + 1.0).collect();
+        for y0 in -3isize..3 {
+            for x0 in -2isize..2 {
+                for (ho, wo) in [(4, 5), (5, 4), (1, 1), (6, 3)] {
+                    let mut want = vec![0.0; ho * wo];
+                    for oy in 0..ho {
+                        let y = y0 + 2 * oy as isize;
+                        if (0..h as isize).contains(&y) {
+                            let row = &plane[y as usize * w..][..w];
+                            stride2_scalar(row, x0, &mut want[oy * wo..][..wo]);
+                        }
+                    }
+                    let mut got = vec![f32::NAN; ho * wo];
+                    stride2_rows(&plane, w, y0, x0, &mut got, wo);
+                    assert_eq!(got, want, "y0 {y0}, x0 {x0}, {ho} x {wo}");
+                    let mut plain = vec![f32::NAN; ho * wo];
+                    rows(&plane, w, y0, x0, &mut plain, wo, stride2_scalar);
+                    assert_eq!(plain, want);
+                }
+            }
+        }
+    }
+
+    /// Whole rows: each source row is added into its plane row, rows
+    /// outside the plane dropped; the same from both versions.
+    #[test]
+    fn add_stride2_rows_adds_each_row() {
+        let (h, w) = (7, 9);
+        let init: Vec<f32> = (0..h * w).map(|x| 100.0 * x as f32).collect();
+        for y0 in -3isize..3 {
+            for x0 in -2isize..2 {
+                for (ho, wo) in [(4, 5), (5, 4), (1, 1), (6, 3)] {
+                    let src: Vec<f32> = (0..ho * wo).map(|x| x as f32 + 0.25).collect();
+                    let mut want = init.clone();
+                    for oy in 0..ho {
+                        let y = y0 + 2 * oy as isize;
+                        if (0..h as isize).contains(&y) {
+                            let row = &mut want[y as usize * w..][..w];
+                            add_stride2_scalar(row, x0, &src[oy * wo..][..wo]);
+                        }
+                    }
+                    let mut got = init.clone();
+                    add_stride2_rows(&mut got, w, y0, x0, &src, wo);
+                    assert_eq!(got, want, "y0 {y0}, x0 {x0}, {ho} x {wo}");
+                    let mut plain = init.clone();
+                    add_rows(&mut plain, w, y0, x0, &src, wo, add_stride2_scalar);
                     assert_eq!(plain, want);
                 }
             }
