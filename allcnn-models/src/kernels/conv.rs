@@ -340,9 +340,7 @@ impl Geometry {
                 hi.fill(0.0);
             }
             // Columns past `plane` are the zeros at the end of `lo` and `hi`.
-            for (p, (l, h)) in lo.chunks_exact(NR).zip(hi.chunks_exact(NR)).enumerate() {
-                bf16::words(l, h, &mut dst[(p * pairs + q) * NR..][..NR]);
-            }
+            bf16::words_blocks(lo, hi, NR, &mut dst[q * NR..], pairs * NR);
         }
     }
 

@@ -86,7 +86,9 @@ pub(crate) fn word(lo: f32, hi: f32) -> u32 {
 
 /// `dst[j] = word(lo[j], hi[j])` over the shortest of the three: 16 words
 /// per AVX-512 instruction sequence where [`native`], else one at a time.
-pub(crate) fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+/// (The kernels call its batched forms, [`words_each`] and [`words_blocks`].)
+#[cfg(test)]
+fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if native() {
         // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16.
@@ -94,6 +96,56 @@ pub(crate) fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         return;
     }
     words_scalar(lo, hi, dst);
+}
+
+/// [`words`] for `n` runs of `run` values at once, run `i` from
+/// `lo[src(i)..]` and `hi[src(i)..]` into `dst(i)`, where `src(i) = i *
+/// stride` and `dst(i) = out[i][at..at + run]` (the 16 packed operands of
+/// the Winograd GEMMs). One call instead of `n`: the loop runs inside the
+/// AVX-512 code.
+pub(crate) fn words_each(
+    lo: &[f32],
+    hi: &[f32],
+    stride: usize,
+    run: usize,
+    out: &mut [&mut [u32]],
+    at: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16.
+        unsafe { x86::words_each(lo, hi, stride, run, out, at) };
+        return;
+    }
+    for (i, d) in out.iter_mut().enumerate() {
+        let (l, h) = (&lo[i * stride..][..run], &hi[i * stride..][..run]);
+        words_scalar(l, h, &mut d[at..at + run]);
+    }
+}
+
+/// [`words`] for consecutive blocks of `width` values of `lo` and `hi`, block
+/// `j` into `dst[j * dst_stride..][..width]` (one row of pairs across the
+/// panels of a packed operand). One call instead of one per block.
+pub(crate) fn words_blocks(
+    lo: &[f32],
+    hi: &[f32],
+    width: usize,
+    dst: &mut [u32],
+    dst_stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16.
+        unsafe { x86::words_blocks(lo, hi, width, dst, dst_stride) };
+        return;
+    }
+    for (j, (l, h)) in lo
+        .chunks_exact(width)
+        .zip(hi.chunks_exact(width))
+        .enumerate()
+    {
+        words_scalar(l, h, &mut dst[j * dst_stride..][..width]);
+    }
 }
 
 /// The portable [`words`], branch-free so that it vectorises.
@@ -775,10 +827,53 @@ mod x86 {
         }
     }
 
+    /// The native [`super::words_each`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn words_each(
+        lo: &[f32],
+        hi: &[f32],
+        stride: usize,
+        run: usize,
+        out: &mut [&mut [u32]],
+        at: usize,
+    ) {
+        for (i, d) in out.iter_mut().enumerate() {
+            let (l, h) = (&lo[i * stride..][..run], &hi[i * stride..][..run]);
+            // SAFETY: the caller's contract (the CPU features).
+            unsafe { words(l, h, &mut d[at..at + run]) };
+        }
+    }
+
+    /// The native [`super::words_blocks`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn words_blocks(
+        lo: &[f32],
+        hi: &[f32],
+        width: usize,
+        dst: &mut [u32],
+        dst_stride: usize,
+    ) {
+        for (j, (l, h)) in lo
+            .chunks_exact(width)
+            .zip(hi.chunks_exact(width))
+            .enumerate()
+        {
+            // SAFETY: the caller's contract (the CPU features).
+            unsafe { words(l, h, &mut dst[j * dst_stride..][..width]) };
+        }
+    }
+
     /// The native [`super::words`].
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BW.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         let n = dst.len().min(lo.len()).min(hi.len());
@@ -1072,6 +1167,45 @@ mod tests {
             let mut scalar = vec![0; n];
             words_scalar(&lo[..n], &hi[..n], &mut scalar);
             assert_eq!(scalar, want, "portable, n = {n}");
+        }
+    }
+
+    /// The batched forms write the words of [`word`] at their places and
+    /// nothing else.
+    #[test]
+    fn batched_words_agree_with_word() {
+        let (lo, hi) = (values(200, 17), values(200, 18));
+        // words_each: 5 runs of 7 at a source stride of 11, into 5 buffers
+        // from word 3.
+        let mut bufs: Vec<Vec<u32>> = (0..5).map(|_| vec![7; 12]).collect();
+        let mut out: Vec<&mut [u32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        words_each(&lo[2..], &hi[2..], 11, 7, &mut out, 3);
+        for (i, b) in bufs.iter().enumerate() {
+            for (j, &w) in b.iter().enumerate() {
+                let want = if (3..10).contains(&j) {
+                    let k = 2 + i * 11 + j - 3;
+                    word(lo[k], hi[k])
+                } else {
+                    7
+                };
+                assert_eq!(w, want, "words_each buffer {i} word {j}");
+            }
+        }
+        // words_blocks: 4 blocks of 32 into a destination with stride 70.
+        let mut dst = vec![7u32; 4 * 70];
+        words_blocks(&lo[..128], &hi[..128], 32, &mut dst[5..], 70);
+        for (j, &w) in dst.iter().enumerate() {
+            let (b, t) = (
+                (j as isize - 5).div_euclid(70),
+                (j as isize - 5).rem_euclid(70),
+            );
+            let want = if j >= 5 && t < 32 && b < 4 {
+                let k = (b * 32 + t) as usize;
+                word(lo[k], hi[k])
+            } else {
+                7
+            };
+            assert_eq!(w, want, "words_blocks word {j}");
         }
     }
 

@@ -295,10 +295,7 @@ fn input_transform_bf16(
                     let col = col0 + tx;
                     let run = (NR - col % NR).min(tw - tx);
                     let at = ((col / NR) * pairs + q) * NR + col % NR;
-                    for (xi, d) in dst.iter_mut().enumerate() {
-                        let (l, h) = (&lo[xi * tw + tx..][..run], &hi[xi * tw + tx..][..run]);
-                        bf16::words(l, h, &mut d[at..at + run]);
-                    }
+                    bf16::words_each(&lo[tx..], &hi[tx..], tw, run, &mut dst, at);
                     tx += run;
                 }
             }
