@@ -313,41 +313,42 @@ fn input_transform_bf16(
 }
 
 /// `Y = Aᵀ M A` of every tile of `m` (`[16][Cout][cols]`) into `out`
-/// (`[nb, Cout, Ho, Wo]`), a row of tiles at a time. `tmp` is scratch.
+/// (`[nb, Cout, Ho, Wo]`), a channel of an image at a time: `Aᵀ` on rows
+/// over all the image's tiles at once (long, vectorisable loops), then `A`
+/// on columns, a row of tiles at a time. `tmp` is scratch.
 #[inline(never)]
 fn output_transform(g: &Geometry, t: &Tiles, m: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) {
     let plane = g.ho * g.wo;
     let nb = out.len() / (g.cout * plane);
     let cols = nb * t.per_image;
-    let tw = t.tw;
+    let (tw, per) = (t.tw, t.per_image);
     tmp.clear();
-    tmp.resize(8 * tw, 0.0);
+    tmp.resize(8 * per, 0.0);
     for i in 0..nb {
         for k in 0..g.cout {
             let o = &mut out[(i * g.cout + k) * plane..][..plane];
-            for ty in 0..t.th {
-                let col0 = i * t.per_image + ty * tw;
-                let row = |xi: usize| &m[(xi * g.cout + k) * cols + col0..][..tw];
-                // Aᵀ on rows: a[r][s] over the tiles of this row.
-                for s in 0..4 {
-                    let (m0, m1, m2, m3) = (row(s), row(4 + s), row(8 + s), row(12 + s));
-                    let (lo, hi) = tmp.split_at_mut(4 * tw);
-                    let a0 = &mut lo[s * tw..][..tw];
-                    let a1 = &mut hi[s * tw..][..tw];
-                    for x in 0..tw {
-                        a0[x] = m0[x] + m1[x] + m2[x];
-                        a1[x] = m1[x] - m2[x] - m3[x];
-                    }
+            let row = |xi: usize| &m[(xi * g.cout + k) * cols + i * per..][..per];
+            // Aᵀ on rows: a[r][s] over every tile of this channel.
+            let (lo, hi) = tmp.split_at_mut(4 * per);
+            for s in 0..4 {
+                let (m0, m1, m2, m3) = (row(s), row(4 + s), row(8 + s), row(12 + s));
+                let a0 = &mut lo[s * per..][..per];
+                let a1 = &mut hi[s * per..][..per];
+                for x in 0..per {
+                    a0[x] = m0[x] + m1[x] + m2[x];
+                    a1[x] = m1[x] - m2[x] - m3[x];
                 }
-                // A on columns, written out row by row.
+            }
+            // A on columns, written out row by row.
+            for ty in 0..t.th {
                 for r in 0..2 {
                     let y = 2 * ty + r;
                     if y >= g.ho {
                         break;
                     }
-                    let a = &tmp[r * 4 * tw..][..4 * tw];
-                    let (a0, a1, a2, a3) =
-                        (&a[..tw], &a[tw..2 * tw], &a[2 * tw..3 * tw], &a[3 * tw..]);
+                    let a = &tmp[r * 4 * per..][..4 * per];
+                    let at = |s: usize| &a[s * per + ty * tw..][..tw];
+                    let (a0, a1, a2, a3) = (at(0), at(1), at(2), at(3));
                     let dst = &mut o[y * g.wo..][..g.wo];
                     for x in 0..g.wo / 2 {
                         dst[2 * x] = a0[x] + a1[x] + a2[x];
