@@ -366,48 +366,65 @@ fn output_transform(g: &Geometry, t: &Tiles, m: &[f32], out: &mut [f32], tmp: &m
 
 /// `A dY Aᵀ` of every 2x2 output-gradient tile of `dy` (`[nb, Cout, Ho, Wo]`)
 /// into `dm` `[16][Cout][cols]`; positions past the map's edge count as 0.
-/// A row of tiles at a time; `tmp` is scratch.
+/// A channel of an image at a time, each pass over all its tiles at once;
+/// `tmp` is scratch.
 #[inline(never)]
 fn grad_transform(g: &Geometry, t: &Tiles, dy: &[f32], dm: &mut [f32], tmp: &mut Vec<f32>) {
     let plane = g.ho * g.wo;
     let nb = dy.len() / (g.cout * plane);
     let cols = nb * t.per_image;
-    let w2 = 2 * t.tw;
+    let (w2, per) = (2 * t.tw, t.per_image);
+    // Five planes of th x w2: the even rows, the odd rows (zero-extended
+    // past the map), and the three row combinations.
+    let len = t.th * w2;
     tmp.clear();
-    tmp.resize(6 * w2, 0.0);
+    tmp.resize(5 * len, 0.0);
     for i in 0..nb {
         for k in 0..g.cout {
             let d = &dy[(i * g.cout + k) * plane..][..plane];
+            let (top, rest) = tmp.split_at_mut(len);
+            let (bottom, acc) = rest.split_at_mut(len);
+            // The two output-gradient rows of each tile row; columns past
+            // `wo` stay zero (never written).
             for ty in 0..t.th {
-                let (rows, acc) = tmp.split_at_mut(2 * w2);
-                let (top, bottom) = rows.split_at_mut(w2);
-                // The two output-gradient rows of this tile row, zero-extended.
-                top[..g.wo].copy_from_slice(&d[2 * ty * g.wo..][..g.wo]);
+                top[ty * w2..][..g.wo].copy_from_slice(&d[2 * ty * g.wo..][..g.wo]);
+                let b = &mut bottom[ty * w2..][..g.wo];
                 if 2 * ty + 1 < g.ho {
-                    bottom[..g.wo].copy_from_slice(&d[(2 * ty + 1) * g.wo..][..g.wo]);
+                    b.copy_from_slice(&d[(2 * ty + 1) * g.wo..][..g.wo]);
                 } else {
-                    bottom.fill(0.0);
+                    b.fill(0.0);
                 }
-                // A on rows: (r0, r0 + r1, r0 - r1, -r1); r0 is `top`.
-                let (s1, rest) = acc.split_at_mut(w2);
-                let (s2, s3) = rest.split_at_mut(w2);
-                for x in 0..w2 {
-                    s1[x] = top[x] + bottom[x];
-                    s2[x] = top[x] - bottom[x];
-                    s3[x] = -bottom[x];
-                }
-                let col0 = i * t.per_image + ty * t.tw;
-                for (r, e) in [&*top, &*s1, &*s2, &*s3].into_iter().enumerate() {
-                    let out = |s: usize| ((r * 4 + s) * g.cout + k) * cols + col0;
-                    let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
-                    // Aᵀ on columns: (p, q) -> (p, p + q, p - q, -q).
-                    for tx in 0..t.tw {
-                        let (p, q) = (e[2 * tx], e[2 * tx + 1]);
-                        dm[o0 + tx] = p;
-                        dm[o1 + tx] = p + q;
-                        dm[o2 + tx] = p - q;
-                        dm[o3 + tx] = -q;
-                    }
+            }
+            // A on rows: (r0, r0 + r1, r0 - r1, -r1); r0 is `top`.
+            let (s1, rest) = acc.split_at_mut(len);
+            let (s2, s3) = rest.split_at_mut(len);
+            for x in 0..len {
+                s1[x] = top[x] + bottom[x];
+                s2[x] = top[x] - bottom[x];
+                s3[x] = -bottom[x];
+            }
+            for (r, e) in [&*top, &*s1, &*s2, &*s3].into_iter().enumerate() {
+                // Aᵀ on columns: (p, q) -> (p, p + q, p - q, -q), tile by tile.
+                let out = |s: usize| ((r * 4 + s) * g.cout + k) * cols + i * per;
+                // Four disjoint runs (rows `cout * cols` apart), so the loop
+                // vectorises.
+                let step = g.cout * cols;
+                let (y0, rest) = dm[out(0)..].split_at_mut(step);
+                let (y1, rest) = rest.split_at_mut(step);
+                let (y2, y3) = rest.split_at_mut(step);
+                let (y0, y1, y2, y3) = (
+                    &mut y0[..per],
+                    &mut y1[..per],
+                    &mut y2[..per],
+                    &mut y3[..per],
+                );
+                let e = &e[..2 * per];
+                for x in 0..per {
+                    let (p, q) = (e[2 * x], e[2 * x + 1]);
+                    y0[x] = p;
+                    y1[x] = p + q;
+                    y2[x] = p - q;
+                    y3[x] = -q;
                 }
             }
         }
