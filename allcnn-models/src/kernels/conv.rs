@@ -286,7 +286,13 @@ impl Geometry {
                 ky as isize - self.pad as isize,
                 kx as isize - self.pad as isize,
             );
-            gather::stride2_rows(plane, self.w, y0, x0, &mut row[..self.out_plane()], self.wo);
+            let at = gather::Rows {
+                w: self.w,
+                y0,
+                x0,
+                wo: self.wo,
+            };
+            gather::stride2_rows(plane, at, &mut row[..self.out_plane()]);
             return;
         }
         let (lo, hi) = self.valid_ox(kx);
@@ -383,7 +389,13 @@ impl Geometry {
                         let dst = &mut img[c * self.h * self.w..][..self.h * self.w];
                         let y0 = ky as isize - self.pad as isize;
                         let x0 = kx as isize - self.pad as isize;
-                        gather::add_stride2_rows(dst, self.w, y0, x0, row, self.wo);
+                        let at = gather::Rows {
+                            w: self.w,
+                            y0,
+                            x0,
+                            wo: self.wo,
+                        };
+                        gather::add_stride2_rows(dst, at, row);
                         continue;
                     }
                     let (lo, hi) = self.valid_ox(kx);

@@ -117,9 +117,42 @@ pub(crate) fn words_each(
         unsafe { x86::words_each(lo, hi, stride, run, out, at) };
         return;
     }
+    each_run(lo, hi, stride, run, out, at, words_scalar);
+}
+
+/// The loop of [`words_each`], with `f` the one-run packer.
+#[inline(always)]
+fn each_run(
+    lo: &[f32],
+    hi: &[f32],
+    stride: usize,
+    run: usize,
+    out: &mut [&mut [u32]],
+    at: usize,
+    mut f: impl FnMut(&[f32], &[f32], &mut [u32]),
+) {
     for (i, d) in out.iter_mut().enumerate() {
-        let (l, h) = (&lo[i * stride..][..run], &hi[i * stride..][..run]);
-        words_scalar(l, h, &mut d[at..at + run]);
+        f(
+            &lo[i * stride..][..run],
+            &hi[i * stride..][..run],
+            &mut d[at..at + run],
+        );
+    }
+}
+
+/// The loop of [`words_blocks`], with `f` the one-block packer.
+#[inline(always)]
+fn each_block(
+    lo: &[f32],
+    hi: &[f32],
+    width: usize,
+    dst: &mut [u32],
+    dst_stride: usize,
+    mut f: impl FnMut(&[f32], &[f32], &mut [u32]),
+) {
+    let blocks = lo.chunks_exact(width).zip(hi.chunks_exact(width));
+    for (j, (l, h)) in blocks.enumerate() {
+        f(l, h, &mut dst[j * dst_stride..][..width]);
     }
 }
 
@@ -139,13 +172,7 @@ pub(crate) fn words_blocks(
         unsafe { x86::words_blocks(lo, hi, width, dst, dst_stride) };
         return;
     }
-    for (j, (l, h)) in lo
-        .chunks_exact(width)
-        .zip(hi.chunks_exact(width))
-        .enumerate()
-    {
-        words_scalar(l, h, &mut dst[j * dst_stride..][..width]);
-    }
+    each_block(lo, hi, width, dst, dst_stride, words_scalar);
 }
 
 /// The portable [`words`], branch-free so that it vectorises.
@@ -840,11 +867,10 @@ mod x86 {
         out: &mut [&mut [u32]],
         at: usize,
     ) {
-        for (i, d) in out.iter_mut().enumerate() {
-            let (l, h) = (&lo[i * stride..][..run], &hi[i * stride..][..run]);
+        super::each_run(lo, hi, stride, run, out, at, |l, h, d| {
             // SAFETY: the caller's contract (the CPU features).
-            unsafe { words(l, h, &mut d[at..at + run]) };
-        }
+            unsafe { words(l, h, d) }
+        });
     }
 
     /// The native [`super::words_blocks`].
@@ -859,14 +885,10 @@ mod x86 {
         dst: &mut [u32],
         dst_stride: usize,
     ) {
-        for (j, (l, h)) in lo
-            .chunks_exact(width)
-            .zip(hi.chunks_exact(width))
-            .enumerate()
-        {
+        super::each_block(lo, hi, width, dst, dst_stride, |l, h, d| {
             // SAFETY: the caller's contract (the CPU features).
-            unsafe { words(l, h, &mut dst[j * dst_stride..][..width]) };
-        }
+            unsafe { words(l, h, d) }
+        });
     }
 
     /// The native [`super::words`].

@@ -25,38 +25,39 @@ fn stride2(src: &[f32], start: isize, out: &mut [f32]) {
     stride2_scalar(src, start, out);
 }
 
+/// Where the rows of an im2col row come from in a channel plane: output
+/// row `oy` (`wo` wide) reads input row `y0 + 2 oy` (`w` wide) from column
+/// `x0`, every other column.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rows {
+    /// Width of the plane.
+    pub w: usize,
+    /// Input row of output row 0 (negative: in the padding).
+    pub y0: isize,
+    /// Input column of output column 0.
+    pub x0: isize,
+    /// Width of an output row.
+    pub wo: usize,
+}
+
 /// One row of a stride-2 im2col matrix: for each output row `oy` (`out` is
-/// `ho x wo`), [`stride2`] of input row `y0 + 2 oy` of `plane` (`w` wide)
-/// from column `x0`, or zeros where that row is outside the plane.
-pub(super) fn stride2_rows(
-    plane: &[f32],
-    w: usize,
-    y0: isize,
-    x0: isize,
-    out: &mut [f32],
-    wo: usize,
-) {
+/// `ho x wo`), [`stride2`] of its input row of `plane` (see [`Rows`]), or
+/// zeros where that row is outside the plane.
+pub(super) fn stride2_rows(plane: &[f32], at: Rows, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::native() {
         // SAFETY: as in `stride2`.
-        unsafe { x86::stride2_rows(plane, w, y0, x0, out, wo) };
+        unsafe { x86::stride2_rows(plane, at, out) };
         return;
     }
-    rows(plane, w, y0, x0, out, wo, stride2_scalar);
+    rows(plane, at, out, stride2_scalar);
 }
 
 /// The loop over output rows behind [`stride2_rows`], with `row` the
 /// one-row gather.
 #[inline(always)]
-fn rows(
-    plane: &[f32],
-    w: usize,
-    y0: isize,
-    x0: isize,
-    out: &mut [f32],
-    wo: usize,
-    mut row: impl FnMut(&[f32], isize, &mut [f32]),
-) {
+fn rows(plane: &[f32], at: Rows, out: &mut [f32], mut row: impl FnMut(&[f32], isize, &mut [f32])) {
+    let Rows { w, y0, x0, wo } = at;
     let h = (plane.len() / w.max(1)) as isize;
     for (oy, dst) in out.chunks_exact_mut(wo.max(1)).enumerate() {
         let y = y0 + 2 * oy as isize;
@@ -68,24 +69,17 @@ fn rows(
     }
 }
 
-/// The col2im counterpart of [`stride2_rows`]: for each row `oy` of `src`
-/// (`ho x wo`), [`add_stride2`] into row `y0 + 2 oy` of `plane` (`w` wide)
-/// from column `x0`; rows outside the plane are dropped.
-pub(super) fn add_stride2_rows(
-    plane: &mut [f32],
-    w: usize,
-    y0: isize,
-    x0: isize,
-    src: &[f32],
-    wo: usize,
-) {
+/// The col2im counterpart of [`stride2_rows`]: each row `oy` of `src`
+/// (`ho x wo`) [`add_stride2`]-ed into its row of `plane` (see [`Rows`]);
+/// rows outside the plane are dropped.
+pub(super) fn add_stride2_rows(plane: &mut [f32], at: Rows, src: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::bf16::native() {
         // SAFETY: as in `add_stride2`.
-        unsafe { x86::add_stride2_rows(plane, w, y0, x0, src, wo) };
+        unsafe { x86::add_stride2_rows(plane, at, src) };
         return;
     }
-    add_rows(plane, w, y0, x0, src, wo, add_stride2_scalar);
+    add_rows(plane, at, src, add_stride2_scalar);
 }
 
 /// The loop over rows behind [`add_stride2_rows`], with `row` the one-row
@@ -93,13 +87,11 @@ pub(super) fn add_stride2_rows(
 #[inline(always)]
 fn add_rows(
     plane: &mut [f32],
-    w: usize,
-    y0: isize,
-    x0: isize,
+    at: Rows,
     src: &[f32],
-    wo: usize,
     mut row: impl FnMut(&mut [f32], isize, &[f32]),
 ) {
+    let Rows { w, y0, x0, wo } = at;
     let h = (plane.len() / w.max(1)) as isize;
     for (oy, s) in src.chunks_exact(wo.max(1)).enumerate() {
         let y = y0 + 2 * oy as isize;
@@ -149,6 +141,8 @@ fn stride2_scalar(src: &[f32], start: isize, out: &mut [f32]) {
 mod x86 {
     use core::arch::x86_64::*;
 
+    use super::Rows;
+
     /// Mask of the lanes `t` (0..16) with `lo <= base + t < hi`.
     #[inline]
     fn window(base: isize, lo: isize, hi: isize) -> __mmask16 {
@@ -166,15 +160,8 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn stride2_rows(
-        plane: &[f32],
-        w: usize,
-        y0: isize,
-        x0: isize,
-        out: &mut [f32],
-        wo: usize,
-    ) {
-        super::rows(plane, w, y0, x0, out, wo, |src, start, dst| {
+    pub(super) unsafe fn stride2_rows(plane: &[f32], at: Rows, out: &mut [f32]) {
+        super::rows(plane, at, out, |src, start, dst| {
             // SAFETY: the caller's contract (the CPU features).
             unsafe { stride2(src, start, dst) }
         });
@@ -211,15 +198,8 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn add_stride2_rows(
-        plane: &mut [f32],
-        w: usize,
-        y0: isize,
-        x0: isize,
-        src: &[f32],
-        wo: usize,
-    ) {
-        super::add_rows(plane, w, y0, x0, src, wo, |dst, start, s| {
+    pub(super) unsafe fn add_stride2_rows(plane: &mut [f32], at: Rows, src: &[f32]) {
+        super::add_rows(plane, at, src, |dst, start, s| {
             // SAFETY: the caller's contract (the CPU features).
             unsafe { add_stride2(dst, start, s) }
         });
@@ -318,10 +298,10 @@ mod tests {
                         }
                     }
                     let mut got = vec![f32::NAN; ho * wo];
-                    stride2_rows(&plane, w, y0, x0, &mut got, wo);
+                    stride2_rows(&plane, Rows { w, y0, x0, wo }, &mut got);
                     assert_eq!(got, want, "y0 {y0}, x0 {x0}, {ho} x {wo}");
                     let mut plain = vec![f32::NAN; ho * wo];
-                    rows(&plane, w, y0, x0, &mut plain, wo, stride2_scalar);
+                    rows(&plane, Rows { w, y0, x0, wo }, &mut plain, stride2_scalar);
                     assert_eq!(plain, want);
                 }
             }
@@ -347,10 +327,10 @@ mod tests {
                         }
                     }
                     let mut got = init.clone();
-                    add_stride2_rows(&mut got, w, y0, x0, &src, wo);
+                    add_stride2_rows(&mut got, Rows { w, y0, x0, wo }, &src);
                     assert_eq!(got, want, "y0 {y0}, x0 {x0}, {ho} x {wo}");
                     let mut plain = init.clone();
-                    add_rows(&mut plain, w, y0, x0, &src, wo, add_stride2_scalar);
+                    add_rows(&mut plain, Rows { w, y0, x0, wo }, &src, add_stride2_scalar);
                     assert_eq!(plain, want);
                 }
             }
