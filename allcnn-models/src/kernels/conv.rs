@@ -275,6 +275,17 @@ impl Geometry {
         }
     }
 
+    /// Where the output rows of kernel tap `(ky, kx)` read a channel plane,
+    /// for the stride-2 gather and scatter-add.
+    fn rows(&self, ky: usize, kx: usize) -> gather::Rows {
+        gather::Rows {
+            w: self.w,
+            y0: ky as isize - self.pad as isize,
+            x0: kx as isize - self.pad as isize,
+            wo: self.wo,
+        }
+    }
+
     /// Row `r = (c * k + ky) * k + kx` of one image's im2col matrix into
     /// `row` (`Ho*Wo`).
     fn im2col_row(&self, img: &[f32], r: usize, row: &mut [f32]) {
@@ -282,17 +293,7 @@ impl Geometry {
         let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
         if self.stride == 2 {
             let plane = &img[c * self.h * self.w..][..self.h * self.w];
-            let (y0, x0) = (
-                ky as isize - self.pad as isize,
-                kx as isize - self.pad as isize,
-            );
-            let at = gather::Rows {
-                w: self.w,
-                y0,
-                x0,
-                wo: self.wo,
-            };
-            gather::stride2_rows(plane, at, &mut row[..self.out_plane()]);
+            gather::stride2_rows(plane, self.rows(ky, kx), &mut row[..self.out_plane()]);
             return;
         }
         let (lo, hi) = self.valid_ox(kx);
@@ -387,15 +388,7 @@ impl Geometry {
                     let row = &col[((c * k + ky) * k + kx) * plane..][..plane];
                     if self.stride == 2 {
                         let dst = &mut img[c * self.h * self.w..][..self.h * self.w];
-                        let y0 = ky as isize - self.pad as isize;
-                        let x0 = kx as isize - self.pad as isize;
-                        let at = gather::Rows {
-                            w: self.w,
-                            y0,
-                            x0,
-                            wo: self.wo,
-                        };
-                        gather::add_stride2_rows(dst, at, row);
+                        gather::add_stride2_rows(dst, self.rows(ky, kx), row);
                         continue;
                     }
                     let (lo, hi) = self.valid_ox(kx);

@@ -183,9 +183,7 @@ fn self_check() -> bool {
     // sizes, C is m x n with ldc = n, and `detect` made the checks
     // `Hardware::new` relies on before calling this.
     unsafe {
-        let Some(mut hw) = Hardware::new() else {
-            return false;
-        };
+        let mut hw = Hardware::new();
         gemm(&mut hw, &mut got, n, &pa, m, &pb, n, k, false);
     }
     agrees(&got, &a, &b, (m, k, n))
@@ -409,23 +407,23 @@ pub(crate) struct Hardware {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 impl Hardware {
-    /// Configures this thread's tiles; `None` unless the CPU has AMX and the
-    /// process holds the tile permission (see [`status`]'s checks, which
-    /// are the caller's to have run: `detect` calls this only after them).
+    /// Configures this thread's tiles (`ldtilecfg`). Only valid after
+    /// [`status`]'s checks: `detect` calls this only after them, and
+    /// [`gemm_hardware`] only when the status is active.
     ///
     /// # Safety
     /// CPUID reported AMX-TILE and AMX-BF16 and `arch_prctl` granted
     /// XTILEDATA to this process.
-    pub(crate) unsafe fn new() -> Option<Self> {
+    pub(crate) unsafe fn new() -> Self {
         let cfg = Config::new();
         // SAFETY: the caller's contract; `cfg` is a valid 64-byte aligned
         // palette-1 configuration (rows <= 16, colsb <= 64).
         unsafe {
             core::arch::asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         }
-        Some(Hardware {
+        Hardware {
             _thread: std::marker::PhantomData,
-        })
+        }
     }
 }
 
@@ -507,9 +505,7 @@ pub(crate) unsafe fn gemm_hardware(
     // SAFETY: forwarded from the caller; `Active` implies the checks `new`
     // relies on.
     unsafe {
-        if let Some(mut hw) = Hardware::new() {
-            gemm(&mut hw, c, ldc, a, m, b, n, k, accumulate);
-        }
+        gemm(&mut Hardware::new(), c, ldc, a, m, b, n, k, accumulate);
     }
 }
 
