@@ -69,14 +69,15 @@ impl DropoutRng {
         let keep = 1.0 / (1.0 - rate);
         // P(u < threshold) = rate for u uniform on the 32-bit integers.
         let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
-        (0..len)
-            .map(|_| {
-                if u64::from(self.rng.random::<u32>()) < threshold {
-                    0.0
-                } else {
-                    keep
-                }
-            })
+        // The same words as `len` calls of `random::<u32>()`, drawn a block
+        // at a time (the generator's wide refill) and then compared in a
+        // loop that vectorises: a mask per layer and step is millions of
+        // words.
+        let mut words = vec![0u32; len];
+        self.rng.fill(&mut words[..]);
+        words
+            .into_iter()
+            .map(|u| if u64::from(u) < threshold { 0.0 } else { keep })
             .collect()
     }
 }
@@ -633,5 +634,34 @@ impl<'a> ForwardPass<'a> {
                 .context(|| format!("{}: global average", m.spec.name))?,
         );
         Ok(acts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block-wise mask is the word-by-word definition: word `i` of the
+    /// stream below `rate * 2^32` drops element `i`, across calls of odd
+    /// lengths that end inside a generator block.
+    #[test]
+    fn dropout_mask_is_the_word_by_word_definition() {
+        let (seed, stream) = (7, 3);
+        let mut fast = DropoutRng::new(seed, stream);
+        let mut slow = allcnn_seed::rng(seed, allcnn_seed::Stream::Dropout, stream, 0);
+        for (len, rate) in [(1, 0.5), (13, 0.2), (1000, 0.5), (77, 0.9), (4099, 0.2)] {
+            let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
+            let keep = 1.0 / (1.0 - rate);
+            let want: Vec<f32> = (0..len)
+                .map(|_| {
+                    if u64::from(slow.random::<u32>()) < threshold {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect();
+            assert_eq!(fast.mask(len, rate), want, "len {len}, rate {rate}");
+        }
     }
 }

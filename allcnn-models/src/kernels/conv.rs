@@ -21,11 +21,13 @@
 mod amx;
 pub mod bf16;
 mod gather;
+mod scratch;
 mod winograd;
 
 pub use amx::{status as amx_status, AmxStatus};
 
 use bf16::{PackedA, PackedB};
+use scratch::Pool;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use faer::linalg::matmul::matmul;
@@ -415,15 +417,19 @@ impl Geometry {
         }
     }
 
-    /// A buffer for one image's im2col columns (empty for a 1x1 kernel,
-    /// which needs none).
-    fn col_buffer(&self) -> Vec<f32> {
+    /// `buf` as a buffer for one image's im2col columns (empty for a 1x1
+    /// kernel, which needs none), grown if it is too short. Its values are
+    /// stale: every user overwrites all of them.
+    fn col_buffer<'a>(&self, buf: &'a mut Vec<f32>) -> &'a mut [f32] {
         let len = if self.is_pointwise() {
             0
         } else {
             self.kdim() * self.out_plane()
         };
-        vec![0f32; len]
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        &mut buf[..len]
     }
 
     /// One image's columns (`kdim x plane`, row-major): the image itself
@@ -448,6 +454,22 @@ impl Geometry {
     }
 }
 
+/// One thread's buffers for the im2col paths, kept across calls
+/// ([`scratch`]).
+#[derive(Default)]
+struct ImageScratch {
+    /// im2col columns ([`Geometry::col_buffer`]).
+    col: Vec<f32>,
+    /// Rows staged for packing ([`Geometry::pack_columns`]).
+    rows: Vec<f32>,
+    a: PackedA,
+    b: PackedB,
+}
+
+thread_local! {
+    static IMAGE: Pool<ImageScratch> = const { Pool::new(Vec::new()) };
+}
+
 fn rm(data: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
     MatRef::from_row_major_slice(data, rows, cols)
 }
@@ -463,13 +485,12 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let par = g.par();
     out.par_chunks_mut(g.cout * plane)
         .zip(x.par_chunks(g.in_image()))
-        .for_each_init(
-            || g.col_buffer(),
-            |col, (o, img)| {
-                let colm = rm(g.columns(img, col), kd, plane);
+        .for_each(|(o, img)| {
+            scratch::with(&IMAGE, |s| {
+                let colm = rm(g.columns(img, g.col_buffer(&mut s.col)), kd, plane);
                 matmul(rm_mut(o, g.cout, plane), Accum::Replace, wm, colm, 1.0, par);
-            },
-        );
+            })
+        });
     out
 }
 
@@ -480,22 +501,24 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0f32; g.cout * kd];
-            let mut col = g.col_buffer();
-            let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
-            for (i, n) in images.enumerate() {
-                let img = &x[n * g.in_image()..][..g.in_image()];
-                let colm = rm(g.columns(img, &mut col), kd, plane);
-                let dym = rm(&dy[n * g.cout * plane..][..g.cout * plane], g.cout, plane);
-                let acc = if i == 0 { Accum::Replace } else { Accum::Add };
-                matmul(
-                    rm_mut(&mut dw, g.cout, kd),
-                    acc,
-                    dym,
-                    colm.transpose(),
-                    1.0,
-                    par,
-                );
-            }
+            scratch::with(&IMAGE, |s| {
+                let col = g.col_buffer(&mut s.col);
+                let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+                for (i, n) in images.enumerate() {
+                    let img = &x[n * g.in_image()..][..g.in_image()];
+                    let colm = rm(g.columns(img, col), kd, plane);
+                    let dym = rm(&dy[n * g.cout * plane..][..g.cout * plane], g.cout, plane);
+                    let acc = if i == 0 { Accum::Replace } else { Accum::Add };
+                    matmul(
+                        rm_mut(&mut dw, g.cout, kd),
+                        acc,
+                        dym,
+                        colm.transpose(),
+                        1.0,
+                        par,
+                    );
+                }
+            });
             dw
         })
         .collect();
@@ -523,18 +546,25 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let par = g.par();
     dx.par_chunks_mut(g.in_image())
         .zip(dy.par_chunks(g.cout * plane))
-        .for_each_init(
-            || g.col_buffer(),
-            |col, (img, d)| {
+        .for_each(|(img, d)| {
+            scratch::with(&IMAGE, |s| {
                 let dym = rm(d, g.cout, plane);
                 if g.is_pointwise() {
                     matmul(rm_mut(img, kd, plane), Accum::Replace, wt, dym, 1.0, par);
                 } else {
-                    matmul(rm_mut(col, kd, plane), Accum::Replace, wt, dym, 1.0, par);
+                    let col = g.col_buffer(&mut s.col);
+                    matmul(
+                        rm_mut(&mut *col, kd, plane),
+                        Accum::Replace,
+                        wt,
+                        dym,
+                        1.0,
+                        par,
+                    );
                     g.col2im(col, img);
                 }
-            },
-        );
+            })
+        });
     dx
 }
 
@@ -548,13 +578,12 @@ fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let a = PackedA::new(w, g.cout, kd, kd, 1);
     out.par_chunks_mut(g.cout * plane)
         .zip(x.par_chunks(g.in_image()))
-        .for_each_init(
-            || (Vec::new(), PackedB::default()),
-            |(rows, b), (o, img)| {
-                g.pack_columns(img, rows, b);
-                bf16::gemm(o, plane, &a, b, false);
-            },
-        );
+        .for_each(|(o, img)| {
+            scratch::with(&IMAGE, |s| {
+                g.pack_columns(img, &mut s.rows, &mut s.b);
+                bf16::gemm(o, plane, &a, &s.b, false);
+            })
+        });
     out
 }
 
@@ -567,21 +596,21 @@ fn weight_grad_bf16(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0f32; g.cout * kd];
-            let mut rows = Vec::new();
-            let (mut a, mut b) = (PackedA::default(), PackedB::default());
-            let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
-            for (i, n) in images.enumerate() {
-                let img = &x[n * g.in_image()..][..g.in_image()];
-                a.pack(
-                    &dy[n * g.cout * plane..][..g.cout * plane],
-                    g.cout,
-                    plane,
-                    plane,
-                    1,
-                );
-                g.pack_columns_t(img, &mut rows, &mut b);
-                bf16::gemm(&mut dw, kd, &a, &b, i > 0);
-            }
+            scratch::with(&IMAGE, |s| {
+                let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+                for (i, n) in images.enumerate() {
+                    let img = &x[n * g.in_image()..][..g.in_image()];
+                    s.a.pack(
+                        &dy[n * g.cout * plane..][..g.cout * plane],
+                        g.cout,
+                        plane,
+                        plane,
+                        1,
+                    );
+                    g.pack_columns_t(img, &mut s.rows, &mut s.b);
+                    bf16::gemm(&mut dw, kd, &s.a, &s.b, i > 0);
+                }
+            });
             dw
         })
         .collect();
@@ -596,18 +625,18 @@ fn input_grad_bf16(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let wt = PackedA::new(w, kd, g.cout, 1, kd);
     dx.par_chunks_mut(g.in_image())
         .zip(dy.par_chunks(g.cout * plane))
-        .for_each_init(
-            || (g.col_buffer(), PackedB::default()),
-            |(col, b), (img, d)| {
-                b.pack(d, g.cout, plane, plane, 1);
+        .for_each(|(img, d)| {
+            scratch::with(&IMAGE, |s| {
+                s.b.pack(d, g.cout, plane, plane, 1);
                 if g.is_pointwise() {
-                    bf16::gemm(img, plane, &wt, b, false);
+                    bf16::gemm(img, plane, &wt, &s.b, false);
                 } else {
-                    bf16::gemm(col, plane, &wt, b, false);
+                    let col = g.col_buffer(&mut s.col);
+                    bf16::gemm(col, plane, &wt, &s.b, false);
                     g.col2im(col, img);
                 }
-            },
-        );
+            })
+        });
     dx
 }
 
@@ -927,8 +956,13 @@ mod tests {
             let g = Geometry::new(&[1, cin, h, h], &[6, cin, k, k], stride, pad).unwrap();
             let img: Vec<f32> = (0..cin * h * h).map(|i| (i as f32 * 0.61).cos()).collect();
             let (kd, plane) = (g.kdim(), g.out_plane());
-            let mut col = g.col_buffer();
-            let cols = g.columns(&img, &mut col).to_vec();
+            // Stale values in the reused buffer must all be overwritten.
+            let mut buf = vec![f32::NAN; kd * plane];
+            let cols = g.columns(&img, g.col_buffer(&mut buf)).to_vec();
+            assert!(
+                cols.iter().all(|v| v.is_finite()),
+                "{cin} {h} {k} {stride} {pad}"
+            );
             let (mut want, mut got) = (PackedB::default(), PackedB::default());
             let mut rows = vec![f32::NAN; 3];
             want.pack(&cols, kd, plane, plane, 1);

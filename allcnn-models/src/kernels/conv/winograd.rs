@@ -34,6 +34,7 @@ use faer::{Accum, Par};
 use rayon::prelude::*;
 
 use super::bf16::{PackedA, PackedB};
+use super::scratch::{self, Pool};
 use super::{bf16, rm, rm_mut, sum_in_order, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for. 128 keeps a
@@ -468,10 +469,18 @@ struct Scratch {
 /// Packed bf16 operands, reused from one GEMM to the next.
 type Packed = (PackedA, PackedB);
 
+thread_local! {
+    /// Each thread's chunk scratch, kept across calls ([`scratch`]).
+    static SCRATCH: Pool<Scratch> = const { Pool::new(Vec::new()) };
+    /// Each thread's operands of the GEMMs that [`for_each_xi`] runs in
+    /// parallel.
+    static PACKED: Pool<Packed> = const { Pool::new(Vec::new()) };
+}
+
 /// Runs `gemm(ξ, block)` for the 16 blocks of `len` floats in `out`: one
 /// after another with `packed` when the chunks already keep every thread
-/// busy (`par` is sequential), else in parallel, a fresh [`Packed`] per
-/// worker.
+/// busy (`par` is sequential), else in parallel, with each worker's own
+/// [`Packed`].
 fn for_each_xi(
     out: &mut [f32],
     len: usize,
@@ -486,7 +495,7 @@ fn for_each_xi(
     } else {
         out.par_chunks_mut(len)
             .enumerate()
-            .for_each_init(Packed::default, |p, job| gemm(job, p));
+            .for_each(|job| scratch::with(&PACKED, |p| gemm(job, p)));
     }
 }
 
@@ -516,32 +525,34 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32
     let par = t.par(g.n);
     out.par_chunks_mut(t.chunk * g.cout * plane)
         .zip(x.par_chunks(t.chunk * image))
-        .for_each_init(Scratch::default, |s, (o, xs)| {
-            let cols = xs.len() / image * t.per_image;
-            let m = resized(&mut s.m, 16 * g.cout * cols);
-            if bf16 {
-                s.vb.resize_with(16, PackedB::default);
-                input_transform_bf16(g, &t, xs, &mut s.vb, &mut s.pad);
-                let vb = &s.vb;
-                for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), _| {
-                    bf16::gemm(m, cols, &packed_u[xi], &vb[xi], false);
-                });
-            } else {
-                let v = resized(&mut s.v, 16 * g.cin * cols);
-                input_transform(g, &t, xs, v, &mut s.pad);
-                let v = &*v;
-                for xi in 0..16 {
-                    matmul(
-                        rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
-                        Accum::Replace,
-                        rm(&u[xi * co * ci..][..co * ci], co, ci),
-                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
-                        1.0,
-                        par,
-                    );
+        .for_each(|(o, xs)| {
+            scratch::with(&SCRATCH, |s| {
+                let cols = xs.len() / image * t.per_image;
+                let m = resized(&mut s.m, 16 * g.cout * cols);
+                if bf16 {
+                    s.vb.resize_with(16, PackedB::default);
+                    input_transform_bf16(g, &t, xs, &mut s.vb, &mut s.pad);
+                    let vb = &s.vb;
+                    for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), _| {
+                        bf16::gemm(m, cols, &packed_u[xi], &vb[xi], false);
+                    });
+                } else {
+                    let v = resized(&mut s.v, 16 * g.cin * cols);
+                    input_transform(g, &t, xs, v, &mut s.pad);
+                    let v = &*v;
+                    for xi in 0..16 {
+                        matmul(
+                            rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
+                            Accum::Replace,
+                            rm(&u[xi * co * ci..][..co * ci], co, ci),
+                            rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
+                            1.0,
+                            par,
+                        );
+                    }
                 }
-            }
-            output_transform(g, &t, m, o, &mut s.tmp);
+                output_transform(g, &t, m, o, &mut s.tmp);
+            })
         });
     out
 }
@@ -580,44 +591,46 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
     let partials: Vec<Vec<f32>> = x
         .par_chunks(group * image)
         .zip(dy.par_chunks(group * g.cout * plane))
-        .map_init(Scratch::default, |s, (xg, dg)| {
-            let mut du = vec![0f32; 16 * co * ci];
-            let chunks = xg
-                .chunks(t.chunk * image)
-                .zip(dg.chunks(t.chunk * g.cout * plane));
-            for (k, (xs, ds)) in chunks.enumerate() {
-                let cols = xs.len() / image * t.per_image;
-                let v = resized(&mut s.v, 16 * g.cin * cols);
-                input_transform(g, &t, xs, v, &mut s.pad);
-                let dm = resized(&mut s.m, 16 * g.cout * cols);
-                grad_transform(g, &t, ds, dm, &mut s.tmp);
-                let (v, dm) = (&*v, &*dm);
-                let accumulate = k > 0;
-                if bf16 {
-                    // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
-                    for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
-                        a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
-                        b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
-                        bf16::gemm(du, ci, a, b, accumulate);
-                    });
-                } else {
-                    for xi in 0..16 {
-                        matmul(
-                            rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
-                            if accumulate {
-                                Accum::Add
-                            } else {
-                                Accum::Replace
-                            },
-                            rm(&dm[xi * co * cols..][..co * cols], co, cols),
-                            rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
-                            1.0,
-                            par,
-                        );
+        .map(|(xg, dg)| {
+            scratch::with(&SCRATCH, |s| {
+                let mut du = vec![0f32; 16 * co * ci];
+                let chunks = xg
+                    .chunks(t.chunk * image)
+                    .zip(dg.chunks(t.chunk * g.cout * plane));
+                for (k, (xs, ds)) in chunks.enumerate() {
+                    let cols = xs.len() / image * t.per_image;
+                    let v = resized(&mut s.v, 16 * g.cin * cols);
+                    input_transform(g, &t, xs, v, &mut s.pad);
+                    let dm = resized(&mut s.m, 16 * g.cout * cols);
+                    grad_transform(g, &t, ds, dm, &mut s.tmp);
+                    let (v, dm) = (&*v, &*dm);
+                    let accumulate = k > 0;
+                    if bf16 {
+                        // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
+                        for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
+                            a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
+                            b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
+                            bf16::gemm(du, ci, a, b, accumulate);
+                        });
+                    } else {
+                        for xi in 0..16 {
+                            matmul(
+                                rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
+                                if accumulate {
+                                    Accum::Add
+                                } else {
+                                    Accum::Replace
+                                },
+                                rm(&dm[xi * co * cols..][..co * cols], co, cols),
+                                rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
+                                1.0,
+                                par,
+                            );
+                        }
                     }
                 }
-            }
-            du
+                du
+            })
         })
         .collect();
     let du = sum_in_order(partials, 16 * g.cout * g.cin);
