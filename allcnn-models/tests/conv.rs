@@ -234,7 +234,11 @@ fn fused_conv_bias_relu_matches_the_composition() {
         let x = var(&[n, cin, side, side], 500 + i as u64);
         let w = var(&[cout, cin, 3, 3], 600 + i as u64);
         let b = Var::from_vec(values(cout, 700 + i as u64), cout, &dev).unwrap();
-        for algorithm in [Algorithm::Im2col, Algorithm::Winograd] {
+        for algorithm in [
+            Algorithm::Im2col,
+            Algorithm::Winograd,
+            Algorithm::WinogradBf16,
+        ] {
             for relu in [false, true] {
                 let ours = conv2d_fused(&x, &w, &b, stride, 1, algorithm, relu).unwrap();
                 let pre =

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::bf16::{PackedA, PackedB};
 use super::scratch::{self, Pool};
-use super::{bf16, rm, rm_mut, sum_in_order, Geometry};
+use super::{bf16, rm, rm_mut, sum_in_order, Epilogue, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for. 128 keeps a
 /// chunk's transformed tiles in L2 for 192 channels; measured against 64,
@@ -336,9 +336,17 @@ fn input_transform_bf16(
 /// `Y = Aᵀ M A` of every tile of `m` (`[16][Cout][cols]`) into `out`
 /// (`[nb, Cout, Ho, Wo]`), a channel of an image at a time: `Aᵀ` on rows
 /// over all the image's tiles at once (long, vectorisable loops), then `A`
-/// on columns, a row of tiles at a time. `tmp` is scratch.
+/// on columns, a row of tiles at a time. Each finished channel plane gets
+/// `ep` while it is in cache. `tmp` is scratch.
 #[inline(never)]
-fn output_transform(g: &Geometry, t: &Tiles, m: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) {
+fn output_transform(
+    g: &Geometry,
+    t: &Tiles,
+    m: &[f32],
+    out: &mut [f32],
+    tmp: &mut Vec<f32>,
+    ep: Epilogue<'_>,
+) {
     let plane = g.ho * g.wo;
     let nb = out.len() / (g.cout * plane);
     let cols = nb * t.per_image;
@@ -381,6 +389,7 @@ fn output_transform(g: &Geometry, t: &Tiles, m: &[f32], out: &mut [f32], tmp: &m
                     }
                 }
             }
+            ep.apply(k, o);
         }
     }
 }
@@ -506,9 +515,16 @@ fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`; with
-/// `bf16`, the 16 GEMMs take bf16-rounded operands.
-pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32> {
+/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`, each
+/// output plane finished by `ep`; with `bf16`, the 16 GEMMs take
+/// bf16-rounded operands.
+pub(super) fn forward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bf16: bool,
+    ep: Epilogue<'_>,
+) -> Vec<f32> {
     let t = Tiles::new(g);
     let u = weight_transform(g, w);
     let (co, ci) = (g.cout, g.cin);
@@ -551,7 +567,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bf16: bool) -> Vec<f32
                         );
                     }
                 }
-                output_transform(g, &t, m, o, &mut s.tmp);
+                output_transform(g, &t, m, o, &mut s.tmp, ep);
             })
         });
     out
@@ -570,7 +586,7 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec
             }
         }
     }
-    forward(&dual(g), dy, &flipped, bf16)
+    forward(&dual(g), dy, &flipped, bf16, Epilogue::NONE)
 }
 
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
