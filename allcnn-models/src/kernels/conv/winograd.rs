@@ -197,13 +197,28 @@ fn fill_plane(g: &Geometry, src: &[f32], plane: &mut [f32], pw: usize) {
 }
 
 /// `V = Bᵀ d B` of the `tw` tiles of tile row `ty` of one padded plane
-/// (`pw` wide) into `out`: `out[ξ * tw + tx]` is `V[ξ]` of tile `tx`. `e`
-/// is scratch of `4 * pw`.
+/// (`pw = 2 tw + 2` wide) into `out`: `out[ξ * tw + tx]` is `V[ξ]` of tile
+/// `tx`. `e` is scratch of `4 * pw`.
 ///
-/// `Bᵀ` combines four padded input rows element-wise (vectorisable), then
-/// `B` combines columns, each of the 16 outputs a contiguous run of tiles.
+/// `Bᵀ` combines four padded input rows element-wise, then `B` combines
+/// columns, each of the 16 outputs a contiguous run of tiles. With AVX-512
+/// the column pass takes 16 tiles at a time, the even and odd columns
+/// separated by one permute each ([`x86::tile_row`]); both versions make
+/// the same additions in the same order, so the same values.
 #[inline]
+#[allow(unsafe_code)]
 fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        unsafe { x86::tile_row(plane, pw, ty, tw, e, out) };
+        return;
+    }
+    tile_row_scalar(plane, pw, ty, tw, e, out);
+}
+
+/// The portable [`tile_row`].
+fn tile_row_scalar(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
     let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
     let (e0, rest) = e[..4 * pw].split_at_mut(pw);
@@ -653,9 +668,111 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
     weight_untransform(g, &du)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    /// Mask of the first `n` (clamped to 16) lanes.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// The AVX-512 [`super::tile_row`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_row(
+        plane: &[f32],
+        pw: usize,
+        ty: usize,
+        tw: usize,
+        e: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(pw >= 2 * tw + 2 && plane.len() >= (2 * ty + 4) * pw);
+        assert!(e.len() >= 4 * pw && out.len() >= 16 * tw);
+        let rows = plane[2 * ty * pw..].as_ptr();
+        let ep = e.as_mut_ptr();
+        // Bᵀ on rows: (r0 - r2, r1 + r2, r2 - r1, r1 - r3).
+        for x0 in (0..pw).step_by(16) {
+            let m = lanes(pw - x0);
+            // SAFETY: lanes `x0..min(x0 + 16, pw)` of rows 0..4 lie inside
+            // `plane` and of the four `pw`-long runs inside `e` (asserted).
+            unsafe {
+                let r = |k: usize| _mm512_maskz_loadu_ps(m, rows.add(k * pw + x0));
+                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                _mm512_mask_storeu_ps(ep.add(x0), m, _mm512_sub_ps(r0, r2));
+                _mm512_mask_storeu_ps(ep.add(pw + x0), m, _mm512_add_ps(r1, r2));
+                _mm512_mask_storeu_ps(ep.add(2 * pw + x0), m, _mm512_sub_ps(r2, r1));
+                _mm512_mask_storeu_ps(ep.add(3 * pw + x0), m, _mm512_sub_ps(r1, r3));
+            }
+        }
+        // B on columns: tile tx reads columns 2tx..2tx+4 of each combination.
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        let len = 2 * tw + 2;
+        let op = out.as_mut_ptr();
+        for ri in 0..4 {
+            let src = e[ri * pw..].as_ptr();
+            for tx0 in (0..tw).step_by(16) {
+                let keep = lanes(tw - tx0);
+                let base = 2 * tx0;
+                // Columns base.. and base + 2.. that exist (at least 2: the
+                // last tile's own columns).
+                let (here, next) = (len - base, len - base - 2);
+                // SAFETY: every load reads only lanes below `len <= pw`
+                // values of this combination; the stores write lanes
+                // `tx0..min(tx0 + 16, tw)` of four `tw`-long runs of `out`
+                // (asserted length `16 tw`).
+                unsafe {
+                    let a = _mm512_maskz_loadu_ps(lanes(here), src.add(base));
+                    let b =
+                        _mm512_maskz_loadu_ps(lanes(here.saturating_sub(16)), src.add(base + 16));
+                    let c = _mm512_maskz_loadu_ps(lanes(next), src.add(base + 2));
+                    let d =
+                        _mm512_maskz_loadu_ps(lanes(next.saturating_sub(16)), src.add(base + 18));
+                    let q0 = _mm512_permutex2var_ps(a, even, b);
+                    let q1 = _mm512_permutex2var_ps(a, odd, b);
+                    let q2 = _mm512_permutex2var_ps(c, even, d);
+                    let q3 = _mm512_permutex2var_ps(c, odd, d);
+                    let y = op.add(ri * 4 * tw + tx0);
+                    _mm512_mask_storeu_ps(y, keep, _mm512_sub_ps(q0, q2));
+                    _mm512_mask_storeu_ps(y.add(tw), keep, _mm512_add_ps(q1, q2));
+                    _mm512_mask_storeu_ps(y.add(2 * tw), keep, _mm512_sub_ps(q2, q1));
+                    _mm512_mask_storeu_ps(y.add(3 * tw), keep, _mm512_sub_ps(q1, q3));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dispatched tile row (AVX-512 where the CPU has it) equals the
+    /// portable one exactly, for tile counts around the 16-lane blocks.
+    #[test]
+    fn tile_row_equals_the_portable_one() {
+        for tw in [1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33] {
+            let pw = 2 * tw + 2;
+            let th = 3;
+            let plane: Vec<f32> = (0..(2 * th + 2) * pw)
+                .map(|i| ((i as f32) * 0.731).sin() * 5.0)
+                .collect();
+            for ty in 0..th {
+                let (mut got, mut want) = (vec![f32::NAN; 16 * tw], vec![0.0; 16 * tw]);
+                let mut e = vec![f32::NAN; 4 * pw];
+                tile_row(&plane, pw, ty, tw, &mut e, &mut got);
+                tile_row_scalar(&plane, pw, ty, tw, &mut vec![0.0; 4 * pw], &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "tw {tw}, ty {ty}");
+            }
+        }
+    }
 
     /// The fused bf16 transform writes exactly the words that the f32
     /// transform followed by the packer gives: odd and even channel counts,
