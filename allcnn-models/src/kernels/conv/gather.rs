@@ -138,14 +138,14 @@ fn stride2_scalar(src: &[f32], start: isize, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use core::arch::x86_64::*;
 
     use super::Rows;
 
     /// Mask of the lanes `t` (0..16) with `lo <= base + t < hi`.
     #[inline]
-    fn window(base: isize, lo: isize, hi: isize) -> __mmask16 {
+    pub(in crate::kernels::conv) fn window(base: isize, lo: isize, hi: isize) -> __mmask16 {
         let first = (lo - base).clamp(0, 16);
         let end = (hi - base).clamp(0, 16);
         if end <= first {

@@ -201,24 +201,8 @@ fn fill_plane(g: &Geometry, src: &[f32], plane: &mut [f32], pw: usize) {
 /// `tx`. `e` is scratch of `4 * pw`.
 ///
 /// `Bᵀ` combines four padded input rows element-wise, then `B` combines
-/// columns, each of the 16 outputs a contiguous run of tiles. With AVX-512
-/// the column pass takes 16 tiles at a time, the even and odd columns
-/// separated by one permute each ([`x86::tile_row`]); both versions make
-/// the same additions in the same order, so the same values.
-#[inline]
-#[allow(unsafe_code)]
+/// columns, each of the 16 outputs a contiguous run of tiles.
 fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F.
-        unsafe { x86::tile_row(plane, pw, ty, tw, e, out) };
-        return;
-    }
-    tile_row_scalar(plane, pw, ty, tw, e, out);
-}
-
-/// The portable [`tile_row`].
-fn tile_row_scalar(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
     let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
     let (e0, rest) = e[..4 * pw].split_at_mut(pw);
@@ -247,45 +231,89 @@ fn tile_row_scalar(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32]
     }
 }
 
-/// The scratch of [`input_transform`] and [`input_transform_bf16`] for
-/// `planes` padded planes: the planes, the row combinations and `planes`
-/// tile rows of output, all zero. Returns (planes, row combinations, tile
-/// rows) and the padded width.
-fn transform_scratch<'a>(
+/// Scratch of [`plane_tiles`]: a zero-padded plane and one tile row of
+/// output (used by the portable path only), and the four row combinations.
+struct PlaneScratch<'a> {
+    plane: &'a mut [f32],
+    row: &'a mut [f32],
+    e: &'a mut [f32],
+    /// Width of the padded plane, `2 tw + 2`.
+    pw: usize,
+}
+
+/// Carves [`PlaneScratch`] and `extra` more values out of `buf`, all zero.
+fn plane_scratch<'a>(
     t: &Tiles,
-    planes: usize,
-    pad: &'a mut Vec<f32>,
-) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32], usize) {
+    extra: usize,
+    buf: &'a mut Vec<f32>,
+) -> (PlaneScratch<'a>, &'a mut [f32]) {
     let (ph, pw) = (2 * t.th + 2, 2 * t.tw + 2);
-    pad.clear();
-    pad.resize(planes * (ph * pw + 16 * t.tw) + 4 * pw, 0.0);
-    let (p, rest) = pad.split_at_mut(planes * ph * pw);
-    let (out, e) = rest.split_at_mut(planes * 16 * t.tw);
-    (p, e, out, pw)
+    buf.clear();
+    buf.resize(ph * pw + 16 * t.tw + 4 * pw + extra, 0.0);
+    let (plane, rest) = buf.split_at_mut(ph * pw);
+    let (row, rest) = rest.split_at_mut(16 * t.tw);
+    let (e, extra) = rest.split_at_mut(4 * pw);
+    (PlaneScratch { plane, row, e, pw }, extra)
+}
+
+/// `V = Bᵀ d B` of every 4x4 input tile of the channel plane `src` (`h x
+/// w`, zero-padded by `pad` before the first row and column and as far as
+/// the tiles reach after the last) into `out`: `out[ξ * stride + ty * tw +
+/// tx]` is `V[ξ]` of tile `(ty, tx)`.
+///
+/// With AVX-512 ([`x86::plane_tiles`]) the padding comes from masked loads
+/// of `src` and the column pass takes 16 tiles at a time, the even and odd
+/// columns separated by one permute each; the portable path copies the
+/// plane into a padded one first. Both make the same additions in the same
+/// order, so the same values.
+#[allow(unsafe_code)]
+fn plane_tiles(
+    g: &Geometry,
+    t: &Tiles,
+    src: &[f32],
+    s: &mut PlaneScratch<'_>,
+    out: &mut [f32],
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        unsafe { x86::plane_tiles(g, t, src, s.e, out, stride) };
+        return;
+    }
+    plane_tiles_portable(g, t, src, s, out, stride);
+}
+
+/// The portable [`plane_tiles`].
+fn plane_tiles_portable(
+    g: &Geometry,
+    t: &Tiles,
+    src: &[f32],
+    s: &mut PlaneScratch<'_>,
+    out: &mut [f32],
+    stride: usize,
+) {
+    fill_plane(g, src, s.plane, s.pw);
+    for ty in 0..t.th {
+        tile_row(s.plane, s.pw, ty, t.tw, s.e, s.row);
+        for (xi, run) in s.row.chunks_exact(t.tw).enumerate() {
+            copy_short(&mut out[xi * stride + ty * t.tw..][..t.tw], run);
+        }
+    }
 }
 
 /// `V = Bᵀ d B` of every 4x4 input tile of `imgs` (`[nb, Cin, H, W]`) into
-/// `v` `[16][Cin][cols]`, `cols = nb * per_image`, a row of tiles at a time.
-/// `pad` is scratch.
+/// `v` `[16][Cin][cols]`, `cols = nb * per_image`, a channel plane at a
+/// time. `pad` is scratch.
 fn input_transform(g: &Geometry, t: &Tiles, imgs: &[f32], v: &mut [f32], pad: &mut Vec<f32>) {
     let nb = imgs.len() / (g.cin * g.h * g.w);
-    let (cols, tw) = (nb * t.per_image, t.tw);
-    let (plane, e, out, pw) = transform_scratch(t, 1, pad);
+    let cols = nb * t.per_image;
+    let (mut s, _) = plane_scratch(t, 0, pad);
     for i in 0..nb {
         for c in 0..g.cin {
-            fill_plane(
-                g,
-                &imgs[(i * g.cin + c) * g.h * g.w..][..g.h * g.w],
-                plane,
-                pw,
-            );
-            for ty in 0..t.th {
-                tile_row(plane, pw, ty, tw, e, out);
-                let col0 = i * t.per_image + ty * tw;
-                for (xi, run) in out.chunks_exact(tw).enumerate() {
-                    copy_short(&mut v[(xi * g.cin + c) * cols + col0..][..tw], run);
-                }
-            }
+            let src = &imgs[(i * g.cin + c) * g.h * g.w..][..g.h * g.w];
+            let at = c * cols + i * t.per_image;
+            plane_tiles(g, t, src, &mut s, &mut v[at..], g.cin * cols);
         }
     }
 }
@@ -303,37 +331,29 @@ fn input_transform_bf16(
 ) {
     const NR: usize = bf16::NR;
     let nb = imgs.len() / (g.cin * g.h * g.w);
-    let (cols, tw, pairs) = (nb * t.per_image, t.tw, g.cin.div_ceil(2));
+    let (cols, per, pairs) = (nb * t.per_image, t.per_image, g.cin.div_ceil(2));
     let mut dst: Vec<&mut [u32]> = vb.iter_mut().map(|b| b.words_mut(g.cin, cols)).collect();
-    let (planes, e, outs, pw) = transform_scratch(t, 2, pad);
-    let (lo_plane, hi_plane) = planes.split_at_mut(planes.len() / 2);
-    let (lo, hi) = outs.split_at_mut(16 * tw);
+    let (mut s, outs) = plane_scratch(t, 32 * per, pad);
+    let (lo, hi) = outs.split_at_mut(16 * per);
     let image = g.cin * g.h * g.w;
     for i in 0..nb {
         for q in 0..pairs {
             let (c0, c1) = (2 * q, 2 * q + 1);
             let src = |c: usize| &imgs[i * image + c * g.h * g.w..][..g.h * g.w];
-            fill_plane(g, src(c0), lo_plane, pw);
+            plane_tiles(g, t, src(c0), &mut s, lo, per);
             if c1 < g.cin {
-                fill_plane(g, src(c1), hi_plane, pw);
+                plane_tiles(g, t, src(c1), &mut s, hi, per);
+            } else {
+                hi.fill(0.0);
             }
-            for ty in 0..t.th {
-                tile_row(lo_plane, pw, ty, tw, e, lo);
-                if c1 < g.cin {
-                    tile_row(hi_plane, pw, ty, tw, e, hi);
-                } else {
-                    hi.fill(0.0);
-                }
-                // Tiles col0.. of every ξ, cut where they cross a panel.
-                let col0 = i * t.per_image + ty * tw;
-                let mut tx = 0;
-                while tx < tw {
-                    let col = col0 + tx;
-                    let run = (NR - col % NR).min(tw - tx);
-                    let at = ((col / NR) * pairs + q) * NR + col % NR;
-                    bf16::words_each(&lo[tx..], &hi[tx..], tw, run, &mut dst, at);
-                    tx += run;
-                }
+            // The image's tiles of every ξ, cut where they cross a panel.
+            let mut j = 0;
+            while j < per {
+                let col = i * per + j;
+                let run = (NR - col % NR).min(per - j);
+                let at = ((col / NR) * pairs + q) * NR + col % NR;
+                bf16::words_each(&lo[j..], &hi[j..], per, run, &mut dst, at);
+                j += run;
             }
         }
     }
@@ -673,76 +693,99 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
 mod x86 {
     use core::arch::x86_64::*;
 
+    use super::super::gather::x86::window;
+    use super::{Geometry, Tiles};
+
     /// Mask of the first `n` (clamped to 16) lanes.
     #[inline]
     fn lanes(n: usize) -> __mmask16 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// The AVX-512 [`super::tile_row`].
+    /// The AVX-512 [`super::plane_tiles`].
     ///
     /// # Safety
     /// The CPU has AVX-512 F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_row(
-        plane: &[f32],
-        pw: usize,
-        ty: usize,
-        tw: usize,
+    pub(super) unsafe fn plane_tiles(
+        g: &Geometry,
+        t: &Tiles,
+        src: &[f32],
         e: &mut [f32],
         out: &mut [f32],
+        stride: usize,
     ) {
-        assert!(pw >= 2 * tw + 2 && plane.len() >= (2 * ty + 4) * pw);
-        assert!(e.len() >= 4 * pw && out.len() >= 16 * tw);
-        let rows = plane[2 * ty * pw..].as_ptr();
-        let ep = e.as_mut_ptr();
-        // Bᵀ on rows: (r0 - r2, r1 + r2, r2 - r1, r1 - r3).
-        for x0 in (0..pw).step_by(16) {
-            let m = lanes(pw - x0);
-            // SAFETY: lanes `x0..min(x0 + 16, pw)` of rows 0..4 lie inside
-            // `plane` and of the four `pw`-long runs inside `e` (asserted).
-            unsafe {
-                let r = |k: usize| _mm512_maskz_loadu_ps(m, rows.add(k * pw + x0));
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                _mm512_mask_storeu_ps(ep.add(x0), m, _mm512_sub_ps(r0, r2));
-                _mm512_mask_storeu_ps(ep.add(pw + x0), m, _mm512_add_ps(r1, r2));
-                _mm512_mask_storeu_ps(ep.add(2 * pw + x0), m, _mm512_sub_ps(r2, r1));
-                _mm512_mask_storeu_ps(ep.add(3 * pw + x0), m, _mm512_sub_ps(r1, r3));
-            }
-        }
-        // B on columns: tile tx reads columns 2tx..2tx+4 of each combination.
+        let (th, tw) = (t.th, t.tw);
+        let pw = 2 * tw + 2;
+        let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
+        assert!(src.len() >= g.h * g.w && e.len() >= 4 * pw);
+        assert!(out.len() >= 15 * stride + th * tw && stride >= th * tw);
+        let (sp, ep, op) = (src.as_ptr(), e.as_mut_ptr(), out.as_mut_ptr());
         let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
         let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-        let len = 2 * tw + 2;
-        let op = out.as_mut_ptr();
-        for ri in 0..4 {
-            let src = e[ri * pw..].as_ptr();
-            for tx0 in (0..tw).step_by(16) {
-                let keep = lanes(tw - tx0);
-                let base = 2 * tx0;
-                // Columns base.. and base + 2.. that exist (at least 2: the
-                // last tile's own columns).
-                let (here, next) = (len - base, len - base - 2);
-                // SAFETY: every load reads only lanes below `len <= pw`
-                // values of this combination; the stores write lanes
-                // `tx0..min(tx0 + 16, tw)` of four `tw`-long runs of `out`
-                // (asserted length `16 tw`).
+        for ty in 0..th {
+            // Bᵀ on rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3) of padded rows
+            // 2 ty.. 2 ty + 4: source row `y - pad`, zero outside the plane.
+            for x0 in (0..pw).step_by(16) {
+                let x = x0 as isize - pad;
+                let m = window(x, 0, w) & lanes(pw - x0);
+                let row = |k: usize| {
+                    let y = (2 * ty + k) as isize - pad;
+                    if (0..h).contains(&y) {
+                        // SAFETY: only lanes `t` with `0 <= x + t < w` are
+                        // read, in row `y < h` of `src` (asserted length);
+                        // masked lanes do not fault.
+                        unsafe { _mm512_maskz_loadu_ps(m, sp.wrapping_offset(y * w + x)) }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                let keep = lanes(pw - x0);
+                // SAFETY: lanes `x0..min(x0 + 16, pw)` of the four `pw`-long
+                // runs of `e` (asserted length `4 pw`).
                 unsafe {
-                    let a = _mm512_maskz_loadu_ps(lanes(here), src.add(base));
-                    let b =
-                        _mm512_maskz_loadu_ps(lanes(here.saturating_sub(16)), src.add(base + 16));
-                    let c = _mm512_maskz_loadu_ps(lanes(next), src.add(base + 2));
-                    let d =
-                        _mm512_maskz_loadu_ps(lanes(next.saturating_sub(16)), src.add(base + 18));
-                    let q0 = _mm512_permutex2var_ps(a, even, b);
-                    let q1 = _mm512_permutex2var_ps(a, odd, b);
-                    let q2 = _mm512_permutex2var_ps(c, even, d);
-                    let q3 = _mm512_permutex2var_ps(c, odd, d);
-                    let y = op.add(ri * 4 * tw + tx0);
-                    _mm512_mask_storeu_ps(y, keep, _mm512_sub_ps(q0, q2));
-                    _mm512_mask_storeu_ps(y.add(tw), keep, _mm512_add_ps(q1, q2));
-                    _mm512_mask_storeu_ps(y.add(2 * tw), keep, _mm512_sub_ps(q2, q1));
-                    _mm512_mask_storeu_ps(y.add(3 * tw), keep, _mm512_sub_ps(q1, q3));
+                    _mm512_mask_storeu_ps(ep.add(x0), keep, _mm512_sub_ps(r0, r2));
+                    _mm512_mask_storeu_ps(ep.add(pw + x0), keep, _mm512_add_ps(r1, r2));
+                    _mm512_mask_storeu_ps(ep.add(2 * pw + x0), keep, _mm512_sub_ps(r2, r1));
+                    _mm512_mask_storeu_ps(ep.add(3 * pw + x0), keep, _mm512_sub_ps(r1, r3));
+                }
+            }
+            // B on columns: tile tx reads columns 2tx..2tx+4 of each
+            // combination.
+            for ri in 0..4 {
+                let cp = ep.wrapping_add(ri * pw).cast_const();
+                for tx0 in (0..tw).step_by(16) {
+                    let keep = lanes(tw - tx0);
+                    let base = 2 * tx0;
+                    // Columns from base and from base + 2 that exist (at
+                    // least 2: the last tile's own columns).
+                    let (here, next) = (pw - base, pw - base - 2);
+                    // SAFETY: the loads read only lanes below `pw` of this
+                    // combination; the stores write lanes `tx0..min(tx0 +
+                    // 16, tw)` of tile row `ty` of four runs of `out`
+                    // (`ξ * stride + ty * tw + tx`, asserted length).
+                    unsafe {
+                        let a = _mm512_maskz_loadu_ps(lanes(here), cp.add(base));
+                        let b = _mm512_maskz_loadu_ps(
+                            lanes(here.saturating_sub(16)),
+                            cp.add(base + 16),
+                        );
+                        let c = _mm512_maskz_loadu_ps(lanes(next), cp.add(base + 2));
+                        let d = _mm512_maskz_loadu_ps(
+                            lanes(next.saturating_sub(16)),
+                            cp.add(base + 18),
+                        );
+                        let q0 = _mm512_permutex2var_ps(a, even, b);
+                        let q1 = _mm512_permutex2var_ps(a, odd, b);
+                        let q2 = _mm512_permutex2var_ps(c, even, d);
+                        let q3 = _mm512_permutex2var_ps(c, odd, d);
+                        let y = op.add(ri * 4 * stride + ty * tw + tx0);
+                        _mm512_mask_storeu_ps(y, keep, _mm512_sub_ps(q0, q2));
+                        _mm512_mask_storeu_ps(y.add(stride), keep, _mm512_add_ps(q1, q2));
+                        _mm512_mask_storeu_ps(y.add(2 * stride), keep, _mm512_sub_ps(q2, q1));
+                        _mm512_mask_storeu_ps(y.add(3 * stride), keep, _mm512_sub_ps(q1, q3));
+                    }
                 }
             }
         }
@@ -753,23 +796,85 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// The dispatched tile row (AVX-512 where the CPU has it) equals the
-    /// portable one exactly, for tile counts around the 16-lane blocks.
+    /// The dispatched plane transform (AVX-512 where the CPU has it)
+    /// equals the definition: each tile's 4x4 window of the zero-padded
+    /// plane through `Bᵀ d B`, written at `ξ * stride + tile`. Every
+    /// padding, odd and even sizes, planes wider than the tiles reach
+    /// (valid convolutions), tile counts around the 16-lane blocks.
     #[test]
-    fn tile_row_equals_the_portable_one() {
-        for tw in [1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33] {
-            let pw = 2 * tw + 2;
-            let th = 3;
-            let plane: Vec<f32> = (0..(2 * th + 2) * pw)
+    fn plane_tiles_match_the_definition() {
+        let bt = [
+            [1.0, 0.0, -1.0, 0.0],
+            [0.0, 1.0, 1.0, 0.0],
+            [0.0, -1.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0, -1.0],
+        ];
+        for (h, w, pad) in [
+            (1, 1, 1),
+            (5, 7, 1),
+            (8, 8, 0),
+            (6, 6, 2),
+            (16, 16, 1),
+            (32, 32, 1),
+            (9, 33, 1),
+            (4, 35, 2),
+            (3, 70, 0),
+        ] {
+            let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
+            let g = Geometry {
+                n: 1,
+                cin: 16,
+                h,
+                w,
+                cout: 16,
+                k: 3,
+                stride: 1,
+                pad,
+                ho,
+                wo,
+            };
+            let t = Tiles::new(&g);
+            let src: Vec<f32> = (0..h * w)
                 .map(|i| ((i as f32) * 0.731).sin() * 5.0)
                 .collect();
-            for ty in 0..th {
-                let (mut got, mut want) = (vec![f32::NAN; 16 * tw], vec![0.0; 16 * tw]);
-                let mut e = vec![f32::NAN; 4 * pw];
-                tile_row(&plane, pw, ty, tw, &mut e, &mut got);
-                tile_row_scalar(&plane, pw, ty, tw, &mut vec![0.0; 4 * pw], &mut want);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "tw {tw}, ty {ty}");
+            let at = |y: usize, x: usize| -> f32 {
+                let (y, x) = (y as isize - pad as isize, x as isize - pad as isize);
+                if (0..h as isize).contains(&y) && (0..w as isize).contains(&x) {
+                    src[y as usize * w + x as usize]
+                } else {
+                    0.0
+                }
+            };
+            let stride = t.per_image + 3;
+            type Transform =
+                fn(&Geometry, &Tiles, &[f32], &mut PlaneScratch<'_>, &mut [f32], usize);
+            let (dispatched, portable): (Transform, Transform) =
+                (plane_tiles, plane_tiles_portable);
+            for (name, transform) in [("dispatched", dispatched), ("portable", portable)] {
+                let mut got = vec![f32::NAN; 16 * stride];
+                let mut buf = Vec::new();
+                let (mut s, _) = plane_scratch(&t, 0, &mut buf);
+                transform(&g, &t, &src, &mut s, &mut got, stride);
+                for ty in 0..t.th {
+                    for tx in 0..t.tw {
+                        let d = |i: usize, j: usize| at(2 * ty + i, 2 * tx + j);
+                        for (r, br) in bt.iter().enumerate() {
+                            for (c, bc) in bt.iter().enumerate() {
+                                // (Bᵀ d B)[r][c] = Σ_ij Bᵀ[r][i] d[i][j] Bᵀ[c][j]:
+                                // at most two terms per sum, so exact in f32 up
+                                // to one rounding per addition.
+                                let want: f32 = (0..4)
+                                    .map(|i| br[i] * (0..4).map(|j| d(i, j) * bc[j]).sum::<f32>())
+                                    .sum();
+                                let v = got[(r * 4 + c) * stride + ty * t.tw + tx];
+                                assert!(
+                                (v - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{name}: {h}x{w} pad {pad}, tile ({ty}, {tx}), ξ ({r}, {c}): {v} vs {want}"
+                            );
+                            }
+                        }
+                    }
+                }
             }
         }
     }
