@@ -796,6 +796,22 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// A 3x3 stride-1 geometry with 16 output channels.
+    fn geometry(n: usize, cin: usize, h: usize, w: usize, pad: usize) -> Geometry {
+        Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout: 16,
+            k: 3,
+            stride: 1,
+            pad,
+            ho: h + 2 * pad - 2,
+            wo: w + 2 * pad - 2,
+        }
+    }
+
     /// The dispatched plane transform (AVX-512 where the CPU has it)
     /// equals the definition: each tile's 4x4 window of the zero-padded
     /// plane through `Bᵀ d B`, written at `ξ * stride + tile`. Every
@@ -820,19 +836,7 @@ mod tests {
             (4, 35, 2),
             (3, 70, 0),
         ] {
-            let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
-            let g = Geometry {
-                n: 1,
-                cin: 16,
-                h,
-                w,
-                cout: 16,
-                k: 3,
-                stride: 1,
-                pad,
-                ho,
-                wo,
-            };
+            let g = geometry(1, 16, h, w, pad);
             let t = Tiles::new(&g);
             let src: Vec<f32> = (0..h * w)
                 .map(|i| ((i as f32) * 0.731).sin() * 5.0)
@@ -893,19 +897,7 @@ mod tests {
             (1, 18, 13, 31, 1),
             (2, 16, 32, 32, 1),
         ] {
-            let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
-            let g = Geometry {
-                n,
-                cin,
-                h,
-                w,
-                cout: 16,
-                k: 3,
-                stride: 1,
-                pad,
-                ho,
-                wo,
-            };
+            let g = geometry(n, cin, h, w, pad);
             let t = Tiles::new(&g);
             let x: Vec<f32> = (0..n * cin * h * w)
                 .map(|i| ((i as f32) * 0.37).sin() * 3.0)
