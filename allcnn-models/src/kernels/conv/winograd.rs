@@ -278,7 +278,7 @@ fn plane_tiles(
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F.
-        unsafe { x86::plane_tiles(g, t, src, s.e, out, stride) };
+        unsafe { x86::plane_tiles(g, t, src, out, stride) };
         return;
     }
     plane_tiles_portable(g, t, src, s, out, stride);
@@ -702,7 +702,11 @@ mod x86 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// The AVX-512 [`super::plane_tiles`].
+    /// The AVX-512 [`super::plane_tiles`]: per tile row and block of 16
+    /// tiles, the row combinations of the 34 padded columns the block
+    /// reads are made in registers (three vectors each), and the column
+    /// pass takes the even and odd columns by one permute each and the
+    /// columns two over by one lane shift.
     ///
     /// # Safety
     /// The CPU has AVX-512 F.
@@ -711,27 +715,28 @@ mod x86 {
         g: &Geometry,
         t: &Tiles,
         src: &[f32],
-        e: &mut [f32],
         out: &mut [f32],
         stride: usize,
     ) {
         let (th, tw) = (t.th, t.tw);
         let pw = 2 * tw + 2;
         let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
-        assert!(src.len() >= g.h * g.w && e.len() >= 4 * pw);
+        assert!(src.len() >= g.h * g.w);
         assert!(out.len() >= 15 * stride + th * tw && stride >= th * tw);
-        let (sp, ep, op) = (src.as_ptr(), e.as_mut_ptr(), out.as_mut_ptr());
+        let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
         let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
         let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
         for ty in 0..th {
-            // Bᵀ on rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3) of padded rows
-            // 2 ty.. 2 ty + 4: source row `y - pad`, zero outside the plane.
-            for x0 in (0..pw).step_by(16) {
-                let x = x0 as isize - pad;
-                let m = window(x, 0, w) & lanes(pw - x0);
-                let row = |k: usize| {
+            for tx0 in (0..tw).step_by(16) {
+                let base = 2 * tx0;
+                // Padded columns base + 16 j.. (j = 0, 1, 2) of padded row
+                // 2 ty + k: source row `y - pad`, column `x - pad`, zero
+                // outside the plane and past the padded width.
+                let load = |k: usize, j: usize| {
                     let y = (2 * ty + k) as isize - pad;
-                    if (0..h).contains(&y) {
+                    let x = (base + 16 * j) as isize - pad;
+                    let m = window(x, 0, w) & lanes(pw.saturating_sub(base + 16 * j));
+                    if (0..h).contains(&y) && m != 0 {
                         // SAFETY: only lanes `t` with `0 <= x + t < w` are
                         // read, in row `y < h` of `src` (asserted length);
                         // masked lanes do not fault.
@@ -740,46 +745,32 @@ mod x86 {
                         _mm512_setzero_ps()
                     }
                 };
-                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                let keep = lanes(pw - x0);
-                // SAFETY: lanes `x0..min(x0 + 16, pw)` of the four `pw`-long
-                // runs of `e` (asserted length `4 pw`).
-                unsafe {
-                    _mm512_mask_storeu_ps(ep.add(x0), keep, _mm512_sub_ps(r0, r2));
-                    _mm512_mask_storeu_ps(ep.add(pw + x0), keep, _mm512_add_ps(r1, r2));
-                    _mm512_mask_storeu_ps(ep.add(2 * pw + x0), keep, _mm512_sub_ps(r2, r1));
-                    _mm512_mask_storeu_ps(ep.add(3 * pw + x0), keep, _mm512_sub_ps(r1, r3));
+                // Bᵀ on rows: (r0 - r2, r1 + r2, r2 - r1, r1 - r3), three
+                // vectors of each.
+                let mut e = [[_mm512_setzero_ps(); 3]; 4];
+                for j in 0..3 {
+                    let (r0, r1, r2, r3) = (load(0, j), load(1, j), load(2, j), load(3, j));
+                    e[0][j] = _mm512_sub_ps(r0, r2);
+                    e[1][j] = _mm512_add_ps(r1, r2);
+                    e[2][j] = _mm512_sub_ps(r2, r1);
+                    e[3][j] = _mm512_sub_ps(r1, r3);
                 }
-            }
-            // B on columns: tile tx reads columns 2tx..2tx+4 of each
-            // combination.
-            for ri in 0..4 {
-                let cp = ep.wrapping_add(ri * pw).cast_const();
-                for tx0 in (0..tw).step_by(16) {
-                    let keep = lanes(tw - tx0);
-                    let base = 2 * tx0;
-                    // Columns from base and from base + 2 that exist (at
-                    // least 2: the last tile's own columns).
-                    let (here, next) = (pw - base, pw - base - 2);
-                    // SAFETY: the loads read only lanes below `pw` of this
-                    // combination; the stores write lanes `tx0..min(tx0 +
-                    // 16, tw)` of tile row `ty` of four runs of `out`
-                    // (`ξ * stride + ty * tw + tx`, asserted length).
+                // B on columns: tile tx reads columns 2tx..2tx+4.
+                let keep = lanes(tw - tx0);
+                for (ri, [a, b, c]) in e.into_iter().enumerate() {
+                    let q0 = _mm512_permutex2var_ps(a, even, b);
+                    let q1 = _mm512_permutex2var_ps(a, odd, b);
+                    // q2[t] = q0[t + 1], q3[t] = q1[t + 1]; the last lanes
+                    // are columns base + 32 and base + 33 (c[0], c[1]).
+                    let (q0i, q1i) = (_mm512_castps_si512(q0), _mm512_castps_si512(q1));
+                    let ci = _mm512_castps_si512(c);
+                    let q2 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(ci, q0i));
+                    let c1 = _mm512_alignr_epi32::<1>(ci, ci);
+                    let q3 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(c1, q1i));
+                    // SAFETY: lanes `tx0..min(tx0 + 16, tw)` of tile row
+                    // `ty` of four runs of `out` (`ξ * stride + ty * tw +
+                    // tx`, asserted length).
                     unsafe {
-                        let a = _mm512_maskz_loadu_ps(lanes(here), cp.add(base));
-                        let b = _mm512_maskz_loadu_ps(
-                            lanes(here.saturating_sub(16)),
-                            cp.add(base + 16),
-                        );
-                        let c = _mm512_maskz_loadu_ps(lanes(next), cp.add(base + 2));
-                        let d = _mm512_maskz_loadu_ps(
-                            lanes(next.saturating_sub(16)),
-                            cp.add(base + 18),
-                        );
-                        let q0 = _mm512_permutex2var_ps(a, even, b);
-                        let q1 = _mm512_permutex2var_ps(a, odd, b);
-                        let q2 = _mm512_permutex2var_ps(c, even, d);
-                        let q3 = _mm512_permutex2var_ps(c, odd, d);
                         let y = op.add(ri * 4 * stride + ty * tw + tx0);
                         _mm512_mask_storeu_ps(y, keep, _mm512_sub_ps(q0, q2));
                         _mm512_mask_storeu_ps(y.add(stride), keep, _mm512_add_ps(q1, q2));
