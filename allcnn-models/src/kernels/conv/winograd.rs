@@ -745,19 +745,22 @@ mod x86 {
                         _mm512_setzero_ps()
                     }
                 };
-                // Bᵀ on rows: (r0 - r2, r1 + r2, r2 - r1, r1 - r3), three
-                // vectors of each.
-                let mut e = [[_mm512_setzero_ps(); 3]; 4];
-                for j in 0..3 {
+                // Bᵀ on rows: (r0 - r2, r1 + r2, r2 - r1, r1 - r3) of each
+                // of the three vectors.
+                let mut e = [[_mm512_setzero_ps(); 4]; 3];
+                for (j, ej) in e.iter_mut().enumerate() {
                     let (r0, r1, r2, r3) = (load(0, j), load(1, j), load(2, j), load(3, j));
-                    e[0][j] = _mm512_sub_ps(r0, r2);
-                    e[1][j] = _mm512_add_ps(r1, r2);
-                    e[2][j] = _mm512_sub_ps(r2, r1);
-                    e[3][j] = _mm512_sub_ps(r1, r3);
+                    *ej = [
+                        _mm512_sub_ps(r0, r2),
+                        _mm512_add_ps(r1, r2),
+                        _mm512_sub_ps(r2, r1),
+                        _mm512_sub_ps(r1, r3),
+                    ];
                 }
                 // B on columns: tile tx reads columns 2tx..2tx+4.
                 let keep = lanes(tw - tx0);
-                for (ri, [a, b, c]) in e.into_iter().enumerate() {
+                let [e0, e1, e2] = e;
+                for (ri, ((a, b), c)) in e0.into_iter().zip(e1).zip(e2).enumerate() {
                     let q0 = _mm512_permutex2var_ps(a, even, b);
                     let q1 = _mm512_permutex2var_ps(a, odd, b);
                     // q2[t] = q0[t + 1], q3[t] = q1[t + 1]; the last lanes
