@@ -231,8 +231,9 @@ fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: 
     }
 }
 
-/// Scratch of [`plane_tiles`]: a zero-padded plane and one tile row of
-/// output (used by the portable path only), and the four row combinations.
+/// Scratch of the portable [`plane_tiles`]: a zero-padded plane, one tile
+/// row of output and the four row combinations (the AVX-512 path keeps
+/// all of it in registers).
 struct PlaneScratch<'a> {
     plane: &'a mut [f32],
     row: &'a mut [f32],
@@ -262,9 +263,8 @@ fn plane_scratch<'a>(
 /// tx]` is `V[ξ]` of tile `(ty, tx)`.
 ///
 /// With AVX-512 ([`x86::plane_tiles`]) the padding comes from masked loads
-/// of `src` and the column pass takes 16 tiles at a time, the even and odd
-/// columns separated by one permute each; the portable path copies the
-/// plane into a padded one first. Both make the same additions in the same
+/// of `src`, and 16 tiles at a time go through both passes in registers;
+/// the portable path copies the plane into a padded one first. Both make the same additions in the same
 /// order, so the same values.
 #[allow(unsafe_code)]
 fn plane_tiles(
