@@ -264,8 +264,8 @@ fn plane_scratch<'a>(
 ///
 /// With AVX-512 ([`x86::plane_tiles`]) the padding comes from masked loads
 /// of `src`, and 16 tiles at a time go through both passes in registers;
-/// the portable path copies the plane into a padded one first. Both make the same additions in the same
-/// order, so the same values.
+/// the portable path copies the plane into a padded one first. Both make
+/// the same additions in the same order, so the same values.
 #[allow(unsafe_code)]
 fn plane_tiles(
     g: &Geometry,
