@@ -68,6 +68,30 @@ struct Report<'a> {
     native_bf16: bool,
     /// The AMX tile kernel's state on this machine (`active`, or why not).
     amx: String,
+    /// The CPU's model name and its SIMD flags that matter here (Linux:
+    /// /proc/cpuinfo), so that every figure names its CPU.
+    cpu: Option<String>,
+}
+
+/// The flags of /proc/cpuinfo that decide which kernels run.
+const CPU_FLAGS: [&str; 5] = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"];
+
+/// `"MODEL (FLAGS)"` from the text of /proc/cpuinfo: the first processor's
+/// model name and which of [`CPU_FLAGS`] it has.
+fn cpu_description(cpuinfo: &str) -> Option<String> {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    let model = field("model name")?;
+    let flags = field("flags").unwrap_or_default();
+    let have: Vec<&str> = CPU_FLAGS
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|g| g == *f))
+        .collect();
+    Some(format!("{model} ({})", have.join(" ")))
 }
 
 /// The process's peak resident set size (`VmHWM` in /proc/self/status).
@@ -154,6 +178,9 @@ pub fn run(args: &Args) -> Result<()> {
         peak_rss_mib: peak_rss_mib(),
         native_bf16: allcnn_models::kernels::conv::has_native_bf16(),
         amx: allcnn_models::kernels::conv::amx_status().describe(),
+        cpu: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| cpu_description(&c)),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -166,5 +193,28 @@ fn kernel(backend: ConvBackend, device: &Device) -> &'static str {
         ConvBackend::Candle => "candle",
         ConvBackend::WinogradBf16 => allcnn_models::kernels::conv::bf16::kernel_name(),
         _ => "f32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_description_names_the_model_and_the_kernel_flags() {
+        let info = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n\
+                    flags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n\n\
+                    processor\t: 1\nmodel name\t: other\n";
+        assert_eq!(
+            cpu_description(info).as_deref(),
+            Some("Intel(R) Xeon(R) Platinum 8481C (avx2 avx512f avx512_bf16 amx_tile amx_bf16)")
+        );
+        // A flag is matched whole: avx512_bf16 is not avx512f.
+        let zen = "model name : AMD EPYC\nflags : avx2 avx512_bf16\n";
+        assert_eq!(
+            cpu_description(zen).as_deref(),
+            Some("AMD EPYC (avx2 avx512_bf16)")
+        );
+        assert_eq!(cpu_description("flags : avx2\n"), None);
     }
 }

@@ -97,6 +97,7 @@ fn bench_prints_one_json_line() {
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
+        assert!(v["cpu"].as_str().unwrap().contains('('), "{v}");
     }
     assert!(v["native_bf16"].is_boolean(), "{v}");
     assert!(v["amx"].is_string(), "{v}");
