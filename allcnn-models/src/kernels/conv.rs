@@ -455,44 +455,30 @@ impl Geometry {
 }
 
 /// What a forward pass applies to each output plane right after computing
-/// it, while the plane is still in cache: the channel's bias, then the
-/// ReLU. [`Epilogue::NONE`] leaves the planes as they are.
+/// it, while the plane is still in cache: the channel's bias, then, when
+/// `relu`, the ReLU. Passes without one take `None`.
 #[derive(Clone, Copy)]
 struct Epilogue<'a> {
     /// One bias per output channel.
-    bias: Option<&'a [f32]>,
+    bias: &'a [f32],
     relu: bool,
 }
 
 impl Epilogue<'_> {
-    const NONE: Epilogue<'static> = Epilogue {
-        bias: None,
-        relu: false,
-    };
-
     /// Applies the epilogue to `plane`, an output plane of channel `k`.
     #[inline]
     fn apply(&self, k: usize, plane: &mut [f32]) {
-        match (self.bias, self.relu) {
-            (Some(bias), true) => {
-                let b = bias[k];
-                plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-            }
-            (Some(bias), false) => {
-                let b = bias[k];
-                plane.iter_mut().for_each(|v| *v += b);
-            }
-            (None, true) => plane.iter_mut().for_each(|v| *v = v.max(0.0)),
-            (None, false) => {}
+        let b = self.bias[k];
+        if self.relu {
+            plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        } else {
+            plane.iter_mut().for_each(|v| *v += b);
         }
     }
 
     /// Applies the epilogue to every plane of `out`, whole images of
     /// `cout` planes of `plane` values each.
     fn apply_images(&self, out: &mut [f32], cout: usize, plane: usize) {
-        if self.bias.is_none() && !self.relu {
-            return;
-        }
         for (i, p) in out.chunks_exact_mut(plane).enumerate() {
             self.apply(i % cout, p);
         }
@@ -523,7 +509,7 @@ fn rm_mut(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_, f32> {
     MatMut::from_row_major_slice_mut(data, rows, cols)
 }
 
-fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Epilogue<'_>) -> Vec<f32> {
+fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
     let (kd, plane) = (g.kdim(), g.out_plane());
     let mut out = vec![0f32; g.n * g.cout * plane];
     let wm = rm(w, g.cout, kd);
@@ -534,7 +520,9 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Epilogue<'_>) -> Vec<f32> {
             scratch::with(&IMAGE, |s| {
                 let colm = rm(g.columns(img, g.col_buffer(&mut s.col)), kd, plane);
                 matmul(rm_mut(o, g.cout, plane), Accum::Replace, wm, colm, 1.0, par);
-                ep.apply_images(o, g.cout, plane);
+                if let Some(ep) = ep {
+                    ep.apply_images(o, g.cout, plane);
+                }
             })
         });
     out
@@ -618,7 +606,7 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// the kernel is packed once, each image's im2col columns (or the image
 /// itself for a 1x1 kernel) per image, on the thread that owns the image,
 /// made and packed in one pass ([`Geometry::pack_columns`]).
-fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32], ep: Epilogue<'_>) -> Vec<f32> {
+fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
     let (kd, plane) = (g.kdim(), g.out_plane());
     let mut out = vec![0f32; g.n * g.cout * plane];
     let a = PackedA::new(w, g.cout, kd, kd, 1);
@@ -628,7 +616,9 @@ fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32], ep: Epilogue<'_>) -> Vec<f32
             scratch::with(&IMAGE, |s| {
                 g.pack_columns(img, &mut s.rows, &mut s.b);
                 bf16::gemm(o, plane, &a, &s.b, false);
-                ep.apply_images(o, g.cout, plane);
+                if let Some(ep) = ep {
+                    ep.apply_images(o, g.cout, plane);
+                }
             })
         });
     out
@@ -696,8 +686,8 @@ struct CpuConv {
 
 impl CpuConv {
     /// The forward convolution of `x` with `w`, each output plane finished
-    /// by `ep`.
-    fn run(&self, x: &[f32], w: &[f32], ep: Epilogue<'_>) -> (CpuStorage, Shape) {
+    /// by `ep`, if any.
+    fn run(&self, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> (CpuStorage, Shape) {
         let g = &self.geo;
         let Plan { winograd, bf16 } = self.plan;
         let out = match (winograd, bf16) {
@@ -725,7 +715,7 @@ impl CustomOp2 for CpuConv {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        Ok(self.run(x, w, Epilogue::NONE))
+        Ok(self.run(x, w, None))
     }
 
     fn bwd(
@@ -777,10 +767,10 @@ impl CustomOp3 for CpuConvBlock {
             f32_slice(s3, l3, self.name())?,
         );
         let ep = Epilogue {
-            bias: Some(bias),
+            bias,
             relu: self.relu,
         };
-        Ok(self.conv.run(x, w, ep))
+        Ok(self.conv.run(x, w, Some(ep)))
     }
 
     fn bwd(

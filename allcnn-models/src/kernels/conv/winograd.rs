@@ -372,7 +372,7 @@ fn input_transform_bf16(
 /// (`[nb, Cout, Ho, Wo]`), a channel of an image at a time: `Aᵀ` on rows
 /// over all the image's tiles at once (long, vectorisable loops), then `A`
 /// on columns, a row of tiles at a time. Each finished channel plane gets
-/// `ep` while it is in cache. `tmp` is scratch.
+/// `ep`, if any, while it is in cache. `tmp` is scratch.
 #[inline(never)]
 fn output_transform(
     g: &Geometry,
@@ -380,7 +380,7 @@ fn output_transform(
     m: &[f32],
     out: &mut [f32],
     tmp: &mut Vec<f32>,
-    ep: Epilogue<'_>,
+    ep: Option<Epilogue<'_>>,
 ) {
     let plane = g.ho * g.wo;
     let nb = out.len() / (g.cout * plane);
@@ -424,7 +424,9 @@ fn output_transform(
                     }
                 }
             }
-            ep.apply(k, o);
+            if let Some(ep) = ep {
+                ep.apply(k, o);
+            }
         }
     }
 }
@@ -551,14 +553,14 @@ fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`, each
-/// output plane finished by `ep`; with `bf16`, the 16 GEMMs take
+/// output plane finished by `ep`, if any; with `bf16`, the 16 GEMMs take
 /// bf16-rounded operands.
 pub(super) fn forward(
     g: &Geometry,
     x: &[f32],
     w: &[f32],
     bf16: bool,
-    ep: Epilogue<'_>,
+    ep: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
     let t = Tiles::new(g);
     let u = weight_transform(g, w);
@@ -621,7 +623,7 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec
             }
         }
     }
-    forward(&dual(g), dy, &flipped, bf16, Epilogue::NONE)
+    forward(&dual(g), dy, &flipped, bf16, None)
 }
 
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
