@@ -193,6 +193,26 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
     Ok((input.to_dtype(DType::F32)?, labels))
 }
 
+/// Writes `tensor` as the only tensor (`name`) of the safetensors file `out`,
+/// through a synced temporary sibling and a rename: a crash or a full disk
+/// leaves the previous file, never a truncated one.
+pub fn save_tensor(name: &str, tensor: &Tensor, out: &Path) -> Result<()> {
+    let cpu = tensor.to_device(&Device::Cpu)?;
+    let mut tmp = out.file_name().unwrap_or_default().to_os_string();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = out.with_file_name(tmp);
+    let written = (|| -> Result<()> {
+        candle_core::safetensors::save(&HashMap::from([(name.to_string(), cpu)]), &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, out)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", out.display()))
+}
+
 pub fn is_safetensors(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "safetensors")
 }
@@ -246,9 +266,7 @@ pub fn run(args: &Args) -> Result<()> {
             (names, Tensor::cat(&chunks, 0)?)
         };
     if let Some(out) = &args.out {
-        let cpu = logits.to_device(&Device::Cpu)?;
-        candle_core::safetensors::save(&HashMap::from([("logits".to_string(), cpu)]), out)
-            .with_context(|| format!("writing {}", out.display()))?;
+        save_tensor("logits", &logits, out)?;
     }
     let preds: Vec<Prediction> = names
         .into_iter()

@@ -98,9 +98,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         if args.data.is_some()
             || args.out.is_some()
             || args.precision.is_some()
+            || args.model.is_some()
+            || args.grid
+            || !args.lrs.is_empty()
+            || args.print_config
             || !args.set.is_empty()
         {
-            bail!("--resume continues a run with its own config and data; drop --data/--out/--precision/KEY=VALUE");
+            bail!("--resume continues a run with its own config and data; drop --data/--out/--precision/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
         let mut t = trainer(&args.device)?;
         let summary = match args.epochs {
@@ -129,6 +133,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     config.apply_overrides(&args.set)?;
     config.validate()?;
+    if !args.lrs.is_empty() && !args.grid {
+        bail!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
+    }
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
@@ -144,8 +151,8 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let Some(out) = &args.out else {
         bail!("no run directory: pass --out RUN");
     };
-    let data = TrainData::open(&data_path, &config.data, config.seed)
-        .with_context(|| format!("opening {}", data_path.display()))?;
+    // The data errors name the path themselves.
+    let mut data = TrainData::open(&data_path, &config.data, config.seed)?;
     let mut t = trainer(&args.device)?;
     crate::device::warn_if_bf16_is_emulated(config.conv_backend(), t.device());
     if args.grid {
@@ -177,19 +184,27 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 );
                 config.seed += 1;
                 attempt += 1;
+                // Subsets, the validation hold-out and shuffled labels are
+                // drawn from the seed: the retry's data are the ones its
+                // `--resume` will open.
+                data = TrainData::open(&data_path, &config.data, config.seed)?;
             }
             result => return report(&result?, args.json),
         }
     }
 }
 
-/// `OUT.dead-seed-S`, or `OUT.dead-seed-S.K` for the first K that is free.
+/// `OUT.dead-seed-S` beside `OUT` (also for `--out run/`), or
+/// `OUT.dead-seed-S.K` for the first K that is free.
 fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
-    let base = format!("{}.dead-seed-{seed}", out.display());
-    let mut candidate = PathBuf::from(&base);
+    let name = out
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let base = format!("{name}.dead-seed-{seed}");
+    let mut candidate = out.with_file_name(&base);
     let mut k = 1;
     while candidate.exists() {
-        candidate = PathBuf::from(format!("{base}.{k}"));
+        candidate = out.with_file_name(format!("{base}.{k}"));
         k += 1;
     }
     candidate
@@ -217,8 +232,17 @@ fn print_grid(g: &allcnn_train::grid::GridReport) {
             r.run_dir.display(),
             r.failure
                 .as_ref()
-                .map(|f| format!("  failed: {f}"))
+                .map(|f| {
+                    let stopped = g.interrupted && std::ptr::eq(r, g.results.last().unwrap());
+                    format!("  {}{f}", if stopped { "" } else { "failed: " })
+                })
                 .unwrap_or_default()
+        );
+    }
+    if g.interrupted {
+        println!(
+            "interrupted: the rates after {} were not tried",
+            g.results.last().map_or(0.0, |r| r.lr)
         );
     }
 }

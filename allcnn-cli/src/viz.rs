@@ -1,6 +1,5 @@
 //! `allcnn viz` (attribution maps) and `allcnn viz top` (the top-activation figure).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
@@ -284,6 +283,8 @@ pub fn run(args: &Args) -> Result<()> {
     let (Some(method), Some(out)) = (args.method, &args.out) else {
         bail!("allcnn viz needs --method, --input and --out (see --help)");
     };
+    let inputs = model_args.weights.iter().chain(&args.input);
+    refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
@@ -331,9 +332,7 @@ pub fn run(args: &Args) -> Result<()> {
     let settings = args.settings.options()?;
     let maps = method.attribute_with(model, &input, &target, &settings)?;
     if is_safetensors(out) {
-        let cpu = maps.to_device(&Device::Cpu)?;
-        candle_core::safetensors::save(&HashMap::from([("attribution".to_string(), cpu)]), out)
-            .with_context(|| format!("writing {}", out.display()))?;
+        crate::predict::save_tensor("attribution", &maps, out)?;
         if json {
             written.files.push(out.clone());
             println!("{}", serde_json::to_string_pretty(&written)?);

@@ -850,6 +850,8 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
     tiny_folder(&data);
     let run = dir.path().join("run");
     // lr 30 kills every class map in the first steps, whatever the seed.
+    // `--out run/` (a trailing slash) still moves the dead runs beside it;
+    // the subset is drawn from each try's seed.
     let o = allcnn(&[
         "train",
         "--preset",
@@ -859,7 +861,7 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
         "--data",
         data.to_str().unwrap(),
         "--out",
-        run.to_str().unwrap(),
+        &format!("{}/", run.display()),
         "--retries",
         "2",
         "epochs=4",
@@ -867,6 +869,7 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
         "lr=30",
         "dead_patience_steps=2",
         "data.preprocessing=standardize",
+        "data.train_subset=9",
     ]);
     let err = stderr(&o);
     assert_exit(&o, 1);
@@ -885,6 +888,13 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
         err.contains("every class map is dead") && err.contains("seed=45"),
         "{err}"
     );
+    // The last try resumes on its own data (seed 44's subset): it dies
+    // again rather than being refused as a run on other data.
+    let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_exit(&o, 1);
+    assert!(!err.contains("other data"), "{err}");
+    assert!(err.contains("every class map is dead"), "{err}");
 }
 
 #[test]
@@ -916,6 +926,52 @@ fn train_errors_are_clear() {
     assert_ok(&o);
     assert!(stdout(&o).contains("kind = \"scaled\""), "{}", stdout(&o));
     assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
+    // Flags that --resume would ignore are refused, and so is --lrs
+    // without --grid.
+    let o = allcnn(&["train", "--resume", "/tmp/no-such-run", "--print-config"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--print-config"), "{}", stderr(&o));
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--lrs",
+        "0.1",
+        "--print-config",
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--grid"), "{}", stderr(&o));
+    // Empty subsets are refused before any work, naming the field.
+    for field in ["data.test_subset", "data.train_subset"] {
+        let o = allcnn(&[
+            "train",
+            "--preset",
+            "cifar10",
+            "--print-config",
+            &format!("{field}=0"),
+        ]);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains(field), "{}", stderr(&o));
+    }
+    // Missing data are named once.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-data");
+    let o = allcnn(&[
+        "train",
+        "--preset",
+        "cifar10",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert_eq!(
+        stderr(&o).matches("no-such-data").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[cfg(feature = "hub")]

@@ -30,6 +30,17 @@ pub enum PreprocessChoice {
     Scale,
 }
 
+impl PreprocessChoice {
+    /// The name as written in a config (`gcn-zca`, `standardize`, `scale`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PreprocessChoice::GcnZca => "gcn-zca",
+            PreprocessChoice::Standardize => "standardize",
+            PreprocessChoice::Scale => "scale",
+        }
+    }
+}
+
 /// Where the data come from and how they are prepared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +88,14 @@ pub struct DataConfig {
     /// accuracy stays at chance.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shuffle_labels: bool,
+    /// Use the preprocessing recorded in this file (a run's
+    /// `preprocessing.safetensors`, or weights that carry their
+    /// preprocessing) instead of fitting one on the training split; its kind
+    /// must be `preprocessing`'s. For runs that must see exactly another
+    /// run's whitening, e.g. the shuffled-label model of the sanity check,
+    /// trained on a subset but whitened as the model it is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing_from: Option<PathBuf>,
 }
 
 fn default_gcn_scale() -> f32 {
@@ -101,6 +120,7 @@ impl Default for DataConfig {
             workers: 0,
             skip_bad_images: false,
             shuffle_labels: false,
+            preprocessing_from: None,
         }
     }
 }
@@ -414,6 +434,20 @@ impl TrainConfig {
                 "eval_batch_size",
                 self.eval_batch_size.to_string(),
                 &format!("must be in 1..={MAX_BATCH}"),
+            );
+        }
+        if self.data.train_subset == Some(0) {
+            return inv(
+                "data.train_subset",
+                "0".into(),
+                "must be at least 1 (leave it out for every image)",
+            );
+        }
+        if self.data.test_subset == Some(0) {
+            return inv(
+                "data.test_subset",
+                "0".into(),
+                "must be at least 1 (leave it out for every image)",
             );
         }
         if self.data.workers > MAX_WORKERS {

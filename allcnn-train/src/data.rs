@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use allcnn_data::preprocess::PreprocessKind;
 use allcnn_data::{
     info::DatasetFormat, open_dataset, Augmentation, DataError, DataLoader, Dataset, GcnZcaConfig,
     OpenOptions, Preprocessing, Split, Subset,
@@ -196,14 +197,38 @@ impl TrainData {
     }
 }
 
-/// Fits the configured preprocessing on `train`.
+/// The preprocessing of a fresh run: read from `config.preprocessing_from`
+/// when it names a file, else fitted on `train`.
 ///
 /// # Errors
-/// The data crate's fitting errors.
+/// The data crate's fitting and reading errors;
+/// [`TrainError::InvalidConfig`] when the file's preprocessing is of another
+/// kind than `config.preprocessing`.
 pub fn fit_preprocessing(
     config: &DataConfig,
     train: &dyn Dataset,
 ) -> Result<Preprocessing, TrainError> {
+    if let Some(path) = &config.preprocessing_from {
+        let p = Preprocessing::load(path)?;
+        let found = match p.kind() {
+            PreprocessKind::GcnZca => PreprocessChoice::GcnZca,
+            PreprocessKind::Standardize => PreprocessChoice::Standardize,
+            PreprocessKind::Scale => PreprocessChoice::Scale,
+        };
+        if found != config.preprocessing {
+            return Err(TrainError::InvalidConfig {
+                field: "data.preprocessing_from",
+                value: path.display().to_string(),
+                reason: format!(
+                    "the file holds `{}` preprocessing, but data.preprocessing is `{}`; \
+                     set data.preprocessing to the file's kind or leave this field out to fit",
+                    found.name(),
+                    config.preprocessing.name()
+                ),
+            });
+        }
+        return Ok(p);
+    }
     Ok(match config.preprocessing {
         PreprocessChoice::GcnZca => Preprocessing::fit_gcn_zca(
             train,

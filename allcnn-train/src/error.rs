@@ -69,11 +69,12 @@ pub enum TrainError {
     /// The loss became NaN or infinite: the run stopped instead of training
     /// on garbage.
     #[error(
-        "the loss became {loss} at step {step} (epoch {epoch}, lr {lr}); training stopped. {}",
+        "the loss became {loss} at step {step} (epoch {epoch_1}, lr {lr}); training stopped. {}",
         match last_checkpoint {
             Some(p) => format!("Last good checkpoint: {} (lower the learning rate and resume from a fresh run, or inspect it)", p.display()),
             None => "No checkpoint had been written yet; lower the learning rate and start again".to_string(),
-        }
+        },
+        epoch_1 = epoch + 1
     )]
     Diverged {
         /// The global step (0-based) whose loss was not finite.

@@ -374,18 +374,25 @@ impl MetricsLog {
         }
     }
 
-    /// Cuts `path` before its first line about a step after `step` (a step
-    /// or epoch line): what a run resumed from the checkpoint at `step`
-    /// writes again. The file is rewritten atomically; a missing file is
-    /// left missing.
+    /// Cuts `path` before its first line that a run resumed from a
+    /// checkpoint at global step `step` and epoch `epoch` (0-based, the
+    /// epoch it was in or about to evaluate) writes again: a step or epoch
+    /// line about a step after `step`, or the line of epoch `epoch` or later
+    /// (a kill after an epoch's line but before the checkpoint that follows
+    /// it). The file is rewritten atomically; a missing file is left missing.
     ///
     /// # Errors
     /// [`TrainError::Io`] naming the file.
-    pub fn truncate_after(path: &Path, step: u64) -> Result<(), TrainError> {
+    pub fn truncate_after(path: &Path, step: u64, epoch: u64) -> Result<(), TrainError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(TrainError::io(path)(e)),
+        };
+        let keep = |v: &serde_json::Value| {
+            let step_ok = v["step"].as_u64().is_none_or(|s| s <= step);
+            let epoch_ok = v["type"] != "epoch" || v["epoch"].as_u64().is_none_or(|e| e < epoch);
+            step_ok && epoch_ok
         };
         let cut = text
             .split_inclusive('\n')
@@ -394,8 +401,7 @@ impl MetricsLog {
                 line.ends_with('\n')
                     && serde_json::from_str::<serde_json::Value>(line)
                         .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_none_or(|s| s <= step)
+                        .is_none_or(|v| keep(&v))
             })
             .map(str::len)
             .sum::<usize>();
@@ -442,7 +448,7 @@ impl Observer for MetricsLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{duration, eval_line, Console, Observer, RunInfo};
+    use super::{duration, eval_line, Console, MetricsLog, Observer, RunInfo};
 
     #[test]
     fn the_eta_after_a_mid_epoch_resume_counts_the_part_epoch_whole() {
@@ -485,5 +491,34 @@ mod tests {
             eval_line("validation", 0, 500, 0.0),
             "evaluating validation: 0/500 (0%), about 0s left"
         );
+    }
+
+    /// A resume cuts what it writes again: lines past the checkpoint's step,
+    /// the line of the epoch it is in (a kill between an epoch's line and
+    /// the checkpoint after it), and a torn last line.
+    #[test]
+    fn truncate_after_keeps_only_what_the_resume_does_not_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let text = concat!(
+            "{\"type\":\"start\"}\n",
+            "{\"type\":\"step\",\"step\":10}\n",
+            "{\"type\":\"epoch\",\"epoch\":0,\"step\":20}\n",
+            "{\"type\":\"step\",\"step\":30}\n",
+            "{\"type\":\"step\",\"st"
+        );
+        let lines = |n: usize| text.split_inclusive('\n').take(n).collect::<String>();
+        for (step, epoch, kept) in [(20, 1, 3), (20, 0, 2), (30, 1, 4), (5, 0, 1)] {
+            std::fs::write(&path, text).unwrap();
+            MetricsLog::truncate_after(&path, step, epoch).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                lines(kept),
+                "step {step} epoch {epoch}"
+            );
+        }
+        // A missing file stays missing.
+        MetricsLog::truncate_after(&dir.path().join("none.jsonl"), 1, 0).unwrap();
+        assert!(!dir.path().join("none.jsonl").exists());
     }
 }

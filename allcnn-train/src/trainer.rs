@@ -425,7 +425,11 @@ impl Trainer {
             )?;
         }
         // Lines past the checkpoint would be written again: drop them.
-        MetricsLog::truncate_after(&run_dir.join(files::METRICS), ckpt.state.step)?;
+        MetricsLog::truncate_after(
+            &run_dir.join(files::METRICS),
+            ckpt.state.step,
+            ckpt.state.epoch,
+        )?;
         let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;
         let mut model = AllCnn::from_tensors(
             ckpt.state.spec.clone(),

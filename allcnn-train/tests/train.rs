@@ -577,6 +577,45 @@ fn grid_search_picks_by_validation() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("data.validation"), "{e}");
+
+    // Bad or repeated rates are refused before anything trains.
+    for lrs in [&[0.05, -1.0][..], &[0.05, f64::NAN], &[0.05, 0.05]] {
+        let empty = tempfile::tempdir().unwrap();
+        let e = grid_search(&mut quiet(), &c, &d, lrs, empty.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TrainError::InvalidConfig {
+                    field: "lr_grid",
+                    ..
+                }
+            ),
+            "{lrs:?}: {e:?}"
+        );
+        assert!(!empty.path().join("lr-0.05").exists(), "{lrs:?}");
+    }
+
+    // Ctrl-C stops the search after the current rate's checkpoint: the
+    // report (and grid.json) say so, and the next rates are not tried.
+    let stop = Arc::new(AtomicBool::new(true));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(stop)
+        .build();
+    let cut = tempfile::tempdir().unwrap();
+    let report = grid_search(&mut t, &c, &d, &[0.05, 0.01], cut.path()).unwrap();
+    assert!(report.interrupted);
+    assert_eq!(report.results.len(), 1);
+    assert!(report.results[0]
+        .failure
+        .as_deref()
+        .unwrap()
+        .contains("--resume"));
+    assert!(cut.path().join("lr-0.05").join(files::CHECKPOINT).is_file());
+    assert!(!cut.path().join("lr-0.01").exists());
+    let written: allcnn_train::grid::GridReport =
+        serde_json::from_slice(&std::fs::read(cut.path().join("grid.json")).unwrap()).unwrap();
+    assert_eq!(written, report);
 }
 
 #[test]
@@ -640,6 +679,87 @@ fn init_from_starts_from_the_given_weights() {
         "{e:?}"
     );
     assert!(e.to_string().contains("final.safetensors"), "{e}");
+}
+
+/// `data.preprocessing_from` takes another run's preprocessing as it is
+/// (from its run directory's file or from weights that carry it) instead of
+/// fitting one on this run's data, and refuses a file of another kind.
+#[test]
+fn preprocessing_from_reuses_another_runs_preprocessing() {
+    let a_data = random_dataset(32, 8, 4, 11);
+    let first = tiny_config(tiny_spec(8, 8, 4, false), 1, 8, 0.05);
+    let a = tempfile::tempdir().unwrap();
+    quiet()
+        .train(&first, &data(a_data, None), a.path())
+        .unwrap();
+    let bytes = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let a_pre = a.path().join(files::PREPROCESSING);
+
+    // Other images: fitted, they give other statistics; taken from run A,
+    // run A's exact file.
+    let b_data = random_dataset(24, 8, 4, 12);
+    let fitted = tempfile::tempdir().unwrap();
+    quiet()
+        .train(&first, &data(b_data.clone(), None), fitted.path())
+        .unwrap();
+    assert_ne!(
+        bytes(&fitted.path().join(files::PREPROCESSING)),
+        bytes(&a_pre)
+    );
+    for source in [a_pre.clone(), a.path().join(files::FINAL)] {
+        let mut reuse = first.clone();
+        reuse.data.preprocessing_from = Some(source.clone());
+        let b = tempfile::tempdir().unwrap();
+        quiet()
+            .train(&reuse, &data(b_data.clone(), None), b.path())
+            .unwrap();
+        assert_eq!(
+            bytes(&b.path().join(files::PREPROCESSING)),
+            bytes(&a_pre),
+            "{}",
+            source.display()
+        );
+        let recorded = allcnn_train::trainer::read_run_config(b.path()).unwrap();
+        assert_eq!(
+            recorded.data.preprocessing_from.as_deref(),
+            Some(source.as_path())
+        );
+    }
+
+    // A file of another kind is refused, naming the field, file and kinds.
+    let mut wrong = first.clone();
+    wrong.data.preprocessing = allcnn_train::config::PreprocessChoice::Scale;
+    wrong.data.preprocessing_from = Some(a_pre.clone());
+    let c = tempfile::tempdir().unwrap();
+    let e = quiet()
+        .train(&wrong, &data(b_data.clone(), None), c.path())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidConfig {
+                field: "data.preprocessing_from",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains("preprocessing.safetensors")
+            && msg.contains("`standardize`")
+            && msg.contains("`scale`"),
+        "{msg}"
+    );
+    // A missing file is an error that names it.
+    wrong.data.preprocessing = allcnn_train::config::PreprocessChoice::Standardize;
+    wrong.data.preprocessing_from = Some(a.path().join("missing.safetensors"));
+    let d = tempfile::tempdir().unwrap();
+    let msg = quiet()
+        .train(&wrong, &data(b_data, None), d.path())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("missing.safetensors"), "{msg}");
 }
 
 #[test]

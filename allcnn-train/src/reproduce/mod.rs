@@ -447,7 +447,10 @@ fn record_outcome(
             if let Ok(Found::Partial(s)) = inspect(dir, &row.config, exp) {
                 row.set_progress(s.epoch, s.step, &s.history);
             }
-            if !matches!(e, TrainError::Diverged { .. }) {
+            if !matches!(
+                e,
+                TrainError::Diverged { .. } | TrainError::DeadClassMaps { .. }
+            ) {
                 return Some(e);
             }
         }
