@@ -418,6 +418,19 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         ]);
         assert_exit(&o, 1);
         assert!(stderr(&o).contains("also an input"), "{}", stderr(&o));
+        let o = allcnn(&[
+            "viz",
+            "--weights",
+            w.to_str().unwrap(),
+            "--method",
+            "gradient",
+            "--input",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains("also an input"), "viz: {}", stderr(&o));
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
 
@@ -895,6 +908,57 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
     assert_exit(&o, 1);
     assert!(!err.contains("other data"), "{err}");
     assert!(err.contains("every class map is dead"), "{err}");
+}
+
+/// `reproduce`: a row whose class maps all die is recorded as failed with
+/// the error, and the next row trains.
+#[test]
+fn reproduce_records_a_dead_row_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let out = dir.path().join("t3");
+    let o = allcnn(&[
+        "reproduce",
+        "table3",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--models",
+        "all-cnn-a,model-b",
+        "--epochs",
+        "4",
+        "--json",
+        "batch_size=4",
+        "lr=30",
+        "dead_patience_steps=2",
+        "data.preprocessing=standardize",
+    ]);
+    // Every row fails at lr 30 (dead or diverged): the command says so.
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("all-cnn-a"), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = |m: &str| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("all-cnn-a")["status"], "failed", "{report}");
+    assert!(
+        row("all-cnn-a")["error"]
+            .as_str()
+            .unwrap()
+            .contains("every class map is dead"),
+        "{report}"
+    );
+    // Model B comes after All-CNN-A in the table: it was still trained.
+    assert_eq!(row("model-b")["status"], "failed", "{report}");
+    assert!(row("model-b")["steps"].as_u64().unwrap() > 0, "{report}");
 }
 
 #[test]
