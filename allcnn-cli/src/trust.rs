@@ -84,8 +84,13 @@ pub fn run(args: &Args) -> Result<()> {
             args.threshold
         );
     }
-    let inputs = args.model.weights.iter().map(PathBuf::as_path);
-    crate::predict::refuse_overwriting_inputs(&args.out, inputs)?;
+    let inputs = args
+        .model
+        .weights
+        .iter()
+        .chain(&args.shuffled_labels)
+        .chain(&args.input);
+    crate::predict::refuse_overwriting_inputs(&args.out, inputs.map(PathBuf::as_path))?;
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
@@ -98,8 +103,8 @@ pub fn run(args: &Args) -> Result<()> {
                 classes: None,
             };
             Some(
-                weights::load(&margs, &device)
-                    .with_context(|| format!("--shuffled-labels {}", p.display()))?,
+                // The loader's errors name the file.
+                weights::load(&margs, &device).context("--shuffled-labels")?,
             )
         }
         None => None,

@@ -963,72 +963,65 @@ fn reproduce_records_a_dead_row_and_goes_on() {
 
 #[test]
 fn train_errors_are_clear() {
-    let o = allcnn(&["train", "--preset", "cifar10", "--out", "/tmp/x"]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains("--data"), "{}", stderr(&o));
-    let o = allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--print-config",
-        "no_such_key=3",
-    ]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains("no_such_key"), "{}", stderr(&o));
-    let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "lr=0.01"]);
+    // Each command fails (exit 1) with an error that names `needle`.
+    let fails_naming = |args: &[&str], needle: &str| {
+        let o = allcnn(args);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    };
+    let t = ["train", "--preset", "cifar10"];
+    fails_naming(&[&t[..], &["--out", "/tmp/x"]].concat(), "--data");
+    fails_naming(
+        &[&t[..], &["--print-config", "no_such_key=3"]].concat(),
+        "no_such_key",
+    );
+    let o = allcnn(&[&t[..], &["--print-config", "lr=0.01"]].concat());
     assert_ok(&o);
     assert!(stdout(&o).contains("lr = 0.01"), "{}", stdout(&o));
     // Switching to the scaled schedule needs no other field.
-    let o = allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--print-config",
-        "epochs=35",
-        "schedule.kind=scaled",
-    ]);
+    let o = allcnn(
+        &[
+            &t[..],
+            &["--print-config", "epochs=35", "schedule.kind=scaled"],
+        ]
+        .concat(),
+    );
     assert_ok(&o);
     assert!(stdout(&o).contains("kind = \"scaled\""), "{}", stdout(&o));
     assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
     // Flags that --resume would ignore are refused, and so is --lrs
     // without --grid.
-    let o = allcnn(&["train", "--resume", "/tmp/no-such-run", "--print-config"]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains("--print-config"), "{}", stderr(&o));
-    let o = allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--lrs",
-        "0.1",
+    fails_naming(
+        &["train", "--resume", "/tmp/no-such-run", "--print-config"],
         "--print-config",
-    ]);
-    assert_exit(&o, 1);
-    assert!(stderr(&o).contains("--grid"), "{}", stderr(&o));
+    );
+    fails_naming(
+        &[&t[..], &["--lrs", "0.1", "--print-config"]].concat(),
+        "--grid",
+    );
     // Empty subsets are refused before any work, naming the field.
     for field in ["data.test_subset", "data.train_subset"] {
-        let o = allcnn(&[
-            "train",
-            "--preset",
-            "cifar10",
-            "--print-config",
-            &format!("{field}=0"),
-        ]);
-        assert_exit(&o, 1);
-        assert!(stderr(&o).contains(field), "{}", stderr(&o));
+        fails_naming(
+            &[&t[..], &["--print-config", &format!("{field}=0")]].concat(),
+            field,
+        );
     }
     // Missing data are named once.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-data");
-    let o = allcnn(&[
-        "train",
-        "--preset",
-        "cifar10",
-        "--data",
-        missing.to_str().unwrap(),
-        "--out",
-        dir.path().join("run").to_str().unwrap(),
-    ]);
+    let run = dir.path().join("run");
+    let o = allcnn(
+        &[
+            &t[..],
+            &[
+                "--data",
+                missing.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
     assert_exit(&o, 1);
     assert_eq!(
         stderr(&o).matches("no-such-data").count(),

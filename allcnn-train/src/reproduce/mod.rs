@@ -339,13 +339,11 @@ fn checked_options(
     for m in &options.models {
         if !paper_rows.iter().any(|r| &r.model == m) {
             let known: Vec<&str> = paper_rows.iter().map(|r| r.model.as_str()).collect();
-            return Err(fail(
-                &options.out,
-                format!(
-                    "`{m}` is not a row of {exp}; its rows: {}",
-                    known.join(", ")
-                ),
-            ));
+            return Err(TrainError::InvalidConfig {
+                field: "models",
+                value: m.clone(),
+                reason: format!("not a row of {exp}; its rows: {}", known.join(", ")),
+            });
         }
     }
     if !options.data.exists() {
