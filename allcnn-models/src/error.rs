@@ -162,6 +162,14 @@ pub enum ModelError {
         /// Why it is invalid.
         reason: String,
     },
+    /// Training labels that do not fit the batch or the network's classes.
+    #[error("labels for `{name}`: {reason}")]
+    BadLabels {
+        /// The model.
+        name: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// An error from candle, with what was being done.
     #[error("{context}: {cause}")]
     Candle {

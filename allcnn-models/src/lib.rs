@@ -61,6 +61,7 @@ mod weights;
 pub use error::ModelError;
 pub use model::{
     Activations, AllCnn, ConvBackend, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu,
+    TrainGrads,
 };
 pub use precision::{bf16_is_faster, Precision};
 pub use spec::{

@@ -4,12 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
+use rayon::prelude::*;
 
 use crate::error::{CandleContext, ModelError};
+use crate::kernels::conv::DirectConv;
 use crate::kernels::{pool, relu};
 use crate::spec::{ArchSpec, ConvShape, Layer, LayerName};
 
@@ -80,6 +83,19 @@ impl DropoutRng {
             .map(|u| if u64::from(u) < threshold { 0.0 } else { keep })
             .collect()
     }
+}
+
+/// What [`AllCnn::train_grads`] computes for one training batch.
+#[derive(Debug)]
+pub struct TrainGrads {
+    /// Training-mode logits `[N, classes]` (dropout on).
+    pub logits: Tensor,
+    /// The mean softmax cross-entropy of the batch.
+    pub loss: f32,
+    /// The gradient of `loss` for every parameter, keyed by the parameter
+    /// tensors as candle's `backward` keys them (so an optimiser over the
+    /// [`AllCnn::make_trainable`] variables takes it as it is).
+    pub grads: GradStore,
 }
 
 /// Weight initialisation for fresh networks. Biases start at 0.
@@ -419,6 +435,198 @@ impl AllCnn {
     /// As [`AllCnn::forward`].
     pub fn forward_train(&self, x: &Tensor, rng: &mut DropoutRng) -> Result<Tensor, ModelError> {
         self.pass().train(rng).logits(x)
+    }
+
+    /// One training batch through this crate's CPU kernels without
+    /// candle's autograd: the training-mode forward (dropout masks from
+    /// `rng`, drawn exactly as [`AllCnn::forward_train`] draws them), the
+    /// mean softmax cross-entropy with `labels`, and the gradient of every
+    /// parameter. The same convolutions, ReLU masks and bias sums as the
+    /// autograd path, but no gradient buffer is zero-filled and then added
+    /// to, and dropout's backward is one multiply. `None` where this path
+    /// does not apply (another device or dtype, [`ConvBackend::Candle`], a
+    /// network with max-pooling): use [`AllCnn::forward_train`], the loss and
+    /// candle's `backward` there.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] / [`ModelError::InputTooSmall`] for an input
+    /// the network cannot take, [`ModelError::BadLabels`] for labels that do
+    /// not match the batch or the classes, or a candle error naming the step.
+    pub fn train_grads(
+        &self,
+        x: &Tensor,
+        labels: &[u32],
+        rng: &mut DropoutRng,
+    ) -> Result<Option<TrainGrads>, ModelError> {
+        let Some(algorithm) = self.conv_backend.algorithm() else {
+            return Ok(None);
+        };
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        let eligible = cpu_f32(x)
+            && self
+                .convs
+                .iter()
+                .all(|c| cpu_f32(&c.weight) && cpu_f32(&c.bias))
+            && !self.spec.layers.iter().any(|l| matches!(l, Layer::MaxPool));
+        if !eligible {
+            return Ok(None);
+        }
+        self.check_input(x)?;
+        let name = &self.spec.name;
+        let ctx = |what: &str| format!("{name}: {what}");
+        let (n, c, h, w) = x.dims4().context(|| ctx("input"))?;
+        let classes = self.classes();
+        let bad_labels = |reason: String| ModelError::BadLabels {
+            name: name.clone(),
+            reason,
+        };
+        if labels.len() != n {
+            return Err(bad_labels(format!(
+                "{} labels for a batch of {n}",
+                labels.len()
+            )));
+        }
+        if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(bad_labels(format!("label {l} for {classes} classes")));
+        }
+
+        // Forward: every activation kept (acts[0] is the input), with what
+        // made it.
+        enum Step {
+            Dropout {
+                mask: Vec<f32>,
+            },
+            Conv {
+                index: usize,
+                conv: DirectConv,
+                input: usize,
+            },
+        }
+        let data = |t: &Tensor, what: &str| -> Result<Vec<f32>, ModelError> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .context(|| ctx(what))
+        };
+        let mut acts = vec![data(x, "input")?];
+        let mut dims = [n, c, h, w];
+        let mut steps = Vec::new();
+        let mut params = Vec::with_capacity(self.convs.len());
+        for layer in &self.spec.layers {
+            match *layer {
+                Layer::Dropout { rate } if rate > 0.0 => {
+                    let last = acts.last().expect("the input is an activation");
+                    let mask = rng.mask(last.len(), rate);
+                    let mut out = vec![0f32; last.len()];
+                    out.par_chunks_mut(4096)
+                        .zip(last.par_chunks(4096).zip(mask.par_chunks(4096)))
+                        .for_each(|(o, (a, m))| {
+                            for ((o, a), m) in o.iter_mut().zip(a).zip(m) {
+                                *o = a * m;
+                            }
+                        });
+                    acts.push(out);
+                    steps.push(Step::Dropout { mask });
+                }
+                Layer::Dropout { .. } => {}
+                Layer::Conv {
+                    stride, padding, ..
+                } => {
+                    let index = steps
+                        .iter()
+                        .filter(|s| matches!(s, Step::Conv { .. }))
+                        .count();
+                    let p = &self.convs[index];
+                    let conv_ctx = || ctx(&format!("conv{}", index + 1));
+                    let conv = DirectConv::new(&dims, p.weight.dims(), stride, padding, algorithm)
+                        .context(conv_ctx)?;
+                    let weight = data(&p.weight, "a weight")?;
+                    let bias = data(&p.bias, "a bias")?;
+                    let input = acts.len() - 1;
+                    let y = conv.forward(&acts[input], &weight, &bias);
+                    dims = conv.out_dims();
+                    acts.push(y);
+                    params.push((weight, bias));
+                    steps.push(Step::Conv { index, conv, input });
+                }
+                Layer::MaxPool => unreachable!("networks with max-pooling were sent elsewhere"),
+            }
+        }
+
+        // The global average, the loss and its gradient, in f64.
+        let [_, maps, mh, mw] = dims;
+        let plane = mh * mw;
+        let top = acts.last().expect("a network has a layer");
+        let logits: Vec<f32> = top
+            .chunks(plane)
+            .map(|p| p.iter().sum::<f32>() / plane as f32)
+            .collect();
+        let mut dlogits = vec![0f32; n * maps];
+        let mut loss = 0f64;
+        for ((z, d), &label) in logits
+            .chunks(maps)
+            .zip(dlogits.chunks_mut(maps))
+            .zip(labels)
+        {
+            let max = z
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+            let sum: f64 = z.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+            let lse = max + sum.ln();
+            loss += lse - f64::from(z[label as usize]);
+            for (j, (d, &v)) in d.iter_mut().zip(z).enumerate() {
+                let p = (f64::from(v) - lse).exp();
+                let hit = if j == label as usize { 1.0 } else { 0.0 };
+                *d = ((p - hit) / n as f64) as f32;
+            }
+        }
+        let loss = (loss / n as f64) as f32;
+
+        // Backward, from the class maps down; the input needs no gradient.
+        let mut grad: Vec<f32> = dlogits
+            .iter()
+            .flat_map(|&d| std::iter::repeat_n(d / plane as f32, plane))
+            .collect();
+        let mut grads = GradStore::default();
+        let first_conv_input = steps.iter().find_map(|s| match s {
+            Step::Conv { input, .. } => Some(*input),
+            _ => None,
+        });
+        let mut at = acts.len() - 1;
+        for step in steps.iter().rev() {
+            match step {
+                Step::Dropout { mask } => {
+                    grad.par_chunks_mut(4096)
+                        .zip(mask.par_chunks(4096))
+                        .for_each(|(g, m)| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m));
+                }
+                Step::Conv { index, conv, input } => {
+                    let p = &self.convs[*index];
+                    let (weight, _) = &params[*index];
+                    // Layers below the first convolution only reshape the
+                    // input: no gradient is needed there.
+                    let want_dx = Some(*input) != first_conv_input;
+                    let (dx, dw, db) =
+                        conv.backward(&acts[*input], weight, &acts[at], &mut grad, want_dx);
+                    let as_tensor = |v: Vec<f32>, like: &Tensor, what: &str| {
+                        Tensor::from_vec(v, like.shape(), like.device())
+                            .context(|| ctx(&format!("conv{} {what} gradient", index + 1)))
+                    };
+                    grads.insert(&p.weight, as_tensor(dw, &p.weight, "weight")?);
+                    grads.insert(&p.bias, as_tensor(db, &p.bias, "bias")?);
+                    match dx {
+                        Some(dx) => grad = dx,
+                        None => break,
+                    }
+                }
+            }
+            at -= 1;
+        }
+        let logits = Tensor::from_vec(logits, (n, maps), x.device()).context(|| ctx("logits"))?;
+        Ok(Some(TrainGrads {
+            logits,
+            loss,
+            grads,
+        }))
     }
 
     /// A configurable forward pass (training mode, ReLU rule, captured

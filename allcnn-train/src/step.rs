@@ -59,6 +59,37 @@ pub fn train_step(
 ) -> Result<StepOutcome, TrainError> {
     opt.set_learning_rate(lr);
     let mut dropout = DropoutRng::new(seed, step);
+    // On CPU our kernels' own backward (no candle autograd: no gradient
+    // buffer zero-filled and then added to); elsewhere candle's.
+    let fast = if images.device().is_cpu() {
+        let host = labels
+            .to_dtype(DType::U32)
+            .and_then(|l| l.to_vec1::<u32>())
+            .ctx(|| format!("reading the labels at step {step}"))?;
+        model.train_grads(images, &host, &mut dropout)?
+    } else {
+        None
+    };
+    if let Some(t) = fast {
+        if !t.loss.is_finite() {
+            return Ok(StepOutcome {
+                loss: t.loss,
+                correct: 0,
+                dead: 0,
+                updated: false,
+            });
+        }
+        let correct =
+            count_correct(&t.logits, labels).ctx(|| format!("accuracy at step {step}"))?;
+        let dead = count_dead(&t.logits).ctx(|| format!("dead maps at step {step}"))?;
+        opt.step(&t.grads)?;
+        return Ok(StepOutcome {
+            loss: t.loss,
+            correct,
+            dead,
+            updated: true,
+        });
+    }
     let logits = model.forward_train(images, &mut dropout)?;
     let loss =
         candle_nn::loss::cross_entropy(&logits, labels).ctx(|| format!("loss at step {step}"))?;

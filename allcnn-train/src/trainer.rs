@@ -778,8 +778,12 @@ impl Trainer {
             let json = serde_json::to_string_pretty(t).expect("report serialises");
             allcnn_models::write_atomic(&run.run_dir.join(files::EVAL), json.as_bytes())?;
         }
+        let how = match status {
+            RunStatus::StepBudget => "run stopped at max_steps",
+            _ => "run finished",
+        };
         let msg = format!(
-            "run finished ({status:?}) after {} steps: final weights {}{}",
+            "{how} after {} steps: final weights {}{}",
             run.state.step,
             final_path.display(),
             test.as_ref()

@@ -827,24 +827,92 @@ impl CustomOp2 for Grad {
             f32_slice(s2, l2, self.name())?,
         );
         let (out, shape) = match self {
-            Grad::Weight(g, Plan { winograd, bf16 }) => {
-                let dw = match (winograd, bf16) {
-                    (true, _) => winograd::weight_grad(g, a, b, *bf16),
-                    (false, false) => weight_grad(g, a, b),
-                    (false, true) => weight_grad_bf16(g, a, b),
-                };
-                (dw, (g.cout, g.cin, g.k, g.k))
-            }
-            Grad::Input(g, Plan { winograd, bf16 }) => {
-                let dx = match (winograd, bf16) {
-                    (true, _) => winograd::input_grad(g, a, b, *bf16),
-                    (false, false) => input_grad(g, a, b),
-                    (false, true) => input_grad_bf16(g, a, b),
-                };
-                (dx, (g.n, g.cin, g.h, g.w))
-            }
+            Grad::Weight(g, plan) => (weight_grad_of(g, *plan, a, b), (g.cout, g.cin, g.k, g.k)),
+            Grad::Input(g, plan) => (input_grad_of(g, *plan, a, b), (g.n, g.cin, g.h, g.w)),
         };
         Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// The weight gradient of `(x, dy)` with `plan`'s algorithm.
+fn weight_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    match (winograd, bf16) {
+        (true, _) => winograd::weight_grad(g, x, dy, bf16),
+        (false, false) => weight_grad(g, x, dy),
+        (false, true) => weight_grad_bf16(g, x, dy),
+    }
+}
+
+/// The input gradient of `(dy, w)` with `plan`'s algorithm.
+fn input_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    match (winograd, bf16) {
+        (true, _) => winograd::input_grad(g, dy, w, bf16),
+        (false, false) => input_grad(g, dy, w),
+        (false, true) => input_grad_bf16(g, dy, w),
+    }
+}
+
+/// A convolution with bias and ReLU for a CPU f32 training pass that runs
+/// without candle's autograd ([`crate::AllCnn::train_grads`]): the kernels
+/// of [`conv2d_fused`] and of its backward, on plain slices, so no
+/// gradient is first zero-filled and then added to.
+pub(crate) struct DirectConv(CpuConv);
+
+impl DirectConv {
+    /// The convolution of an input `x` `[N, Cin, H, W]` with a kernel `w`
+    /// `[Cout, Cin, k, k]`.
+    pub(crate) fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        padding: usize,
+        algorithm: Algorithm,
+    ) -> candle_core::Result<Self> {
+        let geo = Geometry::new(x, w, stride, padding)?;
+        let plan = algorithm.resolve(&geo);
+        Ok(Self(CpuConv { geo, plan }))
+    }
+
+    /// The output's `[N, Cout, Ho, Wo]`.
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
+        let g = &self.0.geo;
+        [g.n, g.cout, g.ho, g.wo]
+    }
+
+    /// `relu(conv(x, w) + bias)`.
+    pub(crate) fn forward(&self, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let ep = Epilogue { bias, relu: true };
+        match self.0.run(x, w, Some(ep)).0 {
+            CpuStorage::F32(v) => v,
+            _ => unreachable!("the CPU convolution writes f32"),
+        }
+    }
+
+    /// The backward of [`DirectConv::forward`] for the gradient `dy` of its
+    /// output `y`: `dy` is masked in place where `y` is 0 (PyTorch's ReLU
+    /// backward), then `(dx, dw, dbias)`, `dx` only when `want_dx`.
+    pub(crate) fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        y: &[f32],
+        dy: &mut [f32],
+        want_dx: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let g = &self.0.geo;
+        dy.par_chunks_mut(4096)
+            .zip(y.par_chunks(4096))
+            .for_each(|(d, y)| {
+                for (d, &y) in d.iter_mut().zip(y) {
+                    if y <= 0.0 {
+                        *d = 0.0;
+                    }
+                }
+            });
+        let db = channel_sums(dy, g.n, g.cout, g.ho * g.wo);
+        let dw = weight_grad_of(g, self.0.plan, x, dy);
+        let dx = want_dx.then(|| input_grad_of(g, self.0.plan, dy, w));
+        (dx, dw, db)
     }
 }
 
@@ -945,15 +1013,21 @@ impl candle_core::CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
         let g = f32_slice(s, l, self.name())?;
-        let plane = h * w;
-        // Sum each plane in f64, then the planes of a channel in batch order:
-        // deterministic whatever the thread count.
-        let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
-        let sums = (0..c)
-            .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
-            .collect();
-        Ok((CpuStorage::F32(sums), Shape::from(c)))
+        Ok((
+            CpuStorage::F32(channel_sums(g, n, c, h * w)),
+            Shape::from(c),
+        ))
     }
+}
+
+/// Per-channel sums of an `[n, c, plane]` map: each plane in f64, then the
+/// planes of a channel in batch order, deterministic whatever the thread
+/// count.
+fn channel_sums(g: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
+    let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
+    (0..c)
+        .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
+        .collect()
 }
 
 #[cfg(test)]
