@@ -1545,7 +1545,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     ]);
     assert_exit(&o, 1);
     assert!(
-        stderr(&o).contains("`model-a` is not a row of cifar10-aug"),
+        stderr(&o).contains("model-a: not a row of cifar10-aug"),
         "{}",
         stderr(&o)
     );
