@@ -903,10 +903,10 @@ impl DirectConv {
         dy.par_chunks_mut(4096)
             .zip(y.par_chunks(4096))
             .for_each(|(d, y)| {
+                // A select, not a branch: the pattern of a ReLU's zeros is
+                // unpredictable, and the select vectorises.
                 for (d, &y) in d.iter_mut().zip(y) {
-                    if y <= 0.0 {
-                        *d = 0.0;
-                    }
+                    *d = if y > 0.0 { *d } else { 0.0 };
                 }
             });
         let db = channel_sums(dy, g.n, g.cout, g.ho * g.wo);
