@@ -2,7 +2,7 @@
 """Captum reference maps for the attribution methods beyond the paper.
 
 Makes `allcnn-viz/tests/fixtures/captum-methods.safetensors`, which
-`allcnn-viz/tests/captum.rs` compares against: Grad-CAM (LayerGradCam, with
+`allcnn-viz/tests/captum.rs` compares against: InputXGradient, Grad-CAM (LayerGradCam, with
 and without `relu_attributions`), Guided Grad-CAM, Integrated Gradients
 (Gauss-Legendre and the four Riemann rules, zero and constant baselines;
 only configurations that pass the golden README's jitter rule, see IG_CASES) and
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from captum.attr import (
     GuidedGradCam,
+    InputXGradient,
     IntegratedGradients,
     LayerGradCam,
     Occlusion,
@@ -124,6 +125,7 @@ def compute(net, x, labels):
     out["guided_grad_cam.conv6"] = GuidedGradCam(net, net.relus["conv6"]).attribute(
         x, target=labels
     )
+    out["input_x_gradient"] = InputXGradient(net).attribute(x, target=labels)
     ig = IntegratedGradients(net)
     for rule, steps, base in IG_CASES:
         key = f"integrated_gradients.{rule}.{steps}.{base}"

@@ -24,9 +24,9 @@
 //! [`allcnn_models::ReluRule`], the input is the only variable, and the model
 //! is never modified.
 //!
-//! Beyond the paper, at Captum's numbers: [`GradCam`], [`GuidedGradCam`],
-//! [`IntegratedGradients`] (every [`Quadrature`] Captum has) and
-//! [`Occlusion`]; [`SmoothGrad`] wraps any method. [`Method`] picks one at
+//! Beyond the paper, at Captum's numbers: [`InputXGradient`], [`GradCam`],
+//! [`GuidedGradCam`], [`IntegratedGradients`] (every [`Quadrature`] Captum
+//! has) and [`Occlusion`]; [`SmoothGrad`] wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
 //!
 //! # Can a map be trusted?
@@ -121,8 +121,8 @@ pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use methods::{
-    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, Method, MethodInfo,
-    MethodOptions, Saliency, METHODS,
+    attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, InputXGradient, Method,
+    MethodInfo, MethodOptions, Saliency, METHODS,
 };
 pub use occlusion::Occlusion;
 pub use receptive::{crop, ReceptiveField, Window};

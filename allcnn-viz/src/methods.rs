@@ -99,6 +99,39 @@ method_type!(
     false
 );
 
+/// Input x gradient (Shrikumar et al.): [`Gradient`] times the input,
+/// element by element. Captum's `InputXGradient`.
+#[derive(Debug, Clone, Copy)]
+pub struct InputXGradient<'a> {
+    model: &'a AllCnn,
+}
+
+impl<'a> InputXGradient<'a> {
+    /// The method on `model`.
+    pub fn new(model: &'a AllCnn) -> Self {
+        Self { model }
+    }
+
+    /// See [`Attribute::attribute`].
+    ///
+    /// # Errors
+    /// As [`Attribute::attribute`].
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let grad = propagate(self.model, BackwardRule::Gradient, input, target)?;
+        let x = input
+            .to_device(grad.device())
+            .and_then(|x| x.to_dtype(DType::F32))
+            .context(|| "the input on the model's device".into())?;
+        (grad * x).context(|| "gradient times input".into())
+    }
+}
+
+impl Attribute for InputXGradient<'_> {
+    fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        InputXGradient::attribute(self, input, target)
+    }
+}
+
 /// A method chosen at run time (e.g. from `--method`), with its settings
 /// in [`MethodOptions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +144,8 @@ pub enum Method {
     GuidedBackprop,
     /// [`Deconvnet`].
     Deconvnet,
+    /// [`InputXGradient`].
+    InputXGradient,
     /// [`GradCam`] of [`MethodOptions::layer`], upsampled to the input by
     /// [`MethodOptions::interpolation`]: `[N, 1, H, W]`.
     GradCam,
@@ -186,7 +221,7 @@ pub struct MethodInfo {
 }
 
 /// The method table, in the order of the comparison figure.
-pub const METHODS: [MethodInfo; 8] = [
+pub const METHODS: [MethodInfo; 9] = [
     MethodInfo {
         method: Method::Gradient,
         name: "gradient",
@@ -213,6 +248,13 @@ pub const METHODS: [MethodInfo; 8] = [
         name: "guided-backprop",
         aliases: &["guided", "guided-backpropagation"],
         short: "guided",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::InputXGradient,
+        name: "input-x-gradient",
+        aliases: &["inputxgradient", "input-times-gradient"],
+        short: "in*grad",
         signed: true,
     },
     MethodInfo {
@@ -247,8 +289,8 @@ pub const METHODS: [MethodInfo; 8] = [
 
 impl Method {
     /// Every method, in the order of the comparison figure.
-    pub const ALL: [Method; 8] = {
-        let mut all = [Method::Gradient; 8];
+    pub const ALL: [Method; 9] = {
+        let mut all = [Method::Gradient; 9];
         let mut i = 0;
         while i < METHODS.len() {
             all[i] = METHODS[i].method;
@@ -269,7 +311,7 @@ impl Method {
     }
 
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
-    /// `deconvnet`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
+    /// `deconvnet`, `input-x-gradient`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
     /// `occlusion`.
     pub fn name(self) -> &'static str {
         self.info().name
@@ -319,6 +361,7 @@ impl Method {
             Method::Saliency => Saliency::new(model).attribute(input, target),
             Method::GuidedBackprop => GuidedBackprop::new(model).attribute(input, target),
             Method::Deconvnet => Deconvnet::new(model).attribute(input, target),
+            Method::InputXGradient => InputXGradient::new(model).attribute(input, target),
             Method::GradCam => {
                 let cam = GradCam::new(model, layer)
                     .relu_attributions(o.relu_attributions)

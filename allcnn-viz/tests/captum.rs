@@ -1,5 +1,5 @@
-//! Parity with Captum for the methods beyond the paper: Grad-CAM, Guided
-//! Grad-CAM, Integrated Gradients (every quadrature, zero and constant
+//! Parity with Captum for the methods beyond the paper: InputXGradient,
+//! Grad-CAM, Guided Grad-CAM, Integrated Gradients (every quadrature, zero and constant
 //! baselines) and Occlusion (whole and edge-cut windows).
 //!
 //! Expected maps: `tests/fixtures/captum-methods.safetensors`, made by
@@ -13,7 +13,8 @@ use std::path::Path;
 use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
-    Baseline, GradCam, GuidedGradCam, IntegratedGradients, Occlusion, Quadrature, Target,
+    Baseline, GradCam, GuidedGradCam, InputXGradient, IntegratedGradients, Occlusion, Quadrature,
+    Target,
 };
 use candle_core::{Device, Tensor};
 
@@ -48,6 +49,17 @@ fn check(name: &str, got: &Tensor, want: &HashMap<String, Tensor>) {
         .unwrap();
     assert!(max > 0.0, "{name}: the fixture is all zero");
     assert_close(name, got, want, TOL);
+}
+
+#[test]
+fn input_x_gradient_matches_captum() {
+    let Some((g, want, target)) = setup() else {
+        return;
+    };
+    let got = InputXGradient::new(&g.weights.model)
+        .attribute(g.get("input"), &target)
+        .unwrap();
+    check("input_x_gradient", &got, &want);
 }
 
 #[test]

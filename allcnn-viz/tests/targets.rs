@@ -57,7 +57,7 @@ fn parses_every_form_and_round_trips() {
     assert_eq!("deconvnet".parse::<Method>().unwrap(), Method::Deconvnet);
     let err = "lrp".parse::<Method>().unwrap_err().to_string();
     assert!(
-        err.contains("gradient, saliency, deconvnet, guided-backprop, grad-cam"),
+        err.contains("gradient, saliency, deconvnet, guided-backprop, input-x-gradient, grad-cam"),
         "{err}"
     );
 }
