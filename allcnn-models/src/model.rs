@@ -531,10 +531,7 @@ impl AllCnn {
                 Layer::Conv {
                     stride, padding, ..
                 } => {
-                    let index = steps
-                        .iter()
-                        .filter(|s| matches!(s, Step::Conv { .. }))
-                        .count();
+                    let index = params.len();
                     let p = &self.convs[index];
                     let conv_ctx = || ctx(&format!("conv{}", index + 1));
                     let conv = DirectConv::new(&dims, p.weight.dims(), stride, padding, algorithm)

@@ -60,7 +60,8 @@ pub fn train_step(
     opt.set_learning_rate(lr);
     let mut dropout = DropoutRng::new(seed, step);
     // On CPU our kernels' own backward (no candle autograd: no gradient
-    // buffer zero-filled and then added to); elsewhere candle's.
+    // buffer zero-filled and then added to), its gradients ready after the
+    // forward; elsewhere candle's, from the loss tensor.
     let fast = if images.device().is_cpu() {
         let host = labels
             .to_dtype(DType::U32)
@@ -70,33 +71,19 @@ pub fn train_step(
     } else {
         None
     };
-    if let Some(t) = fast {
-        if !t.loss.is_finite() {
-            return Ok(StepOutcome {
-                loss: t.loss,
-                correct: 0,
-                dead: 0,
-                updated: false,
-            });
+    let (logits, loss_v, update) = match fast {
+        Some(t) => (t.logits, t.loss, Update::Ready(t.grads)),
+        None => {
+            let logits = model.forward_train(images, &mut dropout)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, labels)
+                .ctx(|| format!("loss at step {step}"))?;
+            let loss_v = loss
+                .to_dtype(DType::F32)
+                .and_then(|l| l.to_scalar::<f32>())
+                .ctx(|| format!("reading the loss at step {step}"))?;
+            (logits, loss_v, Update::Backward(loss))
         }
-        let correct =
-            count_correct(&t.logits, labels).ctx(|| format!("accuracy at step {step}"))?;
-        let dead = count_dead(&t.logits).ctx(|| format!("dead maps at step {step}"))?;
-        opt.step(&t.grads)?;
-        return Ok(StepOutcome {
-            loss: t.loss,
-            correct,
-            dead,
-            updated: true,
-        });
-    }
-    let logits = model.forward_train(images, &mut dropout)?;
-    let loss =
-        candle_nn::loss::cross_entropy(&logits, labels).ctx(|| format!("loss at step {step}"))?;
-    let loss_v = loss
-        .to_dtype(DType::F32)
-        .and_then(|l| l.to_scalar::<f32>())
-        .ctx(|| format!("reading the loss at step {step}"))?;
+    };
     if !loss_v.is_finite() {
         return Ok(StepOutcome {
             loss: loss_v,
@@ -107,13 +94,24 @@ pub fn train_step(
     }
     let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
     let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
-    opt.backward_step(&loss)?;
+    match update {
+        Update::Ready(grads) => opt.step(&grads)?,
+        Update::Backward(loss) => opt.backward_step(&loss)?,
+    }
     Ok(StepOutcome {
         loss: loss_v,
         correct,
         dead,
         updated: true,
     })
+}
+
+/// Where a step's gradients come from.
+enum Update {
+    /// Computed with the forward ([`AllCnn::train_grads`]).
+    Ready(candle_core::backprop::GradStore),
+    /// candle's `backward` of this loss.
+    Backward(Tensor),
 }
 
 /// Examples of a batch whose logits are all 0 (every class map dead after
