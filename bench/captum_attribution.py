@@ -6,8 +6,12 @@ Makes `allcnn-viz/tests/fixtures/captum-methods.safetensors`, which
 and without `relu_attributions`), Guided Grad-CAM, Integrated Gradients
 (Gauss-Legendre and the four Riemann rules, zero and constant baselines;
 only configurations that pass the golden README's jitter rule, see IG_CASES) and
-Occlusion (whole and edge-cropped windows), each for the labels of the golden
-images, in float64, stored as float32.
+Occlusion (whole and edge-cropped windows), DeepLift (zero and constant
+baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
+ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
+and a composite of them), each for the labels of the golden images, in
+float64, stored as float32. The noise baselines and the masks are stored
+beside the maps (`deep_lift_shap.baselines`, `mask.*`).
 
 The network and its inputs are the golden all-cnn-c fixture of
 ../shared/golden (its weights and the two CIFAR-10 test images): only the
@@ -31,12 +35,18 @@ import captum
 import torch
 import torch.nn as nn
 from captum.attr import (
+    LRP,
+    DeepLift,
+    DeepLiftShap,
+    FeatureAblation,
     GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
     LayerGradCam,
     Occlusion,
+    ShapleyValues,
 )
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule
 from safetensors.torch import load_file, save_file
 
 
@@ -44,8 +54,11 @@ class Net(nn.Module):
     """The spec's layers with one `nn.ReLU` module per conv (Captum's layer
     and ReLU hooks need modules), logits = mean over the final map."""
 
-    def __init__(self, spec, classes):
+    def __init__(self, spec, classes, pool_module=False):
         super().__init__()
+        # LRP needs the global average as a module (Captum gives it the
+        # epsilon rule); every other method sees the same function.
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool_module else None
         self.body = nn.Sequential()
         convs = [l for l in spec["layers"] if l["type"] == "conv"]
         channels, seen = 3, 0
@@ -73,11 +86,13 @@ class Net(nn.Module):
             # dropout: eval mode, nothing to do
 
     def forward(self, x):
+        if self.pool is not None:
+            return self.pool(self.body(x)).flatten(1)
         return self.body(x).mean(dim=(2, 3))
 
 
-def build(spec, weights, dtype):
-    net = Net(spec, 10)
+def build(spec, weights, dtype, pool_module=False):
+    net = Net(spec, 10, pool_module)
     state = {}
     for name, t in weights.items():
         # conv{i}.weight -> body.conv{i}.weight
@@ -110,8 +125,51 @@ def jittered(weights, seed):
     }
 
 
-def compute(net, x, labels):
+def feature_masks():
+    """The feature masks of the perturbation methods, `[1, 1, 32, 32]` ids."""
+    y, x = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    patches4 = (y // 4) * 8 + x // 4
+    patches8 = (y // 8) * 4 + x // 8
+    # Four irregular features: the centre square, then the rest split into
+    # the left half, the top right and the bottom right.
+    centre = (y >= 8) & (y < 24) & (x >= 8) & (x < 24)
+    four = torch.where(centre, 0, torch.where(x < 16, 1, torch.where(y < 16, 2, 3)))
+    return {
+        "patches4": patches4[None, None],
+        "patches8": patches8[None, None],
+        "four": four[None, None],
+    }
+
+
+# LRP cases: the rule of every convolution (1..9); pooling keeps Captum's
+# default epsilon rule (1e-9). The gamma and alpha1-beta0 rules divide by a
+# sum of reweighted terms that can land near zero: on the first convolution
+# (signed whitened pixels) they fail the jitter rule, so the cases leave it
+# at LRP-0, as allcnn's `composite` does.
+def lrp0():
+    return EpsilonRule()
+
+
+LRP_CASES = {
+    "epsilon": lambda i: lrp0(),
+    "epsilon0.25": lambda i: EpsilonRule(0.25),
+    "gamma0.25.from2": lambda i: GammaRule(0.25) if i >= 2 else lrp0(),
+    "gamma0.5.zero_bias.from4": lambda i: GammaRule(0.5, set_bias_to_zero=True) if i >= 4 else lrp0(),
+    "alpha1beta0.from7": lambda i: Alpha1_Beta0_Rule() if i >= 7 else lrp0(),
+    # allcnn's `composite` on nine convolutions: LRP-0 on conv1, gamma 0.25
+    # on conv2-3, epsilon 0.25 on conv4-6, LRP-0 on conv7-9.
+    "composite": lambda i: GammaRule(0.25) if 2 <= i <= 3 else (EpsilonRule(0.25) if 4 <= i <= 6 else lrp0()),
+}
+
+
+def deep_lift_shap_baselines():
+    g = torch.Generator().manual_seed(5)
+    return (0.5 * torch.randn((3, 3, 32, 32), generator=g, dtype=torch.float64)).float()
+
+
+def compute(make_net, x, labels):
     """Every reference map, keyed as in the fixture."""
+    net = make_net()
     out = {}
     for layer, relu_attr in (("conv8", False), ("conv7", True), ("conv6", False)):
         cam = LayerGradCam(net, net.relus[layer]).attribute(
@@ -143,6 +201,28 @@ def compute(net, x, labels):
         baselines=0.25,
         target=labels,
     )
+    dl = DeepLift(net)
+    out["deep_lift.zero"] = dl.attribute(x, baselines=0.0, target=labels)
+    out["deep_lift.const-0.25"] = dl.attribute(x, baselines=-0.25, target=labels)
+    out["deep_lift_shap"] = DeepLiftShap(net).attribute(
+        x, baselines=deep_lift_shap_baselines().to(x.dtype), target=labels
+    )
+    masks = feature_masks()
+    fa = FeatureAblation(net)
+    out["feature_ablation.patches4.zero"] = fa.attribute(
+        x, target=labels, feature_mask=masks["patches4"], perturbations_per_eval=16
+    )
+    out["feature_ablation.patches8.const0.25"] = fa.attribute(
+        x, baselines=0.25, target=labels, feature_mask=masks["patches8"]
+    )
+    out["shapley_values.four.zero"] = ShapleyValues(net).attribute(
+        x, target=labels, feature_mask=masks["four"]
+    )
+    for name, rule in LRP_CASES.items():
+        lnet = make_net(pool_module=True)
+        for i, conv in enumerate([m for m in lnet.body if isinstance(m, nn.Conv2d)], 1):
+            conv.rule = rule(i)
+        out[f"lrp.{name}"] = LRP(lnet).attribute(x, target=labels)
     return out
 
 
@@ -159,10 +239,13 @@ def main():
     x32 = expected["input"]
     labels = expected["labels"].long()
 
-    ref = compute(build(spec, weights, torch.float64), x32.double(), labels)
-    f32 = compute(build(spec, weights, torch.float32), x32, labels)
+    def maker(w, dtype):
+        return lambda pool_module=False: build(spec, w, dtype, pool_module)
+
+    ref = compute(maker(weights, torch.float64), x32.double(), labels)
+    f32 = compute(maker(weights, torch.float32), x32, labels)
     jitters = [
-        compute(build(spec, jittered(weights, s), torch.float64), x32.double(), labels)
+        compute(maker(jittered(weights, s), torch.float64), x32.double(), labels)
         for s in range(3)
     ]
     worst, worst_jitter = 0.0, 0.0
@@ -187,7 +270,12 @@ def main():
         "float32_worst_rel_err": f"{worst:.3g}",
         "jitter_worst_rel_err": f"{worst_jitter:.3g}",
     }
-    save_file({k: v.float().contiguous() for k, v in ref.items()}, a.out, metadata=meta)
+    tensors = {k: v.float().contiguous() for k, v in ref.items()}
+    # The inputs of the methods that take more than a constant.
+    tensors["deep_lift_shap.baselines"] = deep_lift_shap_baselines()
+    for name, mask in feature_masks().items():
+        tensors[f"mask.{name}"] = mask.to(torch.int64)
+    save_file(tensors, a.out, metadata=meta)
     print(f"wrote {len(ref)} tensors to {a.out}; float32 worst rel err {worst:.3g}")
 
 

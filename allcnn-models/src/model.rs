@@ -626,6 +626,45 @@ impl AllCnn {
         }))
     }
 
+    /// `conv(x, weight) + bias` with this model's convolution backend
+    /// ([`AllCnn::conv_backend`]), differentiable like the model's own
+    /// layers, for weights of the caller's choosing (e.g. the reweighted
+    /// kernels of layer-wise relevance propagation). `x` is `[N, C, H, W]`,
+    /// `weight` `[O, C, k, k]`, `bias` `[O]`.
+    ///
+    /// # Errors
+    /// Shapes that do not fit, or a candle error.
+    pub fn convolve(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor, ModelError> {
+        self.conv_with(x, weight, bias, stride, padding, false)
+            .context(|| format!("{}: convolution", self.spec.name))
+    }
+
+    fn conv_with(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        match self.conv_backend.algorithm() {
+            Some(algorithm) => crate::kernels::conv::conv2d_fused(
+                x, weight, bias, stride, padding, algorithm, relu,
+            ),
+            None => x
+                .conv2d(weight, padding, stride, 1, 1)
+                .and_then(|y| y.broadcast_add(&bias.reshape((1, (), 1, 1))?)),
+        }
+    }
+
     /// A configurable forward pass (training mode, ReLU rule, captured
     /// layers, early stop).
     pub fn pass(&self) -> ForwardPass<'_> {
@@ -789,19 +828,12 @@ impl<'a> ForwardPass<'a> {
                     conv_i += 1;
                     let name = LayerName::Conv(conv_i);
                     let ctx = || format!("{}: {name}", m.spec.name);
-                    // Our convolution takes the bias, and the ReLU too when
-                    // it is the standard one; candle's takes neither.
-                    let algorithm = m.conv_backend.algorithm();
-                    let fuse_relu = algorithm.is_some() && self.relu.is_standard();
-                    let y = match algorithm {
-                        Some(algorithm) => crate::kernels::conv::conv2d_fused(
-                            &x, &c.weight, &c.bias, stride, padding, algorithm, fuse_relu,
-                        ),
-                        None => x
-                            .conv2d(&c.weight, padding, stride, 1, 1)
-                            .and_then(|y| y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)),
-                    }
-                    .context(ctx)?;
+                    // Our convolution takes the ReLU too when it is the
+                    // standard one; candle's does not.
+                    let fuse_relu = m.conv_backend.algorithm().is_some() && self.relu.is_standard();
+                    let y = m
+                        .conv_with(&x, &c.weight, &c.bias, stride, padding, fuse_relu)
+                        .context(ctx)?;
                     x = if fuse_relu {
                         y
                     } else {

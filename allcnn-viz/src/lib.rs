@@ -26,7 +26,11 @@
 //!
 //! Beyond the paper, at Captum's numbers: [`InputXGradient`], [`GradCam`],
 //! [`GuidedGradCam`], [`IntegratedGradients`] (every [`Quadrature`] Captum
-//! has) and [`Occlusion`]; [`SmoothGrad`] wraps any method. [`Method`] picks one at
+//! has), [`Occlusion`], [`DeepLift`] and [`DeepLiftShap`] (rescale rule),
+//! [`Lrp`] (epsilon, gamma and alpha1-beta0 rules per convolution, or an
+//! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
+//! [`FeatureMask`], and seeded [`ShapleyValueSampling`]; [`SmoothGrad`]
+//! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
 //!
 //! # Can a map be trusted?
@@ -102,10 +106,13 @@
 //! ```
 #![warn(missing_docs)]
 
+mod ablation;
 mod cam;
+mod deeplift;
 mod error;
 mod faithful;
 mod integrated;
+mod lrp;
 mod methods;
 mod occlusion;
 mod receptive;
@@ -116,10 +123,15 @@ mod smooth;
 mod target;
 mod top;
 
+pub use ablation::{
+    FeatureAblation, FeatureMask, ShapleyValueSampling, ShapleyValues, MAX_EXACT_FEATURES,
+};
 pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
+pub use deeplift::{DeepLift, DeepLiftShap};
 pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
+pub use lrp::{Lrp, LrpComposite, LrpRule};
 pub use methods::{
     attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, InputXGradient, Method,
     MethodInfo, MethodOptions, Saliency, METHODS,

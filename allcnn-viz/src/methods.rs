@@ -7,9 +7,12 @@ use std::str::FromStr;
 use allcnn_models::{AllCnn, LayerName, ReluRule};
 use candle_core::{DType, Tensor, Var};
 
+use crate::ablation::{FeatureAblation, FeatureMask, ShapleyValueSampling, ShapleyValues};
 use crate::cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
+use crate::deeplift::{DeepLift, DeepLiftShap};
 use crate::error::{CandleContext, VizError};
 use crate::integrated::{Baseline, IntegratedGradients, Quadrature};
+use crate::lrp::{Lrp, LrpComposite};
 use crate::occlusion::Occlusion;
 use crate::relu::{BackwardRule, RuleReluAll};
 use crate::smooth::{SmoothGrad, SmoothOptions};
@@ -157,6 +160,24 @@ pub enum Method {
     /// [`Occlusion`] with [`MethodOptions::window`],
     /// [`MethodOptions::stride`] and [`MethodOptions::baseline`].
     Occlusion,
+    /// [`DeepLift`] against [`MethodOptions::baseline`].
+    DeepLift,
+    /// [`DeepLiftShap`] against [`MethodOptions::shap_baselines`] seeded
+    /// Gaussian images around [`MethodOptions::baseline`] (standard deviation
+    /// 1, seed [`MethodOptions::seed`]).
+    DeepLiftShap,
+    /// [`Lrp`] with the rules of [`MethodOptions::lrp`].
+    Lrp,
+    /// [`FeatureAblation`] of [`MethodOptions::patch`] patches (default
+    /// 4x4) set to [`MethodOptions::baseline`].
+    FeatureAblation,
+    /// [`ShapleyValues`] (exact) of [`MethodOptions::patch`] patches
+    /// (default 16x16) against [`MethodOptions::baseline`].
+    ShapleyValues,
+    /// [`ShapleyValueSampling`] of [`MethodOptions::patch`] patches (default
+    /// 4x4), [`MethodOptions::samples`] orders seeded by
+    /// [`MethodOptions::seed`].
+    ShapleyValueSampling,
 }
 
 /// The settings of the methods that have any, for [`Method::attribute_with`].
@@ -179,6 +200,18 @@ pub struct MethodOptions {
     pub window: (usize, usize),
     /// Occlusion: the stride (down, across).
     pub stride: (usize, usize),
+    /// LRP: the rule of every convolution.
+    pub lrp: LrpComposite,
+    /// Feature ablation and Shapley values: the patch (height, width) of a
+    /// feature; `None` is the method's default (16x16 for exact Shapley
+    /// values, 4x4 otherwise).
+    pub patch: Option<(usize, usize)>,
+    /// Shapley value sampling: random feature orders.
+    pub samples: usize,
+    /// DeepLiftShap: how many baselines.
+    pub shap_baselines: usize,
+    /// Seed of Shapley value sampling's orders and DeepLiftShap's baselines.
+    pub seed: u64,
     /// Images per pass for Integrated Gradients and Occlusion.
     pub batch: usize,
     /// SmoothGrad around the method, if set.
@@ -196,6 +229,11 @@ impl Default for MethodOptions {
             baseline: 0.0,
             window: (8, 8),
             stride: (4, 4),
+            lrp: LrpComposite::default(),
+            patch: None,
+            samples: 25,
+            shap_baselines: 8,
+            seed: 0,
             batch: 64,
             smooth: None,
         }
@@ -221,7 +259,7 @@ pub struct MethodInfo {
 }
 
 /// The method table, in the order of the comparison figure.
-pub const METHODS: [MethodInfo; 9] = [
+pub const METHODS: [MethodInfo; 15] = [
     MethodInfo {
         method: Method::Gradient,
         name: "gradient",
@@ -285,12 +323,54 @@ pub const METHODS: [MethodInfo; 9] = [
         short: "occl",
         signed: true,
     },
+    MethodInfo {
+        method: Method::DeepLift,
+        name: "deep-lift",
+        aliases: &["deeplift"],
+        short: "deeplift",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::DeepLiftShap,
+        name: "deep-lift-shap",
+        aliases: &["deepliftshap"],
+        short: "dl-shap",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::Lrp,
+        name: "lrp",
+        aliases: &["layer-wise-relevance-propagation"],
+        short: "lrp",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::FeatureAblation,
+        name: "feature-ablation",
+        aliases: &["ablation"],
+        short: "ablation",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::ShapleyValues,
+        name: "shapley-values",
+        aliases: &["shapley"],
+        short: "shapley",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::ShapleyValueSampling,
+        name: "shapley-value-sampling",
+        aliases: &["shapley-sampling"],
+        short: "shap-smp",
+        signed: true,
+    },
 ];
 
 impl Method {
     /// Every method, in the order of the comparison figure.
-    pub const ALL: [Method; 9] = {
-        let mut all = [Method::Gradient; 9];
+    pub const ALL: [Method; METHODS.len()] = {
+        let mut all = [Method::Gradient; METHODS.len()];
         let mut i = 0;
         while i < METHODS.len() {
             all[i] = METHODS[i].method;
@@ -312,7 +392,8 @@ impl Method {
 
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
     /// `deconvnet`, `input-x-gradient`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
-    /// `occlusion`.
+    /// `occlusion`, `deep-lift`, `deep-lift-shap`, `lrp`, `feature-ablation`,
+    /// `shapley-values`, `shapley-value-sampling`.
     pub fn name(self) -> &'static str {
         self.info().name
     }
@@ -382,8 +463,61 @@ impl Method {
                 .baseline(o.baseline)
                 .batch(o.batch)
                 .attribute(input, target),
+            Method::DeepLift => DeepLift::new(model)
+                .baseline(Baseline::Constant(o.baseline))
+                .attribute(input, target),
+            Method::DeepLiftShap => {
+                let (_, c, h, w) = input.dims4().context(|| "input shape".into())?;
+                let baselines = noise_baselines(o, (c, h, w), model.device())?;
+                DeepLiftShap::new(model, baselines).attribute(input, target)
+            }
+            Method::Lrp => Lrp::new(model).composite(o.lrp).attribute(input, target),
+            Method::FeatureAblation => FeatureAblation::new(model)
+                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .baseline(Baseline::Constant(o.baseline))
+                .batch(o.batch)
+                .attribute(input, target),
+            Method::ShapleyValues => ShapleyValues::new(model)
+                .mask(patches(o.patch.unwrap_or((16, 16))))
+                .baseline(Baseline::Constant(o.baseline))
+                .batch(o.batch)
+                .attribute(input, target),
+            Method::ShapleyValueSampling => ShapleyValueSampling::new(model)
+                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .baseline(Baseline::Constant(o.baseline))
+                .samples(o.samples)
+                .seed(o.seed)
+                .batch(o.batch)
+                .attribute(input, target),
         }
     }
+}
+
+fn patches((height, width): (usize, usize)) -> FeatureMask {
+    FeatureMask::Patches { height, width }
+}
+
+/// DeepLiftShap's baselines for [`Method::DeepLiftShap`]: `shap_baselines`
+/// images of N(baseline, 1) noise from the seeded noise stream.
+fn noise_baselines(
+    o: &MethodOptions,
+    (c, h, w): (usize, usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor, VizError> {
+    use rand_distr::{Distribution, Normal};
+    if o.shap_baselines == 0 {
+        return Err(VizError::InvalidArgument(
+            "deep-lift-shap needs at least one baseline".into(),
+        ));
+    }
+    let mut rng = allcnn_seed::rng(o.seed, allcnn_seed::Stream::Noise, u64::MAX, 0);
+    let normal = Normal::new(o.baseline, 1.0f32)
+        .map_err(|e| VizError::InvalidArgument(format!("baseline {}: {e}", o.baseline)))?;
+    let data: Vec<f32> = (0..o.shap_baselines * c * h * w)
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(data, (o.shap_baselines, c, h, w), device)
+        .context(|| "DeepLiftShap's baselines".into())
 }
 
 impl FromStr for Method {
@@ -549,6 +683,19 @@ pub(crate) fn repeat_target(target: &Target, copies: usize) -> Target {
         Target::Units { layer, units } => Target::Units {
             layer: *layer,
             units: units.repeat(copies),
+        },
+        other => other.clone(),
+    }
+}
+
+/// The (fixed) target of image `i` of a batch, for a batch of `copies`
+/// modified copies of that image alone.
+pub(crate) fn image_target(target: &Target, i: usize, copies: usize) -> Target {
+    match target {
+        Target::PerImage(ks) => Target::Class(ks[i]),
+        Target::Units { layer, units } => Target::Units {
+            layer: *layer,
+            units: vec![units[i]; copies],
         },
         other => other.clone(),
     }

@@ -1,6 +1,8 @@
 //! Parity with Captum for the methods beyond the paper: InputXGradient,
 //! Grad-CAM, Guided Grad-CAM, Integrated Gradients (every quadrature, zero and constant
-//! baselines) and Occlusion (whole and edge-cut windows).
+//! baselines), Occlusion (whole and edge-cut windows), DeepLift and
+//! DeepLiftShap, FeatureAblation and ShapleyValues (grid and id-tensor
+//! masks) and LRP (epsilon, gamma, alpha1-beta0, the composite).
 //!
 //! Expected maps: `tests/fixtures/captum-methods.safetensors`, made by
 //! `bench/captum_attribution.py` (Captum 0.9, float64) from the golden
@@ -13,8 +15,9 @@ use std::path::Path;
 use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
-    Baseline, GradCam, GuidedGradCam, InputXGradient, IntegratedGradients, Occlusion, Quadrature,
-    Target,
+    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GuidedGradCam,
+    InputXGradient, IntegratedGradients, Lrp, LrpComposite, LrpRule, Occlusion, Quadrature,
+    ShapleyValues, Target,
 };
 use candle_core::{Device, Tensor};
 
@@ -175,4 +178,129 @@ fn occlusion_matches_captum() {
         .attribute(input, &target)
         .unwrap();
     check("occlusion.6x5.4x3.const0.25", &got, &want);
+}
+
+#[test]
+fn deep_lift_and_deep_lift_shap_match_captum() {
+    let Some((g, want, target)) = setup() else {
+        return;
+    };
+    let model = &g.weights.model;
+    let input = g.get("input");
+    let got = DeepLift::new(model).attribute(input, &target).unwrap();
+    check("deep_lift.zero", &got, &want);
+    let got = DeepLift::new(model)
+        .baseline(Baseline::Constant(-0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check("deep_lift.const-0.25", &got, &want);
+    let baselines = want["deep_lift_shap.baselines"].clone();
+    let got = DeepLiftShap::new(model, baselines)
+        .attribute(input, &target)
+        .unwrap();
+    check("deep_lift_shap", &got, &want);
+}
+
+#[test]
+fn feature_ablation_and_shapley_values_match_captum() {
+    let Some((g, want, target)) = setup() else {
+        return;
+    };
+    let model = &g.weights.model;
+    let input = g.get("input");
+    // 4x4 patches as a grid and as Captum's id tensor; batch 7 leaves a
+    // partial last pass.
+    for mask in [
+        FeatureMask::Patches {
+            height: 4,
+            width: 4,
+        },
+        FeatureMask::Tensor(want["mask.patches4"].clone()),
+    ] {
+        let got = FeatureAblation::new(model)
+            .mask(mask)
+            .batch(7)
+            .attribute(input, &target)
+            .unwrap();
+        check("feature_ablation.patches4.zero", &got, &want);
+    }
+    let got = FeatureAblation::new(model)
+        .mask(FeatureMask::Patches {
+            height: 8,
+            width: 8,
+        })
+        .baseline(Baseline::Constant(0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check("feature_ablation.patches8.const0.25", &got, &want);
+    // Four irregular features: Captum averages over all 24 orders, we sum
+    // over the 16 subsets.
+    let got = ShapleyValues::new(model)
+        .mask(FeatureMask::Tensor(want["mask.four"].clone()))
+        .attribute(input, &target)
+        .unwrap();
+    check("shapley_values.four.zero", &got, &want);
+}
+
+#[test]
+fn lrp_matches_captum_for_every_rule() {
+    let Some((g, want, target)) = setup() else {
+        return;
+    };
+    let model = &g.weights.model;
+    let input = g.get("input");
+    let lrp0 = LrpRule::Epsilon(1e-9);
+    let by_layer =
+        |rule: &dyn Fn(usize) -> LrpRule| (1..=9).fold(Lrp::new(model), |l, i| l.rule(i, rule(i)));
+    let cases: Vec<(&str, Lrp<'_>)> = vec![
+        ("lrp.epsilon", Lrp::new(model)),
+        (
+            "lrp.epsilon0.25",
+            Lrp::new(model).composite(LrpComposite::Uniform(LrpRule::Epsilon(0.25))),
+        ),
+        (
+            "lrp.gamma0.25.from2",
+            by_layer(&|i| {
+                if i >= 2 {
+                    LrpRule::Gamma {
+                        gamma: 0.25,
+                        zero_bias: false,
+                    }
+                } else {
+                    lrp0
+                }
+            }),
+        ),
+        (
+            "lrp.gamma0.5.zero_bias.from4",
+            by_layer(&|i| {
+                if i >= 4 {
+                    LrpRule::Gamma {
+                        gamma: 0.5,
+                        zero_bias: true,
+                    }
+                } else {
+                    lrp0
+                }
+            }),
+        ),
+        (
+            "lrp.alpha1beta0.from7",
+            by_layer(&|i| {
+                if i >= 7 {
+                    LrpRule::Alpha1Beta0 { zero_bias: false }
+                } else {
+                    lrp0
+                }
+            }),
+        ),
+        (
+            "lrp.composite",
+            Lrp::new(model).composite("composite".parse().unwrap()),
+        ),
+    ];
+    for (name, lrp) in cases {
+        let got = lrp.attribute(input, &target).unwrap();
+        check(name, &got, &want);
+    }
 }

@@ -52,6 +52,8 @@ pub enum Stream {
     /// A permutation of the training labels (the data-randomisation sanity
     /// check's model; `a`, `b` unused).
     Labels,
+    /// Feature orders of Shapley value sampling: `a` is the image.
+    Permutation,
 }
 
 impl Stream {
@@ -68,6 +70,7 @@ impl Stream {
             Stream::Randomize => *b"allcnnRa",
             Stream::PixelOrder => *b"allcnnPx",
             Stream::Labels => *b"allcnnLa",
+            Stream::Permutation => *b"allcnnPe",
         }
     }
 }
@@ -87,7 +90,7 @@ mod tests {
     use super::*;
     use rand_chacha::rand_core::RngCore;
 
-    const ALL: [Stream; 10] = [
+    const ALL: [Stream; 11] = [
         Stream::Init,
         Stream::Dropout,
         Stream::Shuffle,
@@ -98,6 +101,7 @@ mod tests {
         Stream::Randomize,
         Stream::PixelOrder,
         Stream::Labels,
+        Stream::Permutation,
     ];
 
     fn first(seed: u64, s: Stream, a: u64, b: u64) -> [u64; 2] {
