@@ -6,8 +6,8 @@ use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
 use allcnn_models::LayerName;
 use allcnn_viz::render::{self, RenderOptions, Style};
 use allcnn_viz::{
-    Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions, Target,
-    TargetSpec, TopActivations,
+    LrpComposite, Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions,
+    Target, TargetSpec, TopActivations,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -80,7 +80,8 @@ pub(crate) struct MethodArgs {
     /// integrated-gradients: the quadrature rule (Captum's names).
     #[arg(long, default_value = "gausslegendre", value_parser = crate::values::quadrature())]
     quadrature: Quadrature,
-    /// integrated-gradients, occlusion: the constant baseline (in the
+    /// integrated-gradients, occlusion, deep-lift, deep-lift-shap (the noise's
+    /// mean), feature-ablation, shapley-*: the constant baseline (in the
     /// preprocessed input's units; 0 is the mean image after GCN + ZCA).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     baseline: f32,
@@ -101,7 +102,27 @@ pub(crate) struct MethodArgs {
     /// SmoothGrad: how the noisy maps are combined.
     #[arg(long, default_value = "smoothgrad", value_parser = crate::values::noise_aggregation())]
     smooth_kind: NoiseAggregation,
-    /// SmoothGrad: the noise's seed.
+    /// lrp: the rule of every convolution: epsilon[:E] (default 1e-9, LRP-0),
+    /// gamma[:G] (0.25), alpha1-beta0, or composite[:E:G] (LRP-0 on conv1,
+    /// gamma on the rest of the lower third, epsilon in the middle, LRP-0
+    /// above; 0.25, 0.25).
+    #[arg(long, default_value = "epsilon", value_parser = clap::value_parser!(LrpComposite))]
+    lrp: LrpComposite,
+    /// feature-ablation, shapley-values, shapley-value-sampling: the patch
+    /// of one feature, `4` or `HxW` [default: 16x16 for shapley-values
+    /// (4 features, 16 passes per image), 4x4 otherwise].
+    #[arg(long, value_parser = parse_pair)]
+    patch: Option<(usize, usize)>,
+    /// shapley-value-sampling: random feature orders (each costs
+    /// features + 1 passes per image).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    samples: u32,
+    /// deep-lift-shap: how many Gaussian-noise baselines (mean --baseline,
+    /// standard deviation 1).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    shap_baselines: u32,
+    /// The seed of SmoothGrad's noise, shapley-value-sampling's orders and
+    /// deep-lift-shap's baselines.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -119,6 +140,11 @@ impl MethodArgs {
             baseline: self.baseline,
             window: self.window,
             stride: self.stride,
+            lrp: self.lrp,
+            patch: self.patch,
+            samples: self.samples as usize,
+            shap_baselines: self.shap_baselines as usize,
+            seed: self.seed,
             smooth: (self.smooth > 0).then_some(SmoothOptions {
                 samples: self.smooth,
                 noise: NoiseLevel::OfRange(self.noise),

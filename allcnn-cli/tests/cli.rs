@@ -1858,6 +1858,29 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
             vec!["--method", "guided-grad-cam", "--layer", "conv6"],
             "guided_grad_cam.conv6",
         ),
+        (
+            vec!["--method", "lrp", "--lrp", "composite"],
+            "lrp.composite",
+        ),
+        (
+            vec!["--method", "lrp", "--lrp", "epsilon:0.25"],
+            "lrp.epsilon0.25",
+        ),
+        (
+            vec!["--method", "deep-lift", "--baseline", "-0.25"],
+            "deep_lift.const-0.25",
+        ),
+        (
+            vec![
+                "--method",
+                "feature-ablation",
+                "--patch",
+                "8",
+                "--baseline",
+                "0.25",
+            ],
+            "feature_ablation.patches8.const0.25",
+        ),
     ] {
         let mut args = vec!["viz"];
         args.extend(&flags);
@@ -1912,6 +1935,32 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
     );
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("0x3"), "{}", stderr(&o));
+    // So is an LRP rule that does not parse, with the valid ones.
+    let o = golden_viz(
+        &g,
+        &["viz", "--method", "lrp", "--lrp", "zeta", "--out", o_str],
+    );
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("composite"), "{}", stderr(&o));
+    // Exact Shapley values of 64 features are refused with the way out.
+    let o = golden_viz(
+        &g,
+        &[
+            "viz",
+            "--method",
+            "shapley-values",
+            "--patch",
+            "4",
+            "--out",
+            o_str,
+        ],
+    );
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("shapley-value-sampling"),
+        "{}",
+        stderr(&o)
+    );
 
     // The trust report: every cascading step for each method, a verdict per
     // method, the faithfulness curves with the chance level, and the files.

@@ -1,0 +1,400 @@
+//! Hand-computed cases and properties of DeepLift, DeepLiftShap, LRP,
+//! feature ablation and Shapley values (Captum parity on the golden network
+//! is in `captum.rs`): completeness, efficiency, additivity, seeding and the
+//! errors.
+
+mod common;
+
+use allcnn_models::{AllCnn, ArchSpec, Init};
+use allcnn_viz::{
+    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, InputXGradient, Lrp,
+    LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
+};
+use candle_core::{DType, Device, Tensor};
+use common::{conv1x1, model_from};
+
+/// `T(x) = mean(relu(2x + bias))` on a 1-channel 4x4 image, one class.
+fn doubling(bias: f32) -> AllCnn {
+    model_from(
+        1,
+        4,
+        vec![conv1x1(1)],
+        vec![
+            ("conv1.weight", vec![2.0], vec![1, 1, 1, 1]),
+            ("conv1.bias", vec![bias], vec![1]),
+        ],
+    )
+}
+
+/// Pixels `i/8 - 0.5`: negative and positive values.
+fn ramp() -> Tensor {
+    let v: Vec<f32> = (0..16).map(|i| i as f32 / 8.0 - 0.5).collect();
+    Tensor::from_vec(v, (1, 1, 4, 4), &Device::Cpu).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn logits(model: &AllCnn, x: &Tensor) -> Vec<Vec<f32>> {
+    model.forward(x).unwrap().to_vec2().unwrap()
+}
+
+/// The sum of each image's map.
+fn sums(map: &Tensor) -> Vec<f32> {
+    map.flatten_from(1)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn close(got: f32, want: f32, tol: f32, what: &str) {
+    assert!(
+        (got - want).abs() <= tol * want.abs().max(1.0),
+        "{what}: got {got}, want {want}"
+    );
+}
+
+#[test]
+fn deep_lift_is_complete_and_shap_averages_it() {
+    let model = common::all_cnn_c(3);
+    let x = common::noise(2, 11);
+    let x0 = (common::noise(1, 12) * 0.5).unwrap();
+    let target = Target::PerImage(vec![2, 7]);
+    let map = DeepLift::new(&model)
+        .baseline(Baseline::Tensor(x0.clone()))
+        .attribute(&x, &target)
+        .unwrap();
+    // Summation to delta: the maps add up to T(x) - T(x0).
+    let (fx, f0) = (logits(&model, &x), logits(&model, &x0));
+    for (i, (k, s)) in [2usize, 7].iter().zip(sums(&map)).enumerate() {
+        close(s, fx[i][*k] - f0[0][*k], 1e-4, "DeepLift's sum");
+    }
+    // One baseline: DeepLiftShap is DeepLift; two: the mean of both.
+    let shap = |b: Tensor| DeepLiftShap::new(&model, b).attribute(&x, &target).unwrap();
+    let one = shap(x0.clone());
+    assert_eq!(flat(&one), flat(&map));
+    let zero = DeepLift::new(&model).attribute(&x, &target).unwrap();
+    let two = shap(Tensor::cat(&[&x0, &x0.zeros_like().unwrap()], 0).unwrap());
+    let mean = ((map + zero).unwrap() * 0.5).unwrap();
+    for (a, b) in flat(&two).iter().zip(flat(&mean)) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // Baselines of another image size are named.
+    let err = DeepLiftShap::new(
+        &model,
+        Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap(),
+    )
+    .attribute(&x, &target)
+    .unwrap_err();
+    assert!(matches!(err, VizError::BadTensor { .. }), "{err}");
+}
+
+#[test]
+fn deep_lift_by_hand_and_refused_on_max_pool_networks() {
+    // T = mean(relu(2x + 0.5)) against a zero baseline (z0 = 0.5 > 0): a
+    // pixel with 2x + 0.5 > 0 gets 2x/16; below, the secant slope of the
+    // ReLU between z0 and z is (0 - 0.5) / (z - 0.5), so x * 2 * that / 16.
+    let tiny = doubling(0.5);
+    let x = ramp();
+    let got = flat(
+        &DeepLift::new(&tiny)
+            .attribute(&x, &Target::Class(0))
+            .unwrap(),
+    );
+    for (g, v) in got.iter().zip(flat(&x)) {
+        let z = 2.0 * v + 0.5;
+        let slope = if z > 0.0 { 1.0 } else { -0.5 / (z - 0.5) };
+        let want = v * 2.0 * slope / 16.0;
+        assert!((g - want).abs() < 1e-6, "x {v}: got {g}, want {want}");
+    }
+    let model_c = AllCnn::init(
+        ArchSpec::by_name("model-c", 10).unwrap(),
+        Init::HeNormal,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = DeepLift::new(&model_c)
+        .attribute(&common::noise(1, 0), &Target::Class(0))
+        .unwrap_err();
+    assert!(matches!(err, VizError::UnsupportedModel { .. }), "{err}");
+    assert!(err.to_string().contains("max-pool"), "{err}");
+}
+
+#[test]
+fn lrp_by_hand_and_lrp0_is_input_times_gradient() {
+    // One 1x1 conv with weight 2 and bias 0.5 then the mean of 16 pixels:
+    // R_x = x * w' * relu(z) / (16 (z' + e sign z')), z = 2x + 0.5,
+    // z' = w'x + b', times T / (T + 1e-9) from the global average.
+    let tiny = doubling(0.5);
+    let x = ramp();
+    let t = logits(&tiny, &x)[0][0];
+    let top = t / (t + 1e-9);
+    let cases = [
+        (LrpRule::Epsilon(0.25), 2.0f32, 0.5f32, 0.25f32),
+        (
+            LrpRule::Gamma {
+                gamma: 0.5,
+                zero_bias: false,
+            },
+            3.0,
+            0.5,
+            1e-9,
+        ),
+        (LrpRule::Alpha1Beta0 { zero_bias: true }, 2.0, 0.0, 1e-9),
+    ];
+    for (rule, w, b, e) in cases {
+        let got = flat(
+            &Lrp::new(&tiny)
+                .rule(1, rule)
+                .attribute(&x, &Target::Class(0))
+                .unwrap(),
+        );
+        for (g, v) in got.iter().zip(flat(&x)) {
+            let z = 2.0 * v + 0.5;
+            let zp = w * v + b;
+            let sign = if zp >= 0.0 { 1.0 } else { -1.0 };
+            let want = v * w * z.max(0.0) / (16.0 * (zp + e * sign)) * top;
+            assert!(
+                (g - want).abs() < 1e-5,
+                "{rule:?}, x {v}: got {g}, want {want}"
+            );
+        }
+    }
+    // LRP-0 on a ReLU network is input x gradient.
+    let model = common::all_cnn_c(4);
+    let x = common::noise(2, 5);
+    let target = Target::Class(6);
+    let lrp = Lrp::new(&model).attribute(&x, &target).unwrap();
+    let ixg = InputXGradient::new(&model).attribute(&x, &target).unwrap();
+    let scale = flat(&ixg).iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in flat(&lrp).iter().zip(flat(&ixg)) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
+    }
+    // A rule for a convolution the network lacks is refused.
+    let err = Lrp::new(&model)
+        .rule(10, LrpRule::Epsilon(0.1))
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(err.to_string().contains("conv10"), "{err}");
+}
+
+#[test]
+fn lrp_rules_parse_and_layer_by_depth() {
+    let c: LrpComposite = "composite".parse().unwrap();
+    let rules: Vec<LrpRule> = (1..=9).map(|i| c.rule_for(i, 9)).collect();
+    let gamma = LrpRule::Gamma {
+        gamma: 0.25,
+        zero_bias: false,
+    };
+    let lrp0 = LrpRule::Epsilon(1e-9);
+    let eps = LrpRule::Epsilon(0.25);
+    assert_eq!(
+        rules,
+        vec![lrp0, gamma, gamma, eps, eps, eps, lrp0, lrp0, lrp0]
+    );
+    for (text, want) in [
+        ("epsilon", LrpComposite::Uniform(lrp0)),
+        ("epsilon:0.25", LrpComposite::Uniform(eps)),
+        ("gamma", LrpComposite::Uniform(gamma)),
+        (
+            "alpha1-beta0",
+            LrpComposite::Uniform(LrpRule::Alpha1Beta0 { zero_bias: false }),
+        ),
+        (
+            "composite:0.1:0.5",
+            LrpComposite::Layered {
+                epsilon: 0.1,
+                gamma: 0.5,
+            },
+        ),
+    ] {
+        let got: LrpComposite = text.parse().unwrap();
+        assert_eq!(got, want, "{text}");
+        assert_eq!(got.to_string().parse::<LrpComposite>().unwrap(), got);
+    }
+    for bad in [
+        "zeta",
+        "gamma:-1",
+        "epsilon:x",
+        "alpha1-beta0:2",
+        "composite:1:2:3",
+    ] {
+        let err = bad.parse::<LrpComposite>().unwrap_err().to_string();
+        assert!(
+            err.contains(bad) && err.contains("composite"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn shapley_values_of_an_additive_network_are_each_features_own_effect() {
+    // T = mean(relu(2x + b)) is a sum over pixels, so every feature's
+    // Shapley value, sampled or exact, and its ablation are the same: its
+    // pixels' drop to the baseline.
+    let tiny = doubling(0.25);
+    let x = ramp();
+    let base = -0.1f32;
+    let patch = FeatureMask::Patches {
+        height: 2,
+        width: 3,
+    };
+    let want: Vec<f32> = {
+        let xs = flat(&x);
+        let own = |v: f32| (2.0 * v + 0.25).max(0.0) / 16.0;
+        // Patches 2x3 on 4x4: columns 0-2 and 3, rows 0-1 and 2-3.
+        let feature = |p: usize| (p / 4 / 2) * 2 + (p % 4) / 3;
+        (0..16)
+            .map(|p| {
+                (0..16)
+                    .filter(|&q| feature(q) == feature(p))
+                    .map(|q| own(xs[q]) - own(base))
+                    .sum()
+            })
+            .collect()
+    };
+    let target = Target::Class(0);
+    let b = Baseline::Constant(base);
+    let maps = [
+        FeatureAblation::new(&tiny)
+            .mask(patch.clone())
+            .baseline(b.clone())
+            .attribute(&x, &target)
+            .unwrap(),
+        ShapleyValues::new(&tiny)
+            .mask(patch.clone())
+            .baseline(b.clone())
+            .attribute(&x, &target)
+            .unwrap(),
+        ShapleyValueSampling::new(&tiny)
+            .mask(patch.clone())
+            .baseline(b.clone())
+            .samples(3)
+            .seed(9)
+            .batch(2)
+            .attribute(&x, &target)
+            .unwrap(),
+    ];
+    for map in &maps {
+        for (g, w) in flat(map).iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "got {g}, want {w}");
+        }
+    }
+}
+
+#[test]
+fn shapley_estimates_are_efficient_seeded_and_bounded() {
+    let model = common::all_cnn_c(5);
+    let x = common::noise(2, 21);
+    let target = Target::PerImage(vec![1, 8]);
+    let patch = FeatureMask::Patches {
+        height: 16,
+        width: 16,
+    };
+    let fx = logits(&model, &x);
+    let f0 = logits(&model, &x.zeros_like().unwrap());
+    // One element per 16x16 patch: the feature values.
+    let per_feature = |map: &Tensor| -> Vec<Vec<f32>> {
+        let m = map.to_dtype(DType::F32).unwrap();
+        (0..2)
+            .map(|i| {
+                [(0, 0), (0, 16), (16, 0), (16, 16)]
+                    .iter()
+                    .map(|&(y, xx)| {
+                        m.get(i)
+                            .unwrap()
+                            .get(0)
+                            .unwrap()
+                            .get(y)
+                            .unwrap()
+                            .get(xx)
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let sampled = |samples: usize, seed: u64| {
+        ShapleyValueSampling::new(&model)
+            .mask(patch.clone())
+            .samples(samples)
+            .seed(seed)
+            .attribute(&x, &target)
+            .unwrap()
+    };
+    let exact = ShapleyValues::new(&model).attribute(&x, &target).unwrap();
+    for map in [sampled(1, 0), sampled(3, 1), exact.clone()] {
+        for (i, (k, phi)) in [1usize, 8].iter().zip(per_feature(&map)).enumerate() {
+            let total: f32 = phi.iter().sum();
+            close(total, fx[i][*k] - f0[i][*k], 1e-4, "Shapley efficiency");
+        }
+    }
+    // Seeded: the same seed gives the same map, another seed another.
+    assert_eq!(flat(&sampled(2, 4)), flat(&sampled(2, 4)));
+    assert_ne!(flat(&sampled(2, 4)), flat(&sampled(2, 5)));
+    // One order per seed: 60 independent one-order estimates average to
+    // the exact values within 4 standard errors.
+    let runs: Vec<Vec<Vec<f32>>> = (0..60).map(|s| per_feature(&sampled(1, 100 + s))).collect();
+    let exact = per_feature(&exact);
+    for i in 0..2 {
+        for f in 0..4 {
+            let v: Vec<f64> = runs.iter().map(|r| f64::from(r[i][f])).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+            let se = (var / v.len() as f64).sqrt();
+            let e = f64::from(exact[i][f]);
+            assert!(
+                (mean - e).abs() <= 4.0 * se + 1e-6,
+                "image {i} feature {f}: sampled mean {mean} vs exact {e} (standard error {se})"
+            );
+        }
+    }
+}
+
+#[test]
+fn feature_masks_and_sizes_are_checked() {
+    let model = common::all_cnn_c(6);
+    let x = common::noise(1, 3);
+    let target = Target::Class(0);
+    let ablate = |mask: FeatureMask| {
+        FeatureAblation::new(&model)
+            .mask(mask)
+            .attribute(&x, &target)
+    };
+    let dev = Device::Cpu;
+    for bad in [
+        Tensor::zeros((1, 1, 32, 32), DType::F32, &dev).unwrap(),
+        Tensor::zeros((1, 1, 16, 32), DType::I64, &dev).unwrap(),
+        Tensor::zeros((2, 1, 32, 32), DType::U32, &dev).unwrap(),
+        Tensor::from_vec(vec![-1i64; 32 * 32], (1, 1, 32, 32), &dev).unwrap(),
+    ] {
+        let err = ablate(FeatureMask::Tensor(bad)).unwrap_err();
+        assert!(matches!(err, VizError::BadTensor { .. }), "{err}");
+        assert!(err.to_string().contains("feature mask"), "{err}");
+    }
+    let err = ablate(FeatureMask::Patches {
+        height: 0,
+        width: 4,
+    })
+    .unwrap_err();
+    assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+    // A whole-image feature of a u8 mask: the drop to the baseline.
+    let map = ablate(FeatureMask::Tensor(
+        Tensor::zeros((1, 1, 32, 32), DType::U8, &dev).unwrap(),
+    ))
+    .unwrap();
+    let want = logits(&model, &x)[0][0] - logits(&model, &x.zeros_like().unwrap())[0][0];
+    assert!(flat(&map).iter().all(|v| (v - want).abs() < 1e-5));
+    // Exact Shapley values refuse 64 features and name the way out.
+    let err = ShapleyValues::new(&model)
+        .mask(FeatureMask::default())
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(err.to_string().contains("shapley-value-sampling"), "{err}");
+}
