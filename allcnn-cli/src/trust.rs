@@ -26,7 +26,7 @@ pub struct Args {
     target: TargetSpec,
     /// Methods to check, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = crate::values::method(),
-          default_value = "gradient,saliency,deconvnet,guided-backprop,input-x-gradient,grad-cam,guided-grad-cam,integrated-gradients,occlusion")]
+          default_value = "gradient,saliency,deconvnet,guided-backprop,input-x-gradient,grad-cam,guided-grad-cam,integrated-gradients,occlusion,deep-lift,lrp,feature-ablation,shapley-values")]
     methods: Vec<Method>,
     /// Weights of the same architecture trained on shuffled labels, for the
     /// data-randomisation test.

@@ -102,11 +102,12 @@ pub(crate) struct MethodArgs {
     /// SmoothGrad: how the noisy maps are combined.
     #[arg(long, default_value = "smoothgrad", value_parser = crate::values::noise_aggregation())]
     smooth_kind: NoiseAggregation,
-    /// lrp: the rule of every convolution: epsilon[:E] (default 1e-9, LRP-0),
-    /// gamma[:G] (0.25), alpha1-beta0, or composite[:E:G] (LRP-0 on conv1,
-    /// gamma on the rest of the lower third, epsilon in the middle, LRP-0
-    /// above; 0.25, 0.25).
-    #[arg(long, default_value = "epsilon", value_parser = clap::value_parser!(LrpComposite))]
+    /// lrp: the rule of every convolution: composite[:E:G] (LRP-0 on conv1,
+    /// gamma G on the rest of the lower third, epsilon E in the middle third,
+    /// LRP-0 above; 0.25, 0.25), epsilon[:E] (default 1e-9: Captum's default,
+    /// LRP-0, which equals input-x-gradient on these networks), gamma[:G]
+    /// (0.25) or alpha1-beta0.
+    #[arg(long, default_value = "composite", value_parser = clap::value_parser!(LrpComposite))]
     lrp: LrpComposite,
     /// feature-ablation, shapley-values, shapley-value-sampling: the patch
     /// of one feature, `4` or `HxW` [default: 16x16 for shapley-values
@@ -114,15 +115,15 @@ pub(crate) struct MethodArgs {
     #[arg(long, value_parser = parse_pair)]
     patch: Option<(usize, usize)>,
     /// shapley-value-sampling: random feature orders (each costs
-    /// features + 1 passes per image).
+    /// features + 1 passes per image); gradient-shap: draws per image.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     samples: u32,
-    /// deep-lift-shap: how many Gaussian-noise baselines (mean --baseline,
-    /// standard deviation 1).
+    /// deep-lift-shap, gradient-shap: how many Gaussian-noise baselines
+    /// (mean --baseline, standard deviation 1).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     shap_baselines: u32,
-    /// The seed of SmoothGrad's noise, shapley-value-sampling's orders and
-    /// deep-lift-shap's baselines.
+    /// The seed of SmoothGrad's noise, shapley-value-sampling's orders,
+    /// gradient-shap's draws and the SHAP methods' baselines.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }

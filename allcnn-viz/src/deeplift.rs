@@ -103,18 +103,7 @@ impl<'a> DeepLiftShap<'a> {
         check_model(model, "deep-lift-shap")?;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
-        let (_, c, h, w) = x.dims4().context(|| "input shape".into())?;
-        let baselines = model_input(model, &self.baselines)?;
-        let count = match baselines.dims() {
-            &[b, bc, bh, bw] if b > 0 && (bc, bh, bw) == (c, h, w) => b,
-            got => {
-                return Err(VizError::BadTensor {
-                    what: "DeepLiftShap baselines".into(),
-                    expected: format!("[B, {c}, {h}, {w}] with B >= 1"),
-                    got: got.to_vec(),
-                })
-            }
-        };
+        let (baselines, count) = baseline_set(model, &x, &self.baselines, "DeepLiftShap")?;
         let target = fix_target(model, &x, target)?;
         let mut sum: Option<Tensor> = None;
         for j in 0..count {
@@ -137,6 +126,27 @@ impl<'a> DeepLiftShap<'a> {
 impl crate::Attribute for DeepLiftShap<'_> {
     fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         DeepLiftShap::attribute(self, input, target)
+    }
+}
+
+/// `baselines` `[B, C, H, W]` on the model's device, checked against the
+/// input `x`, with `B`.
+pub(crate) fn baseline_set(
+    model: &AllCnn,
+    x: &Tensor,
+    baselines: &Tensor,
+    method: &str,
+) -> Result<(Tensor, usize), VizError> {
+    let (_, c, h, w) = x.dims4().context(|| "input shape".into())?;
+    match baselines.dims() {
+        &[b, bc, bh, bw] if b > 0 && (bc, bh, bw) == (c, h, w) => {
+            Ok((model_input(model, baselines)?, b))
+        }
+        got => Err(VizError::BadTensor {
+            what: format!("{method} baselines"),
+            expected: format!("[B, {c}, {h}, {w}] with B >= 1"),
+            got: got.to_vec(),
+        }),
     }
 }
 

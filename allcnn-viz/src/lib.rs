@@ -27,7 +27,7 @@
 //! Beyond the paper, at Captum's numbers: [`InputXGradient`], [`GradCam`],
 //! [`GuidedGradCam`], [`IntegratedGradients`] (every [`Quadrature`] Captum
 //! has), [`Occlusion`], [`DeepLift`] and [`DeepLiftShap`] (rescale rule),
-//! [`Lrp`] (epsilon, gamma and alpha1-beta0 rules per convolution, or an
+//! seeded [`GradientShap`], [`Lrp`] (epsilon, gamma and alpha1-beta0 rules per convolution, or an
 //! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
 //! [`FeatureMask`], and seeded [`ShapleyValueSampling`]; [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
@@ -111,6 +111,7 @@ mod cam;
 mod deeplift;
 mod error;
 mod faithful;
+mod gradshap;
 mod integrated;
 mod lrp;
 mod methods;
@@ -130,6 +131,7 @@ pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolat
 pub use deeplift::{DeepLift, DeepLiftShap};
 pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
+pub use gradshap::GradientShap;
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use lrp::{Lrp, LrpComposite, LrpRule};
 pub use methods::{

@@ -11,6 +11,7 @@ use crate::ablation::{FeatureAblation, FeatureMask, ShapleyValueSampling, Shaple
 use crate::cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
 use crate::deeplift::{DeepLift, DeepLiftShap};
 use crate::error::{CandleContext, VizError};
+use crate::gradshap::GradientShap;
 use crate::integrated::{Baseline, IntegratedGradients, Quadrature};
 use crate::lrp::{Lrp, LrpComposite};
 use crate::occlusion::Occlusion;
@@ -166,6 +167,10 @@ pub enum Method {
     /// Gaussian images around [`MethodOptions::baseline`] (standard deviation
     /// 1, seed [`MethodOptions::seed`]).
     DeepLiftShap,
+    /// [`GradientShap`] with [`MethodOptions::samples`] draws from
+    /// [`MethodOptions::shap_baselines`] Gaussian baselines as
+    /// [`Method::DeepLiftShap`]'s, seed [`MethodOptions::seed`].
+    GradientShap,
     /// [`Lrp`] with the rules of [`MethodOptions::lrp`].
     Lrp,
     /// [`FeatureAblation`] of [`MethodOptions::patch`] patches (default
@@ -200,17 +205,21 @@ pub struct MethodOptions {
     pub window: (usize, usize),
     /// Occlusion: the stride (down, across).
     pub stride: (usize, usize),
-    /// LRP: the rule of every convolution.
+    /// LRP: the rule of every convolution (default: the layered composite,
+    /// `composite:0.25:0.25`; [`Lrp::new`] keeps Captum's default, LRP-0,
+    /// which equals input x gradient on these networks).
     pub lrp: LrpComposite,
     /// Feature ablation and Shapley values: the patch (height, width) of a
     /// feature; `None` is the method's default (16x16 for exact Shapley
     /// values, 4x4 otherwise).
     pub patch: Option<(usize, usize)>,
-    /// Shapley value sampling: random feature orders.
+    /// Shapley value sampling: random feature orders; GradientShap: draws
+    /// per image.
     pub samples: usize,
-    /// DeepLiftShap: how many baselines.
+    /// DeepLiftShap and GradientShap: how many baselines.
     pub shap_baselines: usize,
-    /// Seed of Shapley value sampling's orders and DeepLiftShap's baselines.
+    /// Seed of Shapley value sampling's orders, GradientShap's draws and the
+    /// SHAP methods' baselines.
     pub seed: u64,
     /// Images per pass for Integrated Gradients and Occlusion.
     pub batch: usize,
@@ -229,7 +238,10 @@ impl Default for MethodOptions {
             baseline: 0.0,
             window: (8, 8),
             stride: (4, 4),
-            lrp: LrpComposite::default(),
+            lrp: LrpComposite::Layered {
+                epsilon: 0.25,
+                gamma: 0.25,
+            },
             patch: None,
             samples: 25,
             shap_baselines: 8,
@@ -259,7 +271,7 @@ pub struct MethodInfo {
 }
 
 /// The method table, in the order of the comparison figure.
-pub const METHODS: [MethodInfo; 15] = [
+pub const METHODS: [MethodInfo; 16] = [
     MethodInfo {
         method: Method::Gradient,
         name: "gradient",
@@ -338,6 +350,13 @@ pub const METHODS: [MethodInfo; 15] = [
         signed: true,
     },
     MethodInfo {
+        method: Method::GradientShap,
+        name: "gradient-shap",
+        aliases: &["gradientshap"],
+        short: "grad-shap",
+        signed: true,
+    },
+    MethodInfo {
         method: Method::Lrp,
         name: "lrp",
         aliases: &["layer-wise-relevance-propagation"],
@@ -392,7 +411,7 @@ impl Method {
 
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
     /// `deconvnet`, `input-x-gradient`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
-    /// `occlusion`, `deep-lift`, `deep-lift-shap`, `lrp`, `feature-ablation`,
+    /// `occlusion`, `deep-lift`, `deep-lift-shap`, `gradient-shap`, `lrp`, `feature-ablation`,
     /// `shapley-values`, `shapley-value-sampling`.
     pub fn name(self) -> &'static str {
         self.info().name
@@ -470,6 +489,15 @@ impl Method {
                 let (_, c, h, w) = input.dims4().context(|| "input shape".into())?;
                 let baselines = noise_baselines(o, (c, h, w), model.device())?;
                 DeepLiftShap::new(model, baselines).attribute(input, target)
+            }
+            Method::GradientShap => {
+                let (_, c, h, w) = input.dims4().context(|| "input shape".into())?;
+                let baselines = noise_baselines(o, (c, h, w), model.device())?;
+                GradientShap::new(model, baselines)
+                    .samples(o.samples)
+                    .seed(o.seed)
+                    .batch(o.batch)
+                    .attribute(input, target)
             }
             Method::Lrp => Lrp::new(model).composite(o.lrp).attribute(input, target),
             Method::FeatureAblation => FeatureAblation::new(model)
@@ -568,7 +596,7 @@ pub(crate) fn model_input(model: &AllCnn, input: &Tensor) -> Result<Tensor, VizE
 
 /// The shared mechanism: a forward pass with `rule` at every ReLU, the target
 /// value summed over the batch, and candle's backward to the input.
-fn propagate(
+pub(crate) fn propagate(
     model: &AllCnn,
     rule: BackwardRule,
     input: &Tensor,

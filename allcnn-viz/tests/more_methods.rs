@@ -7,8 +7,8 @@ mod common;
 
 use allcnn_models::{AllCnn, ArchSpec, Init};
 use allcnn_viz::{
-    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, InputXGradient, Lrp,
-    LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
+    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
+    Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::{conv1x1, model_from};
@@ -397,4 +397,69 @@ fn feature_masks_and_sizes_are_checked() {
         .attribute(&x, &target)
         .unwrap_err();
     assert!(err.to_string().contains("shapley-value-sampling"), "{err}");
+}
+
+#[test]
+fn gradient_shap_by_hand_and_complete_in_expectation() {
+    // Where every point of every path has 2x + 2 > 0 the gradient is 2/16
+    // everywhere, so one baseline gives (x - b) * 2/16 whatever the draws.
+    let tiny = doubling(2.0);
+    let x = ramp();
+    let b = Tensor::full(0.3f32, (1, 1, 4, 4), &Device::Cpu).unwrap();
+    let got = flat(
+        &GradientShap::new(&tiny, b)
+            .samples(7)
+            .seed(3)
+            .attribute(&x, &Target::Class(0))
+            .unwrap(),
+    );
+    for (g, v) in got.iter().zip(flat(&x)) {
+        let want = (v - 0.3) * 2.0 / 16.0;
+        assert!((g - want).abs() < 1e-6, "x {v}: got {g}, want {want}");
+    }
+    // On All-CNN-C the map's sum estimates T(x) - E T(b): 60 one-draw
+    // estimates average to it within 4 standard errors.
+    let model = common::all_cnn_c(7);
+    let x = common::noise(2, 31);
+    let baselines = (common::noise(3, 32) * 0.5).unwrap();
+    let target = Target::PerImage(vec![0, 5]);
+    let shap = |samples: usize, seed: u64| {
+        GradientShap::new(&model, baselines.clone())
+            .samples(samples)
+            .seed(seed)
+            .batch(3)
+            .attribute(&x, &target)
+            .unwrap()
+    };
+    let fx = logits(&model, &x);
+    let fb = logits(&model, &baselines);
+    let runs: Vec<Vec<f32>> = (0..60).map(|s| sums(&shap(1, s))).collect();
+    for (i, k) in [0usize, 5].into_iter().enumerate() {
+        let want = f64::from(fx[i][k]) - fb.iter().map(|r| f64::from(r[k])).sum::<f64>() / 3.0;
+        let v: Vec<f64> = runs.iter().map(|r| f64::from(r[i])).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        let se = (var / v.len() as f64).sqrt();
+        assert!(
+            (mean - want).abs() <= 4.0 * se + 1e-6,
+            "image {i}: mean sum {mean} vs T(x) - E T(b) {want} (standard error {se})"
+        );
+    }
+    // Seeded, batch-independent; a negative noise level is refused.
+    assert_eq!(flat(&shap(4, 9)), flat(&shap(4, 9)));
+    let unbatched = GradientShap::new(&model, baselines.clone())
+        .samples(4)
+        .seed(9)
+        .batch(64)
+        .attribute(&x, &target)
+        .unwrap();
+    let batched = shap(4, 9);
+    for (a, b) in flat(&unbatched).iter().zip(flat(&batched)) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} vs {b}");
+    }
+    let err = GradientShap::new(&model, baselines)
+        .stdev(-1.0)
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
 }
