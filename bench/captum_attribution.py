@@ -13,7 +13,8 @@ and a composite of them), each for the labels of the golden images, in
 float64, stored as float32. The noise baselines and the masks are stored
 beside the maps (`deep_lift_shap.baselines`, `mask.*`).
 
-The network and its inputs are the golden all-cnn-c fixture of
+DeepLift and LRP also run on the golden model-c (`model_c.*`), for their
+max-pool rules. The networks and their inputs are the golden fixtures of
 ../shared/golden (its weights and the two CIFAR-10 test images): only the
 expected maps are written here, so the fixture stays small. As in the golden
 README, everything is computed in float64 from the float32 weights and inputs,
@@ -22,7 +23,7 @@ values (the tests' tolerance must sit above it).
 
     allcnn models --json > models.json
     python3 bench/captum_attribution.py --spec models.json \
-        --golden ../shared/golden/all-cnn-c \
+        --golden ../shared/golden/all-cnn-c --golden-pool ../shared/golden/model-c \
         --out allcnn-viz/tests/fixtures/captum-methods.safetensors
 
 Needs torch, captum (0.9), numpy and safetensors.
@@ -226,11 +227,30 @@ def compute(make_net, x, labels):
     return out
 
 
+def compute_pool(make_net, x, labels):
+    """DeepLift's and LRP's max-pool rules on the golden model-c."""
+    net = make_net()
+    out = {
+        "model_c.deep_lift.const0.5": DeepLift(net).attribute(x, baselines=0.5, target=labels),
+        "model_c.deep_lift.const-0.25": DeepLift(net).attribute(x, baselines=-0.25, target=labels),
+    }
+    for name in ("epsilon", "epsilon0.25"):
+        lnet = make_net(pool_module=True)
+        for i, conv in enumerate([m for m in lnet.body if isinstance(m, nn.Conv2d)], 1):
+            conv.rule = LRP_CASES[name](i)
+        out[f"model_c.lrp.{name}"] = LRP(lnet).attribute(x, target=labels)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", required=True, help="`allcnn models --json` output")
     ap.add_argument("--golden", required=True, help="../shared/golden/all-cnn-c")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--golden-pool",
+        help="../shared/golden/model-c: DeepLift's and LRP's max-pool rules on a pooling network",
+    )
     a = ap.parse_args()
     specs = json.load(open(a.spec))
     spec = next(s for s in specs if s["name"] == "all-cnn-c")
@@ -248,6 +268,19 @@ def main():
         compute(maker(jittered(weights, s), torch.float64), x32.double(), labels)
         for s in range(3)
     ]
+    if a.golden_pool:
+        pspec = next(s for s in specs if s["name"] == "model-c")
+        pw = load_file(f"{a.golden_pool}/weights.safetensors")
+        pe = load_file(f"{a.golden_pool}/expected.safetensors")
+        px, plabels = pe["input"], pe["labels"].long()
+
+        def pool_maker(w, dtype):
+            return lambda pool_module=False: build(pspec, w, dtype, pool_module)
+
+        ref.update(compute_pool(pool_maker(pw, torch.float64), px.double(), plabels))
+        f32.update(compute_pool(pool_maker(pw, torch.float32), px, plabels))
+        for s, j in enumerate(jitters):
+            j.update(compute_pool(pool_maker(jittered(pw, s), torch.float64), px.double(), plabels))
     worst, worst_jitter = 0.0, 0.0
     for k, v in ref.items():
         scale = max(v.abs().max().item(), 1e-30)

@@ -45,7 +45,7 @@ impl Default for FeatureMask {
 impl FeatureMask {
     /// The features of every image: for each, the element indices of each
     /// feature (within the image's `C*H*W`), in increasing feature id.
-    fn features(
+    pub(crate) fn features(
         &self,
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Result<Vec<Vec<Vec<usize>>>, VizError> {
@@ -114,18 +114,18 @@ impl FeatureMask {
 
 /// What the perturbation methods share: the input and baseline as host
 /// vectors, and batched target values of modified copies of one image.
-struct Perturbed<'a> {
+pub(crate) struct Perturbed<'a> {
     model: &'a AllCnn,
     x: Tensor,
     target: Target,
     pixels: Vec<f32>,
     base: Vec<f32>,
-    dims: (usize, usize, usize, usize),
+    pub(crate) dims: (usize, usize, usize, usize),
     batch: usize,
 }
 
 impl<'a> Perturbed<'a> {
-    fn new(
+    pub(crate) fn new(
         model: &'a AllCnn,
         input: &Tensor,
         target: &Target,
@@ -160,6 +160,15 @@ impl<'a> Perturbed<'a> {
         c * h * w
     }
 
+    /// Image `i` and its baseline, as host values.
+    pub(crate) fn image(&self, i: usize) -> (&[f32], &[f32]) {
+        let len = self.image_len();
+        (
+            &self.pixels[i * len..(i + 1) * len],
+            &self.base[i * len..(i + 1) * len],
+        )
+    }
+
     /// The target values of the unmodified images.
     fn clean(&self) -> Result<Vec<f32>, VizError> {
         target_values(self.model, &StandardRelu, &self.x, &self.target)?
@@ -170,7 +179,7 @@ impl<'a> Perturbed<'a> {
     /// The target value of image `i` with, for each entry of `present`,
     /// the elements of the features not present set to the baseline.
     /// `present[k]` lists which features of `features` keep their input.
-    fn values(
+    pub(crate) fn values(
         &self,
         i: usize,
         features: &[Vec<usize>],
@@ -206,7 +215,11 @@ impl<'a> Perturbed<'a> {
     }
 
     /// The map `[N, C, H, W]` from one value per feature of every image.
-    fn map(&self, features: &[Vec<Vec<usize>>], scores: &[Vec<f64>]) -> Result<Tensor, VizError> {
+    pub(crate) fn map(
+        &self,
+        features: &[Vec<Vec<usize>>],
+        scores: &[Vec<f64>],
+    ) -> Result<Tensor, VizError> {
         let len = self.image_len();
         let (n, c, h, w) = self.dims;
         let mut map = vec![0f32; n * len];

@@ -4,13 +4,14 @@
 
 use std::sync::Mutex;
 
+use allcnn_models::kernels::pool::max_pool;
 use allcnn_models::kernels::relu::relu_with;
 use allcnn_models::{AllCnn, LayerName, ReluRule};
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
 use crate::integrated::Baseline;
-use crate::methods::{fix_target, model_input, target_values};
+use crate::methods::{fix_target, model_input};
 use crate::relu::BackwardRule;
 use crate::target::Target;
 
@@ -27,8 +28,14 @@ const EPS: f64 = 1e-10;
 /// `x - x0`, so it sums to `T(x) - T(x0)` over each image. Signed,
 /// `[N, C, H, W]`.
 ///
-/// Networks with max-pooling are refused: Captum's max-pool rule is not
-/// implemented here.
+/// Max-pools pass the signal back to each window's maximum, as the
+/// gradient does (DeepLIFT's own choice), which is what Captum 0.9
+/// computes: its max-pool rule (the signal times `(max(y, y0) - y0) /
+/// (x - x0)`, with `y`, `y0` the pooled values) reaches only the units
+/// below whose ReLU inputs at `x` and `x0` are equal, because its ReLU hook
+/// reads the pool's incoming gradient before the rule replaces it. Both
+/// are reproduced, so the maps equal Captum's on networks with max-pooling
+/// too.
 #[derive(Debug, Clone)]
 pub struct DeepLift<'a> {
     model: &'a AllCnn,
@@ -57,7 +64,6 @@ impl<'a> DeepLift<'a> {
     /// shape and a network with max-pooling.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         let model = self.model;
-        check_model(model, "deep-lift")?;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
         let x0 = self
@@ -100,7 +106,6 @@ impl<'a> DeepLiftShap<'a> {
     /// the input's `[C, H, W]` and a network with max-pooling.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         let model = self.model;
-        check_model(model, "deep-lift-shap")?;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
         let (baselines, count) = baseline_set(model, &x, &self.baselines, "DeepLiftShap")?;
@@ -150,25 +155,7 @@ pub(crate) fn baseline_set(
     }
 }
 
-fn check_model(model: &AllCnn, method: &str) -> Result<(), VizError> {
-    let pools = model
-        .layer_names()
-        .iter()
-        .any(|l| matches!(l, LayerName::Pool(_)));
-    if pools {
-        return Err(VizError::UnsupportedModel {
-            method: method.to_string(),
-            model: model.spec().name.clone(),
-            reason: "it has max-pooling layers, and only the rescale rule of ReLUs is \
-                     implemented; use a network without pooling (all-cnn-*, strided-cnn-*) \
-                     or another method"
-                .into(),
-        });
-    }
-    Ok(())
-}
-
-/// Keeps every ReLU's input (detached) on the baseline's pass.
+/// Keeps the input of every ReLU (detached).
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(LayerName, Tensor)>>);
 
@@ -182,51 +169,165 @@ impl ReluRule for Recorder {
     }
 }
 
-/// The rescale rule at every ReLU, against the baseline's ReLU inputs.
-struct Rescale(Vec<(LayerName, Tensor)>);
+/// The halves `[0, n)` and `[n, 2n)` of a batch.
+fn halves(t: &Tensor, n: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    Ok((t.narrow(0, 0, n)?, t.narrow(0, n, n)?))
+}
 
-impl ReluRule for Rescale {
-    fn relu(&self, layer: LayerName, z: &Tensor) -> candle_core::Result<Tensor> {
-        let z0 = self
-            .0
-            .iter()
-            .find(|(l, _)| *l == layer)
-            .map(|(_, t)| t)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no baseline value at {layer}")))?;
-        let zd = z.detach();
-        let y = zd.relu()?;
-        let dz = (&zd - z0)?;
-        let dy = (&y - z0.relu()?)?;
-        let gradient = zd.gt(0.0)?.to_dtype(DType::F32)?;
-        let secant = dz.abs()?.lt(EPS)?.where_cond(&gradient, &(dy / &dz)?)?;
-        // The value of relu(z), with d/dz = the secant slope.
-        let scaled = z.mul(&secant)?;
-        y + (&scaled - scaled.detach())?
+/// `d/da sum(layer(a) * g)`: the layer's transposed map of `g` at `a`.
+fn vjp(
+    a: &Tensor,
+    g: &Tensor,
+    layer: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let var = Var::from_tensor(&a.detach())?;
+    let objective = (layer(var.as_tensor())? * g.detach())?.sum_all()?;
+    let grads = objective.backward()?;
+    match grads.get(var.as_tensor()) {
+        Some(d) => Ok(d.clone()),
+        None => a.zeros_like(),
     }
 }
 
-/// The DeepLift map of `x` against `x0` (both `[N, C, H, W]`, on the
-/// model's device) for a fixed target.
-fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-    let recorder = Recorder::default();
-    model.pass().relu(&recorder).logits(x0)?;
-    let rescale = Rescale(
-        recorder
-            .0
-            .into_inner()
-            .expect("the recorder's lock is never poisoned"),
-    );
-    let var = Var::from_tensor(x).context(|| "the input as a variable".into())?;
-    let objective = target_values(model, &rescale, var.as_tensor(), target)?
-        .sum_all()
-        .context(|| "summing the target over the batch".into())?;
-    let grads = objective
-        .backward()
-        .context(|| "DeepLift's backward pass".into())?;
-    let multipliers = match grads.get(var.as_tensor()) {
-        Some(g) => g.clone(),
-        None => x.zeros_like().context(|| "an all-zero map".into())?,
+/// The rescale rule's multipliers at a ReLU with input `z` (the input half
+/// then the baseline half): the secant slope between the halves, or each
+/// half's own gradient where they are within 1e-10; and where they are.
+fn relu_multipliers(z: &Tensor, n: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let (z1, z0) = halves(z, n)?;
+    let dz = (&z1 - &z0)?;
+    let secant = ((z1.relu()? - z0.relu()?)? / &dz)?;
+    let near = dz.abs()?.lt(EPS)?;
+    let own = |h: &Tensor| -> candle_core::Result<Tensor> {
+        near.where_cond(&h.gt(0.0)?.to_dtype(DType::F32)?, &secant)
     };
+    Ok((
+        Tensor::cat(&[own(&z1)?, own(&z0)?], 0)?,
+        Tensor::cat(&[&near, &near], 0)?,
+    ))
+}
+
+/// A max-pool's signal at its input `a` for `g` at its output: Captum's
+/// max-pool rule (with `y`, `y0` the pooled halves, `u = route_x(g1
+/// (max(y, y0) - y0)) + route_x0(g0 (y - max(y, y0)))` divided by `x - x0`
+/// in both halves, each half's own routing where they are within 1e-10),
+/// and the plain routing of `g` to each window's maximum.
+fn max_pool_rule(a: &Tensor, g: &Tensor, n: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let y = max_pool(a)?;
+    let (y1, y0) = halves(&y, n)?;
+    let top = y1.maximum(&y0)?;
+    let gain = Tensor::cat(&[(&top - &y0)?, (&y1 - &top)?], 0)?;
+    let routed = vjp(a, &(g * gain)?, max_pool)?;
+    let (r1, r0) = halves(&routed, n)?;
+    let u = (r1 + r0)?;
+    let plain = vjp(a, g, max_pool)?;
+    let (o1, o0) = halves(&plain, n)?;
+    let (a1, a0) = halves(a, n)?;
+    let dx = (&a1 - &a0)?;
+    let near = dx.abs()?.lt(EPS)?;
+    let ratio = (&u / &dx)?;
+    let rule = Tensor::cat(
+        &[near.where_cond(&o1, &ratio)?, near.where_cond(&o0, &ratio)?],
+        0,
+    )?;
+    Ok((rule, plain))
+}
+
+/// The DeepLift map of `x` against `x0` (both `[N, C, H, W]`, on the
+/// model's device) for a fixed target. As Captum, the input and the
+/// baseline run as one batch and the signal starts from the target of both
+/// halves (they differ below a max-pool, where each half keeps its own
+/// routing near the baseline).
+fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+    let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
+    let both = Tensor::cat(&[x, x0], 0).context(|| "input and baseline".into())?;
+    let layers = model.spec().spatial_layers();
+    let recorder = Recorder::default();
+    let mut pass = model.pass().relu(&recorder);
+    for l in &layers {
+        pass = pass.capture(l.name);
+    }
+    let acts = pass.run(&both)?;
+    let pre_relu = recorder
+        .0
+        .into_inner()
+        .expect("the recorder's lock is never poisoned");
+    let output = |k: usize| acts.get(layers[k].name).expect("every layer was captured");
+    let input_of = |k: usize| if k == 0 { &both } else { output(k - 1) };
+    let dev = x.device();
+    // The signal at the output of layer `top` (after its ReLU).
+    let (top, mut g) = match target {
+        Target::Class(_) | Target::PerImage(_) => {
+            let last = layers.len() - 1;
+            let (_, classes, h, w) = output(last).dims4().context(|| "class map".into())?;
+            let mut onehot = vec![0f32; 2 * n * classes * h * w];
+            for i in 0..2 * n {
+                let k = match target {
+                    Target::Class(k) => *k,
+                    Target::PerImage(ks) => ks[i % n],
+                    _ => unreachable!("class targets"),
+                } as usize;
+                let plane = (i * classes + k) * h * w;
+                onehot[plane..plane + h * w].fill(1.0 / (h * w) as f32);
+            }
+            let g = Tensor::from_vec(onehot, (2 * n, classes, h, w), dev)
+                .context(|| "the class signal".into())?;
+            (last, g)
+        }
+        Target::Units { layer, units } => {
+            let k = layers
+                .iter()
+                .position(|l| l.name == *layer)
+                .expect("validated layer");
+            let (_, c, h, w) = output(k).dims4().context(|| format!("{layer} shape"))?;
+            let mut mask = vec![0f32; 2 * n * c * h * w];
+            for i in 0..2 * n {
+                let u = units[i % n];
+                mask[((i * c + u.channel) * h + u.y) * w + u.x] = 1.0;
+            }
+            let g = Tensor::from_vec(mask, (2 * n, c, h, w), dev)
+                .context(|| format!("the {layer} unit signal"))?;
+            (k, g)
+        }
+        Target::Unit { .. } | Target::StrongestInChannel { .. } => {
+            unreachable!("fix_target turns unit targets into Units")
+        }
+    };
+    let params = model.parameters();
+    // Below a max-pool: the plain routing of its signal (see DeepLift's
+    // documentation).
+    let mut plain: Option<Tensor> = None;
+    for k in (0..=top).rev() {
+        let layer = &layers[k];
+        let ctx = || format!("DeepLift at {}", layer.name);
+        g = match layer.name {
+            LayerName::Conv(i) => {
+                let z = pre_relu
+                    .iter()
+                    .find(|(l, _)| *l == layer.name)
+                    .map(|(_, z)| z)
+                    .expect("every ReLU was recorded");
+                let (m, near) = relu_multipliers(z, n).context(ctx)?;
+                let g = match plain.take() {
+                    None => &g * &m,
+                    Some(p) => (|| near.where_cond(&(&g * &m)?, &(p * &m)?))(),
+                }
+                .context(ctx)?;
+                let (w, b) = (&params[2 * (i - 1)].1, &params[2 * (i - 1) + 1].1);
+                vjp(input_of(k), &g, |t| {
+                    model
+                        .convolve(t, w, b, layer.stride, layer.padding)
+                        .map_err(candle_core::Error::wrap)
+                })
+                .context(ctx)?
+            }
+            LayerName::Pool(_) => {
+                let (rule, routed) = max_pool_rule(input_of(k), &g, n).context(ctx)?;
+                plain = Some(routed);
+                rule
+            }
+        };
+    }
+    let multipliers = g.narrow(0, 0, n).context(|| "the input half".into())?;
     (x - x0)
         .and_then(|d| d * multipliers)
         .context(|| "multipliers times (input - baseline)".into())

@@ -109,16 +109,6 @@ pub enum VizError {
         /// Why, and what to do instead.
         reason: String,
     },
-    /// A method cannot explain this network.
-    #[error("{method} cannot explain `{model}`: {reason}")]
-    UnsupportedModel {
-        /// The method.
-        method: String,
-        /// The network's name.
-        model: String,
-        /// Why, and what to do instead.
-        reason: String,
-    },
     /// The top-activation scan saw no images.
     #[error("the top-activation scan saw no images; nothing to reconstruct")]
     EmptyScan,

@@ -29,7 +29,8 @@
 //! has), [`Occlusion`], [`DeepLift`] and [`DeepLiftShap`] (rescale rule),
 //! seeded [`GradientShap`], [`Lrp`] (epsilon, gamma and alpha1-beta0 rules per convolution, or an
 //! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
-//! [`FeatureMask`], and seeded [`ShapleyValueSampling`]; [`SmoothGrad`]
+//! [`FeatureMask`], and seeded [`ShapleyValueSampling`], [`KernelShap`] and
+//! [`Lime`]; [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
 //!
@@ -121,6 +122,7 @@ mod relu;
 pub mod render;
 mod sanity;
 mod smooth;
+mod surrogate;
 mod target;
 mod top;
 
@@ -146,6 +148,7 @@ pub use sanity::{
     Similarity, Verdict,
 };
 pub use smooth::{NoiseAggregation, NoiseLevel, SmoothGrad, SmoothOptions};
+pub use surrogate::{KernelShap, Lime};
 pub use target::{labels_vec, layer_shape, predict, predicted_classes, Target, TargetSpec, Unit};
 pub use top::{Candidate, TopActivations, TopEntry, TopFigure, TopRow};
 

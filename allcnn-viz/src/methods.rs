@@ -17,6 +17,7 @@ use crate::lrp::{Lrp, LrpComposite};
 use crate::occlusion::Occlusion;
 use crate::relu::{BackwardRule, RuleReluAll};
 use crate::smooth::{SmoothGrad, SmoothOptions};
+use crate::surrogate::{KernelShap, Lime};
 use crate::target::{argmax_first, layer_shape, Target, Unit};
 
 /// An attribution method: maps an input batch and a [`Target`] to one map
@@ -183,6 +184,14 @@ pub enum Method {
     /// 4x4), [`MethodOptions::samples`] orders seeded by
     /// [`MethodOptions::seed`].
     ShapleyValueSampling,
+    /// [`KernelShap`] of [`MethodOptions::patch`] patches (default 4x4),
+    /// 8 x [`MethodOptions::samples`] coalitions (200 by default), seeded by
+    /// [`MethodOptions::seed`].
+    KernelShap,
+    /// [`Lime`] of [`MethodOptions::patch`] patches (default 4x4),
+    /// 8 x [`MethodOptions::samples`] patterns, seeded by
+    /// [`MethodOptions::seed`].
+    Lime,
 }
 
 /// The settings of the methods that have any, for [`Method::attribute_with`].
@@ -214,7 +223,7 @@ pub struct MethodOptions {
     /// values, 4x4 otherwise).
     pub patch: Option<(usize, usize)>,
     /// Shapley value sampling: random feature orders; GradientShap: draws
-    /// per image.
+    /// per image; KernelShap and Lime: an eighth of the samples.
     pub samples: usize,
     /// DeepLiftShap and GradientShap: how many baselines.
     pub shap_baselines: usize,
@@ -271,7 +280,7 @@ pub struct MethodInfo {
 }
 
 /// The method table, in the order of the comparison figure.
-pub const METHODS: [MethodInfo; 16] = [
+pub const METHODS: [MethodInfo; 18] = [
     MethodInfo {
         method: Method::Gradient,
         name: "gradient",
@@ -384,6 +393,20 @@ pub const METHODS: [MethodInfo; 16] = [
         short: "shap-smp",
         signed: true,
     },
+    MethodInfo {
+        method: Method::KernelShap,
+        name: "kernel-shap",
+        aliases: &["kernelshap"],
+        short: "k-shap",
+        signed: true,
+    },
+    MethodInfo {
+        method: Method::Lime,
+        name: "lime",
+        aliases: &[],
+        short: "lime",
+        signed: true,
+    },
 ];
 
 impl Method {
@@ -412,7 +435,7 @@ impl Method {
     /// The command-line name: `gradient`, `saliency`, `guided-backprop`,
     /// `deconvnet`, `input-x-gradient`, `grad-cam`, `guided-grad-cam`, `integrated-gradients`,
     /// `occlusion`, `deep-lift`, `deep-lift-shap`, `gradient-shap`, `lrp`, `feature-ablation`,
-    /// `shapley-values`, `shapley-value-sampling`.
+    /// `shapley-values`, `shapley-value-sampling`, `kernel-shap`, `lime`.
     pub fn name(self) -> &'static str {
         self.info().name
     }
@@ -514,6 +537,20 @@ impl Method {
                 .mask(patches(o.patch.unwrap_or((4, 4))))
                 .baseline(Baseline::Constant(o.baseline))
                 .samples(o.samples)
+                .seed(o.seed)
+                .batch(o.batch)
+                .attribute(input, target),
+            Method::KernelShap => KernelShap::new(model)
+                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .baseline(Baseline::Constant(o.baseline))
+                .samples(8 * o.samples)
+                .seed(o.seed)
+                .batch(o.batch)
+                .attribute(input, target),
+            Method::Lime => Lime::new(model)
+                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .baseline(Baseline::Constant(o.baseline))
+                .samples(8 * o.samples)
                 .seed(o.seed)
                 .batch(o.batch)
                 .attribute(input, target),

@@ -337,7 +337,7 @@ fn every_method_runs_by_name_with_the_input_shape() {
         let finite = flat(&map).iter().all(|v| v.is_finite());
         assert!(finite, "{m}: non-finite values");
     }
-    let err = "lime".parse::<Method>().unwrap_err().to_string();
+    let err = "anchors".parse::<Method>().unwrap_err().to_string();
     assert!(
         err.contains("grad-cam") && err.contains("occlusion"),
         "{err}"

@@ -314,3 +314,32 @@ fn lrp_matches_captum_for_every_rule() {
         check(name, &got, &want);
     }
 }
+
+#[test]
+fn deep_lift_and_lrp_match_captum_through_max_pools() {
+    let Some(g) = Golden::load("model-c") else {
+        return;
+    };
+    let want = fixture();
+    let labels: Vec<u32> = g.labels().to_vec1().unwrap();
+    let target = Target::PerImage(labels);
+    let model = &g.weights.model;
+    let input = g.get("input");
+    for b in [0.5f32, -0.25] {
+        let got = DeepLift::new(model)
+            .baseline(Baseline::Constant(b))
+            .attribute(input, &target)
+            .unwrap();
+        check(&format!("model_c.deep_lift.const{b}"), &got, &want);
+    }
+    check(
+        "model_c.lrp.epsilon",
+        &Lrp::new(model).attribute(input, &target).unwrap(),
+        &want,
+    );
+    let got = Lrp::new(model)
+        .composite(LrpComposite::Uniform(LrpRule::Epsilon(0.25)))
+        .attribute(input, &target)
+        .unwrap();
+    check("model_c.lrp.epsilon0.25", &got, &want);
+}

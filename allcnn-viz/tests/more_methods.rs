@@ -5,10 +5,11 @@
 
 mod common;
 
-use allcnn_models::{AllCnn, ArchSpec, Init};
+use allcnn_models::AllCnn;
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
-    Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
+    KernelShap, Lime, Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target,
+    VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::{conv1x1, model_from};
@@ -93,7 +94,7 @@ fn deep_lift_is_complete_and_shap_averages_it() {
 }
 
 #[test]
-fn deep_lift_by_hand_and_refused_on_max_pool_networks() {
+fn deep_lift_by_hand() {
     // T = mean(relu(2x + 0.5)) against a zero baseline (z0 = 0.5 > 0): a
     // pixel with 2x + 0.5 > 0 gets 2x/16; below, the secant slope of the
     // ReLU between z0 and z is (0 - 0.5) / (z - 0.5), so x * 2 * that / 16.
@@ -110,18 +111,6 @@ fn deep_lift_by_hand_and_refused_on_max_pool_networks() {
         let want = v * 2.0 * slope / 16.0;
         assert!((g - want).abs() < 1e-6, "x {v}: got {g}, want {want}");
     }
-    let model_c = AllCnn::init(
-        ArchSpec::by_name("model-c", 10).unwrap(),
-        Init::HeNormal,
-        0,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let err = DeepLift::new(&model_c)
-        .attribute(&common::noise(1, 0), &Target::Class(0))
-        .unwrap_err();
-    assert!(matches!(err, VizError::UnsupportedModel { .. }), "{err}");
-    assert!(err.to_string().contains("max-pool"), "{err}");
 }
 
 #[test]
@@ -459,6 +448,108 @@ fn gradient_shap_by_hand_and_complete_in_expectation() {
     }
     let err = GradientShap::new(&model, baselines)
         .stdev(-1.0)
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn kernel_shap_and_lime_recover_an_additive_network_and_kernel_shap_is_exact_when_enumerated() {
+    // Additive T: any full-rank weighted fit is exact, so both surrogates
+    // give each feature its own effect.
+    let tiny = doubling(0.25);
+    let x = ramp();
+    let base = -0.1f32;
+    let patch = FeatureMask::Patches {
+        height: 2,
+        width: 3,
+    };
+    let own = |v: f32| (2.0 * v + 0.25).max(0.0) / 16.0;
+    let xs = flat(&x);
+    let feature = |p: usize| (p / 4 / 2) * 2 + (p % 4) / 3;
+    let want: Vec<f32> = (0..16)
+        .map(|p| {
+            (0..16)
+                .filter(|&q| feature(q) == feature(p))
+                .map(|q| own(xs[q]) - own(base))
+                .sum()
+        })
+        .collect();
+    let target = Target::Class(0);
+    let b = Baseline::Constant(base);
+    let maps = [
+        KernelShap::new(&tiny)
+            .mask(patch.clone())
+            .baseline(b.clone())
+            .samples(6)
+            .seed(2)
+            .attribute(&x, &target)
+            .unwrap(),
+        Lime::new(&tiny)
+            .mask(patch.clone())
+            .baseline(b.clone())
+            .ridge(0.0)
+            .samples(40)
+            .seed(2)
+            .batch(16)
+            .attribute(&x, &target)
+            .unwrap(),
+    ];
+    for map in &maps {
+        for (g, w) in flat(map).iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "got {g}, want {w}");
+        }
+    }
+    // All 14 coalitions of 4 features with their kernel weights: the exact
+    // Shapley values of a real network.
+    let model = common::all_cnn_c(8);
+    let x = common::noise(2, 41);
+    let target = Target::PerImage(vec![3, 9]);
+    let quads = FeatureMask::Patches {
+        height: 16,
+        width: 16,
+    };
+    let exact = ShapleyValues::new(&model).attribute(&x, &target).unwrap();
+    let kernel = KernelShap::new(&model)
+        .mask(quads.clone())
+        .samples(14)
+        .attribute(&x, &target)
+        .unwrap();
+    let scale = flat(&exact).iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in flat(&kernel).iter().zip(flat(&exact)) {
+        assert!((a - b).abs() <= 1e-4 * scale, "kernel {a} vs exact {b}");
+    }
+    // Sampled: anchored to the empty and full coalitions, so efficient.
+    let fx = logits(&model, &x);
+    let f0 = logits(&model, &x.zeros_like().unwrap());
+    let sampled = KernelShap::new(&model)
+        .samples(100)
+        .seed(4)
+        .attribute(&x, &target)
+        .unwrap();
+    // 64 features of 4x4 patches over 3 channels: the map's sum is 48
+    // times the sum of the feature values.
+    for (i, (k, s)) in [3usize, 9].iter().zip(sums(&sampled)).enumerate() {
+        close(
+            s / 48.0,
+            fx[i][*k] - f0[i][*k],
+            1e-3,
+            "KernelShap efficiency",
+        );
+    }
+    // Seeded; a bad kernel width is refused.
+    let lime = |seed: u64| {
+        Lime::new(&model)
+            .mask(quads.clone())
+            .samples(20)
+            .seed(seed)
+            .attribute(&x, &target)
+            .unwrap()
+    };
+    assert_eq!(flat(&lime(1)), flat(&lime(1)));
+    assert_ne!(flat(&lime(1)), flat(&lime(2)));
+    let err = Lime::new(&model)
+        .kernel_width(0.0)
         .attribute(&x, &target)
         .unwrap_err();
     assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
