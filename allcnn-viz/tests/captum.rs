@@ -52,16 +52,6 @@ fn check(name: &str, got: &Tensor, want: &HashMap<String, Tensor>) {
         .unwrap();
     assert!(max > 0.0, "{name}: the fixture is all zero");
     assert_close(name, got, want, TOL);
-    // The figure docs/visualization.md quotes (`--nocapture` shows it).
-    let err = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    eprintln!("{name}: max relative error {:.1e}", err / max);
 }
 
 #[test]
