@@ -441,11 +441,11 @@ impl AllCnn {
     /// candle's autograd: the training-mode forward (dropout masks from
     /// `rng`, drawn exactly as [`AllCnn::forward_train`] draws them), the
     /// mean softmax cross-entropy with `labels`, and the gradient of every
-    /// parameter. The same convolutions, ReLU masks and bias sums as the
-    /// autograd path, but no gradient buffer is zero-filled and then added
-    /// to, and dropout's backward is one multiply. `None` where this path
-    /// does not apply (another device or dtype, [`ConvBackend::Candle`], a
-    /// network with max-pooling): use [`AllCnn::forward_train`], the loss and
+    /// parameter. The same convolutions, ReLU masks, max-pool routing and
+    /// bias sums as the autograd path, but no gradient buffer is zero-filled
+    /// and then added to, and dropout's backward is one multiply. `None`
+    /// where this path does not apply (another device or dtype,
+    /// [`ConvBackend::Candle`]): use [`AllCnn::forward_train`], the loss and
     /// candle's `backward` there.
     ///
     /// # Errors
@@ -466,8 +466,7 @@ impl AllCnn {
             && self
                 .convs
                 .iter()
-                .all(|c| cpu_f32(&c.weight) && cpu_f32(&c.bias))
-            && !self.spec.layers.iter().any(|l| matches!(l, Layer::MaxPool));
+                .all(|c| cpu_f32(&c.weight) && cpu_f32(&c.bias));
         if !eligible {
             return Ok(None);
         }
@@ -500,6 +499,10 @@ impl AllCnn {
                 index: usize,
                 conv: DirectConv,
                 input: usize,
+            },
+            Pool {
+                input: usize,
+                dims: (usize, usize, usize, usize),
             },
         }
         let data = |t: &Tensor, what: &str| -> Result<Vec<f32>, ModelError> {
@@ -545,7 +548,17 @@ impl AllCnn {
                     params.push((weight, bias));
                     steps.push(Step::Conv { index, conv, input });
                 }
-                Layer::MaxPool => unreachable!("networks with max-pooling were sent elsewhere"),
+                Layer::MaxPool => {
+                    let input = acts.len() - 1;
+                    let [pn, pc, ph, pw] = dims;
+                    let y = pool::cpu_pool(&acts[input], (pn, pc, ph, pw));
+                    dims = [pn, pc, pool::pooled_size(ph), pool::pooled_size(pw)];
+                    acts.push(y);
+                    steps.push(Step::Pool {
+                        input,
+                        dims: (pn, pc, ph, pw),
+                    });
+                }
             }
         }
 
@@ -595,6 +608,9 @@ impl AllCnn {
                     grad.par_chunks_mut(4096)
                         .zip(mask.par_chunks(4096))
                         .for_each(|(g, m)| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m));
+                }
+                Step::Pool { input, dims } => {
+                    grad = pool::cpu_pool_backward(&acts[*input], &grad, *dims);
                 }
                 Step::Conv { index, conv, input } => {
                     let p = &self.convs[*index];

@@ -55,7 +55,7 @@ fn parses_every_form_and_round_trips() {
         Method::GuidedBackprop
     );
     assert_eq!("deconvnet".parse::<Method>().unwrap(), Method::Deconvnet);
-    let err = "lrp".parse::<Method>().unwrap_err().to_string();
+    let err = "anchors".parse::<Method>().unwrap_err().to_string();
     assert!(
         err.contains("gradient, saliency, deconvnet, guided-backprop, input-x-gradient, grad-cam"),
         "{err}"

@@ -188,7 +188,10 @@ fn for_each_argmax<T: WithDType>(plane: &[T], h: usize, w: usize, mut f: impl Fn
     }
 }
 
-fn cpu_pool<T: WithDType + Send + Sync>(x: &[T], dims: (usize, usize, usize, usize)) -> Vec<T> {
+pub(crate) fn cpu_pool<T: WithDType + Send + Sync>(
+    x: &[T],
+    dims: (usize, usize, usize, usize),
+) -> Vec<T> {
     let (n, c, h, w) = dims;
     let (ho, wo) = (pooled_size(h), pooled_size(w));
     let mut out = vec![T::zero(); n * c * ho * wo];
@@ -211,7 +214,7 @@ fn cpu_switches<T: WithDType + Send + Sync>(
     out
 }
 
-fn cpu_pool_backward<T: WithDType + Send + Sync>(
+pub(crate) fn cpu_pool_backward<T: WithDType + Send + Sync>(
     x: &[T],
     grad: &[T],
     dims: (usize, usize, usize, usize),
