@@ -29,6 +29,11 @@ pub struct Args {
     /// still lists every row.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...", value_parser = crate::values::model_name())]
     models: Vec<String>,
+    /// When every class map of a row dies, move its run aside
+    /// (OUT/<model>.dead-seed-S) and start it again with the next seed, up
+    /// to N times; a rerun resumes the retried run.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    retries: u32,
     #[command(flatten)]
     device: crate::device::DeviceArg,
     /// Print the final report as JSON on stdout (progress stays on stderr).
@@ -87,6 +92,7 @@ pub fn run(args: &Args) -> Result<()> {
     options.overrides = args.set.clone();
     options.models = args.models.clone();
     options.command = Some(command_line());
+    options.retries = args.retries;
     let device = args.device.open()?;
     let mut trainer = Trainer::builder()
         .device(device)

@@ -170,7 +170,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             Err(allcnn_train::TrainError::DeadClassMaps { since, .. })
                 if attempt < args.retries =>
             {
-                let graveyard = dead_run_dir(out, config.seed);
+                let graveyard = allcnn_train::dead_run_dir(out, config.seed);
                 std::fs::rename(out, &graveyard)
                     .with_context(|| format!("moving the dead run {} aside", out.display()))?;
                 eprintln!(
@@ -192,22 +192,6 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             result => return report(&result?, args.json),
         }
     }
-}
-
-/// `OUT.dead-seed-S` beside `OUT` (also for `--out run/`), or
-/// `OUT.dead-seed-S.K` for the first K that is free.
-fn dead_run_dir(out: &std::path::Path, seed: u64) -> PathBuf {
-    let name = out
-        .file_name()
-        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
-    let base = format!("{name}.dead-seed-{seed}");
-    let mut candidate = out.with_file_name(&base);
-    let mut k = 1;
-    while candidate.exists() {
-        candidate = out.with_file_name(format!("{base}.{k}"));
-        k += 1;
-    }
-    candidate
 }
 
 fn print_grid(g: &allcnn_train::grid::GridReport) {

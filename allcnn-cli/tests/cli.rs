@@ -913,6 +913,77 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
 /// `reproduce`: a row whose class maps all die is recorded as failed with
 /// the error, and the next row trains.
 #[test]
+fn reproduce_retries_a_dead_row_with_the_next_seed_and_resumes_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let out = dir.path().join("t3");
+    let run = |retries: &str| {
+        allcnn(&[
+            "reproduce",
+            "table3",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--models",
+            "all-cnn-a",
+            "--epochs",
+            "4",
+            "--retries",
+            retries,
+            "--json",
+            "batch_size=4",
+            "lr=30",
+            "dead_patience_steps=2",
+            "data.preprocessing=standardize",
+        ])
+    };
+    let o = run("1");
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "all-cnn-a")
+        .unwrap()
+        .clone();
+    let seed = row["config"]["seed"].as_u64().unwrap();
+    // The first try died and was moved aside; the retry (the next seed)
+    // died too and is the row's run.
+    assert!(
+        out.join(format!("all-cnn-a.dead-seed-{}", seed - 1))
+            .join("config.toml")
+            .is_file(),
+        "{err}"
+    );
+    assert!(err.contains(&format!("retrying with seed {seed}")), "{err}");
+    assert_eq!(row["status"], "failed", "{report}");
+    let config = std::fs::read_to_string(out.join("all-cnn-a/config.toml")).unwrap();
+    assert!(config.contains(&format!("seed = {seed}")), "{config}");
+    // A rerun takes the retried run as the row's (no "other settings"),
+    // resumes it, and it dies again.
+    let o = run("0");
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(!err.contains("other settings"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = &report["rows"].as_array().unwrap()[0];
+    assert!(
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["model"] == "all-cnn-a"
+                && r["config"]["seed"].as_u64() == Some(seed)
+                && r["status"] == "failed"),
+        "{row}"
+    );
+}
+
+#[test]
 fn reproduce_records_a_dead_row_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -1185,3 +1185,27 @@ fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
     }
     Ok(())
 }
+
+/// Where a run whose class maps all died is moved before a retry:
+/// `OUT.dead-seed-S` beside `OUT` (also for `out` given as `run/`), or
+/// `OUT.dead-seed-S.K` for the first `K` that is free.
+pub fn dead_run_dir(out: &Path, seed: u64) -> PathBuf {
+    let base = first_dead_run_dir(out, seed);
+    let mut candidate = base.clone();
+    let mut k = 1;
+    while candidate.exists() {
+        let mut name = base.as_os_str().to_owned();
+        name.push(format!(".{k}"));
+        candidate = PathBuf::from(name);
+        k += 1;
+    }
+    candidate
+}
+
+/// `OUT.dead-seed-S` beside `OUT`, whether or not it exists.
+pub(crate) fn first_dead_run_dir(out: &Path, seed: u64) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}.dead-seed-{seed}"))
+}

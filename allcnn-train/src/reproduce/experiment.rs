@@ -211,6 +211,10 @@ pub struct ReproduceOptions {
     pub models: Vec<String>,
     /// The command line, recorded in the report.
     pub command: Option<String>,
+    /// How often a row whose class maps all die restarts with the next
+    /// seed (its dead run moved to `<model>.dead-seed-S`); 0: the row is
+    /// recorded as failed at once.
+    pub retries: u32,
 }
 
 impl ReproduceOptions {
@@ -225,6 +229,7 @@ impl ReproduceOptions {
             overrides: Vec::new(),
             models: Vec::new(),
             command: None,
+            retries: 0,
         }
     }
 

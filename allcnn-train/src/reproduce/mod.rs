@@ -159,8 +159,11 @@ pub fn reproduce(
     let mut rows = Vec::new();
     let mut found = Vec::new();
     for pr in &paper_rows {
-        let config = options.config(pr)?;
+        let mut config = options.config(pr)?;
         let dir = options.out.join(&pr.model);
+        if let Some(seed) = retried_seed(&dir, &config)? {
+            config.seed = seed;
+        }
         let f = inspect(&dir, &config, exp)?;
         let row = initial_row(pr, config, &f, &previous_wall);
         rows.push(row);
@@ -259,38 +262,69 @@ pub fn reproduce(
         write(&mut report, on_event)?;
 
         let t0 = Instant::now();
-        let config = report.rows[i].config.clone();
+        let mut config = report.rows[i].config.clone();
         let mut notes = Vec::new();
-        let result = (|| -> Result<RunSummary, TrainError> {
-            let same = cache
-                .as_ref()
-                .is_some_and(|(d, s, _, _)| same_data(d, &config.data) && *s == config.seed);
-            if !same {
-                let data = TrainData::open(&options.data, &config.data, config.seed)?;
-                if data.classes() != exp.classes() {
-                    let w = format!(
+        let mut action = action;
+        let mut attempt = 0;
+        let result = loop {
+            let result = (|| -> Result<RunSummary, TrainError> {
+                let same = cache
+                    .as_ref()
+                    .is_some_and(|(d, s, _, _)| same_data(d, &config.data) && *s == config.seed);
+                if !same {
+                    let data = TrainData::open(&options.data, &config.data, config.seed)?;
+                    if data.classes() != exp.classes() {
+                        let w = format!(
                         "the data at {} have {} classes, the paper's {exp} data {}: our errors are not comparable with the paper's",
                         options.data.display(),
                         data.classes(),
                         exp.classes()
                     );
+                        on_event(&ReproduceEvent::Warning(w.clone()));
+                        notes.push(w);
+                    }
+                    cache = Some((config.data.clone(), config.seed, data, None));
+                }
+                let (_, _, data, pre) = cache.as_mut().expect("data opened above");
+                match action {
+                    ModelAction::Resume { .. } => trainer.resume(&dir, Some(data)),
+                    _ => {
+                        if pre.is_none() {
+                            on_event(&ReproduceEvent::FittingPreprocessing);
+                            *pre = Some(fit_preprocessing(&config.data, data.train.as_ref())?);
+                        }
+                        trainer.train_with_preprocessing(&config, data, &dir, pre.as_ref())
+                    }
+                }
+            })();
+            match &result {
+                Err(TrainError::DeadClassMaps { since, .. }) if attempt < options.retries => {
+                    let graveyard = crate::trainer::dead_run_dir(&dir, config.seed);
+                    std::fs::rename(&dir, &graveyard).map_err(|e| TrainError::Reproduce {
+                        experiment: exp.name().into(),
+                        path: dir.clone(),
+                        reason: format!(
+                            "moving the dead run aside to {}: {e}",
+                            graveyard.display()
+                        ),
+                    })?;
+                    attempt += 1;
+                    let w = format!(
+                    "{model}: every class map died from step {since} with seed {}; the run is kept in {}; retrying with seed {} ({attempt} of {} retries)",
+                    config.seed,
+                    graveyard.display(),
+                    config.seed + 1,
+                    options.retries
+                );
                     on_event(&ReproduceEvent::Warning(w.clone()));
                     notes.push(w);
+                    config.seed += 1;
+                    report.rows[i].config.seed = config.seed;
+                    action = ModelAction::Start;
                 }
-                cache = Some((config.data.clone(), config.seed, data, None));
+                _ => break result,
             }
-            let (_, _, data, pre) = cache.as_mut().expect("data opened above");
-            match action {
-                ModelAction::Resume { .. } => trainer.resume(&dir, Some(data)),
-                _ => {
-                    if pre.is_none() {
-                        on_event(&ReproduceEvent::FittingPreprocessing);
-                        *pre = Some(fit_preprocessing(&config.data, data.train.as_ref())?);
-                    }
-                    trainer.train_with_preprocessing(&config, data, &dir, pre.as_ref())
-                }
-            }
-        })();
+        };
         for n in notes {
             if !report.notes.contains(&n) {
                 report.notes.push(n);
@@ -501,6 +535,26 @@ fn same_data(a: &DataConfig, b: &DataConfig) -> bool {
     a.workers = 0;
     b.workers = 0;
     a == b
+}
+
+/// The seed of the run in `dir` when it is a retry of `config`'s row (by
+/// `retries`): its checkpoint differs from `config` only in a later seed,
+/// and the first try's dead run lies beside it (`<dir>.dead-seed-S`).
+fn retried_seed(dir: &Path, config: &TrainConfig) -> Result<Option<u64>, TrainError> {
+    let ckpt = dir.join(files::CHECKPOINT);
+    if !ckpt.is_file() || !crate::trainer::first_dead_run_dir(dir, config.seed).exists() {
+        return Ok(None);
+    }
+    let state = Checkpoint::read(&ckpt)?.state;
+    let theirs = TrainConfig::from_toml(&state.config, &ckpt.display().to_string())?;
+    if theirs.seed <= config.seed {
+        return Ok(None);
+    }
+    let mut same = config.clone();
+    same.seed = theirs.seed;
+    Ok(config_differences(&theirs, &same)
+        .is_empty()
+        .then_some(theirs.seed))
 }
 
 /// What `dir` holds for `config`.
