@@ -11,6 +11,40 @@ use crate::integrated::Baseline;
 use crate::methods::{fix_target, image_target, model_input, target_values};
 use crate::target::Target;
 
+/// The setters every feature method shares: `mask`, `baseline`, `batch`.
+macro_rules! feature_setters {
+    () => {
+        /// The features.
+        pub fn mask(mut self, mask: FeatureMask) -> Self {
+            self.mask = mask;
+            self
+        }
+
+        /// The values of a feature that is switched off (ablated, absent).
+        pub fn baseline(mut self, baseline: Baseline) -> Self {
+            self.baseline = baseline;
+            self
+        }
+
+        /// Images per forward pass (at least 1).
+        pub fn batch(mut self, batch: usize) -> Self {
+            self.batch = batch.max(1);
+            self
+        }
+    };
+}
+
+/// The seed setter of the sampling methods.
+macro_rules! seed_setter {
+    () => {
+        /// The seed of the random draws: the same seed gives the same map.
+        pub fn seed(mut self, seed: u64) -> Self {
+            self.seed = seed;
+            self
+        }
+    };
+}
+
 /// The most features [`ShapleyValues`] enumerates (`2^n` forward passes
 /// per image); beyond it use [`ShapleyValueSampling`].
 pub const MAX_EXACT_FEATURES: usize = 12;
@@ -258,23 +292,7 @@ impl<'a> FeatureAblation<'a> {
         }
     }
 
-    /// The features.
-    pub fn mask(mut self, mask: FeatureMask) -> Self {
-        self.mask = mask;
-        self
-    }
-
-    /// The values an ablated feature takes.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
-
-    /// Images per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    feature_setters!();
 
     /// See [`crate::Attribute::attribute`].
     ///
@@ -337,23 +355,7 @@ impl<'a> ShapleyValues<'a> {
         }
     }
 
-    /// The features (at most [`MAX_EXACT_FEATURES`] per image).
-    pub fn mask(mut self, mask: FeatureMask) -> Self {
-        self.mask = mask;
-        self
-    }
-
-    /// The values of an absent feature.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
-
-    /// Images per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    feature_setters!();
 
     /// See [`crate::Attribute::attribute`].
     ///
@@ -436,17 +438,7 @@ impl<'a> ShapleyValueSampling<'a> {
         }
     }
 
-    /// The features.
-    pub fn mask(mut self, mask: FeatureMask) -> Self {
-        self.mask = mask;
-        self
-    }
-
-    /// The values of an absent feature.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
+    feature_setters!();
 
     /// How many random orders (at least 1).
     pub fn samples(mut self, samples: usize) -> Self {
@@ -454,17 +446,7 @@ impl<'a> ShapleyValueSampling<'a> {
         self
     }
 
-    /// The seed of the orders: the same seed gives the same map.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Images per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    seed_setter!();
 
     /// See [`crate::Attribute::attribute`].
     ///

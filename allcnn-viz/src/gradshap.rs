@@ -57,11 +57,7 @@ impl<'a> GradientShap<'a> {
         self
     }
 
-    /// The seed of the draws: the same seed gives the same map.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
+    seed_setter!();
 
     /// Images per backward pass (at least 1).
     pub fn batch(mut self, batch: usize) -> Self {

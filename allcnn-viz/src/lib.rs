@@ -107,6 +107,7 @@
 //! ```
 #![warn(missing_docs)]
 
+#[macro_use]
 mod ablation;
 mod cam;
 mod deeplift;

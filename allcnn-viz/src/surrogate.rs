@@ -53,17 +53,7 @@ impl<'a> Lime<'a> {
         }
     }
 
-    /// The features.
-    pub fn mask(mut self, mask: FeatureMask) -> Self {
-        self.mask = mask;
-        self
-    }
-
-    /// The values of a feature switched off.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
+    feature_setters!();
 
     /// Random patterns per image (at least 1).
     pub fn samples(mut self, samples: usize) -> Self {
@@ -83,17 +73,7 @@ impl<'a> Lime<'a> {
         self
     }
 
-    /// The seed of the patterns.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Images per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    seed_setter!();
 
     /// See [`crate::Attribute::attribute`].
     ///
@@ -173,17 +153,7 @@ impl<'a> KernelShap<'a> {
         }
     }
 
-    /// The features.
-    pub fn mask(mut self, mask: FeatureMask) -> Self {
-        self.mask = mask;
-        self
-    }
-
-    /// The values of an absent feature.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
+    feature_setters!();
 
     /// Coalitions per image besides the empty and the full one (at least
     /// 1; `2^n - 2` or more enumerates them all).
@@ -192,17 +162,7 @@ impl<'a> KernelShap<'a> {
         self
     }
 
-    /// The seed of the coalitions.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Images per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    seed_setter!();
 
     /// See [`crate::Attribute::attribute`].
     ///
