@@ -11,21 +11,7 @@ use allcnn_viz::{
     VizError,
 };
 use candle_core::{Device, Tensor};
-use common::{conv1x1, model_from};
-
-/// One 1x1 convolution with weight 2 and bias `bias` on a 1-channel 4x4
-/// image, one class: `T(x) = mean(relu(2x + bias))`.
-fn doubling(bias: f32) -> AllCnn {
-    model_from(
-        1,
-        4,
-        vec![conv1x1(1)],
-        vec![
-            ("conv1.weight", vec![2.0], vec![1, 1, 1, 1]),
-            ("conv1.bias", vec![bias], vec![1]),
-        ],
-    )
-}
+use common::doubling;
 
 /// Pixels i/8, except every fifth, which is `negative`.
 fn image(negative: f32) -> Tensor {

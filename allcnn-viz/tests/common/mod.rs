@@ -48,6 +48,20 @@ pub fn model_from(
     AllCnn::from_tensors(spec, tensors, "test", &Device::Cpu).unwrap()
 }
 
+/// One 1x1 convolution with weight 2 and bias `bias` on a 1-channel 4x4
+/// image, one class: `T(x) = mean(relu(2x + bias))`.
+pub fn doubling(bias: f32) -> AllCnn {
+    model_from(
+        1,
+        4,
+        vec![conv1x1(1)],
+        vec![
+            ("conv1.weight", vec![2.0], vec![1, 1, 1, 1]),
+            ("conv1.bias", vec![bias], vec![1]),
+        ],
+    )
+}
+
 /// `n` images `[n, 3, 32, 32]` of seeded standard normal noise.
 pub fn noise(n: usize, seed: u64) -> Tensor {
     use rand::SeedableRng;
