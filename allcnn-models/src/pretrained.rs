@@ -42,7 +42,9 @@ use crate::weights::{write_atomic, WeightsFile};
 #[non_exhaustive]
 pub enum AllCnnC {
     /// Trained by allcnn on CIFAR-10 with the paper's protocol (GCN + ZCA,
-    /// no augmentation); see [`AllCnnC::info`] for its accuracy and budget.
+    /// dropout, SGD with momentum), in stages on a CPU, the last ones with
+    /// the paper's flips and translations; see [`AllCnnC::info`] for its
+    /// accuracy and budget.
     Cifar10,
 }
 
