@@ -6,7 +6,9 @@ Makes `allcnn-viz/tests/fixtures/captum-methods.safetensors`, which
 and without `relu_attributions`), Guided Grad-CAM, Integrated Gradients
 (Gauss-Legendre and the four Riemann rules, zero and constant baselines;
 only configurations that pass the golden README's jitter rule, see IG_CASES) and
-Occlusion (whole and edge-cropped windows), DeepLift (zero and constant
+Occlusion (whole and edge-cropped windows), LayerActivation,
+LayerGradientXActivation and LayerIntegratedGradients (conv6, conv8),
+DeepLift (zero and constant
 baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
 ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
 and a composite of them), each for the labels of the golden images, in
@@ -38,6 +40,9 @@ import torch.nn as nn
 from captum.attr import (
     LRP,
     DeepLift,
+    LayerActivation,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
     DeepLiftShap,
     FeatureAblation,
     GuidedGradCam,
@@ -202,6 +207,18 @@ def compute(make_net, x, labels):
         baselines=0.25,
         target=labels,
     )
+    for layer in ("conv6", "conv8"):
+        relu = net.relus[layer]
+        out[f"layer_activation.{layer}"] = LayerActivation(net, relu).attribute(x)
+        out[f"layer_gradient_x_activation.{layer}"] = LayerGradientXActivation(net, relu).attribute(
+            x, target=labels
+        )
+    out["layer_integrated_gradients.conv6.gausslegendre.4.0.0"] = LayerIntegratedGradients(
+        net, net.relus["conv6"]
+    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")
+    out["layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25"] = LayerIntegratedGradients(
+        net, net.relus["conv8"]
+    ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
     dl = DeepLift(net)
     out["deep_lift.zero"] = dl.attribute(x, baselines=0.0, target=labels)
     out["deep_lift.const-0.25"] = dl.attribute(x, baselines=-0.25, target=labels)

@@ -184,39 +184,7 @@ impl<'a> GradCam<'a> {
         let model = self.model;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
-        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
-        layer_shape(model, self.layer, (h, w))?;
-        if !matches!(self.layer, LayerName::Conv(_)) {
-            return Err(VizError::InvalidArgument(format!(
-                "Grad-CAM needs a convolution (conv1..conv{}), not {}",
-                model.spec().convs().len(),
-                self.layer
-            )));
-        }
-        let tap = Tap {
-            layer: self.layer,
-            slot: Mutex::new(None),
-        };
-        let objective = target_values(model, &tap, &x, target)?
-            .sum_all()
-            .context(|| "summing the target over the batch".into())?;
-        let Some((act, var)) = tap.slot.into_inner().unwrap_or_else(|p| p.into_inner()) else {
-            return Err(VizError::UnsupportedTarget {
-                method: "grad-cam".into(),
-                reason: format!(
-                    "the target's layer {} comes before the Grad-CAM layer {}; name a later target or an earlier --layer",
-                    target.layer().map_or("-".into(), |l| l.to_string()),
-                    self.layer
-                ),
-            });
-        };
-        let grads = objective
-            .backward()
-            .context(|| format!("backward pass to {}", self.layer))?;
-        let grad = match grads.get(var.as_tensor()) {
-            Some(g) => g.clone(),
-            None => act.zeros_like().context(|| "an all-zero gradient".into())?,
-        };
+        let (act, grad) = layer_gradient(model, self.layer, &x, target, "grad-cam")?;
         let cam = grad
             .mean_keepdim((2, 3))
             .and_then(|g| g.broadcast_mul(&act))
@@ -270,6 +238,54 @@ impl<'a> GuidedGradCam<'a> {
             .broadcast_mul(&cam)
             .context(|| "guided backprop times Grad-CAM".into())
     }
+}
+
+/// The activations of convolution `layer` (after its ReLU) for `x` (on the
+/// model's device, f32) and the gradient of the target's sum with respect
+/// to them, both `[N, C, h, w]`. `method` names the caller in errors.
+///
+/// # Errors
+/// A layer the network does not have or that is not a convolution, a
+/// hidden-unit target at or before the layer, or a candle error.
+pub(crate) fn layer_gradient(
+    model: &AllCnn,
+    layer: LayerName,
+    x: &Tensor,
+    target: &Target,
+    method: &str,
+) -> Result<(Tensor, Tensor), VizError> {
+    let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+    layer_shape(model, layer, (h, w))?;
+    if !matches!(layer, LayerName::Conv(_)) {
+        return Err(VizError::InvalidArgument(format!(
+            "{method} needs a convolution (conv1..conv{}), not {layer}",
+            model.spec().convs().len(),
+        )));
+    }
+    let tap = Tap {
+        layer,
+        slot: Mutex::new(None),
+    };
+    let objective = target_values(model, &tap, x, target)?
+        .sum_all()
+        .context(|| "summing the target over the batch".into())?;
+    let Some((act, var)) = tap.slot.into_inner().unwrap_or_else(|p| p.into_inner()) else {
+        return Err(VizError::UnsupportedTarget {
+            method: method.into(),
+            reason: format!(
+                "the target's layer {} comes before the layer {layer}; name a later target or an earlier layer",
+                target.layer().map_or("-".into(), |l| l.to_string()),
+            ),
+        });
+    };
+    let grads = objective
+        .backward()
+        .context(|| format!("backward pass to {layer}"))?;
+    let grad = match grads.get(var.as_tensor()) {
+        Some(g) => g.clone(),
+        None => act.zeros_like().context(|| "an all-zero gradient".into())?,
+    };
+    Ok((act, grad))
 }
 
 /// The standard ReLU everywhere, and at `layer` a zero variable added to its

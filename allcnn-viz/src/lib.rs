@@ -30,7 +30,9 @@
 //! seeded [`GradientShap`], [`Lrp`] (epsilon, gamma and alpha1-beta0 rules per convolution, or an
 //! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
 //! [`FeatureMask`], and seeded [`ShapleyValueSampling`], [`KernelShap`] and
-//! [`Lime`]; [`SmoothGrad`]
+//! [`Lime`]; at a hidden layer, [`LayerActivation`],
+//! [`LayerGradientXActivation`] and [`LayerIntegratedGradients`];
+//! [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
 //!
@@ -115,6 +117,7 @@ mod error;
 mod faithful;
 mod gradshap;
 mod integrated;
+mod layer;
 mod lrp;
 mod methods;
 mod occlusion;
@@ -136,6 +139,7 @@ pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use gradshap::GradientShap;
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
+pub use layer::{LayerActivation, LayerGradientXActivation, LayerIntegratedGradients};
 pub use lrp::{Lrp, LrpComposite, LrpRule};
 pub use methods::{
     attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, InputXGradient, Method,

@@ -16,8 +16,9 @@ use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GuidedGradCam,
-    InputXGradient, IntegratedGradients, Lrp, LrpComposite, LrpRule, Occlusion, Quadrature,
-    ShapleyValues, Target,
+    InputXGradient, IntegratedGradients, LayerActivation, LayerGradientXActivation,
+    LayerIntegratedGradients, Lrp, LrpComposite, LrpRule, Occlusion, Quadrature, ShapleyValues,
+    Target,
 };
 use candle_core::{Device, Tensor};
 
@@ -332,4 +333,48 @@ fn deep_lift_and_lrp_match_captum_through_max_pools() {
         .attribute(input, &target)
         .unwrap();
     check("model_c.lrp.epsilon0.25", &got, &want);
+}
+
+#[test]
+fn layer_attributions_match_captum() {
+    let Some((g, want, target)) = setup() else {
+        return;
+    };
+    let model = &g.weights.model;
+    let input = g.get("input");
+    for layer in [6, 8] {
+        let l = LayerName::Conv(layer);
+        let got = LayerActivation::new(model, l).attribute(input).unwrap();
+        check(&format!("layer_activation.conv{layer}"), &got, &want);
+        let got = LayerGradientXActivation::new(model, l)
+            .attribute(input, &target)
+            .unwrap();
+        check(
+            &format!("layer_gradient_x_activation.conv{layer}"),
+            &got,
+            &want,
+        );
+    }
+    // Batch 3 splits the 4 points x 2 images unevenly.
+    let got = LayerIntegratedGradients::new(model, LayerName::Conv(6))
+        .steps(4)
+        .batch(3)
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "layer_integrated_gradients.conv6.gausslegendre.4.0.0",
+        &got,
+        &want,
+    );
+    let got = LayerIntegratedGradients::new(model, LayerName::Conv(8))
+        .steps(5)
+        .quadrature(Quadrature::RiemannTrapezoid)
+        .baseline(Baseline::Constant(0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25",
+        &got,
+        &want,
+    );
 }

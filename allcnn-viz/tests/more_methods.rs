@@ -5,11 +5,11 @@
 
 mod common;
 
-use allcnn_models::AllCnn;
+use allcnn_models::{AllCnn, LayerName};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
-    KernelShap, Lime, Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target,
-    VizError,
+    KernelShap, LayerActivation, LayerGradientXActivation, LayerIntegratedGradients, Lime, Lrp,
+    LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::doubling;
@@ -540,4 +540,52 @@ fn kernel_shap_and_lime_recover_an_additive_network_and_kernel_shap_is_exact_whe
         .attribute(&x, &target)
         .unwrap_err();
     assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn layer_integrated_gradients_are_complete_and_layers_are_checked() {
+    let model = common::all_cnn_c(9);
+    let x = common::noise(2, 51);
+    let target = Target::PerImage(vec![2, 6]);
+    let lig = LayerIntegratedGradients::new(&model, LayerName::Conv(5))
+        .steps(64)
+        .attribute(&x, &target)
+        .unwrap();
+    assert_eq!(lig.dims(), &[2, 192, 16, 16]);
+    let (fx, f0) = (logits(&model, &x), logits(&model, &x.zeros_like().unwrap()));
+    for (i, (k, s)) in [2usize, 6].iter().zip(sums(&lig)).enumerate() {
+        close(s, fx[i][*k] - f0[i][*k], 2e-3, "layer IG's sum");
+    }
+    let gxa = LayerGradientXActivation::new(&model, LayerName::Conv(9))
+        .attribute(&x, &Target::Class(2))
+        .unwrap();
+    let act = LayerActivation::new(&model, LayerName::Conv(9))
+        .attribute(&x)
+        .unwrap();
+    // At the class layer the target is the mean of map 2: the gradient is
+    // 1/(h w) on that map and 0 elsewhere.
+    let (_, _, h, w) = act.dims4().unwrap();
+    let want = (act.narrow(1, 2, 1).unwrap() / (h * w) as f64).unwrap();
+    for (a, b) in flat(&gxa.narrow(1, 2, 1).unwrap()).iter().zip(flat(&want)) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert!(flat(&gxa.narrow(1, 0, 2).unwrap())
+        .iter()
+        .all(|v| *v == 0.0));
+    // A target below the layer, and a pool layer, are refused.
+    let below = Target::Unit {
+        layer: LayerName::Conv(3),
+        channel: 0,
+        y: 0,
+        x: 0,
+    };
+    let err = LayerIntegratedGradients::new(&model, LayerName::Conv(5))
+        .steps(2)
+        .attribute(&x, &below)
+        .unwrap_err();
+    assert!(matches!(err, VizError::UnsupportedTarget { .. }), "{err}");
+    let err = LayerGradientXActivation::new(&model, LayerName::Conv(5))
+        .attribute(&x, &below)
+        .unwrap_err();
+    assert!(matches!(err, VizError::UnsupportedTarget { .. }), "{err}");
 }

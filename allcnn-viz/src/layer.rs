@@ -1,0 +1,231 @@
+//! Attributions to a hidden layer's units rather than to the input:
+//! Captum's `LayerActivation`, `LayerGradientXActivation` and
+//! `LayerIntegratedGradients`, for a convolution after its ReLU. The maps
+//! have the layer's shape `[N, C, h, w]`.
+
+use allcnn_models::{AllCnn, LayerName, ReluRule, StandardRelu};
+use candle_core::{Tensor, Var};
+
+use crate::cam::layer_gradient;
+use crate::error::{CandleContext, VizError};
+use crate::integrated::{Baseline, Quadrature};
+use crate::methods::{fix_target, model_input, repeat_target, target_values};
+use crate::target::{layer_shape, Target};
+
+/// The activations of convolution `layer` after its ReLU: `[N, C, h, w]`.
+/// Captum's `LayerActivation` on that ReLU.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerActivation<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+}
+
+impl<'a> LayerActivation<'a> {
+    /// The activations of `layer` of `model`.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self { model, layer }
+    }
+
+    /// The activations for `input` `[N, C, H, W]`.
+    ///
+    /// # Errors
+    /// A layer the network does not have, an input it cannot take, or a
+    /// candle error.
+    pub fn attribute(&self, input: &Tensor) -> Result<Tensor, VizError> {
+        let model = self.model;
+        let x = model_input(model, input)?;
+        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+        layer_shape(model, self.layer, (h, w))?;
+        let acts = model
+            .pass()
+            .capture(self.layer)
+            .stop_at(self.layer)
+            .run(&x)?;
+        Ok(acts
+            .get(self.layer)
+            .expect("the pass captured the layer")
+            .clone())
+    }
+}
+
+/// The gradient of the target with respect to convolution `layer`'s
+/// activations (after its ReLU) times those activations: `[N, C, h, w]`.
+/// Captum's `LayerGradientXActivation` on that ReLU.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerGradientXActivation<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+}
+
+impl<'a> LayerGradientXActivation<'a> {
+    /// The method at `layer` (a convolution) of `model`.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self { model, layer }
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`crate::GradCam::attribute`].
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let model = self.model;
+        target.validate(model, input.dims())?;
+        let x = model_input(model, input)?;
+        let (act, grad) =
+            layer_gradient(model, self.layer, &x, target, "layer-gradient-x-activation")?;
+        (grad * act).context(|| "gradient times activation".into())
+    }
+}
+
+/// Integrated gradients of convolution `layer`'s activations (after its
+/// ReLU): the path runs in the layer's space, from the activations at the
+/// baseline `a0` to those at the input `a`; the network above the layer is
+/// evaluated at `a0 + t (a - a0)` and its gradient with respect to them
+/// integrated over `t` by [`Quadrature`], times `a - a0`. `[N, C, h, w]`;
+/// the map sums to about `T(x) - T(baseline)` per image. Captum's
+/// `LayerIntegratedGradients` on that ReLU (layer outputs, inputs
+/// multiplied).
+#[derive(Debug, Clone)]
+pub struct LayerIntegratedGradients<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    steps: usize,
+    quadrature: Quadrature,
+    baseline: Baseline,
+    batch: usize,
+}
+
+impl<'a> LayerIntegratedGradients<'a> {
+    /// 50 Gauss-Legendre steps from a zero baseline (Captum's defaults),
+    /// 64 images per pass.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self {
+            model,
+            layer,
+            steps: 50,
+            quadrature: Quadrature::GaussLegendre,
+            baseline: Baseline::default(),
+            batch: 64,
+        }
+    }
+
+    /// Points on the path.
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// The quadrature rule.
+    pub fn quadrature(mut self, quadrature: Quadrature) -> Self {
+        self.quadrature = quadrature;
+        self
+    }
+
+    /// The start of the path.
+    pub fn baseline(mut self, baseline: Baseline) -> Self {
+        self.baseline = baseline;
+        self
+    }
+
+    /// Images per pass (at least 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`crate::GradCam::attribute`]; also a step count the rule cannot
+    /// use and a baseline of the wrong shape.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let model = self.model;
+        target.validate(model, input.dims())?;
+        let x = model_input(model, input)?;
+        let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
+        let x0 = self.baseline.tensor_for(&x)?;
+        let target = fix_target(model, &x, target)?;
+        let order = model.layer_names();
+        let position = |l: LayerName| order.iter().position(|&o| o == l);
+        if let Some(t) = target.layer() {
+            if position(t) <= position(self.layer) {
+                return Err(VizError::UnsupportedTarget {
+                    method: "layer-integrated-gradients".into(),
+                    reason: format!(
+                        "the target's layer {t} is not above the layer {}; name a later target or an earlier layer",
+                        self.layer
+                    ),
+                });
+            }
+        }
+        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let layer_at = |t: &Tensor| LayerActivation::new(model, self.layer).attribute(t);
+        let (a, a0) = (layer_at(&x)?, layer_at(&x0)?);
+        let change = (&a - &a0).context(|| "the layer's change".into())?;
+        let per_pass = (self.batch / n.max(1)).max(1);
+        let mut total: Option<Tensor> = None;
+        for chunk in points
+            .iter()
+            .zip(&weights)
+            .collect::<Vec<_>>()
+            .chunks(per_pass)
+        {
+            let scaled: Vec<Tensor> = chunk
+                .iter()
+                .map(|(&t, _)| (&a0 + (&change * t)?)?.contiguous())
+                .collect::<candle_core::Result<_>>()
+                .context(|| "points on the path".into())?;
+            let var = Tensor::cat(&scaled, 0)
+                .and_then(|t| Var::from_tensor(&t))
+                .context(|| "points on the path".into())?;
+            let inputs = Tensor::cat(&vec![&x; chunk.len()], 0).context(|| "inputs".into())?;
+            let rule = Replace {
+                layer: self.layer,
+                value: var.as_tensor().clone(),
+            };
+            let objective =
+                target_values(model, &rule, &inputs, &repeat_target(&target, chunk.len()))?
+                    .sum_all()
+                    .context(|| "summing the target".into())?;
+            let grads = objective
+                .backward()
+                .context(|| format!("backward pass to {}", self.layer))?;
+            let grad = match grads.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var
+                    .as_tensor()
+                    .zeros_like()
+                    .context(|| "a zero gradient".into())?,
+            };
+            for (k, (_, &w)) in chunk.iter().enumerate() {
+                let g = grad
+                    .narrow(0, k * n, n)
+                    .and_then(|g| g * w)
+                    .context(|| "weighting a point's gradient".into())?;
+                total = Some(match total {
+                    None => g,
+                    Some(t) => (t + g).context(|| "summing the path".into())?,
+                });
+            }
+        }
+        let total = total.expect("a rule has at least one point");
+        (total * change).context(|| "integrated gradients times the change".into())
+    }
+}
+
+/// The standard ReLU everywhere, except that `layer`'s output is replaced
+/// by `value` (the points on the path in the layer's space).
+struct Replace {
+    layer: LayerName,
+    value: Tensor,
+}
+
+impl ReluRule for Replace {
+    fn relu(&self, layer: LayerName, x: &Tensor) -> candle_core::Result<Tensor> {
+        if layer == self.layer {
+            Ok(self.value.clone())
+        } else {
+            StandardRelu.relu(layer, x)
+        }
+    }
+}
