@@ -7,7 +7,8 @@ and without `relu_attributions`), Guided Grad-CAM, Integrated Gradients
 (Gauss-Legendre and the four Riemann rules, zero and constant baselines;
 only configurations that pass the golden README's jitter rule, see IG_CASES) and
 Occlusion (whole and edge-cropped windows), LayerActivation,
-LayerGradientXActivation and LayerIntegratedGradients (conv6, conv8),
+LayerGradientXActivation, LayerIntegratedGradients and LayerDeepLift
+(conv6, conv8),
 DeepLift (zero and constant
 baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
 ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
@@ -41,6 +42,7 @@ from captum.attr import (
     LRP,
     DeepLift,
     LayerActivation,
+    LayerDeepLift,
     LayerGradientXActivation,
     LayerIntegratedGradients,
     DeepLiftShap,
@@ -219,6 +221,12 @@ def compute(make_net, x, labels):
     out["layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25"] = LayerIntegratedGradients(
         net, net.relus["conv8"]
     ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
+    out["layer_deep_lift.conv6.zero"] = LayerDeepLift(net, net.relus["conv6"]).attribute(
+        x, baselines=0.0, target=labels
+    )
+    out["layer_deep_lift.conv8.const-0.25"] = LayerDeepLift(net, net.relus["conv8"]).attribute(
+        x, baselines=-0.25, target=labels
+    )
     dl = DeepLift(net)
     out["deep_lift.zero"] = dl.attribute(x, baselines=0.0, target=labels)
     out["deep_lift.const-0.25"] = dl.attribute(x, baselines=-0.25, target=labels)

@@ -11,9 +11,9 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
 use crate::integrated::Baseline;
-use crate::methods::{fix_target, model_input};
+use crate::methods::{as_units, fix_target, model_input};
 use crate::relu::BackwardRule;
-use crate::target::Target;
+use crate::target::{layer_shape, Target};
 
 /// Captum's threshold below which a ReLU's input difference counts as zero
 /// and the ordinary gradient is used instead of the ratio.
@@ -73,7 +73,7 @@ impl<'a> DeepLift<'a> {
             .and_then(|b| b.contiguous())
             .context(|| "the baseline at the input's shape".into())?;
         let target = fix_target(model, &x, target)?;
-        deep_lift(model, &x, &x0, &target)
+        deep_lift(model, &x, &x0, &target, None)
     }
 }
 
@@ -117,7 +117,7 @@ impl<'a> DeepLiftShap<'a> {
                 .and_then(|b| b.broadcast_as(x.shape()))
                 .and_then(|b| b.contiguous())
                 .context(|| format!("baseline {j}"))?;
-            let map = deep_lift(model, &x, &x0, &target)?;
+            let map = deep_lift(model, &x, &x0, &target, None)?;
             sum = Some(match sum {
                 None => map,
                 Some(s) => (s + map).context(|| "summing over the baselines".into())?,
@@ -131,6 +131,51 @@ impl<'a> DeepLiftShap<'a> {
 impl crate::Attribute for DeepLiftShap<'_> {
     fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         DeepLiftShap::attribute(self, input, target)
+    }
+}
+
+/// DeepLift of a hidden layer's units: the change of the layer's output
+/// (after its ReLU) between the input and the baseline, times the DeepLift
+/// signal reaching it from the target. `[N, C, h, w]`, summing to `T(x) -
+/// T(x0)` per image on networks without max-pooling. Captum's
+/// `LayerDeepLift` on that ReLU (layer outputs).
+#[derive(Debug, Clone)]
+pub struct LayerDeepLift<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    baseline: Baseline,
+}
+
+impl<'a> LayerDeepLift<'a> {
+    /// The method at `layer` of `model`, with a zero baseline.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self {
+            model,
+            layer,
+            baseline: Baseline::default(),
+        }
+    }
+
+    /// The reference input.
+    pub fn baseline(mut self, baseline: Baseline) -> Self {
+        self.baseline = baseline;
+        self
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`DeepLift::attribute`]; also a layer the network does not have
+    /// and a hidden-unit target that is not above the layer.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let model = self.model;
+        target.validate(model, input.dims())?;
+        let x = model_input(model, input)?;
+        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+        layer_shape(model, self.layer, (h, w))?;
+        let x0 = self.baseline.tensor_for(&x)?;
+        let target = fix_target(model, &x, target)?;
+        deep_lift(model, &x, &x0, &target, Some(self.layer))
     }
 }
 
@@ -237,7 +282,16 @@ fn max_pool_rule(a: &Tensor, g: &Tensor, n: usize) -> candle_core::Result<(Tenso
 /// baseline run as one batch and the signal starts from the target of both
 /// halves (they differ below a max-pool, where each half keeps its own
 /// routing near the baseline).
-fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+///
+/// With `at` a layer, the map of that layer's output (after its ReLU)
+/// instead: its change times the signal there, `[N, C, h, w]`.
+fn deep_lift(
+    model: &AllCnn,
+    x: &Tensor,
+    x0: &Tensor,
+    target: &Target,
+    at: Option<LayerName>,
+) -> Result<Tensor, VizError> {
     let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
     let both = Tensor::cat(&[x, x0], 0).context(|| "input and baseline".into())?;
     let layers = model.spec().spatial_layers();
@@ -255,6 +309,7 @@ fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result
     let input_of = |k: usize| if k == 0 { &both } else { output(k - 1) };
     let dev = x.device();
     // The signal at the output of layer `top` (after its ReLU).
+    let target = &as_units(target, n);
     let (top, mut g) = match target {
         Target::Class(_) | Target::PerImage(_) => {
             let last = layers.len() - 1;
@@ -293,10 +348,29 @@ fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result
         }
     };
     let params = model.parameters();
+    let bottom = match at {
+        None => 0,
+        Some(l) => {
+            let p = layers
+                .iter()
+                .position(|s| s.name == l)
+                .expect("a validated layer");
+            if p >= top && !matches!(target, Target::Class(_) | Target::PerImage(_)) {
+                return Err(VizError::UnsupportedTarget {
+                    method: "layer-deep-lift".into(),
+                    reason: format!(
+                        "the target's layer {} is not above the layer {l}; name a later target or an earlier layer",
+                        layers[top].name
+                    ),
+                });
+            }
+            p + 1
+        }
+    };
     // Below a max-pool: the plain routing of its signal (see DeepLift's
     // documentation).
     let mut plain: Option<Tensor> = None;
-    for k in (0..=top).rev() {
+    for k in (bottom..=top).rev() {
         let layer = &layers[k];
         let ctx = || format!("DeepLift at {}", layer.name);
         g = match layer.name {
@@ -328,7 +402,11 @@ fn deep_lift(model: &AllCnn, x: &Tensor, x0: &Tensor, target: &Target) -> Result
         };
     }
     let multipliers = g.narrow(0, 0, n).context(|| "the input half".into())?;
-    (x - x0)
+    let (a, a0) = match at {
+        None => (x.clone(), x0.clone()),
+        Some(_) => halves(output(bottom - 1), n).context(|| "the layer's halves".into())?,
+    };
+    (a - a0)
         .and_then(|d| d * multipliers)
         .context(|| "multipliers times (input - baseline)".into())
 }

@@ -31,7 +31,8 @@
 //! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
 //! [`FeatureMask`], and seeded [`ShapleyValueSampling`], [`KernelShap`] and
 //! [`Lime`]; at a hidden layer, [`LayerActivation`],
-//! [`LayerGradientXActivation`] and [`LayerIntegratedGradients`];
+//! [`LayerGradientXActivation`], [`LayerIntegratedGradients`] and
+//! [`LayerDeepLift`];
 //! [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
@@ -134,7 +135,7 @@ pub use ablation::{
     FeatureAblation, FeatureMask, ShapleyValueSampling, ShapleyValues, MAX_EXACT_FEATURES,
 };
 pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
-pub use deeplift::{DeepLift, DeepLiftShap};
+pub use deeplift::{DeepLift, DeepLiftShap, LayerDeepLift};
 pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use gradshap::GradientShap;

@@ -10,7 +10,7 @@ use allcnn_models::{AllCnn, LayerName};
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
-use crate::methods::{fix_target, model_input};
+use crate::methods::{as_units, fix_target, model_input};
 use crate::target::Target;
 
 /// Captum's stabiliser for rules without their own epsilon, and for the
@@ -278,6 +278,7 @@ impl<'a> Lrp<'a> {
         };
         let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
         // The relevance at the output of layer `top` (after its ReLU).
+        let target = as_units(&target, n);
         let (top, mut relevance) = match &target {
             Target::Class(_) | Target::PerImage(_) => {
                 let last = layers.len() - 1;

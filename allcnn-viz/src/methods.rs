@@ -753,6 +753,31 @@ pub(crate) fn repeat_target(target: &Target, copies: usize) -> Target {
     }
 }
 
+/// `target` with a [`Target::Unit`] spelled out as [`Target::Units`] (the
+/// same unit for each of the `n` images), for code that walks the layers
+/// itself.
+pub(crate) fn as_units(target: &Target, n: usize) -> Target {
+    match target {
+        Target::Unit {
+            layer,
+            channel,
+            y,
+            x,
+        } => Target::Units {
+            layer: *layer,
+            units: vec![
+                Unit {
+                    channel: *channel,
+                    y: *y,
+                    x: *x,
+                };
+                n
+            ],
+        },
+        other => other.clone(),
+    }
+}
+
 /// The (fixed) target of image `i` of a batch, for a batch of `copies`
 /// modified copies of that image alone.
 pub(crate) fn image_target(target: &Target, i: usize, copies: usize) -> Target {

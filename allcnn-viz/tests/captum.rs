@@ -16,7 +16,7 @@ use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GuidedGradCam,
-    InputXGradient, IntegratedGradients, LayerActivation, LayerGradientXActivation,
+    InputXGradient, IntegratedGradients, LayerActivation, LayerDeepLift, LayerGradientXActivation,
     LayerIntegratedGradients, Lrp, LrpComposite, LrpRule, Occlusion, Quadrature, ShapleyValues,
     Target,
 };
@@ -355,6 +355,15 @@ fn layer_attributions_match_captum() {
             &want,
         );
     }
+    let got = LayerDeepLift::new(model, LayerName::Conv(6))
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_deep_lift.conv6.zero", &got, &want);
+    let got = LayerDeepLift::new(model, LayerName::Conv(8))
+        .baseline(Baseline::Constant(-0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_deep_lift.conv8.const-0.25", &got, &want);
     // Batch 3 splits the 4 points x 2 images unevenly.
     let got = LayerIntegratedGradients::new(model, LayerName::Conv(6))
         .steps(4)

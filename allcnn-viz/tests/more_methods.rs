@@ -8,8 +8,8 @@ mod common;
 use allcnn_models::{AllCnn, LayerName};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
-    KernelShap, LayerActivation, LayerGradientXActivation, LayerIntegratedGradients, Lime, Lrp,
-    LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
+    KernelShap, LayerActivation, LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients,
+    Lime, Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::doubling;
@@ -572,7 +572,14 @@ fn layer_integrated_gradients_are_complete_and_layers_are_checked() {
     assert!(flat(&gxa.narrow(1, 0, 2).unwrap())
         .iter()
         .all(|v| *v == 0.0));
-    // A target below the layer, and a pool layer, are refused.
+    // Layer DeepLift sums to the change of the target too (no max-pools).
+    let ldl = LayerDeepLift::new(&model, LayerName::Conv(5))
+        .attribute(&x, &target)
+        .unwrap();
+    for (i, (k, s)) in [2usize, 6].iter().zip(sums(&ldl)).enumerate() {
+        close(s, fx[i][*k] - f0[i][*k], 1e-4, "layer DeepLift's sum");
+    }
+    // A target below the layer is refused.
     let below = Target::Unit {
         layer: LayerName::Conv(3),
         channel: 0,
@@ -588,4 +595,57 @@ fn layer_integrated_gradients_are_complete_and_layers_are_checked() {
         .attribute(&x, &below)
         .unwrap_err();
     assert!(matches!(err, VizError::UnsupportedTarget { .. }), "{err}");
+    let err = LayerDeepLift::new(&model, LayerName::Conv(5))
+        .attribute(&x, &below)
+        .unwrap_err();
+    assert!(matches!(err, VizError::UnsupportedTarget { .. }), "{err}");
+}
+
+#[test]
+fn deep_lift_and_lrp_explain_a_hidden_unit() {
+    let model = common::all_cnn_c(10);
+    let x = common::noise(2, 61);
+    let unit = Target::Unit {
+        layer: LayerName::Conv(6),
+        channel: 5,
+        y: 3,
+        x: 4,
+    };
+    // LRP-0 is input x gradient for a unit too.
+    let lrp = Lrp::new(&model).attribute(&x, &unit).unwrap();
+    let ixg = InputXGradient::new(&model).attribute(&x, &unit).unwrap();
+    let scale = flat(&ixg).iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    for (a, b) in flat(&lrp).iter().zip(flat(&ixg)) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
+    }
+    // DeepLift sums to the unit's change; the strongest-unit form agrees
+    // with the unit it picks.
+    let x0 = x.zeros_like().unwrap();
+    let dl = DeepLift::new(&model).attribute(&x, &unit).unwrap();
+    let act = |t: &Tensor| -> Vec<f32> {
+        LayerActivation::new(&model, LayerName::Conv(6))
+            .attribute(t)
+            .unwrap()
+            .narrow(1, 5, 1)
+            .unwrap()
+            .narrow(2, 3, 1)
+            .unwrap()
+            .narrow(3, 4, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, a0) = (act(&x), act(&x0));
+    for (i, s) in sums(&dl).into_iter().enumerate() {
+        close(s, a[i] - a0[i], 1e-4, "DeepLift's sum for a unit");
+    }
+    let strongest = Target::StrongestInChannel {
+        layer: LayerName::Conv(6),
+        channel: 5,
+    };
+    let s = DeepLift::new(&model).attribute(&x, &strongest).unwrap();
+    assert_eq!(s.dims(), dl.dims());
 }
