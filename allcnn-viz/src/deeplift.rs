@@ -61,19 +61,9 @@ impl<'a> DeepLift<'a> {
     ///
     /// # Errors
     /// As [`crate::Attribute::attribute`]; also a baseline of the wrong
-    /// shape and a network with max-pooling.
+    /// shape.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-        let model = self.model;
-        target.validate(model, input.dims())?;
-        let x = model_input(model, input)?;
-        let x0 = self
-            .baseline
-            .tensor_for(&x)?
-            .broadcast_as(x.shape())
-            .and_then(|b| b.contiguous())
-            .context(|| "the baseline at the input's shape".into())?;
-        let target = fix_target(model, &x, target)?;
-        deep_lift(model, &x, &x0, &target, None)
+        against_baseline(self.model, input, target, &self.baseline, None)
     }
 }
 
@@ -103,7 +93,7 @@ impl<'a> DeepLiftShap<'a> {
     ///
     /// # Errors
     /// As [`crate::Attribute::attribute`]; also baselines that do not match
-    /// the input's `[C, H, W]` and a network with max-pooling.
+    /// the input's `[C, H, W]`.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         let model = self.model;
         target.validate(model, input.dims())?;
@@ -168,15 +158,28 @@ impl<'a> LayerDeepLift<'a> {
     /// As [`DeepLift::attribute`]; also a layer the network does not have
     /// and a hidden-unit target that is not above the layer.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-        let model = self.model;
-        target.validate(model, input.dims())?;
-        let x = model_input(model, input)?;
-        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
-        layer_shape(model, self.layer, (h, w))?;
-        let x0 = self.baseline.tensor_for(&x)?;
-        let target = fix_target(model, &x, target)?;
-        deep_lift(model, &x, &x0, &target, Some(self.layer))
+        against_baseline(self.model, input, target, &self.baseline, Some(self.layer))
     }
+}
+
+/// [`DeepLift`] (`at` = `None`) or [`LayerDeepLift`] of `input` against
+/// `baseline`: the checks, then [`deep_lift`].
+fn against_baseline(
+    model: &AllCnn,
+    input: &Tensor,
+    target: &Target,
+    baseline: &Baseline,
+    at: Option<LayerName>,
+) -> Result<Tensor, VizError> {
+    target.validate(model, input.dims())?;
+    let x = model_input(model, input)?;
+    if let Some(layer) = at {
+        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+        layer_shape(model, layer, (h, w))?;
+    }
+    let x0 = baseline.tensor_for(&x)?;
+    let target = fix_target(model, &x, target)?;
+    deep_lift(model, &x, &x0, &target, at)
 }
 
 /// `baselines` `[B, C, H, W]` on the model's device, checked against the

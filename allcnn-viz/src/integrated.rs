@@ -206,6 +206,36 @@ impl Baseline {
     }
 }
 
+/// The setters of the path methods (integrated gradients at the input or at
+/// a layer): `steps`, `quadrature`, `baseline`, `batch`.
+macro_rules! path_setters {
+    () => {
+        /// The number of points on the path.
+        pub fn steps(mut self, steps: usize) -> Self {
+            self.steps = steps;
+            self
+        }
+
+        /// The quadrature rule.
+        pub fn quadrature(mut self, q: Quadrature) -> Self {
+            self.quadrature = q;
+            self
+        }
+
+        /// Where the path starts.
+        pub fn baseline(mut self, b: Baseline) -> Self {
+            self.baseline = b;
+            self
+        }
+
+        /// Images per forward/backward pass (at least 1).
+        pub fn batch(mut self, batch: usize) -> Self {
+            self.batch = batch.max(1);
+            self
+        }
+    };
+}
+
 /// Integrated Gradients: `(x - b) * integral_0^1 grad T(b + a (x - b)) da`,
 /// by [`Quadrature`] with `steps` points (Captum's `IntegratedGradients`,
 /// default 50 Gauss-Legendre steps from a zero baseline). Signed,
@@ -235,29 +265,7 @@ impl<'a> IntegratedGradients<'a> {
         }
     }
 
-    /// The number of points on the path.
-    pub fn steps(mut self, steps: usize) -> Self {
-        self.steps = steps;
-        self
-    }
-
-    /// The quadrature rule.
-    pub fn quadrature(mut self, q: Quadrature) -> Self {
-        self.quadrature = q;
-        self
-    }
-
-    /// Where the path starts.
-    pub fn baseline(mut self, b: Baseline) -> Self {
-        self.baseline = b;
-        self
-    }
-
-    /// Images per forward/backward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    path_setters!();
 
     /// See [`crate::Attribute::attribute`].
     ///

@@ -109,29 +109,7 @@ impl<'a> LayerIntegratedGradients<'a> {
         }
     }
 
-    /// Points on the path.
-    pub fn steps(mut self, steps: usize) -> Self {
-        self.steps = steps;
-        self
-    }
-
-    /// The quadrature rule.
-    pub fn quadrature(mut self, quadrature: Quadrature) -> Self {
-        self.quadrature = quadrature;
-        self
-    }
-
-    /// The start of the path.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
-
-    /// Images per pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    path_setters!();
 
     /// The map of every image at the layer's resolution.
     ///

@@ -117,6 +117,7 @@ mod deeplift;
 mod error;
 mod faithful;
 mod gradshap;
+#[macro_use]
 mod integrated;
 mod layer;
 mod lrp;
