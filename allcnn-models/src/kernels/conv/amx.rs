@@ -562,7 +562,8 @@ pub(crate) unsafe fn gemm<U: Tiles>(
             // SAFETY: every tile load reads 16 rows of 64 bytes: B rows
             // `16 kb..16 kb + 16 <= pairs` of the panel (or the 16 rows of
             // `tail`), A rows `i0..i0 + 32` (padded to a multiple of 32) at
-            // pairs `16 kb..16 kb + 16 <= ppad`; the stores fill `out`.
+            // pairs `16 kb..16 kb + 16 <= ppad`; the stores fill `out`, or a
+            // 32 x 32 window of C inside the `m x n` one asserted above.
             unsafe {
                 u.zero::<0>();
                 u.zero::<1>();
@@ -583,11 +584,23 @@ pub(crate) unsafe fn gemm<U: Tiles>(
                     u.dot::<2, 5, 6>();
                     u.dot::<3, 5, 7>();
                 }
-                let o = out.0.as_mut_ptr();
-                u.store::<0>(o, B_STRIDE);
-                u.store::<1>(o.add(TILE_WORDS), B_STRIDE);
-                u.store::<2>(o.add(TILE_ROWS * NR), B_STRIDE);
-                u.store::<3>(o.add(TILE_ROWS * NR + TILE_WORDS), B_STRIDE);
+                // A whole 32 x 32 block of C that is replaced takes the tiles
+                // directly (rows `i0..i0 + 32 <= m`, columns `j0..j0 + 32 <=
+                // n`, row stride `ldc`); an edge block, or one added into C,
+                // goes through `out`.
+                let (o, stride) = if rows == BLOCK && cols == NR && !accumulate {
+                    (c.as_mut_ptr().add(i0 * ldc + j0), ldc * 4)
+                } else {
+                    (out.0.as_mut_ptr(), B_STRIDE)
+                };
+                let half = TILE_ROWS * stride / 4;
+                u.store::<0>(o, stride);
+                u.store::<1>(o.add(TILE_WORDS), stride);
+                u.store::<2>(o.add(half), stride);
+                u.store::<3>(o.add(half + TILE_WORDS), stride);
+            }
+            if rows == BLOCK && cols == NR && !accumulate {
+                continue;
             }
             for (r, src) in out.0.chunks_exact(NR).take(rows).enumerate() {
                 let dst = &mut c[(i0 + r) * ldc + j0..][..cols];
