@@ -29,6 +29,8 @@
 //! two channels at a time and writes `V` rounded and packed for the GEMM
 //! kernel directly; `V` never exists in f32.
 
+use std::mem::MaybeUninit;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Par};
 use rayon::prelude::*;
@@ -383,7 +385,7 @@ fn output_transform(
     g: &Geometry,
     t: &Tiles,
     m: &[f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     tmp: &mut Vec<f32>,
     ep: Option<Epilogue<'_>>,
 ) {
@@ -397,29 +399,42 @@ fn output_transform(
 }
 
 /// `A` on the columns of one output row: `dst[2x] = a0[x] + a1[x] + a2[x]`,
-/// `dst[2x + 1] = a1[x] - a2[x] - a3[x]`, for the `dst.len()` outputs.
-fn column_pass(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], dst: &mut [f32]) {
+/// `dst[2x + 1] = a1[x] - a2[x] - a3[x]`, for the `dst.len()` outputs, every
+/// one of them written.
+fn column_pass(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let wo = dst.len();
     for x in 0..wo / 2 {
-        dst[2 * x] = a0[x] + a1[x] + a2[x];
-        dst[2 * x + 1] = a1[x] - a2[x] - a3[x];
+        dst[2 * x].write(a0[x] + a1[x] + a2[x]);
+        dst[2 * x + 1].write(a1[x] - a2[x] - a3[x]);
     }
     if wo % 2 == 1 {
         let x = wo / 2;
-        dst[2 * x] = a0[x] + a1[x] + a2[x];
+        dst[2 * x].write(a0[x] + a1[x] + a2[x]);
     }
 }
 
+/// `s` as initialised values.
+///
+/// # Safety
+/// Every element of `s` has been written.
+#[allow(unsafe_code)]
+unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller
+    // guarantees every element is initialised.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// The body of [`output_transform`], inlined into each instruction set's copy.
+#[allow(unsafe_code)]
 #[inline(always)]
 fn output_transform_body(
     g: &Geometry,
     t: &Tiles,
     m: &[f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     tmp: &mut Vec<f32>,
     ep: Option<Epilogue<'_>>,
-    column: impl Fn(&[f32], &[f32], &[f32], &[f32], &mut [f32]),
+    column: impl Fn(&[f32], &[f32], &[f32], &[f32], &mut [MaybeUninit<f32>]),
 ) {
     let plane = g.ho * g.wo;
     let nb = out.len() / (g.cout * plane);
@@ -456,7 +471,9 @@ fn output_transform_body(
                 }
             }
             if let Some(ep) = ep {
-                ep.apply(k, o);
+                // SAFETY: the rows `y < ho` above wrote all `wo` values each
+                // (`2 th >= ho`, and `column` writes all of `dst`).
+                ep.apply(k, unsafe { assume_init(o) });
             }
         }
     }
@@ -600,6 +617,7 @@ fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`, each
 /// output plane finished by `ep`, if any; with `bf16`, the 16 GEMMs take
 /// bf16-rounded operands.
+#[allow(unsafe_code)]
 pub(super) fn forward(
     g: &Geometry,
     x: &[f32],
@@ -619,9 +637,13 @@ pub(super) fn forward(
         Vec::new()
     };
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
-    let mut out = vec![0f32; g.n * g.cout * plane];
+    // Every value is written by `output_transform` (its rows cover the
+    // plane), so the buffer is not zeroed first.
+    let len = g.n * g.cout * plane;
+    let mut out = Vec::<f32>::with_capacity(len);
     let par = t.par(g.n);
-    out.par_chunks_mut(t.chunk * g.cout * plane)
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(t.chunk * g.cout * plane)
         .zip(x.par_chunks(t.chunk * image))
         .for_each(|(o, xs)| {
             scratch::with(&SCRATCH, |s| {
@@ -652,6 +674,9 @@ pub(super) fn forward(
                 output_transform(g, &t, m, o, &mut s.tmp, ep);
             })
         });
+    // SAFETY: the chunks cover `..len`, and `output_transform` wrote every
+    // value of each.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -741,7 +766,7 @@ mod x86 {
     use core::arch::x86_64::*;
 
     use super::super::gather::x86::window;
-    use super::{Epilogue, Geometry, Tiles};
+    use super::{Epilogue, Geometry, MaybeUninit, Tiles};
 
     /// [`super::output_transform`] compiled for AVX-512.
     ///
@@ -752,7 +777,7 @@ mod x86 {
         g: &Geometry,
         t: &Tiles,
         m: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         tmp: &mut Vec<f32>,
         ep: Option<Epilogue<'_>>,
     ) {
@@ -769,7 +794,13 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F.
     #[target_feature(enable = "avx512f")]
-    unsafe fn column_pass(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], dst: &mut [f32]) {
+    unsafe fn column_pass(
+        a0: &[f32],
+        a1: &[f32],
+        a2: &[f32],
+        a3: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+    ) {
         let wo = dst.len();
         let tiles = wo.div_ceil(2);
         assert!(a0.len().min(a1.len()).min(a2.len()).min(a3.len()) >= tiles);
@@ -789,7 +820,7 @@ mod x86 {
                 let e = _mm512_add_ps(_mm512_add_ps(v0, v1), v2);
                 let o = _mm512_sub_ps(_mm512_sub_ps(v1, v2), v3);
                 let outs = wo - 2 * x;
-                let p = dst.as_mut_ptr().add(2 * x);
+                let p = dst.as_mut_ptr().add(2 * x).cast::<f32>();
                 _mm512_mask_storeu_ps(p, lanes(outs), _mm512_permutex2var_ps(e, lo, o));
                 if outs > 16 {
                     _mm512_mask_storeu_ps(
