@@ -476,6 +476,21 @@ impl Epilogue<'_> {
         }
     }
 
+    /// As [`Epilogue::apply`], from `src` into `dst` (every value written).
+    fn apply_into(&self, k: usize, src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
+        let b = self.bias[k];
+        let pairs = dst.iter_mut().zip(src);
+        if self.relu {
+            pairs.for_each(|(d, &v)| {
+                d.write((v + b).max(0.0));
+            });
+        } else {
+            pairs.for_each(|(d, &v)| {
+                d.write(v + b);
+            });
+        }
+    }
+
     /// Applies the epilogue to every plane of `out`, whole images of
     /// `cout` planes of `plane` values each.
     fn apply_images(&self, out: &mut [f32], cout: usize, plane: usize) {
@@ -495,6 +510,8 @@ struct ImageScratch {
     rows: Vec<f32>,
     a: PackedA,
     b: PackedB,
+    /// One image's GEMM output before its epilogue ([`forward_bf16`]).
+    out: Vec<f32>,
 }
 
 thread_local! {
@@ -606,21 +623,41 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// the kernel is packed once, each image's im2col columns (or the image
 /// itself for a 1x1 kernel) per image, on the thread that owns the image,
 /// made and packed in one pass ([`Geometry::pack_columns`]).
+///
+/// Each image's product goes to a per-thread buffer that stays in cache and
+/// is copied out through the epilogue, so the output is written once and
+/// never zeroed.
+#[allow(unsafe_code)]
 fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
     let (kd, plane) = (g.kdim(), g.out_plane());
-    let mut out = vec![0f32; g.n * g.cout * plane];
+    let (image, len) = (g.cout * plane, g.n * g.cout * plane);
+    let mut out = Vec::<f32>::with_capacity(len);
     let a = PackedA::new(w, g.cout, kd, kd, 1);
-    out.par_chunks_mut(g.cout * plane)
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(image)
         .zip(x.par_chunks(g.in_image()))
         .for_each(|(o, img)| {
             scratch::with(&IMAGE, |s| {
                 g.pack_columns(img, &mut s.rows, &mut s.b);
-                bf16::gemm(o, plane, &a, &s.b, false);
-                if let Some(ep) = ep {
-                    ep.apply_images(o, g.cout, plane);
+                if s.out.len() < image {
+                    s.out.resize(image, 0.0);
+                }
+                let c = &mut s.out[..image];
+                bf16::gemm(c, plane, &a, &s.b, false);
+                let planes = o.chunks_exact_mut(plane).zip(c.chunks_exact(plane));
+                for (k, (dst, src)) in planes.enumerate() {
+                    match ep {
+                        Some(ep) => ep.apply_into(k, src, dst),
+                        None => dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                            d.write(v);
+                        }),
+                    }
                 }
             })
         });
+    // SAFETY: the chunks cover `..len`, and every plane of each was written
+    // above (`o` is `cout` planes).
+    unsafe { out.set_len(len) };
     out
 }
 
