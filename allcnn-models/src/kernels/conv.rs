@@ -20,6 +20,7 @@
 #[doc(hidden)]
 mod amx;
 pub mod bf16;
+mod direct;
 mod gather;
 mod scratch;
 mod winograd;

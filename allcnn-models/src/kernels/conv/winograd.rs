@@ -625,6 +625,11 @@ pub(super) fn forward(
     bf16: bool,
     ep: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
+    // With bf16 operands on AMX tiles the direct convolution is faster
+    // (docs/performance.md): no transforms, and the tiles have the FLOPs.
+    if bf16 && super::direct::usable(g) {
+        return super::direct::forward(g, x, w, ep);
+    }
     let t = Tiles::new(g);
     let u = weight_transform(g, w);
     let (co, ci) = (g.cout, g.cin);

@@ -1,0 +1,513 @@
+//! Direct (implicit-GEMM) convolution on the AMX tiles, for the stride-1
+//! convolutions with bf16 operands, as oneDNN's brgemm convolutions do it:
+//! no Winograd transforms and no im2col copy.
+//!
+//! # Method
+//!
+//! An image's input is packed once per call into zero-padded planes of
+//! words, one plane per pair of input channels (channel `2q` in the low
+//! half of word `q`'s plane, `2q + 1` in the high half: the pairs
+//! `tdpbf16ps` multiplies), each plane `Wp = W + 2 pad` wide and stored flat.
+//! In that flat index an output position `f = y Wp + x` reads tap `(i, j)`
+//! of the kernel at `f + i Wp + j`, so a run of 16 consecutive positions is
+//! one tile row of 64 bytes for every tap, and a tile of the right operand
+//! (16 channel pairs x 16 positions) is 16 such rows, a plane apart. The
+//! GEMM runs over every flat position, including the `Wp - Wo` per row that
+//! fall in the padding; those are computed and dropped.
+//!
+//! Blocks of C are 32 output channels x 32 positions (four accumulator
+//! tiles `tmm0`-`tmm3`, two weight tiles `tmm4`, `tmm5`, two input tiles
+//! `tmm6`, `tmm7`), summed over the `k²` taps and the blocks of 16 channel
+//! pairs. A block row of 32 channels over all positions goes to a buffer
+//! in cache, whose valid positions are then written out through the
+//! epilogue (bias, ReLU), so the output is written once and never zeroed.
+//!
+//! The kernel is written against [`Tiles`], so the tests run it on the
+//! software model of the tile unit on any CPU, and on the hardware where
+//! there is AMX.
+
+// Tile instructions work through raw pointers; each block states why it is
+// sound.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::amx::{Tiles, KB};
+use super::scratch::{self, Pool};
+use super::{bf16, Epilogue, Geometry};
+
+/// Output channels per block (two weight tiles of 16 rows).
+const CO: usize = 32;
+/// Positions per block (two input tiles of 16 columns).
+const POS: usize = 32;
+/// Rows (and words per row) of a tile.
+const T16: usize = 16;
+
+/// Whether [`forward`] takes this geometry: stride 1, a kernel of at most
+/// 5 x 5, enough channels for the tiles (an odd input channel count is
+/// padded with a zero channel), and the AMX tiles active.
+pub(super) fn usable(g: &Geometry) -> bool {
+    g.stride == 1 && g.k <= 5 && g.cin >= 16 && g.cout >= 16 && super::amx::active()
+}
+
+/// Where everything sits for one geometry.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Width of a padded plane.
+    wp: usize,
+    /// Flat positions computed per image: `(Ho - 1) Wp + Wo`, rounded up to
+    /// [`POS`].
+    fp: usize,
+    /// Words per channel-pair plane: the padded plane, and at least every
+    /// word a computed position reads (zero past the plane).
+    len: usize,
+    /// Channel pairs, rounded up to [`KB`] (the padding planes are zero).
+    pairs: usize,
+    /// Output channels, rounded up to [`CO`] (the padding rows are zero).
+    cpad: usize,
+}
+
+impl Layout {
+    fn new(g: &Geometry) -> Self {
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let fp = ((g.ho - 1) * wp + g.wo).next_multiple_of(POS);
+        let len = (fp + (g.k - 1) * (wp + 1)).max(hp * wp);
+        Layout {
+            wp,
+            fp,
+            len,
+            pairs: g.cin.div_ceil(2).next_multiple_of(KB),
+            cpad: g.cout.next_multiple_of(CO),
+        }
+    }
+
+    /// Blocks of [`KB`] channel pairs.
+    fn blocks(&self) -> usize {
+        self.pairs / KB
+    }
+}
+
+/// The weights `[Cout, Cin, k, k]` as the left operand: for tap `t`, pair
+/// block `b` and output channel `c`, the 16 words of pairs `16 b..16 b + 16`
+/// at `((t * blocks + b) * cpad + c) * 16`, so a tile (16 channels) is 16
+/// consecutive rows of 64 bytes.
+fn pack_weights(g: &Geometry, l: &Layout, w: &[f32]) -> Vec<u32> {
+    let taps = g.k * g.k;
+    let mut out = vec![0u32; taps * l.pairs * l.cpad];
+    let at = |c: usize, ch: usize, t: usize| {
+        if ch < g.cin {
+            w[(c * g.cin + ch) * taps + t]
+        } else {
+            0.0
+        }
+    };
+    for t in 0..taps {
+        for b in 0..l.blocks() {
+            for c in 0..g.cout {
+                let row = &mut out[((t * l.blocks() + b) * l.cpad + c) * KB..][..KB];
+                for (q, word) in row.iter_mut().enumerate() {
+                    let p = b * KB + q;
+                    *word = bf16::word(at(c, 2 * p, t), at(c, 2 * p + 1, t));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One image `[Cin, H, W]` into `planes` (`pairs` planes of `len` words):
+/// the interior rounded to bf16 pairs, everything else zero.
+fn pack_image(g: &Geometry, l: &Layout, img: &[f32], zeros: &[f32], planes: &mut [u32]) {
+    let plane = g.h * g.w;
+    planes.fill(0);
+    for (q, dst) in planes.chunks_exact_mut(l.len).enumerate() {
+        let channel = |ch: usize| {
+            if ch < g.cin {
+                &img[ch * plane..][..plane]
+            } else {
+                &zeros[..plane]
+            }
+        };
+        if 2 * q >= g.cin {
+            break;
+        }
+        let (lo, hi) = (channel(2 * q), channel(2 * q + 1));
+        let first = g.pad * l.wp + g.pad;
+        bf16::words_blocks(lo, hi, g.w, &mut dst[first..], l.wp);
+    }
+}
+
+/// One block row of the product: output channels `c0..c0 + 32` at every
+/// computed position of the image, into `cbuf` (`32` rows of `fp` f32).
+///
+/// # Safety
+/// `u` is a configured unit; `wa` is [`pack_weights`]' output and `planes`
+/// [`pack_image`]'s for `g` and `l`; `c0 + 32 <= l.cpad`; `cbuf` holds
+/// `32 * l.fp` values.
+unsafe fn block_row<U: Tiles>(
+    u: &mut U,
+    g: &Geometry,
+    l: &Layout,
+    wa: &[u32],
+    planes: &[u32],
+    c0: usize,
+    cbuf: &mut [f32],
+) {
+    let (taps, blocks) = (g.k * g.k, l.blocks());
+    debug_assert!(c0 + CO <= l.cpad && cbuf.len() >= CO * l.fp);
+    debug_assert!(wa.len() == taps * l.pairs * l.cpad && planes.len() == l.pairs * l.len);
+    let (a_stride, b_stride, c_stride) = (KB * 4, l.len * 4, l.fp * 4);
+    for f0 in (0..l.fp).step_by(POS) {
+        // SAFETY: a weight tile reads rows `c0..c0 + 32 <= cpad` of one
+        // (tap, block) slab; an input tile reads planes `16 b..16 b + 16 <=
+        // pairs` at words `f0 + off..f0 + off + 32 <= fp - 1 + (k - 1)(wp +
+        // 1) + 1 <= len`; the stores write rows `0..32` of `cbuf` at
+        // columns `f0..f0 + 32 <= fp`.
+        unsafe {
+            u.zero::<0>();
+            u.zero::<1>();
+            u.zero::<2>();
+            u.zero::<3>();
+            for t in 0..taps {
+                let off = (t / g.k) * l.wp + t % g.k;
+                for b in 0..blocks {
+                    let a0 = wa.as_ptr().add(((t * blocks + b) * l.cpad + c0) * KB);
+                    let b0 = planes.as_ptr().add(b * KB * l.len + f0 + off);
+                    u.load::<4>(a0, a_stride);
+                    u.load::<5>(a0.add(T16 * KB), a_stride);
+                    u.load::<6>(b0, b_stride);
+                    u.load::<7>(b0.add(T16), b_stride);
+                    u.dot::<0, 4, 6>();
+                    u.dot::<1, 4, 7>();
+                    u.dot::<2, 5, 6>();
+                    u.dot::<3, 5, 7>();
+                }
+            }
+            let o = cbuf.as_mut_ptr().add(f0);
+            let half = T16 * l.fp;
+            u.store::<0>(o, c_stride);
+            u.store::<1>(o.add(T16), c_stride);
+            u.store::<2>(o.add(half), c_stride);
+            u.store::<3>(o.add(half + T16), c_stride);
+        }
+    }
+}
+
+/// The valid positions of `cbuf`'s rows into the output planes of channels
+/// `c0..`, through the epilogue; every value of those planes is written.
+fn write_out(
+    g: &Geometry,
+    l: &Layout,
+    cbuf: &[f32],
+    c0: usize,
+    out: &mut [MaybeUninit<f32>],
+    ep: Option<Epilogue<'_>>,
+) {
+    let plane = g.ho * g.wo;
+    for r in 0..CO.min(g.cout - c0) {
+        let c = c0 + r;
+        let o = &mut out[c * plane..][..plane];
+        let src = &cbuf[r * l.fp..][..l.fp];
+        for y in 0..g.ho {
+            let (s, d) = (&src[y * l.wp..][..g.wo], &mut o[y * g.wo..][..g.wo]);
+            match ep {
+                Some(ep) => ep.apply_into(c, s, d),
+                None => d.iter_mut().zip(s).for_each(|(d, &v)| {
+                    d.write(v);
+                }),
+            }
+        }
+    }
+}
+
+/// One image through the kernel on the unit `u`.
+///
+/// # Safety
+/// `u` is a configured unit; `wa` is [`pack_weights`]' output for `g`;
+/// `s` is any scratch.
+#[allow(clippy::too_many_arguments)]
+unsafe fn image<U: Tiles>(
+    u: &mut U,
+    g: &Geometry,
+    l: &Layout,
+    wa: &[u32],
+    img: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    ep: Option<Epilogue<'_>>,
+    s: &mut Scratch,
+) {
+    s.planes.resize(l.pairs * l.len, 0);
+    s.cbuf.resize(CO * l.fp, 0.0);
+    if s.zeros.len() < g.h * g.w {
+        s.zeros.resize(g.h * g.w, 0.0);
+    }
+    pack_image(g, l, img, &s.zeros, &mut s.planes);
+    for c0 in (0..l.cpad).step_by(CO) {
+        if c0 >= g.cout {
+            break;
+        }
+        // SAFETY: forwarded; `c0 + 32 <= cpad` and the buffers were sized
+        // above.
+        unsafe { block_row(u, g, l, wa, &s.planes, c0, &mut s.cbuf) };
+        write_out(g, l, &s.cbuf, c0, out, ep);
+    }
+}
+
+/// Each thread's buffers, kept across calls.
+#[derive(Default)]
+struct Scratch {
+    /// The packed image.
+    planes: Vec<u32>,
+    /// One block row of the product.
+    cbuf: Vec<f32>,
+    /// A zero channel for an odd channel count.
+    zeros: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: Pool<Scratch> = const { Pool::new(Vec::new()) };
+}
+
+/// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, k, k]` with bf16
+/// operands and f32 accumulation, each output plane finished by `ep`, if
+/// any. Only for geometries [`usable`] accepts.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
+    assert!(
+        usable(g),
+        "direct AMX convolution on an unsupported geometry {g:?}"
+    );
+    let l = Layout::new(g);
+    let wa = pack_weights(g, &l, w);
+    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+    let len = g.n * image_out;
+    let mut out = Vec::<f32>::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(image_out)
+        .zip(x.par_chunks(image_in))
+        .for_each(|(o, img)| {
+            scratch::with(&SCRATCH, |s| run_image(g, &l, &wa, img, o, ep, s));
+        });
+    // SAFETY: the chunks cover `..len`, and `write_out` wrote every value of
+    // each image's `cout` planes.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`image`] on this thread's hardware tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn run_image(
+    g: &Geometry,
+    l: &Layout,
+    wa: &[u32],
+    img: &[f32],
+    o: &mut [MaybeUninit<f32>],
+    ep: Option<Epilogue<'_>>,
+    s: &mut Scratch,
+) {
+    assert!(super::amx::active(), "the AMX tiles are not active");
+    // SAFETY: the AMX path is active (checked), so the tiles may be
+    // configured; the packed operands are for `g` and `l`.
+    unsafe { image(&mut super::amx::Hardware::new(), g, l, wa, img, o, ep, s) }
+}
+
+/// Never reached: [`usable`] is false without AMX.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn run_image(
+    _: &Geometry,
+    _: &Layout,
+    _: &[u32],
+    _: &[f32],
+    _: &mut [MaybeUninit<f32>],
+    _: Option<Epilogue<'_>>,
+    _: &mut Scratch,
+) {
+    unreachable!("the direct AMX convolution needs AMX")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::amx::Emulated;
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bf(x: f32) -> f64 {
+        f64::from(bf16::from_bf16(bf16::to_bf16(x)))
+    }
+
+    /// The convolution of the bf16-rounded operands in f64, with `ep`'s
+    /// bias and ReLU.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {
+        let mut out = vec![0f64; g.n * g.cout * g.ho * g.wo];
+        for n in 0..g.n {
+            for c in 0..g.cout {
+                for y in 0..g.ho {
+                    for xo in 0..g.wo {
+                        let mut acc = f64::from(bias[c]);
+                        for ch in 0..g.cin {
+                            for i in 0..g.k {
+                                for j in 0..g.k {
+                                    let (iy, ix) = (
+                                        (y + i) as isize - g.pad as isize,
+                                        (xo + j) as isize - g.pad as isize,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.cin + ch) * g.h + iy as usize) * g.w
+                                        + ix as usize];
+                                    let wv = w[((c * g.cin + ch) * g.k + i) * g.k + j];
+                                    acc += bf(xv) * bf(wv);
+                                }
+                            }
+                        }
+                        out[((n * g.cout + c) * g.ho + y) * g.wo + xo] =
+                            if relu { acc.max(0.0) } else { acc };
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn geometry(
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        pad: usize,
+    ) -> Geometry {
+        Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride: 1,
+            pad,
+            ho: h + 2 * pad + 1 - k,
+            wo: w + 2 * pad + 1 - k,
+        }
+    }
+
+    /// Runs the kernel on `unit` image by image, as [`forward`] does.
+    fn run_on<U: Tiles>(
+        unit: &mut U,
+        g: &Geometry,
+        x: &[f32],
+        w: &[f32],
+        ep: Option<Epilogue<'_>>,
+    ) -> Vec<f32> {
+        let l = Layout::new(g);
+        let wa = pack_weights(g, &l, w);
+        let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+        let mut out = vec![f32::NAN; g.n * image_out];
+        let mut s = Scratch::default();
+        for (o, img) in out
+            .chunks_exact_mut(image_out)
+            .zip(x.chunks_exact(image_in))
+        {
+            // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the view
+            // only receives writes.
+            let o = unsafe { &mut *(o as *mut [f32] as *mut [MaybeUninit<f32>]) };
+            // SAFETY: the caller's unit is configured; the operands are for `g`.
+            unsafe { image(unit, g, &l, &wa, img, o, ep, &mut s) };
+        }
+        out
+    }
+
+    fn check(out: &[f32], want: &[f64], what: &str) {
+        assert_eq!(out.len(), want.len());
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+        for (i, (&o, &r)) in out.iter().zip(want).enumerate() {
+            let err = (f64::from(o) - r).abs() / scale;
+            assert!(
+                err < 1e-5,
+                "{what}: value {i}: {o} against {r} (error {err:e} of the largest)"
+            );
+        }
+    }
+
+    /// Odd channel counts, channel counts past a tile, output channels not a
+    /// multiple of 32, kernels 1, 3 and 5, padding 0, 1 and 2, maps of
+    /// several widths; with and without the epilogue.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+        (2, 16, 8, 8, 16, 3, 1),
+        (1, 33, 6, 7, 40, 3, 0),
+        (2, 96, 8, 8, 96, 3, 1),
+        (1, 20, 5, 9, 17, 3, 2),
+        (1, 18, 7, 5, 33, 5, 2),
+        (1, 40, 4, 4, 24, 1, 0),
+    ];
+
+    #[test]
+    fn kernel_on_the_model_matches_the_definition() {
+        for (i, &(n, cin, h, w, cout, k, pad)) in SHAPES.iter().enumerate() {
+            let g = geometry(n, cin, h, w, cout, k, pad);
+            let x = values(n * cin * h * w, i as u64 + 1);
+            let wt = values(cout * cin * k * k, i as u64 + 100);
+            let bias = values(cout, i as u64 + 200);
+            let plain = run_on(&mut Emulated::default(), &g, &x, &wt, None);
+            check(
+                &plain,
+                &reference(&g, &x, &wt, &vec![0.0; cout], false),
+                &format!("{g:?}"),
+            );
+            let ep = Epilogue {
+                bias: &bias,
+                relu: true,
+            };
+            let fused = run_on(&mut Emulated::default(), &g, &x, &wt, Some(ep));
+            check(
+                &fused,
+                &reference(&g, &x, &wt, &bias, true),
+                &format!("{g:?} with bias and ReLU"),
+            );
+        }
+    }
+
+    /// On a CPU with AMX, [`forward`] (the hardware, in parallel) matches
+    /// the definition as the model does.
+    #[test]
+    fn hardware_matches_the_definition() {
+        if !super::super::amx::active() {
+            eprintln!(
+                "SKIPPED: no active AMX tiles on this machine ({:?})",
+                super::super::amx::status()
+            );
+            return;
+        }
+        for (i, &(n, cin, h, w, cout, k, pad)) in SHAPES.iter().enumerate() {
+            let g = geometry(n, cin, h, w, cout, k, pad);
+            let x = values(n * cin * h * w, i as u64 + 1);
+            let wt = values(cout * cin * k * k, i as u64 + 100);
+            let bias = values(cout, i as u64 + 200);
+            let ep = Some(Epilogue {
+                bias: &bias,
+                relu: true,
+            });
+            let hw = forward(&g, &x, &wt, ep);
+            check(
+                &hw,
+                &reference(&g, &x, &wt, &bias, true),
+                &format!("{g:?} on the hardware"),
+            );
+        }
+    }
+}
