@@ -731,6 +731,7 @@ impl CpuConv {
         let out = match (winograd, bf16) {
             (true, _) => winograd::forward(g, x, w, bf16, ep),
             (false, false) => forward(g, x, w, ep),
+            (false, true) if direct::usable(g) => direct::forward(g, x, w, ep),
             (false, true) => forward_bf16(g, x, w, ep),
         };
         (CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo)))

@@ -45,23 +45,28 @@ const POS: usize = 32;
 /// Rows (and words per row) of a tile.
 const T16: usize = 16;
 
-/// Whether [`forward`] takes this geometry: stride 1, a kernel of at most
-/// 5 x 5, enough channels for the tiles (an odd input channel count is
+/// Whether [`forward`] takes this geometry: stride 1 or 2, a kernel of at
+/// most 5 x 5, enough channels for the tiles (an odd input channel count is
 /// padded with a zero channel), and the AMX tiles active.
 pub(super) fn usable(g: &Geometry) -> bool {
-    g.stride == 1 && g.k <= 5 && g.cin >= 16 && g.cout >= 16 && super::amx::active()
+    matches!(g.stride, 1 | 2) && g.k <= 5 && g.cin >= 16 && g.cout >= 16 && super::amx::active()
 }
 
-/// Where everything sits for one geometry.
+/// Where everything sits for one geometry. With stride 2 the padded input
+/// is split into four phase planes (even and odd rows times even and odd
+/// columns), in which a stride-2 convolution reads like a stride-1 one.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
-    /// Width of a padded plane.
-    wp: usize,
-    /// Flat positions computed per image: `(Ho - 1) Wp + Wo`, rounded up to
+    /// The stride (1 or 2): the phases per pair are `stride²`.
+    stride: usize,
+    /// Width of a (phase) plane: the padded width, divided by the stride
+    /// and rounded up.
+    wq: usize,
+    /// Flat positions computed per image: `(Ho - 1) wq + Wo`, rounded up to
     /// [`POS`].
     fp: usize,
-    /// Words per channel-pair plane: the padded plane, and at least every
-    /// word a computed position reads (zero past the plane).
+    /// Words per phase plane: the plane, and at least every word a
+    /// computed position reads (zero past the plane).
     len: usize,
     /// Channel pairs, rounded up to [`KB`] (the padding planes are zero).
     pairs: usize,
@@ -71,11 +76,14 @@ struct Layout {
 
 impl Layout {
     fn new(g: &Geometry) -> Self {
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        let fp = ((g.ho - 1) * wp + g.wo).next_multiple_of(POS);
-        let len = (fp + (g.k - 1) * (wp + 1)).max(hp * wp);
+        let s = g.stride;
+        let (hq, wq) = ((g.h + 2 * g.pad).div_ceil(s), (g.w + 2 * g.pad).div_ceil(s));
+        let fp = ((g.ho - 1) * wq + g.wo).next_multiple_of(POS);
+        let reach = (g.k - 1) / s;
+        let len = (fp + reach * (wq + 1)).max(hq * wq);
         Layout {
-            wp,
+            stride: s,
+            wq,
             fp,
             len,
             pairs: g.cin.div_ceil(2).next_multiple_of(KB),
@@ -86,6 +94,18 @@ impl Layout {
     /// Blocks of [`KB`] channel pairs.
     fn blocks(&self) -> usize {
         self.pairs / KB
+    }
+
+    /// Words per channel pair: its phase planes.
+    fn group(&self) -> usize {
+        self.stride * self.stride * self.len
+    }
+
+    /// Where tap `(i, j)` reads, relative to the output position, in the
+    /// words of a pair's planes: its phase plane and the offset in it.
+    fn tap(&self, i: usize, j: usize) -> usize {
+        let s = self.stride;
+        ((i % s) * s + j % s) * self.len + (i / s) * self.wq + j / s
     }
 }
 
@@ -117,25 +137,53 @@ fn pack_weights(g: &Geometry, l: &Layout, w: &[f32]) -> Vec<u32> {
     out
 }
 
-/// One image `[Cin, H, W]` into `planes` (`pairs` planes of `len` words):
-/// the interior rounded to bf16 pairs, everything else zero.
-fn pack_image(g: &Geometry, l: &Layout, img: &[f32], zeros: &[f32], planes: &mut [u32]) {
+/// One image `[Cin, H, W]` into `planes` (`pairs` groups of phase planes):
+/// the interior rounded to bf16 pairs, everything else zero. `row` is
+/// scratch.
+fn pack_image(
+    g: &Geometry,
+    l: &Layout,
+    img: &[f32],
+    zeros: &[f32],
+    planes: &mut [u32],
+    row: &mut Vec<u32>,
+) {
     let plane = g.h * g.w;
     planes.fill(0);
-    for (q, dst) in planes.chunks_exact_mut(l.len).enumerate() {
-        let channel = |ch: usize| {
-            if ch < g.cin {
-                &img[ch * plane..][..plane]
-            } else {
-                &zeros[..plane]
-            }
-        };
+    let channel = |ch: usize| {
+        if ch < g.cin {
+            &img[ch * plane..][..plane]
+        } else {
+            &zeros[..plane]
+        }
+    };
+    for (q, dst) in planes.chunks_exact_mut(l.group()).enumerate() {
         if 2 * q >= g.cin {
             break;
         }
         let (lo, hi) = (channel(2 * q), channel(2 * q + 1));
-        let first = g.pad * l.wp + g.pad;
-        bf16::words_blocks(lo, hi, g.w, &mut dst[first..], l.wp);
+        if l.stride == 1 {
+            let first = g.pad * l.wq + g.pad;
+            bf16::words_blocks(lo, hi, g.w, &mut dst[first..], l.wq);
+            continue;
+        }
+        // Stride 2: a row of words at a time, its even and odd padded
+        // columns to the two phase planes of its row's parity.
+        row.resize(g.w, 0);
+        for y in 0..g.h {
+            let r = &lo[y * g.w..][..g.w];
+            bf16::words_blocks(r, &hi[y * g.w..][..g.w], g.w, row, g.w);
+            let py = y + g.pad;
+            for b in 0..2 {
+                let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
+                // Padded column `px = x + pad` has phase `px % 2`.
+                let x0 = (b + 2 - g.pad % 2) % 2;
+                let d = &mut dst[base + (x0 + g.pad) / 2..];
+                for (k, &word) in row.iter().skip(x0).step_by(2).enumerate() {
+                    d[k] = word;
+                }
+            }
+        }
     }
 }
 
@@ -157,24 +205,24 @@ unsafe fn block_row<U: Tiles>(
 ) {
     let (taps, blocks) = (g.k * g.k, l.blocks());
     debug_assert!(c0 + CO <= l.cpad && cbuf.len() >= CO * l.fp);
-    debug_assert!(wa.len() == taps * l.pairs * l.cpad && planes.len() == l.pairs * l.len);
-    let (a_stride, b_stride, c_stride) = (KB * 4, l.len * 4, l.fp * 4);
+    debug_assert!(wa.len() == taps * l.pairs * l.cpad && planes.len() == l.pairs * l.group());
+    let (a_stride, b_stride, c_stride) = (KB * 4, l.group() * 4, l.fp * 4);
     for f0 in (0..l.fp).step_by(POS) {
         // SAFETY: a weight tile reads rows `c0..c0 + 32 <= cpad` of one
-        // (tap, block) slab; an input tile reads planes `16 b..16 b + 16 <=
-        // pairs` at words `f0 + off..f0 + off + 32 <= fp - 1 + (k - 1)(wp +
-        // 1) + 1 <= len`; the stores write rows `0..32` of `cbuf` at
-        // columns `f0..f0 + 32 <= fp`.
+        // (tap, block) slab; an input tile reads the groups of pairs `16
+        // b..16 b + 16 <= pairs`, in one phase plane of each, words `f0 +
+        // off..f0 + off + 32 <= fp + reach (wq + 1) <= len`; the stores
+        // write rows `0..32` of `cbuf` at columns `f0..f0 + 32 <= fp`.
         unsafe {
             u.zero::<0>();
             u.zero::<1>();
             u.zero::<2>();
             u.zero::<3>();
             for t in 0..taps {
-                let off = (t / g.k) * l.wp + t % g.k;
+                let off = l.tap(t / g.k, t % g.k);
                 for b in 0..blocks {
                     let a0 = wa.as_ptr().add(((t * blocks + b) * l.cpad + c0) * KB);
-                    let b0 = planes.as_ptr().add(b * KB * l.len + f0 + off);
+                    let b0 = planes.as_ptr().add(b * KB * l.group() + f0 + off);
                     u.load::<4>(a0, a_stride);
                     u.load::<5>(a0.add(T16 * KB), a_stride);
                     u.load::<6>(b0, b_stride);
@@ -211,7 +259,7 @@ fn write_out(
         let o = &mut out[c * plane..][..plane];
         let src = &cbuf[r * l.fp..][..l.fp];
         for y in 0..g.ho {
-            let (s, d) = (&src[y * l.wp..][..g.wo], &mut o[y * g.wo..][..g.wo]);
+            let (s, d) = (&src[y * l.wq..][..g.wo], &mut o[y * g.wo..][..g.wo]);
             match ep {
                 Some(ep) => ep.apply_into(c, s, d),
                 None => d.iter_mut().zip(s).for_each(|(d, &v)| {
@@ -238,12 +286,12 @@ unsafe fn image<U: Tiles>(
     ep: Option<Epilogue<'_>>,
     s: &mut Scratch,
 ) {
-    s.planes.resize(l.pairs * l.len, 0);
+    s.planes.resize(l.pairs * l.group(), 0);
     s.cbuf.resize(CO * l.fp, 0.0);
     if s.zeros.len() < g.h * g.w {
         s.zeros.resize(g.h * g.w, 0.0);
     }
-    pack_image(g, l, img, &s.zeros, &mut s.planes);
+    pack_image(g, l, img, &s.zeros, &mut s.planes, &mut s.row);
     for c0 in (0..l.cpad).step_by(CO) {
         if c0 >= g.cout {
             break;
@@ -264,6 +312,8 @@ struct Scratch {
     cbuf: Vec<f32>,
     /// A zero channel for an odd channel count.
     zeros: Vec<f32>,
+    /// One row of words (stride 2).
+    row: Vec<u32>,
 }
 
 thread_local! {
@@ -360,8 +410,8 @@ mod tests {
                             for i in 0..g.k {
                                 for j in 0..g.k {
                                     let (iy, ix) = (
-                                        (y + i) as isize - g.pad as isize,
-                                        (xo + j) as isize - g.pad as isize,
+                                        (g.stride * y + i) as isize - g.pad as isize,
+                                        (g.stride * xo + j) as isize - g.pad as isize,
                                     );
                                     if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
                                     {
@@ -383,15 +433,7 @@ mod tests {
         out
     }
 
-    fn geometry(
-        n: usize,
-        cin: usize,
-        h: usize,
-        w: usize,
-        cout: usize,
-        k: usize,
-        pad: usize,
-    ) -> Geometry {
+    fn geometry((n, cin, h, w, cout, k, pad, stride): Shape) -> Geometry {
         Geometry {
             n,
             cin,
@@ -399,10 +441,10 @@ mod tests {
             w,
             cout,
             k,
-            stride: 1,
+            stride,
             pad,
-            ho: h + 2 * pad + 1 - k,
-            wo: w + 2 * pad + 1 - k,
+            ho: (h + 2 * pad - k) / stride + 1,
+            wo: (w + 2 * pad - k) / stride + 1,
         }
     }
 
@@ -444,22 +486,32 @@ mod tests {
         }
     }
 
+    /// `(n, cin, h, w, cout, k, pad, stride)`.
+    type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
     /// Odd channel counts, channel counts past a tile, output channels not a
     /// multiple of 32, kernels 1, 3 and 5, padding 0, 1 and 2, maps of
-    /// several widths; with and without the epilogue.
-    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
-        (2, 16, 8, 8, 16, 3, 1),
-        (1, 33, 6, 7, 40, 3, 0),
-        (2, 96, 8, 8, 96, 3, 1),
-        (1, 20, 5, 9, 17, 3, 2),
-        (1, 18, 7, 5, 33, 5, 2),
-        (1, 40, 4, 4, 24, 1, 0),
+    /// several widths (odd and even), strides 1 and 2; with and without the
+    /// epilogue.
+    const SHAPES: [Shape; 11] = [
+        (2, 16, 8, 8, 16, 3, 1, 1),
+        (1, 33, 6, 7, 40, 3, 0, 1),
+        (2, 96, 8, 8, 96, 3, 1, 1),
+        (1, 20, 5, 9, 17, 3, 2, 1),
+        (1, 18, 7, 5, 33, 5, 2, 1),
+        (1, 40, 4, 4, 24, 1, 0, 1),
+        (2, 32, 8, 8, 32, 3, 1, 2),
+        (1, 18, 9, 8, 20, 3, 1, 2),
+        (1, 17, 7, 7, 16, 3, 0, 2),
+        (1, 24, 10, 11, 16, 5, 2, 2),
+        (1, 16, 6, 6, 33, 1, 0, 2),
     ];
 
     #[test]
     fn kernel_on_the_model_matches_the_definition() {
-        for (i, &(n, cin, h, w, cout, k, pad)) in SHAPES.iter().enumerate() {
-            let g = geometry(n, cin, h, w, cout, k, pad);
+        for (i, &shape) in SHAPES.iter().enumerate() {
+            let g = geometry(shape);
+            let (n, cin, h, w, cout, k) = (g.n, g.cin, g.h, g.w, g.cout, g.k);
             let x = values(n * cin * h * w, i as u64 + 1);
             let wt = values(cout * cin * k * k, i as u64 + 100);
             let bias = values(cout, i as u64 + 200);
@@ -493,8 +545,9 @@ mod tests {
             );
             return;
         }
-        for (i, &(n, cin, h, w, cout, k, pad)) in SHAPES.iter().enumerate() {
-            let g = geometry(n, cin, h, w, cout, k, pad);
+        for (i, &shape) in SHAPES.iter().enumerate() {
+            let g = geometry(shape);
+            let (n, cin, h, w, cout, k) = (g.n, g.cin, g.h, g.w, g.cout, g.k);
             let x = values(n * cin * h * w, i as u64 + 1);
             let wt = values(cout * cin * k * k, i as u64 + 100);
             let bias = values(cout, i as u64 + 200);
