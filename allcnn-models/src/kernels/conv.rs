@@ -478,6 +478,7 @@ impl Epilogue<'_> {
     }
 
     /// As [`Epilogue::apply`], from `src` into `dst` (every value written).
+    #[inline(always)]
     fn apply_into(&self, k: usize, src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
         let b = self.bias[k];
         let pairs = dst.iter_mut().zip(src);

@@ -137,9 +137,10 @@ fn pack_weights(g: &Geometry, l: &Layout, w: &[f32]) -> Vec<u32> {
     out
 }
 
-/// One image `[Cin, H, W]` into `planes` (`pairs` groups of phase planes):
-/// the interior rounded to bf16 pairs, everything else zero. `row` is
-/// scratch.
+/// One image `[Cin, H, W]` into `planes` (`pairs` groups of phase planes,
+/// all zero or as the last call for the same input geometry left them):
+/// the words of the image's values, rounded to bf16 pairs, every one of
+/// them written; nothing else. `row` is scratch.
 fn pack_image(
     g: &Geometry,
     l: &Layout,
@@ -149,7 +150,6 @@ fn pack_image(
     row: &mut Vec<u32>,
 ) {
     let plane = g.h * g.w;
-    planes.fill(0);
     let channel = |ch: usize| {
         if ch < g.cin {
             &img[ch * plane..][..plane]
@@ -245,7 +245,45 @@ unsafe fn block_row<U: Tiles>(
 
 /// The valid positions of `cbuf`'s rows into the output planes of channels
 /// `c0..`, through the epilogue; every value of those planes is written.
+/// Compiled for AVX-512 where the CPU has it (the same operations, so the
+/// same values).
 fn write_out(
+    g: &Geometry,
+    l: &Layout,
+    cbuf: &[f32],
+    c0: usize,
+    out: &mut [MaybeUninit<f32>],
+    ep: Option<Epilogue<'_>>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        unsafe { write_out_avx512(g, l, cbuf, c0, out, ep) };
+        return;
+    }
+    write_out_body(g, l, cbuf, c0, out, ep);
+}
+
+/// [`write_out`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_out_avx512(
+    g: &Geometry,
+    l: &Layout,
+    cbuf: &[f32],
+    c0: usize,
+    out: &mut [MaybeUninit<f32>],
+    ep: Option<Epilogue<'_>>,
+) {
+    write_out_body(g, l, cbuf, c0, out, ep);
+}
+
+/// The body of [`write_out`], inlined into each instruction set's copy.
+#[inline(always)]
+fn write_out_body(
     g: &Geometry,
     l: &Layout,
     cbuf: &[f32],
@@ -286,10 +324,18 @@ unsafe fn image<U: Tiles>(
     ep: Option<Epilogue<'_>>,
     s: &mut Scratch,
 ) {
-    s.planes.resize(l.pairs * l.group(), 0);
     s.cbuf.resize(CO * l.fp, 0.0);
     if s.zeros.len() < g.h * g.w {
         s.zeros.resize(g.h * g.w, 0.0);
+    }
+    // The words `pack_image` writes depend only on the input geometry:
+    // everything else (padding, phases past the edge, missing pairs) stays
+    // zero from the last image of the same geometry.
+    let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k];
+    if s.key != Some(key) {
+        s.planes.clear();
+        s.planes.resize(l.pairs * l.group(), 0);
+        s.key = Some(key);
     }
     pack_image(g, l, img, &s.zeros, &mut s.planes, &mut s.row);
     for c0 in (0..l.cpad).step_by(CO) {
@@ -314,6 +360,8 @@ struct Scratch {
     zeros: Vec<f32>,
     /// One row of words (stride 2).
     row: Vec<u32>,
+    /// The input geometry `planes` was zeroed and last written for.
+    key: Option<[usize; 6]>,
 }
 
 thread_local! {
@@ -448,9 +496,11 @@ mod tests {
         }
     }
 
-    /// Runs the kernel on `unit` image by image, as [`forward`] does.
+    /// Runs the kernel on `unit` image by image with the scratch `s`, as
+    /// [`forward`] does.
     fn run_on<U: Tiles>(
         unit: &mut U,
+        s: &mut Scratch,
         g: &Geometry,
         x: &[f32],
         w: &[f32],
@@ -460,7 +510,6 @@ mod tests {
         let wa = pack_weights(g, &l, w);
         let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
         let mut out = vec![f32::NAN; g.n * image_out];
-        let mut s = Scratch::default();
         for (o, img) in out
             .chunks_exact_mut(image_out)
             .zip(x.chunks_exact(image_in))
@@ -469,7 +518,7 @@ mod tests {
             // only receives writes.
             let o = unsafe { &mut *(o as *mut [f32] as *mut [MaybeUninit<f32>]) };
             // SAFETY: the caller's unit is configured; the operands are for `g`.
-            unsafe { image(unit, g, &l, &wa, img, o, ep, &mut s) };
+            unsafe { image(unit, g, &l, &wa, img, o, ep, s) };
         }
         out
     }
@@ -507,15 +556,19 @@ mod tests {
         (1, 16, 6, 6, 33, 1, 0, 2),
     ];
 
+    /// One scratch for all shapes, twice over: a buffer left by another
+    /// geometry must not leak into the next.
     #[test]
     fn kernel_on_the_model_matches_the_definition() {
-        for (i, &shape) in SHAPES.iter().enumerate() {
+        let mut s = Scratch::default();
+        for (i, &shape) in SHAPES.iter().chain(&SHAPES).enumerate() {
+            let i = i % SHAPES.len();
             let g = geometry(shape);
             let (n, cin, h, w, cout, k) = (g.n, g.cin, g.h, g.w, g.cout, g.k);
             let x = values(n * cin * h * w, i as u64 + 1);
             let wt = values(cout * cin * k * k, i as u64 + 100);
             let bias = values(cout, i as u64 + 200);
-            let plain = run_on(&mut Emulated::default(), &g, &x, &wt, None);
+            let plain = run_on(&mut Emulated::default(), &mut s, &g, &x, &wt, None);
             check(
                 &plain,
                 &reference(&g, &x, &wt, &vec![0.0; cout], false),
@@ -525,7 +578,7 @@ mod tests {
                 bias: &bias,
                 relu: true,
             };
-            let fused = run_on(&mut Emulated::default(), &g, &x, &wt, Some(ep));
+            let fused = run_on(&mut Emulated::default(), &mut s, &g, &x, &wt, Some(ep));
             check(
                 &fused,
                 &reference(&g, &x, &wt, &bias, true),
