@@ -98,6 +98,28 @@ fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
     words_scalar(lo, hi, dst);
 }
 
+/// `dst[q] = word(src[2q], src[2q + 1])` for every word of `dst`: pairs of
+/// consecutive values, rounded to bf16 (a value past the end of `src`
+/// counts as 0). 16 words per AVX-512 instruction sequence where
+/// [`native`].
+pub(crate) fn narrow(src: &[f32], dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16.
+        unsafe { x86::narrow(src, dst) };
+        return;
+    }
+    narrow_scalar(src, dst);
+}
+
+/// The portable [`narrow`].
+fn narrow_scalar(src: &[f32], dst: &mut [u32]) {
+    let at = |i: usize| src.get(i).copied().unwrap_or(0.0);
+    for (q, d) in dst.iter_mut().enumerate() {
+        *d = word(at(2 * q), at(2 * q + 1));
+    }
+}
+
 /// [`words`] for `n` runs of `run` values at once, run `i` from
 /// `lo[src(i)..]` and `hi[src(i)..]` into `dst(i)`, where `src(i) = i *
 /// stride` and `dst(i) = out[i][at..at + run]` (the 16 packed operands of
@@ -891,6 +913,34 @@ mod x86 {
         });
     }
 
+    /// The native [`super::narrow`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn narrow(src: &[f32], dst: &mut [u32]) {
+        let odd_halves = _mm512_set_epi16(
+            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
+            19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+        );
+        let (n, len) = (dst.len(), src.len());
+        for q0 in (0..n).step_by(16) {
+            let p0 = 2 * q0;
+            let (m0, m1) = (
+                lanes(len.saturating_sub(p0)),
+                lanes(len.saturating_sub(p0 + 16)),
+            );
+            // SAFETY: the loads read values `p0 + lane < len` of `src`, the
+            // store words `q0 + lane < n` of `dst`.
+            unsafe {
+                let x0 = load(m0, src.as_ptr().wrapping_add(p0));
+                let x1 = load(m1, src.as_ptr().wrapping_add(p0 + 16));
+                let v = _mm512_permutex2var_epi16(round(x0), odd_halves, round(x1));
+                store(lanes(n - q0), dst.as_mut_ptr().add(q0), v);
+            }
+        }
+    }
+
     /// The native [`super::words`].
     ///
     /// # Safety
@@ -1101,6 +1151,24 @@ mod tests {
 
     fn r(x: f32) -> f64 {
         f64::from(from_bf16(to_bf16(x)))
+    }
+
+    #[test]
+    fn narrow_matches_the_scalar_words() {
+        let src: Vec<f32> = (0..77)
+            .map(|i| (i as f32 * 0.731).sin() * 3.0 + 1e-3)
+            .collect();
+        for (len, n) in [(77, 39), (77, 30), (64, 32), (5, 16), (0, 3)] {
+            let mut got = vec![0xdead_beef; n];
+            narrow(&src[..len], &mut got);
+            let mut want = vec![0xdead_beef; n];
+            narrow_scalar(&src[..len], &mut want);
+            assert_eq!(got, want, "{len} values into {n} words");
+            for (q, &w) in want.iter().enumerate() {
+                let at = |i: usize| if i < len { src[i] } else { 0.0 };
+                assert_eq!(w, word(at(2 * q), at(2 * q + 1)));
+            }
+        }
     }
 
     #[test]

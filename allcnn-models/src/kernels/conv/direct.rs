@@ -424,6 +424,264 @@ fn run_image(
     unreachable!("the direct AMX convolution needs AMX")
 }
 
+/// Images per partial sum of the weight gradient: consecutive images in
+/// fixed chunks, each accumulated in order on the tiles, the partials
+/// summed in order, so the result does not depend on the thread count.
+const WGRAD_CHUNK: usize = 8;
+
+/// Whether [`weight_grad`] takes this geometry: stride 1 (the layout of
+/// [`forward`] with one phase), the kernel and channels as [`usable`].
+pub(super) fn usable_weight_grad(g: &Geometry) -> bool {
+    g.stride == 1 && usable(g)
+}
+
+/// Where the weight gradient's operands sit (stride 1).
+#[derive(Debug, Clone, Copy)]
+struct GradLayout {
+    /// The forward's layout (its `fp` positions, in pairs, are the depth).
+    l: Layout,
+    /// Input channels, rounded up to [`CO`] (rows of the left operand).
+    cinp: usize,
+    /// Words per row of an input-plane copy: pairs of positions up to the
+    /// furthest a tap reads.
+    row: usize,
+}
+
+impl GradLayout {
+    fn new(g: &Geometry) -> Self {
+        let l = Layout::new(g);
+        GradLayout {
+            l,
+            cinp: g.cin.next_multiple_of(CO),
+            row: l.len.div_ceil(2) + 1,
+        }
+    }
+}
+
+/// Each thread's buffers for [`weight_grad`].
+#[derive(Default)]
+struct GradScratch {
+    /// One padded input plane in f32, flat (`len` values).
+    plane: Vec<f32>,
+    /// One output-gradient plane on the flat positions (`fp` values, zero
+    /// in the padding columns).
+    dplane: Vec<f32>,
+    /// The input planes as pairs of positions, even alignment (`cinp` rows
+    /// of `row` words) then odd alignment (the same, from position 1).
+    xa: Vec<u32>,
+    /// The output gradient as pairs of positions, one row per channel.
+    dw: Vec<u32>,
+    /// `dw` transposed: `fp / 2` rows of `cpad` words.
+    dt: Vec<u32>,
+    /// The geometry `plane`, `dplane` and `xa` were zeroed for.
+    key: Option<[usize; 7]>,
+}
+
+thread_local! {
+    static GRAD: Pool<GradScratch> = const { Pool::new(Vec::new()) };
+}
+
+/// Packs one image's input `[Cin, H, W]` and output gradient `[Cout, Ho,
+/// Wo]` into `s.xa` and `s.dt`.
+fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s: &mut GradScratch) {
+    let l = &gl.l;
+    let key = [g.cin, g.cout, g.h, g.w, g.pad, g.k, g.stride];
+    if s.key != Some(key) {
+        s.plane.clear();
+        s.plane.resize(l.len, 0.0);
+        s.dplane.clear();
+        s.dplane.resize(l.fp, 0.0);
+        s.xa.clear();
+        s.xa.resize(2 * gl.cinp * gl.row, 0);
+        s.dw.clear();
+        s.dw.resize(l.cpad * l.fp / 2, 0);
+        s.key = Some(key);
+    }
+    let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
+    let (even, odd) = s.xa.split_at_mut(gl.cinp * gl.row);
+    for ch in 0..g.cin {
+        let src = &img[ch * plane..][..plane];
+        for y in 0..g.h {
+            let at = (y + g.pad) * l.wq + g.pad;
+            s.plane[at..at + g.w].copy_from_slice(&src[y * g.w..][..g.w]);
+        }
+        bf16::narrow(&s.plane, &mut even[ch * gl.row..][..gl.row]);
+        bf16::narrow(&s.plane[1..], &mut odd[ch * gl.row..][..gl.row]);
+    }
+    for c in 0..g.cout {
+        let src = &dy[c * oplane..][..oplane];
+        for y in 0..g.ho {
+            s.dplane[y * l.wq..][..g.wo].copy_from_slice(&src[y * g.wo..][..g.wo]);
+        }
+        bf16::narrow(&s.dplane, &mut s.dw[c * l.fp / 2..][..l.fp / 2]);
+    }
+    // Transposed: row `q` (a pair of positions), word `c`.
+    let pairs = l.fp / 2;
+    s.dt.resize(pairs * l.cpad, 0);
+    for c0 in (0..l.cpad).step_by(T16) {
+        for q in 0..pairs {
+            let row = &mut s.dt[q * l.cpad + c0..][..T16];
+            for (r, w) in row.iter_mut().enumerate() {
+                *w = s.dw[(c0 + r) * pairs + q];
+            }
+        }
+    }
+}
+
+/// Adds one image's products to `acc` (`[tap][cinp][cpad]` f32): for each
+/// tap, `acc[t] += X_t · dYᵀ` over the image's positions.
+///
+/// # Safety
+/// `u` is a configured unit; `s` holds [`pack_grad_operands`]' output for
+/// `g` and `gl`; `acc` holds `k² cinp cpad` values.
+unsafe fn grad_image<U: Tiles>(
+    u: &mut U,
+    g: &Geometry,
+    gl: &GradLayout,
+    s: &GradScratch,
+    acc: &mut [f32],
+) {
+    let l = &gl.l;
+    let pairs = l.fp / 2;
+    let (a_stride, b_stride, c_stride) = (gl.row * 4, l.cpad * 4, l.cpad * 4);
+    debug_assert!(acc.len() == g.k * g.k * gl.cinp * l.cpad);
+    for t in 0..g.k * g.k {
+        let off = l.tap(t / g.k, t % g.k);
+        // Pairs of positions from `off`: the even copy at `off / 2` or the
+        // odd one at `(off - 1) / 2`.
+        let a = &s.xa[(off % 2) * gl.cinp * gl.row + off / 2..];
+        let slab = &mut acc[t * gl.cinp * l.cpad..][..gl.cinp * l.cpad];
+        for m0 in (0..gl.cinp).step_by(CO) {
+            for n0 in (0..l.cpad).step_by(CO) {
+                // SAFETY: the accumulator tiles are rows `m0..m0 + 32 <=
+                // cinp` x columns `n0..n0 + 32 <= cpad` of the slab; an A
+                // tile reads rows `m0..m0 + 32` of a copy at words `off / 2
+                // + q0..+ 16`, `<= (fp + reach (wq + 1)) / 2 + 1 <= row`; a B
+                // tile reads pairs `q0..q0 + 16 <= fp / 2` of `dt` at columns
+                // `n0..n0 + 32 <= cpad`.
+                unsafe {
+                    let c = slab.as_mut_ptr().add(m0 * l.cpad + n0);
+                    let half = T16 * l.cpad;
+                    u.load::<0>(c.cast(), c_stride);
+                    u.load::<1>(c.add(T16).cast(), c_stride);
+                    u.load::<2>(c.add(half).cast(), c_stride);
+                    u.load::<3>(c.add(half + T16).cast(), c_stride);
+                    for q0 in (0..pairs).step_by(T16) {
+                        let a0 = a.as_ptr().add(m0 * gl.row + q0);
+                        let b0 = s.dt.as_ptr().add(q0 * l.cpad + n0);
+                        u.load::<4>(a0, a_stride);
+                        u.load::<5>(a0.add(T16 * gl.row), a_stride);
+                        u.load::<6>(b0, b_stride);
+                        u.load::<7>(b0.add(T16), b_stride);
+                        u.dot::<0, 4, 6>();
+                        u.dot::<1, 4, 7>();
+                        u.dot::<2, 5, 6>();
+                        u.dot::<3, 5, 7>();
+                    }
+                    u.store::<0>(c, c_stride);
+                    u.store::<1>(c.add(T16), c_stride);
+                    u.store::<2>(c.add(half), c_stride);
+                    u.store::<3>(c.add(half + T16), c_stride);
+                }
+            }
+        }
+    }
+}
+
+/// `[tap][cinp][cpad]` sums into the gradient `[Cout, Cin, k, k]`.
+fn unpack_grad(g: &Geometry, gl: &GradLayout, acc: &[f32]) -> Vec<f32> {
+    let taps = g.k * g.k;
+    let mut dw = vec![0f32; g.cout * g.cin * taps];
+    for c in 0..g.cout {
+        for ch in 0..g.cin {
+            for t in 0..taps {
+                dw[(c * g.cin + ch) * taps + t] = acc[(t * gl.cinp + ch) * gl.l.cpad + c];
+            }
+        }
+    }
+    dw
+}
+
+/// Runs `chunk`'s images through [`grad_image`] on the unit `u`.
+///
+/// # Safety
+/// `u` is a configured unit.
+unsafe fn grad_chunk<U: Tiles>(
+    u: &mut U,
+    g: &Geometry,
+    gl: &GradLayout,
+    x: &[f32],
+    dy: &[f32],
+    images: std::ops::Range<usize>,
+    s: &mut GradScratch,
+) -> Vec<f32> {
+    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+    let mut acc = vec![0f32; g.k * g.k * gl.cinp * gl.l.cpad];
+    for n in images {
+        pack_grad_operands(
+            g,
+            gl,
+            &x[n * image_in..][..image_in],
+            &dy[n * image_out..][..image_out],
+            s,
+        );
+        // SAFETY: forwarded; the operands were just packed for `g`, `gl`.
+        unsafe { grad_image(u, g, gl, s, &mut acc) };
+    }
+    acc
+}
+
+/// The weight gradient `[Cout, Cin, k, k]` of a stride-1 convolution from
+/// its input `x` `[N, Cin, H, W]` and output gradient `dy`, with bf16
+/// operands and f32 accumulation: per tap, `dW_t = Σ_positions dY Xᵀ_t` on
+/// the tiles, the positions (in pairs) as the depth. Only for geometries
+/// [`usable_weight_grad`] accepts.
+pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(
+        usable_weight_grad(g),
+        "direct AMX weight gradient on an unsupported geometry {g:?}"
+    );
+    let gl = GradLayout::new(g);
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(WGRAD_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+            scratch::with(&GRAD, |s| run_grad_chunk(g, &gl, x, dy, images, s))
+        })
+        .collect();
+    let len = g.k * g.k * gl.cinp * gl.l.cpad;
+    unpack_grad(g, &gl, &super::sum_in_order(partials, len))
+}
+
+/// [`grad_chunk`] on this thread's hardware tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn run_grad_chunk(
+    g: &Geometry,
+    gl: &GradLayout,
+    x: &[f32],
+    dy: &[f32],
+    images: std::ops::Range<usize>,
+    s: &mut GradScratch,
+) -> Vec<f32> {
+    assert!(super::amx::active(), "the AMX tiles are not active");
+    // SAFETY: the AMX path is active (checked), so the tiles may be
+    // configured.
+    unsafe { grad_chunk(&mut super::amx::Hardware::new(), g, gl, x, dy, images, s) }
+}
+
+/// Never reached: [`usable_weight_grad`] is false without AMX.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn run_grad_chunk(
+    _: &Geometry,
+    _: &GradLayout,
+    _: &[f32],
+    _: &[f32],
+    _: std::ops::Range<usize>,
+    _: &mut GradScratch,
+) -> Vec<f32> {
+    unreachable!("the direct AMX weight gradient needs AMX")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::amx::Emulated;
@@ -583,6 +841,98 @@ mod tests {
                 &fused,
                 &reference(&g, &x, &wt, &bias, true),
                 &format!("{g:?} with bias and ReLU"),
+            );
+        }
+    }
+
+    /// The weight gradient of the bf16-rounded operands in f64.
+    fn grad_reference(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f64> {
+        let mut dw = vec![0f64; g.cout * g.cin * g.k * g.k];
+        for n in 0..g.n {
+            for c in 0..g.cout {
+                for ch in 0..g.cin {
+                    for i in 0..g.k {
+                        for j in 0..g.k {
+                            let mut acc = 0f64;
+                            for y in 0..g.ho {
+                                for xo in 0..g.wo {
+                                    let (iy, ix) = (
+                                        (g.stride * y + i) as isize - g.pad as isize,
+                                        (g.stride * xo + j) as isize - g.pad as isize,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.cin + ch) * g.h + iy as usize) * g.w
+                                        + ix as usize];
+                                    let d = dy[((n * g.cout + c) * g.ho + y) * g.wo + xo];
+                                    acc += bf(xv) * bf(d);
+                                }
+                            }
+                            dw[((c * g.cin + ch) * g.k + i) * g.k + j] += acc;
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    /// The stride-1 shapes of [`SHAPES`], with a batch over two chunks.
+    fn grad_shapes() -> Vec<Shape> {
+        let mut shapes: Vec<Shape> = SHAPES.iter().copied().filter(|s| s.7 == 1).collect();
+        shapes.push((WGRAD_CHUNK + 3, 16, 5, 6, 20, 3, 1, 1));
+        shapes
+    }
+
+    #[test]
+    fn weight_grad_on_the_model_matches_the_definition() {
+        let mut s = GradScratch::default();
+        for (i, shape) in grad_shapes().into_iter().enumerate() {
+            let g = geometry(shape);
+            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 1);
+            let dy = values(g.n * g.cout * g.ho * g.wo, i as u64 + 300);
+            let gl = GradLayout::new(&g);
+            let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(WGRAD_CHUNK))
+                .map(|chunk| {
+                    let images = chunk * WGRAD_CHUNK..((chunk + 1) * WGRAD_CHUNK).min(g.n);
+                    // SAFETY: the model unit is always configured.
+                    unsafe {
+                        grad_chunk(&mut Emulated::default(), &g, &gl, &x, &dy, images, &mut s)
+                    }
+                })
+                .collect();
+            let len = g.k * g.k * gl.cinp * gl.l.cpad;
+            let got = unpack_grad(&g, &gl, &super::super::sum_in_order(partials, len));
+            check(
+                &got,
+                &grad_reference(&g, &x, &dy),
+                &format!("weight gradient {g:?}"),
+            );
+        }
+    }
+
+    /// On a CPU with AMX, [`weight_grad`] (the hardware, in parallel)
+    /// matches the definition.
+    #[test]
+    fn weight_grad_on_the_hardware_matches_the_definition() {
+        if !super::super::amx::active() {
+            eprintln!(
+                "SKIPPED: no active AMX tiles on this machine ({:?})",
+                super::super::amx::status()
+            );
+            return;
+        }
+        for (i, shape) in grad_shapes().into_iter().enumerate() {
+            let g = geometry(shape);
+            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 1);
+            let dy = values(g.n * g.cout * g.ho * g.wo, i as u64 + 300);
+            let got = weight_grad(&g, &x, &dy);
+            check(
+                &got,
+                &grad_reference(&g, &x, &dy),
+                &format!("weight gradient {g:?} on the hardware"),
             );
         }
     }

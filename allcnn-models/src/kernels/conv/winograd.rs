@@ -704,6 +704,11 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
 /// gradient `dy`; with `bf16`, the 16 GEMMs take bf16-rounded operands.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Vec<f32> {
+    // With bf16 operands on AMX tiles, the direct weight gradient (as the
+    // forward, docs/performance.md).
+    if bf16 && super::direct::usable_weight_grad(g) {
+        return super::direct::weight_grad(g, x, dy);
+    }
     let t = Tiles::new(g);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let (co, ci) = (g.cout, g.cin);
