@@ -879,6 +879,7 @@ fn weight_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, x: &[f32], dy: &[
     match (winograd, bf16) {
         (true, _) => winograd::weight_grad(g, x, dy, bf16),
         (false, false) => weight_grad(g, x, dy),
+        (false, true) if direct::usable_weight_grad(g) => direct::weight_grad(g, x, dy),
         (false, true) => weight_grad_bf16(g, x, dy),
     }
 }

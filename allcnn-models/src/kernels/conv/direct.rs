@@ -429,22 +429,23 @@ fn run_image(
 /// summed in order, so the result does not depend on the thread count.
 const WGRAD_CHUNK: usize = 8;
 
-/// Whether [`weight_grad`] takes this geometry: stride 1 (the layout of
-/// [`forward`] with one phase), the kernel and channels as [`usable`].
+/// Whether [`weight_grad`] takes this geometry: as [`usable`].
 pub(super) fn usable_weight_grad(g: &Geometry) -> bool {
-    g.stride == 1 && usable(g)
+    usable(g)
 }
 
-/// Where the weight gradient's operands sit (stride 1).
+/// Where the weight gradient's operands sit.
 #[derive(Debug, Clone, Copy)]
 struct GradLayout {
     /// The forward's layout (its `fp` positions, in pairs, are the depth).
     l: Layout,
     /// Input channels, rounded up to [`CO`] (rows of the left operand).
     cinp: usize,
-    /// Words per row of an input-plane copy: pairs of positions up to the
-    /// furthest a tap reads.
+    /// Words per row of an input (phase) plane copy: pairs of positions up
+    /// to the furthest a tap reads.
     row: usize,
+    /// Phase planes per channel (`stride²`).
+    phases: usize,
 }
 
 impl GradLayout {
@@ -454,6 +455,7 @@ impl GradLayout {
             l,
             cinp: g.cin.next_multiple_of(CO),
             row: l.len.div_ceil(2) + 1,
+            phases: g.stride * g.stride,
         }
     }
 }
@@ -461,13 +463,15 @@ impl GradLayout {
 /// Each thread's buffers for [`weight_grad`].
 #[derive(Default)]
 struct GradScratch {
-    /// One padded input plane in f32, flat (`len` values).
+    /// One channel's padded input (phase) planes in f32, flat (`phases`
+    /// planes of `len` values).
     plane: Vec<f32>,
     /// One output-gradient plane on the flat positions (`fp` values, zero
     /// in the padding columns).
     dplane: Vec<f32>,
-    /// The input planes as pairs of positions, even alignment (`cinp` rows
-    /// of `row` words) then odd alignment (the same, from position 1).
+    /// The input planes as pairs of positions, even alignment (per
+    /// channel, its `phases` planes of `row` words) then odd alignment (the
+    /// same, from position 1).
     xa: Vec<u32>,
     /// The output gradient as pairs of positions, one row per channel.
     dw: Vec<u32>,
@@ -488,25 +492,45 @@ fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s:
     let key = [g.cin, g.cout, g.h, g.w, g.pad, g.k, g.stride];
     if s.key != Some(key) {
         s.plane.clear();
-        s.plane.resize(l.len, 0.0);
+        s.plane.resize(gl.phases * l.len, 0.0);
         s.dplane.clear();
         s.dplane.resize(l.fp, 0.0);
         s.xa.clear();
-        s.xa.resize(2 * gl.cinp * gl.row, 0);
+        s.xa.resize(2 * gl.cinp * gl.phases * gl.row, 0);
         s.dw.clear();
         s.dw.resize(l.cpad * l.fp / 2, 0);
         s.key = Some(key);
     }
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
-    let (even, odd) = s.xa.split_at_mut(gl.cinp * gl.row);
+    let per_channel = gl.phases * gl.row;
+    let (even, odd) = s.xa.split_at_mut(gl.cinp * per_channel);
     for ch in 0..g.cin {
         let src = &img[ch * plane..][..plane];
         for y in 0..g.h {
-            let at = (y + g.pad) * l.wq + g.pad;
-            s.plane[at..at + g.w].copy_from_slice(&src[y * g.w..][..g.w]);
+            let row = &src[y * g.w..][..g.w];
+            if l.stride == 1 {
+                let at = (y + g.pad) * l.wq + g.pad;
+                s.plane[at..at + g.w].copy_from_slice(row);
+                continue;
+            }
+            // Stride 2: the even and odd padded columns to the two phase
+            // planes of the row's parity, as in `pack_image`.
+            let py = y + g.pad;
+            for b in 0..2 {
+                let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
+                let x0 = (b + 2 - g.pad % 2) % 2;
+                let d = &mut s.plane[base + (x0 + g.pad) / 2..];
+                for (k, &v) in row.iter().skip(x0).step_by(2).enumerate() {
+                    d[k] = v;
+                }
+            }
         }
-        bf16::narrow(&s.plane, &mut even[ch * gl.row..][..gl.row]);
-        bf16::narrow(&s.plane[1..], &mut odd[ch * gl.row..][..gl.row]);
+        for ph in 0..gl.phases {
+            let src = &s.plane[ph * l.len..][..l.len];
+            let at = ch * per_channel + ph * gl.row;
+            bf16::narrow(src, &mut even[at..][..gl.row]);
+            bf16::narrow(&src[1..], &mut odd[at..][..gl.row]);
+        }
     }
     for c in 0..g.cout {
         let src = &dy[c * oplane..][..oplane];
@@ -543,20 +567,24 @@ unsafe fn grad_image<U: Tiles>(
 ) {
     let l = &gl.l;
     let pairs = l.fp / 2;
-    let (a_stride, b_stride, c_stride) = (gl.row * 4, l.cpad * 4, l.cpad * 4);
+    let per_channel = gl.phases * gl.row;
+    let (a_stride, b_stride, c_stride) = (per_channel * 4, l.cpad * 4, l.cpad * 4);
     debug_assert!(acc.len() == g.k * g.k * gl.cinp * l.cpad);
     for t in 0..g.k * g.k {
-        let off = l.tap(t / g.k, t % g.k);
+        // The tap's phase plane and its offset in it.
+        let (i, j, st) = (t / g.k, t % g.k, l.stride);
+        let (ph, off) = ((i % st) * st + j % st, (i / st) * l.wq + j / st);
         // Pairs of positions from `off`: the even copy at `off / 2` or the
         // odd one at `(off - 1) / 2`.
-        let a = &s.xa[(off % 2) * gl.cinp * gl.row + off / 2..];
+        let a = &s.xa[(off % 2) * gl.cinp * per_channel + ph * gl.row + off / 2..];
         let slab = &mut acc[t * gl.cinp * l.cpad..][..gl.cinp * l.cpad];
         for m0 in (0..gl.cinp).step_by(CO) {
             for n0 in (0..l.cpad).step_by(CO) {
                 // SAFETY: the accumulator tiles are rows `m0..m0 + 32 <=
                 // cinp` x columns `n0..n0 + 32 <= cpad` of the slab; an A
-                // tile reads rows `m0..m0 + 32` of a copy at words `off / 2
-                // + q0..+ 16`, `<= (fp + reach (wq + 1)) / 2 + 1 <= row`; a B
+                // tile reads channels `m0..m0 + 32` of a copy, in the tap's
+                // phase plane, at words `off / 2 + q0..+ 16`, `<= (fp +
+                // reach (wq + 1)) / 2 + 1 <= row`; a B
                 // tile reads pairs `q0..q0 + 16 <= fp / 2` of `dt` at columns
                 // `n0..n0 + 32 <= cpad`.
                 unsafe {
@@ -567,10 +595,10 @@ unsafe fn grad_image<U: Tiles>(
                     u.load::<2>(c.add(half).cast(), c_stride);
                     u.load::<3>(c.add(half + T16).cast(), c_stride);
                     for q0 in (0..pairs).step_by(T16) {
-                        let a0 = a.as_ptr().add(m0 * gl.row + q0);
+                        let a0 = a.as_ptr().add(m0 * per_channel + q0);
                         let b0 = s.dt.as_ptr().add(q0 * l.cpad + n0);
                         u.load::<4>(a0, a_stride);
-                        u.load::<5>(a0.add(T16 * gl.row), a_stride);
+                        u.load::<5>(a0.add(T16 * per_channel), a_stride);
                         u.load::<6>(b0, b_stride);
                         u.load::<7>(b0.add(T16), b_stride);
                         u.dot::<0, 4, 6>();
@@ -631,7 +659,7 @@ unsafe fn grad_chunk<U: Tiles>(
     acc
 }
 
-/// The weight gradient `[Cout, Cin, k, k]` of a stride-1 convolution from
+/// The weight gradient `[Cout, Cin, k, k]` of a convolution from
 /// its input `x` `[N, Cin, H, W]` and output gradient `dy`, with bf16
 /// operands and f32 accumulation: per tap, `dW_t = Σ_positions dY Xᵀ_t` on
 /// the tiles, the positions (in pairs) as the depth. Only for geometries
@@ -879,9 +907,9 @@ mod tests {
         dw
     }
 
-    /// The stride-1 shapes of [`SHAPES`], with a batch over two chunks.
+    /// [`SHAPES`], and a batch over two chunks.
     fn grad_shapes() -> Vec<Shape> {
-        let mut shapes: Vec<Shape> = SHAPES.iter().copied().filter(|s| s.7 == 1).collect();
+        let mut shapes = SHAPES.to_vec();
         shapes.push((WGRAD_CHUNK + 3, 16, 5, 6, 20, 3, 1, 1));
         shapes
     }
