@@ -889,6 +889,9 @@ fn input_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, dy: &[f32], w: &[f
     match (winograd, bf16) {
         (true, _) => winograd::input_grad(g, dy, w, bf16),
         (false, false) => input_grad(g, dy, w),
+        (false, true) if direct::usable_input_grad_stride2(g) => {
+            direct::input_grad_stride2(g, dy, w)
+        }
         (false, true) => input_grad_bf16(g, dy, w),
     }
 }

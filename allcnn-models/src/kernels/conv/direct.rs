@@ -115,21 +115,30 @@ impl Layout {
 /// consecutive rows of 64 bytes.
 fn pack_weights(g: &Geometry, l: &Layout, w: &[f32]) -> Vec<u32> {
     let taps = g.k * g.k;
-    let mut out = vec![0u32; taps * l.pairs * l.cpad];
-    let at = |c: usize, ch: usize, t: usize| {
-        if ch < g.cin {
-            w[(c * g.cin + ch) * taps + t]
-        } else {
-            0.0
-        }
-    };
-    for t in 0..taps {
+    pack_slabs(l, taps, g.cout, g.cin, |t, c, ch| {
+        w[(c * g.cin + ch) * taps + t]
+    })
+}
+
+/// The left operand for `slabs` taps, `rows` output channels and `depth`
+/// input channels, `at(t, row, channel)` giving the weight: laid out as
+/// [`pack_weights`] says, zero past `rows` and `depth`.
+fn pack_slabs(
+    l: &Layout,
+    slabs: usize,
+    rows: usize,
+    depth: usize,
+    at: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<u32> {
+    let mut out = vec![0u32; slabs * l.pairs * l.cpad];
+    let value = |t: usize, c: usize, ch: usize| if ch < depth { at(t, c, ch) } else { 0.0 };
+    for t in 0..slabs {
         for b in 0..l.blocks() {
-            for c in 0..g.cout {
+            for c in 0..rows {
                 let row = &mut out[((t * l.blocks() + b) * l.cpad + c) * KB..][..KB];
                 for (q, word) in row.iter_mut().enumerate() {
                     let p = b * KB + q;
-                    *word = bf16::word(at(c, 2 * p, t), at(c, 2 * p + 1, t));
+                    *word = bf16::word(value(t, c, 2 * p), value(t, c, 2 * p + 1));
                 }
             }
         }
@@ -187,27 +196,32 @@ fn pack_image(
     }
 }
 
-/// One block row of the product: output channels `c0..c0 + 32` at every
-/// computed position of the image, into `cbuf` (`32` rows of `fp` f32).
+/// One block row of the product: output channels `c0..c0 + 32` at the
+/// first `fp` (a multiple of 32, at most `l.fp`) computed positions of the
+/// image, into `cbuf` (`32` rows of `l.fp` f32), summed over the taps at
+/// the plane offsets `offs` (weight slab `t` for `offs[t]`).
 ///
 /// # Safety
-/// `u` is a configured unit; `wa` is [`pack_weights`]' output and `planes`
-/// [`pack_image`]'s for `g` and `l`; `c0 + 32 <= l.cpad`; `cbuf` holds
-/// `32 * l.fp` values.
+/// `u` is a configured unit; `wa` holds a slab per offset ([`pack_slabs`])
+/// and `planes` is [`pack_image`]'s output, both for `l`; every offset is
+/// at most `l.len - l.fp`; `c0 + 32 <= l.cpad`; `cbuf` holds `32 * l.fp`
+/// values.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block_row<U: Tiles>(
     u: &mut U,
-    g: &Geometry,
     l: &Layout,
     wa: &[u32],
     planes: &[u32],
+    offs: &[usize],
+    fp: usize,
     c0: usize,
     cbuf: &mut [f32],
 ) {
-    let (taps, blocks) = (g.k * g.k, l.blocks());
-    debug_assert!(c0 + CO <= l.cpad && cbuf.len() >= CO * l.fp);
-    debug_assert!(wa.len() == taps * l.pairs * l.cpad && planes.len() == l.pairs * l.group());
+    let blocks = l.blocks();
+    debug_assert!(c0 + CO <= l.cpad && fp <= l.fp && cbuf.len() >= CO * l.fp);
+    debug_assert!(wa.len() == offs.len() * l.pairs * l.cpad && planes.len() == l.pairs * l.group());
     let (a_stride, b_stride, c_stride) = (KB * 4, l.group() * 4, l.fp * 4);
-    for f0 in (0..l.fp).step_by(POS) {
+    for f0 in (0..fp).step_by(POS) {
         // SAFETY: a weight tile reads rows `c0..c0 + 32 <= cpad` of one
         // (tap, block) slab; an input tile reads the groups of pairs `16
         // b..16 b + 16 <= pairs`, in one phase plane of each, words `f0 +
@@ -218,8 +232,7 @@ unsafe fn block_row<U: Tiles>(
             u.zero::<1>();
             u.zero::<2>();
             u.zero::<3>();
-            for t in 0..taps {
-                let off = l.tap(t / g.k, t % g.k);
+            for (t, &off) in offs.iter().enumerate() {
                 for b in 0..blocks {
                     let a0 = wa.as_ptr().add(((t * blocks + b) * l.cpad + c0) * KB);
                     let b0 = planes.as_ptr().add(b * KB * l.group() + f0 + off);
@@ -331,20 +344,22 @@ unsafe fn image<U: Tiles>(
     // The words `pack_image` writes depend only on the input geometry:
     // everything else (padding, phases past the edge, missing pairs) stays
     // zero from the last image of the same geometry.
-    let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k];
+    let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo];
     if s.key != Some(key) {
         s.planes.clear();
         s.planes.resize(l.pairs * l.group(), 0);
         s.key = Some(key);
     }
     pack_image(g, l, img, &s.zeros, &mut s.planes, &mut s.row);
+    let offs: Vec<usize> = (0..g.k * g.k).map(|t| l.tap(t / g.k, t % g.k)).collect();
     for c0 in (0..l.cpad).step_by(CO) {
         if c0 >= g.cout {
             break;
         }
-        // SAFETY: forwarded; `c0 + 32 <= cpad` and the buffers were sized
-        // above.
-        unsafe { block_row(u, g, l, wa, &s.planes, c0, &mut s.cbuf) };
+        // SAFETY: forwarded; the offsets are the geometry's taps (at most
+        // `reach (wq + 1) <= len - fp`), `c0 + 32 <= cpad`, and the
+        // buffers were sized above.
+        unsafe { block_row(u, l, wa, &s.planes, &offs, l.fp, c0, &mut s.cbuf) };
         write_out(g, l, &s.cbuf, c0, out, ep);
     }
 }
@@ -360,8 +375,9 @@ struct Scratch {
     zeros: Vec<f32>,
     /// One row of words (stride 2).
     row: Vec<u32>,
-    /// The input geometry `planes` was zeroed and last written for.
-    key: Option<[usize; 6]>,
+    /// The input geometry `planes` was zeroed and last written for (with
+    /// the output size, which sets the planes' length).
+    key: Option<[usize; 8]>,
 }
 
 thread_local! {
@@ -710,6 +726,217 @@ fn run_grad_chunk(
     unreachable!("the direct AMX weight gradient needs AMX")
 }
 
+/// The stride-2 input gradient seen as four stride-1 convolutions of the
+/// output gradient, one per phase (parity of the padded row and column) of
+/// the input: input position `(py, px) = (2Y + a, 2X + b)` (padded
+/// coordinates) gets `Σ w[c][ch][a + 2u][b + 2v] dy[c][Y - u][X - v]`.
+#[derive(Debug, Clone, Copy)]
+struct Dual {
+    /// The packing of `dy`: `[N, Cout, Ho, Wo]` zero-padded by `(k - 1) / 2`.
+    g: Geometry,
+    /// Its layout.
+    l: Layout,
+    /// `(k - 1) / 2`.
+    p: usize,
+}
+
+impl Dual {
+    /// Phase positions needed along an axis of `size` input values padded
+    /// by `pad`, for parity `b`: `X` with `pad <= 2X + b < pad + size`, as a
+    /// count from `X = 0`.
+    fn needed(size: usize, pad: usize, b: usize) -> usize {
+        (pad + size - 1 - b) / 2 + 1
+    }
+
+    fn new(g: &Geometry) -> Option<Self> {
+        let p = (g.k - 1) / 2;
+        let (hn, wn) = (
+            Self::needed(g.h, g.pad, 0).max(Self::needed(g.h, g.pad, 1)),
+            Self::needed(g.w, g.pad, 0).max(Self::needed(g.w, g.pad, 1)),
+        );
+        // A needed position must not read past its row's padding into the
+        // next row (`X + p - v < Wo + 2p`); the rows' ends are zero.
+        if wn > g.wo + p {
+            return None;
+        }
+        let d = Geometry {
+            n: g.n,
+            cin: g.cout,
+            h: g.ho,
+            w: g.wo,
+            cout: g.cin,
+            k: g.k,
+            stride: 1,
+            pad: p,
+            ho: hn,
+            wo: wn,
+        };
+        Some(Dual {
+            g: d,
+            l: Layout::new(&d),
+            p,
+        })
+    }
+
+    /// Tap `(u, v)` of phase `(a, b)`: its offset in a plane of `dy`.
+    fn offset(&self, u: usize, v: usize) -> usize {
+        (self.p - u) * self.l.wq + (self.p - v)
+    }
+
+    /// The taps `(u, v)` of phase `(a, b)`: kernel rows `a + 2u < k` and
+    /// columns `b + 2v < k` (none for a 1 x 1 kernel's odd phases).
+    fn taps(&self, a: usize, b: usize) -> Vec<(usize, usize)> {
+        let k = self.g.k;
+        let (us, vs) = ((k + 1 - a) / 2, (k + 1 - b) / 2);
+        (0..us).flat_map(|u| (0..vs).map(move |v| (u, v))).collect()
+    }
+}
+
+/// Whether [`input_grad_stride2`] takes this geometry.
+pub(super) fn usable_input_grad_stride2(g: &Geometry) -> bool {
+    g.stride == 2 && g.k % 2 == 1 && usable(g) && Dual::new(g).is_some()
+}
+
+/// `dst[2m] = even[m]`, `dst[2m + 1] = odd[m]` for every value of `dst`.
+fn interleave(even: &[f32], odd: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    for (m, d) in dst.chunks_mut(2).enumerate() {
+        d[0].write(even[m]);
+        if let Some(o) = d.get_mut(1) {
+            o.write(odd[m]);
+        }
+    }
+}
+
+/// The input gradient `[N, Cin, H, W]` of a stride-2 convolution from its
+/// output gradient `dy` and kernel `w`, with bf16 operands and f32
+/// accumulation: per image, per block of 32 input channels, per row
+/// parity, the two column phases on the tiles, then each input row
+/// interleaved from the two. Every value is written once, nothing zeroed.
+/// Only for geometries [`usable_input_grad_stride2`] accepts.
+pub(super) fn input_grad_stride2(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(
+        usable_input_grad_stride2(g),
+        "direct AMX stride-2 input gradient on an unsupported geometry {g:?}"
+    );
+    let d = Dual::new(g).expect("checked by usable_input_grad_stride2");
+    let taps = g.k * g.k;
+    // Per phase, its slabs: A rows are the input channels, the depth the
+    // output channels.
+    let phases: Vec<(Vec<usize>, Vec<u32>)> = (0..4)
+        .map(|ph| {
+            let (a, b) = (ph / 2, ph % 2);
+            let list = d.taps(a, b);
+            let offs = list.iter().map(|&(u, v)| d.offset(u, v)).collect();
+            let wa = pack_slabs(&d.l, list.len(), g.cin, g.cout, |t, ch, c| {
+                let (u, v) = list[t];
+                w[(c * g.cin + ch) * taps + (a + 2 * u) * g.k + b + 2 * v]
+            });
+            (offs, wa)
+        })
+        .collect();
+    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+    let len = g.n * image_in;
+    let mut out = Vec::<f32>::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(image_in)
+        .zip(dy.par_chunks(image_out))
+        .for_each(|(o, img)| {
+            scratch::with(&SCRATCH, |s| run_dual_image(g, &d, &phases, img, o, s));
+        });
+    // SAFETY: the chunks cover `..len`, and `dual_image` wrote every value
+    // of each image's `cin` planes.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// One image of [`input_grad_stride2`] on the unit `u`.
+///
+/// # Safety
+/// `u` is a configured unit; `phases` are [`input_grad_stride2`]'s for `d`.
+unsafe fn dual_image<U: Tiles>(
+    u: &mut U,
+    g: &Geometry,
+    d: &Dual,
+    phases: &[(Vec<usize>, Vec<u32>)],
+    img: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    s: &mut Scratch,
+) {
+    let (dg, l) = (&d.g, &d.l);
+    s.cbuf.resize(2 * CO * l.fp, 0.0);
+    if s.zeros.len() < dg.h * dg.w {
+        s.zeros.resize(dg.h * dg.w, 0.0);
+    }
+    let key = [dg.cin, dg.h, dg.w, dg.pad, dg.stride, dg.k, dg.ho, dg.wo];
+    if s.key != Some(key) {
+        s.planes.clear();
+        s.planes.resize(l.pairs * l.group(), 0);
+        s.key = Some(key);
+    }
+    pack_image(dg, l, img, &s.zeros, &mut s.planes, &mut s.row);
+    let plane = g.h * g.w;
+    for c0 in (0..l.cpad).step_by(CO) {
+        if c0 >= g.cin {
+            break;
+        }
+        for a in 0..2 {
+            let (cb0, cb1) = s.cbuf.split_at_mut(CO * l.fp);
+            for (b, cb) in [cb0, cb1].into_iter().enumerate() {
+                let (offs, wa) = &phases[a * 2 + b];
+                // Rows `Y` with `2Y + a` inside the padded input's interior.
+                let rows = Dual::needed(g.h, g.pad, a);
+                let fp = ((rows - 1) * l.wq + dg.wo).next_multiple_of(POS).min(l.fp);
+                // SAFETY: forwarded; the offsets are at most `p (wq + 1) <=
+                // len - fp`, `c0 + 32 <= cpad`, `cbuf` holds two blocks of
+                // `32 fp` values.
+                unsafe { block_row(u, l, wa, &s.planes, offs, fp, c0, cb) };
+            }
+            // Input rows `y` of this parity: `py = y + pad = 2Y + a`; along
+            // the row, `x = 2m` is column phase `pad % 2` at `X = pad / 2 +
+            // m`, `x = 2m + 1` the other phase at `X = (pad + 1) / 2 + m`.
+            let (ev, od) = (g.pad % 2, (g.pad + 1) % 2);
+            let (e0, o0) = (g.pad / 2, (g.pad + 1) / 2);
+            for r in 0..CO.min(g.cin - c0) {
+                let o = &mut out[(c0 + r) * plane..][..plane];
+                for y in (0..g.h).filter(|y| (y + g.pad) % 2 == a) {
+                    let row = (y + g.pad) / 2 * l.wq;
+                    let src = |b: usize, x0: usize| &s.cbuf[(b * CO + r) * l.fp + row + x0..];
+                    interleave(src(ev, e0), src(od, o0), &mut o[y * g.w..][..g.w]);
+                }
+            }
+        }
+    }
+}
+
+/// [`dual_image`] on this thread's hardware tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn run_dual_image(
+    g: &Geometry,
+    d: &Dual,
+    phases: &[(Vec<usize>, Vec<u32>)],
+    img: &[f32],
+    o: &mut [MaybeUninit<f32>],
+    s: &mut Scratch,
+) {
+    assert!(super::amx::active(), "the AMX tiles are not active");
+    // SAFETY: the AMX path is active (checked), so the tiles may be
+    // configured; the operands are for `d`.
+    unsafe { dual_image(&mut super::amx::Hardware::new(), g, d, phases, img, o, s) }
+}
+
+/// Never reached: [`usable_input_grad_stride2`] is false without AMX.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn run_dual_image(
+    _: &Geometry,
+    _: &Dual,
+    _: &[(Vec<usize>, Vec<u32>)],
+    _: &[f32],
+    _: &mut [MaybeUninit<f32>],
+    _: &mut Scratch,
+) {
+    unreachable!("the direct AMX input gradient needs AMX")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::amx::Emulated;
@@ -961,6 +1188,114 @@ mod tests {
                 &got,
                 &grad_reference(&g, &x, &dy),
                 &format!("weight gradient {g:?} on the hardware"),
+            );
+        }
+    }
+
+    /// The input gradient of the bf16-rounded operands in f64.
+    fn input_grad_reference(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut dx = vec![0f64; g.n * g.cin * g.h * g.w];
+        for n in 0..g.n {
+            for c in 0..g.cout {
+                for y in 0..g.ho {
+                    for xo in 0..g.wo {
+                        let d = bf(dy[((n * g.cout + c) * g.ho + y) * g.wo + xo]);
+                        for ch in 0..g.cin {
+                            for i in 0..g.k {
+                                for j in 0..g.k {
+                                    let (iy, ix) = (
+                                        (g.stride * y + i) as isize - g.pad as isize,
+                                        (g.stride * xo + j) as isize - g.pad as isize,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let wv = bf(w[((c * g.cin + ch) * g.k + i) * g.k + j]);
+                                    dx[((n * g.cin + ch) * g.h + iy as usize) * g.w
+                                        + ix as usize] += wv * d;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx
+    }
+
+    /// The stride-2 shapes of [`SHAPES`] (odd kernels 1, 3, 5; padding 0,
+    /// 1, 2; odd and even sizes), each through [`input_grad_stride2`]'s
+    /// per-image code on the model, one scratch for all (and the forward's
+    /// shapes in between, so that buffers change geometry).
+    #[test]
+    fn stride2_input_grad_on_the_model_matches_the_definition() {
+        let mut s = Scratch::default();
+        for (i, &shape) in SHAPES.iter().enumerate() {
+            let g = geometry(shape);
+            if g.stride != 2 {
+                let x = values(g.n * g.cin * g.h * g.w, 7);
+                let wt = values(g.cout * g.cin * g.k * g.k, 8);
+                run_on(&mut Emulated::default(), &mut s, &g, &x, &wt, None);
+                continue;
+            }
+            let d = Dual::new(&g).expect("every stride-2 test shape fits");
+            let dy = values(g.n * g.cout * g.ho * g.wo, i as u64 + 400);
+            let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 500);
+            let taps = g.k * g.k;
+            let phases: Vec<(Vec<usize>, Vec<u32>)> = (0..4)
+                .map(|ph| {
+                    let (a, b) = (ph / 2, ph % 2);
+                    let list = d.taps(a, b);
+                    let offs = list.iter().map(|&(u, v)| d.offset(u, v)).collect();
+                    let wa = pack_slabs(&d.l, list.len(), g.cin, g.cout, |t, ch, c| {
+                        let (u, v) = list[t];
+                        wt[(c * g.cin + ch) * taps + (a + 2 * u) * g.k + b + 2 * v]
+                    });
+                    (offs, wa)
+                })
+                .collect();
+            let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+            let mut got = vec![f32::NAN; g.n * image_in];
+            for (o, img) in got
+                .chunks_exact_mut(image_in)
+                .zip(dy.chunks_exact(image_out))
+            {
+                // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the view
+                // only receives writes.
+                let o = unsafe { &mut *(o as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                // SAFETY: the model unit is always configured.
+                unsafe { dual_image(&mut Emulated::default(), &g, &d, &phases, img, o, &mut s) };
+            }
+            check(
+                &got,
+                &input_grad_reference(&g, &dy, &wt),
+                &format!("stride-2 input gradient {g:?}"),
+            );
+        }
+    }
+
+    /// On a CPU with AMX, [`input_grad_stride2`] (the hardware, in
+    /// parallel) matches the definition.
+    #[test]
+    fn stride2_input_grad_on_the_hardware_matches_the_definition() {
+        if !super::super::amx::active() {
+            eprintln!(
+                "SKIPPED: no active AMX tiles on this machine ({:?})",
+                super::super::amx::status()
+            );
+            return;
+        }
+        for (i, &shape) in SHAPES.iter().enumerate().filter(|(_, s)| s.7 == 2) {
+            let g = geometry(shape);
+            assert!(usable_input_grad_stride2(&g), "{g:?}");
+            let dy = values(g.n * g.cout * g.ho * g.wo, i as u64 + 400);
+            let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 500);
+            let got = input_grad_stride2(&g, &dy, &wt);
+            check(
+                &got,
+                &input_grad_reference(&g, &dy, &wt),
+                &format!("stride-2 input gradient {g:?} on the hardware"),
             );
         }
     }
