@@ -895,7 +895,7 @@ unsafe fn dual_image<U: Tiles>(
             // the row, `x = 2m` is column phase `pad % 2` at `X = pad / 2 +
             // m`, `x = 2m + 1` the other phase at `X = (pad + 1) / 2 + m`.
             let (ev, od) = (g.pad % 2, (g.pad + 1) % 2);
-            let (e0, o0) = (g.pad / 2, (g.pad + 1) / 2);
+            let (e0, o0) = (g.pad / 2, g.pad.div_ceil(2));
             for r in 0..CO.min(g.cin - c0) {
                 let o = &mut out[(c0 + r) * plane..][..plane];
                 for y in (0..g.h).filter(|y| (y + g.pad) % 2 == a) {
