@@ -7,7 +7,8 @@ and without `relu_attributions`), Guided Grad-CAM, Integrated Gradients
 (Gauss-Legendre and the four Riemann rules, zero and constant baselines;
 only configurations that pass the golden README's jitter rule, see IG_CASES) and
 Occlusion (whole and edge-cropped windows), LayerGradientXActivation,
-LayerIntegratedGradients and LayerDeepLift (conv7, conv8),
+LayerIntegratedGradients, LayerDeepLift, InternalInfluence and
+LayerConductance (conv7, conv8),
 DeepLift (zero and constant
 baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
 ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
@@ -40,6 +41,8 @@ import torch.nn as nn
 from captum.attr import (
     LRP,
     DeepLift,
+    InternalInfluence,
+    LayerConductance,
     LayerDeepLift,
     LayerGradientXActivation,
     LayerIntegratedGradients,
@@ -218,6 +221,15 @@ def compute(make_net, x, labels):
     out["layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25"] = LayerIntegratedGradients(
         net, net.relus["conv8"]
     ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
+    out["internal_influence.conv7.gausslegendre.4.0.0"] = InternalInfluence(
+        net, net.relus["conv7"]
+    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")
+    out["layer_conductance.conv8.riemann_trapezoid.5.0.25"] = LayerConductance(
+        net, net.relus["conv8"]
+    ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
+    out["layer_conductance.conv7.gausslegendre.4.0.0"] = LayerConductance(
+        net, net.relus["conv7"]
+    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")
     out["layer_deep_lift.conv7.zero"] = LayerDeepLift(net, net.relus["conv7"]).attribute(
         x, baselines=0.0, target=labels
     )

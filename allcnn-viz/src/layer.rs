@@ -1,6 +1,7 @@
 //! Attributions to a hidden layer's units rather than to the input:
-//! Captum's `LayerActivation`, `LayerGradientXActivation` and
-//! `LayerIntegratedGradients`, for a convolution after its ReLU. The maps
+//! Captum's `LayerActivation`, `LayerGradientXActivation`,
+//! `LayerIntegratedGradients`, `InternalInfluence` and `LayerConductance`,
+//! for a convolution after its ReLU. The maps
 //! have the layer's shape `[N, C, h, w]`.
 
 use allcnn_models::{AllCnn, LayerName, ReluRule, StandardRelu};
@@ -188,6 +189,186 @@ impl<'a> LayerIntegratedGradients<'a> {
         }
         let total = total.expect("a rule has at least one point");
         (total * change).context(|| "integrated gradients times the change".into())
+    }
+}
+
+/// Internal influence of convolution `layer`'s activations (after its
+/// ReLU): the target's gradient with respect to them, integrated by
+/// [`Quadrature`] along the straight path in *input* space from the
+/// baseline to the input, `∫ ∂T/∂a(b + t (x - b)) dt`, not multiplied by
+/// anything. `[N, C, h, w]`. Captum's `InternalInfluence` on that ReLU
+/// (default 50 Gauss-Legendre steps from a zero baseline).
+#[derive(Debug, Clone)]
+pub struct InternalInfluence<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    steps: usize,
+    quadrature: Quadrature,
+    baseline: Baseline,
+    batch: usize,
+}
+
+impl<'a> InternalInfluence<'a> {
+    /// 50 Gauss-Legendre steps from a zero baseline (Captum's defaults),
+    /// 64 images per pass.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self {
+            model,
+            layer,
+            steps: 50,
+            quadrature: Quadrature::GaussLegendre,
+            baseline: Baseline::default(),
+            batch: 64,
+        }
+    }
+
+    path_setters!();
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`LayerIntegratedGradients::attribute`].
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let mut total: Option<Tensor> = None;
+        let path = InputPath {
+            model: self.model,
+            layer: self.layer,
+            baseline: &self.baseline,
+            batch: self.batch,
+            method: "internal-influence",
+        };
+        path.walk(input, target, &points, |k, _, grad| {
+            let g = (grad * weights[k]).context(|| "weighting a point's gradient".into())?;
+            total = Some(match total.take() {
+                None => g,
+                Some(t) => (t + g).context(|| "summing the path".into())?,
+            });
+            Ok(())
+        })?;
+        Ok(total.expect("a rule has at least one point"))
+    }
+}
+
+/// Conductance of convolution `layer`'s activations (after its ReLU):
+/// along the straight path in input space from the baseline to the input,
+/// at the `steps + 1` points of [`Quadrature`]'s rule, the target's gradient
+/// with respect to the activations at each point times the activations'
+/// change to the next point, summed: `Σ_k ∂T/∂a(x_k) (a(x_{k+1}) -
+/// a(x_k))`. `[N, C, h, w]`; with many steps the map sums to about `T(x) -
+/// T(baseline)` per image. Captum's `LayerConductance` on that ReLU
+/// (default 50 steps, Gauss-Legendre points: Captum takes the rule's
+/// `steps + 1` points as the path and ignores its weights, and so does
+/// this).
+#[derive(Debug, Clone)]
+pub struct LayerConductance<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    steps: usize,
+    quadrature: Quadrature,
+    baseline: Baseline,
+    batch: usize,
+}
+
+impl<'a> LayerConductance<'a> {
+    /// 50 Gauss-Legendre steps from a zero baseline (Captum's defaults),
+    /// 64 images per pass.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self {
+            model,
+            layer,
+            steps: 50,
+            quadrature: Quadrature::GaussLegendre,
+            baseline: Baseline::default(),
+            batch: 64,
+        }
+    }
+
+    path_setters!();
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`LayerIntegratedGradients::attribute`].
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let (_, points) = self.quadrature.weights_and_points(self.steps + 1)?;
+        let mut total: Option<Tensor> = None;
+        let mut last: Option<(Tensor, Tensor)> = None;
+        let path = InputPath {
+            model: self.model,
+            layer: self.layer,
+            baseline: &self.baseline,
+            batch: self.batch,
+            method: "layer-conductance",
+        };
+        path.walk(input, target, &points, |_, act, grad| {
+            if let Some((prev_act, prev_grad)) = last.take() {
+                let g = (&act - prev_act)
+                    .and_then(|d| prev_grad * d)
+                    .context(|| "a step's conductance".into())?;
+                total = Some(match total.take() {
+                    None => g,
+                    Some(t) => (t + g).context(|| "summing the path".into())?,
+                });
+            }
+            last = Some((act, grad));
+            Ok(())
+        })?;
+        Ok(total.expect("a rule has at least two points"))
+    }
+}
+
+/// The straight path in input space that [`InternalInfluence`] and
+/// [`LayerConductance`] walk.
+struct InputPath<'a, 'b> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    baseline: &'b Baseline,
+    batch: usize,
+    method: &'static str,
+}
+
+impl InputPath<'_, '_> {
+    /// For each `t` of `points`, in order, `visit(k, a, g)` with the layer's
+    /// activations `a` at the input `b + t (x - b)` and the target's gradient
+    /// `g` with respect to them (`[N, C, h, w]` each); `batch` images per
+    /// pass. The target is resolved once, at the input itself.
+    fn walk(
+        &self,
+        input: &Tensor,
+        target: &Target,
+        points: &[f64],
+        mut visit: impl FnMut(usize, Tensor, Tensor) -> Result<(), VizError>,
+    ) -> Result<(), VizError> {
+        let model = self.model;
+        target.validate(model, input.dims())?;
+        let x = model_input(model, input)?;
+        let (n, _, h, w) = x.dims4().context(|| "input shape".into())?;
+        layer_shape(model, self.layer, (h, w))?;
+        let x0 = self.baseline.tensor_for(&x)?;
+        let target = fix_target(model, &x, target)?;
+        let change = (&x - &x0).context(|| "the input's change".into())?;
+        let per_pass = (self.batch / n.max(1)).max(1);
+        for (c, chunk) in points.chunks(per_pass).enumerate() {
+            let scaled: Vec<Tensor> = chunk
+                .iter()
+                .map(|&t| &x0 + (&change * t)?)
+                .collect::<candle_core::Result<_>>()
+                .context(|| "points on the path".into())?;
+            let inputs = Tensor::cat(&scaled, 0).context(|| "points on the path".into())?;
+            let (act, grad) = layer_gradient(
+                model,
+                self.layer,
+                &inputs,
+                &repeat_target(&target, chunk.len()),
+                self.method,
+            )?;
+            for k in 0..chunk.len() {
+                let part = |t: &Tensor| t.narrow(0, k * n, n).context(|| "a point's maps".into());
+                visit(c * per_pass + k, part(&act)?, part(&grad)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -141,7 +141,10 @@ pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
 pub use gradshap::GradientShap;
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
-pub use layer::{LayerActivation, LayerGradientXActivation, LayerIntegratedGradients};
+pub use layer::{
+    InternalInfluence, LayerActivation, LayerConductance, LayerGradientXActivation,
+    LayerIntegratedGradients,
+};
 pub use lrp::{Lrp, LrpComposite, LrpRule};
 pub use methods::{
     attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, InputXGradient, Method,

@@ -16,9 +16,9 @@ use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GuidedGradCam,
-    InputXGradient, IntegratedGradients, LayerActivation, LayerDeepLift, LayerGradientXActivation,
-    LayerIntegratedGradients, Lrp, LrpComposite, LrpRule, Occlusion, Quadrature, ShapleyValues,
-    Target,
+    InputXGradient, IntegratedGradients, InternalInfluence, LayerActivation, LayerConductance,
+    LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients, Lrp, LrpComposite, LrpRule,
+    Occlusion, Quadrature, ShapleyValues, Target,
 };
 use candle_core::{Device, Tensor};
 
@@ -387,6 +387,30 @@ fn layer_attributions_match_captum() {
         .unwrap();
     check(
         "layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25",
+        &got,
+        &want,
+    );
+    // Batch 3 splits the 5 points x 2 images unevenly.
+    let got = InternalInfluence::new(model, LayerName::Conv(7))
+        .steps(4)
+        .batch(3)
+        .attribute(input, &target)
+        .unwrap();
+    check("internal_influence.conv7.gausslegendre.4.0.0", &got, &want);
+    let got = LayerConductance::new(model, LayerName::Conv(7))
+        .steps(4)
+        .batch(3)
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_conductance.conv7.gausslegendre.4.0.0", &got, &want);
+    let got = LayerConductance::new(model, LayerName::Conv(8))
+        .steps(5)
+        .quadrature(Quadrature::RiemannTrapezoid)
+        .baseline(Baseline::Constant(0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "layer_conductance.conv8.riemann_trapezoid.5.0.25",
         &got,
         &want,
     );
