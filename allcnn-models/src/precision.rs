@@ -82,7 +82,7 @@ impl Precision {
 /// Whether bf16 GEMM operands make the convolutions faster than f32 on this
 /// CPU, as measured (docs/performance.md): the AMX tile kernel is active
 /// (Intel Sapphire Rapids and later), or the CPU has AVX-512 BF16 and is an
-/// AMD part. AMX runs a training step 2.2x and inference 3x faster than
+/// AMD part. AMX runs a training step 2.6x and inference 2.8-3.9x faster than
 /// f32 on a 2-core Sapphire Rapids class Xeon. AMD Zen 4 runs `vdpbf16ps`
 /// (32 multiply-adds) at the rate of one 512-bit f32 FMA (16): training
 /// steps 1.15-1.3x faster, inference 1.2-1.4x. Intel cores with AVX-512
