@@ -1134,20 +1134,8 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::amx::tests::values;
     use super::*;
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn r(x: f32) -> f64 {
         f64::from(from_bf16(to_bf16(x)))

@@ -337,20 +337,7 @@ unsafe fn image<U: Tiles>(
     ep: Option<Epilogue<'_>>,
     s: &mut Scratch,
 ) {
-    s.cbuf.resize(CO * l.fp, 0.0);
-    if s.zeros.len() < g.h * g.w {
-        s.zeros.resize(g.h * g.w, 0.0);
-    }
-    // The words `pack_image` writes depend only on the input geometry:
-    // everything else (padding, phases past the edge, missing pairs) stays
-    // zero from the last image of the same geometry.
-    let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo];
-    if s.key != Some(key) {
-        s.planes.clear();
-        s.planes.resize(l.pairs * l.group(), 0);
-        s.key = Some(key);
-    }
-    pack_image(g, l, img, &s.zeros, &mut s.planes, &mut s.row);
+    s.pack(g, l, img, 1);
     let offs: Vec<usize> = (0..g.k * g.k).map(|t| l.tap(t / g.k, t % g.k)).collect();
     for c0 in (0..l.cpad).step_by(CO) {
         if c0 >= g.cout {
@@ -378,6 +365,27 @@ struct Scratch {
     /// The input geometry `planes` was zeroed and last written for (with
     /// the output size, which sets the planes' length).
     key: Option<[usize; 8]>,
+}
+
+impl Scratch {
+    /// Packs `img` for `g` and `l` into `planes` ([`pack_image`]) and sizes
+    /// `cbuf` for `blocks` block rows.
+    fn pack(&mut self, g: &Geometry, l: &Layout, img: &[f32], blocks: usize) {
+        self.cbuf.resize(blocks * CO * l.fp, 0.0);
+        if self.zeros.len() < g.h * g.w {
+            self.zeros.resize(g.h * g.w, 0.0);
+        }
+        // The words `pack_image` writes depend only on the input geometry:
+        // everything else (padding, phases past the edge, missing pairs)
+        // stays zero from the last image of the same geometry.
+        let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo];
+        if self.key != Some(key) {
+            self.planes.clear();
+            self.planes.resize(l.pairs * l.group(), 0);
+            self.key = Some(key);
+        }
+        pack_image(g, l, img, &self.zeros, &mut self.planes, &mut self.row);
+    }
 }
 
 thread_local! {
@@ -783,6 +791,25 @@ impl Dual {
         (self.p - u) * self.l.wq + (self.p - v)
     }
 
+    /// Per phase `(a, b)` (index `2a + b`), the plane offsets of its taps
+    /// and its weight slabs (rows: the input channels; depth: the output
+    /// channels) for the kernel `w` of `g`.
+    fn operands(&self, g: &Geometry, w: &[f32]) -> Vec<(Vec<usize>, Vec<u32>)> {
+        let taps = g.k * g.k;
+        (0..4)
+            .map(|ph| {
+                let (a, b) = (ph / 2, ph % 2);
+                let list = self.taps(a, b);
+                let offs = list.iter().map(|&(u, v)| self.offset(u, v)).collect();
+                let wa = pack_slabs(&self.l, list.len(), g.cin, g.cout, |t, ch, c| {
+                    let (u, v) = list[t];
+                    w[(c * g.cin + ch) * taps + (a + 2 * u) * g.k + b + 2 * v]
+                });
+                (offs, wa)
+            })
+            .collect()
+    }
+
     /// The taps `(u, v)` of phase `(a, b)`: kernel rows `a + 2u < k` and
     /// columns `b + 2v < k` (none for a 1 x 1 kernel's odd phases).
     fn taps(&self, a: usize, b: usize) -> Vec<(usize, usize)> {
@@ -819,21 +846,7 @@ pub(super) fn input_grad_stride2(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32
         "direct AMX stride-2 input gradient on an unsupported geometry {g:?}"
     );
     let d = Dual::new(g).expect("checked by usable_input_grad_stride2");
-    let taps = g.k * g.k;
-    // Per phase, its slabs: A rows are the input channels, the depth the
-    // output channels.
-    let phases: Vec<(Vec<usize>, Vec<u32>)> = (0..4)
-        .map(|ph| {
-            let (a, b) = (ph / 2, ph % 2);
-            let list = d.taps(a, b);
-            let offs = list.iter().map(|&(u, v)| d.offset(u, v)).collect();
-            let wa = pack_slabs(&d.l, list.len(), g.cin, g.cout, |t, ch, c| {
-                let (u, v) = list[t];
-                w[(c * g.cin + ch) * taps + (a + 2 * u) * g.k + b + 2 * v]
-            });
-            (offs, wa)
-        })
-        .collect();
+    let phases = d.operands(g, w);
     let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
     let len = g.n * image_in;
     let mut out = Vec::<f32>::with_capacity(len);
@@ -863,17 +876,7 @@ unsafe fn dual_image<U: Tiles>(
     s: &mut Scratch,
 ) {
     let (dg, l) = (&d.g, &d.l);
-    s.cbuf.resize(2 * CO * l.fp, 0.0);
-    if s.zeros.len() < dg.h * dg.w {
-        s.zeros.resize(dg.h * dg.w, 0.0);
-    }
-    let key = [dg.cin, dg.h, dg.w, dg.pad, dg.stride, dg.k, dg.ho, dg.wo];
-    if s.key != Some(key) {
-        s.planes.clear();
-        s.planes.resize(l.pairs * l.group(), 0);
-        s.key = Some(key);
-    }
-    pack_image(dg, l, img, &s.zeros, &mut s.planes, &mut s.row);
+    s.pack(dg, l, img, 2);
     let plane = g.h * g.w;
     for c0 in (0..l.cpad).step_by(CO) {
         if c0 >= g.cin {
@@ -939,57 +942,60 @@ fn run_dual_image(
 
 #[cfg(test)]
 mod tests {
+    use super::super::amx::tests::values;
     use super::super::amx::Emulated;
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+    /// Whether the AMX tiles are missing here (said loudly: the hardware
+    /// tests then skip).
+    fn no_amx() -> bool {
+        let missing = !super::super::amx::active();
+        if missing {
+            eprintln!(
+                "SKIPPED: no active AMX tiles on this machine ({:?})",
+                super::super::amx::status()
+            );
+        }
+        missing
     }
 
     fn bf(x: f32) -> f64 {
         f64::from(bf16::from_bf16(bf16::to_bf16(x)))
     }
 
-    /// The convolution of the bf16-rounded operands in f64, with `ep`'s
-    /// bias and ReLU.
-    fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {
-        let mut out = vec![0f64; g.n * g.cout * g.ho * g.wo];
+    /// Calls `f(x, w, y)` with the indices into the input, the kernel and
+    /// the output of every product of the convolution `g` that falls inside
+    /// the (unpadded) input.
+    fn each_product(g: &Geometry, mut f: impl FnMut(usize, usize, usize)) {
         for n in 0..g.n {
             for c in 0..g.cout {
-                for y in 0..g.ho {
-                    for xo in 0..g.wo {
-                        let mut acc = f64::from(bias[c]);
-                        for ch in 0..g.cin {
-                            for i in 0..g.k {
-                                for j in 0..g.k {
-                                    let (iy, ix) = (
-                                        (g.stride * y + i) as isize - g.pad as isize,
-                                        (g.stride * xo + j) as isize - g.pad as isize,
-                                    );
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.cin + ch) * g.h + iy as usize) * g.w
-                                        + ix as usize];
-                                    let wv = w[((c * g.cin + ch) * g.k + i) * g.k + j];
-                                    acc += bf(xv) * bf(wv);
-                                }
+                for ch in 0..g.cin {
+                    for (i, j) in (0..g.k).flat_map(|i| (0..g.k).map(move |j| (i, j))) {
+                        for (y, xo) in (0..g.ho).flat_map(|y| (0..g.wo).map(move |x| (y, x))) {
+                            let (iy, ix) = (g.stride * y + i, g.stride * xo + j);
+                            if iy < g.pad || ix < g.pad || iy - g.pad >= g.h || ix - g.pad >= g.w {
+                                continue;
                             }
+                            let xi = ((n * g.cin + ch) * g.h + iy - g.pad) * g.w + ix - g.pad;
+                            let wi = ((c * g.cin + ch) * g.k + i) * g.k + j;
+                            f(xi, wi, ((n * g.cout + c) * g.ho + y) * g.wo + xo);
                         }
-                        out[((n * g.cout + c) * g.ho + y) * g.wo + xo] =
-                            if relu { acc.max(0.0) } else { acc };
                     }
                 }
             }
+        }
+    }
+
+    /// The convolution of the bf16-rounded operands in f64, with `ep`'s
+    /// bias and ReLU.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {
+        let plane = g.ho * g.wo;
+        let mut out: Vec<f64> = (0..g.n * g.cout * plane)
+            .map(|o| f64::from(bias[o / plane % g.cout]))
+            .collect();
+        each_product(g, |xi, wi, o| out[o] += bf(x[xi]) * bf(w[wi]));
+        if relu {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
         out
     }
@@ -1103,34 +1109,7 @@ mod tests {
     /// The weight gradient of the bf16-rounded operands in f64.
     fn grad_reference(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f64> {
         let mut dw = vec![0f64; g.cout * g.cin * g.k * g.k];
-        for n in 0..g.n {
-            for c in 0..g.cout {
-                for ch in 0..g.cin {
-                    for i in 0..g.k {
-                        for j in 0..g.k {
-                            let mut acc = 0f64;
-                            for y in 0..g.ho {
-                                for xo in 0..g.wo {
-                                    let (iy, ix) = (
-                                        (g.stride * y + i) as isize - g.pad as isize,
-                                        (g.stride * xo + j) as isize - g.pad as isize,
-                                    );
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.cin + ch) * g.h + iy as usize) * g.w
-                                        + ix as usize];
-                                    let d = dy[((n * g.cout + c) * g.ho + y) * g.wo + xo];
-                                    acc += bf(xv) * bf(d);
-                                }
-                            }
-                            dw[((c * g.cin + ch) * g.k + i) * g.k + j] += acc;
-                        }
-                    }
-                }
-            }
-        }
+        each_product(g, |xi, wi, o| dw[wi] += bf(x[xi]) * bf(dy[o]));
         dw
     }
 
@@ -1172,11 +1151,7 @@ mod tests {
     /// matches the definition.
     #[test]
     fn weight_grad_on_the_hardware_matches_the_definition() {
-        if !super::super::amx::active() {
-            eprintln!(
-                "SKIPPED: no active AMX tiles on this machine ({:?})",
-                super::super::amx::status()
-            );
+        if no_amx() {
             return;
         }
         for (i, shape) in grad_shapes().into_iter().enumerate() {
@@ -1195,32 +1170,7 @@ mod tests {
     /// The input gradient of the bf16-rounded operands in f64.
     fn input_grad_reference(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f64> {
         let mut dx = vec![0f64; g.n * g.cin * g.h * g.w];
-        for n in 0..g.n {
-            for c in 0..g.cout {
-                for y in 0..g.ho {
-                    for xo in 0..g.wo {
-                        let d = bf(dy[((n * g.cout + c) * g.ho + y) * g.wo + xo]);
-                        for ch in 0..g.cin {
-                            for i in 0..g.k {
-                                for j in 0..g.k {
-                                    let (iy, ix) = (
-                                        (g.stride * y + i) as isize - g.pad as isize,
-                                        (g.stride * xo + j) as isize - g.pad as isize,
-                                    );
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let wv = bf(w[((c * g.cin + ch) * g.k + i) * g.k + j]);
-                                    dx[((n * g.cin + ch) * g.h + iy as usize) * g.w
-                                        + ix as usize] += wv * d;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        each_product(g, |xi, wi, o| dx[xi] += bf(w[wi]) * bf(dy[o]));
         dx
     }
 
@@ -1242,19 +1192,7 @@ mod tests {
             let d = Dual::new(&g).expect("every stride-2 test shape fits");
             let dy = values(g.n * g.cout * g.ho * g.wo, i as u64 + 400);
             let wt = values(g.cout * g.cin * g.k * g.k, i as u64 + 500);
-            let taps = g.k * g.k;
-            let phases: Vec<(Vec<usize>, Vec<u32>)> = (0..4)
-                .map(|ph| {
-                    let (a, b) = (ph / 2, ph % 2);
-                    let list = d.taps(a, b);
-                    let offs = list.iter().map(|&(u, v)| d.offset(u, v)).collect();
-                    let wa = pack_slabs(&d.l, list.len(), g.cin, g.cout, |t, ch, c| {
-                        let (u, v) = list[t];
-                        wt[(c * g.cin + ch) * taps + (a + 2 * u) * g.k + b + 2 * v]
-                    });
-                    (offs, wa)
-                })
-                .collect();
+            let phases = d.operands(&g, &wt);
             let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
             let mut got = vec![f32::NAN; g.n * image_in];
             for (o, img) in got
@@ -1279,11 +1217,7 @@ mod tests {
     /// parallel) matches the definition.
     #[test]
     fn stride2_input_grad_on_the_hardware_matches_the_definition() {
-        if !super::super::amx::active() {
-            eprintln!(
-                "SKIPPED: no active AMX tiles on this machine ({:?})",
-                super::super::amx::status()
-            );
+        if no_amx() {
             return;
         }
         for (i, &shape) in SHAPES.iter().enumerate().filter(|(_, s)| s.7 == 2) {
@@ -1304,11 +1238,7 @@ mod tests {
     /// the definition as the model does.
     #[test]
     fn hardware_matches_the_definition() {
-        if !super::super::amx::active() {
-            eprintln!(
-                "SKIPPED: no active AMX tiles on this machine ({:?})",
-                super::super::amx::status()
-            );
+        if no_amx() {
             return;
         }
         for (i, &shape) in SHAPES.iter().enumerate() {
