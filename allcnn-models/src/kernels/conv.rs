@@ -729,10 +729,12 @@ impl CpuConv {
     fn run(&self, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> (CpuStorage, Shape) {
         let g = &self.geo;
         let Plan { winograd, bf16 } = self.plan;
+        // With bf16 operands on active AMX tiles the direct convolution
+        // runs whatever the plan's algorithm (docs/performance.md).
         let out = match (winograd, bf16) {
+            (_, true) if direct::usable(g) => direct::forward(g, x, w, ep),
             (true, _) => winograd::forward(g, x, w, bf16, ep),
             (false, false) => forward(g, x, w, ep),
-            (false, true) if direct::usable(g) => direct::forward(g, x, w, ep),
             (false, true) => forward_bf16(g, x, w, ep),
         };
         (CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo)))
@@ -877,9 +879,9 @@ impl CustomOp2 for Grad {
 /// The weight gradient of `(x, dy)` with `plan`'s algorithm.
 fn weight_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, x: &[f32], dy: &[f32]) -> Vec<f32> {
     match (winograd, bf16) {
+        (_, true) if direct::usable(g) => direct::weight_grad(g, x, dy),
         (true, _) => winograd::weight_grad(g, x, dy, bf16),
         (false, false) => weight_grad(g, x, dy),
-        (false, true) if direct::usable_weight_grad(g) => direct::weight_grad(g, x, dy),
         (false, true) => weight_grad_bf16(g, x, dy),
     }
 }
@@ -887,6 +889,9 @@ fn weight_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, x: &[f32], dy: &[
 /// The input gradient of `(dy, w)` with `plan`'s algorithm.
 fn input_grad_of(g: &Geometry, Plan { winograd, bf16 }: Plan, dy: &[f32], w: &[f32]) -> Vec<f32> {
     match (winograd, bf16) {
+        (true, true) if direct::usable(&winograd::dual(g)) => {
+            direct::forward(&winograd::dual(g), dy, &winograd::flipped(g, w), None)
+        }
         (true, _) => winograd::input_grad(g, dy, w, bf16),
         (false, false) => input_grad(g, dy, w),
         (false, true) if direct::usable_input_grad_stride2(g) => {

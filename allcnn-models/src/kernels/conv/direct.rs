@@ -453,11 +453,6 @@ fn run_image(
 /// summed in order, so the result does not depend on the thread count.
 const WGRAD_CHUNK: usize = 8;
 
-/// Whether [`weight_grad`] takes this geometry: as [`usable`].
-pub(super) fn usable_weight_grad(g: &Geometry) -> bool {
-    usable(g)
-}
-
 /// Where the weight gradient's operands sit.
 #[derive(Debug, Clone, Copy)]
 struct GradLayout {
@@ -687,10 +682,10 @@ unsafe fn grad_chunk<U: Tiles>(
 /// its input `x` `[N, Cin, H, W]` and output gradient `dy`, with bf16
 /// operands and f32 accumulation: per tap, `dW_t = Σ_positions dY Xᵀ_t` on
 /// the tiles, the positions (in pairs) as the depth. Only for geometries
-/// [`usable_weight_grad`] accepts.
+/// [`usable`] accepts.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(
-        usable_weight_grad(g),
+        usable(g),
         "direct AMX weight gradient on an unsupported geometry {g:?}"
     );
     let gl = GradLayout::new(g);
@@ -721,7 +716,7 @@ fn run_grad_chunk(
     unsafe { grad_chunk(&mut super::amx::Hardware::new(), g, gl, x, dy, images, s) }
 }
 
-/// Never reached: [`usable_weight_grad`] is false without AMX.
+/// Never reached: [`usable`] is false without AMX.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn run_grad_chunk(
     _: &Geometry,

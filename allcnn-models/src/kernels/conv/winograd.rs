@@ -625,11 +625,6 @@ pub(super) fn forward(
     bf16: bool,
     ep: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
-    // With bf16 operands on AMX tiles the direct convolution is faster
-    // (docs/performance.md): no transforms, and the tiles have the FLOPs.
-    if bf16 && super::direct::usable(g) {
-        return super::direct::forward(g, x, w, ep);
-    }
     let t = Tiles::new(g);
     let u = weight_transform(g, w);
     let (co, ci) = (g.cout, g.cin);
@@ -687,7 +682,11 @@ pub(super) fn forward(
 
 /// The input gradient `[N, Cin, H, W]` from the output gradient `dy`.
 pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec<f32> {
-    // w'[c][k][i][j] = w[k][c][2 - i][2 - j].
+    forward(&dual(g), dy, &flipped(g, w), bf16, None)
+}
+
+/// The kernel of [`dual`]: `w'[c][k][i][j] = w[k][c][2 - i][2 - j]`.
+pub(super) fn flipped(g: &Geometry, w: &[f32]) -> Vec<f32> {
     let mut flipped = vec![0f32; w.len()];
     for k in 0..g.cout {
         for c in 0..g.cin {
@@ -698,17 +697,12 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32], bf16: bool) -> Vec
             }
         }
     }
-    forward(&dual(g), dy, &flipped, bf16, None)
+    flipped
 }
 
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
 /// gradient `dy`; with `bf16`, the 16 GEMMs take bf16-rounded operands.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Vec<f32> {
-    // With bf16 operands on AMX tiles, the direct weight gradient (as the
-    // forward, docs/performance.md).
-    if bf16 && super::direct::usable_weight_grad(g) {
-        return super::direct::weight_grad(g, x, dy);
-    }
     let t = Tiles::new(g);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let (co, ci) = (g.cout, g.cin);
