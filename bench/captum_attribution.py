@@ -221,15 +221,17 @@ def compute(make_net, x, labels):
     out["layer_integrated_gradients.conv8.riemann_trapezoid.5.0.25"] = LayerIntegratedGradients(
         net, net.relus["conv8"]
     ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
+    # InternalInfluence and LayerConductance: the first 32 channels only,
+    # to keep the fixture under 1 MiB (the tests compare the same slice).
     out["internal_influence.conv7.gausslegendre.4.0.0"] = InternalInfluence(
         net, net.relus["conv7"]
-    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")
+    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")[:, :32].contiguous()
     out["layer_conductance.conv8.riemann_trapezoid.5.0.25"] = LayerConductance(
         net, net.relus["conv8"]
-    ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")
+    ).attribute(x, baselines=0.25, target=labels, n_steps=5, method="riemann_trapezoid")[:, :32].contiguous()
     out["layer_conductance.conv7.gausslegendre.4.0.0"] = LayerConductance(
         net, net.relus["conv7"]
-    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")
+    ).attribute(x, baselines=0.0, target=labels, n_steps=4, method="gausslegendre")[:, :32].contiguous()
     out["layer_deep_lift.conv7.zero"] = LayerDeepLift(net, net.relus["conv7"]).attribute(
         x, baselines=0.0, target=labels
     )
