@@ -25,6 +25,7 @@ choice; pass the same thread count as RAYON_NUM_THREADS for allcnn.
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 
@@ -87,7 +88,8 @@ def main():
     p.add_argument("--model", default="all-cnn-c")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations after one warm-up")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations, after the warm-up ones")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (as `allcnn bench`)")
     p.add_argument("--classes", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -141,13 +143,16 @@ def main():
             with torch.inference_mode(), autocast():
                 model(x)
 
-    step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(args.iters):
+    for _ in range(args.warmup):
         step()
     sync()
-    secs = time.perf_counter() - start
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    secs = sum(times)
     print(
         json.dumps(
             {
@@ -156,10 +161,12 @@ def main():
                 "conv": "pytorch" + ("-bf16" if args.bf16 else "") + ("-nhwc" if args.channels_last else ""),
                 "batch": args.batch,
                 "iters": args.iters,
+                "warmup": args.warmup,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
                 "images_per_sec": args.batch * args.iters / secs,
                 "ms_per_batch": secs * 1000 / args.iters,
+                "median_ms_per_batch": statistics.median(times) * 1000,
                 "peak_rss_mib": peak_rss_mib(),
                 "torch": torch.__version__,
             }

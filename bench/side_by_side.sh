@@ -10,10 +10,13 @@
 # JSON line with the round added; take the median over rounds. The CPU's
 # model and its bf16/AMX flags are printed first (as a JSON line with
 # "cpu"). Needs torch; runs on the machine's cores (set THREADS to pin).
+# Both tools run WARMUP (default 3) untimed iterations before ITERS timed
+# ones and report the mean and the median time per batch.
 set -euo pipefail
 BIN=${1:-target/release/allcnn}
 ROUNDS=${2:-3}
 ITERS=${ITERS:-3}
+WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-$(nproc)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SPEC=$(mktemp)
@@ -29,12 +32,12 @@ for round in $(seq 1 "$ROUNDS"); do
     for batch in 64 128; do
       for conv in winograd winograd-bf16; do
         RAYON_NUM_THREADS=$THREADS "$BIN" bench --model all-cnn-c --mode "$mode" --batch "$batch" \
-          --iters "$ITERS" --conv "$conv" | sed "s/^{/{\"round\":$round,/"
+          --iters "$ITERS" --warmup "$WARMUP" --conv "$conv" | sed "s/^{/{\"round\":$round,/"
       done
       for extra in "" "--bf16 --channels-last"; do
         # shellcheck disable=SC2086
         python3 "$HERE/pytorch_reference.py" --spec "$SPEC" --model all-cnn-c --mode "$mode" \
-          --batch "$batch" --iters "$ITERS" --threads "$THREADS" $extra 2>/dev/null \
+          --batch "$batch" --iters "$ITERS" --warmup "$WARMUP" --threads "$THREADS" $extra 2>/dev/null \
           | sed "s/^{/{\"round\":$round,/"
       done
     done

@@ -23,9 +23,13 @@ pub struct Args {
     /// SGD momentum + weight-decay update).
     #[arg(long, value_enum, default_value_t = BenchMode::Infer)]
     mode: BenchMode,
-    /// Timed iterations after one warm-up iteration.
+    /// Timed iterations, after the warm-up ones.
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Untimed iterations first: the first ones fault in the process's
+    /// memory and fill its buffer pools, which a long run pays once.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
     /// Class count of the head (default 10; 1000 for the ImageNet model).
     #[arg(long)]
     classes: Option<usize>,
@@ -58,10 +62,14 @@ struct Report<'a> {
     kernel: &'static str,
     batch: usize,
     iters: usize,
+    /// Untimed iterations before the timed ones.
+    warmup: usize,
     device: String,
     threads: usize,
     images_per_sec: f64,
     ms_per_batch: f64,
+    /// The median of the timed iterations' times, in ms.
+    median_ms_per_batch: f64,
     /// Peak resident memory of the process in MiB (Linux: VmHWM), if known.
     peak_rss_mib: Option<f64>,
     /// Whether `--conv winograd-bf16` has the CPU's AVX-512 BF16 kernel.
@@ -157,12 +165,16 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Ok(())
     };
-    step(0)?;
-    let start = Instant::now();
-    for i in 0..args.iters {
-        step(i as u64 + 1)?;
+    for i in 0..args.warmup {
+        step(i as u64)?;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(args.iters);
+    for i in 0..args.iters {
+        let start = Instant::now();
+        step((args.warmup + i) as u64)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let secs: f64 = times.iter().sum();
     let report = Report {
         model: &args.model,
         mode: if train { "train" } else { "infer" },
@@ -171,10 +183,12 @@ pub fn run(args: &Args) -> Result<()> {
         kernel: kernel(backend, &device),
         batch: args.batch,
         iters: args.iters,
+        warmup: args.warmup,
         device: format!("{device:?}"),
         threads: candle_core::utils::get_num_threads(),
         images_per_sec: (args.batch * args.iters) as f64 / secs,
         ms_per_batch: secs * 1000.0 / args.iters as f64,
+        median_ms_per_batch: median(&mut times) * 1000.0,
         peak_rss_mib: peak_rss_mib(),
         native_bf16: allcnn_models::kernels::conv::has_native_bf16(),
         amx: allcnn_models::kernels::conv::amx_status().describe(),
@@ -184,6 +198,17 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// `values` is left sorted. Zero for no values.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The GEMM kernel `backend` runs on `device` (see [`Report::kernel`]).
@@ -216,5 +241,12 @@ mod tests {
             Some("AMD EPYC (avx2 avx512_bf16)")
         );
         assert_eq!(cpu_description("flags : avx2\n"), None);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
     }
 }

@@ -937,6 +937,26 @@ impl DirectConv {
         }
     }
 
+    /// The input-gradient plan of the fused direct AMX backward
+    /// ([`direct::backward`]) when it takes this convolution: bf16 operands
+    /// on active tiles, and an input gradient that [`input_grad_of`] would
+    /// also compute on the tiles (or none wanted).
+    fn direct_input_grad(&self, want_dx: bool, w: &[f32]) -> Option<direct::InputGrad> {
+        let (g, Plan { winograd, bf16 }) = (&self.0.geo, self.0.plan);
+        if !bf16 || !direct::usable(g) {
+            return None;
+        }
+        let plan = match (want_dx, winograd) {
+            (false, _) => direct::InputGrad::Skip,
+            (true, true) => direct::InputGrad::Dual {
+                g: winograd::dual(g),
+                w: winograd::flipped(g, w),
+            },
+            (true, false) => direct::InputGrad::Stride2,
+        };
+        plan.usable(g).then_some(plan)
+    }
+
     /// The backward of [`DirectConv::forward`] for the gradient `dy` of its
     /// output `y`: `dy` is masked in place where `y` is 0 (PyTorch's ReLU
     /// backward), then `(dx, dw, dbias)`, `dx` only when `want_dx`.
@@ -949,6 +969,9 @@ impl DirectConv {
         want_dx: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let g = &self.0.geo;
+        if let Some(dx) = self.direct_input_grad(want_dx, w) {
+            return direct::backward(g, x, w, y, dy, &dx);
+        }
         dy.par_chunks_mut(4096)
             .zip(y.par_chunks(4096))
             .for_each(|(d, y)| {

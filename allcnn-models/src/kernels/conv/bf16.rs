@@ -112,6 +112,33 @@ pub(crate) fn narrow(src: &[f32], dst: &mut [u32]) {
     narrow_scalar(src, dst);
 }
 
+/// `dst[j * rows + i] = src[i * cols + j]` for the `rows x cols` words of
+/// `src` (row-major): the transpose, 16 x 16 words per AVX-512 block where
+/// [`native`] and both sides are multiples of 16.
+///
+/// # Panics
+/// When `src` or `dst` holds fewer than `rows * cols` words.
+pub(crate) fn transpose_words(src: &[u32], rows: usize, cols: usize, dst: &mut [u32]) {
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose_words: {rows} x {cols} words from {} into {}",
+        src.len(),
+        dst.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if native() && rows.is_multiple_of(16) && cols.is_multiple_of(16) {
+        // SAFETY: `native()` checked the CPU features; the sizes were
+        // checked above and are multiples of 16.
+        unsafe { x86::transpose_words(src, rows, cols, dst) };
+        return;
+    }
+    for i in 0..rows {
+        for j in 0..cols {
+            dst[j * rows + i] = src[i * cols + j];
+        }
+    }
+}
+
 /// The portable [`narrow`].
 fn narrow_scalar(src: &[f32], dst: &mut [u32]) {
     let at = |i: usize| src.get(i).copied().unwrap_or(0.0);
@@ -941,6 +968,32 @@ mod x86 {
         }
     }
 
+    /// The native [`super::transpose_words`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `rows` and `cols` are multiples of 16 and
+    /// `src`, `dst` hold at least `rows * cols` words.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_words(src: &[u32], rows: usize, cols: usize, dst: &mut [u32]) {
+        let mut m = [_mm512_setzero_si512(); 16];
+        for i0 in (0..rows).step_by(16) {
+            for j0 in (0..cols).step_by(16) {
+                // SAFETY: rows `i0..i0 + 16 <= rows` of `src`, words `j0..j0
+                // + 16 <= cols` of each; the stores write rows `j0..j0 + 16
+                // <= cols` of `dst`, words `i0..i0 + 16 <= rows` of each.
+                unsafe {
+                    for (r, v) in m.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(src.as_ptr().add((i0 + r) * cols + j0).cast());
+                    }
+                    transpose16(&mut m);
+                    for (c, v) in m.iter().enumerate() {
+                        _mm512_storeu_si512(dst.as_mut_ptr().add((j0 + c) * rows + i0).cast(), *v);
+                    }
+                }
+            }
+        }
+    }
+
     /// The native [`super::words`].
     ///
     /// # Safety
@@ -1139,6 +1192,26 @@ mod tests {
 
     fn r(x: f32) -> f64 {
         f64::from(from_bf16(to_bf16(x)))
+    }
+
+    #[test]
+    fn transpose_words_is_the_transpose() {
+        // Multiples of 16 (the AVX-512 blocks where the CPU has them) and
+        // odd sizes (the portable loop).
+        for (rows, cols) in [(32, 48), (16, 16), (5, 7), (1, 33)] {
+            let src: Vec<u32> = (0..rows * cols).map(|i| i as u32 * 2654435761).collect();
+            let mut dst = vec![0u32; rows * cols];
+            transpose_words(&src, rows, cols, &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}x{cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

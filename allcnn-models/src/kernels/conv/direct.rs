@@ -197,14 +197,15 @@ fn pack_image(
 }
 
 /// One block row of the product: output channels `c0..c0 + 32` at the
-/// first `fp` (a multiple of 32, at most `l.fp`) computed positions of the
-/// image, into `cbuf` (`32` rows of `l.fp` f32), summed over the taps at
-/// the plane offsets `offs` (weight slab `t` for `offs[t]`).
+/// computed positions `f0..f1` (a multiple of 32 apart, `f1 <= l.fp`) of
+/// the image, into `cbuf` (`32` rows of `ldc >= f1 - f0` f32, position `f`
+/// at column `f - f0`), summed over the taps at the plane offsets `offs`
+/// (weight slab `t` for `offs[t]`).
 ///
 /// # Safety
 /// `u` is a configured unit; `wa` holds a slab per offset ([`pack_slabs`])
 /// and `planes` is [`pack_image`]'s output, both for `l`; every offset is
-/// at most `l.len - l.fp`; `c0 + 32 <= l.cpad`; `cbuf` holds `32 * l.fp`
+/// at most `l.len - l.fp`; `c0 + 32 <= l.cpad`; `cbuf` holds `32 * ldc`
 /// values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_row<U: Tiles>(
@@ -213,20 +214,23 @@ unsafe fn block_row<U: Tiles>(
     wa: &[u32],
     planes: &[u32],
     offs: &[usize],
-    fp: usize,
+    (f0, f1): (usize, usize),
     c0: usize,
     cbuf: &mut [f32],
+    ldc: usize,
 ) {
     let blocks = l.blocks();
-    debug_assert!(c0 + CO <= l.cpad && fp <= l.fp && cbuf.len() >= CO * l.fp);
+    debug_assert!(c0 + CO <= l.cpad && f1 <= l.fp && (f1 - f0).is_multiple_of(POS));
+    debug_assert!(f1 - f0 <= ldc && cbuf.len() >= CO * ldc);
     debug_assert!(wa.len() == offs.len() * l.pairs * l.cpad && planes.len() == l.pairs * l.group());
-    let (a_stride, b_stride, c_stride) = (KB * 4, l.group() * 4, l.fp * 4);
-    for f0 in (0..fp).step_by(POS) {
+    let (a_stride, b_stride, c_stride) = (KB * 4, l.group() * 4, ldc * 4);
+    for f in (f0..f1).step_by(POS) {
         // SAFETY: a weight tile reads rows `c0..c0 + 32 <= cpad` of one
         // (tap, block) slab; an input tile reads the groups of pairs `16
-        // b..16 b + 16 <= pairs`, in one phase plane of each, words `f0 +
-        // off..f0 + off + 32 <= fp + reach (wq + 1) <= len`; the stores
-        // write rows `0..32` of `cbuf` at columns `f0..f0 + 32 <= fp`.
+        // b..16 b + 16 <= pairs`, in one phase plane of each, words `f +
+        // off..f + off + 32 <= fp + reach (wq + 1) <= len`; the stores
+        // write rows `0..32` of `cbuf` at columns `f - f0..f - f0 + 32 <=
+        // ldc`.
         unsafe {
             u.zero::<0>();
             u.zero::<1>();
@@ -235,7 +239,7 @@ unsafe fn block_row<U: Tiles>(
             for (t, &off) in offs.iter().enumerate() {
                 for b in 0..blocks {
                     let a0 = wa.as_ptr().add(((t * blocks + b) * l.cpad + c0) * KB);
-                    let b0 = planes.as_ptr().add(b * KB * l.group() + f0 + off);
+                    let b0 = planes.as_ptr().add(b * KB * l.group() + f + off);
                     u.load::<4>(a0, a_stride);
                     u.load::<5>(a0.add(T16 * KB), a_stride);
                     u.load::<6>(b0, b_stride);
@@ -246,8 +250,8 @@ unsafe fn block_row<U: Tiles>(
                     u.dot::<3, 5, 7>();
                 }
             }
-            let o = cbuf.as_mut_ptr().add(f0);
-            let half = T16 * l.fp;
+            let o = cbuf.as_mut_ptr().add(f - f0);
+            let half = T16 * ldc;
             u.store::<0>(o, c_stride);
             u.store::<1>(o.add(T16), c_stride);
             u.store::<2>(o.add(half), c_stride);
@@ -256,14 +260,21 @@ unsafe fn block_row<U: Tiles>(
     }
 }
 
-/// The valid positions of `cbuf`'s rows into the output planes of channels
-/// `c0..`, through the epilogue; every value of those planes is written.
-/// Compiled for AVX-512 where the CPU has it (the same operations, so the
-/// same values).
+/// Positions per pass of [`image`]: a block row of this many (32 rows of
+/// f32, 24 KB) stays in L1 from the tile stores to the epilogue.
+const CHUNK: usize = 6 * POS;
+
+/// The valid positions among `f0..f1` of `cbuf`'s rows (row stride `ldc`,
+/// position `f` at column `f - f0`) into the output planes of channels
+/// `c0..`, through the epilogue. Called for consecutive ranges covering
+/// `0..l.fp`, it writes every value of those planes. Compiled for AVX-512
+/// where the CPU has it (the same operations, so the same values).
+#[allow(clippy::too_many_arguments)]
 fn write_out(
     g: &Geometry,
     l: &Layout,
     cbuf: &[f32],
+    (f0, f1, ldc): (usize, usize, usize),
     c0: usize,
     out: &mut [MaybeUninit<f32>],
     ep: Option<Epilogue<'_>>,
@@ -271,10 +282,10 @@ fn write_out(
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F.
-        unsafe { write_out_avx512(g, l, cbuf, c0, out, ep) };
+        unsafe { write_out_avx512(g, l, cbuf, (f0, f1, ldc), c0, out, ep) };
         return;
     }
-    write_out_body(g, l, cbuf, c0, out, ep);
+    write_out_body(g, l, cbuf, (f0, f1, ldc), c0, out, ep);
 }
 
 /// [`write_out`] compiled for AVX-512.
@@ -283,34 +294,46 @@ fn write_out(
 /// The CPU has AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn write_out_avx512(
     g: &Geometry,
     l: &Layout,
     cbuf: &[f32],
+    range: (usize, usize, usize),
     c0: usize,
     out: &mut [MaybeUninit<f32>],
     ep: Option<Epilogue<'_>>,
 ) {
-    write_out_body(g, l, cbuf, c0, out, ep);
+    write_out_body(g, l, cbuf, range, c0, out, ep);
 }
 
 /// The body of [`write_out`], inlined into each instruction set's copy.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn write_out_body(
     g: &Geometry,
     l: &Layout,
     cbuf: &[f32],
+    (f0, f1, ldc): (usize, usize, usize),
     c0: usize,
     out: &mut [MaybeUninit<f32>],
     ep: Option<Epilogue<'_>>,
 ) {
     let plane = g.ho * g.wo;
+    // Output rows `y` whose computed positions `y wq..y wq + wo` meet
+    // `f0..f1`, and the columns of each that do.
+    let rows = (f0 / l.wq)..(f1.div_ceil(l.wq)).min(g.ho);
     for r in 0..CO.min(g.cout - c0) {
         let c = c0 + r;
         let o = &mut out[c * plane..][..plane];
-        let src = &cbuf[r * l.fp..][..l.fp];
-        for y in 0..g.ho {
-            let (s, d) = (&src[y * l.wq..][..g.wo], &mut o[y * g.wo..][..g.wo]);
+        let src = &cbuf[r * ldc..][..f1 - f0];
+        for y in rows.clone() {
+            let (a, b) = (f0.max(y * l.wq), f1.min(y * l.wq + g.wo));
+            if a >= b {
+                continue;
+            }
+            let (x0, x1) = (a - y * l.wq, b - y * l.wq);
+            let (s, d) = (&src[a - f0..b - f0], &mut o[y * g.wo + x0..y * g.wo + x1]);
             match ep {
                 Some(ep) => ep.apply_into(c, s, d),
                 None => d.iter_mut().zip(s).for_each(|(d, &v)| {
@@ -343,11 +366,17 @@ unsafe fn image<U: Tiles>(
         if c0 >= g.cout {
             break;
         }
-        // SAFETY: forwarded; the offsets are the geometry's taps (at most
-        // `reach (wq + 1) <= len - fp`), `c0 + 32 <= cpad`, and the
-        // buffers were sized above.
-        unsafe { block_row(u, l, wa, &s.planes, &offs, l.fp, c0, &mut s.cbuf) };
-        write_out(g, l, &s.cbuf, c0, out, ep);
+        // Both multiples of 32: `fp` and the chunk.
+        let ldc = CHUNK.min(l.fp);
+        for f0 in (0..l.fp).step_by(ldc) {
+            let f1 = (f0 + ldc).min(l.fp);
+            // SAFETY: forwarded; the offsets are the geometry's taps (at
+            // most `reach (wq + 1) <= len - fp`), `c0 + 32 <= cpad`,
+            // positions `f0..f1` with `f1 <= fp`, and `cbuf` holds `32 fp
+            // >= 32 ldc` values (sized by `pack`).
+            unsafe { block_row(u, l, wa, &s.planes, &offs, (f0, f1), c0, &mut s.cbuf, ldc) };
+            write_out(g, l, &s.cbuf, (f0, f1, ldc), c0, out, ep);
+        }
     }
 }
 
@@ -561,34 +590,29 @@ fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s:
     // Transposed: row `q` (a pair of positions), word `c`.
     let pairs = l.fp / 2;
     s.dt.resize(pairs * l.cpad, 0);
-    for c0 in (0..l.cpad).step_by(T16) {
-        for q in 0..pairs {
-            let row = &mut s.dt[q * l.cpad + c0..][..T16];
-            for (r, w) in row.iter_mut().enumerate() {
-                *w = s.dw[(c0 + r) * pairs + q];
-            }
-        }
-    }
+    bf16::transpose_words(&s.dw, l.cpad, pairs, &mut s.dt);
 }
 
 /// Adds one image's products to `acc` (`[tap][cinp][cpad]` f32): for each
-/// tap, `acc[t] += X_t · dYᵀ` over the image's positions.
+/// tap, `acc[t] += X_t · dYᵀ` over the image's positions; with `first`,
+/// writes them instead (`acc` is not read).
 ///
 /// # Safety
 /// `u` is a configured unit; `s` holds [`pack_grad_operands`]' output for
-/// `g` and `gl`; `acc` holds `k² cinp cpad` values.
+/// `g` and `gl`; `acc` points at `k² cinp cpad` writable values, all
+/// initialised unless `first`.
 unsafe fn grad_image<U: Tiles>(
     u: &mut U,
     g: &Geometry,
     gl: &GradLayout,
     s: &GradScratch,
-    acc: &mut [f32],
+    acc: *mut f32,
+    first: bool,
 ) {
     let l = &gl.l;
     let pairs = l.fp / 2;
     let per_channel = gl.phases * gl.row;
     let (a_stride, b_stride, c_stride) = (per_channel * 4, l.cpad * 4, l.cpad * 4);
-    debug_assert!(acc.len() == g.k * g.k * gl.cinp * l.cpad);
     for t in 0..g.k * g.k {
         // The tap's phase plane and its offset in it.
         let (i, j, st) = (t / g.k, t % g.k, l.stride);
@@ -596,7 +620,8 @@ unsafe fn grad_image<U: Tiles>(
         // Pairs of positions from `off`: the even copy at `off / 2` or the
         // odd one at `(off - 1) / 2`.
         let a = &s.xa[(off % 2) * gl.cinp * per_channel + ph * gl.row + off / 2..];
-        let slab = &mut acc[t * gl.cinp * l.cpad..][..gl.cinp * l.cpad];
+        // SAFETY: slab `t < k²` of the `k² cinp cpad` values.
+        let slab = unsafe { acc.add(t * gl.cinp * l.cpad) };
         for m0 in (0..gl.cinp).step_by(CO) {
             for n0 in (0..l.cpad).step_by(CO) {
                 // SAFETY: the accumulator tiles are rows `m0..m0 + 32 <=
@@ -607,12 +632,19 @@ unsafe fn grad_image<U: Tiles>(
                 // tile reads pairs `q0..q0 + 16 <= fp / 2` of `dt` at columns
                 // `n0..n0 + 32 <= cpad`.
                 unsafe {
-                    let c = slab.as_mut_ptr().add(m0 * l.cpad + n0);
+                    let c = slab.add(m0 * l.cpad + n0);
                     let half = T16 * l.cpad;
-                    u.load::<0>(c.cast(), c_stride);
-                    u.load::<1>(c.add(T16).cast(), c_stride);
-                    u.load::<2>(c.add(half).cast(), c_stride);
-                    u.load::<3>(c.add(half + T16).cast(), c_stride);
+                    if first {
+                        u.zero::<0>();
+                        u.zero::<1>();
+                        u.zero::<2>();
+                        u.zero::<3>();
+                    } else {
+                        u.load::<0>(c.cast(), c_stride);
+                        u.load::<1>(c.add(T16).cast(), c_stride);
+                        u.load::<2>(c.add(half).cast(), c_stride);
+                        u.load::<3>(c.add(half + T16).cast(), c_stride);
+                    }
                     for q0 in (0..pairs).step_by(T16) {
                         let a0 = a.as_ptr().add(m0 * per_channel + q0);
                         let b0 = s.dt.as_ptr().add(q0 * l.cpad + n0);
@@ -663,8 +695,10 @@ unsafe fn grad_chunk<U: Tiles>(
     s: &mut GradScratch,
 ) -> Vec<f32> {
     let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
-    let mut acc = vec![0f32; g.k * g.k * gl.cinp * gl.l.cpad];
-    for n in images {
+    let len = g.k * g.k * gl.cinp * gl.l.cpad;
+    assert!(!images.is_empty(), "a weight-gradient chunk without images");
+    let mut acc = Vec::<f32>::with_capacity(len);
+    for (i, n) in images.enumerate() {
         pack_grad_operands(
             g,
             gl,
@@ -672,8 +706,15 @@ unsafe fn grad_chunk<U: Tiles>(
             &dy[n * image_out..][..image_out],
             s,
         );
-        // SAFETY: forwarded; the operands were just packed for `g`, `gl`.
-        unsafe { grad_image(u, g, gl, s, &mut acc) };
+        // SAFETY: forwarded; the operands were just packed for `g`, `gl`;
+        // `acc` has room for `len` values, which the first image writes
+        // (every tap, and every 32 x 32 block of `cinp x cpad`).
+        unsafe {
+            grad_image(u, g, gl, s, acc.as_mut_ptr(), i == 0);
+            if i == 0 {
+                acc.set_len(len);
+            }
+        }
     }
     acc
 }
@@ -727,6 +768,254 @@ fn run_grad_chunk(
     _: &mut GradScratch,
 ) -> Vec<f32> {
     unreachable!("the direct AMX weight gradient needs AMX")
+}
+
+/// How [`backward`] computes the input gradient, if at all.
+pub(super) enum InputGrad {
+    /// No input gradient (the layer's input needs none).
+    Skip,
+    /// A stride-1 convolution: the direct forward of its dual geometry
+    /// (`winograd::dual`) with the flipped kernel (`winograd::flipped`).
+    Dual {
+        /// The dual geometry (the output gradient as its input).
+        g: Geometry,
+        /// The flipped kernel `[Cin, Cout, k, k]`.
+        w: Vec<f32>,
+    },
+    /// A stride-2 convolution: [`input_grad_stride2`]'s four phases.
+    Stride2,
+}
+
+impl InputGrad {
+    /// Whether [`backward`] takes this plan for `g`.
+    pub(super) fn usable(&self, g: &Geometry) -> bool {
+        usable(g)
+            && match self {
+                InputGrad::Skip => true,
+                InputGrad::Dual { g: d, .. } => usable(d),
+                InputGrad::Stride2 => usable_input_grad_stride2(g),
+            }
+    }
+}
+
+/// What one chunk of [`backward`] hands back: its partial weight gradient
+/// and the f64 sums of its images' masked output-gradient planes.
+struct Partial {
+    acc: Vec<f32>,
+    sums: Vec<f64>,
+}
+
+/// The backward of a convolution with bias and ReLU, `y = relu(conv(x, w) +
+/// b)`, in one pass over each chunk of images while they are in cache: `dy`
+/// masked in place where `y` is 0 (PyTorch's ReLU backward), the bias
+/// gradient's plane sums, the input gradient (as `dx` says) and the weight
+/// gradient's partial sums. The same values, in the same order, as the
+/// separate passes (mask; per-plane f64 sums; [`weight_grad`]; the input
+/// gradient of [`forward`] on the dual geometry or [`input_grad_stride2`]):
+/// `(dx, dw, db)`. Only where `dx.usable(g)`.
+pub(super) fn backward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    y: &[f32],
+    dy: &mut [f32],
+    dx: &InputGrad,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    assert!(
+        dx.usable(g),
+        "direct AMX backward on an unsupported geometry {g:?}"
+    );
+    let gl = GradLayout::new(g);
+    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
+    // The input gradient's operands, packed once.
+    let dual = match dx {
+        InputGrad::Dual { g: d, w: flipped } => {
+            let l = Layout::new(d);
+            Some((*d, l, pack_weights(d, &l, flipped)))
+        }
+        _ => None,
+    };
+    let stride2 = match dx {
+        InputGrad::Stride2 => {
+            let d = Dual::new(g).expect("checked by usable_input_grad_stride2");
+            let phases = d.operands(g, w);
+            Some((d, phases))
+        }
+        _ => None,
+    };
+    let want_dx = !matches!(dx, InputGrad::Skip);
+    let len = g.n * image_in;
+    let mut out = Vec::<f32>::with_capacity(if want_dx { len } else { 0 });
+    let chunks = g.n.div_ceil(WGRAD_CHUNK);
+    let dx_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if want_dx {
+        out.spare_capacity_mut()[..len]
+            .chunks_mut(WGRAD_CHUNK * image_in)
+            .map(Some)
+            .collect()
+    } else {
+        (0..chunks).map(|_| None).collect()
+    };
+    let partials: Vec<Partial> = dy
+        .par_chunks_mut(WGRAD_CHUNK * image_out)
+        .zip(x.par_chunks(WGRAD_CHUNK * image_in))
+        .zip(y.par_chunks(WGRAD_CHUNK * image_out))
+        .zip(dx_parts)
+        .map(|(((dyc, xc), yc), mut dxc)| {
+            let images = dyc.len() / image_out;
+            let mut sums = Vec::with_capacity(images * g.cout);
+            let mut acc = Vec::<f32>::with_capacity(g.k * g.k * gl.cinp * gl.l.cpad);
+            scratch::with(&GRAD, |gs| {
+                scratch::with(&SCRATCH, |s| {
+                    for i in 0..images {
+                        let d = &mut dyc[i * image_out..][..image_out];
+                        let yv = &yc[i * image_out..][..image_out];
+                        for (d, &y) in d.iter_mut().zip(yv) {
+                            // A select, not a branch: the pattern of a
+                            // ReLU's zeros is unpredictable.
+                            *d = if y > 0.0 { *d } else { 0.0 };
+                        }
+                        let plane = g.ho * g.wo;
+                        sums.extend(d.chunks(plane).map(super::plane_sum));
+                        let d: &[f32] = d;
+                        let o = dxc
+                            .as_deref_mut()
+                            .map(|o| &mut o[i * image_in..][..image_in]);
+                        let xi = &xc[i * image_in..][..image_in];
+                        let step = ChunkStep {
+                            g,
+                            gl: &gl,
+                            dual: dual.as_ref(),
+                            stride2: stride2.as_ref(),
+                        };
+                        run_backward_image(&step, xi, d, o, &mut acc, i == 0, gs, s);
+                    }
+                })
+            });
+            Partial { acc, sums }
+        })
+        .collect();
+    if want_dx {
+        // SAFETY: the chunks cover `..len`, and each image's input gradient
+        // (`image` or `dual_image`) wrote every value of its `cin` planes.
+        unsafe { out.set_len(len) };
+    }
+    let mut sums = Vec::with_capacity(g.n * g.cout);
+    let mut accs = Vec::with_capacity(partials.len());
+    for p in partials {
+        sums.extend(p.sums);
+        accs.push(p.acc);
+    }
+    let db = (0..g.cout)
+        .map(|c| (0..g.n).map(|i| sums[i * g.cout + c]).sum::<f64>() as f32)
+        .collect();
+    let total = g.k * g.k * gl.cinp * gl.l.cpad;
+    let dw = unpack_grad(g, &gl, &super::sum_in_order(accs, total));
+    (want_dx.then_some(out), dw, db)
+}
+
+/// One phase of a stride-2 input gradient: its taps' plane offsets and
+/// weight slabs ([`Dual::operands`]).
+type Phase = (Vec<usize>, Vec<u32>);
+
+/// What every image of a [`backward`] chunk shares.
+struct ChunkStep<'a> {
+    g: &'a Geometry,
+    gl: &'a GradLayout,
+    /// The dual geometry, its layout and its packed kernel (stride 1).
+    dual: Option<&'a (Geometry, Layout, Vec<u32>)>,
+    /// The stride-2 phases.
+    stride2: Option<&'a (Dual, Vec<Phase>)>,
+}
+
+/// One image of [`backward`] on the unit `u`: its input gradient into `dx`
+/// (if given), its weight-gradient products into `acc` (written when
+/// `first`, added to otherwise).
+///
+/// # Safety
+/// `u` is a configured unit; `acc` has capacity for `k² cinp cpad` values,
+/// all initialised unless `first` (which sets its length).
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_image<U: Tiles>(
+    u: &mut U,
+    step: &ChunkStep<'_>,
+    x: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    acc: &mut Vec<f32>,
+    first: bool,
+    gs: &mut GradScratch,
+    s: &mut Scratch,
+) {
+    let (g, gl) = (step.g, step.gl);
+    if let Some(dx) = dx {
+        // SAFETY: forwarded; the operands were packed for these
+        // geometries.
+        unsafe {
+            match (step.dual, step.stride2) {
+                (Some((d, l, wa)), _) => image(u, d, l, wa, dy, dx, None, s),
+                (None, Some((d, phases))) => dual_image(u, g, d, phases, dy, dx, s),
+                (None, None) => unreachable!("an input gradient without a plan"),
+            }
+        }
+    }
+    pack_grad_operands(g, gl, x, dy, gs);
+    let total = g.k * g.k * gl.cinp * gl.l.cpad;
+    debug_assert!(acc.capacity() >= total);
+    // SAFETY: forwarded; the operands were just packed; the first image
+    // writes all `total` values.
+    unsafe {
+        grad_image(u, g, gl, gs, acc.as_mut_ptr(), first);
+        if first {
+            acc.set_len(total);
+        }
+    }
+}
+
+/// [`backward_image`] on this thread's hardware tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn run_backward_image(
+    step: &ChunkStep<'_>,
+    x: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    acc: &mut Vec<f32>,
+    first: bool,
+    gs: &mut GradScratch,
+    s: &mut Scratch,
+) {
+    assert!(super::amx::active(), "the AMX tiles are not active");
+    // SAFETY: the AMX path is active (checked), so the tiles may be
+    // configured; `acc` is as `backward` made it.
+    unsafe {
+        backward_image(
+            &mut super::amx::Hardware::new(),
+            step,
+            x,
+            dy,
+            dx,
+            acc,
+            first,
+            gs,
+            s,
+        )
+    }
+}
+
+/// Never reached: [`usable`] is false without AMX.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[allow(clippy::too_many_arguments)]
+fn run_backward_image(
+    _: &ChunkStep<'_>,
+    _: &[f32],
+    _: &[f32],
+    _: Option<&mut [MaybeUninit<f32>]>,
+    _: &mut Vec<f32>,
+    _: bool,
+    _: &mut GradScratch,
+    _: &mut Scratch,
+) {
+    unreachable!("the direct AMX backward needs AMX")
 }
 
 /// The stride-2 input gradient seen as four stride-1 convolutions of the
@@ -887,7 +1176,7 @@ unsafe fn dual_image<U: Tiles>(
                 // SAFETY: forwarded; the offsets are at most `p (wq + 1) <=
                 // len - fp`, `c0 + 32 <= cpad`, `cbuf` holds two blocks of
                 // `32 fp` values.
-                unsafe { block_row(u, l, wa, &s.planes, offs, fp, c0, cb) };
+                unsafe { block_row(u, l, wa, &s.planes, offs, (0, fp), c0, cb, l.fp) };
             }
             // Input rows `y` of this parity: `py = y + pad = 2Y + a`; along
             // the row, `x = 2m` is column phase `pad % 2` at `X = pad / 2 +
@@ -1056,8 +1345,11 @@ mod tests {
     /// multiple of 32, kernels 1, 3 and 5, padding 0, 1 and 2, maps of
     /// several widths (odd and even), strides 1 and 2; with and without the
     /// epilogue.
-    const SHAPES: [Shape; 11] = [
+    const SHAPES: [Shape; 12] = [
         (2, 16, 8, 8, 16, 3, 1, 1),
+        // More computed positions than a pass of `image` takes (CHUNK),
+        // its passes ending inside rows.
+        (1, 16, 20, 21, 24, 3, 1, 1),
         (1, 33, 6, 7, 40, 3, 0, 1),
         (2, 96, 8, 8, 96, 3, 1, 1),
         (1, 20, 5, 9, 17, 3, 2, 1),
@@ -1144,6 +1436,64 @@ mod tests {
 
     /// On a CPU with AMX, [`weight_grad`] (the hardware, in parallel)
     /// matches the definition.
+    /// The fused backward gives exactly the values of the separate passes
+    /// it replaces, for stride 1 (the dual input gradient), stride 2 and no
+    /// input gradient, over more than one chunk of images.
+    #[test]
+    fn fused_backward_on_the_hardware_equals_the_separate_passes() {
+        if no_amx() {
+            return;
+        }
+        let shapes: [Shape; 4] = [
+            (WGRAD_CHUNK + 3, 16, 6, 7, 20, 3, 1, 1),
+            (3, 33, 6, 6, 40, 3, 0, 1),
+            (WGRAD_CHUNK + 1, 18, 9, 8, 20, 3, 1, 2),
+            (2, 32, 8, 8, 32, 3, 1, 2),
+        ];
+        for (i, shape) in shapes.into_iter().enumerate() {
+            let g = geometry(shape);
+            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 7);
+            let w = values(g.cout * g.cin * g.k * g.k, i as u64 + 70);
+            // Half the outputs rectified to zero.
+            let y: Vec<f32> = values(g.n * g.cout * g.ho * g.wo, i as u64 + 700)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let dy = values(y.len(), i as u64 + 7000);
+            let masked: Vec<f32> = dy
+                .iter()
+                .zip(&y)
+                .map(|(&d, &y)| if y > 0.0 { d } else { 0.0 })
+                .collect();
+            let plane = g.ho * g.wo;
+            let sums: Vec<f64> = masked.chunks(plane).map(super::super::plane_sum).collect();
+            let db: Vec<f32> = (0..g.cout)
+                .map(|c| (0..g.n).map(|n| sums[n * g.cout + c]).sum::<f64>() as f32)
+                .collect();
+            let dw = weight_grad(&g, &x, &masked);
+            let plans = if g.stride == 1 {
+                let d = super::super::winograd::dual(&g);
+                let dx = forward(&d, &masked, &super::super::winograd::flipped(&g, &w), None);
+                let flipped = super::super::winograd::flipped(&g, &w);
+                vec![(InputGrad::Dual { g: d, w: flipped }, Some(dx))]
+            } else {
+                vec![(
+                    InputGrad::Stride2,
+                    Some(input_grad_stride2(&g, &masked, &w)),
+                )]
+            };
+            for (plan, want) in plans.into_iter().chain([(InputGrad::Skip, None)]) {
+                assert!(plan.usable(&g), "{g:?}");
+                let mut d = dy.clone();
+                let (got_dx, got_dw, got_db) = backward(&g, &x, &w, &y, &mut d, &plan);
+                assert_eq!(d, masked, "{g:?}: the masked output gradient");
+                assert_eq!(got_db, db, "{g:?}: the bias gradient");
+                assert_eq!(got_dw, dw, "{g:?}: the weight gradient");
+                assert_eq!(got_dx, want, "{g:?}: the input gradient");
+            }
+        }
+    }
+
     #[test]
     fn weight_grad_on_the_hardware_matches_the_definition() {
         if no_amx() {
