@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{CandleContext, ModelError};
 use crate::kernels::conv::DirectConv;
-use crate::kernels::{pool, relu};
+use crate::kernels::{pool, relu, simd};
 use crate::spec::{ArchSpec, ConvShape, Layer, LayerName};
 
 /// What happens at every ReLU of the network: the seam where `allcnn-viz`
@@ -71,19 +71,43 @@ impl DropoutRng {
     pub fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
         let keep = 1.0 / (1.0 - rate);
         // P(u < threshold) = rate for u uniform on the 32-bit integers.
+        // Below 2^32 for every rate under 1, so a u32 (which compares 16
+        // lanes at a time).
         let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
-        // The same words as `len` calls of `random::<u32>()`, drawn a block
-        // at a time (the generator's wide refill) and then compared in a
-        // loop that vectorises: a mask per layer and step is millions of
-        // words.
-        let mut words = vec![0u32; len];
-        self.rng.fill(&mut words[..]);
-        words
-            .into_iter()
-            .map(|u| if u64::from(u) < threshold { 0.0 } else { keep })
-            .collect()
+        let threshold = u32::try_from(threshold).unwrap_or(u32::MAX);
+        // The same words as `len` calls of `random::<u32>()`: ChaCha can
+        // start anywhere in its stream, so fixed chunks of the mask are
+        // drawn in parallel, each from its own word position (the result
+        // does not depend on the thread count), a block at a time (the
+        // generator's wide refill) and compared in a loop that vectorises:
+        // a mask per layer and step is millions of words.
+        let start = self.rng.get_word_pos();
+        let mut mask = vec![0f32; len];
+        mask.par_chunks_mut(MASK_CHUNK)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let mut rng = self.rng.clone();
+                rng.set_word_pos(start + (k * MASK_CHUNK) as u128);
+                let mut words = [0u32; 1024];
+                for part in chunk.chunks_mut(words.len()) {
+                    let words = &mut words[..part.len()];
+                    rng.fill(words);
+                    let words: &[u32] = words;
+                    simd::wide(|| {
+                        for (m, &u) in part.iter_mut().zip(words) {
+                            *m = if u < threshold { 0.0 } else { keep };
+                        }
+                    });
+                }
+            });
+        self.rng.set_word_pos(start + len as u128);
+        mask
     }
 }
+
+/// Mask elements per parallel chunk of [`DropoutRng::mask`]: a multiple of
+/// ChaCha's 16-word block.
+const MASK_CHUNK: usize = 1 << 16;
 
 /// What [`AllCnn::train_grads`] computes for one training batch.
 #[derive(Debug)]
@@ -523,9 +547,11 @@ impl AllCnn {
                     out.par_chunks_mut(4096)
                         .zip(last.par_chunks(4096).zip(mask.par_chunks(4096)))
                         .for_each(|(o, (a, m))| {
-                            for ((o, a), m) in o.iter_mut().zip(a).zip(m) {
-                                *o = a * m;
-                            }
+                            simd::wide(|| {
+                                for ((o, a), m) in o.iter_mut().zip(a).zip(m) {
+                                    *o = a * m;
+                                }
+                            })
                         });
                     acts.push(out);
                     steps.push(Step::Dropout { mask });
@@ -607,7 +633,9 @@ impl AllCnn {
                 Step::Dropout { mask } => {
                     grad.par_chunks_mut(4096)
                         .zip(mask.par_chunks(4096))
-                        .for_each(|(g, m)| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m));
+                        .for_each(|(g, m)| {
+                            simd::wide(|| g.iter_mut().zip(m).for_each(|(g, m)| *g *= m))
+                        });
                 }
                 Step::Pool { input, dims } => {
                     grad = pool::cpu_pool_backward(&acts[*input], &grad, *dims);
@@ -902,7 +930,16 @@ mod tests {
         let (seed, stream) = (7, 3);
         let mut fast = DropoutRng::new(seed, stream);
         let mut slow = allcnn_seed::rng(seed, allcnn_seed::Stream::Dropout, stream, 0);
-        for (len, rate) in [(1, 0.5), (13, 0.2), (1000, 0.5), (77, 0.9), (4099, 0.2)] {
+        let long = 2 * MASK_CHUNK + 77;
+        for (len, rate) in [
+            (1, 0.5),
+            (13, 0.2),
+            (1000, 0.5),
+            (77, 0.9),
+            (4099, 0.2),
+            (long, 0.5),
+            (5, 0.5),
+        ] {
             let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
             let keep = 1.0 / (1.0 - rate);
             let want: Vec<f32> = (0..len)

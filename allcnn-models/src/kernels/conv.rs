@@ -23,6 +23,7 @@ pub mod bf16;
 mod direct;
 mod gather;
 mod scratch;
+mod shuffle;
 mod winograd;
 
 pub use amx::{status as amx_status, AmxStatus};
@@ -36,6 +37,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::relu::{self, CpuReluMask};
+use super::simd;
 use super::slice::f32_slice;
 
 /// Images per partial weight gradient: fixed, so the reduction order does
@@ -585,9 +587,11 @@ fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut iter = partials.into_iter();
     let mut total = iter.next().unwrap_or_else(|| vec![0f32; len]);
     for p in iter {
-        for (t, v) in total.iter_mut().zip(&p) {
-            *t += *v;
-        }
+        simd::wide(|| {
+            for (t, v) in total.iter_mut().zip(&p) {
+                *t += *v;
+            }
+        });
     }
     total
 }
@@ -937,26 +941,6 @@ impl DirectConv {
         }
     }
 
-    /// The input-gradient plan of the fused direct AMX backward
-    /// ([`direct::backward`]) when it takes this convolution: bf16 operands
-    /// on active tiles, and an input gradient that [`input_grad_of`] would
-    /// also compute on the tiles (or none wanted).
-    fn direct_input_grad(&self, want_dx: bool, w: &[f32]) -> Option<direct::InputGrad> {
-        let (g, Plan { winograd, bf16 }) = (&self.0.geo, self.0.plan);
-        if !bf16 || !direct::usable(g) {
-            return None;
-        }
-        let plan = match (want_dx, winograd) {
-            (false, _) => direct::InputGrad::Skip,
-            (true, true) => direct::InputGrad::Dual {
-                g: winograd::dual(g),
-                w: winograd::flipped(g, w),
-            },
-            (true, false) => direct::InputGrad::Stride2,
-        };
-        plan.usable(g).then_some(plan)
-    }
-
     /// The backward of [`DirectConv::forward`] for the gradient `dy` of its
     /// output `y`: `dy` is masked in place where `y` is 0 (PyTorch's ReLU
     /// backward), then `(dx, dw, dbias)`, `dx` only when `want_dx`.
@@ -969,17 +953,16 @@ impl DirectConv {
         want_dx: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let g = &self.0.geo;
-        if let Some(dx) = self.direct_input_grad(want_dx, w) {
-            return direct::backward(g, x, w, y, dy, &dx);
-        }
         dy.par_chunks_mut(4096)
             .zip(y.par_chunks(4096))
             .for_each(|(d, y)| {
                 // A select, not a branch: the pattern of a ReLU's zeros is
                 // unpredictable, and the select vectorises.
-                for (d, &y) in d.iter_mut().zip(y) {
-                    *d = if y > 0.0 { *d } else { 0.0 };
-                }
+                simd::wide(|| {
+                    for (d, &y) in d.iter_mut().zip(y) {
+                        *d = if y > 0.0 { *d } else { 0.0 };
+                    }
+                })
             });
         let db = channel_sums(dy, g.n, g.cout, g.ho * g.wo);
         let dw = weight_grad_of(g, self.0.plan, x, dy);
@@ -1055,6 +1038,7 @@ impl CustomOp2 for BiasAdd {
 /// The f64 sum of `p` in a fixed order: eight interleaved partial sums
 /// (element `i` goes to partial `i % 8`, so the loop vectorises), added
 /// pairwise at the end, then the tail.
+#[inline(always)]
 fn plane_sum(p: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let chunks = p.chunks_exact(8);
@@ -1096,7 +1080,10 @@ impl candle_core::CustomOp1 for ChannelSum {
 /// planes of a channel in batch order, deterministic whatever the thread
 /// count.
 fn channel_sums(g: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
-    let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
+    let per_plane: Vec<f64> = g
+        .par_chunks(plane)
+        .map(|p| simd::wide(|| plane_sum(p)))
+        .collect();
     (0..c)
         .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
         .collect()

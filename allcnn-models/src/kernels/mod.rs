@@ -23,4 +23,5 @@ pub mod conv;
 pub mod pool;
 pub mod relu;
 pub mod sgd;
+pub(crate) mod simd;
 mod slice;

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 
 use super::amx::{Tiles, KB};
 use super::scratch::{self, Pool};
-use super::{bf16, Epilogue, Geometry};
+use super::{bf16, shuffle, simd, Epilogue, Geometry};
 
 /// Output channels per block (two weight tiles of 16 rows).
 const CO: usize = 32;
@@ -178,19 +178,21 @@ fn pack_image(
         }
         // Stride 2: a row of words at a time, its even and odd padded
         // columns to the two phase planes of its row's parity.
-        row.resize(g.w, 0);
+        row.resize(2 * g.w, 0);
+        let (words, half) = row.split_at_mut(g.w);
+        let (even, odd) = half.split_at_mut(g.w.div_ceil(2));
         for y in 0..g.h {
             let r = &lo[y * g.w..][..g.w];
-            bf16::words_blocks(r, &hi[y * g.w..][..g.w], g.w, row, g.w);
+            bf16::words_blocks(r, &hi[y * g.w..][..g.w], g.w, words, g.w);
+            shuffle::split(words, even, odd);
             let py = y + g.pad;
             for b in 0..2 {
                 let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
-                // Padded column `px = x + pad` has phase `px % 2`.
+                // Padded column `px = x + pad` has phase `px % 2`: the row's
+                // even columns `x` go to phase `pad % 2`.
                 let x0 = (b + 2 - g.pad % 2) % 2;
-                let d = &mut dst[base + (x0 + g.pad) / 2..];
-                for (k, &word) in row.iter().skip(x0).step_by(2).enumerate() {
-                    d[k] = word;
-                }
+                let src: &[u32] = if x0 == 0 { even } else { odd };
+                dst[base + (x0 + g.pad) / 2..][..src.len()].copy_from_slice(src);
             }
         }
     }
@@ -268,34 +270,10 @@ const CHUNK: usize = 6 * POS;
 /// position `f` at column `f - f0`) into the output planes of channels
 /// `c0..`, through the epilogue. Called for consecutive ranges covering
 /// `0..l.fp`, it writes every value of those planes. Compiled for AVX-512
-/// where the CPU has it (the same operations, so the same values).
+/// where the CPU has it ([`simd::wide`]: the same operations, so the same
+/// values).
 #[allow(clippy::too_many_arguments)]
 fn write_out(
-    g: &Geometry,
-    l: &Layout,
-    cbuf: &[f32],
-    (f0, f1, ldc): (usize, usize, usize),
-    c0: usize,
-    out: &mut [MaybeUninit<f32>],
-    ep: Option<Epilogue<'_>>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F.
-        unsafe { write_out_avx512(g, l, cbuf, (f0, f1, ldc), c0, out, ep) };
-        return;
-    }
-    write_out_body(g, l, cbuf, (f0, f1, ldc), c0, out, ep);
-}
-
-/// [`write_out`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn write_out_avx512(
     g: &Geometry,
     l: &Layout,
     cbuf: &[f32],
@@ -304,7 +282,7 @@ unsafe fn write_out_avx512(
     out: &mut [MaybeUninit<f32>],
     ep: Option<Epilogue<'_>>,
 ) {
-    write_out_body(g, l, cbuf, range, c0, out, ep);
+    simd::wide(|| write_out_body(g, l, cbuf, range, c0, out, ep));
 }
 
 /// The body of [`write_out`], inlined into each instruction set's copy.
@@ -389,7 +367,7 @@ struct Scratch {
     cbuf: Vec<f32>,
     /// A zero channel for an odd channel count.
     zeros: Vec<f32>,
-    /// One row of words (stride 2).
+    /// One row of words, then its even and odd halves (stride 2).
     row: Vec<u32>,
     /// The input geometry `planes` was zeroed and last written for (with
     /// the output size, which sets the planes' length).
@@ -525,6 +503,8 @@ struct GradScratch {
     dw: Vec<u32>,
     /// `dw` transposed: `fp / 2` rows of `cpad` words.
     dt: Vec<u32>,
+    /// One input row split into its even and odd columns (stride 2).
+    half: Vec<f32>,
     /// The geometry `plane`, `dplane` and `xa` were zeroed for.
     key: Option<[usize; 7]>,
 }
@@ -563,14 +543,15 @@ fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s:
             }
             // Stride 2: the even and odd padded columns to the two phase
             // planes of the row's parity, as in `pack_image`.
+            s.half.resize(g.w, 0.0);
+            let (even, odd) = s.half.split_at_mut(g.w.div_ceil(2));
+            shuffle::split(row, even, odd);
             let py = y + g.pad;
             for b in 0..2 {
                 let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
                 let x0 = (b + 2 - g.pad % 2) % 2;
-                let d = &mut s.plane[base + (x0 + g.pad) / 2..];
-                for (k, &v) in row.iter().skip(x0).step_by(2).enumerate() {
-                    d[k] = v;
-                }
+                let src: &[f32] = if x0 == 0 { even } else { odd };
+                s.plane[base + (x0 + g.pad) / 2..][..src.len()].copy_from_slice(src);
             }
         }
         for ph in 0..gl.phases {
@@ -770,254 +751,6 @@ fn run_grad_chunk(
     unreachable!("the direct AMX weight gradient needs AMX")
 }
 
-/// How [`backward`] computes the input gradient, if at all.
-pub(super) enum InputGrad {
-    /// No input gradient (the layer's input needs none).
-    Skip,
-    /// A stride-1 convolution: the direct forward of its dual geometry
-    /// (`winograd::dual`) with the flipped kernel (`winograd::flipped`).
-    Dual {
-        /// The dual geometry (the output gradient as its input).
-        g: Geometry,
-        /// The flipped kernel `[Cin, Cout, k, k]`.
-        w: Vec<f32>,
-    },
-    /// A stride-2 convolution: [`input_grad_stride2`]'s four phases.
-    Stride2,
-}
-
-impl InputGrad {
-    /// Whether [`backward`] takes this plan for `g`.
-    pub(super) fn usable(&self, g: &Geometry) -> bool {
-        usable(g)
-            && match self {
-                InputGrad::Skip => true,
-                InputGrad::Dual { g: d, .. } => usable(d),
-                InputGrad::Stride2 => usable_input_grad_stride2(g),
-            }
-    }
-}
-
-/// What one chunk of [`backward`] hands back: its partial weight gradient
-/// and the f64 sums of its images' masked output-gradient planes.
-struct Partial {
-    acc: Vec<f32>,
-    sums: Vec<f64>,
-}
-
-/// The backward of a convolution with bias and ReLU, `y = relu(conv(x, w) +
-/// b)`, in one pass over each chunk of images while they are in cache: `dy`
-/// masked in place where `y` is 0 (PyTorch's ReLU backward), the bias
-/// gradient's plane sums, the input gradient (as `dx` says) and the weight
-/// gradient's partial sums. The same values, in the same order, as the
-/// separate passes (mask; per-plane f64 sums; [`weight_grad`]; the input
-/// gradient of [`forward`] on the dual geometry or [`input_grad_stride2`]):
-/// `(dx, dw, db)`. Only where `dx.usable(g)`.
-pub(super) fn backward(
-    g: &Geometry,
-    x: &[f32],
-    w: &[f32],
-    y: &[f32],
-    dy: &mut [f32],
-    dx: &InputGrad,
-) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-    assert!(
-        dx.usable(g),
-        "direct AMX backward on an unsupported geometry {g:?}"
-    );
-    let gl = GradLayout::new(g);
-    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
-    // The input gradient's operands, packed once.
-    let dual = match dx {
-        InputGrad::Dual { g: d, w: flipped } => {
-            let l = Layout::new(d);
-            Some((*d, l, pack_weights(d, &l, flipped)))
-        }
-        _ => None,
-    };
-    let stride2 = match dx {
-        InputGrad::Stride2 => {
-            let d = Dual::new(g).expect("checked by usable_input_grad_stride2");
-            let phases = d.operands(g, w);
-            Some((d, phases))
-        }
-        _ => None,
-    };
-    let want_dx = !matches!(dx, InputGrad::Skip);
-    let len = g.n * image_in;
-    let mut out = Vec::<f32>::with_capacity(if want_dx { len } else { 0 });
-    let chunks = g.n.div_ceil(WGRAD_CHUNK);
-    let dx_parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if want_dx {
-        out.spare_capacity_mut()[..len]
-            .chunks_mut(WGRAD_CHUNK * image_in)
-            .map(Some)
-            .collect()
-    } else {
-        (0..chunks).map(|_| None).collect()
-    };
-    let partials: Vec<Partial> = dy
-        .par_chunks_mut(WGRAD_CHUNK * image_out)
-        .zip(x.par_chunks(WGRAD_CHUNK * image_in))
-        .zip(y.par_chunks(WGRAD_CHUNK * image_out))
-        .zip(dx_parts)
-        .map(|(((dyc, xc), yc), mut dxc)| {
-            let images = dyc.len() / image_out;
-            let mut sums = Vec::with_capacity(images * g.cout);
-            let mut acc = Vec::<f32>::with_capacity(g.k * g.k * gl.cinp * gl.l.cpad);
-            scratch::with(&GRAD, |gs| {
-                scratch::with(&SCRATCH, |s| {
-                    for i in 0..images {
-                        let d = &mut dyc[i * image_out..][..image_out];
-                        let yv = &yc[i * image_out..][..image_out];
-                        for (d, &y) in d.iter_mut().zip(yv) {
-                            // A select, not a branch: the pattern of a
-                            // ReLU's zeros is unpredictable.
-                            *d = if y > 0.0 { *d } else { 0.0 };
-                        }
-                        let plane = g.ho * g.wo;
-                        sums.extend(d.chunks(plane).map(super::plane_sum));
-                        let d: &[f32] = d;
-                        let o = dxc
-                            .as_deref_mut()
-                            .map(|o| &mut o[i * image_in..][..image_in]);
-                        let xi = &xc[i * image_in..][..image_in];
-                        let step = ChunkStep {
-                            g,
-                            gl: &gl,
-                            dual: dual.as_ref(),
-                            stride2: stride2.as_ref(),
-                        };
-                        run_backward_image(&step, xi, d, o, &mut acc, i == 0, gs, s);
-                    }
-                })
-            });
-            Partial { acc, sums }
-        })
-        .collect();
-    if want_dx {
-        // SAFETY: the chunks cover `..len`, and each image's input gradient
-        // (`image` or `dual_image`) wrote every value of its `cin` planes.
-        unsafe { out.set_len(len) };
-    }
-    let mut sums = Vec::with_capacity(g.n * g.cout);
-    let mut accs = Vec::with_capacity(partials.len());
-    for p in partials {
-        sums.extend(p.sums);
-        accs.push(p.acc);
-    }
-    let db = (0..g.cout)
-        .map(|c| (0..g.n).map(|i| sums[i * g.cout + c]).sum::<f64>() as f32)
-        .collect();
-    let total = g.k * g.k * gl.cinp * gl.l.cpad;
-    let dw = unpack_grad(g, &gl, &super::sum_in_order(accs, total));
-    (want_dx.then_some(out), dw, db)
-}
-
-/// One phase of a stride-2 input gradient: its taps' plane offsets and
-/// weight slabs ([`Dual::operands`]).
-type Phase = (Vec<usize>, Vec<u32>);
-
-/// What every image of a [`backward`] chunk shares.
-struct ChunkStep<'a> {
-    g: &'a Geometry,
-    gl: &'a GradLayout,
-    /// The dual geometry, its layout and its packed kernel (stride 1).
-    dual: Option<&'a (Geometry, Layout, Vec<u32>)>,
-    /// The stride-2 phases.
-    stride2: Option<&'a (Dual, Vec<Phase>)>,
-}
-
-/// One image of [`backward`] on the unit `u`: its input gradient into `dx`
-/// (if given), its weight-gradient products into `acc` (written when
-/// `first`, added to otherwise).
-///
-/// # Safety
-/// `u` is a configured unit; `acc` has capacity for `k² cinp cpad` values,
-/// all initialised unless `first` (which sets its length).
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_image<U: Tiles>(
-    u: &mut U,
-    step: &ChunkStep<'_>,
-    x: &[f32],
-    dy: &[f32],
-    dx: Option<&mut [MaybeUninit<f32>]>,
-    acc: &mut Vec<f32>,
-    first: bool,
-    gs: &mut GradScratch,
-    s: &mut Scratch,
-) {
-    let (g, gl) = (step.g, step.gl);
-    if let Some(dx) = dx {
-        // SAFETY: forwarded; the operands were packed for these
-        // geometries.
-        unsafe {
-            match (step.dual, step.stride2) {
-                (Some((d, l, wa)), _) => image(u, d, l, wa, dy, dx, None, s),
-                (None, Some((d, phases))) => dual_image(u, g, d, phases, dy, dx, s),
-                (None, None) => unreachable!("an input gradient without a plan"),
-            }
-        }
-    }
-    pack_grad_operands(g, gl, x, dy, gs);
-    let total = g.k * g.k * gl.cinp * gl.l.cpad;
-    debug_assert!(acc.capacity() >= total);
-    // SAFETY: forwarded; the operands were just packed; the first image
-    // writes all `total` values.
-    unsafe {
-        grad_image(u, g, gl, gs, acc.as_mut_ptr(), first);
-        if first {
-            acc.set_len(total);
-        }
-    }
-}
-
-/// [`backward_image`] on this thread's hardware tiles.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-#[allow(clippy::too_many_arguments)]
-fn run_backward_image(
-    step: &ChunkStep<'_>,
-    x: &[f32],
-    dy: &[f32],
-    dx: Option<&mut [MaybeUninit<f32>]>,
-    acc: &mut Vec<f32>,
-    first: bool,
-    gs: &mut GradScratch,
-    s: &mut Scratch,
-) {
-    assert!(super::amx::active(), "the AMX tiles are not active");
-    // SAFETY: the AMX path is active (checked), so the tiles may be
-    // configured; `acc` is as `backward` made it.
-    unsafe {
-        backward_image(
-            &mut super::amx::Hardware::new(),
-            step,
-            x,
-            dy,
-            dx,
-            acc,
-            first,
-            gs,
-            s,
-        )
-    }
-}
-
-/// Never reached: [`usable`] is false without AMX.
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-#[allow(clippy::too_many_arguments)]
-fn run_backward_image(
-    _: &ChunkStep<'_>,
-    _: &[f32],
-    _: &[f32],
-    _: Option<&mut [MaybeUninit<f32>]>,
-    _: &mut Vec<f32>,
-    _: bool,
-    _: &mut GradScratch,
-    _: &mut Scratch,
-) {
-    unreachable!("the direct AMX backward needs AMX")
-}
-
 /// The stride-2 input gradient seen as four stride-1 convolutions of the
 /// output gradient, one per phase (parity of the padded row and column) of
 /// the input: input position `(py, px) = (2Y + a, 2X + b)` (padded
@@ -1108,16 +841,6 @@ pub(super) fn usable_input_grad_stride2(g: &Geometry) -> bool {
     g.stride == 2 && g.k % 2 == 1 && usable(g) && Dual::new(g).is_some()
 }
 
-/// `dst[2m] = even[m]`, `dst[2m + 1] = odd[m]` for every value of `dst`.
-fn interleave(even: &[f32], odd: &[f32], dst: &mut [MaybeUninit<f32>]) {
-    for (m, d) in dst.chunks_mut(2).enumerate() {
-        d[0].write(even[m]);
-        if let Some(o) = d.get_mut(1) {
-            o.write(odd[m]);
-        }
-    }
-}
-
 /// The input gradient `[N, Cin, H, W]` of a stride-2 convolution from its
 /// output gradient `dy` and kernel `w`, with bf16 operands and f32
 /// accumulation: per image, per block of 32 input channels, per row
@@ -1188,7 +911,7 @@ unsafe fn dual_image<U: Tiles>(
                 for y in (0..g.h).filter(|y| (y + g.pad) % 2 == a) {
                     let row = (y + g.pad) / 2 * l.wq;
                     let src = |b: usize, x0: usize| &s.cbuf[(b * CO + r) * l.fp + row + x0..];
-                    interleave(src(ev, e0), src(od, o0), &mut o[y * g.w..][..g.w]);
+                    shuffle::merge(src(ev, e0), src(od, o0), &mut o[y * g.w..][..g.w]);
                 }
             }
         }
@@ -1436,64 +1159,6 @@ mod tests {
 
     /// On a CPU with AMX, [`weight_grad`] (the hardware, in parallel)
     /// matches the definition.
-    /// The fused backward gives exactly the values of the separate passes
-    /// it replaces, for stride 1 (the dual input gradient), stride 2 and no
-    /// input gradient, over more than one chunk of images.
-    #[test]
-    fn fused_backward_on_the_hardware_equals_the_separate_passes() {
-        if no_amx() {
-            return;
-        }
-        let shapes: [Shape; 4] = [
-            (WGRAD_CHUNK + 3, 16, 6, 7, 20, 3, 1, 1),
-            (3, 33, 6, 6, 40, 3, 0, 1),
-            (WGRAD_CHUNK + 1, 18, 9, 8, 20, 3, 1, 2),
-            (2, 32, 8, 8, 32, 3, 1, 2),
-        ];
-        for (i, shape) in shapes.into_iter().enumerate() {
-            let g = geometry(shape);
-            let x = values(g.n * g.cin * g.h * g.w, i as u64 + 7);
-            let w = values(g.cout * g.cin * g.k * g.k, i as u64 + 70);
-            // Half the outputs rectified to zero.
-            let y: Vec<f32> = values(g.n * g.cout * g.ho * g.wo, i as u64 + 700)
-                .into_iter()
-                .map(|v| v.max(0.0))
-                .collect();
-            let dy = values(y.len(), i as u64 + 7000);
-            let masked: Vec<f32> = dy
-                .iter()
-                .zip(&y)
-                .map(|(&d, &y)| if y > 0.0 { d } else { 0.0 })
-                .collect();
-            let plane = g.ho * g.wo;
-            let sums: Vec<f64> = masked.chunks(plane).map(super::super::plane_sum).collect();
-            let db: Vec<f32> = (0..g.cout)
-                .map(|c| (0..g.n).map(|n| sums[n * g.cout + c]).sum::<f64>() as f32)
-                .collect();
-            let dw = weight_grad(&g, &x, &masked);
-            let plans = if g.stride == 1 {
-                let d = super::super::winograd::dual(&g);
-                let dx = forward(&d, &masked, &super::super::winograd::flipped(&g, &w), None);
-                let flipped = super::super::winograd::flipped(&g, &w);
-                vec![(InputGrad::Dual { g: d, w: flipped }, Some(dx))]
-            } else {
-                vec![(
-                    InputGrad::Stride2,
-                    Some(input_grad_stride2(&g, &masked, &w)),
-                )]
-            };
-            for (plan, want) in plans.into_iter().chain([(InputGrad::Skip, None)]) {
-                assert!(plan.usable(&g), "{g:?}");
-                let mut d = dy.clone();
-                let (got_dx, got_dw, got_db) = backward(&g, &x, &w, &y, &mut d, &plan);
-                assert_eq!(d, masked, "{g:?}: the masked output gradient");
-                assert_eq!(got_db, db, "{g:?}: the bias gradient");
-                assert_eq!(got_dw, dw, "{g:?}: the weight gradient");
-                assert_eq!(got_dx, want, "{g:?}: the input gradient");
-            }
-        }
-    }
-
     #[test]
     fn weight_grad_on_the_hardware_matches_the_definition() {
         if no_amx() {
