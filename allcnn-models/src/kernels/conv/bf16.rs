@@ -685,6 +685,15 @@ mod x86 {
         unsafe { core::mem::transmute::<__m512i, __m512bh>(v) }
     }
 
+    /// 32 bf16 values seen as a vector of 32-bit words.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn bits(v: __m512bh) -> __m512i {
+        // SAFETY: both are 64-byte plain SIMD vectors; every bit pattern is
+        // valid for either.
+        unsafe { core::mem::transmute::<__m512bh, __m512i>(v) }
+    }
+
     /// Mask of the first `n` (clamped to 16) lanes.
     #[inline]
     fn lanes(n: usize) -> __mmask16 {
@@ -903,11 +912,13 @@ mod x86 {
         }
     }
 
-    /// The native [`super::words_each`].
+    /// The native [`super::words_each`]: rounded by `vcvtne2ps2bf16` (which
+    /// flushes subnormal inputs to zero: they count as zero in the
+    /// products anyway, as the native kernels treat bf16 subnormals).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BW.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// The CPU has AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn words_each(
         lo: &[f32],
         hi: &[f32],
@@ -922,11 +933,13 @@ mod x86 {
         });
     }
 
-    /// The native [`super::words_blocks`].
+    /// The native [`super::words_blocks`]: rounded by `vcvtne2ps2bf16` (which
+    /// flushes subnormal inputs to zero: they count as zero in the
+    /// products anyway, as the native kernels treat bf16 subnormals).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BW.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// The CPU has AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn words_blocks(
         lo: &[f32],
         hi: &[f32],
@@ -940,16 +953,14 @@ mod x86 {
         });
     }
 
-    /// The native [`super::narrow`].
+    /// The native [`super::narrow`]: rounded by `vcvtne2ps2bf16` (which
+    /// flushes subnormal inputs to zero: they count as zero in the
+    /// products anyway, as the native kernels treat bf16 subnormals).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BW.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// The CPU has AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn narrow(src: &[f32], dst: &mut [u32]) {
-        let odd_halves = _mm512_set_epi16(
-            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
-            19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
-        );
         let (n, len) = (dst.len(), src.len());
         for q0 in (0..n).step_by(16) {
             let p0 = 2 * q0;
@@ -962,7 +973,9 @@ mod x86 {
             unsafe {
                 let x0 = load(m0, src.as_ptr().wrapping_add(p0));
                 let x1 = load(m1, src.as_ptr().wrapping_add(p0 + 16));
-                let v = _mm512_permutex2var_epi16(round(x0), odd_halves, round(x1));
+                // bf16 values 0..16 from `x0`, 16..32 from `x1`: in order,
+                // so word `q` is the pair `(2q, 2q + 1)`.
+                let v = bits(_mm512_cvtne2ps_pbh(x1, x0));
                 store(lanes(n - q0), dst.as_mut_ptr().add(q0), v);
             }
         }
@@ -994,24 +1007,28 @@ mod x86 {
         }
     }
 
-    /// The native [`super::words`].
+    /// The native [`super::words`]: rounded by `vcvtne2ps2bf16` (which
+    /// flushes subnormal inputs to zero: they count as zero in the
+    /// products anyway, as the native kernels treat bf16 subnormals).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BW.
+    /// The CPU has AVX-512 F, BW and BF16.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn words(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         let n = dst.len().min(lo.len()).min(hi.len());
-        let top = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        // bf16 value `j` of `lo` (at 16-bit index j) next to value `j` of
+        // `hi` (at 16 + j).
+        let pairs = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
         for j in (0..n).step_by(16) {
             let m = lanes(n - j);
             // SAFETY: the lanes of `m` are indices `j..n`, inside all three.
             unsafe {
                 let (a, b) = (load(m, lo.as_ptr().add(j)), load(m, hi.as_ptr().add(j)));
-                let v = _mm512_or_si512(
-                    _mm512_srli_epi32::<16>(round(a)),
-                    _mm512_and_si512(round(b), top),
-                );
+                let v = _mm512_permutexvar_epi16(pairs, bits(_mm512_cvtne2ps_pbh(b, a)));
                 store(m, dst.as_mut_ptr().add(j), v);
             }
         }
