@@ -1035,27 +1035,9 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
-/// The f64 sum of `p` in a fixed order: eight interleaved partial sums
-/// (element `i` goes to partial `i % 8`, so the loop vectorises), added
-/// pairwise at the end, then the tail.
-#[inline(always)]
+/// The f64 sum of a plane, in a fixed order ([`simd::sum_f64`]).
 fn plane_sum(p: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = p.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f64::from(v);
-        }
-    }
-    let quads = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    let total = (quads[0] + quads[2]) + (quads[1] + quads[3]);
-    tail.iter().fold(total, |s, &v| s + f64::from(v))
+    simd::sum_f64(p)
 }
 
 /// Per-channel sums of an `[N, C, H, W]` map (the bias gradient).
@@ -1080,10 +1062,7 @@ impl candle_core::CustomOp1 for ChannelSum {
 /// planes of a channel in batch order, deterministic whatever the thread
 /// count.
 fn channel_sums(g: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
-    let per_plane: Vec<f64> = g
-        .par_chunks(plane)
-        .map(|p| simd::wide(|| plane_sum(p)))
-        .collect();
+    let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
     (0..c)
         .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
         .collect()

@@ -28,6 +28,46 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Partial sums of [`sum_f64`]: element `i` goes to partial `i % LANES`.
+const LANES: usize = 32;
+
+/// The f64 sum of `p` in a fixed order, whatever the CPU: [`LANES`]
+/// interleaved partial sums (element `i` to partial `i % 32`, four AVX-512
+/// accumulators of eight where the CPU has them, so four independent
+/// chains), folded in halves (`j + 16`, then `j + 8`, ...), then the tail
+/// that does not fill a row of 32, in order.
+pub(crate) fn sum_f64(p: &[f32]) -> f64 {
+    let chunks = p.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut acc = [0f64; LANES];
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: `avx512()` checked the CPU features.
+        acc = unsafe { x86::partials(p) };
+    } else {
+        partials(p, &mut acc);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    partials(p, &mut acc);
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for j in 0..n {
+            acc[j] += acc[j + n];
+        }
+    }
+    tail.iter().fold(acc[0], |s, &v| s + f64::from(v))
+}
+
+/// The partial sums of [`sum_f64`], portably.
+fn partials(p: &[f32], acc: &mut [f64; LANES]) {
+    for c in p.chunks_exact(LANES) {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v);
+        }
+    }
+}
+
 /// Whether the CPU has AVX-512 F, BW and VL, AVX2 and FMA (detected once).
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
@@ -43,6 +83,34 @@ fn avx512() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// The partial sums of [`super::sum_f64`]: lanes `8k..8k + 8` in
+    /// accumulator `k`, each adding its elements in order, as the portable
+    /// loop does.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn partials(p: &[f32]) -> [f64; LANES] {
+        let mut acc = [_mm512_setzero_pd(); 4];
+        for c in p.chunks_exact(LANES) {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: values `8k..8k + 8` of the 32 of `c`.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) };
+                *a = _mm512_add_pd(*a, _mm512_cvtps_pd(v));
+            }
+        }
+        let mut out = [0f64; LANES];
+        for (k, a) in acc.iter().enumerate() {
+            // SAFETY: eight f64 into `out[8k..8k + 8]`.
+            unsafe { _mm512_storeu_pd(out.as_mut_ptr().add(8 * k), *a) };
+        }
+        out
+    }
+
     /// `f()`, with `f` inlined into (and so compiled for) this function's
     /// features.
     ///
@@ -57,6 +125,25 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both paths of the partial sums agree bit for bit, and the sum is the
+    /// sum (exactly, for values whose sums are exact in f64).
+    #[test]
+    fn sum_f64_is_the_sum_on_both_paths() {
+        for len in [0, 1, 31, 32, 33, 64, 100, 1000] {
+            let p: Vec<f32> = (0..len).map(|i| (i % 17) as f32 - 8.0).collect();
+            let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
+            assert_eq!(sum_f64(&p), want, "length {len}");
+            let r: Vec<f32> = (0..len).map(|i| (i as f32 * 0.77).sin() * 1e3).collect();
+            let mut portable = [0f64; LANES];
+            partials(&r, &mut portable);
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                // SAFETY: checked.
+                assert_eq!(unsafe { x86::partials(&r) }, portable, "length {len}");
+            }
+        }
+    }
 
     /// The wide copy computes what the plain loop computes.
     #[test]
