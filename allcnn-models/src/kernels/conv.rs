@@ -953,18 +953,23 @@ impl DirectConv {
         want_dx: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let g = &self.0.geo;
-        dy.par_chunks_mut(4096)
-            .zip(y.par_chunks(4096))
-            .for_each(|(d, y)| {
+        let plane = g.ho * g.wo;
+        // Each plane masked and then summed while it is in cache.
+        let per_plane: Vec<f64> = dy
+            .par_chunks_mut(plane)
+            .zip(y.par_chunks(plane))
+            .map(|(d, y)| {
                 // A select, not a branch: the pattern of a ReLU's zeros is
                 // unpredictable, and the select vectorises.
                 simd::wide(|| {
                     for (d, &y) in d.iter_mut().zip(y) {
                         *d = if y > 0.0 { *d } else { 0.0 };
                     }
-                })
-            });
-        let db = channel_sums(dy, g.n, g.cout, g.ho * g.wo);
+                });
+                plane_sum(d)
+            })
+            .collect();
+        let db = channel_totals(&per_plane, g.n, g.cout);
         let dw = weight_grad_of(g, self.0.plan, x, dy);
         let dx = want_dx.then(|| input_grad_of(g, self.0.plan, dy, w));
         (dx, dw, db)
@@ -1063,6 +1068,12 @@ impl candle_core::CustomOp1 for ChannelSum {
 /// count.
 fn channel_sums(g: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
     let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
+    channel_totals(&per_plane, n, c)
+}
+
+/// The per-channel totals of the plane sums `per_plane` (`[n, c]`), in
+/// batch order.
+fn channel_totals(per_plane: &[f64], n: usize, c: usize) -> Vec<f32> {
     (0..c)
         .map(|ch| (0..n).map(|i| per_plane[i * c + ch]).sum::<f64>() as f32)
         .collect()
