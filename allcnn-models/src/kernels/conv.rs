@@ -472,11 +472,13 @@ impl Epilogue<'_> {
     #[inline]
     fn apply(&self, k: usize, plane: &mut [f32]) {
         let b = self.bias[k];
-        if self.relu {
-            plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-        } else {
-            plane.iter_mut().for_each(|v| *v += b);
-        }
+        simd::wide(|| {
+            if self.relu {
+                plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            } else {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        })
     }
 
     /// As [`Epilogue::apply`], from `src` into `dst` (every value written).

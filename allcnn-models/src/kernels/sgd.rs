@@ -98,9 +98,13 @@ impl InplaceOp3 for VelocityUpdate {
         if v.len() != g.len() || v.len() != w.len() {
             candle_core::bail!("{what}: lengths {} {} {} differ", v.len(), g.len(), w.len());
         }
-        for ((v, &g), &w) in v.iter_mut().zip(g).zip(w) {
-            *v = *v * momentum + (g + w * weight_decay);
-        }
+        // Compiled for AVX-512 where the CPU has it: the same operations
+        // (Rust never fuses a multiply and an add), so the same values.
+        super::simd::wide(|| {
+            for ((v, &g), &w) in v.iter_mut().zip(g).zip(w) {
+                *v = *v * momentum + (g + w * weight_decay);
+            }
+        });
         Ok(())
     }
 }
@@ -126,9 +130,12 @@ impl InplaceOp2 for WeightUpdate {
         if w.len() != v.len() {
             candle_core::bail!("{what}: lengths {} {} differ", w.len(), v.len());
         }
-        for (w, &v) in w.iter_mut().zip(v) {
-            *w -= v * self.lr;
-        }
+        let lr = self.lr;
+        super::simd::wide(|| {
+            for (w, &v) in w.iter_mut().zip(v) {
+                *w -= v * lr;
+            }
+        });
         Ok(())
     }
 }
