@@ -122,7 +122,9 @@ fn pack_weights(g: &Geometry, l: &Layout, w: &[f32]) -> Vec<u32> {
 
 /// The left operand for `slabs` taps, `rows` output channels and `depth`
 /// input channels, `at(t, row, channel)` giving the weight: laid out as
-/// [`pack_weights`] says, zero past `rows` and `depth`.
+/// [`pack_weights`] says, zero past `rows` and `depth`. The values are
+/// gathered into rows of `depth` first, then each row's consecutive pairs
+/// rounded 16 words at a time ([`bf16::narrow`]).
 fn pack_slabs(
     l: &Layout,
     slabs: usize,
@@ -131,15 +133,19 @@ fn pack_slabs(
     at: impl Fn(usize, usize, usize) -> f32,
 ) -> Vec<u32> {
     let mut out = vec![0u32; slabs * l.pairs * l.cpad];
-    let value = |t: usize, c: usize, ch: usize| if ch < depth { at(t, c, ch) } else { 0.0 };
+    let mut line = vec![0f32; depth];
     for t in 0..slabs {
-        for b in 0..l.blocks() {
-            for c in 0..rows {
+        for c in 0..rows {
+            for (ch, v) in line.iter_mut().enumerate() {
+                *v = at(t, c, ch);
+            }
+            for b in 0..l.blocks() {
+                // Pairs `16 b..16 b + 16`: values `32 b..32 b + 32` of the
+                // line (zero past its end).
+                let src = line.get(2 * KB * b..).unwrap_or(&[]);
+                let src = &src[..src.len().min(2 * KB)];
                 let row = &mut out[((t * l.blocks() + b) * l.cpad + c) * KB..][..KB];
-                for (q, word) in row.iter_mut().enumerate() {
-                    let p = b * KB + q;
-                    *word = bf16::word(value(t, c, 2 * p), value(t, c, 2 * p + 1));
-                }
+                bf16::narrow(src, row);
             }
         }
     }
