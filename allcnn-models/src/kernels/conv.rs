@@ -653,14 +653,16 @@ fn forward_bf16(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) ->
                 let c = &mut s.out[..image];
                 bf16::gemm(c, plane, &a, &s.b, false);
                 let planes = o.chunks_exact_mut(plane).zip(c.chunks_exact(plane));
-                for (k, (dst, src)) in planes.enumerate() {
-                    match ep {
-                        Some(ep) => ep.apply_into(k, src, dst),
-                        None => dst.iter_mut().zip(src).for_each(|(d, &v)| {
-                            d.write(v);
-                        }),
+                simd::wide(|| {
+                    for (k, (dst, src)) in planes.enumerate() {
+                        match ep {
+                            Some(ep) => ep.apply_into(k, src, dst),
+                            None => dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                                d.write(v);
+                            }),
+                        }
                     }
-                }
+                });
             })
         });
     // SAFETY: the chunks cover `..len`, and every plane of each was written
