@@ -1216,7 +1216,9 @@ mod tests {
         // Multiples of 16 (the AVX-512 blocks where the CPU has them) and
         // odd sizes (the portable loop).
         for (rows, cols) in [(32, 48), (16, 16), (5, 7), (1, 33)] {
-            let src: Vec<u32> = (0..rows * cols).map(|i| i as u32 * 2654435761).collect();
+            let src: Vec<u32> = (0..rows * cols)
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761))
+                .collect();
             let mut dst = vec![0u32; rows * cols];
             transpose_words(&src, rows, cols, &mut dst);
             for i in 0..rows {
