@@ -60,6 +60,12 @@ struct Report<'a> {
     /// `amx-bf16` (AMX tiles, `tdpbf16ps`), `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
     /// multiplied in f32: no faster) or `candle` (candle's convolution).
     kernel: &'static str,
+    /// How the convolutions with at least 16 channels on both sides (all
+    /// of All-CNN-C's but conv1 and the 10-class head) ran: `direct-amx`
+    /// (implicit GEMM on the AMX tiles, in all three passes), `winograd`
+    /// (Winograd F(2x2, 3x3) for the 3x3 stride-1 ones, im2col for the
+    /// rest), `im2col` or `candle`. The others run im2col (ours) or candle's.
+    algorithm: &'static str,
     batch: usize,
     iters: usize,
     /// Untimed iterations before the timed ones.
@@ -181,6 +187,7 @@ pub fn run(args: &Args) -> Result<()> {
         precision: args.precision.map(Precision::name),
         conv: backend.name(),
         kernel: kernel(backend, &device),
+        algorithm: algorithm(backend, &device),
         batch: args.batch,
         iters: args.iters,
         warmup: args.warmup,
@@ -198,6 +205,20 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// The algorithm of the convolutions `backend` runs on `device` (see
+/// [`Report::algorithm`]).
+fn algorithm(backend: ConvBackend, device: &Device) -> &'static str {
+    let amx = allcnn_models::kernels::conv::amx_status()
+        == allcnn_models::kernels::conv::AmxStatus::Active;
+    match backend {
+        _ if !device.is_cpu() => "candle",
+        ConvBackend::Candle => "candle",
+        ConvBackend::WinogradBf16 if amx => "direct-amx",
+        ConvBackend::WinogradBf16 | ConvBackend::Winograd => "winograd",
+        ConvBackend::Gemm => "im2col",
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count);

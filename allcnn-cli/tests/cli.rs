@@ -153,13 +153,31 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
         if !kernel.is_empty() {
             assert_eq!(v["kernel"], kernel, "{v}");
         }
+        // The algorithm: direct on the tiles exactly where bf16 meets
+        // active AMX.
+        let amx = allcnn_models::kernels::conv::amx_status()
+            == allcnn_models::kernels::conv::AmxStatus::Active;
+        let algorithm = if conv == "winograd-bf16" && amx {
+            "direct-amx"
+        } else {
+            "winograd"
+        };
+        assert_eq!(v["algorithm"], algorithm, "{v}");
+        // Three untimed iterations by default, and the median beside the
+        // mean.
+        assert_eq!(v["warmup"], 3, "{v}");
+        assert!(v["median_ms_per_batch"].as_f64().unwrap() > 0.0, "{v}");
     }
     let o = allcnn(&["bench", "--batch", "2", "--iters", "1", "--conv", "gemm"]);
     assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(
-        (v["precision"].is_null(), &v["kernel"]),
-        (true, &serde_json::json!("f32"))
+        (v["precision"].is_null(), &v["kernel"], &v["algorithm"]),
+        (
+            true,
+            &serde_json::json!("f32"),
+            &serde_json::json!("im2col")
+        )
     );
     let o = allcnn(&["bench", "--precision", "bf16", "--conv", "gemm"]);
     assert_eq!(o.status.code(), Some(2));
