@@ -970,7 +970,7 @@ impl DirectConv {
                         *d = if y > 0.0 { *d } else { 0.0 };
                     }
                 });
-                plane_sum(d)
+                simd::sum_f64(d)
             })
             .collect();
         let db = channel_totals(&per_plane, g.n, g.cout);
@@ -1044,11 +1044,6 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
-/// The f64 sum of a plane, in a fixed order ([`simd::sum_f64`]).
-fn plane_sum(p: &[f32]) -> f64 {
-    simd::sum_f64(p)
-}
-
 /// Per-channel sums of an `[N, C, H, W]` map (the bias gradient).
 struct ChannelSum;
 
@@ -1071,7 +1066,7 @@ impl candle_core::CustomOp1 for ChannelSum {
 /// planes of a channel in batch order, deterministic whatever the thread
 /// count.
 fn channel_sums(g: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
-    let per_plane: Vec<f64> = g.par_chunks(plane).map(plane_sum).collect();
+    let per_plane: Vec<f64> = g.par_chunks(plane).map(simd::sum_f64).collect();
     channel_totals(&per_plane, n, c)
 }
 
@@ -1095,14 +1090,14 @@ mod tests {
         for len in 0..40 {
             let p: Vec<f32> = (0..len).map(|i| (i as f32) - 7.5).collect();
             let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
-            assert_eq!(plane_sum(&p), want, "length {len}");
+            assert_eq!(simd::sum_f64(&p), want, "length {len}");
         }
         let p: Vec<f32> = (0..32 * 32)
             .map(|i| ((i * 7919 % 1013) as f32).sin() * 1e3)
             .collect();
         let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
         let scale: f64 = p.iter().map(|&v| f64::from(v).abs()).sum();
-        assert!((plane_sum(&p) - want).abs() <= 1e-12 * scale);
+        assert!((simd::sum_f64(&p) - want).abs() <= 1e-12 * scale);
     }
 
     /// The packers that make the im2col columns on the fly write the very

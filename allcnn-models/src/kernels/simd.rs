@@ -39,16 +39,7 @@ const LANES: usize = 32;
 pub(crate) fn sum_f64(p: &[f32]) -> f64 {
     let chunks = p.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let mut acc = [0f64; LANES];
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: `avx512()` checked the CPU features.
-        acc = unsafe { x86::partials(p) };
-    } else {
-        partials(p, &mut acc);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    partials(p, &mut acc);
+    let mut acc = partials(p);
     let mut n = LANES;
     while n > 1 {
         n /= 2;
@@ -59,13 +50,26 @@ pub(crate) fn sum_f64(p: &[f32]) -> f64 {
     tail.iter().fold(acc[0], |s, &v| s + f64::from(v))
 }
 
+/// The partial sums of [`sum_f64`]: AVX-512 where the CPU has it, the
+/// portable loop otherwise (the same additions in the same order).
+fn partials(p: &[f32]) -> [f64; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: `avx512()` checked the CPU features.
+        return unsafe { x86::partials(p) };
+    }
+    portable_partials(p)
+}
+
 /// The partial sums of [`sum_f64`], portably.
-fn partials(p: &[f32], acc: &mut [f64; LANES]) {
+fn portable_partials(p: &[f32]) -> [f64; LANES] {
+    let mut acc = [0f64; LANES];
     for c in p.chunks_exact(LANES) {
         for (a, &v) in acc.iter_mut().zip(c) {
             *a += f64::from(v);
         }
     }
+    acc
 }
 
 /// Whether the CPU has AVX-512 F, BW and VL, AVX2 and FMA (detected once).
@@ -135,8 +139,7 @@ mod tests {
             let want: f64 = p.iter().map(|&v| f64::from(v)).sum();
             assert_eq!(sum_f64(&p), want, "length {len}");
             let r: Vec<f32> = (0..len).map(|i| (i as f32 * 0.77).sin() * 1e3).collect();
-            let mut portable = [0f64; LANES];
-            partials(&r, &mut portable);
+            let portable = portable_partials(&r);
             #[cfg(target_arch = "x86_64")]
             if avx512() {
                 // SAFETY: checked.

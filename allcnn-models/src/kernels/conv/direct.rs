@@ -291,7 +291,7 @@ fn write_out(
     simd::wide(|| write_out_body(g, l, cbuf, range, c0, out, ep));
 }
 
-/// The body of [`write_out`], inlined into each instruction set's copy.
+/// The body of [`write_out`], inlined into its AVX-512 copy.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write_out_body(
@@ -346,12 +346,12 @@ unsafe fn image<U: Tiles>(
 ) {
     s.pack(g, l, img, 1);
     let offs: Vec<usize> = (0..g.k * g.k).map(|t| l.tap(t / g.k, t % g.k)).collect();
+    // Both multiples of 32: `fp` and the chunk.
+    let ldc = CHUNK.min(l.fp);
     for c0 in (0..l.cpad).step_by(CO) {
         if c0 >= g.cout {
             break;
         }
-        // Both multiples of 32: `fp` and the chunk.
-        let ldc = CHUNK.min(l.fp);
         for f0 in (0..l.fp).step_by(ldc) {
             let f1 = (f0 + ldc).min(l.fp);
             // SAFETY: forwarded; the offsets are the geometry's taps (at
