@@ -9,6 +9,10 @@ only configurations that pass the golden README's jitter rule, see IG_CASES) and
 Occlusion (whole and edge-cropped windows), LayerGradientXActivation,
 LayerIntegratedGradients, LayerDeepLift, InternalInfluence and
 LayerConductance (conv7, conv8),
+and, in a second file (`captum-layer-methods.safetensors`, the
+`--out-layer` path), LayerLRP, LayerDeepLiftShap, LayerGradientShap and
+GradientShap (with the NumPy draws Captum made, stored for replay) and
+LayerFeatureAblation (per unit, and with stored layer masks),
 DeepLift (zero and constant
 baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
 ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
@@ -27,7 +31,8 @@ values (the tests' tolerance must sit above it).
     allcnn models --json > models.json
     python3 bench/captum_attribution.py --spec models.json \
         --golden ../shared/golden/all-cnn-c --golden-pool ../shared/golden/model-c \
-        --out allcnn-viz/tests/fixtures/captum-methods.safetensors
+        --out allcnn-viz/tests/fixtures/captum-methods.safetensors \
+        --out-layer allcnn-viz/tests/fixtures/captum-layer-methods.safetensors
 
 Needs torch, captum (0.9), numpy and safetensors.
 """
@@ -36,10 +41,16 @@ import argparse
 import json
 
 import captum
+import numpy as np
 import torch
 import torch.nn as nn
 from captum.attr import (
     LRP,
+    GradientShap,
+    LayerDeepLiftShap,
+    LayerFeatureAblation,
+    LayerGradientShap,
+    LayerLRP,
     DeepLift,
     InternalInfluence,
     LayerConductance,
@@ -176,6 +187,56 @@ def deep_lift_shap_baselines():
     return (0.5 * torch.randn((3, 3, 32, 32), generator=g, dtype=torch.float64)).float()
 
 
+# GradientShap's draws (Captum takes them from NumPy's global generator:
+# `np.random.choice` for the baselines, then `np.random.uniform` for the
+# points); the same seed before every run gives every run the same draws,
+# and the draws are stored so that allcnn can replay them. Most seeds put a
+# point of the input-space GradientShap within rounding of a ReLU's kink
+# (the jitter rule below fails); these two pass.
+LAYER_SHAP_SEED = 11
+SHAP_SEED = 18
+SHAP_SAMPLES = 3
+
+
+def with_draws(fn, seed):
+    """`fn()` with NumPy seeded by `seed`, and the draws it made:
+    (result, baseline indices, points), both image-major."""
+    np.random.seed(seed)
+    rec = {"choice": [], "uniform": []}
+    choice, uniform = np.random.choice, np.random.uniform
+
+    def recording_choice(*a, **k):
+        r = choice(*a, **k)
+        rec["choice"].append(np.asarray(r))
+        return r
+
+    def recording_uniform(*a, **k):
+        r = uniform(*a, **k)
+        rec["uniform"].append(np.asarray(r))
+        return r
+
+    np.random.choice, np.random.uniform = recording_choice, recording_uniform
+    try:
+        out = fn()
+    finally:
+        np.random.choice, np.random.uniform = choice, uniform
+    assert len(rec["choice"]) == 1 and len(rec["uniform"]) == 1, rec
+    return out, rec["choice"][0], rec["uniform"][0]
+
+
+def layer_feature_masks():
+    """LayerFeatureAblation's masks over conv8 `[1, 1, 6, 6]` (each position
+    over all channels) and conv7 `[1, 192, 6, 6]` (groups of 16 channels)."""
+    positions = torch.arange(36).reshape(1, 1, 6, 6)
+    channels = (torch.arange(192) // 16).reshape(1, 192, 1, 1).expand(1, 192, 6, 6)
+    return {"conv8.positions": positions, "conv7.channels16": channels.contiguous()}
+
+
+# The methods of the second fixture (captum-layer-methods.safetensors).
+SECOND = ("layer_lrp.", "layer_deep_lift_shap.", "layer_gradient_shap.",
+          "layer_feature_ablation.", "gradient_shap.")
+
+
 def compute(make_net, x, labels):
     """Every reference map, keyed as in the fixture."""
     net = make_net()
@@ -260,6 +321,55 @@ def compute(make_net, x, labels):
         for i, conv in enumerate([m for m in lnet.body if isinstance(m, nn.Conv2d)], 1):
             conv.rule = rule(i)
         out[f"lrp.{name}"] = LRP(lnet).attribute(x, target=labels)
+    # The layer methods of the second fixture. LayerLRP on a convolution
+    # (Captum keeps relevance on rule layers only): its output's relevance,
+    # which its ReLU passes on unchanged.
+    for name, layer in (("epsilon", 7), ("composite", 8), ("composite", 3)):
+        lnet = make_net(pool_module=True)
+        convs = [m for m in lnet.body if isinstance(m, nn.Conv2d)]
+        for i, conv in enumerate(convs, 1):
+            conv.rule = LRP_CASES[name](i)
+        r = LayerLRP(lnet, convs[layer - 1]).attribute(x, target=labels)
+        # conv3's map is large: the first 16 channels (the test slices too).
+        out[f"layer_lrp.conv{layer}.{name}"] = r[:, :16].contiguous() if layer == 3 else r
+    bases = deep_lift_shap_baselines().to(x.dtype)
+    out["layer_deep_lift_shap.conv8"] = LayerDeepLiftShap(net, net.relus["conv8"]).attribute(
+        x, baselines=bases, target=labels
+    )
+    out["layer_deep_lift_shap.conv6"] = LayerDeepLiftShap(net, net.relus["conv6"]).attribute(
+        x, baselines=bases, target=labels
+    )[:, :16].contiguous()
+    lgs, idx, alpha = with_draws(
+        lambda: LayerGradientShap(net, net.relus["conv7"]).attribute(
+            x, baselines=bases, n_samples=SHAP_SAMPLES, target=labels
+        ),
+        LAYER_SHAP_SEED,
+    )
+    out["layer_gradient_shap.conv7"] = lgs
+    out["layer_gradient_shap.conv7.baseline_index"] = torch.tensor(idx, dtype=x.dtype)
+    out["layer_gradient_shap.conv7.alpha"] = torch.tensor(alpha, dtype=x.dtype)
+    gs, idx, alpha = with_draws(
+        lambda: GradientShap(net).attribute(
+            x, baselines=bases, n_samples=SHAP_SAMPLES, target=labels
+        ),
+        SHAP_SEED,
+    )
+    out["gradient_shap.input"] = gs
+    out["gradient_shap.input.baseline_index"] = torch.tensor(idx, dtype=x.dtype)
+    out["gradient_shap.input.alpha"] = torch.tensor(alpha, dtype=x.dtype)
+    lfa = {
+        "layer_feature_ablation.conv9.units": LayerFeatureAblation(net, net.relus["conv9"]).attribute(
+            x, target=labels
+        ),
+    }
+    masks = layer_feature_masks()
+    lfa["layer_feature_ablation.conv8.positions.const0.25"] = LayerFeatureAblation(
+        net, net.relus["conv8"]
+    ).attribute(x, layer_baselines=0.25, target=labels, layer_mask=masks["conv8.positions"])
+    lfa["layer_feature_ablation.conv7.channels16.zero"] = LayerFeatureAblation(
+        net, net.relus["conv7"]
+    ).attribute(x, target=labels, layer_mask=masks["conv7.channels16"])
+    out.update(lfa)
     return out
 
 
@@ -283,6 +393,11 @@ def main():
     ap.add_argument("--spec", required=True, help="`allcnn models --json` output")
     ap.add_argument("--golden", required=True, help="../shared/golden/all-cnn-c")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--out-layer",
+        required=True,
+        help="the second fixture (layer LRP, DeepLiftShap, GradientShap, feature ablation)",
+    )
     ap.add_argument(
         "--golden-pool",
         help="../shared/golden/model-c: DeepLift's and LRP's max-pool rules on a pooling network",
@@ -339,13 +454,18 @@ def main():
         "float32_worst_rel_err": f"{worst:.3g}",
         "jitter_worst_rel_err": f"{worst_jitter:.3g}",
     }
-    tensors = {k: v.float().contiguous() for k, v in ref.items()}
+    tensors = {k: v.float().contiguous() for k, v in ref.items() if not k.startswith(SECOND)}
+    second = {k: v.float().contiguous() for k, v in ref.items() if k.startswith(SECOND)}
     # The inputs of the methods that take more than a constant.
     tensors["deep_lift_shap.baselines"] = deep_lift_shap_baselines()
     for name, mask in feature_masks().items():
         tensors[f"mask.{name}"] = mask.to(torch.int64)
+    for name, mask in layer_feature_masks().items():
+        second[f"layer_mask.{name}"] = mask.to(torch.int64)
     save_file(tensors, a.out, metadata=meta)
-    print(f"wrote {len(ref)} tensors to {a.out}; float32 worst rel err {worst:.3g}")
+    save_file(second, a.out_layer, metadata=meta)
+    print(f"wrote {len(tensors)} tensors to {a.out} and {len(second)} to {a.out_layer}; "
+          f"float32 worst rel err {worst:.3g}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 //! Perturbation methods over groups of input elements ("features"):
 //! feature ablation and Shapley values, exact and sampled, as Captum's
-//! `FeatureAblation`, `ShapleyValues` and `ShapleyValueSampling`.
+//! `FeatureAblation`, `ShapleyValues` and `ShapleyValueSampling`, and
+//! feature ablation of a hidden layer (`LayerFeatureAblation`).
 
-use allcnn_models::{AllCnn, StandardRelu};
+use allcnn_models::{AllCnn, LayerName, StandardRelu};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
 
 use crate::error::{CandleContext, VizError};
 use crate::integrated::Baseline;
+use crate::layer::{LayerActivation, Replace};
 use crate::methods::{fix_target, image_target, model_input, target_values};
 use crate::target::Target;
 
@@ -150,6 +152,8 @@ impl FeatureMask {
 /// vectors, and batched target values of modified copies of one image.
 pub(crate) struct Perturbed<'a> {
     model: &'a AllCnn,
+    /// Where the features live: the input (`None`) or a layer's output.
+    layer: Option<LayerName>,
     x: Tensor,
     target: Target,
     pixels: Vec<f32>,
@@ -166,20 +170,58 @@ impl<'a> Perturbed<'a> {
         baseline: &Baseline,
         batch: usize,
     ) -> Result<Self, VizError> {
+        Self::at(model, None, input, target, baseline, batch)
+    }
+
+    /// As [`Perturbed::new`], with the features in the output of `layer`
+    /// (a convolution, after its ReLU) when it is given.
+    pub(crate) fn at(
+        model: &'a AllCnn,
+        layer: Option<LayerName>,
+        input: &Tensor,
+        target: &Target,
+        baseline: &Baseline,
+        batch: usize,
+    ) -> Result<Self, VizError> {
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
-        let dims = x.dims4().context(|| "input shape".into())?;
         let target = fix_target(model, &x, target)?;
+        let space = match layer {
+            None => x.clone(),
+            Some(l) => {
+                if !matches!(l, LayerName::Conv(_)) {
+                    return Err(VizError::InvalidArgument(format!(
+                        "layer feature ablation needs a convolution (conv1..conv{}), not {l}",
+                        model.spec().convs().len()
+                    )));
+                }
+                let order = model.layer_names();
+                let position = |l: LayerName| order.iter().position(|&o| o == l);
+                if let Some(t) = target.layer() {
+                    if position(t) <= position(l) {
+                        return Err(VizError::UnsupportedTarget {
+                            method: "layer-feature-ablation".into(),
+                            reason: format!(
+                                "the target's layer {t} is not above the layer {l}; name a later target or an earlier layer"
+                            ),
+                        });
+                    }
+                }
+                LayerActivation::new(model, l).attribute(&x)?
+            }
+        };
+        let dims = space.dims4().context(|| "feature space shape".into())?;
         let flat = |t: &Tensor| -> Result<Vec<f32>, VizError> {
-            t.broadcast_as(x.shape())
+            t.broadcast_as(space.shape())
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1())
-                .context(|| "reading the input and baseline".into())
+                .context(|| "reading the values and the baseline".into())
         };
-        let pixels = flat(&x)?;
-        let base = flat(&baseline.tensor_for(&x)?)?;
+        let pixels = flat(&space)?;
+        let base = flat(&baseline.tensor_for(&space)?)?;
         Ok(Self {
             model,
+            layer,
             x,
             target,
             pixels,
@@ -240,7 +282,26 @@ impl<'a> Perturbed<'a> {
             let batch = Tensor::from_vec(data, (chunk.len(), c, h, w), self.x.device())
                 .context(|| "the perturbed images".into())?;
             let target = image_target(&self.target, i, chunk.len());
-            let values: Vec<f32> = target_values(self.model, &StandardRelu, &batch, &target)?
+            let values = match self.layer {
+                None => target_values(self.model, &StandardRelu, &batch, &target)?,
+                Some(layer) => {
+                    // The image itself below the layer, the perturbed
+                    // activations from it on.
+                    let (_, ic, ih, iw) = self.x.dims4().context(|| "input shape".into())?;
+                    let copies = self
+                        .x
+                        .narrow(0, i, 1)
+                        .and_then(|t| t.broadcast_as((chunk.len(), ic, ih, iw)))
+                        .and_then(|t| t.contiguous())
+                        .context(|| "copies of the image".into())?;
+                    let rule = Replace {
+                        layer,
+                        value: batch,
+                    };
+                    target_values(self.model, &rule, &copies, &target)?
+                }
+            };
+            let values: Vec<f32> = values
                 .to_vec1()
                 .context(|| "reading the target values".into())?;
             out.extend(values);
@@ -302,21 +363,7 @@ impl<'a> FeatureAblation<'a> {
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         let p = Perturbed::new(self.model, input, target, &self.baseline, self.batch)?;
         let features = self.mask.features(p.dims)?;
-        let clean = p.clean()?;
-        let mut scores = Vec::with_capacity(features.len());
-        for (i, f) in features.iter().enumerate() {
-            let present: Vec<Vec<bool>> = (0..f.len())
-                .map(|k| (0..f.len()).map(|j| j != k).collect())
-                .collect();
-            let values = p.values(i, f, &present)?;
-            scores.push(
-                values
-                    .iter()
-                    .map(|&v| f64::from(clean[i]) - f64::from(v))
-                    .collect(),
-            );
-        }
-        p.map(&features, &scores)
+        ablate(&p, &features)
     }
 }
 
@@ -324,6 +371,101 @@ impl crate::Attribute for FeatureAblation<'_> {
     fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         FeatureAblation::attribute(self, input, target)
     }
+}
+
+/// Feature ablation of a hidden layer: the output of convolution `layer`
+/// (after its ReLU) is split into features by a [`FeatureMask`] over its
+/// `[C, h, w]`, each feature in turn set to the baseline while the network
+/// above the layer runs on, and the drop of the target written to all its
+/// units. The default mask makes every unit its own feature. Captum's
+/// `LayerFeatureAblation` on that ReLU (`layer_mask`, `layer_baselines`).
+/// Signed, `[N, C, h, w]`; one forward pass per feature and image,
+/// `batch` at a time.
+#[derive(Debug, Clone)]
+pub struct LayerFeatureAblation<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    mask: Option<FeatureMask>,
+    baseline: Baseline,
+    batch: usize,
+}
+
+impl<'a> LayerFeatureAblation<'a> {
+    /// Every unit of `layer` of `model` ablated on its own to zero
+    /// (Captum's defaults), 256 copies per pass.
+    pub fn new(model: &'a AllCnn, layer: LayerName) -> Self {
+        Self {
+            model,
+            layer,
+            mask: None,
+            baseline: Baseline::default(),
+            batch: 256,
+        }
+    }
+
+    /// The features: ids over the layer's `[1 or N, 1 or C, h, w]`
+    /// ([`FeatureMask::Tensor`]) or patches of its maps.
+    pub fn mask(mut self, mask: FeatureMask) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+
+    /// The values of an ablated unit: a constant or a layer-shaped tensor
+    /// `[N or 1, C, h, w]`.
+    pub fn baseline(mut self, baseline: Baseline) -> Self {
+        self.baseline = baseline;
+        self
+    }
+
+    /// Perturbed copies per forward pass (at least 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`FeatureAblation::attribute`]; also a layer that is not a
+    /// convolution of the network, and a hidden-unit target below it.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let p = Perturbed::at(
+            self.model,
+            Some(self.layer),
+            input,
+            target,
+            &self.baseline,
+            self.batch,
+        )?;
+        let features = match &self.mask {
+            Some(mask) => mask.features(p.dims)?,
+            None => {
+                let (n, c, h, w) = p.dims;
+                vec![(0..c * h * w).map(|e| vec![e]).collect(); n]
+            }
+        };
+        ablate(&p, &features)
+    }
+}
+
+/// `T(x) - T(x with feature k at the baseline)` for every feature `k` of
+/// every image, as a map.
+fn ablate(p: &Perturbed<'_>, features: &[Vec<Vec<usize>>]) -> Result<Tensor, VizError> {
+    let clean = p.clean()?;
+    let mut scores = Vec::with_capacity(features.len());
+    for (i, f) in features.iter().enumerate() {
+        let present: Vec<Vec<bool>> = (0..f.len())
+            .map(|k| (0..f.len()).map(|j| j != k).collect())
+            .collect();
+        let values = p.values(i, f, &present)?;
+        scores.push(
+            values
+                .iter()
+                .map(|&v| f64::from(clean[i]) - f64::from(v))
+                .collect(),
+        );
+    }
+    p.map(features, &scores)
 }
 
 /// Exact Shapley values of the features ([`FeatureMask`]): each feature's

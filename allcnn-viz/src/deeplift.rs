@@ -1,6 +1,7 @@
 //! DeepLift (Shrikumar et al., 2017) with the rescale rule, and
 //! DeepLiftShap (its average over a set of baselines), as Captum's
-//! `DeepLift` and `DeepLiftShap`.
+//! `DeepLift` and `DeepLiftShap`, and their layer forms (`LayerDeepLift`,
+//! `LayerDeepLiftShap`).
 
 use std::sync::Mutex;
 
@@ -95,26 +96,7 @@ impl<'a> DeepLiftShap<'a> {
     /// As [`crate::Attribute::attribute`]; also baselines that do not match
     /// the input's `[C, H, W]`.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-        let model = self.model;
-        target.validate(model, input.dims())?;
-        let x = model_input(model, input)?;
-        let (baselines, count) = baseline_set(model, &x, &self.baselines, "DeepLiftShap")?;
-        let target = fix_target(model, &x, target)?;
-        let mut sum: Option<Tensor> = None;
-        for j in 0..count {
-            let x0 = baselines
-                .narrow(0, j, 1)
-                .and_then(|b| b.broadcast_as(x.shape()))
-                .and_then(|b| b.contiguous())
-                .context(|| format!("baseline {j}"))?;
-            let map = deep_lift(model, &x, &x0, &target, None)?;
-            sum = Some(match sum {
-                None => map,
-                Some(s) => (s + map).context(|| "summing over the baselines".into())?,
-            });
-        }
-        let sum = sum.expect("at least one baseline");
-        (sum / count as f64).context(|| "the mean over the baselines".into())
+        over_baselines(self.model, input, target, &self.baselines, None)
     }
 }
 
@@ -160,6 +142,77 @@ impl<'a> LayerDeepLift<'a> {
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         against_baseline(self.model, input, target, &self.baseline, Some(self.layer))
     }
+}
+
+/// [`LayerDeepLift`] against each of a set of baselines, averaged: the
+/// layer's change times the DeepLift signal, `[N, C, h, w]`. Captum's
+/// `LayerDeepLiftShap` on that ReLU (layer outputs). One pass of `N`
+/// images per baseline.
+#[derive(Debug, Clone)]
+pub struct LayerDeepLiftShap<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    baselines: Tensor,
+}
+
+impl<'a> LayerDeepLiftShap<'a> {
+    /// The method at `layer` of `model` with `baselines` `[B, C, H, W]`
+    /// (B >= 1).
+    pub fn new(model: &'a AllCnn, layer: LayerName, baselines: Tensor) -> Self {
+        Self {
+            model,
+            layer,
+            baselines,
+        }
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`DeepLiftShap::attribute`]; also a layer the network does not
+    /// have and a hidden-unit target that is not above the layer.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        over_baselines(self.model, input, target, &self.baselines, Some(self.layer))
+    }
+}
+
+/// [`DeepLiftShap`] (`at` = `None`) or [`LayerDeepLiftShap`]: the mean of
+/// [`deep_lift`] over the baselines.
+fn over_baselines(
+    model: &AllCnn,
+    input: &Tensor,
+    target: &Target,
+    baselines: &Tensor,
+    at: Option<LayerName>,
+) -> Result<Tensor, VizError> {
+    let method = if at.is_some() {
+        "LayerDeepLiftShap"
+    } else {
+        "DeepLiftShap"
+    };
+    target.validate(model, input.dims())?;
+    let x = model_input(model, input)?;
+    if let Some(layer) = at {
+        let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+        layer_shape(model, layer, (h, w))?;
+    }
+    let (baselines, count) = baseline_set(model, &x, baselines, method)?;
+    let target = fix_target(model, &x, target)?;
+    let mut sum: Option<Tensor> = None;
+    for j in 0..count {
+        let x0 = baselines
+            .narrow(0, j, 1)
+            .and_then(|b| b.broadcast_as(x.shape()))
+            .and_then(|b| b.contiguous())
+            .context(|| format!("baseline {j}"))?;
+        let map = deep_lift(model, &x, &x0, &target, at)?;
+        sum = Some(match sum {
+            None => map,
+            Some(s) => (s + map).context(|| "summing over the baselines".into())?,
+        });
+    }
+    let sum = sum.expect("at least one baseline");
+    (sum / count as f64).context(|| "the mean over the baselines".into())
 }
 
 /// [`DeepLift`] (`at` = `None`) or [`LayerDeepLift`] of `input` against

@@ -374,9 +374,9 @@ impl InputPath<'_, '_> {
 
 /// The standard ReLU everywhere, except that `layer`'s output is replaced
 /// by `value` (the points on the path in the layer's space).
-struct Replace {
-    layer: LayerName,
-    value: Tensor,
+pub(crate) struct Replace {
+    pub(crate) layer: LayerName,
+    pub(crate) value: Tensor,
 }
 
 impl ReluRule for Replace {

@@ -31,8 +31,10 @@
 //! [`LrpComposite`]), [`FeatureAblation`] and exact [`ShapleyValues`] over a
 //! [`FeatureMask`], and seeded [`ShapleyValueSampling`], [`KernelShap`] and
 //! [`Lime`]; at a hidden layer, [`LayerActivation`],
-//! [`LayerGradientXActivation`], [`LayerIntegratedGradients`] and
-//! [`LayerDeepLift`];
+//! [`LayerGradientXActivation`], [`LayerIntegratedGradients`],
+//! [`InternalInfluence`], [`LayerConductance`], [`LayerDeepLift`],
+//! [`LayerDeepLiftShap`], [`LayerGradientShap`], [`LayerFeatureAblation`]
+//! and [`LayerLrp`];
 //! [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
@@ -133,19 +135,20 @@ mod target;
 mod top;
 
 pub use ablation::{
-    FeatureAblation, FeatureMask, ShapleyValueSampling, ShapleyValues, MAX_EXACT_FEATURES,
+    FeatureAblation, FeatureMask, LayerFeatureAblation, ShapleyValueSampling, ShapleyValues,
+    MAX_EXACT_FEATURES,
 };
 pub use cam::{default_cam_layer, interpolate, GradCam, GuidedGradCam, Interpolation};
-pub use deeplift::{DeepLift, DeepLiftShap, LayerDeepLift};
+pub use deeplift::{DeepLift, DeepLiftShap, LayerDeepLift, LayerDeepLiftShap};
 pub use error::VizError;
 pub use faithful::{auc, Curves, DeletionInsertion};
-pub use gradshap::GradientShap;
+pub use gradshap::{GradientShap, LayerGradientShap, ShapDraw};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use layer::{
     InternalInfluence, LayerActivation, LayerConductance, LayerGradientXActivation,
     LayerIntegratedGradients,
 };
-pub use lrp::{Lrp, LrpComposite, LrpRule};
+pub use lrp::{LayerLrp, Lrp, LrpComposite, LrpRule};
 pub use methods::{
     attribute_all, Attribute, Deconvnet, Gradient, GuidedBackprop, InputXGradient, Method,
     MethodInfo, MethodOptions, Saliency, METHODS,

@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
 use crate::methods::{as_units, fix_target, model_input};
-use crate::target::Target;
+use crate::target::{layer_shape, Target};
 
 /// Captum's stabiliser for rules without their own epsilon, and for the
 /// pooling layers.
@@ -248,6 +248,17 @@ impl<'a> Lrp<'a> {
     /// As [`crate::Attribute::attribute`]; also a rule for a convolution
     /// the network does not have.
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        self.relevance(input, target, None)
+    }
+
+    /// The relevance at the input (`at` = `None`, `[N, C, H, W]`) or at the
+    /// output of layer `at` (`[N, C, h, w]`).
+    fn relevance(
+        &self,
+        input: &Tensor,
+        target: &Target,
+        at: Option<LayerName>,
+    ) -> Result<Tensor, VizError> {
         let model = self.model;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
@@ -329,8 +340,31 @@ impl<'a> Lrp<'a> {
                 unreachable!("fix_target turns unit targets into Units")
             }
         };
+        // Relevance reaches the input of layer `k` when layer `k` is done:
+        // stop above the layer asked for.
+        let bottom = match at {
+            None => 0,
+            Some(l) => {
+                let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+                layer_shape(model, l, (h, w))?;
+                let p = layers
+                    .iter()
+                    .position(|s| s.name == l)
+                    .expect("a layer of the network");
+                if p >= top && !matches!(target, Target::Class(_) | Target::PerImage(_)) {
+                    return Err(VizError::UnsupportedTarget {
+                        method: "layer-lrp".into(),
+                        reason: format!(
+                            "the target's layer {} is not above the layer {l}; name a later target or an earlier layer",
+                            layers[top].name
+                        ),
+                    });
+                }
+                p + 1
+            }
+        };
         let params = model.parameters();
-        for k in (0..=top).rev() {
+        for k in (bottom..=top).rev() {
             let layer = &layers[k];
             let a = input_of(k);
             let ctx = || format!("LRP at {}", layer.name);
@@ -357,6 +391,35 @@ impl<'a> Lrp<'a> {
             };
         }
         Ok(relevance)
+    }
+}
+
+/// The relevance [`Lrp`] assigns to the units of a hidden layer: the output
+/// of convolution `layer` (after its ReLU, which passes relevance
+/// unchanged) or of a max-pool, `[N, C, h, w]`, with the same rules above
+/// it. Each image's map sums to about the target's value when no
+/// stabiliser absorbs relevance. Captum's `LayerLRP` on that layer (layer
+/// outputs).
+#[derive(Debug, Clone)]
+pub struct LayerLrp<'a> {
+    lrp: Lrp<'a>,
+    layer: LayerName,
+}
+
+impl<'a> LayerLrp<'a> {
+    /// The relevance at `layer` of `lrp`'s model, with `lrp`'s rules (e.g.
+    /// `Lrp::new(&model).composite(..)`).
+    pub fn new(lrp: Lrp<'a>, layer: LayerName) -> Self {
+        Self { lrp, layer }
+    }
+
+    /// The map of every image at the layer's resolution.
+    ///
+    /// # Errors
+    /// As [`Lrp::attribute`]; also a layer the network does not have and a
+    /// hidden-unit target that is not above the layer.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        self.lrp.relevance(input, target, Some(self.layer))
     }
 }
 

@@ -2,9 +2,13 @@
 //! Grad-CAM, Guided Grad-CAM, Integrated Gradients (every quadrature, zero and constant
 //! baselines), Occlusion (whole and edge-cut windows), DeepLift and
 //! DeepLiftShap, FeatureAblation and ShapleyValues (grid and id-tensor
-//! masks) and LRP (epsilon, gamma, alpha1-beta0, the composite).
+//! masks) and LRP (epsilon, gamma, alpha1-beta0, the composite), and the
+//! layer methods (activation, gradient x activation, integrated gradients,
+//! internal influence, conductance, DeepLift, DeepLiftShap, GradientShap,
+//! feature ablation, LRP).
 //!
-//! Expected maps: `tests/fixtures/captum-methods.safetensors`, made by
+//! Expected maps: `tests/fixtures/captum-methods.safetensors` and
+//! `captum-layer-methods.safetensors`, made by
 //! `bench/captum_attribution.py` (Captum 0.9, float64) from the golden
 //! all-cnn-c network and images of ../shared/golden, which this test loads
 //! (and skips loudly without).
@@ -15,10 +19,11 @@ use std::path::Path;
 use allcnn_models::LayerName;
 use allcnn_testing::{assert_close, Golden};
 use allcnn_viz::{
-    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GuidedGradCam,
-    InputXGradient, IntegratedGradients, InternalInfluence, LayerActivation, LayerConductance,
-    LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients, Lrp, LrpComposite, LrpRule,
-    Occlusion, Quadrature, ShapleyValues, Target,
+    Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradCam, GradientShap,
+    GuidedGradCam, InputXGradient, IntegratedGradients, InternalInfluence, LayerActivation,
+    LayerConductance, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation, LayerGradientShap,
+    LayerGradientXActivation, LayerIntegratedGradients, LayerLrp, Lrp, LrpComposite, LrpRule,
+    Occlusion, Quadrature, ShapDraw, ShapleyValues, Target,
 };
 use candle_core::{Device, Tensor};
 
@@ -28,8 +33,13 @@ use candle_core::{Device, Tensor};
 const TOL: f64 = 2e-5;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/captum-methods.safetensors");
+    fixture_file("captum-methods.safetensors")
+}
+
+fn fixture_file(name: &str) -> HashMap<String, Tensor> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e} (run bench/captum_attribution.py)", path.display()))
 }
@@ -419,4 +429,98 @@ fn layer_attributions_match_captum() {
         &got,
         &want,
     );
+}
+
+/// Captum's NumPy draws, stored beside the map, as [`ShapDraw`]s.
+fn draws(want: &HashMap<String, Tensor>, name: &str) -> Vec<ShapDraw> {
+    let read = |k: &str| -> Vec<f32> { want[&format!("{name}.{k}")].to_vec1().unwrap() };
+    read("baseline_index")
+        .into_iter()
+        .zip(read("alpha"))
+        .map(|(b, alpha)| ShapDraw {
+            baseline: b as usize,
+            alpha,
+        })
+        .collect()
+}
+
+#[test]
+fn layer_lrp_shap_and_ablation_match_captum() {
+    let Some((g, _, target)) = setup() else {
+        return;
+    };
+    let want = fixture_file("captum-layer-methods.safetensors");
+    let first = fixture();
+    let model = &g.weights.model;
+    let input = g.get("input");
+    let first16 = |t: Tensor| t.narrow(1, 0, 16).unwrap();
+
+    // LayerLRP: LRP-0 at conv7; the composite at conv8 and conv3.
+    let composite = || Lrp::new(model).composite("composite".parse().unwrap());
+    let got = LayerLrp::new(Lrp::new(model), LayerName::Conv(7))
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_lrp.conv7.epsilon", &got, &want);
+    let got = LayerLrp::new(composite(), LayerName::Conv(8))
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_lrp.conv8.composite", &got, &want);
+    let got = LayerLrp::new(composite(), LayerName::Conv(3))
+        .attribute(input, &target)
+        .map(first16)
+        .unwrap();
+    check("layer_lrp.conv3.composite", &got, &want);
+
+    // LayerDeepLiftShap over the three stored noise baselines.
+    let baselines = first["deep_lift_shap.baselines"].clone();
+    let got = LayerDeepLiftShap::new(model, LayerName::Conv(8), baselines.clone())
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_deep_lift_shap.conv8", &got, &want);
+    let got = LayerDeepLiftShap::new(model, LayerName::Conv(6), baselines.clone())
+        .attribute(input, &target)
+        .map(first16)
+        .unwrap();
+    check("layer_deep_lift_shap.conv6", &got, &want);
+
+    // (Layer)GradientShap replaying Captum's draws; batch 4 splits the 3
+    // samples x 2 images unevenly.
+    let got = LayerGradientShap::new(model, LayerName::Conv(7), baselines.clone())
+        .samples(3)
+        .batch(4)
+        .draws(draws(&want, "layer_gradient_shap.conv7"))
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_gradient_shap.conv7", &got, &want);
+    let got = GradientShap::new(model, baselines)
+        .samples(3)
+        .draws(draws(&want, "gradient_shap.input"))
+        .attribute(input, &target)
+        .unwrap();
+    check("gradient_shap.input", &got, &want);
+
+    // LayerFeatureAblation: every unit of the class layer; stored masks
+    // at conv8 (positions, baseline 0.25) and conv7 (channel groups).
+    let got = LayerFeatureAblation::new(model, LayerName::Conv(9))
+        .batch(100)
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_feature_ablation.conv9.units", &got, &want);
+    let mask = |k: &str| FeatureMask::Tensor(want[&format!("layer_mask.{k}")].clone());
+    let got = LayerFeatureAblation::new(model, LayerName::Conv(8))
+        .mask(mask("conv8.positions"))
+        .baseline(Baseline::Constant(0.25))
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "layer_feature_ablation.conv8.positions.const0.25",
+        &got,
+        &want,
+    );
+    let got = LayerFeatureAblation::new(model, LayerName::Conv(7))
+        .mask(mask("conv7.channels16"))
+        .batch(5)
+        .attribute(input, &target)
+        .unwrap();
+    check("layer_feature_ablation.conv7.channels16.zero", &got, &want);
 }

@@ -8,8 +8,9 @@ mod common;
 use allcnn_models::{AllCnn, LayerName};
 use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
-    KernelShap, LayerActivation, LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients,
-    Lime, Lrp, LrpComposite, LrpRule, ShapleyValueSampling, ShapleyValues, Target, VizError,
+    KernelShap, LayerActivation, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation,
+    LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients, LayerLrp, Lime, Lrp,
+    LrpComposite, LrpRule, ShapDraw, ShapleyValueSampling, ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::doubling;
@@ -648,4 +649,209 @@ fn deep_lift_and_lrp_explain_a_hidden_unit() {
     };
     let s = DeepLift::new(&model).attribute(&x, &strongest).unwrap();
     assert_eq!(s.dims(), dl.dims());
+}
+
+/// The class layer's units by hand: logit `k` is the mean of class map `k`
+/// over its `h w` positions, so ablating unit `(k, y, x)` to zero lowers it
+/// by `a_k(y, x) / (h w)` and any other class's unit by nothing, and LRP
+/// hands each unit of map `k` the same share of the logit.
+#[test]
+fn layer_ablation_and_layer_lrp_at_the_class_layer_by_hand() {
+    let model = common::all_cnn_c(5);
+    let x = common::noise(2, 41);
+    // Each image's strongest class, whose map is alive.
+    let fx = logits(&model, &x);
+    let classes: Vec<usize> = fx
+        .iter()
+        .map(|l| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap())
+        .collect();
+    let target = Target::PerImage(classes.iter().map(|&k| k as u32).collect());
+    let acts = LayerActivation::new(&model, LayerName::Conv(9))
+        .attribute(&x)
+        .unwrap();
+    let (n, c, h, w) = acts.dims4().unwrap();
+    let a = flat(&acts);
+    let ablated = flat(
+        &LayerFeatureAblation::new(&model, LayerName::Conv(9))
+            .batch(50)
+            .attribute(&x, &target)
+            .unwrap(),
+    );
+    let relevance = flat(
+        &LayerLrp::new(Lrp::new(&model), LayerName::Conv(9))
+            .attribute(&x, &target)
+            .unwrap(),
+    );
+    let mut nonzero = 0;
+    for (i, &k) in classes.iter().enumerate().take(n) {
+        for ch in 0..c {
+            for p in 0..h * w {
+                let e = (i * c + ch) * h * w + p;
+                let want = if ch == k { a[e] / (h * w) as f32 } else { 0.0 };
+                nonzero += usize::from(want != 0.0);
+                close(
+                    ablated[e],
+                    want,
+                    1e-4,
+                    &format!("ablation, image {i} unit {ch}:{p}"),
+                );
+                close(
+                    relevance[e],
+                    want,
+                    1e-4,
+                    &format!("LRP, image {i} unit {ch}:{p}"),
+                );
+            }
+        }
+    }
+    assert!(
+        nonzero > 10,
+        "the class maps are not all dead ({nonzero} live units)"
+    );
+    // One feature holding the whole layer: ablating it to zero takes the
+    // logit to 0, so every unit carries T(x).
+    let all = Tensor::zeros((1, 1, h, w), DType::I64, &Device::Cpu).unwrap();
+    let whole = LayerFeatureAblation::new(&model, LayerName::Conv(9))
+        .mask(FeatureMask::Tensor(all))
+        .attribute(&x, &target)
+        .unwrap();
+    for (i, v) in whole
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let want = fx[i][classes[i]];
+        assert!(
+            v.iter()
+                .all(|&u| (u - want).abs() <= 1e-5 * want.abs().max(1.0)),
+            "image {i}"
+        );
+    }
+    // A pooling layer, and a hidden-unit target below the layer, are refused.
+    let pool = LayerFeatureAblation::new(&model, LayerName::Pool(1)).attribute(&x, &target);
+    assert!(pool.is_err());
+    let t = Target::Unit {
+        layer: LayerName::Conv(5),
+        channel: 0,
+        y: 2,
+        x: 2,
+    };
+    let below = LayerFeatureAblation::new(&model, LayerName::Conv(7)).attribute(&x, &t);
+    assert!(
+        matches!(below, Err(VizError::UnsupportedTarget { .. })),
+        "{below:?}"
+    );
+    let below = LayerLrp::new(Lrp::new(&model), LayerName::Conv(7)).attribute(&x, &t);
+    assert!(
+        matches!(below, Err(VizError::UnsupportedTarget { .. })),
+        "{below:?}"
+    );
+}
+
+#[test]
+fn layer_deep_lift_shap_averages_layer_deep_lift() {
+    let model = common::all_cnn_c(3);
+    let x = common::noise(2, 13);
+    let baselines = (common::noise(3, 14) * 0.5).unwrap();
+    let target = Target::PerImage(vec![1, 6]);
+    let layer = LayerName::Conv(6);
+    let got = LayerDeepLiftShap::new(&model, layer, baselines.clone())
+        .attribute(&x, &target)
+        .unwrap();
+    let mut want = vec![0f32; got.elem_count()];
+    for j in 0..3 {
+        let b = baselines.narrow(0, j, 1).unwrap();
+        let map = LayerDeepLift::new(&model, layer)
+            .baseline(Baseline::Tensor(b))
+            .attribute(&x, &target)
+            .unwrap();
+        for (w, v) in want.iter_mut().zip(flat(&map)) {
+            *w += v / 3.0;
+        }
+    }
+    for (k, (g, w)) in flat(&got).iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1e-2),
+            "element {k}: {g} vs {w}"
+        );
+    }
+    let bad = LayerDeepLiftShap::new(&model, layer, common::noise(1, 1).narrow(2, 0, 16).unwrap())
+        .attribute(&x, &target);
+    assert!(matches!(bad, Err(VizError::BadTensor { .. })), "{bad:?}");
+}
+
+#[test]
+fn layer_gradient_shap_replays_draws_and_checks_them() {
+    let model = common::all_cnn_c(7);
+    let x = common::noise(2, 31);
+    let baselines = (common::noise(3, 32) * 0.5).unwrap();
+    let target = Target::PerImage(vec![0, 5]);
+    let layer = LayerName::Conv(7);
+    let shap = |samples: usize, seed: u64, batch: usize| {
+        LayerGradientShap::new(&model, layer, baselines.clone())
+            .samples(samples)
+            .seed(seed)
+            .batch(batch)
+            .attribute(&x, &target)
+            .unwrap()
+    };
+    // Seeded and batch-independent.
+    assert_eq!(flat(&shap(4, 9, 3)), flat(&shap(4, 9, 3)));
+    let (a, b) = (flat(&shap(4, 9, 3)), flat(&shap(4, 9, 64)));
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() <= 1e-6 * v.abs().max(1e-3), "{u} vs {v}");
+    }
+    // One replayed draw at alpha 1: the gradient at the input itself, times
+    // the layer's change from the baseline.
+    let draw = |baseline| ShapDraw {
+        baseline,
+        alpha: 1.0,
+    };
+    let got = LayerGradientShap::new(&model, layer, baselines.clone())
+        .samples(1)
+        .draws(vec![draw(2), draw(0)])
+        .attribute(&x, &target)
+        .unwrap();
+    let gxa = flat(
+        &LayerGradientXActivation::new(&model, layer)
+            .attribute(&x, &target)
+            .unwrap(),
+    );
+    let act = |t: &Tensor| flat(&LayerActivation::new(&model, layer).attribute(t).unwrap());
+    let ax = act(&x);
+    let per = ax.len() / 2;
+    let ab: Vec<Vec<f32>> = [2, 0]
+        .iter()
+        .map(|&j| act(&baselines.narrow(0, j, 1).unwrap()))
+        .collect();
+    let mut checked = 0;
+    for (e, g) in flat(&got).iter().enumerate() {
+        let (i, u) = (e / per, e % per);
+        if ax[e] > 1e-3 {
+            // gradient = gxa / a where the unit is on.
+            let want = gxa[e] / ax[e] * (ax[e] - ab[i][u]);
+            assert!(
+                (g - want).abs() <= 1e-4 * want.abs().max(1e-3),
+                "unit {e}: {g} vs {want}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} live units");
+    // Replayed draws that do not fit are refused, naming the count.
+    let err = LayerGradientShap::new(&model, layer, baselines.clone())
+        .samples(2)
+        .draws(vec![draw(0)])
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(err.to_string().contains("need 4"), "{err}");
+    let err = GradientShap::new(&model, baselines)
+        .samples(1)
+        .draws(vec![draw(0), draw(3)])
+        .attribute(&x, &target)
+        .unwrap_err();
+    assert!(err.to_string().contains("below 3"), "{err}");
 }
