@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use crate::error::{CandleContext, VizError};
 use crate::integrated::Baseline;
 use crate::layer::{LayerActivation, Replace};
-use crate::methods::{fix_target, image_target, model_input, target_values};
+use crate::methods::{fix_target, image_target, model_input, require_target_above, target_values};
 use crate::target::Target;
 
 /// The setters every feature method shares: `mask`, `baseline`, `batch`.
@@ -22,7 +22,16 @@ macro_rules! feature_setters {
             self
         }
 
-        /// The values of a feature that is switched off (ablated, absent).
+        baseline_batch_setters!();
+    };
+}
+
+/// The `baseline` and `batch` setters of the feature methods.
+macro_rules! baseline_batch_setters {
+    () => {
+        /// The values of a feature that is switched off (ablated, absent):
+        /// a constant, or a tensor shaped as the space the features live
+        /// in (the input, or a layer's output for the layer methods).
         pub fn baseline(mut self, baseline: Baseline) -> Self {
             self.baseline = baseline;
             self
@@ -195,18 +204,7 @@ impl<'a> Perturbed<'a> {
                         model.spec().convs().len()
                     )));
                 }
-                let order = model.layer_names();
-                let position = |l: LayerName| order.iter().position(|&o| o == l);
-                if let Some(t) = target.layer() {
-                    if position(t) <= position(l) {
-                        return Err(VizError::UnsupportedTarget {
-                            method: "layer-feature-ablation".into(),
-                            reason: format!(
-                                "the target's layer {t} is not above the layer {l}; name a later target or an earlier layer"
-                            ),
-                        });
-                    }
-                }
+                require_target_above(model, &target, l, "layer-feature-ablation")?;
                 LayerActivation::new(model, l).attribute(&x)?
             }
         };
@@ -410,18 +408,7 @@ impl<'a> LayerFeatureAblation<'a> {
         self
     }
 
-    /// The values of an ablated unit: a constant or a layer-shaped tensor
-    /// `[N or 1, C, h, w]`.
-    pub fn baseline(mut self, baseline: Baseline) -> Self {
-        self.baseline = baseline;
-        self
-    }
-
-    /// Perturbed copies per forward pass (at least 1).
-    pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
-        self
-    }
+    baseline_batch_setters!();
 
     /// The map of every image at the layer's resolution.
     ///

@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
 use crate::integrated::Baseline;
-use crate::methods::{as_units, fix_target, model_input};
+use crate::methods::{as_units, fix_target, model_input, require_target_above};
 use crate::relu::BackwardRule;
 use crate::target::{layer_shape, Target};
 
@@ -407,20 +407,11 @@ fn deep_lift(
     let bottom = match at {
         None => 0,
         Some(l) => {
-            let p = layers
+            require_target_above(model, target, l, "layer-deep-lift")?;
+            1 + layers
                 .iter()
                 .position(|s| s.name == l)
-                .expect("a validated layer");
-            if p >= top && !matches!(target, Target::Class(_) | Target::PerImage(_)) {
-                return Err(VizError::UnsupportedTarget {
-                    method: "layer-deep-lift".into(),
-                    reason: format!(
-                        "the target's layer {} is not above the layer {l}; name a later target or an earlier layer",
-                        layers[top].name
-                    ),
-                });
-            }
-            p + 1
+                .expect("a validated layer")
         }
     };
     // Below a max-pool: the plain routing of its signal (see DeepLift's

@@ -10,7 +10,7 @@ use candle_core::{Tensor, Var};
 use crate::cam::layer_gradient;
 use crate::error::{CandleContext, VizError};
 use crate::integrated::{Baseline, Quadrature};
-use crate::methods::{fix_target, model_input, repeat_target, target_values};
+use crate::methods::{fix_target, model_input, repeat_target, require_target_above, target_values};
 use crate::target::{layer_shape, Target};
 
 /// The activations of convolution `layer` after its ReLU: `[N, C, h, w]`.
@@ -124,19 +124,7 @@ impl<'a> LayerIntegratedGradients<'a> {
         let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
         let x0 = self.baseline.tensor_for(&x)?;
         let target = fix_target(model, &x, target)?;
-        let order = model.layer_names();
-        let position = |l: LayerName| order.iter().position(|&o| o == l);
-        if let Some(t) = target.layer() {
-            if position(t) <= position(self.layer) {
-                return Err(VizError::UnsupportedTarget {
-                    method: "layer-integrated-gradients".into(),
-                    reason: format!(
-                        "the target's layer {t} is not above the layer {}; name a later target or an earlier layer",
-                        self.layer
-                    ),
-                });
-            }
-        }
+        require_target_above(model, &target, self.layer, "layer-integrated-gradients")?;
         let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
         let layer_at = |t: &Tensor| LayerActivation::new(model, self.layer).attribute(t);
         let (a, a0) = (layer_at(&x)?, layer_at(&x0)?);

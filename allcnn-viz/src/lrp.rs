@@ -10,7 +10,7 @@ use allcnn_models::{AllCnn, LayerName};
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{CandleContext, VizError};
-use crate::methods::{as_units, fix_target, model_input};
+use crate::methods::{as_units, fix_target, model_input, require_target_above};
 use crate::target::{layer_shape, Target};
 
 /// Captum's stabiliser for rules without their own epsilon, and for the
@@ -347,20 +347,11 @@ impl<'a> Lrp<'a> {
             Some(l) => {
                 let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
                 layer_shape(model, l, (h, w))?;
-                let p = layers
+                require_target_above(model, &target, l, "layer-lrp")?;
+                1 + layers
                     .iter()
                     .position(|s| s.name == l)
-                    .expect("a layer of the network");
-                if p >= top && !matches!(target, Target::Class(_) | Target::PerImage(_)) {
-                    return Err(VizError::UnsupportedTarget {
-                        method: "layer-lrp".into(),
-                        reason: format!(
-                            "the target's layer {} is not above the layer {l}; name a later target or an earlier layer",
-                            layers[top].name
-                        ),
-                    });
-                }
-                p + 1
+                    .expect("a layer of the network")
             }
         };
         let params = model.parameters();

@@ -659,6 +659,31 @@ pub(crate) fn propagate(
     }
 }
 
+/// Refuses a hidden-unit target at or below `layer`: a layer method's map
+/// of a target computed before the layer would be all zero. Class targets
+/// pass.
+pub(crate) fn require_target_above(
+    model: &AllCnn,
+    target: &Target,
+    layer: LayerName,
+    method: &str,
+) -> Result<(), VizError> {
+    let Some(t) = target.layer() else {
+        return Ok(());
+    };
+    let order = model.layer_names();
+    let position = |l: LayerName| order.iter().position(|&o| o == l);
+    if position(t) <= position(layer) {
+        return Err(VizError::UnsupportedTarget {
+            method: method.into(),
+            reason: format!(
+                "the target's layer {t} is not above the layer {layer}; name a later target or an earlier layer"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The target's value for every image of `x` (on the model's device, f32):
 /// `[N]`, from a forward pass with `relu` at every ReLU. Every method starts
 /// from these values (their sum is what the gradient methods differentiate).
