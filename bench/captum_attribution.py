@@ -11,8 +11,9 @@ LayerIntegratedGradients, LayerDeepLift, InternalInfluence and
 LayerConductance (conv7, conv8),
 and, in a second file (`captum-layer-methods.safetensors`, the
 `--out-layer` path), LayerLRP, LayerDeepLiftShap, LayerGradientShap and
-GradientShap (with the NumPy draws Captum made, stored for replay) and
-LayerFeatureAblation (per unit, and with stored layer masks),
+GradientShap (with the NumPy draws Captum made, stored for replay),
+LayerFeatureAblation (per unit, and with stored layer masks) and
+NeuronConductance,
 DeepLift (zero and constant
 baselines), DeepLiftShap (three stored noise baselines), FeatureAblation and
 ShapleyValues (stored feature masks) and LRP (epsilon, gamma, alpha1-beta0
@@ -51,6 +52,7 @@ from captum.attr import (
     LayerFeatureAblation,
     LayerGradientShap,
     LayerLRP,
+    NeuronConductance,
     DeepLift,
     InternalInfluence,
     LayerConductance,
@@ -234,7 +236,7 @@ def layer_feature_masks():
 
 # The methods of the second fixture (captum-layer-methods.safetensors).
 SECOND = ("layer_lrp.", "layer_deep_lift_shap.", "layer_gradient_shap.",
-          "layer_feature_ablation.", "gradient_shap.")
+          "layer_feature_ablation.", "gradient_shap.", "neuron_conductance.")
 
 
 def compute(make_net, x, labels):
@@ -370,6 +372,16 @@ def compute(make_net, x, labels):
         net, net.relus["conv7"]
     ).attribute(x, target=labels, layer_mask=masks["conv7.channels16"])
     out.update(lfa)
+    # NeuronConductance: through one unit of conv7 (default rule, constant
+    # baseline) and of conv5 (Gauss-Legendre, zero baseline).
+    out["neuron_conductance.conv7.159.4.4.riemann_trapezoid.5.0.25"] = NeuronConductance(
+        net, net.relus["conv7"]
+    ).attribute(x, neuron_selector=(159, 4, 4), baselines=0.25, target=labels, n_steps=5)
+    out["neuron_conductance.conv5.70.8.10.gausslegendre.4.0.0"] = NeuronConductance(
+        net, net.relus["conv5"]
+    ).attribute(
+        x, neuron_selector=(70, 8, 10), target=labels, n_steps=4, method="gausslegendre"
+    )
     return out
 
 

@@ -2,7 +2,8 @@
 //! Captum's `LayerActivation`, `LayerGradientXActivation`,
 //! `LayerIntegratedGradients`, `InternalInfluence` and `LayerConductance`,
 //! for a convolution after its ReLU. The maps
-//! have the layer's shape `[N, C, h, w]`.
+//! have the layer's shape `[N, C, h, w]`. And conductance through one
+//! unit, shared out over the input (Captum's `NeuronConductance`).
 
 use allcnn_models::{AllCnn, LayerName, ReluRule, StandardRelu};
 use candle_core::{Tensor, Var};
@@ -10,8 +11,11 @@ use candle_core::{Tensor, Var};
 use crate::cam::layer_gradient;
 use crate::error::{CandleContext, VizError};
 use crate::integrated::{Baseline, Quadrature};
-use crate::methods::{fix_target, model_input, repeat_target, require_target_above, target_values};
-use crate::target::{layer_shape, Target};
+use crate::methods::{
+    fix_target, model_input, propagate, repeat_target, require_target_above, target_values,
+};
+use crate::relu::BackwardRule;
+use crate::target::{layer_shape, Target, Unit};
 
 /// The activations of convolution `layer` after its ReLU: `[N, C, h, w]`.
 /// Captum's `LayerActivation` on that ReLU.
@@ -374,5 +378,119 @@ impl ReluRule for Replace {
         } else {
             StandardRelu.relu(layer, x)
         }
+    }
+}
+
+/// Conductance through one hidden unit (Dhamdhere et al., 2018): how much
+/// of the target's change from the baseline to the input flows through unit
+/// `unit` of convolution `layer` (after its ReLU), shared out over the
+/// input. Along the straight path in input space, `(x - b) Σ_k w_k
+/// ∂T/∂y(x_k) ∂y/∂x(x_k)` with `y` the unit and [`Quadrature`]'s points
+/// `x_k` and weights `w_k`. Signed, `[N, C, H, W]`. Captum's
+/// `NeuronConductance` on that ReLU (default 50 Riemann-trapezoid steps
+/// from a zero baseline).
+#[derive(Debug, Clone)]
+pub struct NeuronConductance<'a> {
+    model: &'a AllCnn,
+    layer: LayerName,
+    unit: Unit,
+    steps: usize,
+    quadrature: Quadrature,
+    baseline: Baseline,
+    batch: usize,
+}
+
+impl<'a> NeuronConductance<'a> {
+    /// Conductance through `unit` of `layer` of `model`: 50 Riemann-
+    /// trapezoid steps from a zero baseline (Captum's defaults for this
+    /// method), 64 images per pass.
+    pub fn new(model: &'a AllCnn, layer: LayerName, unit: Unit) -> Self {
+        Self {
+            model,
+            layer,
+            unit,
+            steps: 50,
+            quadrature: Quadrature::RiemannTrapezoid,
+            baseline: Baseline::default(),
+            batch: 64,
+        }
+    }
+
+    path_setters!();
+
+    /// See [`crate::Attribute::attribute`].
+    ///
+    /// # Errors
+    /// As [`crate::Attribute::attribute`]; also a layer that is not a
+    /// convolution, a unit outside its map, a hidden-unit target that is not
+    /// above the layer, a step count the rule cannot use and a baseline of
+    /// the wrong shape.
+    pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        let model = self.model;
+        let Unit { channel, y, x: col } = self.unit;
+        let neuron = Target::Unit {
+            layer: self.layer,
+            channel,
+            y,
+            x: col,
+        };
+        neuron.validate(model, input.dims())?;
+        target.validate(model, input.dims())?;
+        let x = model_input(model, input)?;
+        let (n, c, h, w) = x.dims4().context(|| "input shape".into())?;
+        let target = fix_target(model, &x, target)?;
+        require_target_above(model, &target, self.layer, "neuron-conductance")?;
+        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let x0 = self.baseline.tensor_for(&x)?;
+        let change = (&x - &x0).context(|| "the input's change".into())?;
+        let per_pass = (self.batch / n.max(1)).max(1);
+        let len = c * h * w;
+        let mut total = vec![0f64; n * len];
+        for (p, chunk) in points.chunks(per_pass).enumerate() {
+            let scaled: Vec<Tensor> = chunk
+                .iter()
+                .map(|&t| &x0 + (&change * t)?)
+                .collect::<candle_core::Result<_>>()
+                .context(|| "points on the path".into())?;
+            let inputs = Tensor::cat(&scaled, 0).context(|| "points on the path".into())?;
+            // dT/dy at each point: the target's gradient at the layer, at the unit.
+            let (_, grad) = layer_gradient(
+                model,
+                self.layer,
+                &inputs,
+                &repeat_target(&target, chunk.len()),
+                "neuron-conductance",
+            )?;
+            let through: Vec<f32> = grad
+                .narrow(1, channel, 1)
+                .and_then(|g| g.narrow(2, y, 1))
+                .and_then(|g| g.narrow(3, col, 1))
+                .and_then(|g| g.flatten_all())
+                .and_then(|g| g.to_vec1())
+                .context(|| "the target's gradient at the unit".into())?;
+            // dy/dx at each point.
+            let dydx: Vec<f32> = propagate(model, BackwardRule::Gradient, &inputs, &neuron)?
+                .flatten_all()
+                .and_then(|g| g.to_vec1())
+                .context(|| "the unit's input gradient".into())?;
+            for (r, row) in dydx.chunks(len).enumerate() {
+                let k = p * per_pass + r / n;
+                let scale = f64::from(through[r]) * weights[k];
+                let acc = &mut total[(r % n) * len..][..len];
+                for (a, &d) in acc.iter_mut().zip(row) {
+                    *a += scale * f64::from(d);
+                }
+            }
+        }
+        let total: Vec<f32> = total.iter().map(|&v| v as f32).collect();
+        Tensor::from_vec(total, (n, c, h, w), x.device())
+            .and_then(|t| t * change)
+            .context(|| "the path's sum times the input's change".into())
+    }
+}
+
+impl crate::Attribute for NeuronConductance<'_> {
+    fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
+        NeuronConductance::attribute(self, input, target)
     }
 }

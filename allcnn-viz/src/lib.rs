@@ -34,7 +34,7 @@
 //! [`LayerGradientXActivation`], [`LayerIntegratedGradients`],
 //! [`InternalInfluence`], [`LayerConductance`], [`LayerDeepLift`],
 //! [`LayerDeepLiftShap`], [`LayerGradientShap`], [`LayerFeatureAblation`]
-//! and [`LayerLrp`];
+//! and [`LayerLrp`]; through one hidden unit, [`NeuronConductance`];
 //! [`SmoothGrad`]
 //! wraps any method. [`Method`] picks one at
 //! run time, its settings in [`MethodOptions`].
@@ -146,7 +146,7 @@ pub use gradshap::{GradientShap, LayerGradientShap, ShapDraw};
 pub use integrated::{Baseline, IntegratedGradients, Quadrature};
 pub use layer::{
     InternalInfluence, LayerActivation, LayerConductance, LayerGradientXActivation,
-    LayerIntegratedGradients,
+    LayerIntegratedGradients, NeuronConductance,
 };
 pub use lrp::{LayerLrp, Lrp, LrpComposite, LrpRule};
 pub use methods::{

@@ -5,7 +5,7 @@
 //! masks) and LRP (epsilon, gamma, alpha1-beta0, the composite), and the
 //! layer methods (activation, gradient x activation, integrated gradients,
 //! internal influence, conductance, DeepLift, DeepLiftShap, GradientShap,
-//! feature ablation, LRP).
+//! feature ablation, LRP) and neuron conductance.
 //!
 //! Expected maps: `tests/fixtures/captum-methods.safetensors` and
 //! `captum-layer-methods.safetensors`, made by
@@ -23,7 +23,7 @@ use allcnn_viz::{
     GuidedGradCam, InputXGradient, IntegratedGradients, InternalInfluence, LayerActivation,
     LayerConductance, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation, LayerGradientShap,
     LayerGradientXActivation, LayerIntegratedGradients, LayerLrp, Lrp, LrpComposite, LrpRule,
-    Occlusion, Quadrature, ShapDraw, ShapleyValues, Target,
+    NeuronConductance, Occlusion, Quadrature, ShapDraw, ShapleyValues, Target, Unit,
 };
 use candle_core::{Device, Tensor};
 
@@ -445,7 +445,7 @@ fn draws(want: &HashMap<String, Tensor>, name: &str) -> Vec<ShapDraw> {
 }
 
 #[test]
-fn layer_lrp_shap_and_ablation_match_captum() {
+fn layer_lrp_shap_ablation_and_neuron_conductance_match_captum() {
     let Some((g, _, target)) = setup() else {
         return;
     };
@@ -523,4 +523,29 @@ fn layer_lrp_shap_and_ablation_match_captum() {
         .attribute(input, &target)
         .unwrap();
     check("layer_feature_ablation.conv7.channels16.zero", &got, &want);
+
+    // NeuronConductance through one unit; batch 3 splits the points
+    // unevenly.
+    let unit = |channel, y, x| Unit { channel, y, x };
+    let got = NeuronConductance::new(model, LayerName::Conv(7), unit(159, 4, 4))
+        .steps(5)
+        .baseline(Baseline::Constant(0.25))
+        .batch(3)
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "neuron_conductance.conv7.159.4.4.riemann_trapezoid.5.0.25",
+        &got,
+        &want,
+    );
+    let got = NeuronConductance::new(model, LayerName::Conv(5), unit(70, 8, 10))
+        .steps(4)
+        .quadrature(Quadrature::GaussLegendre)
+        .attribute(input, &target)
+        .unwrap();
+    check(
+        "neuron_conductance.conv5.70.8.10.gausslegendre.4.0.0",
+        &got,
+        &want,
+    );
 }

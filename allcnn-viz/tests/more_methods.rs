@@ -10,7 +10,8 @@ use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
     KernelShap, LayerActivation, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation,
     LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients, LayerLrp, Lime, Lrp,
-    LrpComposite, LrpRule, ShapDraw, ShapleyValueSampling, ShapleyValues, Target, VizError,
+    LrpComposite, LrpRule, NeuronConductance, Quadrature, ShapDraw, ShapleyValueSampling,
+    ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::doubling;
@@ -854,4 +855,80 @@ fn layer_gradient_shap_replays_draws_and_checks_them() {
         .attribute(&x, &target)
         .unwrap_err();
     assert!(err.to_string().contains("below 3"), "{err}");
+}
+
+/// On `T(x) = mean(relu(2x + 2))` every path from the baseline 0.3 to the
+/// ramp keeps `2x + 2 > 0`, so unit `(y, x)` of the class map passes
+/// `dT/dy dy/dx = (1/16) 2` at its own pixel and nothing elsewhere: its
+/// conductance is `(x - 0.3) 2/16` there times the rule's weight sum (1,
+/// or `(n - 1) / n` for Captum's trapezoid rule). Summed over
+/// every unit of the layer (a complete cut of the network), conductance
+/// gives Integrated Gradients.
+#[test]
+fn neuron_conductance_by_hand_and_complete_over_a_layer() {
+    let tiny = doubling(2.0);
+    let x = ramp();
+    let b = Baseline::Constant(0.3);
+    let pixels = flat(&x);
+    let mut sum = vec![0f32; 16];
+    for (q, steps) in [
+        (Quadrature::RiemannTrapezoid, 5),
+        (Quadrature::GaussLegendre, 3),
+    ] {
+        sum.iter_mut().for_each(|v| *v = 0.0);
+        let total: f64 = q.weights_and_points(steps).unwrap().0.iter().sum();
+        for p in 0..16 {
+            let unit = allcnn_viz::Unit {
+                channel: 0,
+                y: p / 4,
+                x: p % 4,
+            };
+            let got = flat(
+                &NeuronConductance::new(&tiny, LayerName::Conv(1), unit)
+                    .steps(steps)
+                    .quadrature(q)
+                    .baseline(b.clone())
+                    .batch(2)
+                    .attribute(&x, &Target::Class(0))
+                    .unwrap(),
+            );
+            for (e, g) in got.iter().enumerate() {
+                let want = if e == p {
+                    (pixels[e] - 0.3) * 2.0 / 16.0 * total as f32
+                } else {
+                    0.0
+                };
+                assert!(
+                    (g - want).abs() < 1e-6,
+                    "{q:?} unit {p} pixel {e}: {g} vs {want}"
+                );
+                sum[e] += g;
+            }
+        }
+        let ig = flat(
+            &allcnn_viz::IntegratedGradients::new(&tiny)
+                .steps(steps)
+                .quadrature(q)
+                .baseline(b.clone())
+                .attribute(&x, &Target::Class(0))
+                .unwrap(),
+        );
+        for (s, i) in sum.iter().zip(&ig) {
+            assert!(
+                (s - i).abs() < 1e-6,
+                "{q:?}: summed conductance {s} vs IG {i}"
+            );
+        }
+    }
+    // A unit outside the layer's map is refused.
+    let model = common::all_cnn_c(3);
+    let far = allcnn_viz::Unit {
+        channel: 0,
+        y: 6,
+        x: 0,
+    };
+    let err = NeuronConductance::new(&model, LayerName::Conv(7), far)
+        .attribute(&common::noise(1, 2), &Target::Class(1))
+        .unwrap_err();
+    assert!(matches!(err, VizError::PositionOutOfRange { .. }), "{err}");
 }
