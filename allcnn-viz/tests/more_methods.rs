@@ -870,7 +870,7 @@ fn neuron_conductance_by_hand_and_complete_over_a_layer() {
     let x = ramp();
     let b = Baseline::Constant(0.3);
     let pixels = flat(&x);
-    let mut sum = vec![0f32; 16];
+    let mut sum = [0f32; 16];
     for (q, steps) in [
         (Quadrature::RiemannTrapezoid, 5),
         (Quadrature::GaussLegendre, 3),
