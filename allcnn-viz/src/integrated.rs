@@ -206,31 +206,65 @@ impl Baseline {
     }
 }
 
-/// The setters of the path methods (integrated gradients at the input or at
-/// a layer): `steps`, `quadrature`, `baseline`, `batch`.
+/// The settings the path methods share (integrated gradients at the input
+/// or at a layer, internal influence, conductance): the rule, its points,
+/// the baseline and the images per pass.
+#[derive(Debug, Clone)]
+pub(crate) struct PathSettings {
+    pub(crate) steps: usize,
+    pub(crate) quadrature: Quadrature,
+    pub(crate) baseline: Baseline,
+    pub(crate) batch: usize,
+}
+
+impl PathSettings {
+    /// `steps` points of `quadrature` from a zero baseline, 64 images per
+    /// pass.
+    pub(crate) fn new(steps: usize, quadrature: Quadrature) -> Self {
+        Self {
+            steps,
+            quadrature,
+            baseline: Baseline::default(),
+            batch: 64,
+        }
+    }
+
+    /// The rule's weights and points.
+    pub(crate) fn rule(&self) -> Result<(Vec<f64>, Vec<f64>), VizError> {
+        self.quadrature.weights_and_points(self.steps)
+    }
+
+    /// Points of the path per pass for `n` images.
+    pub(crate) fn per_pass(&self, n: usize) -> usize {
+        (self.batch / n.max(1)).max(1)
+    }
+}
+
+/// The setters of the path methods, on their [`PathSettings`] `path`:
+/// `steps`, `quadrature`, `baseline`, `batch`.
 macro_rules! path_setters {
     () => {
         /// The number of points on the path.
         pub fn steps(mut self, steps: usize) -> Self {
-            self.steps = steps;
+            self.path.steps = steps;
             self
         }
 
         /// The quadrature rule.
         pub fn quadrature(mut self, q: Quadrature) -> Self {
-            self.quadrature = q;
+            self.path.quadrature = q;
             self
         }
 
         /// Where the path starts.
         pub fn baseline(mut self, b: Baseline) -> Self {
-            self.baseline = b;
+            self.path.baseline = b;
             self
         }
 
         /// Images per forward/backward pass (at least 1).
         pub fn batch(mut self, batch: usize) -> Self {
-            self.batch = batch.max(1);
+            self.path.batch = batch.max(1);
             self
         }
     };
@@ -247,10 +281,7 @@ macro_rules! path_setters {
 #[derive(Debug, Clone)]
 pub struct IntegratedGradients<'a> {
     model: &'a AllCnn,
-    steps: usize,
-    quadrature: Quadrature,
-    baseline: Baseline,
-    batch: usize,
+    path: PathSettings,
 }
 
 impl<'a> IntegratedGradients<'a> {
@@ -258,10 +289,7 @@ impl<'a> IntegratedGradients<'a> {
     pub fn new(model: &'a AllCnn) -> Self {
         Self {
             model,
-            steps: 50,
-            quadrature: Quadrature::GaussLegendre,
-            baseline: Baseline::default(),
-            batch: 64,
+            path: PathSettings::new(50, Quadrature::GaussLegendre),
         }
     }
 
@@ -289,13 +317,13 @@ impl<'a> IntegratedGradients<'a> {
     ) -> Result<(Tensor, Vec<f32>), VizError> {
         let model = self.model;
         target.validate(model, input.dims())?;
-        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let (weights, points) = self.path.rule()?;
         let x = model_input(model, input)?;
         let target = fix_target(model, &x, target)?;
         let n = x.dim(0).context(|| "input shape".into())?;
-        let base = self.baseline.tensor_for(&x)?;
+        let base = self.path.baseline.tensor_for(&x)?;
         let diff = (&x - &base).context(|| "input minus baseline".into())?;
-        let per_pass = (self.batch / n.max(1)).max(1);
+        let per_pass = self.path.per_pass(n);
         let mut total = x.zeros_like().context(|| "the gradient sum".into())?;
         for (ws, alphas) in weights.chunks(per_pass).zip(points.chunks(per_pass)) {
             let scaled = alphas

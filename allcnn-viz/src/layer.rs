@@ -10,7 +10,7 @@ use candle_core::{Tensor, Var};
 
 use crate::cam::layer_gradient;
 use crate::error::{CandleContext, VizError};
-use crate::integrated::{Baseline, Quadrature};
+use crate::integrated::{Baseline, PathSettings, Quadrature};
 use crate::methods::{
     fix_target, model_input, propagate, repeat_target, require_target_above, target_values,
 };
@@ -94,10 +94,7 @@ impl<'a> LayerGradientXActivation<'a> {
 pub struct LayerIntegratedGradients<'a> {
     model: &'a AllCnn,
     layer: LayerName,
-    steps: usize,
-    quadrature: Quadrature,
-    baseline: Baseline,
-    batch: usize,
+    path: PathSettings,
 }
 
 impl<'a> LayerIntegratedGradients<'a> {
@@ -107,10 +104,7 @@ impl<'a> LayerIntegratedGradients<'a> {
         Self {
             model,
             layer,
-            steps: 50,
-            quadrature: Quadrature::GaussLegendre,
-            baseline: Baseline::default(),
-            batch: 64,
+            path: PathSettings::new(50, Quadrature::GaussLegendre),
         }
     }
 
@@ -126,14 +120,14 @@ impl<'a> LayerIntegratedGradients<'a> {
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
         let (n, _, _, _) = x.dims4().context(|| "input shape".into())?;
-        let x0 = self.baseline.tensor_for(&x)?;
+        let x0 = self.path.baseline.tensor_for(&x)?;
         let target = fix_target(model, &x, target)?;
         require_target_above(model, &target, self.layer, "layer-integrated-gradients")?;
-        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let (weights, points) = self.path.rule()?;
         let layer_at = |t: &Tensor| LayerActivation::new(model, self.layer).attribute(t);
         let (a, a0) = (layer_at(&x)?, layer_at(&x0)?);
         let change = (&a - &a0).context(|| "the layer's change".into())?;
-        let per_pass = (self.batch / n.max(1)).max(1);
+        let per_pass = self.path.per_pass(n);
         let mut total: Option<Tensor> = None;
         for chunk in points
             .iter()
@@ -194,10 +188,7 @@ impl<'a> LayerIntegratedGradients<'a> {
 pub struct InternalInfluence<'a> {
     model: &'a AllCnn,
     layer: LayerName,
-    steps: usize,
-    quadrature: Quadrature,
-    baseline: Baseline,
-    batch: usize,
+    path: PathSettings,
 }
 
 impl<'a> InternalInfluence<'a> {
@@ -207,10 +198,7 @@ impl<'a> InternalInfluence<'a> {
         Self {
             model,
             layer,
-            steps: 50,
-            quadrature: Quadrature::GaussLegendre,
-            baseline: Baseline::default(),
-            batch: 64,
+            path: PathSettings::new(50, Quadrature::GaussLegendre),
         }
     }
 
@@ -221,13 +209,13 @@ impl<'a> InternalInfluence<'a> {
     /// # Errors
     /// As [`LayerIntegratedGradients::attribute`].
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
+        let (weights, points) = self.path.rule()?;
         let mut total: Option<Tensor> = None;
         let path = InputPath {
             model: self.model,
             layer: self.layer,
-            baseline: &self.baseline,
-            batch: self.batch,
+            baseline: &self.path.baseline,
+            batch: self.path.batch,
             method: "internal-influence",
         };
         path.walk(input, target, &points, |k, _, grad| {
@@ -256,10 +244,7 @@ impl<'a> InternalInfluence<'a> {
 pub struct LayerConductance<'a> {
     model: &'a AllCnn,
     layer: LayerName,
-    steps: usize,
-    quadrature: Quadrature,
-    baseline: Baseline,
-    batch: usize,
+    path: PathSettings,
 }
 
 impl<'a> LayerConductance<'a> {
@@ -269,10 +254,7 @@ impl<'a> LayerConductance<'a> {
         Self {
             model,
             layer,
-            steps: 50,
-            quadrature: Quadrature::GaussLegendre,
-            baseline: Baseline::default(),
-            batch: 64,
+            path: PathSettings::new(50, Quadrature::GaussLegendre),
         }
     }
 
@@ -283,14 +265,17 @@ impl<'a> LayerConductance<'a> {
     /// # Errors
     /// As [`LayerIntegratedGradients::attribute`].
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
-        let (_, points) = self.quadrature.weights_and_points(self.steps + 1)?;
+        let (_, points) = self
+            .path
+            .quadrature
+            .weights_and_points(self.path.steps + 1)?;
         let mut total: Option<Tensor> = None;
         let mut last: Option<(Tensor, Tensor)> = None;
         let path = InputPath {
             model: self.model,
             layer: self.layer,
-            baseline: &self.baseline,
-            batch: self.batch,
+            baseline: &self.path.baseline,
+            batch: self.path.batch,
             method: "layer-conductance",
         };
         path.walk(input, target, &points, |_, act, grad| {
@@ -394,10 +379,7 @@ pub struct NeuronConductance<'a> {
     model: &'a AllCnn,
     layer: LayerName,
     unit: Unit,
-    steps: usize,
-    quadrature: Quadrature,
-    baseline: Baseline,
-    batch: usize,
+    path: PathSettings,
 }
 
 impl<'a> NeuronConductance<'a> {
@@ -409,10 +391,7 @@ impl<'a> NeuronConductance<'a> {
             model,
             layer,
             unit,
-            steps: 50,
-            quadrature: Quadrature::RiemannTrapezoid,
-            baseline: Baseline::default(),
-            batch: 64,
+            path: PathSettings::new(50, Quadrature::RiemannTrapezoid),
         }
     }
 
@@ -440,10 +419,10 @@ impl<'a> NeuronConductance<'a> {
         let (n, c, h, w) = x.dims4().context(|| "input shape".into())?;
         let target = fix_target(model, &x, target)?;
         require_target_above(model, &target, self.layer, "neuron-conductance")?;
-        let (weights, points) = self.quadrature.weights_and_points(self.steps)?;
-        let x0 = self.baseline.tensor_for(&x)?;
+        let (weights, points) = self.path.rule()?;
+        let x0 = self.path.baseline.tensor_for(&x)?;
         let change = (&x - &x0).context(|| "the input's change".into())?;
-        let per_pass = (self.batch / n.max(1)).max(1);
+        let per_pass = self.path.per_pass(n);
         let len = c * h * w;
         let mut total = vec![0f64; n * len];
         for (p, chunk) in points.chunks(per_pass).enumerate() {
