@@ -295,8 +295,8 @@ impl<'a> LayerConductance<'a> {
     }
 }
 
-/// The straight path in input space that [`InternalInfluence`] and
-/// [`LayerConductance`] walk.
+/// The straight path in input space that [`InternalInfluence`],
+/// [`LayerConductance`] and [`NeuronConductance`] walk.
 struct InputPath<'a, 'b> {
     model: &'a AllCnn,
     layer: LayerName,
@@ -305,18 +305,28 @@ struct InputPath<'a, 'b> {
     method: &'static str,
 }
 
+/// One pass of [`InputPath::passes`]: the points `k0..k0 + len` of the
+/// path for all `n` images, point-major (row `j n + i` is point `k0 + j`
+/// of image `i`), with the target of every row.
+struct PathPass {
+    k0: usize,
+    len: usize,
+    n: usize,
+    inputs: Tensor,
+    target: Target,
+}
+
 impl InputPath<'_, '_> {
-    /// For each `t` of `points`, in order, `visit(k, a, g)` with the layer's
-    /// activations `a` at the input `b + t (x - b)` and the target's gradient
-    /// `g` with respect to them (`[N, C, h, w]` each); `batch` images per
-    /// pass. The target is resolved once, at the input itself.
-    fn walk(
+    /// Checks the input and target, then calls `visit` with the points
+    /// `b + t (x - b)` of `points`, in order, `batch` images per pass. The
+    /// target is resolved once, at the input itself. Returns `x - b`.
+    fn passes(
         &self,
         input: &Tensor,
         target: &Target,
         points: &[f64],
-        mut visit: impl FnMut(usize, Tensor, Tensor) -> Result<(), VizError>,
-    ) -> Result<(), VizError> {
+        mut visit: impl FnMut(&PathPass) -> Result<(), VizError>,
+    ) -> Result<Tensor, VizError> {
         let model = self.model;
         target.validate(model, input.dims())?;
         let x = model_input(model, input)?;
@@ -332,19 +342,43 @@ impl InputPath<'_, '_> {
                 .map(|&t| &x0 + (&change * t)?)
                 .collect::<candle_core::Result<_>>()
                 .context(|| "points on the path".into())?;
-            let inputs = Tensor::cat(&scaled, 0).context(|| "points on the path".into())?;
+            visit(&PathPass {
+                k0: c * per_pass,
+                len: chunk.len(),
+                n,
+                inputs: Tensor::cat(&scaled, 0).context(|| "points on the path".into())?,
+                target: repeat_target(&target, chunk.len()),
+            })?;
+        }
+        Ok(change)
+    }
+
+    /// For each `t` of `points`, in order, `visit(k, a, g)` with the layer's
+    /// activations `a` at the input `b + t (x - b)` and the target's gradient
+    /// `g` with respect to them (`[N, C, h, w]` each), as
+    /// [`InputPath::passes`] walks them.
+    fn walk(
+        &self,
+        input: &Tensor,
+        target: &Target,
+        points: &[f64],
+        mut visit: impl FnMut(usize, Tensor, Tensor) -> Result<(), VizError>,
+    ) -> Result<(), VizError> {
+        self.passes(input, target, points, |pass| {
             let (act, grad) = layer_gradient(
-                model,
+                self.model,
                 self.layer,
-                &inputs,
-                &repeat_target(&target, chunk.len()),
+                &pass.inputs,
+                &pass.target,
                 self.method,
             )?;
-            for k in 0..chunk.len() {
+            let n = pass.n;
+            for k in 0..pass.len {
                 let part = |t: &Tensor| t.narrow(0, k * n, n).context(|| "a point's maps".into());
-                visit(c * per_pass + k, part(&act)?, part(&grad)?)?;
+                visit(pass.k0 + k, part(&act)?, part(&grad)?)?;
             }
-        }
+            Ok(())
+        })?;
         Ok(())
     }
 }
@@ -414,32 +448,21 @@ impl<'a> NeuronConductance<'a> {
             x: col,
         };
         neuron.validate(model, input.dims())?;
-        target.validate(model, input.dims())?;
-        let x = model_input(model, input)?;
-        let (n, c, h, w) = x.dims4().context(|| "input shape".into())?;
-        let target = fix_target(model, &x, target)?;
-        require_target_above(model, &target, self.layer, "neuron-conductance")?;
+        require_target_above(model, target, self.layer, "neuron-conductance")?;
         let (weights, points) = self.path.rule()?;
-        let x0 = self.path.baseline.tensor_for(&x)?;
-        let change = (&x - &x0).context(|| "the input's change".into())?;
-        let per_pass = self.path.per_pass(n);
-        let len = c * h * w;
-        let mut total = vec![0f64; n * len];
-        for (p, chunk) in points.chunks(per_pass).enumerate() {
-            let scaled: Vec<Tensor> = chunk
-                .iter()
-                .map(|&t| &x0 + (&change * t)?)
-                .collect::<candle_core::Result<_>>()
-                .context(|| "points on the path".into())?;
-            let inputs = Tensor::cat(&scaled, 0).context(|| "points on the path".into())?;
-            // dT/dy at each point: the target's gradient at the layer, at the unit.
-            let (_, grad) = layer_gradient(
-                model,
-                self.layer,
-                &inputs,
-                &repeat_target(&target, chunk.len()),
-                "neuron-conductance",
-            )?;
+        let path = InputPath {
+            model,
+            layer: self.layer,
+            baseline: &self.path.baseline,
+            batch: self.path.batch,
+            method: "neuron-conductance",
+        };
+        let mut total: Vec<f64> = Vec::new();
+        let change = path.passes(input, target, &points, |pass| {
+            // dT/dy at each point: the target's gradient at the layer, at
+            // the unit.
+            let (_, grad) =
+                layer_gradient(model, self.layer, &pass.inputs, &pass.target, path.method)?;
             let through: Vec<f32> = grad
                 .narrow(1, channel, 1)
                 .and_then(|g| g.narrow(2, y, 1))
@@ -448,21 +471,25 @@ impl<'a> NeuronConductance<'a> {
                 .and_then(|g| g.to_vec1())
                 .context(|| "the target's gradient at the unit".into())?;
             // dy/dx at each point.
-            let dydx: Vec<f32> = propagate(model, BackwardRule::Gradient, &inputs, &neuron)?
+            let dydx: Vec<f32> = propagate(model, BackwardRule::Gradient, &pass.inputs, &neuron)?
                 .flatten_all()
                 .and_then(|g| g.to_vec1())
                 .context(|| "the unit's input gradient".into())?;
+            let len = dydx.len() / (pass.len * pass.n);
+            if total.is_empty() {
+                total = vec![0f64; pass.n * len];
+            }
             for (r, row) in dydx.chunks(len).enumerate() {
-                let k = p * per_pass + r / n;
-                let scale = f64::from(through[r]) * weights[k];
-                let acc = &mut total[(r % n) * len..][..len];
+                let scale = f64::from(through[r]) * weights[pass.k0 + r / pass.n];
+                let acc = &mut total[(r % pass.n) * len..][..len];
                 for (a, &d) in acc.iter_mut().zip(row) {
                     *a += scale * f64::from(d);
                 }
             }
-        }
+            Ok(())
+        })?;
         let total: Vec<f32> = total.iter().map(|&v| v as f32).collect();
-        Tensor::from_vec(total, (n, c, h, w), x.device())
+        Tensor::from_vec(total, change.shape(), change.device())
             .and_then(|t| t * change)
             .context(|| "the path's sum times the input's change".into())
     }
