@@ -274,6 +274,20 @@ impl<'a> Lrp<'a> {
                 model.spec().name
             )));
         }
+        // With a layer, relevance stops at its output: the loop below ends
+        // at the layer above it (checked before the forward pass).
+        let bottom = match at {
+            None => 0,
+            Some(l) => {
+                let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
+                layer_shape(model, l, (h, w))?;
+                require_target_above(model, &target, l, "layer-lrp")?;
+                1 + layers
+                    .iter()
+                    .position(|s| s.name == l)
+                    .expect("a layer of the network")
+            }
+        };
         let mut pass = model.pass();
         for l in &layers {
             pass = pass.capture(l.name);
@@ -342,18 +356,6 @@ impl<'a> Lrp<'a> {
         };
         // Relevance reaches the input of layer `k` when layer `k` is done:
         // stop above the layer asked for.
-        let bottom = match at {
-            None => 0,
-            Some(l) => {
-                let (_, _, h, w) = x.dims4().context(|| "input shape".into())?;
-                layer_shape(model, l, (h, w))?;
-                require_target_above(model, &target, l, "layer-lrp")?;
-                1 + layers
-                    .iter()
-                    .position(|s| s.name == l)
-                    .expect("a layer of the network")
-            }
-        };
         let params = model.parameters();
         for k in (bottom..=top).rev() {
             let layer = &layers[k];
