@@ -446,11 +446,142 @@ impl AllCnn {
 
     /// Eval-mode logits `[N, classes]` for `x` `[N, C, H, W]` (no dropout).
     ///
+    /// On a CPU with AMX and bf16 convolutions, a pass that autograd does
+    /// not follow hands activations between consecutive direct
+    /// convolutions as packed bf16 planes (docs/performance.md); the values
+    /// are those of [`ForwardPass::logits`], bit for bit.
+    ///
     /// # Errors
     /// [`ModelError::BadInput`] / [`ModelError::InputTooSmall`] for an input
     /// the network cannot take, or a candle error.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if let Some(logits) = self.eval_on_slices(x)? {
+            return Ok(logits);
+        }
         self.pass().logits(x)
+    }
+
+    /// Whether `x` and every parameter are f32 on the CPU: what the passes
+    /// on slices ([`AllCnn::train_grads`], [`AllCnn::forward`]) take.
+    fn cpu_f32(&self, x: &Tensor) -> bool {
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        cpu_f32(x)
+            && self
+                .convs
+                .iter()
+                .all(|c| cpu_f32(&c.weight) && cpu_f32(&c.bias))
+    }
+
+    /// The eval logits on slices, for a network with two consecutive
+    /// convolutions that run the direct AMX kernel (bf16 on a CPU with
+    /// AMX): each such convolution hands its output to the next as that
+    /// one's packed input planes, skipping the f32 round trip. The same
+    /// kernels and roundings as [`ForwardPass::logits`], so the same
+    /// values bit for bit; `None` where it does not apply (and the pass
+    /// runs as usual), or where autograd must see the pass (a variable
+    /// among the input and the parameters).
+    fn eval_on_slices(&self, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        use crate::kernels::conv::Activation;
+        let Some(algorithm) = self.conv_backend.algorithm() else {
+            return Ok(None);
+        };
+        // A pass that autograd follows (a variable among the input and the
+        // parameters) keeps candle's graph.
+        let tracked = x.track_op()
+            || self
+                .convs
+                .iter()
+                .any(|c| c.weight.track_op() || c.bias.track_op());
+        if tracked || !self.cpu_f32(x) {
+            return Ok(None);
+        }
+        self.check_input(x)?;
+        let name = &self.spec.name;
+        let ctx = |what: &str| format!("{name}: {what}");
+        let (n, c, h, w) = x.dims4().context(|| ctx("input"))?;
+        enum Op {
+            Conv(usize, DirectConv),
+            Pool([usize; 4]),
+        }
+        let mut ops = Vec::new();
+        let mut dims = [n, c, h, w];
+        for layer in &self.spec.layers {
+            match *layer {
+                Layer::Conv {
+                    stride, padding, ..
+                } => {
+                    let index = ops.iter().filter(|o| matches!(o, Op::Conv(..))).count();
+                    let p = &self.convs[index];
+                    let conv = DirectConv::new(&dims, p.weight.dims(), stride, padding, algorithm)
+                        .context(|| ctx(&format!("conv{}", index + 1)))?;
+                    dims = conv.out_dims();
+                    ops.push(Op::Conv(index, conv));
+                }
+                Layer::MaxPool => {
+                    let [pn, pc, ph, pw] = dims;
+                    ops.push(Op::Pool(dims));
+                    dims = [pn, pc, pool::pooled_size(ph), pool::pooled_size(pw)];
+                }
+                Layer::Dropout { .. } => {}
+            }
+        }
+        let hands_on = ops.windows(2).any(|pair| match pair {
+            [Op::Conv(_, a), Op::Conv(_, b)] => a.is_direct() && b.is_direct(),
+            _ => false,
+        });
+        if !hands_on {
+            return Ok(None);
+        }
+        // The parameters are read in place (no copy per batch).
+        let params: Vec<_> = self
+            .convs
+            .iter()
+            .map(|p| (p.weight.storage_and_layout(), p.bias.storage_and_layout()))
+            .collect();
+        fn slice<'a, S: std::ops::Deref<Target = candle_core::Storage>>(
+            (s, l): &'a (S, &candle_core::Layout),
+            what: &str,
+        ) -> candle_core::Result<&'a [f32]> {
+            match &**s {
+                candle_core::Storage::Cpu(cpu) => crate::kernels::slice::f32_slice(cpu, l, what),
+                _ => candle_core::bail!("{what}: not on the CPU"),
+            }
+        }
+        let x = &x.contiguous().context(|| ctx("input"))?;
+        let input = x.storage_and_layout();
+        let mut act = Activation::F32(slice(&input, "input").context(|| ctx("input"))?.to_vec());
+        drop(input);
+        for (i, op) in ops.iter().enumerate() {
+            act = match op {
+                Op::Conv(index, conv) => {
+                    let (weight, bias) = &params[*index];
+                    let layer = format!("conv{}", index + 1);
+                    let (w, b) = (
+                        slice(weight, "weight").context(|| ctx(&layer))?,
+                        slice(bias, "bias").context(|| ctx(&layer))?,
+                    );
+                    let next = match ops.get(i + 1) {
+                        Some(Op::Conv(_, next)) => Some(next),
+                        _ => None,
+                    };
+                    conv.forward_eval(&act, w, b, next)
+                }
+                Op::Pool([pn, pc, ph, pw]) => {
+                    let Activation::F32(v) = &act else {
+                        unreachable!("only convolutions take packed planes")
+                    };
+                    Activation::F32(pool::cpu_pool(v, (*pn, *pc, *ph, *pw)))
+                }
+            };
+        }
+        let Activation::F32(top) = act else {
+            unreachable!("the last layer writes f32")
+        };
+        let [tn, maps, mh, mw] = dims;
+        Tensor::from_vec(top, (tn, maps, mh, mw), x.device())
+            .and_then(|t| t.mean((2, 3)))
+            .context(|| ctx("global average"))
+            .map(Some)
     }
 
     /// Training-mode logits: dropout active, masks drawn from `rng`.
@@ -485,13 +616,7 @@ impl AllCnn {
         let Some(algorithm) = self.conv_backend.algorithm() else {
             return Ok(None);
         };
-        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        let eligible = cpu_f32(x)
-            && self
-                .convs
-                .iter()
-                .all(|c| cpu_f32(&c.weight) && cpu_f32(&c.bias));
-        if !eligible {
+        if !self.cpu_f32(x) {
             return Ok(None);
         }
         self.check_input(x)?;

@@ -367,3 +367,82 @@ fn parameters_saved_as_f16_load_back_as_their_rounded_f32() {
         assert_eq!(values(&rounded), values(&back), "{name}");
     }
 }
+
+/// `AllCnn::forward` on a CPU with AMX hands activations between direct
+/// convolutions as packed bf16 planes; it must give `ForwardPass::logits`'
+/// values (one layer at a time, f32 between layers) bit for bit: on
+/// All-CNN-C, and on a network with a max-pool, a valid convolution and a
+/// 1 x 1 one between the direct layers. Elsewhere both run the same path
+/// (said loudly).
+#[test]
+fn eval_forward_with_planes_handed_on_equals_the_layer_by_layer_pass() {
+    use allcnn_models::kernels::conv::{amx_status, AmxStatus};
+    use allcnn_models::{ConvBackend, Layer};
+    if amx_status() != AmxStatus::Active {
+        eprintln!(
+            "SKIPPED (in effect): no active AMX tiles ({:?}), so no planes are handed on",
+            amx_status()
+        );
+    }
+    let mixed = ArchSpec {
+        name: "mixed".into(),
+        in_channels: 3,
+        input_size: 16,
+        layers: vec![
+            Layer::Dropout { rate: 0.2 },
+            Layer::conv(3, 16, 1),
+            Layer::conv(3, 32, 1),
+            Layer::conv(3, 33, 2),
+            Layer::Dropout { rate: 0.5 },
+            Layer::conv(3, 32, 1),
+            Layer::MaxPool,
+            Layer::conv(3, 24, 1),
+            Layer::conv_valid(3, 32, 1),
+            Layer::conv(1, 16, 1),
+            Layer::conv(1, 7, 1),
+        ],
+    };
+    let all_cnn_c = ArchSpec::by_name("all-cnn-c", 10).unwrap();
+    for (spec, side, n) in [(mixed, 16, 3), (all_cnn_c, 32, 2)] {
+        let name = spec.name.clone();
+        let mut m = AllCnn::init(spec, Init::XavierUniform, 9, &Device::Cpu).unwrap();
+        m.set_conv_backend(ConvBackend::WinogradBf16);
+        let x = small_input(n, side);
+        let fast: Vec<f32> = m
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = m
+            .pass()
+            .logits(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(fast.len(), want.len(), "{name}");
+        assert!(
+            want.iter().any(|&v| v != 0.0),
+            "{name}: every logit is 0, a vacuous test"
+        );
+        for (i, (a, b)) in fast.iter().zip(&want).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: logit {i}: {a} against {b}"
+            );
+        }
+        // With trainable parameters autograd must see the pass.
+        m.make_trainable().unwrap();
+        let y = m.forward(&x).unwrap();
+        assert!(
+            y.track_op(),
+            "{name}: a trainable model's logits lost the graph"
+        );
+        let again: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(again, want, "{name}: trainable");
+    }
+}

@@ -945,6 +945,48 @@ impl DirectConv {
         }
     }
 
+    /// Whether the forward runs the direct AMX convolution, which can take
+    /// its input, and hand its output, as packed planes
+    /// ([`DirectConv::forward_eval`]).
+    pub(crate) fn is_direct(&self) -> bool {
+        self.0.plan.bf16 && direct::usable(&self.0.geo)
+    }
+
+    /// [`DirectConv::forward`] for an eval pass: from `x` as the layer
+    /// before handed it, and, when `next` (the following convolution,
+    /// taking this one's output) and this one are both direct, handed on
+    /// as `next`'s packed input planes: the values `next` would pack from
+    /// the f32 output, without writing, reading and packing it. The result
+    /// is the same, bit for bit.
+    ///
+    /// # Panics
+    /// When `x` is packed and this convolution is not direct (only direct
+    /// convolutions hand packed planes on, and only to direct ones).
+    pub(crate) fn forward_eval(
+        &self,
+        x: &Activation,
+        w: &[f32],
+        bias: &[f32],
+        next: Option<&DirectConv>,
+    ) -> Activation {
+        let ep = Some(Epilogue { bias, relu: true });
+        if !self.is_direct() {
+            let Activation::F32(x) = x else {
+                panic!("packed planes for a convolution that is not direct")
+            };
+            return Activation::F32(self.forward(x, w, bias));
+        }
+        let input = match x {
+            Activation::F32(x) => direct::Input::F32(x),
+            Activation::Packed(p) => direct::Input::Planes(p),
+        };
+        let next = next.filter(|n| n.is_direct()).map(|n| &n.0.geo);
+        match direct::forward_to(&self.0.geo, input, w, ep, next) {
+            direct::Output::F32(y) => Activation::F32(y),
+            direct::Output::Planes(p) => Activation::Packed(p),
+        }
+    }
+
     /// The backward of [`DirectConv::forward`] for the gradient `dy` of its
     /// output `y`: `dy` is masked in place where `y` is 0 (PyTorch's ReLU
     /// backward), then `(dx, dw, dbias)`, `dx` only when `want_dx`.
@@ -978,6 +1020,15 @@ impl DirectConv {
         let dx = want_dx.then(|| input_grad_of(g, self.0.plan, dy, w));
         (dx, dw, db)
     }
+}
+
+/// An activation between two layers of an eval pass on slices
+/// ([`DirectConv::forward_eval`]).
+pub(crate) enum Activation {
+    /// `[N, C, H, W]` values.
+    F32(Vec<f32>),
+    /// Packed as the next direct convolution's input.
+    Packed(direct::Planes),
 }
 
 /// `y` `[N, C, H, W]` plus a per-channel `bias` `[C]`, differentiable in

@@ -24,4 +24,4 @@ pub mod pool;
 pub mod relu;
 pub mod sgd;
 pub(crate) mod simd;
-mod slice;
+pub(crate) mod slice;

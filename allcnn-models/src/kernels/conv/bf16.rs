@@ -224,6 +224,114 @@ pub(crate) fn words_blocks(
     each_block(lo, hi, width, dst, dst_stride, words_scalar);
 }
 
+/// What [`words_finished`] applies to each value before rounding it: a
+/// bias (one for the low channel, one for the high), then the ReLU when
+/// `relu`: the operations of a forward pass's epilogue, in its order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finish {
+    /// Bias of the low channel.
+    pub(crate) lo: f32,
+    /// Bias of the high channel.
+    pub(crate) hi: f32,
+    pub(crate) relu: bool,
+}
+
+impl Finish {
+    #[inline(always)]
+    fn apply(v: f32, bias: f32, relu: bool) -> f32 {
+        let v = v + bias;
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    }
+}
+
+/// `dst[j] = word(f(lo[j]), f(hi[j]))` for every word of `dst`, `f` the
+/// bias and ReLU of `fin` (of its channel), a missing `hi` counting as
+/// zero (no bias): a layer's output rows finished and packed as the next
+/// layer's input words in one pass, the same words as [`words_blocks`]
+/// gives for the finished f32 values.
+///
+/// # Panics
+/// When `lo` or `hi` is shorter than `dst`.
+pub(crate) fn words_finished(lo: &[f32], hi: Option<&[f32]>, fin: Finish, dst: &mut [u32]) {
+    let n = dst.len();
+    assert!(
+        lo.len() >= n && hi.is_none_or(|h| h.len() >= n),
+        "words_finished: short rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: `native()` checked that the CPU has AVX-512 F, BW and BF16;
+        // the lengths were checked above.
+        unsafe { x86::words_finished(lo, hi, fin, dst, None) };
+        return;
+    }
+    finished_scalar(lo, hi, fin, |j, w| dst[j] = w, n);
+}
+
+/// As [`words_finished`] for `even.len() + odd.len()` words, word `j` to
+/// `even[j / 2]` for even `j` and to `odd[j / 2]` for odd `j` (the two
+/// column phases of a stride-2 convolution's input).
+///
+/// # Panics
+/// Unless `even` holds `ceil(n / 2)` words and `odd` `floor(n / 2)` for
+/// `n` values of `lo` and `hi`.
+pub(crate) fn words_finished_split(
+    lo: &[f32],
+    hi: Option<&[f32]>,
+    fin: Finish,
+    even: &mut [u32],
+    odd: &mut [u32],
+) {
+    let n = even.len() + odd.len();
+    assert!(
+        even.len() == n.div_ceil(2) && lo.len() >= n && hi.is_none_or(|h| h.len() >= n),
+        "words_finished_split: rows of {} into {} even and {} odd words",
+        lo.len(),
+        even.len(),
+        odd.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if native() {
+        // SAFETY: as in `words_finished`; the lengths were checked above.
+        unsafe { x86::words_finished(lo, hi, fin, even, Some(odd)) };
+        return;
+    }
+    finished_scalar(
+        lo,
+        hi,
+        fin,
+        |j, w| {
+            if j % 2 == 0 {
+                even[j / 2] = w
+            } else {
+                odd[j / 2] = w
+            }
+        },
+        n,
+    );
+}
+
+/// The portable [`words_finished`]: word `j < n` to `put(j, word)`.
+fn finished_scalar(
+    lo: &[f32],
+    hi: Option<&[f32]>,
+    fin: Finish,
+    mut put: impl FnMut(usize, u32),
+    n: usize,
+) {
+    for j in 0..n {
+        let a = Finish::apply(lo[j], fin.lo, fin.relu);
+        let b = hi.map_or(0.0, |h| Finish::apply(h[j], fin.hi, fin.relu));
+        let mut w = [0u32];
+        words_scalar(&[a], &[b], &mut w);
+        put(j, w[0]);
+    }
+}
+
 /// The portable [`words`], branch-free so that it vectorises.
 fn words_scalar(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
     // As `to_bf16`, in the high half of a u32 (the low half is garbage).
@@ -1034,6 +1142,79 @@ mod x86 {
         }
     }
 
+    /// The native [`super::words_finished`] (`odd` `None`) and
+    /// [`super::words_finished_split`] (`dst` the even words): 32 values at
+    /// a time, finished (`vaddps`, `vmaxps` against zero: a NaN becomes 0,
+    /// as `f32::max` makes it), rounded by `vcvtne2ps2bf16` and paired;
+    /// with `odd`, the two vectors of words are split into their even and
+    /// odd words by one `vpermt2d` each.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; the caller checked the lengths
+    /// ([`super::words_finished`], [`super::words_finished_split`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn words_finished(
+        lo: &[f32],
+        hi: Option<&[f32]>,
+        fin: super::Finish,
+        dst: &mut [u32],
+        odd: Option<&mut [u32]>,
+    ) {
+        let n = dst.len() + odd.as_ref().map_or(0, |o| o.len());
+        let pairs = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        let (bl, bh, zero) = (
+            _mm512_set1_ps(fin.lo),
+            _mm512_set1_ps(fin.hi),
+            _mm512_setzero_ps(),
+        );
+        // SAFETY (closure): the lanes of `m` are indices `j..n`, inside `lo`
+        // and `hi`.
+        let word = |j: usize, m: __mmask16| unsafe {
+            let mut a = _mm512_add_ps(load(m, lo.as_ptr().add(j)), bl);
+            let mut b = match hi {
+                Some(h) => _mm512_add_ps(load(m, h.as_ptr().add(j)), bh),
+                None => zero,
+            };
+            if fin.relu {
+                a = _mm512_max_ps(a, zero);
+                b = _mm512_max_ps(b, zero);
+            }
+            if hi.is_none() {
+                b = zero;
+            }
+            _mm512_permutexvar_epi16(pairs, bits(_mm512_cvtne2ps_pbh(b, a)))
+        };
+        let Some(odd) = odd else {
+            for j in (0..n).step_by(16) {
+                // SAFETY: lanes `j..n` of `dst`.
+                unsafe { store(lanes(n - j), dst.as_mut_ptr().add(j), word(j, lanes(n - j))) };
+            }
+            return;
+        };
+        let evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        for j in (0..n).step_by(32) {
+            let left = n - j;
+            let (w0, w1) = (
+                word(j, lanes(left)),
+                word(j + 16, lanes(left.saturating_sub(16))),
+            );
+            let (e, o) = (
+                _mm512_permutex2var_epi32(w0, evens, w1),
+                _mm512_permutex2var_epi32(w0, odds, w1),
+            );
+            // SAFETY: words `j / 2..` of the even (`ceil(left / 2)` of them
+            // left) and odd (`floor(left / 2)`) halves.
+            unsafe {
+                store(lanes(left.div_ceil(2)), dst.as_mut_ptr().add(j / 2), e);
+                store(lanes(left / 2), odd.as_mut_ptr().add(j / 2), o);
+            }
+        }
+    }
+
     /// The native [`super::pack_amx`]: rows of `ppad` words, the padding
     /// zero. With contiguous lines (`src.ps == 1`) each row is rounded and
     /// narrowed 32 values at a time; with contiguous depth rows
@@ -1337,6 +1518,59 @@ mod tests {
             let mut scalar = vec![0; n];
             words_scalar(&lo[..n], &hi[..n], &mut scalar);
             assert_eq!(scalar, want, "portable, n = {n}");
+        }
+    }
+
+    /// `words_finished` and `words_finished_split`, native and portable,
+    /// give `word(f(lo), f(hi))` with `f` the bias and (or not) the ReLU,
+    /// a missing `hi` as 0, over every length up to past two vectors of
+    /// 32, with NaNs, infinities, negative values and zeros among them;
+    /// nothing is written past the words asked for.
+    #[test]
+    fn finished_words_are_the_words_of_the_finished_values() {
+        let mut lo = values(70, 27);
+        let mut hi = values(70, 28);
+        lo[3] = f32::NAN;
+        hi[5] = -f32::NAN;
+        lo[17] = f32::INFINITY;
+        hi[17] = f32::NEG_INFINITY;
+        lo[40] = -0.0;
+        hi[41] = 0.25;
+        for relu in [true, false] {
+            for with_hi in [true, false] {
+                let fin = Finish {
+                    lo: 0.125,
+                    hi: -0.375,
+                    relu,
+                };
+                let f = |v: f32, b: f32| if relu { (v + b).max(0.0) } else { v + b };
+                let hi = with_hi.then_some(&hi[..]);
+                for n in 0..=70 {
+                    let want: Vec<u32> = (0..n)
+                        .map(|j| word(f(lo[j], fin.lo), hi.map_or(0.0, |h| f(h[j], fin.hi))))
+                        .collect();
+                    let what = format!("relu {relu}, hi {with_hi}, n = {n}");
+                    let mut got = vec![7u32; n + 2];
+                    words_finished(&lo[..n], hi.map(|h| &h[..n]), fin, &mut got[..n]);
+                    assert_eq!(&got[..n], &want[..], "dispatch, {what}");
+                    assert_eq!(&got[n..], &[7, 7], "wrote past the words, {what}");
+                    let mut scalar = vec![0u32; n];
+                    finished_scalar(&lo, hi, fin, |j, w| scalar[j] = w, n);
+                    assert_eq!(scalar, want, "portable, {what}");
+                    let (mut even, mut odd) =
+                        (vec![7u32; n.div_ceil(2) + 1], vec![7u32; n / 2 + 1]);
+                    let (ne, no) = (n.div_ceil(2), n / 2);
+                    words_finished_split(&lo, hi, fin, &mut even[..ne], &mut odd[..no]);
+                    let split: Vec<u32> = (0..n)
+                        .map(|j| if j % 2 == 0 { even[j / 2] } else { odd[j / 2] })
+                        .collect();
+                    assert_eq!(split, want, "split, {what}");
+                    assert!(
+                        even[ne] == 7 && odd[no] == 7,
+                        "split wrote past the words, {what}"
+                    );
+                }
+            }
         }
     }
 

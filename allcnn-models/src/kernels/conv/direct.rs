@@ -328,23 +328,59 @@ fn write_out_body(
     }
 }
 
+/// Where an image's input comes from: its f32 values `[Cin, H, W]`, packed
+/// here, or its planes as the layer before packed them ([`Planes`]).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    F32(&'a [f32]),
+    Planes(&'a [u32]),
+}
+
+/// Where an image's output goes: its f32 planes `[Cout, Ho, Wo]`, or the
+/// input planes of the next direct convolution `next` (its [`Layout`]
+/// `ln`), rounded to bf16 pairs as that convolution would pack them.
+enum Sink<'a> {
+    F32(&'a mut [MaybeUninit<f32>]),
+    Planes {
+        next: &'a Geometry,
+        ln: &'a Layout,
+        dst: &'a mut [u32],
+    },
+}
+
 /// One image through the kernel on the unit `u`.
 ///
 /// # Safety
 /// `u` is a configured unit; `wa` is [`pack_weights`]' output for `g`;
-/// `s` is any scratch.
+/// `s` is any scratch; a [`Source::Planes`] holds one image's planes for
+/// `l` (`l.pairs * l.group()` words, zero wherever [`pack_image`] writes
+/// nothing).
 #[allow(clippy::too_many_arguments)]
 unsafe fn image<U: Tiles>(
     u: &mut U,
     g: &Geometry,
     l: &Layout,
     wa: &[u32],
-    img: &[f32],
-    out: &mut [MaybeUninit<f32>],
+    src: Source<'_>,
+    mut out: Sink<'_>,
     ep: Option<Epilogue<'_>>,
     s: &mut Scratch,
 ) {
-    s.pack(g, l, img, 1);
+    let planes: &[u32] = match src {
+        Source::F32(img) => {
+            s.pack(g, l, img, 1);
+            &s.planes
+        }
+        Source::Planes(p) => {
+            assert_eq!(
+                p.len(),
+                l.pairs * l.group(),
+                "packed planes of another layout"
+            );
+            s.cbuf.resize(CO * l.fp, 0.0);
+            p
+        }
+    };
     let offs: Vec<usize> = (0..g.k * g.k).map(|t| l.tap(t / g.k, t % g.k)).collect();
     // Both multiples of 32: `fp` and the chunk.
     let ldc = CHUNK.min(l.fp);
@@ -357,9 +393,82 @@ unsafe fn image<U: Tiles>(
             // SAFETY: forwarded; the offsets are the geometry's taps (at
             // most `reach (wq + 1) <= len - fp`), `c0 + 32 <= cpad`,
             // positions `f0..f1` with `f1 <= fp`, and `cbuf` holds `32 fp
-            // >= 32 ldc` values (sized by `pack`).
-            unsafe { block_row(u, l, wa, &s.planes, &offs, (f0, f1), c0, &mut s.cbuf, ldc) };
-            write_out(g, l, &s.cbuf, (f0, f1, ldc), c0, out, ep);
+            // >= 32 ldc` values (sized above).
+            unsafe { block_row(u, l, wa, planes, &offs, (f0, f1), c0, &mut s.cbuf, ldc) };
+            match &mut out {
+                Sink::F32(o) => write_out(g, l, &s.cbuf, (f0, f1, ldc), c0, o, ep),
+                Sink::Planes { next, ln, dst } => {
+                    write_packed(g, l, &s.cbuf, (f0, f1, ldc), c0, ep, (next, ln, dst))
+                }
+            }
+        }
+    }
+}
+
+/// As [`write_out`], but each pair of output channels `2q, 2q + 1` (`q`
+/// from `c0 / 2`) goes, finished by `ep` and rounded to a bf16 pair, into
+/// pair `q`'s planes of the next convolution's input: exactly the words
+/// [`pack_image`] would write for the f32 output. Called for consecutive
+/// ranges covering `0..l.fp` and every block row, it writes every word
+/// [`pack_image`] writes.
+#[allow(clippy::too_many_arguments)]
+fn write_packed(
+    g: &Geometry,
+    l: &Layout,
+    cbuf: &[f32],
+    (f0, f1, ldc): (usize, usize, usize),
+    c0: usize,
+    ep: Option<Epilogue<'_>>,
+    (next, ln, dst): (&Geometry, &Layout, &mut [u32]),
+) {
+    debug_assert!(next.cin == g.cout && next.h == g.ho && next.w == g.wo);
+    debug_assert!(c0.is_multiple_of(2) && dst.len() == ln.pairs * ln.group());
+    let pad = next.pad;
+    let rows = (f0 / l.wq)..(f1.div_ceil(l.wq)).min(g.ho);
+    for r in (0..CO.min(g.cout - c0)).step_by(2) {
+        let c = c0 + r;
+        let has_hi = c + 1 < g.cout;
+        let fin = match ep {
+            Some(ep) => bf16::Finish {
+                lo: ep.bias[c],
+                hi: if has_hi { ep.bias[c + 1] } else { 0.0 },
+                relu: ep.relu,
+            },
+            None => bf16::Finish {
+                lo: 0.0,
+                hi: 0.0,
+                relu: false,
+            },
+        };
+        let group = &mut dst[c / 2 * ln.group()..][..ln.group()];
+        for y in rows.clone() {
+            let (a, b) = (f0.max(y * l.wq), f1.min(y * l.wq + g.wo));
+            if a >= b {
+                continue;
+            }
+            let n = b - a;
+            let lo = &cbuf[r * ldc + a - f0..][..n];
+            let hi = has_hi.then(|| &cbuf[(r + 1) * ldc + a - f0..][..n]);
+            let (py, px) = (y + pad, a - y * l.wq + pad);
+            if ln.stride == 1 {
+                let at = py * ln.wq + px;
+                bf16::words_finished(lo, hi, fin, &mut group[at..][..n]);
+                continue;
+            }
+            // Stride 2: the run's words alternate between the two column
+            // phases of row `py`'s parity, starting with `px`'s, in
+            // different phase planes.
+            let at = |col: usize| ((py % 2) * 2 + col % 2) * ln.len + (py / 2) * ln.wq + col / 2;
+            let (e, o) = (at(px), at(px + 1));
+            let (ne, no) = (n.div_ceil(2), n / 2);
+            let (even, odd) = if e < o {
+                let (head, tail) = group.split_at_mut(o);
+                (&mut head[e..][..ne], &mut tail[..no])
+            } else {
+                let (head, tail) = group.split_at_mut(e);
+                (&mut tail[..ne], &mut head[o..][..no])
+            };
+            bf16::words_finished_split(lo, hi, fin, even, odd);
         }
     }
 }
@@ -391,7 +500,7 @@ impl Scratch {
         // The words `pack_image` writes depend only on the input geometry:
         // everything else (padding, phases past the edge, missing pairs)
         // stays zero from the last image of the same geometry.
-        let key = [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo];
+        let key = pack_key(g);
         if self.key != Some(key) {
             self.planes.clear();
             self.planes.resize(l.pairs * l.group(), 0);
@@ -409,25 +518,161 @@ thread_local! {
 /// operands and f32 accumulation, each output plane finished by `ep`, if
 /// any. Only for geometries [`usable`] accepts.
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
+    match forward_to(g, Input::F32(x), w, ep, None) {
+        Output::F32(y) => y,
+        Output::Planes(_) => unreachable!("asked for f32"),
+    }
+}
+
+/// A batch of activations packed as the input planes of a direct
+/// convolution: image `i` at `words[i * image..][..image]`, laid out as
+/// [`pack_image`] lays it out. Made by [`forward_to`] with a next layer,
+/// taken by [`forward_to`] as that layer's input; an eval pass hands
+/// activations from one direct convolution to the next this way, without
+/// the f32 round trip (writing f32, then reading and packing it).
+///
+/// The buffers come from a process-wide pool and go back to it when
+/// dropped: only valid positions are ever written for one layout, so a
+/// buffer reused for the same layout keeps its zero padding and is not
+/// cleared again.
+pub(crate) struct Planes {
+    /// The layout key ([`Scratch::pack`]'s) of the convolution it feeds.
+    key: [usize; 8],
+    /// Words per image.
+    image: usize,
+    /// Images.
+    n: usize,
+    words: Vec<u32>,
+}
+
+/// Spare [`Planes`] buffers: (layout key, words), the newest last.
+static SPARE: std::sync::Mutex<Vec<([usize; 8], Vec<u32>)>> = std::sync::Mutex::new(Vec::new());
+
+/// The most spare buffers kept (about one per layer of a network, for one
+/// batch size).
+const KEEP_PLANES: usize = 8;
+
+/// The layout key of the input planes of `g` (the geometry they depend on).
+fn pack_key(g: &Geometry) -> [usize; 8] {
+    [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo]
+}
+
+impl Planes {
+    /// Zeroed planes for `n` images of `g`'s input, or a spare buffer of
+    /// the same layout (zero where nothing is written).
+    fn take(g: &Geometry, l: &Layout, n: usize) -> Self {
+        let (key, image) = (pack_key(g), l.pairs * l.group());
+        let reused = {
+            let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+            spare
+                .iter()
+                .rposition(|(k, w)| *k == key && w.len() >= n * image)
+                .map(|i| spare.remove(i).1)
+        };
+        let words = reused.unwrap_or_else(|| vec![0; n * image]);
+        Planes {
+            key,
+            image,
+            n,
+            words,
+        }
+    }
+
+    /// Image `i`'s planes.
+    fn images_mut(&mut self) -> impl Iterator<Item = &mut [u32]> {
+        self.words[..self.n * self.image].chunks_exact_mut(self.image)
+    }
+}
+
+impl Drop for Planes {
+    fn drop(&mut self) {
+        let words = std::mem::take(&mut self.words);
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() >= KEEP_PLANES {
+            spare.remove(0);
+        }
+        spare.push((self.key, words));
+    }
+}
+
+/// A direct convolution's input: f32 `[N, Cin, H, W]`, or planes packed by
+/// the layer before.
+pub(crate) enum Input<'a> {
+    F32(&'a [f32]),
+    Planes(&'a Planes),
+}
+
+/// A direct convolution's output: f32 `[N, Cout, Ho, Wo]`, or the next
+/// convolution's input planes.
+pub(crate) enum Output {
+    F32(Vec<f32>),
+    Planes(Planes),
+}
+
+/// [`forward`] from either kind of input, into f32 or, with `next` (a
+/// [`usable`] convolution whose input is this one's output), into
+/// `next`'s input planes: the same values `next` would pack from the f32
+/// output.
+pub(crate) fn forward_to(
+    g: &Geometry,
+    x: Input<'_>,
+    w: &[f32],
+    ep: Option<Epilogue<'_>>,
+    next: Option<&Geometry>,
+) -> Output {
     assert!(
         usable(g),
         "direct AMX convolution on an unsupported geometry {g:?}"
     );
     let l = Layout::new(g);
     let wa = pack_weights(g, &l, w);
-    let (image_in, image_out) = (g.cin * g.h * g.w, g.cout * g.ho * g.wo);
-    let len = g.n * image_out;
-    let mut out = Vec::<f32>::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(image_out)
-        .zip(x.par_chunks(image_in))
-        .for_each(|(o, img)| {
-            scratch::with(&SCRATCH, |s| run_image(g, &l, &wa, img, o, ep, s));
-        });
-    // SAFETY: the chunks cover `..len`, and `write_out` wrote every value of
-    // each image's `cout` planes.
-    unsafe { out.set_len(len) };
-    out
+    let sources: Vec<Source<'_>> = match x {
+        Input::F32(x) => x.chunks_exact(g.cin * g.h * g.w).map(Source::F32).collect(),
+        Input::Planes(p) => {
+            assert!(
+                p.key == pack_key(g) && p.n == g.n,
+                "packed planes for another convolution"
+            );
+            p.words[..p.n * p.image]
+                .chunks_exact(p.image)
+                .map(Source::Planes)
+                .collect()
+        }
+    };
+    assert_eq!(sources.len(), g.n, "input of another batch size");
+    let run = |src: Source<'_>, sink: Sink<'_>| {
+        scratch::with(&SCRATCH, |s| run_image(g, &l, &wa, src, sink, ep, s));
+    };
+    match next {
+        None => {
+            let (image_out, len) = (g.cout * g.ho * g.wo, g.n * g.cout * g.ho * g.wo);
+            let mut out = Vec::<f32>::with_capacity(len);
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(image_out)
+                .zip(sources)
+                .for_each(|(o, src)| run(src, Sink::F32(o)));
+            // SAFETY: the chunks cover `..len`, and `write_out` wrote every
+            // value of each image's `cout` planes.
+            unsafe { out.set_len(len) };
+            Output::F32(out)
+        }
+        Some(next) => {
+            assert!(
+                usable(next)
+                    && next.n == g.n
+                    && next.cin == g.cout
+                    && (next.h, next.w) == (g.ho, g.wo),
+                "{next:?} does not take the output of {g:?}"
+            );
+            let ln = Layout::new(next);
+            let mut planes = Planes::take(next, &ln, g.n);
+            let dsts: Vec<&mut [u32]> = planes.images_mut().collect();
+            dsts.into_par_iter()
+                .zip(sources)
+                .for_each(|(dst, src)| run(src, Sink::Planes { next, ln: &ln, dst }));
+            Output::Planes(planes)
+        }
+    }
 }
 
 /// [`image`] on this thread's hardware tiles.
@@ -436,15 +681,16 @@ fn run_image(
     g: &Geometry,
     l: &Layout,
     wa: &[u32],
-    img: &[f32],
-    o: &mut [MaybeUninit<f32>],
+    src: Source<'_>,
+    out: Sink<'_>,
     ep: Option<Epilogue<'_>>,
     s: &mut Scratch,
 ) {
     assert!(super::amx::active(), "the AMX tiles are not active");
     // SAFETY: the AMX path is active (checked), so the tiles may be
-    // configured; the packed operands are for `g` and `l`.
-    unsafe { image(&mut super::amx::Hardware::new(), g, l, wa, img, o, ep, s) }
+    // configured; the packed operands are for `g` and `l`, and packed
+    // input planes come from `forward_to` for `g`'s layout (checked).
+    unsafe { image(&mut super::amx::Hardware::new(), g, l, wa, src, out, ep, s) }
 }
 
 /// Never reached: [`usable`] is false without AMX.
@@ -453,8 +699,8 @@ fn run_image(
     _: &Geometry,
     _: &Layout,
     _: &[u32],
-    _: &[f32],
-    _: &mut [MaybeUninit<f32>],
+    _: Source<'_>,
+    _: Sink<'_>,
     _: Option<Epilogue<'_>>,
     _: &mut Scratch,
 ) {
@@ -1050,7 +1296,7 @@ mod tests {
             // only receives writes.
             let o = unsafe { &mut *(o as *mut [f32] as *mut [MaybeUninit<f32>]) };
             // SAFETY: the caller's unit is configured; the operands are for `g`.
-            unsafe { image(unit, g, &l, &wa, img, o, ep, s) };
+            unsafe { image(unit, g, &l, &wa, Source::F32(img), Sink::F32(o), ep, s) };
         }
         out
     }
@@ -1119,6 +1365,145 @@ mod tests {
                 &reference(&g, &x, &wt, &bias, true),
                 &format!("{g:?} with bias and ReLU"),
             );
+        }
+    }
+
+    /// `(first, next)` convolutions, `next` taking `first`'s output: rows
+    /// split by [`CHUNK`], stride-2 and 1 x 1 consumers, paddings 0-2, an
+    /// odd channel count handed on (a half-empty last pair), odd widths.
+    const CHAINS: [(Shape, Shape); 5] = [
+        ((1, 16, 20, 21, 24, 3, 1, 1), (1, 24, 20, 21, 32, 3, 1, 2)),
+        ((2, 32, 8, 8, 33, 3, 1, 1), (2, 33, 8, 8, 16, 3, 0, 1)),
+        ((1, 18, 9, 9, 32, 3, 1, 2), (1, 32, 5, 5, 20, 1, 0, 1)),
+        ((2, 16, 6, 7, 16, 3, 1, 1), (2, 16, 6, 7, 24, 5, 2, 2)),
+        ((1, 16, 7, 7, 20, 3, 1, 1), (1, 20, 7, 7, 16, 3, 1, 2)),
+    ];
+
+    /// The planes a convolution hands on ([`Sink::Planes`]) are word for
+    /// word the planes the next one packs from the f32 output, padding
+    /// included, and the next one's output from them is the same, bit for
+    /// bit; the planes buffer is reused by a second round.
+    #[test]
+    fn handed_planes_are_the_packed_output() {
+        let mut s = Scratch::default();
+        for round in 0..2 {
+            for (i, &(a, b)) in CHAINS.iter().enumerate() {
+                let (g1, g2) = (geometry(a), geometry(b));
+                let (l1, l2) = (Layout::new(&g1), Layout::new(&g2));
+                let seed = 10 * i as u64 + 1;
+                let x = values(g1.n * g1.cin * g1.h * g1.w, seed);
+                let w1 = values(g1.cout * g1.cin * g1.k * g1.k, seed + 1);
+                let w2 = values(g2.cout * g2.cin * g2.k * g2.k, seed + 2);
+                let (b1, b2) = (values(g1.cout, seed + 3), values(g2.cout, seed + 4));
+                let ep1 = Epilogue {
+                    bias: &b1,
+                    relu: true,
+                };
+                let ep2 = Epilogue {
+                    bias: &b2,
+                    relu: false,
+                };
+                let unit = &mut Emulated::default();
+                let y1 = run_on(unit, &mut s, &g1, &x, &w1, Some(ep1));
+                let want = run_on(unit, &mut s, &g2, &y1, &w2, Some(ep2));
+
+                let (wa1, wa2) = (pack_weights(&g1, &l1, &w1), pack_weights(&g2, &l2, &w2));
+                let mut planes = Planes::take(&g2, &l2, g1.n);
+                let image_in = g1.cin * g1.h * g1.w;
+                let image_mid = g1.cout * g1.ho * g1.wo;
+                for (k, dst) in planes.images_mut().enumerate() {
+                    let img = &x[k * image_in..][..image_in];
+                    let sink = Sink::Planes {
+                        next: &g2,
+                        ln: &l2,
+                        dst,
+                    };
+                    // SAFETY: the model unit; operands packed for `g1`.
+                    unsafe {
+                        image(
+                            unit,
+                            &g1,
+                            &l1,
+                            &wa1,
+                            Source::F32(img),
+                            sink,
+                            Some(ep1),
+                            &mut s,
+                        )
+                    };
+                }
+                let image_out = g2.cout * g2.ho * g2.wo;
+                let mut got = vec![f32::NAN; g2.n * image_out];
+                for (k, (o, p)) in got
+                    .chunks_exact_mut(image_out)
+                    .zip(planes.words.chunks_exact(planes.image))
+                    .enumerate()
+                {
+                    let mut fresh = Scratch::default();
+                    fresh.pack(&g2, &l2, &y1[k * image_mid..][..image_mid], 1);
+                    assert!(
+                        fresh.planes == p,
+                        "round {round}, chain {i}, image {k}: handed planes differ from the packed output"
+                    );
+                    // SAFETY: as above; the view only receives writes.
+                    let o = unsafe { &mut *(o as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                    // SAFETY: the model unit; operands packed for `g2`.
+                    unsafe {
+                        image(
+                            unit,
+                            &g2,
+                            &l2,
+                            &wa2,
+                            Source::Planes(p),
+                            Sink::F32(o),
+                            Some(ep2),
+                            &mut s,
+                        )
+                    };
+                }
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "round {round}, chain {i}: outputs differ");
+            }
+        }
+    }
+
+    /// On a CPU with AMX, [`forward_to`] handing planes on (in parallel)
+    /// gives the f32 path's output bit for bit.
+    #[test]
+    fn hardware_hand_on_matches_the_f32_path() {
+        if no_amx() {
+            return;
+        }
+        for (i, &(a, b)) in CHAINS.iter().enumerate() {
+            let (g1, g2) = (geometry(a), geometry(b));
+            let seed = 10 * i as u64 + 5;
+            let x = values(g1.n * g1.cin * g1.h * g1.w, seed);
+            let w1 = values(g1.cout * g1.cin * g1.k * g1.k, seed + 1);
+            let w2 = values(g2.cout * g2.cin * g2.k * g2.k, seed + 2);
+            let (b1, b2) = (values(g1.cout, seed + 3), values(g2.cout, seed + 4));
+            let ep1 = Some(Epilogue {
+                bias: &b1,
+                relu: true,
+            });
+            let ep2 = Some(Epilogue {
+                bias: &b2,
+                relu: true,
+            });
+            let want = forward(&g2, &forward(&g1, &x, &w1, ep1), &w2, ep2);
+            let Output::Planes(p) = forward_to(&g1, Input::F32(&x), &w1, ep1, Some(&g2)) else {
+                panic!("asked for planes")
+            };
+            let Output::F32(got) = forward_to(&g2, Input::Planes(&p), &w2, ep2, None) else {
+                panic!("asked for f32")
+            };
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "chain {i}: outputs differ on the hardware");
         }
     }
 
