@@ -185,10 +185,12 @@ pub struct TrainConfig {
     /// A checkpoint every this many steps as well as every epoch (0: epochs only).
     #[serde(default)]
     pub checkpoint_every_steps: u64,
-    /// Stop the run with [`TrainError::DeadClassMaps`] when every training
-    /// example of this many consecutive steps had all its logits at 0
-    /// (every class map dead after the final ReLU: no gradient reaches any
-    /// weight, so the run cannot learn again). 0 never stops.
+    /// Stop the run with [`TrainError::DeadClassMaps`] when at least 95% of
+    /// the training examples of each of this many consecutive steps had
+    /// all their logits at 0 (every class map dead after the final ReLU: no
+    /// gradient reaches the weights, so the run cannot learn again; a dead
+    /// run keeps a few examples that still reach a live unit). 0 never
+    /// stops.
     #[serde(
         default = "default_dead_patience",
         skip_serializing_if = "is_default_dead_patience"

@@ -88,11 +88,12 @@ pub enum TrainError {
         /// The most recent checkpoint, if any.
         last_checkpoint: Option<PathBuf>,
     },
-    /// Every class map stayed dead (all logits 0 for every example) for
-    /// `steps` consecutive steps: the run cannot learn again.
+    /// Every class map stayed dead (all logits 0 for at least 95% of the
+    /// examples of each step) for `steps` consecutive steps: the run cannot
+    /// learn again.
     #[error(
-        "every class map is dead since step {since} (all logits 0 for every example of {steps} \
-         consecutive steps, epoch {epoch_1}, lr {lr}): no gradient reaches the weights, so this run \
+        "every class map is dead since step {since} (all logits 0 for at least 95% of the \
+         examples of each of {steps} consecutive steps, epoch {epoch_1}, lr {lr}): no gradient reaches the weights, so this run \
          cannot recover. Start again with another seed (e.g. seed={next_seed}) or a learning-rate \
          warm-up (e.g. warmup_steps=780), or let `allcnn train --retries N` do it",
         epoch_1 = epoch + 1,
