@@ -34,6 +34,11 @@ pub struct Args {
     /// to N times; a rerun resumes the retried run.
     #[arg(long, default_value_t = 0, value_name = "N")]
     retries: u32,
+    /// Stop after this much wall-clock time, e.g. `2h30m`, `90min`: the
+    /// current model's step finishes and is checkpointed, the report is
+    /// written, and rerunning the same command resumes.
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::duration)]
+    time_limit: Option<std::time::Duration>,
     #[command(flatten)]
     device: crate::device::DeviceArg,
     /// Print the final report as JSON on stdout (progress stays on stderr).
@@ -94,11 +99,14 @@ pub fn run(args: &Args) -> Result<()> {
     options.command = Some(command_line());
     options.retries = args.retries;
     let device = args.device.open()?;
-    let mut trainer = Trainer::builder()
+    let mut builder = Trainer::builder()
         .device(device)
         .interrupt_flag(crate::train::interrupt_flag())
-        .console(!args.json)
-        .build();
+        .console(!args.json);
+    if let Some(d) = args.time_limit {
+        builder = builder.deadline(std::time::Instant::now() + d);
+    }
+    let mut trainer = builder.build();
 
     // When the current model's training started, and how long each model
     // trained in this invocation took: the mean predicts the rest.
@@ -182,7 +190,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if report.interrupted {
         eprintln!(
-            "interrupted: the current model has a checkpoint; rerun the same command to resume"
+            "stopped (Ctrl-C or --time-limit): the current model has a checkpoint; rerun the same command to resume"
         );
     }
     let failed = report.failed();

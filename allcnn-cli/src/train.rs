@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
 use allcnn_train::{
@@ -55,6 +56,13 @@ pub struct TrainArgs {
     /// again with the next seed, up to this many times.
     #[arg(long, default_value_t = 0, conflicts_with_all = ["grid", "resume"])]
     retries: u32,
+    /// Stop after this much wall-clock time, e.g. `2h30m`, `90min`, `45s`
+    /// (for jobs and machines with a time limit): the current step
+    /// finishes, a checkpoint is written, and `allcnn train --resume OUT`
+    /// continues exactly where it stopped. Counts from the start of the
+    /// command, retries included.
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::duration)]
+    time_limit: Option<std::time::Duration>,
     #[command(flatten)]
     device: crate::device::DeviceArg,
     /// Print the run's summary (or the grid's report) as JSON on stdout.
@@ -85,15 +93,19 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn trainer(device: &crate::device::DeviceArg) -> Result<Trainer> {
+fn trainer(device: &crate::device::DeviceArg, deadline: Option<Instant>) -> Result<Trainer> {
     let device = device.open()?;
-    Ok(Trainer::builder()
+    let mut b = Trainer::builder()
         .device(device)
-        .interrupt_flag(interrupt_flag())
-        .build())
+        .interrupt_flag(interrupt_flag());
+    if let Some(at) = deadline {
+        b = b.deadline(at);
+    }
+    Ok(b.build())
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let deadline = args.time_limit.map(|d| Instant::now() + d);
     if let Some(run_dir) = &args.resume {
         if args.data.is_some()
             || args.out.is_some()
@@ -106,7 +118,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         {
             bail!("--resume continues a run with its own config and data; drop --data/--out/--precision/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
-        let mut t = trainer(&args.device)?;
+        let mut t = trainer(&args.device, deadline)?;
         let summary = match args.epochs {
             Some(epochs) => t.resume_with_epochs(run_dir, None, epochs)?,
             None => t.resume(run_dir, None)?,
@@ -153,7 +165,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     // The data errors name the path themselves.
     let mut data = TrainData::open(&data_path, &config.data, config.seed)?;
-    let mut t = trainer(&args.device)?;
+    let mut t = trainer(&args.device, deadline)?;
     crate::device::warn_if_bf16_is_emulated(config.conv_backend(), t.device());
     if args.grid {
         let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
@@ -237,13 +249,19 @@ fn report(s: &allcnn_train::RunSummary, json: bool) -> Result<()> {
         return Ok(());
     }
     match s.status {
-        RunStatus::Interrupted => {
+        RunStatus::Interrupted | RunStatus::TimeLimit => {
             // The trainer's console has printed how to resume (stderr);
             // this is the one summary line on stdout.
+            let why = if s.status == RunStatus::TimeLimit {
+                "stopped at the time limit"
+            } else {
+                "interrupted"
+            };
             println!(
-                "interrupted after {} steps; checkpoint {}",
+                "{why} after {} steps; checkpoint {} (continue with: allcnn train --resume {})",
                 s.steps,
-                s.checkpoint.display()
+                s.checkpoint.display(),
+                s.run_dir.display()
             );
         }
         RunStatus::Completed | RunStatus::StepBudget => {

@@ -43,6 +43,19 @@ pub enum DatasetArg {
     Cifar100,
 }
 
+/// A wall-clock duration such as `2h30m`, `90min`, `45s` (humantime's
+/// format), for `--time-limit`; at least one second.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: give a duration such as 2h30m, 90min or 45s"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{s} is under a second: give a duration such as 2h30m, 90min or 45s"
+        ));
+    }
+    Ok(d)
+}
+
 /// The registered architectures (`allcnn models`), for `--model`.
 pub fn model_name() -> impl TypedValueParser<Value = String> {
     PossibleValuesParser::new(allcnn_models::registry().iter().map(|m| m.name))

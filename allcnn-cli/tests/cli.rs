@@ -760,6 +760,53 @@ fn train_tiny(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> 
     allcnn(&args)
 }
 
+/// `--time-limit` stops a long run after its step with a checkpoint, and
+/// the same flag on `--resume` stops the continued run again, further on;
+/// durations that are not one, or under a second, are refused.
+#[test]
+fn train_stops_at_its_time_limit_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let run = dir.path().join("run");
+    let o = train_tiny(&data, &run, &["--time-limit", "1s", "epochs=100000"]);
+    assert_ok(&o);
+    let steps = |o: &Output| -> u64 {
+        let out = stdout(o);
+        assert!(out.starts_with("stopped at the time limit after "), "{out}");
+        assert!(out.contains("allcnn train --resume"), "{out}");
+        out["stopped at the time limit after ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = steps(&o);
+    assert!(first >= 1 && run.join("checkpoint.safetensors").is_file());
+    assert!(!run.join("final.safetensors").exists());
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--time-limit",
+        "1s",
+    ]);
+    assert_ok(&o);
+    assert!(steps(&o) > first, "{}", stdout(&o));
+    for (bad, needle) in [("soon", "2h30m"), ("0s", "under a second")] {
+        let o = allcnn(&[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--time-limit",
+            bad,
+        ]);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn train_eval_predict_resume_round_trip() {
     let (_dir, data, run, o) = train_tiny_run();

@@ -112,7 +112,7 @@ pub fn grid_search(
             run_dir,
         };
         let r = match trainer.train(&c, data, &run_dir) {
-            Ok(s) if s.status == RunStatus::Interrupted => {
+            Ok(s) if matches!(s.status, RunStatus::Interrupted | RunStatus::TimeLimit) => {
                 interrupted = true;
                 GridResult {
                     lr,
@@ -120,7 +120,12 @@ pub fn grid_search(
                     val_loss: None,
                     train_loss: s.history.last().map(|h| h.train_loss),
                     failure: Some(format!(
-                        "interrupted; resume it with `allcnn train --resume {}`",
+                        "{}; resume it with `allcnn train --resume {}`",
+                        if s.status == RunStatus::TimeLimit {
+                            "stopped at the time limit"
+                        } else {
+                            "interrupted"
+                        },
                         run_dir.display()
                     )),
                     run_dir,

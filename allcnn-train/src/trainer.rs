@@ -67,6 +67,9 @@ pub enum RunStatus {
     StepBudget,
     /// The interrupt flag (Ctrl-C) stopped it after a step; resume to continue.
     Interrupted,
+    /// The deadline ([`TrainerBuilder::deadline`]) passed: it stopped after a
+    /// step, with a checkpoint; resume to continue.
+    TimeLimit,
 }
 
 /// What a run produced (`allcnn train --json` prints it).
@@ -94,7 +97,7 @@ pub struct RunSummary {
     pub test: Option<EvalReport>,
     /// The final evaluation on the validation split.
     pub val: Option<EvalReport>,
-    /// For an interrupted run: how to resume it.
+    /// For an interrupted or time-limited run: how to resume it.
     pub resume_hint: Option<String>,
 }
 
@@ -104,6 +107,7 @@ pub struct TrainerBuilder {
     device: Device,
     observers: Vec<Box<dyn Observer>>,
     interrupt: Option<Arc<AtomicBool>>,
+    deadline: Option<Instant>,
     console: bool,
 }
 
@@ -137,6 +141,17 @@ impl TrainerBuilder {
         self
     }
 
+    /// A wall-clock deadline (a job's time limit, a machine lent for a
+    /// while): once it has passed, the run stops after the current step as
+    /// an interrupt does, writes its checkpoint and ends with
+    /// [`RunStatus::TimeLimit`]; resuming continues it exactly. Applies to
+    /// every run the trainer makes (a grid or `reproduce` stops as a whole).
+    /// Default: none.
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
     /// Whether to print progress (a bar on a terminal, log lines otherwise).
     /// Default: on.
     pub fn console(mut self, on: bool) -> Self {
@@ -150,6 +165,7 @@ impl TrainerBuilder {
             device: self.device,
             observers: self.observers,
             interrupt: self.interrupt.unwrap_or_default(),
+            deadline: self.deadline,
             console: self.console,
         }
     }
@@ -161,6 +177,7 @@ pub struct Trainer {
     device: Device,
     observers: Vec<Box<dyn Observer>>,
     interrupt: Arc<AtomicBool>,
+    deadline: Option<Instant>,
     console: bool,
 }
 
@@ -204,8 +221,26 @@ impl Trainer {
             device: Device::Cpu,
             observers: Vec::new(),
             interrupt: None,
+            deadline: None,
             console: true,
         }
+    }
+
+    /// Why the run must stop now, if it must: the interrupt flag, or the
+    /// deadline passed.
+    fn stop_requested(&self) -> Option<RunStatus> {
+        if self.interrupt.load(Ordering::SeqCst) {
+            Some(RunStatus::Interrupted)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(RunStatus::TimeLimit)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the trainer's deadline, if any, has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// The interrupt flag: set it to stop after the current step.
@@ -559,8 +594,11 @@ impl Trainer {
                 break;
             }
             self.end_epoch(&mut run, &mut sinks, t0, seen)?;
-            if self.interrupt.load(Ordering::SeqCst) && run.state.epoch < cfg.epochs {
-                status = RunStatus::Interrupted;
+            if let Some(stop) = self
+                .stop_requested()
+                .filter(|_| run.state.epoch < cfg.epochs)
+            {
+                status = stop;
                 break;
             }
             if cfg.max_steps.is_some_and(|m| run.state.step >= m) {
@@ -657,16 +695,16 @@ impl Trainer {
                 return Err(err);
             }
 
-            let interrupted = self.interrupt.load(Ordering::SeqCst);
+            let stop = self.stop_requested();
             let budget = cfg.max_steps.is_some_and(|m| run.state.step >= m);
             let periodic = cfg.checkpoint_every_steps > 0
                 && run.state.step.is_multiple_of(cfg.checkpoint_every_steps);
             let last_batch = b + 1 == batches.len();
-            if (periodic || interrupted || budget) && !last_batch {
+            if (periodic || stop.is_some() || budget) && !last_batch {
                 self.checkpoint(run)?;
             }
-            if interrupted && !last_batch {
-                return Ok((seen_here, Some(RunStatus::Interrupted)));
+            if let Some(stop) = stop.filter(|_| !last_batch) {
+                return Ok((seen_here, Some(stop)));
             }
             if budget && !last_batch {
                 return Ok((seen_here, Some(RunStatus::StepBudget)));
@@ -759,9 +797,14 @@ impl Trainer {
         sinks: &mut Sinks,
         status: RunStatus,
     ) -> Result<RunSummary, TrainError> {
-        if status == RunStatus::Interrupted {
+        if matches!(status, RunStatus::Interrupted | RunStatus::TimeLimit) {
+            let why = if status == RunStatus::TimeLimit {
+                "stopped at the time limit"
+            } else {
+                "interrupted"
+            };
             let hint = format!(
-                "interrupted after step {} (epoch {}); checkpoint written to {}. Resume with: allcnn train --resume {}",
+                "{why} after step {} (epoch {}); checkpoint written to {}. Resume with: allcnn train --resume {}",
                 run.state.step,
                 run.state.epoch + 1,
                 run.run_dir.join(files::CHECKPOINT).display(),

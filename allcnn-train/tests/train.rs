@@ -69,6 +69,48 @@ fn resume_config() -> allcnn_train::TrainConfig {
     c
 }
 
+/// A deadline that has passed stops the run after its first step (with a
+/// checkpoint and a resume hint), and a resumed run ends with the weights
+/// of an uninterrupted one; a deadline in the future changes nothing.
+#[test]
+fn run_stopped_at_its_deadline_resumes_bit_identical() {
+    let train = random_dataset(24, 8, 3, 2);
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let c = resume_config();
+
+    let full = tempfile::tempdir().unwrap();
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let mut t = Trainer::builder().console(false).deadline(far).build();
+    let a = t.train(&c, &d, full.path()).unwrap();
+    assert_eq!((a.status, a.steps), (RunStatus::Completed, 18));
+
+    let cut = tempfile::tempdir().unwrap();
+    let mut t = Trainer::builder()
+        .console(false)
+        .deadline(std::time::Instant::now())
+        .build();
+    let b = t.train(&c, &d, cut.path()).unwrap();
+    assert_eq!((b.status, b.steps), (RunStatus::TimeLimit, 1));
+    let hint = b.resume_hint.clone().unwrap();
+    assert!(
+        hint.contains("time limit") && hint.contains("--resume"),
+        "{hint}"
+    );
+    assert!(cut.path().join(files::CHECKPOINT).is_file());
+    assert!(!cut.path().join(files::FINAL).exists());
+    assert!(t.past_deadline());
+    let json = serde_json::to_string(&b).unwrap();
+    assert!(json.contains("\"status\":\"time_limit\""), "{json}");
+    let r = quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 18));
+    assert_eq!(
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+        "resumed weights differ from the uninterrupted run"
+    );
+}
+
 #[test]
 fn interrupted_and_resumed_run_is_bit_identical() {
     let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch, 18 in all

@@ -247,7 +247,7 @@ pub fn reproduce(
             });
             continue;
         }
-        if interrupt.load(Ordering::SeqCst) {
+        if interrupt.load(Ordering::SeqCst) || trainer.past_deadline() {
             report.interrupted = true;
             break;
         }
@@ -466,7 +466,7 @@ fn record_outcome(
             row.status = match summary.status {
                 RunStatus::Completed => RowStatus::Done,
                 RunStatus::StepBudget => RowStatus::StepBudget,
-                RunStatus::Interrupted => RowStatus::Interrupted,
+                RunStatus::Interrupted | RunStatus::TimeLimit => RowStatus::Interrupted,
             };
             if let Some(t) = &summary.test {
                 row.set_eval(t);
