@@ -101,6 +101,15 @@ impl Layout {
         self.stride * self.stride * self.len
     }
 
+    /// Where the even and the odd values of padded row `py` (stride 2) go
+    /// in a channel's (or pair's) phase planes: padded column `px = x +
+    /// pad` is in phase plane `(py % 2, px % 2)` at `px / 2`, so the even
+    /// `x` start at column `pad` and the odd ones at `pad + 1`.
+    fn phase_runs(&self, py: usize, pad: usize) -> (usize, usize) {
+        let at = |px: usize| ((py % 2) * 2 + px % 2) * self.len + (py / 2) * self.wq + px / 2;
+        (at(pad), at(pad + 1))
+    }
+
     /// Where tap `(i, j)` reads, relative to the output position, in the
     /// words of a pair's planes: its phase plane and the offset in it.
     fn tap(&self, i: usize, j: usize) -> usize {
@@ -184,22 +193,12 @@ fn pack_image(
         }
         // Stride 2: a row of words at a time, its even and odd padded
         // columns to the two phase planes of its row's parity.
-        row.resize(2 * g.w, 0);
-        let (words, half) = row.split_at_mut(g.w);
-        let (even, odd) = half.split_at_mut(g.w.div_ceil(2));
+        row.resize(g.w, 0);
         for y in 0..g.h {
             let r = &lo[y * g.w..][..g.w];
-            bf16::words_blocks(r, &hi[y * g.w..][..g.w], g.w, words, g.w);
-            shuffle::split(words, even, odd);
-            let py = y + g.pad;
-            for b in 0..2 {
-                let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
-                // Padded column `px = x + pad` has phase `px % 2`: the row's
-                // even columns `x` go to phase `pad % 2`.
-                let x0 = (b + 2 - g.pad % 2) % 2;
-                let src: &[u32] = if x0 == 0 { even } else { odd };
-                dst[base + (x0 + g.pad) / 2..][..src.len()].copy_from_slice(src);
-            }
+            bf16::words_blocks(r, &hi[y * g.w..][..g.w], g.w, row, g.w);
+            let (even, odd) = l.phase_runs(y + g.pad, g.pad);
+            shuffle::split_to(row, dst, even, odd);
         }
     }
 }
@@ -482,7 +481,7 @@ struct Scratch {
     cbuf: Vec<f32>,
     /// A zero channel for an odd channel count.
     zeros: Vec<f32>,
-    /// One row of words, then its even and odd halves (stride 2).
+    /// One row of words (stride 2).
     row: Vec<u32>,
     /// The input geometry `planes` was zeroed and last written for (with
     /// the output size, which sets the planes' length).
@@ -755,8 +754,6 @@ struct GradScratch {
     dw: Vec<u32>,
     /// `dw` transposed: `fp / 2` rows of `cpad` words.
     dt: Vec<u32>,
-    /// One input row split into its even and odd columns (stride 2).
-    half: Vec<f32>,
     /// The geometry `plane`, `dplane` and `xa` were zeroed for.
     key: Option<[usize; 7]>,
 }
@@ -790,21 +787,13 @@ fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s:
             let row = &src[y * g.w..][..g.w];
             if l.stride == 1 {
                 let at = (y + g.pad) * l.wq + g.pad;
-                s.plane[at..at + g.w].copy_from_slice(row);
+                shuffle::copy(&mut s.plane[at..at + g.w], row);
                 continue;
             }
             // Stride 2: the even and odd padded columns to the two phase
             // planes of the row's parity, as in `pack_image`.
-            s.half.resize(g.w, 0.0);
-            let (even, odd) = s.half.split_at_mut(g.w.div_ceil(2));
-            shuffle::split(row, even, odd);
-            let py = y + g.pad;
-            for b in 0..2 {
-                let base = ((py % 2) * 2 + b) * l.len + (py / 2) * l.wq;
-                let x0 = (b + 2 - g.pad % 2) % 2;
-                let src: &[f32] = if x0 == 0 { even } else { odd };
-                s.plane[base + (x0 + g.pad) / 2..][..src.len()].copy_from_slice(src);
-            }
+            let (even, odd) = l.phase_runs(y + g.pad, g.pad);
+            shuffle::split_to(row, &mut s.plane, even, odd);
         }
         for ph in 0..gl.phases {
             let src = &s.plane[ph * l.len..][..l.len];
@@ -816,7 +805,7 @@ fn pack_grad_operands(g: &Geometry, gl: &GradLayout, img: &[f32], dy: &[f32], s:
     for c in 0..g.cout {
         let src = &dy[c * oplane..][..oplane];
         for y in 0..g.ho {
-            s.dplane[y * l.wq..][..g.wo].copy_from_slice(&src[y * g.wo..][..g.wo]);
+            shuffle::copy(&mut s.dplane[y * l.wq..][..g.wo], &src[y * g.wo..][..g.wo]);
         }
         bf16::narrow(&s.dplane, &mut s.dw[c * l.fp / 2..][..l.fp / 2]);
     }

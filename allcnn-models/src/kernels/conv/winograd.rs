@@ -167,23 +167,6 @@ fn weight_untransform(g: &Geometry, du: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// `dst.copy_from_slice(src)` for the short runs of the transforms (a
-/// map row, a tile row: 3 to 32 values), inlined in blocks of 16 instead
-/// of a `memcpy` call per run.
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    assert_eq!(dst.len(), src.len());
-    let mut d = dst.chunks_exact_mut(16);
-    let mut s = src.chunks_exact(16);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; 16] = s.try_into().expect("16 values");
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
-    }
-}
-
 /// Copies channel plane `src` (`h x w`) into the interior of the zero-padded
 /// `plane` (`pw` wide, `pad` zeros before the first row and column). The
 /// border is never written, so it stays zero from one plane to the next.
@@ -191,7 +174,7 @@ fn fill_plane(g: &Geometry, src: &[f32], plane: &mut [f32], pw: usize) {
     let ph = plane.len() / pw;
     let (h_in, w_in) = (g.h.min(ph - g.pad), g.w.min(pw - g.pad));
     for y in 0..h_in {
-        copy_short(
+        super::shuffle::copy(
             &mut plane[(y + g.pad) * pw + g.pad..][..w_in],
             &src[y * g.w..][..w_in],
         );
@@ -299,7 +282,7 @@ fn plane_tiles_portable(
     for ty in 0..t.th {
         tile_row(s.plane, s.pw, ty, t.tw, s.e, s.row);
         for (xi, run) in s.row.chunks_exact(t.tw).enumerate() {
-            copy_short(&mut out[xi * stride + ty * t.tw..][..t.tw], run);
+            super::shuffle::copy(&mut out[xi * stride + ty * t.tw..][..t.tw], run);
         }
     }
 }
