@@ -27,7 +27,7 @@ unsafe impl Bits32 for u32 {}
 
 /// `dst.copy_from_slice(src)` for short runs (a map row, a tile row: 3 to
 /// a few dozen values), inlined in blocks of 16 instead of a `memcpy` call
-/// per run (a call per 32-value row was 5% of a training step).
+/// per run.
 ///
 /// # Panics
 /// When the lengths differ.
