@@ -101,6 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
                 offline: args.model.offline,
                 model: None,
                 classes: None,
+                precision: args.model.precision,
             };
             Some(
                 // The loader's errors name the file.

@@ -33,6 +33,12 @@ pub struct ModelArgs {
     /// Class count, with --model.
     #[arg(long)]
     pub classes: Option<usize>,
+    /// Precision of the convolutions on CPU: `f32` (the default: exact
+    /// against PyTorch), `bf16` (bf16 operands, f32 accumulation: about
+    /// 1e-3 relative, 3.9x faster on CPUs with AMX) or `auto` (bf16 where
+    /// this CPU runs it faster).
+    #[arg(long, value_parser = crate::values::precision())]
+    pub precision: Option<allcnn_models::Precision>,
 }
 
 pub struct Loaded {
@@ -93,7 +99,7 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
             bail!("--model and --classes describe a --weights file; pass --weights FILE with them");
         }
         let file = AllCnnC::Cifar10.load(device)?;
-        return finish(file, Path::new(AllCnnC::Cifar10.name()));
+        return finish(file, Path::new(AllCnnC::Cifar10.name()), args.precision);
     };
     let resolved = resolve(weights, args.offline)?;
     let path: &Path = &resolved;
@@ -102,10 +108,17 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
         (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),
         (None, None) => WeightsFile::load(path, device)?,
     };
-    finish(file, path)
+    finish(file, path, args.precision)
 }
 
-fn finish(file: WeightsFile, path: &Path) -> Result<Loaded> {
+fn finish(
+    mut file: WeightsFile,
+    path: &Path,
+    precision: Option<allcnn_models::Precision>,
+) -> Result<Loaded> {
+    if let Some(p) = precision {
+        file.model.set_conv_backend(p.backend());
+    }
     let preprocessing = match &file.meta.preprocessing {
         Some(json) => Some(
             Preprocessing::from_parts(json, &file.attachments).with_context(|| {

@@ -1766,6 +1766,34 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     assert_ok(&o);
     let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(a["top1"], b["top1"]);
+    // bf16 convolutions: the same ten answers on these clear samples, a
+    // loss within bf16's rounding of f32's, and a name that is not a
+    // precision refused.
+    let o = allcnn(&[
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--precision",
+        "bf16",
+    ]);
+    assert_ok(&o);
+    let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(a["top1"], c["top1"]);
+    let (la, lc) = (a["loss"].as_f64().unwrap(), c["loss"].as_f64().unwrap());
+    assert!(
+        (la - lc).abs() <= 0.02 * la.abs().max(0.01),
+        "loss {la} (f32) against {lc} (bf16)"
+    );
+    let o = allcnn(&[
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--precision",
+        "f16",
+    ]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("bf16"), "{}", stderr(&o));
 
     // viz without --weights.
     let maps = dir.path().join("maps");
