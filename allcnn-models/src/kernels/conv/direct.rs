@@ -551,6 +551,11 @@ static SPARE: std::sync::Mutex<Vec<([usize; 8], Vec<u32>)>> = std::sync::Mutex::
 /// batch size).
 const KEEP_PLANES: usize = 8;
 
+/// The most bytes the spare buffers hold together (a large input, the
+/// ImageNet network's, would otherwise keep gigabytes after an eval); the
+/// oldest go first.
+const KEEP_PLANE_BYTES: usize = 256 << 20;
+
 /// The layout key of the input planes of `g` (the geometry they depend on).
 fn pack_key(g: &Geometry) -> [usize; 8] {
     [g.cin, g.h, g.w, g.pad, g.stride, g.k, g.ho, g.wo]
@@ -586,11 +591,23 @@ impl Planes {
 impl Drop for Planes {
     fn drop(&mut self) {
         let words = std::mem::take(&mut self.words);
-        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() >= KEEP_PLANES {
-            spare.remove(0);
+        if 4 * words.len() > KEEP_PLANE_BYTES {
+            return;
         }
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
         spare.push((self.key, words));
+        trim(&mut spare, KEEP_PLANES, KEEP_PLANE_BYTES);
+    }
+}
+
+/// Drops the oldest spare buffers until at most `count` remain, holding at
+/// most `bytes` together.
+fn trim(spare: &mut Vec<([usize; 8], Vec<u32>)>, count: usize, bytes: usize) {
+    let held = |spare: &[([usize; 8], Vec<u32>)]| -> usize {
+        spare.iter().map(|(_, w)| 4 * w.len()).sum()
+    };
+    while spare.len() > count || held(spare) > bytes {
+        spare.remove(0);
     }
 }
 
@@ -1457,6 +1474,20 @@ mod tests {
                 assert!(same, "round {round}, chain {i}: outputs differ");
             }
         }
+    }
+
+    /// The spare buffers keep the newest, within both limits.
+    #[test]
+    fn spare_planes_keep_the_newest_within_their_limits() {
+        let buf = |tag: usize, words: usize| ([tag; 8], vec![0u32; words]);
+        let mut spare: Vec<_> = (0..5).map(|t| buf(t, 10)).collect();
+        trim(&mut spare, 3, 1000);
+        let tags: Vec<usize> = spare.iter().map(|(k, _)| k[0]).collect();
+        assert_eq!(tags, [2, 3, 4]);
+        spare.push(buf(5, 100));
+        trim(&mut spare, 8, 4 * 115);
+        let tags: Vec<usize> = spare.iter().map(|(k, _)| k[0]).collect();
+        assert_eq!(tags, [4, 5], "over the byte limit: the oldest go first");
     }
 
     /// On a CPU with AMX, [`forward_to`] handing planes on (in parallel)
