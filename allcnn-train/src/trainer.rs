@@ -908,7 +908,7 @@ struct Sinks {
 /// Percent of a step's examples with every logit 0 from which the step
 /// counts as dead. Not all of them: a run that has died keeps a few
 /// examples whose input still reaches a live unit (a batch-256 run on
-/// CIFAR-10 kept 1-3 per batch for 200 steps with its loss pinned at ln
+/// CIFAR-10 kept a few per batch for 200 steps with its loss pinned at ln
 /// 10), while a run that lives has almost none from its first steps on
 /// (0-5% per epoch in the runs of docs/training.md).
 const DEAD_STEP_PERCENT: u64 = 95;
