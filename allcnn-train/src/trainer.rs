@@ -231,7 +231,7 @@ impl Trainer {
     fn stop_requested(&self) -> Option<RunStatus> {
         if self.interrupt.load(Ordering::SeqCst) {
             Some(RunStatus::Interrupted)
-        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        } else if self.past_deadline() {
             Some(RunStatus::TimeLimit)
         } else {
             None
