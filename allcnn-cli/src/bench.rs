@@ -203,7 +203,7 @@ pub fn run(args: &Args) -> Result<()> {
             .ok()
             .and_then(|c| cpu_description(&c)),
     };
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?)?;
     Ok(())
 }
 

@@ -82,29 +82,29 @@ pub fn run(cmd: &Command) -> Result<()> {
             };
             let out = download_cifar(kind, dir, &opts)?;
             if *json {
-                println!("{}", serde_json::to_string(&out)?);
+                outln!("{}", serde_json::to_string(&out)?)?;
             } else if out.already_present {
-                println!(
+                outln!(
                     "{} is already complete in {}",
                     name,
                     out.dataset_dir.display()
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "{} ready in {} ({} bytes downloaded{})",
                     name,
                     out.dataset_dir.display(),
                     out.downloaded_bytes,
                     if out.resumed { ", resumed" } else { "" }
-                );
+                )?;
             }
         }
         Command::Info { path, json } => {
             let i = info(path)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&i)?);
+                outln!("{}", serde_json::to_string_pretty(&i)?)?;
             } else {
-                print!("{}", crate::printable(&i.to_string()));
+                out!("{}", crate::printable(&i.to_string()))?;
             }
         }
     }

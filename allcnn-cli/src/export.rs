@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, default_value = "final", value_parser = ["final", "best"])]
     weights: String,
     /// OWNER/REPO the folder will be uploaded to (for the card's usage lines).
-    #[arg(long, value_name = "OWNER/REPO")]
+    #[arg(long, value_name = "OWNER/REPO", value_parser = crate::values::repo_id)]
     repo: Option<String>,
     /// License id for the model card's front matter.
     #[arg(long, default_value = "mit")]
@@ -70,33 +70,33 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let s = export_hub(&args.run, &args.out, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "exported the {} weights of {} ({}, {} classes) from {}",
         s.weights,
         args.run.display(),
         s.model,
         s.classes,
         s.source.display()
-    );
+    )?;
     for r in &s.results {
-        println!(
+        outln!(
             "  {} top-1 {:.2}%, measured by {}",
             r.split,
             100.0 * r.top1,
             r.source
-        );
+        )?;
     }
     for f in &s.files {
-        println!("wrote {}", f.display());
+        outln!("wrote {}", f.display())?;
     }
     let repo = args.repo.as_deref().unwrap_or("OWNER/REPO");
-    println!(
+    outln!(
         "upload with: hf upload {repo} {} .   (or: huggingface-cli upload {repo} {} .)",
         s.out_dir.display(),
         s.out_dir.display()
-    );
+    )?;
     Ok(())
 }

@@ -2,6 +2,22 @@
 //! wires the library crates together and reports errors; the work lives in
 //! `allcnn-models` (and, as they land, the data, train and viz crates).
 
+/// `println!` that returns an error instead of panicking when stdout cannot
+/// be written (a full disk, `> /dev/full`, a closed pipe where SIGPIPE is
+/// ignored): `outln!(...)?` in a function returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// `print!`'s fallible twin, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        crate::stdout_write(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod data;
 mod device;
@@ -24,7 +40,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// glibc's allocator returns every large buffer (activations, Winograd
 /// transforms: tens of MB) to the kernel with `munmap` and takes it back with
 /// `mmap` on the next step: page faults, page zeroing and TLB shootdowns cost
-/// 10-20% of a CPU training step. mimalloc keeps freed pages for reuse.
+/// 10-25% of a CPU training step. mimalloc keeps freed pages for reuse.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -51,6 +67,21 @@ fn tune_allocator() {
 
 #[cfg(not(feature = "mimalloc"))]
 fn tune_allocator() {}
+
+/// Writes one line to stdout; the error says what could not be written.
+pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    stdout_write(format_args!("{args}\n"))
+}
+
+/// Writes to stdout (flushed where it is a pipe or file, at the end of the
+/// process otherwise by the line buffer); the error says what failed.
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write the output to stdout: {e}"))
+}
 
 /// A closed stdout (`allcnn ... | head`) ends the program quietly, as for
 /// other Unix tools, instead of panicking in `println!`: Rust ignores
@@ -140,7 +171,7 @@ enum Command {
     Data(data::Command),
     /// Train a model with the paper's protocol (a preset or a config file), or resume a run.
     #[command(
-        after_help = "Examples:\n  allcnn train --preset cifar10 --model all-cnn-c --data data/cifar-10-batches-bin --out runs/allcnn-c\n  allcnn train --preset cifar10 --data data --out runs/short epochs=10 data.train_subset=5000 schedule.kind=scaled\n  allcnn train --preset cifar10 --print-config > my.toml   # edit, then: allcnn train --config my.toml --data D --out RUN\n  allcnn train --preset cifar10 --data D --out runs/grid --grid --lrs 0.1,0.05,0.01\n  allcnn train --resume runs/allcnn-c\n  allcnn train --resume runs/allcnn-c --epochs 40   # continue a finished run to 40 epochs, or end one sooner\n\nCtrl-C finishes the current step, writes a checkpoint and prints how to resume."
+        after_help = "Examples:\n  allcnn train --preset cifar10 --model all-cnn-c --data data/cifar-10-batches-bin --out runs/allcnn-c\n  allcnn train --preset cifar10 --data data --out runs/short epochs=10 data.train_subset=5000 schedule.kind=scaled\n  allcnn train --preset cifar10 --print-config > my.toml   # edit, then: allcnn train --config my.toml --data D --out RUN\n  allcnn train --preset cifar10 --data D --out runs/grid --grid --lrs 0.1,0.05,0.01 data.validation=5000\n  allcnn train --resume runs/allcnn-c\n  allcnn train --resume runs/allcnn-c --epochs 40   # continue a finished run to 40 epochs, or end one sooner\n\nCtrl-C finishes the current step, writes a checkpoint and prints how to resume.\n\nExit status: 0 finished (also for --resume of a run that has finished: nothing is redone), 75 stopped\nby --time-limit (resume it), 130 stopped by Ctrl-C, 1 an error, 2 a usage error."
     )]
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a data set: top-1/top-5 accuracy, loss, per-class accuracy.
@@ -155,7 +186,7 @@ enum Command {
     Plot(train::PlotArgs),
     /// Run one of the paper's experiments (all twelve models for table3), resumably, with a report beside the paper's numbers.
     #[command(
-        after_help = "Experiments: table3 (the twelve CIFAR-10 models, preset cifar10), cifar10-aug (All-CNN-C with\nflips and translations), cifar100 (All-CNN-C), imagenet (the ImageNet All-CNN).\n\nEach model trains into OUT/<model>/; OUT/report.md and OUT/report.json (our test error beside\nthe paper's, times, device, host, exact configs) are rewritten after every model. Rerunning the\nsame command skips finished models and resumes an interrupted one.\n\nExamples:\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3-35 --epochs 35\n  allcnn reproduce table3 --data D --out runs/t3-small --epochs 5 --models model-c,all-cnn-c data.train_subset=5000\n  allcnn reproduce cifar100 --data data/cifar-100-binary --out runs/c100 --device cuda\n  allcnn reproduce imagenet --data IMAGENET_DIR --out runs/imagenet --device cuda --json\n\nCtrl-C finishes the current step, writes a checkpoint and stops; run the same command to resume."
+        after_help = "Experiments: table3 (the twelve CIFAR-10 models, preset cifar10), cifar10-aug (All-CNN-C with\nflips and translations), cifar100 (All-CNN-C), imagenet (the ImageNet All-CNN).\n\nEach model trains into OUT/<model>/; OUT/report.md and OUT/report.json (our test error beside\nthe paper's, times, device, host, exact configs) are rewritten after every model. Rerunning the\nsame command skips finished models and resumes an interrupted one.\n\nExamples:\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3\n  allcnn reproduce table3 --data data/cifar-10-batches-bin --out runs/table3-35 --epochs 35\n  allcnn reproduce table3 --data D --out runs/t3-small --epochs 5 --models model-c,all-cnn-c data.train_subset=5000\n  allcnn reproduce cifar100 --data data/cifar-100-binary --out runs/c100 --device cuda\n  allcnn reproduce imagenet --data IMAGENET_DIR --out runs/imagenet --device cuda --json\n\nCtrl-C finishes the current step, writes a checkpoint and stops; run the same command to resume.\n\nExit status: 0 every row done, 75 stopped by --time-limit, 130 stopped by Ctrl-C, 1 an error."
     )]
     Reproduce(Box<reproduce::Args>),
     /// Classify images (or a preprocessed tensor) with trained weights.
@@ -193,6 +224,48 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// A run that stopped before its end with a checkpoint to resume from:
+/// not an error (nothing is printed as one), but not done either, so a
+/// script's `allcnn train ... && allcnn export-hub ...` does not go on.
+/// The exit status says why: 130 for Ctrl-C (as a shell reports SIGINT),
+/// 75 for `--time-limit` (`EX_TEMPFAIL`: run the resume later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// Ctrl-C.
+    Interrupted,
+    /// `--time-limit` passed.
+    TimeLimit,
+}
+
+impl Stopped {
+    /// What stopped a run that `trainer` was running.
+    pub(crate) fn of(trainer: &allcnn_train::Trainer) -> Self {
+        if trainer.past_deadline() {
+            Stopped::TimeLimit
+        } else {
+            Stopped::Interrupted
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Stopped::Interrupted => 130,
+            Stopped::TimeLimit => 75,
+        }
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stopped::Interrupted => "interrupted",
+            Stopped::TimeLimit => "stopped at the time limit",
+        })
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 fn main() -> ExitCode {
     tune_allocator();
     quiet_broken_pipe();
@@ -211,15 +284,25 @@ fn main() -> ExitCode {
         Command::ExportHub(args) => export::run(&args),
         Command::Pretrained(cmd) => pretrained::run(&cmd),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut std::io::stdout());
-            Ok(())
+            // Into memory first: `generate` panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut script);
+            out!("{}", String::from_utf8_lossy(&script))
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map_err(Into::into),
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => out!("{}", String::from_utf8_lossy(&page)),
+                Err(e) => Err(anyhow::anyhow!("cannot render the man page: {e}")),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The command has said how it stopped and how to resume.
+        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Stopped>().map_or(1, |s| s.code()))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -70,19 +70,23 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<17} {:>10} {:>5} {:>10} {:>7}  layers (drop = dropout, /2 = stride 2, v = unpadded)",
-        "model", "params", "input", "final map", "paper"
-    );
+        "model",
+        "params",
+        "input",
+        "final map",
+        "paper"
+    )?;
     for r in &rows {
         let layers: Vec<String> = r.layers.iter().map(short).collect();
         let paper = r
             .paper_error_cifar10
             .map_or("-".to_string(), |e| format!("{e:.2}%"));
-        println!(
+        outln!(
             "{:<17} {:>10} {:>5} {:>10} {:>7}  {}",
             r.name,
             r.params,
@@ -90,10 +94,10 @@ pub fn run(args: &Args) -> Result<()> {
             format!("{}x{}x{}", r.final_map[0], r.final_map[1], r.final_map[2]),
             paper,
             layers.join(", ")
-        );
+        )?;
     }
-    println!(
+    outln!(
         "\npaper = CIFAR-10 test error without augmentation (Springenberg et al. 2014, Table 3)"
-    );
+    )?;
     Ok(())
 }

@@ -194,23 +194,16 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
 }
 
 /// Writes `tensor` as the only tensor (`name`) of the safetensors file `out`,
-/// through a synced temporary sibling and a rename: a crash or a full disk
-/// leaves the previous file, never a truncated one.
+/// through a synced temporary sibling and a rename
+/// ([`allcnn_models::write_atomic`]): a crash or a full disk leaves the
+/// previous file, never a truncated one.
 pub fn save_tensor(name: &str, tensor: &Tensor, out: &Path) -> Result<()> {
     let cpu = tensor.to_device(&Device::Cpu)?;
-    let mut tmp = out.file_name().unwrap_or_default().to_os_string();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = out.with_file_name(tmp);
-    let written = (|| -> Result<()> {
-        candle_core::safetensors::save(&HashMap::from([(name.to_string(), cpu)]), &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, out)?;
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", out.display()))
+    let bytes = safetensors::serialize([(name, &cpu)], None)
+        .with_context(|| format!("serialising `{name}` for {}", out.display()))?;
+    // The error names the file.
+    allcnn_models::write_atomic(out, &bytes)?;
+    Ok(())
 }
 
 pub fn is_safetensors(p: &Path) -> bool {
@@ -224,6 +217,14 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(out) = &args.out {
         let inputs = args.model.weights.iter().chain(&args.inputs);
         refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
+    }
+    if args.inputs.len() > 1 {
+        if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {
+            bail!(
+                "{}: a preprocessed tensor file is classified on its own; pass it alone, and the images in another call",
+                t.display()
+            );
+        }
     }
     let device = args.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
@@ -278,7 +279,7 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|(input, top)| Prediction { input, top })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&preds)?);
+        outln!("{}", serde_json::to_string_pretty(&preds)?)?;
     } else {
         for p in &preds {
             let top: Vec<String> = p
@@ -294,7 +295,7 @@ pub fn run(args: &Args) -> Result<()> {
                     None => format!("class {} {:.1}%", g.class, 100.0 * g.probability),
                 })
                 .collect();
-            println!("{}: {}", crate::printable(&p.input), top.join(", "));
+            outln!("{}: {}", crate::printable(&p.input), top.join(", "))?;
         }
     }
     Ok(())

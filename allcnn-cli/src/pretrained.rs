@@ -83,11 +83,11 @@ pub fn run(cmd: &Command) -> Result<()> {
                 })
                 .collect();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
                 return Ok(());
             }
             for r in &rows {
-                println!(
+                outln!(
                     "{}{}: {} on {}, test top-1 {:.2}%{} on {} images, {} epochs, {:.1} MB",
                     r.name,
                     if r.default { " (default)" } else { "" },
@@ -100,23 +100,23 @@ pub fn run(cmd: &Command) -> Result<()> {
                     r.test_images.map_or("?".into(), |n| n.to_string()),
                     r.epochs.map_or("?".into(), |n| n.to_string()),
                     r.bytes as f64 / 1e6
-                );
+                )?;
                 for (k, v) in &r.provenance {
-                    println!("    {k}: {v}");
+                    outln!("    {k}: {v}")?;
                 }
             }
         }
         Command::Save { name, out } => {
             let v = by_name(name)?;
             v.save(out)?;
-            println!(
+            outln!(
                 "wrote {} ({} bytes) to {}",
                 v.name(),
                 v.bytes().len(),
                 out.display()
-            );
+            )?;
         }
-        Command::Card { name } => print!("{}", by_name(name)?.card()),
+        Command::Card { name } => out!("{}", by_name(name)?.card())?,
     }
     Ok(())
 }

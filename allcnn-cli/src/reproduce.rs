@@ -166,32 +166,33 @@ pub fn run(args: &Args) -> Result<()> {
 
     let md = args.out.join(allcnn_train::reproduce::REPORT_MARKDOWN);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        outln!(
             "{}: {} on {} ({})",
-            report.title, report.protocol, report.device, report.host.cpu
-        );
-        println!(
+            report.title,
+            report.protocol,
+            report.device,
+            report.host.cpu
+        )?;
+        outln!(
             "{:<34} {:>8} {:>8} {:>7}  status",
-            "model", "paper", "ours", "epochs"
-        );
+            "model",
+            "paper",
+            "ours",
+            "epochs"
+        )?;
         for r in &report.rows {
-            println!(
+            outln!(
                 "{:<34} {:>8} {:>8} {:>7}  {}",
                 format!("{} ({})", r.label, r.model),
                 format!("{:.2}%", r.paper_error),
                 pct(r.test_error),
                 format!("{}/{}", r.epochs_done, r.epochs),
                 r.status.as_str()
-            );
+            )?;
         }
-        println!("report: {} (and report.json)", md.display());
-    }
-    if report.interrupted {
-        eprintln!(
-            "stopped (Ctrl-C or --time-limit): the current model has a checkpoint; rerun the same command to resume"
-        );
+        outln!("report: {} (and report.json)", md.display())?;
     }
     let failed = report.failed();
     if !failed.is_empty() {
@@ -202,6 +203,11 @@ pub fn run(args: &Args) -> Result<()> {
             names.join(", "),
             md.display()
         );
+    }
+    if report.interrupted {
+        let why = crate::Stopped::of(&trainer);
+        eprintln!("{why}: the current model has a checkpoint; rerun the same command to resume");
+        return Err(why.into());
     }
     Ok(())
 }

@@ -149,7 +149,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         bail!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
     }
     if args.print_config {
-        print!("{}", config.to_toml());
+        out!("{}", config.to_toml())?;
         return Ok(());
     }
     // Recorded absolute, so `--resume` finds the same data from anywhere.
@@ -170,9 +170,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     if args.grid {
         let g = grid_search(&mut t, &config, &data, &args.lrs, out)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&g)?);
+            outln!("{}", serde_json::to_string_pretty(&g)?)?;
         } else {
-            print_grid(&g);
+            print_grid(&g)?;
+        }
+        if g.interrupted {
+            return Err(crate::Stopped::of(&t).into());
         }
         return Ok(());
     }
@@ -206,20 +209,23 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
 }
 
-fn print_grid(g: &allcnn_train::grid::GridReport) {
+fn print_grid(g: &allcnn_train::grid::GridReport) -> Result<()> {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
     let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    println!(
+    outln!(
         "{:>10}  {:>9}  {:>8}  {:>10}  run",
-        "lr", "val top-1", "val loss", "train loss"
-    );
+        "lr",
+        "val top-1",
+        "val loss",
+        "train loss"
+    )?;
     for r in &g.results {
         let best = if Some(r.lr) == g.best_lr {
             "  (best)"
         } else {
             ""
         };
-        println!(
+        outln!(
             "{:>10}  {:>9}  {:>8}  {:>10}  {}{best}{}",
             r.lr,
             pct(r.val_accuracy),
@@ -233,64 +239,71 @@ fn print_grid(g: &allcnn_train::grid::GridReport) {
                     format!("  {}{f}", if stopped { "" } else { "failed: " })
                 })
                 .unwrap_or_default()
-        );
+        )?;
     }
     if g.interrupted {
-        println!(
+        outln!(
             "interrupted: the rates after {} were not tried",
             g.results.last().map_or(0.0, |r| r.lr)
-        );
+        )?;
     }
+    Ok(())
 }
 
+/// Prints the run's summary; a run stopped before its end (Ctrl-C,
+/// `--time-limit`) returns [`crate::Stopped`] for the exit status.
 fn report(s: &allcnn_train::RunSummary, json: bool) -> Result<()> {
+    let stopped = match s.status {
+        RunStatus::Interrupted => Some(crate::Stopped::Interrupted),
+        RunStatus::TimeLimit => Some(crate::Stopped::TimeLimit),
+        RunStatus::Completed | RunStatus::StepBudget => None,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
-        return Ok(());
+        outln!("{}", serde_json::to_string_pretty(s)?)?;
+    } else {
+        print_summary(s, stopped)?;
     }
-    match s.status {
-        RunStatus::Interrupted | RunStatus::TimeLimit => {
+    stopped.map_or(Ok(()), |why| Err(why.into()))
+}
+
+fn print_summary(s: &allcnn_train::RunSummary, stopped: Option<crate::Stopped>) -> Result<()> {
+    match stopped {
+        Some(why) => {
             // The trainer's console has printed how to resume (stderr);
             // this is the one summary line on stdout.
-            let why = if s.status == RunStatus::TimeLimit {
-                "stopped at the time limit"
-            } else {
-                "interrupted"
-            };
-            println!(
-                "{why} after {} steps; checkpoint {} (continue with: allcnn train --resume {})",
+            outln!(
+                "{why} after {} steps; checkpoint {}",
                 s.steps,
                 s.checkpoint.display(),
-                s.run_dir.display()
-            );
+            )?;
         }
-        RunStatus::Completed | RunStatus::StepBudget => {
+        None => {
             let how = if s.status == RunStatus::Completed {
                 "finished"
             } else {
                 "stopped at max_steps"
             };
-            println!(
+            outln!(
                 "{how}: {} epochs, {} steps in {}",
                 s.epochs_done,
                 s.steps,
                 s.run_dir.display()
-            );
+            )?;
             if let Some(t) = &s.test {
-                println!(
+                outln!(
                     "test: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4} on {} images",
                     100.0 * t.top1,
                     t.error_percent(),
                     100.0 * t.top5,
                     t.loss,
                     t.examples
-                );
+                )?;
             }
             if let Some(w) = &s.best_weights {
-                println!("best weights: {}", w.display());
+                outln!("best weights: {}", w.display())?;
             }
             if let Some(w) = &s.final_weights {
-                println!("final weights: {}", w.display());
+                outln!("final weights: {}", w.display())?;
             }
         }
     }
@@ -324,12 +337,37 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let device = args.device.open()?;
     let split = Split::from(args.split);
     let data = open_dataset(&args.data, split, &OpenOptions::default())?;
+    let (format, dir) = allcnn_data::info::detect_format(&args.data)?;
+    if format == allcnn_data::info::DatasetFormat::ImageFolder
+        && !allcnn_data::folder::has_split_folders(&dir)
+    {
+        // Which split these images are is the user's to know: say that
+        // --split did not choose them.
+        let split = match args.split {
+            crate::values::SplitArg::Train => "train",
+            crate::values::SplitArg::Test => "test",
+        };
+        eprintln!(
+            "warning: {} has no train/, test/ or val/ folders: evaluating all its {} images (--split {split} does not apply)",
+            args.data.display(),
+            data.len(),
+        );
+    }
+    let loaded = crate::weights::load(&args.model, &device)?;
+    let input = loaded.file.model.spec().input_size;
     let aug = if args.center_crop {
+        if let Augmentation::CenterCrop { crop, .. } = Augmentation::imagenet_eval() {
+            if input != crop {
+                bail!(
+                    "--center-crop is ImageNet's evaluation (shorter side resized to 256, centre crop of {crop}) for {crop}-px models; {} takes {input}x{input} images: leave out --center-crop",
+                    args.model.label()
+                );
+            }
+        }
         Augmentation::imagenet_eval()
     } else {
         Augmentation::None
     };
-    let loaded = crate::weights::load(&args.model, &device)?;
     let bar = crate::progress::bar(data.len() as u64, "evaluating");
     let r = evaluate_weights_file(
         &loaded.file,
@@ -342,25 +380,25 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} images: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4}",
         r.examples,
         100.0 * r.top1,
         r.error_percent(),
         100.0 * r.top5,
         r.loss
-    );
-    println!("{:>14}  {:>7}  {:>8}", "class", "images", "accuracy");
+    )?;
+    outln!("{:>14}  {:>7}  {:>8}", "class", "images", "accuracy")?;
     for c in &r.per_class {
-        println!(
+        outln!(
             "{:>14}  {:>7}  {:>7.2}%",
             crate::printable(&c.name),
             c.count,
             100.0 * c.accuracy
-        );
+        )?;
     }
     Ok(())
 }
@@ -390,7 +428,16 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
             allcnn_train::files::METRICS
         );
     }
-    let history = allcnn_train::observer::MetricsLog::read_epochs(&metrics)?;
+    let log = allcnn_train::observer::MetricsLog::read_epochs(&metrics)?;
+    if !log.unreadable_lines.is_empty() {
+        let lines: Vec<String> = log.unreadable_lines.iter().map(|n| n.to_string()).collect();
+        eprintln!(
+            "warning: {}: line(s) {} are damaged (not a record) and left out: an epoch on them is missing from the figures",
+            metrics.display(),
+            lines.join(", ")
+        );
+    }
+    let history = log.epochs;
     if history.is_empty() {
         bail!(
             "{}: no finished epoch yet: nothing to plot",
@@ -412,11 +459,11 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
     let figure = allcnn_train::plot::learning_curve_svg(&history, &title, args.log_loss)?;
     allcnn_models::write_atomic(&svg, figure.as_bytes())?;
     allcnn_models::write_atomic(&csv, allcnn_train::plot::metrics_csv(&history).as_bytes())?;
-    println!(
+    outln!(
         "{} epochs: wrote {} and {}",
         history.len(),
         svg.display(),
         csv.display()
-    );
+    )?;
     Ok(())
 }

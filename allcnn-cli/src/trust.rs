@@ -201,18 +201,18 @@ pub fn run(args: &Args) -> Result<()> {
     let json = serde_json::to_string_pretty(&out)?;
     allcnn_models::write_atomic(&json_path, json.as_bytes())?;
     if args.common.json {
-        println!("{json}");
+        outln!("{json}")?;
         return Ok(());
     }
-    print_table(&out, args.threshold);
-    println!(
+    print_table(&out, args.threshold)?;
+    outln!(
         "wrote {}",
         out.files
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     Ok(())
 }
 
@@ -227,12 +227,12 @@ fn summary(method: &str, c: &allcnn_viz::Curves) -> Faithfulness {
     }
 }
 
-fn print_table(r: &Report<'_>, threshold: f32) {
-    println!(
+fn print_table(r: &Report<'_>, threshold: f32) -> Result<()> {
+    outln!(
         "{} images, target {}; rank correlation (Spearman, absolute maps) between the trained network's maps and:",
         r.images, r.target
-    );
-    println!(
+    )?;
+    outln!(
         "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
         "method",
         "top layer",
@@ -243,11 +243,11 @@ fn print_table(r: &Report<'_>, threshold: f32) {
         "verdict",
         "deletion",
         "insertion"
-    );
+    )?;
     let faith = |m: &str| r.faithfulness.iter().find(|f| f.method == m);
     for v in &r.sanity.verdicts {
         let f = faith(&v.method);
-        println!(
+        outln!(
             "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>8.3} {:>9} {:>8} {:>9} {:>9}",
             v.method,
             v.top_layer_rank_abs,
@@ -258,15 +258,24 @@ fn print_table(r: &Report<'_>, threshold: f32) {
             if v.passes { "pass" } else { "FAIL" },
             f.map_or("-".into(), |f| format!("{:.3}", f.deletion_auc)),
             f.map_or("-".into(), |f| format!("{:.3}", f.insertion_auc)),
-        );
+        )?;
     }
     if let Some(f) = faith("random ranking") {
-        println!(
+        outln!(
             "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9.3} {:>9.3}",
-            "random ranking", "", "", "", "", "", "", f.deletion_auc, f.insertion_auc
-        );
+            "random ranking",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f.deletion_auc,
+            f.insertion_auc
+        )?;
     }
-    println!(
+    outln!(
         "pass: mean rank correlation over the upper half of the cascade (the class layer random, then the top 2, ..., half the convolutions) below {threshold}, and against the shuffled-label network; deletion AUC: lower is better, insertion AUC: higher"
-    );
+    )?;
+    Ok(())
 }

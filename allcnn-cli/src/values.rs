@@ -56,6 +56,27 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// A Hugging Face repository id `OWNER/NAME`, for `export-hub --repo`:
+/// each part 1-96 letters, digits, `-`, `_` or `.`, neither starting nor
+/// ending with `-` or `.`, without `--` or `..` (the Hub's rules).
+pub fn repo_id(s: &str) -> Result<String, String> {
+    let part_ok = |p: &str| {
+        (1..=96).contains(&p.len())
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
+            && !p.contains("--")
+            && !p.contains("..")
+    };
+    match s.split_once('/') {
+        Some((owner, name)) if part_ok(owner) && part_ok(name) => Ok(s.to_string()),
+        _ => Err(format!(
+            "`{s}` is not a Hub repository id: give OWNER/NAME, e.g. my-user/all-cnn-c-cifar10 (letters, digits, -, _ and .)"
+        )),
+    }
+}
+
 /// The registered architectures (`allcnn models`), for `--model`.
 pub fn model_name() -> impl TypedValueParser<Value = String> {
     PossibleValuesParser::new(allcnn_models::registry().iter().map(|m| m.name))
@@ -119,4 +140,31 @@ pub fn colormap() -> impl TypedValueParser<Value = allcnn_viz::render::Colormap>
             .find(|m| m.name() == s)
             .expect("a name from Colormap::ALL")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_id;
+
+    #[test]
+    fn repo_ids_follow_the_hubs_rules() {
+        for ok in ["me/all-cnn-c", "Org_1/model.v2", "a/b"] {
+            assert_eq!(repo_id(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "not a repo",
+            "noslash",
+            "a/b/c",
+            "/name",
+            "owner/",
+            "-me/x",
+            "me/x.",
+            "me/a--b",
+            "me/a..b",
+            "me/na\u{e9}me",
+        ] {
+            let err = repo_id(bad).unwrap_err();
+            assert!(err.contains("OWNER/NAME"), "{bad}: {err}");
+        }
+    }
 }

@@ -332,12 +332,12 @@ pub fn run(args: &Args) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("class {}", g.class));
             if !json {
-                println!(
+                outln!(
                     "{}: {} ({:.1}%)",
                     crate::printable(name),
                     crate::printable(&class),
                     100.0 * g.probability
-                );
+                )?;
             }
             written.predictions.push(Prediction {
                 input: name.clone(),
@@ -362,14 +362,14 @@ pub fn run(args: &Args) -> Result<()> {
         crate::predict::save_tensor("attribution", &maps, out)?;
         if json {
             written.files.push(out.clone());
-            println!("{}", serde_json::to_string_pretty(&written)?);
+            outln!("{}", serde_json::to_string_pretty(&written)?)?;
         } else {
-            println!(
+            outln!(
                 "wrote {} maps {:?} to {}",
                 method,
                 maps.dims(),
                 out.display()
-            );
+            )?;
         }
         return Ok(());
     }
@@ -430,16 +430,16 @@ pub fn run(args: &Args) -> Result<()> {
     if json {
         written.files = files;
         written.files.push(grid);
-        println!("{}", serde_json::to_string_pretty(&written)?);
+        outln!("{}", serde_json::to_string_pretty(&written)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "wrote {} {} maps and {} to {}",
         files.len(),
         method,
         grid.file_name().unwrap_or_default().to_string_lossy(),
         out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -548,15 +548,15 @@ fn top(args: &TopArgs) -> Result<()> {
             scanned: Some(top.seen()),
             ..Default::default()
         };
-        println!("{}", serde_json::to_string_pretty(&written)?);
+        outln!("{}", serde_json::to_string_pretty(&written)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "scanned {} images; wrote the {} figure to {}",
         top.seen(),
         args.layer,
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -106,9 +106,39 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
         (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),
-        (None, None) => WeightsFile::load(path, device)?,
+        (None, None) => WeightsFile::load(path, device).map_err(|e| other_kind_of_file(path, e))?,
     };
     finish(file, path, args.precision)
+}
+
+/// For a file that does not describe an architecture: if it is one of a
+/// run's other files (the checkpoint, the preprocessing), an error that
+/// says so and names the weights to use instead; `error` otherwise.
+fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::Error {
+    if !matches!(error, allcnn_models::ModelError::NotSelfDescribing { .. }) {
+        return error.into();
+    }
+    let keys = std::fs::read(path).ok().and_then(|bytes| {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+        Some(meta.metadata().clone().unwrap_or_default())
+    });
+    let Some(keys) = keys else {
+        return error.into();
+    };
+    let run = path.parent().unwrap_or(Path::new("."));
+    let what = if keys.contains_key(allcnn_train::checkpoint::CHECKPOINT_KEY) {
+        "a training checkpoint (the weights with the optimiser's state, for `allcnn train --resume`)"
+    } else if keys.contains_key(allcnn_data::preprocess::METADATA_KEY) {
+        "a run's preprocessing (the whitening fitted on its training data)"
+    } else {
+        return error.into();
+    };
+    anyhow::anyhow!(
+        "{} is {what}, not a weights file: pass the run's weights instead, {} or {}",
+        path.display(),
+        run.join("final.safetensors").display(),
+        run.join("best.safetensors").display()
+    )
 }
 
 fn finish(

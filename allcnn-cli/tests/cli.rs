@@ -353,6 +353,44 @@ fn predict_images_with_self_describing_weights() {
     );
     let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).unwrap();
     assert_eq!(t["logits"].dims(), &[2, 4]);
+    // Readable as any file the user makes there (not a private 0600
+    // temporary file renamed into place).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&logits), mode(&plain));
+    }
+    // An unwritable place is said once, naming the file asked for.
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        imgs.to_str().unwrap(),
+        "--out",
+        "/nonexistent-dir/logits.safetensors",
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("/nonexistent-dir/logits.safetensors"), "{err}");
+    assert!(!err.contains("logits.safetensors.tmp"), "{err}");
+    // A tensor file among images is named as such, not as an image that
+    // does not decode.
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        logits.to_str().unwrap(),
+        imgs.join("a.png").to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("a preprocessed tensor file is classified on its own"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -740,24 +778,31 @@ fn train_tiny_run() -> (
     (dir, data, run, o)
 }
 
-/// One epoch of All-CNN-A on `data` into `run`, with `extra` flags.
-fn train_tiny(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> Output {
-    let mut args = vec![
+/// One epoch of All-CNN-A on `data` into `run`, with `extra` flags (later
+/// settings win), as a command to run.
+fn train_tiny_command(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_allcnn"));
+    c.args([
         "train",
         "--preset",
         "cifar10",
         "--model",
         "all-cnn-a",
         "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "epochs=1",
-        "batch_size=4",
-        "data.preprocessing=standardize",
-    ];
-    args.extend_from_slice(extra);
-    allcnn(&args)
+    ])
+    .arg(data)
+    .arg("--out")
+    .arg(run)
+    .args(["epochs=1", "batch_size=4", "data.preprocessing=standardize"])
+    .args(extra);
+    c
+}
+
+/// [`train_tiny_command`], run to its end.
+fn train_tiny(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> Output {
+    train_tiny_command(data, run, extra)
+        .output()
+        .expect("run allcnn")
 }
 
 /// `--time-limit` stops a long run after its step with a checkpoint, and
@@ -770,11 +815,16 @@ fn train_stops_at_its_time_limit_and_resumes() {
     tiny_folder(&data);
     let run = dir.path().join("run");
     let o = train_tiny(&data, &run, &["--time-limit", "1s", "epochs=100000"]);
-    assert_ok(&o);
+    // Not finished: EX_TEMPFAIL, so `train ... && export-hub ...` stops.
+    assert_exit(&o, 75);
     let steps = |o: &Output| -> u64 {
         let out = stdout(o);
         assert!(out.starts_with("stopped at the time limit after "), "{out}");
-        assert!(out.contains("allcnn train --resume"), "{out}");
+        // How to go on is said once, on stderr with the progress.
+        assert!(!out.contains("--resume"), "{out}");
+        let err = stderr(o);
+        assert!(err.contains("Resume with: allcnn train --resume"), "{err}");
+        assert!(!err.contains("error"), "{err}");
         out["stopped at the time limit after ".len()..]
             .split_whitespace()
             .next()
@@ -792,7 +842,7 @@ fn train_stops_at_its_time_limit_and_resumes() {
         "--time-limit",
         "1s",
     ]);
-    assert_ok(&o);
+    assert_exit(&o, 75);
     assert!(steps(&o) > first, "{}", stdout(&o));
     for (bad, needle) in [("soon", "2h30m"), ("0s", "under a second")] {
         let o = allcnn(&[
@@ -805,6 +855,45 @@ fn train_stops_at_its_time_limit_and_resumes() {
         assert_exit(&o, 2);
         assert!(stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
     }
+}
+
+/// Ctrl-C (SIGINT) finishes the step, writes a checkpoint and exits with
+/// 130, as a shell reports an interrupted command, not with success.
+#[cfg(unix)]
+#[test]
+fn train_interrupted_with_ctrl_c_exits_130_with_a_checkpoint() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let run = dir.path().join("run");
+    let child = train_tiny_command(&data, &run, &["epochs=100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The handler is installed before training starts, and the first
+    // epoch's metrics line is written once it has.
+    let metrics = run.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\"")) {
+        assert!(start.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_exit(&o, 130);
+    assert!(
+        stdout(&o).starts_with("interrupted after "),
+        "{}",
+        stdout(&o)
+    );
+    assert!(run.join("checkpoint.safetensors").is_file());
+    assert!(!run.join("final.safetensors").exists());
 }
 
 #[test]
@@ -848,6 +937,27 @@ fn train_eval_predict_resume_round_trip() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
 
+    // The run's other files given as weights say what they are and which
+    // files to use instead.
+    for (file, what) in [
+        ("checkpoint.safetensors", "is a training checkpoint"),
+        ("preprocessing.safetensors", "is a run's preprocessing"),
+    ] {
+        let o = allcnn(&[
+            "eval",
+            "--weights",
+            run.join(file).to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert_exit(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains(what) && err.contains(w.to_str().unwrap()),
+            "{file}: {err}"
+        );
+    }
+
     let o = allcnn(&[
         "eval",
         "--weights",
@@ -886,8 +996,16 @@ fn train_eval_predict_resume_round_trip() {
 
     // Resuming a finished run changes nothing and says so; a second run
     // into the same directory is refused.
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
     let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
     assert_ok(&o);
+    assert!(
+        stderr(&o).contains("has finished its 1 epochs already: nothing to do"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("finished: 1 epochs"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     let o = allcnn(&[
         "train",
         "--preset",
@@ -1829,6 +1947,37 @@ fn a_closed_stdout_ends_quietly_without_a_panic() {
         .unwrap();
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert_ne!(o.status.code(), Some(101), "a panic exits with 101");
+}
+
+/// `allcnn models > /dev/full`: output that cannot be written is an error
+/// that says so (exit 1), not a panic, for every command that prints.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unwritable_stdout_is_an_error_not_a_panic() {
+    for args in [
+        &["models"][..],
+        &["models", "--json"],
+        &["pretrained", "card"],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_allcnn"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_exit(&o, 1);
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot write the output to stdout"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -96,10 +96,8 @@ pub enum DataError {
     },
 
     /// An image file that could not be decoded.
-    #[error(
-        "{path}: cannot decode image: {reason} (remove the file; or skip undecodable images: \
-         `data.skip_bad_images=true` for `allcnn train`, `OnError::Skip` in the library)"
-    )]
+    /// (Image folders opened with `OnError::Skip` leave such files out.)
+    #[error("{path}: cannot decode image: {reason}")]
     BadImage {
         /// The image file.
         path: PathBuf,

@@ -149,16 +149,13 @@ pub fn decode_image(path: &Path) -> Result<Image, DataError> {
 /// # Errors
 /// [`DataError::BadImage`] when they cannot be decoded.
 pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError> {
-    let bad = |e: image::ImageError| DataError::BadImage {
+    let bad = |e: &dyn std::fmt::Display| DataError::BadImage {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: one_line(e),
     };
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| DataError::BadImage {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| bad(&e))?;
     // The header's size is checked before any pixel is decoded: a small
     // compressed file can announce gigabytes.
     let mut limits = image::Limits::default();
@@ -166,22 +163,31 @@ pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError>
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_BYTES);
     reader.limits(limits);
-    let img = reader.decode().map_err(bad)?.to_rgb8();
+    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
     let (w, h) = img.dimensions();
     Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())
 }
 
+/// A decoder's message on one line (some hold newlines).
+fn one_line(message: &dyn std::fmt::Display) -> String {
+    message
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn header_size(path: &Path) -> Result<(usize, usize), DataError> {
-    let bad = |reason: String| DataError::BadImage {
+    let bad = |e: &dyn std::fmt::Display| DataError::BadImage {
         path: path.to_path_buf(),
-        reason,
+        reason: one_line(e),
     };
     let (w, h) = image::ImageReader::open(path)
         .map_err(|e| DataError::io("cannot read", path, e))?
         .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(&e))?
         .into_dimensions()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(&e))?;
     Ok((h as usize, w as usize))
 }
 
@@ -289,7 +295,8 @@ impl ImageFolder {
                     kept_files.push((path, label));
                 }
                 Err(e) if opts.on_error == OnError::Skip && !matches!(e, DataError::Io { .. }) => {
-                    log::warn!("skipping {}: {e}", path.display());
+                    // The error names the file.
+                    log::warn!("skipping {e}");
                     self.skipped.push((path, e.to_string()));
                 }
                 Err(e) => return Err(e),

@@ -497,13 +497,18 @@ impl Preprocessing {
                 reason: "cannot fit preprocessing on an empty dataset".into(),
             });
         }
-        if config.gcn_scale.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-            || config.chunk == 0
-        {
+        if config.gcn_scale.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(DataError::InvalidConfig {
-                name: "GCN/ZCA config",
-                value: format!("{config:?}"),
-                reason: "gcn_scale and chunk must be positive".into(),
+                name: "gcn_scale",
+                value: config.gcn_scale.to_string(),
+                reason: "must be positive".into(),
+            });
+        }
+        if config.chunk == 0 {
+            return Err(DataError::InvalidConfig {
+                name: "chunk",
+                value: "0".into(),
+                reason: "must be positive".into(),
             });
         }
         let first = data.get(0)?.image;
@@ -520,11 +525,7 @@ impl Preprocessing {
                     let img = data.get(start + k)?.image;
                     let found = (img.channels(), img.height(), img.width());
                     if found != shape {
-                        return Err(shape_err(
-                            format!("image {} of the dataset", start + k),
-                            shape,
-                            found,
-                        ));
+                        return Err(shape_err(data.describe(start + k), shape, found));
                     }
                     for (o, &p) in row.iter_mut().zip(img.as_chw()) {
                         *o = f32::from(p);

@@ -244,6 +244,11 @@ pub struct HubOptions {
     pub retries: usize,
     /// Print one line to stderr when a download starts and ends.
     pub progress: bool,
+    /// How long a download may go without a sign of life (no answer to
+    /// its request, no bytes of the file) before it is given up with
+    /// [`HubError::Stalled`] (default 60 s): a server or proxy that takes
+    /// the connection and never answers does not hang the caller.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -254,6 +259,7 @@ impl Default for HubOptions {
             endpoint: None,
             retries: 1,
             progress: false,
+            stall_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -297,6 +303,12 @@ impl HubOptions {
     /// Sets [`HubOptions::progress`].
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
+        self
+    }
+
+    /// Sets [`HubOptions::stall_timeout`].
+    pub fn stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -398,6 +410,22 @@ pub enum HubError {
         /// The file-system error.
         error: std::io::Error,
     },
+    /// The server stopped answering: no response to a request, or no
+    /// bytes of the file, for [`HubOptions::stall_timeout`].
+    #[error(
+        "cannot download {reference} from {endpoint}: no answer for {} s (the server took the \
+         connection but sent nothing); check the network, a proxy and HF_ENDPOINT, or use a \
+         cached copy with --offline",
+        timeout.as_secs_f64()
+    )]
+    Stalled {
+        /// The reference.
+        reference: Box<HubRef>,
+        /// The Hub's base URL.
+        endpoint: String,
+        /// The silence that was given up on.
+        timeout: std::time::Duration,
+    },
     /// The Hub client could not be set up (e.g. an invalid endpoint URL).
     #[error(
         "cannot set up the Hugging Face Hub client (endpoint {endpoint:?}): {}",
@@ -422,24 +450,59 @@ fn root_cause(error: &HFError) -> String {
     e.to_string()
 }
 
-/// Prints one line when a download starts.
+/// The time of a download's last sign of life: any progress event (hf-hub
+/// sends one after the metadata request and one per chunk of the file).
+struct Activity {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last event.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        let now = self.now_ms();
+        self.last_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of life.
+    fn silence(&self) -> std::time::Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+/// Marks every event in an [`Activity`]; with `what`, also prints one line
+/// when a download starts and one when it ends.
 struct StderrProgress {
-    what: String,
+    what: Option<String>,
+    activity: std::sync::Arc<Activity>,
 }
 
 impl hf_hub::progress::ProgressHandler for StderrProgress {
     fn on_progress(&self, event: &hf_hub::progress::ProgressEvent) {
         use hf_hub::progress::{DownloadEvent, ProgressEvent};
+        self.activity.touch();
+        let Some(what) = &self.what else {
+            return;
+        };
         match event {
             ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => {
-                eprintln!(
-                    "downloading {} ({:.1} MB)",
-                    self.what,
-                    *total_bytes as f64 / 1e6
-                );
+                eprintln!("downloading {what} ({:.1} MB)", *total_bytes as f64 / 1e6);
             }
             ProgressEvent::Download(DownloadEvent::Complete) => {
-                eprintln!("downloaded {}", self.what);
+                eprintln!("downloaded {what}");
             }
             _ => {}
         }
@@ -474,8 +537,7 @@ pub fn resolve(reference: &HubRef, options: &HubOptions) -> Result<PathBuf, HubE
     let client = builder.build().map_err(client_error)?;
     let cache_dir = client.cache_dir().to_path_buf();
     let endpoint = client.endpoint().to_string();
-    let sync = hf_hub::HFClientSync::from_inner(client).map_err(client_error)?;
-    let repo = sync.model(&reference.owner, &reference.repo);
+    let repo = client.model(&reference.owner, &reference.repo);
 
     let failed = |e: HFError| -> HubError {
         let url = reference.url(&endpoint);
@@ -512,39 +574,104 @@ pub fn resolve(reference: &HubRef, options: &HubOptions) -> Result<PathBuf, HubE
         }
     };
 
-    // The cache first: no request at all when the file is there.
-    let cached = repo
-        .download_file()
-        .filename(&reference.file)
-        .revision(&reference.revision)
-        .local_files_only(true)
-        .send();
-    match (cached, options.offline_reason()) {
-        (Ok(path), _) => return Ok(path),
-        // A miss, or a "does not exist" marker left by an earlier 404:
-        // offline that is a miss; online, ask the Hub again.
-        (Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }), Some(reason)) => {
-            return Err(HubError::NotCached {
-                reference: Box::new(reference.clone()),
-                cache_dir,
-                reason,
-            })
+    let activity = std::sync::Arc::new(Activity::new());
+    let lookup = async {
+        // The cache first: no request at all when the file is there.
+        let cached = repo
+            .download_file()
+            .filename(&reference.file)
+            .revision(&reference.revision)
+            .local_files_only(true)
+            .send()
+            .await;
+        match (cached, options.offline_reason()) {
+            (Ok(path), _) => return Ok(path),
+            // A miss, or a "does not exist" marker left by an earlier 404:
+            // offline that is a miss; online, ask the Hub again.
+            (
+                Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }),
+                Some(reason),
+            ) => {
+                return Err(HubError::NotCached {
+                    reference: Box::new(reference.clone()),
+                    cache_dir: cache_dir.clone(),
+                    reason,
+                })
+            }
+            (Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }), None) => {}
+            (Err(e), _) => return Err(failed(e)),
         }
-        (Err(HFError::LocalEntryNotFound { .. } | HFError::EntryNotFound { .. }), None) => {}
-        (Err(e), _) => return Err(failed(e)),
+        let progress = hf_hub::progress::Progress::new(StderrProgress {
+            what: options
+                .progress
+                .then(|| format!("{reference} from {endpoint}")),
+            activity: activity.clone(),
+        });
+        // The network's silence counts from here.
+        activity.touch();
+        repo.download_file()
+            .filename(&reference.file)
+            .revision(&reference.revision)
+            .progress(progress)
+            .send()
+            .await
+            .map_err(failed)
+    };
+    match run_watched(lookup, &activity, options.stall_timeout) {
+        Ok(Some(result)) => result,
+        Ok(None) => Err(HubError::Stalled {
+            reference: Box::new(reference.clone()),
+            endpoint,
+            timeout: options.stall_timeout,
+        }),
+        Err(e) => Err(client_error(HFError::Other(format!(
+            "cannot start the async runtime for the download: {e}"
+        )))),
     }
+}
 
-    let progress = options.progress.then(|| {
-        hf_hub::progress::Progress::new(StderrProgress {
-            what: format!("{reference} from {endpoint}"),
-        })
-    });
-    repo.download_file()
-        .filename(&reference.file)
-        .revision(&reference.revision)
-        .maybe_progress(progress)
-        .send()
-        .map_err(failed)
+/// Runs `future` to its end on a runtime of its own, unless `activity`
+/// stays silent for `stall` first (then `None`; the future is dropped,
+/// which cancels its requests). The runtime lives on a scoped thread, so
+/// a caller inside another tokio runtime works too (tokio panics when a
+/// runtime is started or dropped within one).
+fn run_watched<F>(
+    future: F,
+    activity: &Activity,
+    stall: std::time::Duration,
+) -> std::io::Result<Option<F::Output>>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    use std::task::Poll;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                Ok(runtime.block_on(async {
+                    let mut future = std::pin::pin!(future);
+                    let tick = stall.min(std::time::Duration::from_millis(250));
+                    let mut ticks = tokio::time::interval(tick);
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+                            return Poll::Ready(Some(out));
+                        }
+                        while ticks.poll_tick(cx).is_ready() {
+                            if activity.silence() >= stall {
+                                return Poll::Ready(None);
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await
+                }))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Parses `reference` ([`SYNTAX`]) and [`resolve`]s it.

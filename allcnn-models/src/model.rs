@@ -444,6 +444,21 @@ impl AllCnn {
         Ok(vars)
     }
 
+    /// The same network with its parameters outside autograd: they share
+    /// their storage with `self` (no copy), but passes through the result
+    /// record no graph, as under PyTorch's `torch.no_grad()`. For
+    /// evaluating a model whose parameters are trainable [`Var`]s (see
+    /// [`AllCnn::make_trainable`]): its [`AllCnn::forward`] then takes the
+    /// fast inference path and keeps no activations for a backward pass.
+    pub fn detach(&self) -> AllCnn {
+        let mut model = self.clone();
+        for c in &mut model.convs {
+            c.weight = c.weight.detach();
+            c.bias = c.bias.detach();
+        }
+        model
+    }
+
     /// Eval-mode logits `[N, classes]` for `x` `[N, C, H, W]` (no dropout).
     ///
     /// On a CPU with AMX and bf16 convolutions, a pass that autograd does

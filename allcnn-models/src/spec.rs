@@ -260,7 +260,8 @@ impl ArchSpec {
     ///
     /// # Errors
     /// [`ModelError::UnknownModel`] when `name` is not registered (the error
-    /// lists the known names), [`ModelError::InvalidSpec`] when `classes` is 0.
+    /// lists the known names), [`ModelError::InvalidSpec`] when `classes` is 0
+    /// or past [`SpecLimits::DEFAULT`].
     pub fn by_name(name: &str, classes: usize) -> Result<Self, ModelError> {
         if classes == 0 {
             return Err(ModelError::InvalidSpec {
@@ -269,7 +270,7 @@ impl ArchSpec {
             });
         }
         let (base, variant) = match name {
-            "all-cnn-imagenet" => return Ok(imagenet(classes)),
+            "all-cnn-imagenet" => return imagenet(classes).validated(),
             "model-a" => (Base::A, Variant::Base),
             "strided-cnn-a" => (Base::A, Variant::Strided),
             "convpool-cnn-a" => (Base::A, Variant::ConvPool),
@@ -293,7 +294,14 @@ impl ArchSpec {
                 })
             }
         };
-        Ok(cifar(name, base, variant, classes))
+        cifar(name, base, variant, classes).validated()
+    }
+
+    /// `self` once [`ArchSpec::validate`] accepts it (a class count past
+    /// the limits, e.g.).
+    fn validated(self) -> Result<Self, ModelError> {
+        self.validate()?;
+        Ok(self)
     }
 
     /// Registry information (description, paper error) when this spec carries

@@ -255,3 +255,52 @@ fn a_dead_network_fails_fast_naming_the_endpoint() {
         "{msg}"
     );
 }
+
+/// A server that takes the connection and never answers (a black-holing
+/// proxy): the lookup gives up after the stall timeout, naming the
+/// endpoint, instead of hanging.
+#[test]
+fn a_server_that_never_answers_is_given_up_on() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Accept and hold every connection, sending nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &endpoint)
+        .retries(0)
+        .stall_timeout(std::time::Duration::from_millis(700));
+    let t0 = Instant::now();
+    let e = fetch("hf://someone/tiny", &opts).unwrap_err();
+    let took = t0.elapsed().as_secs_f64();
+    assert!((0.6..10.0).contains(&took), "took {took} s");
+    assert!(matches!(e, HubError::Stalled { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&endpoint) && msg.contains("no answer for 0.7 s") && msg.contains("--offline"),
+        "{msg}"
+    );
+    // Nothing half-written is left in the cache.
+    let files: Vec<_> = walk(cache.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

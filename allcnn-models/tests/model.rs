@@ -444,5 +444,11 @@ fn eval_forward_with_planes_handed_on_equals_the_layer_by_layer_pass() {
         );
         let again: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(again, want, "{name}: trainable");
+        // Detached, the same parameters take the inference path again,
+        // record no graph and give the same values.
+        let d = m.detach().forward(&x).unwrap();
+        assert!(!d.track_op(), "{name}: the detached model recorded a graph");
+        let detached: Vec<f32> = d.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(detached, want, "{name}: detached");
     }
 }

@@ -175,6 +175,12 @@ fn unknown_names_and_bad_specs_are_errors() {
         "{msg}"
     );
     assert!(ArchSpec::by_name("all-cnn-c", 0).is_err());
+    // A class count past the limits, which would overflow the parameter
+    // count, is refused by name (usize::MAX once gave fewer parameters).
+    for name in ["all-cnn-c", "all-cnn-imagenet"] {
+        let err = ArchSpec::by_name(name, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains(&usize::MAX.to_string()), "{name}: {err}");
+    }
     let mut spec = ArchSpec::by_name("model-a", 10).unwrap();
     spec.layers[0] = Layer::Dropout { rate: 1.0 };
     assert!(spec.validate().unwrap_err().to_string().contains("rate 1"));

@@ -438,6 +438,23 @@ impl TrainConfig {
                 &format!("must be in 1..={MAX_BATCH}"),
             );
         }
+        // Used by the GCN (+ ZCA) preprocessing; checked here so that a bad
+        // value fails before the data are read.
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(self.data.gcn_scale) {
+            return inv(
+                "data.gcn_scale",
+                self.data.gcn_scale.to_string(),
+                "must be a positive number (the paper's is 55)",
+            );
+        }
+        if !positive(self.data.zca_filter_bias) {
+            return inv(
+                "data.zca_filter_bias",
+                self.data.zca_filter_bias.to_string(),
+                "must be a positive number (the paper's is 0.1)",
+            );
+        }
         if self.data.train_subset == Some(0) {
             return inv(
                 "data.train_subset",

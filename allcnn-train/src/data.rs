@@ -77,7 +77,7 @@ impl TrainData {
         }
         let (format, dir) = allcnn_data::info::detect_format(path)?;
         let split_folders = allcnn_data::folder::has_split_folders(&dir);
-        let train = open_dataset(path, Split::Train, &opts)?;
+        let train = open_dataset(path, Split::Train, &opts).map_err(TrainError::opening_data)?;
         let test = if format == DatasetFormat::ImageFolder && !split_folders {
             // The same images would serve as both splits: "test" accuracy
             // would be training accuracy.
@@ -95,7 +95,7 @@ impl TrainData {
                 }
                 // A test split that is there but unreadable is an error,
                 // not a run without test metrics.
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(TrainError::opening_data(e)),
             }
         };
         if let Some(t) = &test {

@@ -174,6 +174,13 @@ pub enum TrainError {
     /// An error of the model crate (boxed: it is large).
     #[error(transparent)]
     Model(Box<allcnn_models::ModelError>),
+    /// An image of the data that cannot be decoded, found when the data
+    /// are opened.
+    #[error("{error}; remove or replace the file, or set data.skip_bad_images=true to leave out the images that cannot be read")]
+    BadImage {
+        /// The data crate's error, naming the file.
+        error: Box<allcnn_data::DataError>,
+    },
     /// An error of the data crate (boxed: it is large).
     #[error(transparent)]
     Data(Box<allcnn_data::DataError>),
@@ -196,6 +203,17 @@ impl From<allcnn_models::ModelError> for TrainError {
 impl From<allcnn_data::DataError> for TrainError {
     fn from(e: allcnn_data::DataError) -> Self {
         TrainError::Data(Box::new(e))
+    }
+}
+
+impl TrainError {
+    /// `e`, with the config switch that skips undecodable images where it
+    /// is one (for errors opening the data).
+    pub(crate) fn opening_data(e: allcnn_data::DataError) -> Self {
+        match e {
+            allcnn_data::DataError::BadImage { .. } => TrainError::BadImage { error: Box::new(e) },
+            e => e.into(),
+        }
     }
 }
 

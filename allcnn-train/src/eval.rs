@@ -86,6 +86,9 @@ pub fn evaluate_with_progress(
         }
     };
     let mut confusion = vec![vec![0u64; classes]; classes];
+    // A trainable model (the trainer's, its parameters `Var`s) would record
+    // a graph per batch and miss the inference path: evaluate without it.
+    let model = &model.detach();
     let (mut n, mut top5_hits, mut loss_sum) = (0u64, 0u64, 0f64);
     for batch in loader.epoch(0) {
         let batch = batch?;
@@ -203,8 +206,39 @@ pub fn evaluate_weights_file(
             ),
         });
     }
+    check_class_names(name, w.class_names().as_deref(), data.class_names())?;
     let loader = crate::data::eval_loader(data, &pre, batch_size, augmentation, 0, device)?;
     evaluate_with_progress(&w.model, &loader, progress)
+}
+
+/// Refuses data whose classes, in label order, are not the ones the
+/// weights were trained on (`trained`, where the file records them): an
+/// image folder with a renamed or extra class folder shifts every label
+/// after it, and the accuracy would be wrong without a sign.
+fn check_class_names(
+    name: &str,
+    trained: Option<&[String]>,
+    data: &[String],
+) -> Result<(), TrainError> {
+    let Some(trained) = trained else {
+        return Ok(());
+    };
+    let Some(label) = (0..trained.len().max(data.len())).find(|&i| trained.get(i) != data.get(i))
+    else {
+        return Ok(());
+    };
+    let show = |n: Option<&String>| n.map_or("nothing".to_string(), |n| format!("`{n}`"));
+    Err(TrainError::DataMismatch {
+        reason: format!(
+            "label {label} is {} in {name} but {} in the data (classes in label order: \
+             the weights' [{}], the data's [{}]); name the data's classes (for an image \
+             folder, its class folders) as the weights do",
+            show(trained.get(label)),
+            show(data.get(label)),
+            trained.join(", "),
+            data.join(", "),
+        ),
+    })
 }
 
 /// Index of the largest value (the first on ties).
@@ -223,4 +257,44 @@ pub(crate) fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Re
     let pred = logits.argmax(1)?.to_dtype(DType::U32)?;
     let eq = pred.eq(labels)?.to_dtype(DType::F32)?.sum_all()?;
     Ok(eq.to_scalar::<f32>()? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn class_names_must_match_in_label_order() {
+        let trained = names(&["airplane", "bird", "cat"]);
+        // Equal, or unknown to the weights: fine.
+        check_class_names("w", Some(&trained), &trained).unwrap();
+        check_class_names("w", None, &names(&["x", "y", "z"])).unwrap();
+        // A renamed class folder sorts elsewhere: every label after it moves.
+        let err = check_class_names(
+            "w.safetensors",
+            Some(&trained),
+            &names(&["airplane", "bird", "zz_cat"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("label 2 is `cat` in w.safetensors but `zz_cat` in the data"),
+            "{err}"
+        );
+        let err = check_class_names(
+            "w",
+            Some(&trained),
+            &names(&["airplane", "bird", "cat", "dog"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("label 3 is nothing in w but `dog` in the data"),
+            "{err}"
+        );
+    }
 }

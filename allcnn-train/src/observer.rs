@@ -411,19 +411,41 @@ impl MetricsLog {
         Ok(())
     }
 
-    /// The epoch lines of a `metrics.jsonl` file (for plots after a resume).
+    /// The epoch lines of a `metrics.jsonl` file (for plots after a resume),
+    /// and the lines that are not records (damaged: not JSON, or an epoch
+    /// line without an epoch's fields), so that a figure missing an epoch
+    /// can say so.
     ///
     /// # Errors
     /// [`TrainError::Io`] naming the file.
-    pub fn read_epochs(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
+    pub fn read_epochs(path: &Path) -> Result<EpochLog, TrainError> {
         let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["type"] == "epoch")
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect())
+        let mut log = EpochLog::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) if v["type"] != "epoch" => {}
+                Ok(v) => match serde_json::from_value(v) {
+                    Ok(record) => log.epochs.push(record),
+                    Err(_) => log.unreadable_lines.push(i + 1),
+                },
+                Err(_) => log.unreadable_lines.push(i + 1),
+            }
+        }
+        Ok(log)
     }
+}
+
+/// What [`MetricsLog::read_epochs`] found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct EpochLog {
+    /// Every readable epoch line, in file order.
+    pub epochs: Vec<EpochRecord>,
+    /// The 1-based numbers of the lines that are not records.
+    pub unreadable_lines: Vec<usize>,
 }
 
 impl Observer for MetricsLog {
@@ -491,6 +513,34 @@ mod tests {
             eval_line("validation", 0, 500, 0.0),
             "evaluating validation: 0/500 (0%), about 0s left"
         );
+    }
+
+    /// Damaged lines are counted, not silently dropped: an epoch on them
+    /// would be missing from the figures.
+    #[test]
+    fn read_epochs_reports_the_lines_it_cannot_read() {
+        let epoch = |e: u64| {
+            format!(
+                "{{\"type\":\"epoch\",\"epoch\":{e},\"step\":{},\"lr\":0.1,\"train_loss\":1.0,\"train_accuracy\":0.5,\"dead_fraction\":0.0,\"images_per_sec\":10.0,\"seconds\":1.0}}\n",
+                10 * (e + 1)
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let broken = epoch(1).replace("\"lr\":0.1,", "\"lr\":0.1,\"tra");
+        let text = [
+            "{\"type\":\"start\"}\n".to_string(),
+            epoch(0),
+            broken,
+            "{\"type\":\"epoch\",\"epoch\":1}\n".to_string(),
+            epoch(2),
+        ]
+        .concat();
+        std::fs::write(&path, text).unwrap();
+        let log = MetricsLog::read_epochs(&path).unwrap();
+        let epochs: Vec<u64> = log.epochs.iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, [0, 2]);
+        assert_eq!(log.unreadable_lines, [3, 4]);
     }
 
     /// A resume cuts what it writes again: lines past the checkpoint's step,

@@ -294,6 +294,9 @@ impl Trainer {
                 ),
             });
         }
+        // The starting weights before anything is written or fitted: a bad
+        // `init_from` fails in a moment, not after the preprocessing.
+        let mut model = initial_model(config, &spec, &self.device)?;
         let _lock = prepare_run_dir(run_dir, true, spec.param_count() * 4 * 2 + 4096)?;
         let config_text = config.to_toml();
         allcnn_models::write_atomic(&run_dir.join(files::CONFIG), config_text.as_bytes())?;
@@ -304,7 +307,6 @@ impl Trainer {
         };
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
-        let mut model = initial_model(config, &spec, &self.device)?;
         model.set_conv_backend(config.conv_backend());
         let vars = model.make_trainable()?;
         let opt = MomentumSgd::new(vars, sgd_config(config));
@@ -382,6 +384,15 @@ impl Trainer {
         data: Option<&TrainData>,
         epochs: Option<u64>,
     ) -> Result<RunSummary, TrainError> {
+        // Said first: whatever its files say, the run is another process's
+        // now (before its first checkpoint too). The lock itself is taken
+        // below, once the run is known to be resumable.
+        if lock_is_held(run_dir) {
+            return Err(TrainError::RunDir {
+                path: run_dir.to_path_buf(),
+                reason: "another allcnn process is training in it (its lock is held); wait for it to finish".into(),
+            });
+        }
         let ckpt_path = run_dir.join(files::CHECKPOINT);
         if !ckpt_path.is_file() {
             let reason = if ckpt_path.exists() {
@@ -414,6 +425,10 @@ impl Trainer {
             ckpt.state.config = config.to_toml();
         }
         config.validate()?;
+        let finished = ckpt.state.batch == 0 && ckpt.state.epoch >= config.epochs;
+        if finished && run_dir.join(files::FINAL).is_file() {
+            return Ok(self.finished_summary(run_dir, &ckpt.state));
+        }
         let opened;
         let data = match data {
             Some(d) => d,
@@ -489,6 +504,40 @@ impl Trainer {
         )?;
         check_resumed(&run, &ckpt_path)?;
         self.run(run)
+    }
+
+    /// The summary of a run that has trained all its epochs and written
+    /// its final weights, resumed at the same length: nothing is trained,
+    /// evaluated or written (a job that resumes a run until it is done
+    /// ends with success), and the test report is the run's `eval.json`.
+    fn finished_summary(&self, run_dir: &Path, state: &CheckpointState) -> RunSummary {
+        let message = format!(
+            "the run in {} has finished its {} epochs already: nothing to do (to train it further, resume it with more epochs: `allcnn train --resume {} --epochs N`)",
+            run_dir.display(),
+            state.epoch,
+            run_dir.display()
+        );
+        if self.console {
+            Console::new(1).on_message(&message);
+        }
+        let test = std::fs::read(run_dir.join(files::EVAL))
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok());
+        let best = run_dir.join(files::BEST);
+        RunSummary {
+            status: RunStatus::Completed,
+            run_dir: run_dir.to_path_buf(),
+            epochs_done: state.epoch,
+            steps: state.step,
+            checkpoint: run_dir.join(files::CHECKPOINT),
+            final_weights: Some(run_dir.join(files::FINAL)),
+            best_weights: best.is_file().then_some(best),
+            best: state.best.clone(),
+            history: state.history.clone(),
+            test,
+            val: None,
+            resume_hint: None,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1004,6 +1053,13 @@ fn initial_model(
             device,
         )?);
     };
+    if !path.is_file() {
+        return Err(TrainError::InvalidConfig {
+            field: "init_from",
+            value: path.display().to_string(),
+            reason: "no such file (the weights a run starts from: a run's final.safetensors or best.safetensors, or an export)".into(),
+        });
+    }
     let file = WeightsFile::load(path, device)?;
     if file.model.spec() != spec {
         return Err(TrainError::InvalidConfig {
@@ -1062,6 +1118,18 @@ pub(crate) fn stuck_warning(r: &EpochRecord, classes: usize) -> Option<String> {
 /// an empty (or new) directory, or one of ours that never reached its first
 /// checkpoint, whose files it clears; anything else is refused, so no file
 /// of the user's is ever overwritten.
+/// Whether another process holds the run directory's lock (a run in
+/// progress there).
+fn lock_is_held(dir: &Path) -> bool {
+    let Ok(lock) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(files::LOCK))
+    else {
+        return false;
+    };
+    matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 fn prepare_run_dir(
     dir: &Path,
     fresh: bool,

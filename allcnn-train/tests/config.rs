@@ -110,6 +110,10 @@ fn bad_overrides_name_the_item() {
         ("batch_size=10000000", "batch_size"),
         ("eval_batch_size=0", "eval_batch_size"),
         ("data.workers=100000", "data.workers"),
+        // Checked before the data are read (they divide in the GCN + ZCA).
+        ("data.gcn_scale=0", "data.gcn_scale"),
+        ("data.gcn_scale=-55", "data.gcn_scale"),
+        ("data.zca_filter_bias=0", "data.zca_filter_bias"),
     ] {
         let mut c = TrainConfig::preset("cifar10").unwrap();
         c.set(item).unwrap();

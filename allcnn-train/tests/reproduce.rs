@@ -281,6 +281,31 @@ fn reproduce_errors_name_what_is_at_fault() {
     o.overrides.push("no_such_key=1".into());
     let msg = run(&mut trainer, &o).0.unwrap_err().to_string();
     assert!(msg.contains("no_such_key"), "{msg}");
+    // Bad settings fail before the output folder is made.
+    let mut o = options(&data, &out);
+    o.overrides.push("lr=0".into());
+    let msg = run(&mut trainer, &o).0.unwrap_err().to_string();
+    assert!(msg.contains("`lr`"), "{msg}");
+    assert!(!out.exists(), "the output folder was made for a bad config");
+
+    // A folder of the user's is not written into; a file is not a folder.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    let msg = run(&mut trainer, &options(&data, &theirs))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("not empty") && msg.contains("notes.txt"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1);
+    let msg = run(&mut trainer, &options(&data, &theirs.join("notes.txt")))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("a file, not a folder"), "{msg}");
 
     // A model that cannot train (a batch larger than the training split):
     // the model is named, the report records the failure.

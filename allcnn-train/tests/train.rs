@@ -212,6 +212,31 @@ fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
         params_bits(&three.path().join(files::FINAL)),
         params_bits(&cut.path().join(files::FINAL))
     );
+
+    // Resumed again at its length, the finished run trains, evaluates and
+    // writes nothing, and reports what it has (a job that resumes a run
+    // until it is done ends with success).
+    let files_now = |dir: &std::path::Path| {
+        [files::METRICS, files::FINAL, files::CHECKPOINT, files::EVAL]
+            .map(|f| std::fs::read(dir.join(f)).ok())
+    };
+    let before = files_now(cut.path());
+    let again = quiet().resume(cut.path(), Some(&d)).unwrap();
+    assert_eq!(
+        (again.status, again.steps, again.epochs_done),
+        (RunStatus::Completed, 18, 3)
+    );
+    assert_eq!(again.final_weights, Some(cut.path().join(files::FINAL)));
+    let counts = |t: &Option<allcnn_train::eval::EvalReport>| {
+        t.as_ref().map(|t| (t.examples, t.confusion.clone()))
+    };
+    assert!(r.test.is_some());
+    assert_eq!(counts(&again.test), counts(&r.test), "eval.json's report");
+    assert_eq!(again.history.len(), 3);
+    assert!(
+        before == files_now(cut.path()),
+        "a finished run's files changed"
+    );
 }
 
 fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
@@ -721,6 +746,25 @@ fn init_from_starts_from_the_given_weights() {
         "{e:?}"
     );
     assert!(e.to_string().contains("final.safetensors"), "{e}");
+    // The run directory stays empty: the weights are checked first.
+    assert_eq!(std::fs::read_dir(c.path()).unwrap().count(), 0);
+
+    // A missing file is refused before anything is fitted or written.
+    other.init_from = Some(c.path().join("missing.safetensors"));
+    let e = quiet()
+        .train(&other, &data(random_dataset(32, 8, 4, 5), None), c.path())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidConfig {
+                field: "init_from",
+                ..
+            }
+        ) && e.to_string().contains("missing.safetensors: no such file"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(c.path()).unwrap().count(), 0);
 }
 
 /// `data.preprocessing_from` takes another run's preprocessing as it is

@@ -390,6 +390,42 @@ fn checked_options(
     if let Ok(p) = options.data.canonicalize() {
         options.data = p;
     }
+    // Every row's config before anything is written: a bad override or
+    // --epochs fails with nothing created.
+    for pr in paper_rows {
+        options.config(pr)?;
+    }
+    if options.out.is_file() {
+        return Err(fail(
+            &options.out,
+            "it is a file, not a folder: choose another --out".into(),
+        ));
+    }
+    // A folder of the user's is not written into: it must be new, empty,
+    // or hold this command's output (reports, row run directories).
+    if let Ok(list) = std::fs::read_dir(&options.out) {
+        let names: Vec<String> = list
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let ours = |n: &String| {
+            [REPORT_JSON, REPORT_MARKDOWN, REPORT_FIGURE].contains(&n.as_str())
+                || paper_rows.iter().any(|r| n.starts_with(r.model.as_str()))
+        };
+        if !names.is_empty() && !names.iter().any(ours) {
+            let mut shown = names.clone();
+            shown.sort();
+            shown.truncate(3);
+            return Err(fail(
+                &options.out,
+                format!(
+                    "it is not empty and holds no output of `allcnn reproduce` (it has {}{}); the reports and runs go into a new or empty folder, so that none of your files is overwritten: choose another --out",
+                    shown.join(", "),
+                    if names.len() > 3 { ", ..." } else { "" }
+                ),
+            ));
+        }
+    }
     std::fs::create_dir_all(&options.out).map_err(|e| {
         fail(
             &options.out,

@@ -271,6 +271,24 @@ unsafe fn block_row<U: Tiles>(
 /// f32, 24 KB) stays in L1 from the tile stores to the epilogue.
 const CHUNK: usize = 6 * POS;
 
+/// The output rows that a block row's computed positions `f0..f1` meet,
+/// as `(y, a, b)`: positions `a..b` (`f0 <= a < b <= f1`) are row `y`'s
+/// columns `a - y wq..b - y wq` (row `y` computes positions `y wq..y wq +
+/// wq`, of which the first `wo` are valid).
+#[inline(always)]
+fn row_runs(
+    g: &Geometry,
+    l: &Layout,
+    f0: usize,
+    f1: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (wq, wo) = (l.wq, g.wo);
+    ((f0 / wq)..f1.div_ceil(wq).min(g.ho)).filter_map(move |y| {
+        let (a, b) = (f0.max(y * wq), f1.min(y * wq + wo));
+        (a < b).then_some((y, a, b))
+    })
+}
+
 /// The valid positions among `f0..f1` of `cbuf`'s rows (row stride `ldc`,
 /// position `f` at column `f - f0`) into the output planes of channels
 /// `c0..`, through the epilogue. Called for consecutive ranges covering
@@ -303,18 +321,11 @@ fn write_out_body(
     ep: Option<Epilogue<'_>>,
 ) {
     let plane = g.ho * g.wo;
-    // Output rows `y` whose computed positions `y wq..y wq + wo` meet
-    // `f0..f1`, and the columns of each that do.
-    let rows = (f0 / l.wq)..(f1.div_ceil(l.wq)).min(g.ho);
     for r in 0..CO.min(g.cout - c0) {
         let c = c0 + r;
         let o = &mut out[c * plane..][..plane];
         let src = &cbuf[r * ldc..][..f1 - f0];
-        for y in rows.clone() {
-            let (a, b) = (f0.max(y * l.wq), f1.min(y * l.wq + g.wo));
-            if a >= b {
-                continue;
-            }
+        for (y, a, b) in row_runs(g, l, f0, f1) {
             let (x0, x1) = (a - y * l.wq, b - y * l.wq);
             let (s, d) = (&src[a - f0..b - f0], &mut o[y * g.wo + x0..y * g.wo + x1]);
             match ep {
@@ -423,7 +434,6 @@ fn write_packed(
     debug_assert!(next.cin == g.cout && next.h == g.ho && next.w == g.wo);
     debug_assert!(c0.is_multiple_of(2) && dst.len() == ln.pairs * ln.group());
     let pad = next.pad;
-    let rows = (f0 / l.wq)..(f1.div_ceil(l.wq)).min(g.ho);
     for r in (0..CO.min(g.cout - c0)).step_by(2) {
         let c = c0 + r;
         let has_hi = c + 1 < g.cout;
@@ -440,11 +450,7 @@ fn write_packed(
             },
         };
         let group = &mut dst[c / 2 * ln.group()..][..ln.group()];
-        for y in rows.clone() {
-            let (a, b) = (f0.max(y * l.wq), f1.min(y * l.wq + g.wo));
-            if a >= b {
-                continue;
-            }
+        for (y, a, b) in row_runs(g, l, f0, f1) {
             let n = b - a;
             let lo = &cbuf[r * ldc + a - f0..][..n];
             let hi = has_hi.then(|| &cbuf[(r + 1) * ldc + a - f0..][..n]);
