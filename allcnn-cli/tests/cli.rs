@@ -1000,7 +1000,7 @@ fn train_eval_predict_resume_round_trip() {
     let o = allcnn(&["train", "--resume", run.to_str().unwrap()]);
     assert_ok(&o);
     assert!(
-        stderr(&o).contains("has finished its 1 epochs already: nothing to do"),
+        stderr(&o).contains("is finished (epochs: 1 of 1): nothing to do"),
         "{}",
         stderr(&o)
     );

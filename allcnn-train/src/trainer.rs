@@ -512,8 +512,9 @@ impl Trainer {
     /// ends with success), and the test report is the run's `eval.json`.
     fn finished_summary(&self, run_dir: &Path, state: &CheckpointState) -> RunSummary {
         let message = format!(
-            "the run in {} has finished its {} epochs already: nothing to do (to train it further, resume it with more epochs: `allcnn train --resume {} --epochs N`)",
+            "the run in {} is finished (epochs: {} of {}): nothing to do (to train it further, resume it with more epochs: `allcnn train --resume {} --epochs N`)",
             run_dir.display(),
+            state.epoch,
             state.epoch,
             run_dir.display()
         );
