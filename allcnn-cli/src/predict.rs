@@ -127,6 +127,34 @@ pub fn refuse_overwriting_inputs<'a>(
     Ok(())
 }
 
+/// Fails before any work where `--out` cannot be written at all: a file
+/// (`folder == false`) where a folder is or whose folder does not exist, a
+/// folder where a file is.
+pub fn check_out(out: &Path, folder: bool) -> Result<()> {
+    if !folder {
+        if out.is_dir() {
+            bail!("--out {}: is a folder; give a file path", out.display());
+        }
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!(
+                "--out {}: the folder {} does not exist; create it, or choose another path",
+                out.display(),
+                parent.display()
+            );
+        }
+    } else if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {}: is a file; give a folder for the maps (or a .safetensors file for the raw tensor)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Brings an image to the model's input size: CIFAR-sized inputs are
 /// resized; larger ones (ImageNet) are resized to 256/224 of the input on the
 /// shorter side and centre-cropped, as at evaluation time.
@@ -217,6 +245,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(out) = &args.out {
         let inputs = args.model.weights.iter().chain(&args.inputs);
         refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
+        check_out(out, false)?;
     }
     if args.inputs.len() > 1 {
         if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {

@@ -312,6 +312,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let inputs = model_args.weights.iter().chain(&args.input);
     refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
+    crate::predict::check_out(out, !is_safetensors(out))?;
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
@@ -515,6 +516,7 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
 fn top(args: &TopArgs) -> Result<()> {
     let inputs = args.model.weights.iter().map(PathBuf::as_path);
     refuse_overwriting_inputs(&args.out, inputs)?;
+    crate::predict::check_out(&args.out, false)?;
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;

@@ -490,6 +490,46 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
 
+    // An --out that cannot be written is refused before any work: a file
+    // where the maps' folder would go, a folder where a file would, a file
+    // in a folder that does not exist.
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, "mine").unwrap();
+    let missing = dir.path().join("no-such-folder/top.png");
+    let (img_s, note_s, dir_s) = (
+        img.to_str().unwrap(),
+        note.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    );
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "viz", "--method", "gradient", "--input", img_s, "--out", note_s,
+            ],
+            "is a file",
+        ),
+        (&["predict", img_s, "--out", dir_s], "is a folder"),
+        (
+            &[
+                "viz",
+                "top",
+                "--data",
+                dir_s,
+                "--layer",
+                "conv6",
+                "--out",
+                missing.to_str().unwrap(),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = allcnn(args);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "mine");
+
     // D28: an empty or misshapen `input` tensor is named, with no backtrace.
     for (name, dims) in [("empty", vec![0usize, 3, 32, 32]), ("flat", vec![3, 32])] {
         let t = dir.path().join(format!("{name}.safetensors"));
