@@ -160,7 +160,7 @@ pub fn run(args: &Args) -> Result<()> {
         ReproduceEvent::FittingPreprocessing => {
             eprintln!("fitting the preprocessing on the training split (shared by the models)");
         }
-        ReproduceEvent::Warning(w) => eprintln!("WARNING: {w}"),
+        ReproduceEvent::Warning(w) => eprintln!("warning: {w}"),
         _ => {}
     })?;
 

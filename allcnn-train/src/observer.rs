@@ -278,7 +278,7 @@ impl Observer for Console {
     }
 
     fn on_warning(&mut self, message: &str) {
-        self.print(&format!("WARNING: {message}"));
+        self.print(&format!("warning: {message}"));
     }
 
     fn on_message(&mut self, message: &str) {
