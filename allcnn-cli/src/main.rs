@@ -299,13 +299,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // The command has said how it stopped and how to resume.
-        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
-            ExitCode::from(e.downcast_ref::<Stopped>().map_or(1, |s| s.code()))
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Stopped>() {
+            // The command has said how it stopped and how to resume.
+            Some(stopped) => ExitCode::from(stopped.code()),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
