@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use allcnn_train::{export::WeightsChoice, export_hub, ExportOptions};
+use allcnn_train::{
+    export::{export_hub_with_progress, WeightsChoice},
+    ExportOptions,
+};
 use anyhow::Result;
 
 #[derive(clap::Args)]
@@ -38,6 +41,13 @@ pub struct Args {
     /// --provenance commit=abc123 --provenance "hardware=AMD EPYC, 2 cores".
     #[arg(long, value_name = "KEY=VALUE")]
     provenance: Vec<String>,
+    /// Evaluate the exported model.safetensors itself on the test split of
+    /// this dataset (CIFAR binary folder or image folder) and put those
+    /// figures on the card and in OUT/eval.json, in place of the run's own
+    /// (recommended with --whitening-rank or --f16-weights, and for --weights
+    /// best when the run evaluated a test subset).
+    #[arg(long, value_name = "DIR")]
+    eval_data: Option<PathBuf>,
     /// Overwrite the export's files in a non-empty --out folder.
     #[arg(long)]
     force: bool,
@@ -68,7 +78,17 @@ pub fn run(args: &Args) -> Result<()> {
         };
         options = options.provenance(k.trim(), v.trim());
     }
-    let s = export_hub(&args.run, &args.out, &options)?;
+    if let Some(data) = &args.eval_data {
+        options = options.evaluate_on(data);
+    }
+    let mut bar = None;
+    let s = export_hub_with_progress(&args.run, &args.out, &options, &mut |done, total| {
+        bar.get_or_insert_with(|| crate::progress::bar(total, "evaluating the export"))
+            .set_position(done)
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());

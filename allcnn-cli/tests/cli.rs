@@ -1695,6 +1695,84 @@ fn export_hub_round_trip() {
     assert_eq!(c["weights"]["exported"], "best");
     assert_eq!(c["weights"]["epoch"], 1);
     assert_eq!(c["results"][0]["split"], "test");
+    assert!(!out.join("eval.json").exists());
+
+    // --eval-data measures the exported file itself: its figures replace
+    // the run's on the card and in config.json, and eval.json is written.
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+        "--weights",
+        "best",
+        "--f16-weights",
+        "--eval-data",
+        data.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let o2 = allcnn(&[
+        "eval",
+        "--weights",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ok(&o2);
+    let direct: serde_json::Value = serde_json::from_str(&stdout(&o2)).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(
+        written, direct,
+        "eval.json is `allcnn eval` of the exported file"
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let results = c["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["top1"], direct["top1"]);
+    assert_eq!(results[0]["top5"], direct["top5"]);
+    assert_eq!(results[0]["examples"], 12);
+    let source = results[0]["source"].as_str().unwrap();
+    assert!(
+        source.contains("evaluation of this file (model.safetensors) on the 12 test images"),
+        "{source}"
+    );
+    assert!(
+        stdout(&o).contains("wrote") && stdout(&o).contains("eval.json"),
+        "{}",
+        stdout(&o)
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains(&format!("value: {:.4}", direct["top1"].as_f64().unwrap())),
+        "{card}"
+    );
+    // An export without --eval-data over it drops the stale eval.json.
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_ok(&o);
+    assert!(!out.join("eval.json").exists());
+    // Data that cannot be read is refused before anything is written.
+    let fresh = dir.path().join("hub-no-data");
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        fresh.to_str().unwrap(),
+        "--eval-data",
+        dir.path().join("no-such-data").to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("no-such-data"), "{}", stderr(&o));
+    assert!(!fresh.exists(), "a failed export left {}", fresh.display());
 
     // No such run; a run without final weights.
     let o = allcnn(&[

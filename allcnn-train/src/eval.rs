@@ -197,6 +197,18 @@ pub fn evaluate_weights_file(
             ),
         })?;
     let pre = Preprocessing::from_parts(json, &w.attachments)?;
+    check_data_fits(w, name, &*data)?;
+    let loader = crate::data::eval_loader(data, &pre, batch_size, augmentation, 0, device)?;
+    evaluate_with_progress(&w.model, &loader, progress)
+}
+
+/// Refuses data with another class count than the weights (`name` in
+/// errors), or other class names ([`check_class_names`]).
+pub(crate) fn check_data_fits(
+    w: &WeightsFile,
+    name: &str,
+    data: &dyn Dataset,
+) -> Result<(), TrainError> {
     if data.num_classes() != w.model.classes() {
         return Err(TrainError::DataMismatch {
             reason: format!(
@@ -206,9 +218,7 @@ pub fn evaluate_weights_file(
             ),
         });
     }
-    check_class_names(name, w.class_names().as_deref(), data.class_names())?;
-    let loader = crate::data::eval_loader(data, &pre, batch_size, augmentation, 0, device)?;
-    evaluate_with_progress(&w.model, &loader, progress)
+    check_class_names(name, w.class_names().as_deref(), data.class_names())
 }
 
 /// Refuses data whose classes, in label order, are not the ones the

@@ -27,6 +27,9 @@ pub mod hub_files {
     pub const CONFIG: &str = "config.json";
     /// The model card.
     pub const README: &str = "README.md";
+    /// The evaluation of the exported file, when one was asked for
+    /// ([`super::ExportOptions::evaluate_on`]).
+    pub const EVAL: &str = "eval.json";
 }
 
 /// Which weights of a run to export.
@@ -103,6 +106,13 @@ pub struct ExportOptions {
     /// `wall_time`, ...): recorded as `allcnn.provenance.KEY` metadata, in
     /// `config.json` and in the card.
     pub provenance: BTreeMap<String, String>,
+    /// A dataset (any format [`allcnn_data::info::open_dataset`] reads) on
+    /// whose test split the exported `model.safetensors` itself is
+    /// evaluated. Its figures become the export's results and its report is
+    /// written as `eval.json` beside the card, in place of the figures the
+    /// run recorded (which describe the run's own weights, and for the best
+    /// epoch only the images the run evaluated on).
+    pub evaluate_on: Option<PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -116,6 +126,7 @@ impl Default for ExportOptions {
             whitening_rank: None,
             half_weights: false,
             provenance: BTreeMap::new(),
+            evaluate_on: None,
         }
     }
 }
@@ -166,6 +177,12 @@ impl ExportOptions {
     /// Sets [`ExportOptions::dataset`].
     pub fn dataset(mut self, id: impl Into<String>) -> Self {
         self.dataset = Some(id.into());
+        self
+    }
+
+    /// Sets [`ExportOptions::evaluate_on`].
+    pub fn evaluate_on(mut self, data: impl Into<PathBuf>) -> Self {
+        self.evaluate_on = Some(data.into());
         self
     }
 }
@@ -388,13 +405,42 @@ pub fn export_hub(
     out_dir: &Path,
     options: &ExportOptions,
 ) -> Result<ExportSummary, TrainError> {
+    export_hub_with_progress(run_dir, out_dir, options, &mut |_, _| {})
+}
+
+/// [`export_hub`], calling `progress(done, total)` with the images
+/// evaluated so far while [`ExportOptions::evaluate_on`] is measured.
+///
+/// # Errors
+/// As [`export_hub`]; with [`ExportOptions::evaluate_on`] also the data's
+/// errors and [`TrainError::DataMismatch`] for data whose classes are not
+/// the weights' (both found before anything is written).
+pub fn export_hub_with_progress(
+    run_dir: &Path,
+    out_dir: &Path,
+    options: &ExportOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExportSummary, TrainError> {
     let (mut config, weights, source) = open_run(run_dir, options)?;
     let choice = options.weights;
     let spec = weights.model.spec().clone();
     let classes = weights.model.classes();
     let training = weights.meta.training();
     let (epoch, step) = (training.epoch, training.step);
-    let (results, eval_report) = measured_results(run_dir, &source, choice, &training)?;
+    let (mut results, mut eval_report) =
+        measured_results(run_dir, &source, choice, &training, &config)?;
+    let eval_data = match &options.evaluate_on {
+        Some(path) => {
+            let data = allcnn_data::info::open_dataset(
+                path,
+                allcnn_data::Split::Test,
+                &allcnn_data::info::OpenOptions::default(),
+            )?;
+            crate::eval::check_data_fits(&weights, &source.display().to_string(), &*data)?;
+            Some(data)
+        }
+        None => None,
+    };
 
     // Everything that can fail on bad input is read before the output
     // folder is touched, so a failed export leaves nothing behind.
@@ -407,15 +453,6 @@ pub fn export_hub(
         None => (Value::Null, None),
     };
 
-    claim_out_dir(out_dir, options.force)?;
-
-    // model.safetensors: the weights with all their metadata.
-    let version = env!("CARGO_PKG_VERSION");
-    let weights_path = write_model(&weights, out_dir, choice, options.half_weights)?;
-
-    // config.json.
-    let class_names: Option<Vec<String>> = weights.meta.class_names().ok().flatten();
-    let input_size = weights.meta.input_size.unwrap_or(spec.input_size);
     let dataset = options
         .dataset
         .clone()
@@ -424,6 +461,56 @@ pub fn export_hub(
             (id, name)
         })
         .or_else(|| guess_dataset(&config, &spec));
+
+    claim_out_dir(out_dir, options.force)?;
+
+    // model.safetensors: the weights with all their metadata.
+    let version = env!("CARGO_PKG_VERSION");
+    let weights_path = write_model(&weights, out_dir, choice, options.half_weights)?;
+    let mut written = vec![weights_path.clone()];
+    if let Some(data) = eval_data {
+        // The file as written (f16, compressed whitening) is what users
+        // load: measure it, not the run's weights.
+        let total = data.len() as u64;
+        let report = evaluate_exported(&weights_path, data, &mut |done| progress(done, total))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&weights_path);
+            })?;
+        let images = report.examples;
+        let on = dataset
+            .as_ref()
+            .map_or(String::new(), |(_, name)| format!(" of {name}"));
+        results.retain(|r| r.split != "test");
+        results.insert(
+            0,
+            ExportResult {
+                split: "test".into(),
+                top1: report.top1,
+                top5: Some(report.top5),
+                loss: Some(report.loss),
+                examples: Some(images),
+                source: format!(
+                    "evaluation of this file ({}) on the {images} test images{on}",
+                    hub_files::WEIGHTS
+                ),
+            },
+        );
+        let eval_path = out_dir.join(hub_files::EVAL);
+        let text = serde_json::to_string_pretty(&report).expect("JSON values serialise") + "\n";
+        allcnn_models::write_atomic(&eval_path, text.as_bytes())?;
+        written.push(eval_path);
+        eval_report = Some(report);
+    } else {
+        // An earlier export's evaluation would describe another file.
+        let stale = out_dir.join(hub_files::EVAL);
+        if stale.is_file() {
+            std::fs::remove_file(&stale).map_err(TrainError::io(&stale))?;
+        }
+    }
+
+    // config.json.
+    let class_names: Option<Vec<String>> = weights.meta.class_names().ok().flatten();
+    let input_size = weights.meta.input_size.unwrap_or(spec.input_size);
     config.data.path = None; // a path on the training machine
     let paper_error = paper_error_for(&spec, &config);
     let id2label: Option<BTreeMap<String, String>> = class_names.as_ref().map(|n| {
@@ -484,7 +571,10 @@ pub fn export_hub(
         out_dir: out_dir.to_path_buf(),
         weights: choice,
         source,
-        files: vec![weights_path, config_path_out, readme_path],
+        files: {
+            written.extend([config_path_out, readme_path]);
+            written
+        },
         model: spec.name.clone(),
         classes,
         results,
@@ -546,6 +636,7 @@ fn measured_results(
     source: &Path,
     choice: WeightsChoice,
     training: &TrainingRecord,
+    config: &TrainConfig,
 ) -> Result<(Vec<ExportResult>, Option<EvalReport>), TrainError> {
     let mut results = Vec::new();
     match choice {
@@ -579,19 +670,29 @@ fn measured_results(
                 .epoch
                 .map(|e| format!("epoch {e}"))
                 .unwrap_or_default();
+            // How many images the run evaluated on at each epoch, where the
+            // config says: a test subset is not the whole test split.
+            let validation = (config.data.validation > 0).then_some(config.data.validation);
             let recorded = [
-                (training.val_accuracy, "validation"),
-                (training.test_accuracy, "test"),
+                (training.val_accuracy, "validation", validation, ""),
+                (
+                    training.test_accuracy,
+                    "test",
+                    config.data.test_subset,
+                    " (data.test_subset)",
+                ),
             ];
-            for (recorded, split) in recorded {
+            for (recorded, split, images, why) in recorded {
                 if let Some(top1) = recorded {
+                    let on =
+                        images.map_or(String::new(), |n| format!(" on {n} {split} images{why}"));
                     results.push(ExportResult {
                         split: split.into(),
                         top1,
                         top5: None,
                         loss: None,
-                        examples: None,
-                        source: format!("evaluation at the best epoch ({at})"),
+                        examples: images.map(|n| n as u64),
+                        source: format!("evaluation at the best epoch ({at}){on}"),
                     });
                 }
             }
@@ -604,6 +705,25 @@ fn measured_results(
             Ok((results, None))
         }
     }
+}
+
+/// Evaluates the written `model.safetensors` (reloaded as users load it)
+/// on `data`, without augmentation.
+fn evaluate_exported(
+    path: &Path,
+    data: std::sync::Arc<dyn allcnn_data::Dataset>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EvalReport, TrainError> {
+    let w = WeightsFile::load(path, &Device::Cpu)?;
+    crate::eval::evaluate_weights_file(
+        &w,
+        &path.display().to_string(),
+        data,
+        256,
+        allcnn_data::Augmentation::None,
+        &Device::Cpu,
+        progress,
+    )
 }
 
 /// Creates `out_dir`, refusing a file or (without `force`) a non-empty
@@ -897,5 +1017,47 @@ mod tests {
         assert_eq!(paper_error_for(&spec("all-cnn-c"), &aug), Some(7.25));
         assert_eq!(paper_error_for(&spec("model-a"), &plain), Some(12.47));
         assert_eq!(paper_error_for(&spec("model-a"), &aug), None);
+    }
+
+    /// The best epoch's recorded accuracy says how many images it was
+    /// measured on when the run evaluated a test subset or a validation
+    /// split, so a 2,000-image figure does not pass for the test split's.
+    #[test]
+    fn best_epoch_results_name_the_images_they_were_measured_on() {
+        let training = TrainingRecord {
+            step: Some(100),
+            epoch: Some(7),
+            val_accuracy: Some(0.5),
+            test_accuracy: Some(0.75),
+        };
+        let mut config = TrainConfig::preset("cifar10").unwrap();
+        config.data.test_subset = Some(2000);
+        config.data.validation = 5000;
+        let p = Path::new("run");
+        let (results, report) =
+            measured_results(p, p, WeightsChoice::Best, &training, &config).unwrap();
+        assert!(report.is_none());
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].split, "validation");
+        assert_eq!(results[0].examples, Some(5000));
+        assert_eq!(
+            results[0].source,
+            "evaluation at the best epoch (epoch 7) on 5000 validation images"
+        );
+        assert_eq!(results[1].split, "test");
+        assert_eq!(results[1].top1, 0.75);
+        assert_eq!(results[1].examples, Some(2000));
+        assert_eq!(
+            results[1].source,
+            "evaluation at the best epoch (epoch 7) on 2000 test images (data.test_subset)"
+        );
+
+        // The whole test split: no count is claimed.
+        config.data.test_subset = None;
+        config.data.validation = 0;
+        let (results, _) =
+            measured_results(p, p, WeightsChoice::Best, &training, &config).unwrap();
+        assert_eq!(results[1].examples, None);
+        assert_eq!(results[1].source, "evaluation at the best epoch (epoch 7)");
     }
 }
