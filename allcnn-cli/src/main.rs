@@ -116,6 +116,17 @@ struct Cli {
 /// breaks and tabs (an ANSI escape in a class name from a weights file or a
 /// folder name) are shown escaped, as `\u{1b}`, instead of being sent to
 /// the terminal.
+/// `n` and `noun`, the noun in the plural unless `n` is 1: "1 epoch",
+/// "2 epochs".
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let hostile = |c: char| c.is_control() && c != '\n' && c != '\t';
     if text.chars().any(hostile) {

@@ -272,8 +272,8 @@ fn print_summary(s: &allcnn_train::RunSummary, stopped: Option<crate::Stopped>) 
             // The trainer's console has printed how to resume (stderr);
             // this is the one summary line on stdout.
             outln!(
-                "{why} after {} steps; checkpoint {}",
-                s.steps,
+                "{why} after {}; checkpoint {}",
+                crate::count(s.steps, "step"),
                 s.checkpoint.display(),
             )?;
         }
@@ -284,19 +284,19 @@ fn print_summary(s: &allcnn_train::RunSummary, stopped: Option<crate::Stopped>) 
                 "stopped at max_steps"
             };
             outln!(
-                "{how}: {} epochs, {} steps in {}",
-                s.epochs_done,
-                s.steps,
+                "{how}: {}, {} in {}",
+                crate::count(s.epochs_done, "epoch"),
+                crate::count(s.steps, "step"),
                 s.run_dir.display()
             )?;
             if let Some(t) = &s.test {
                 outln!(
-                    "test: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4} on {} images",
+                    "test: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4} on {}",
                     100.0 * t.top1,
                     t.error_percent(),
                     100.0 * t.top5,
                     t.loss,
-                    t.examples
+                    crate::count(t.examples, "image")
                 )?;
             }
             if let Some(w) = &s.best_weights {
@@ -348,9 +348,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
             crate::values::SplitArg::Test => "test",
         };
         eprintln!(
-            "warning: {} has no train/, test/ or val/ folders: evaluating all its {} images (--split {split} does not apply)",
+            "warning: {} has no train/, test/ or val/ folders: evaluating all its {} (--split {split} does not apply)",
             args.data.display(),
-            data.len(),
+            crate::count(data.len() as u64, "image"),
         );
     }
     let loaded = crate::weights::load(&args.model, &device)?;
@@ -384,8 +384,8 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "{} images: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4}",
-        r.examples,
+        "{}: top-1 {:.2}% (error {:.2}%), top-5 {:.2}%, loss {:.4}",
+        crate::count(r.examples, "image"),
         100.0 * r.top1,
         r.error_percent(),
         100.0 * r.top5,
@@ -460,8 +460,8 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
     allcnn_models::write_atomic(&svg, figure.as_bytes())?;
     allcnn_models::write_atomic(&csv, allcnn_train::plot::metrics_csv(&history).as_bytes())?;
     outln!(
-        "{} epochs: wrote {} and {}",
-        history.len(),
+        "{}: wrote {} and {}",
+        crate::count(history.len() as u64, "epoch"),
         svg.display(),
         csv.display()
     )?;

@@ -554,8 +554,8 @@ fn top(args: &TopArgs) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "scanned {} images; wrote the {} figure to {}",
-        top.seen(),
+        "scanned {}; wrote the {} figure to {}",
+        crate::count(top.seen() as u64, "image"),
         args.layer,
         args.out.display()
     )?;

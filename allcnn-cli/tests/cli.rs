@@ -940,7 +940,7 @@ fn train_interrupted_with_ctrl_c_exits_130_with_a_checkpoint() {
 fn train_eval_predict_resume_round_trip() {
     let (_dir, data, run, o) = train_tiny_run();
     assert!(
-        stdout(&o).contains("finished: 1 epochs, 3 steps"),
+        stdout(&o).contains("finished: 1 epoch, 3 steps"),
         "{}",
         stdout(&o)
     );
@@ -966,7 +966,7 @@ fn train_eval_predict_resume_round_trip() {
         figs.to_str().unwrap(),
     ]);
     assert_ok(&o);
-    assert!(stdout(&o).contains("1 epochs: wrote"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("1 epoch: wrote"), "{}", stdout(&o));
     let svg = std::fs::read_to_string(figs.join("learning-curve.svg")).unwrap();
     assert!(svg.contains("(log scale)"), "{svg}");
     assert_eq!(
@@ -1044,7 +1044,7 @@ fn train_eval_predict_resume_round_trip() {
         "{}",
         stderr(&o)
     );
-    assert!(stdout(&o).contains("finished: 1 epochs"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("finished: 1 epoch"), "{}", stdout(&o));
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     let o = allcnn(&[
         "train",
@@ -1880,6 +1880,29 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     assert_eq!(v["rows"][3]["paper_error"], 10.3);
     assert!(v["rows"][3]["test_error"].is_number());
     assert_eq!(v["rows"][0]["status"], "not_run");
+    // The same data, named another way: no warning.
+    assert!(
+        !stderr(&o).contains("trained on the data at"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Other data (a copy elsewhere): the finished row is still reused, and
+    // the call says so, on stderr and in the report's notes.
+    let other = dir.path().join("other-data");
+    tiny_folder(&other);
+    let mut moved = args.to_vec();
+    moved[3] = other.to_str().unwrap();
+    let o = allcnn(&moved);
+    assert_ok(&o);
+    let warning = format!(
+        "warning: all-cnn-a: its run was trained on the data at {}, this call names {}: its finished result is reused",
+        data.display(),
+        other.display()
+    );
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("its run was trained on the data at"), "{md}");
 
     // Errors: an unknown experiment (clap, exit 2), missing data, a model
     // that is not a row of the experiment.

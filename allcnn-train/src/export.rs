@@ -1055,8 +1055,7 @@ mod tests {
         // The whole test split: no count is claimed.
         config.data.test_subset = None;
         config.data.validation = 0;
-        let (results, _) =
-            measured_results(p, p, WeightsChoice::Best, &training, &config).unwrap();
+        let (results, _) = measured_results(p, p, WeightsChoice::Best, &training, &config).unwrap();
         assert_eq!(results[1].examples, None);
         assert_eq!(results[1].source, "evaluation at the best epoch (epoch 7)");
     }

@@ -158,6 +158,7 @@ pub fn reproduce(
     // Resolve every row and look at what its run directory holds.
     let mut rows = Vec::new();
     let mut found = Vec::new();
+    let mut moved = Vec::new();
     for pr in &paper_rows {
         let mut config = options.config(pr)?;
         let dir = options.out.join(&pr.model);
@@ -165,6 +166,7 @@ pub fn reproduce(
             config.seed = seed;
         }
         let f = inspect(&dir, &config, exp)?;
+        moved.extend(data_elsewhere(&f, &config, &pr.model));
         let row = initial_row(pr, config, &f, &previous_wall);
         rows.push(row);
         found.push(f);
@@ -197,6 +199,12 @@ pub fn reproduce(
         notes: previous_notes,
         rows,
     };
+    for w in moved {
+        on_event(&ReproduceEvent::Warning(w.clone()));
+        if !report.notes.contains(&w) {
+            report.notes.push(w);
+        }
+    }
     let write = |report: &mut ReproduceReport,
                  on_event: &mut dyn FnMut(&ReproduceEvent<'_>)|
      -> Result<(), TrainError> {
@@ -627,6 +635,36 @@ fn inspect(dir: &Path, config: &TrainConfig, exp: Experiment) -> Result<Found, T
         return Ok(Found::Finished(Box::new(state), eval));
     }
     Ok(Found::Partial(Box::new(state)))
+}
+
+/// A warning when a row's existing run was trained on data at another path
+/// than this call's: the settings match (the path is not compared, so a
+/// moved dataset does not force a retrain), but the user may have meant
+/// other data, and a finished row is reused without training.
+fn data_elsewhere(found: &Found, asked: &TrainConfig, model: &str) -> Option<String> {
+    let state = match found {
+        Found::Nothing => return None,
+        Found::Partial(state) | Found::Finished(state, _) => state,
+    };
+    let theirs = TrainConfig::from_toml(&state.config, "checkpoint").ok()?;
+    let (Some(was), Some(now)) = (theirs.data.path, asked.data.path.as_ref()) else {
+        return None;
+    };
+    let same = |a: &Path, b: &Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    if same(&was, now) {
+        return None;
+    }
+    let what = match found {
+        Found::Finished(..) => "its finished result is reused, nothing is retrained",
+        _ => "it resumes on the data given now",
+    };
+    Some(format!(
+        "{model}: its run was trained on the data at {}, this call names {}: {what} (remove its run directory to train it on these data)",
+        was.display(),
+        now.display()
+    ))
 }
 
 /// The settings in which two configs differ, as `key: A in the run, B asked`,
