@@ -123,7 +123,50 @@ pub fn download_cifar(
             reason: "an MD5 is 32 hexadecimal digits (e.g. the output of `md5sum`)".into(),
         });
     }
+    // The folders this call creates are removed again if it fails before
+    // anything lands in them (a partial download stays, to be resumed).
+    let created = first_missing_ancestor(dir);
     std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
+    let result = download_into(kind, dir, opts, url, &md5);
+    if result.is_err() {
+        if let Some(top) = created {
+            remove_empty_folders(dir, &top);
+        }
+    }
+    result
+}
+
+/// The outermost folder of `dir` that does not exist yet (`dir` itself, or
+/// one of its ancestors), `None` when `dir` exists.
+fn first_missing_ancestor(dir: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for a in dir.ancestors() {
+        if a.as_os_str().is_empty() || a.exists() {
+            break;
+        }
+        missing = Some(a.to_path_buf());
+    }
+    missing
+}
+
+/// Removes `dir` and its ancestors up to `top` while they are empty.
+fn remove_empty_folders(dir: &Path, top: &Path) {
+    for a in dir.ancestors() {
+        // remove_dir refuses a folder that holds anything.
+        if std::fs::remove_dir(a).is_err() || a == top {
+            break;
+        }
+    }
+}
+
+/// [`download_cifar`] once `dir` exists.
+fn download_into(
+    kind: CifarKind,
+    dir: &Path,
+    opts: &DownloadOptions,
+    url: &str,
+    md5: &str,
+) -> Result<DownloadOutcome, DataError> {
     let target = dir.join(kind.folder());
     // The archive and partial download have names of our own, whatever the
     // URL ends with, so no file of the user's is ever overwritten or deleted.
@@ -151,7 +194,7 @@ pub fn download_cifar(
         } else {
             "(not a regular file)".into()
         };
-        if found != md5 {
+        if found != *md5 {
             return Err(DataError::ForeignFile {
                 path: archive,
                 reason: format!(
@@ -171,11 +214,11 @@ pub fn download_cifar(
         outcome.downloaded_bytes = got;
         outcome.resumed = resumed;
         let found = file_md5(&part)?;
-        if found != md5 {
+        if found != *md5 {
             remove_file(&part)?;
             return Err(DataError::Md5Mismatch {
                 path: part,
-                expected: md5,
+                expected: md5.to_string(),
                 found,
             });
         }

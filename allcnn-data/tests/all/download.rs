@@ -340,6 +340,43 @@ fn http_error_names_url() {
 }
 
 #[test]
+fn a_failed_download_leaves_no_empty_folders_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md5 = "0".repeat(32);
+    // Folders this call would create are removed when nothing landed in them.
+    let srv = serve(Vec::new(), vec![Reply::Status(404)]);
+    let nested = tmp.path().join("data").join("cifar");
+    download_cifar(CifarKind::Cifar10, &nested, &opts(&srv.url, &md5)).unwrap_err();
+    assert!(
+        !tmp.path().join("data").exists(),
+        "{:?}",
+        entries(tmp.path())
+    );
+    // A folder that existed before stays, and so does what it held.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    let srv = serve(Vec::new(), vec![Reply::Status(404)]);
+    download_cifar(CifarKind::Cifar10, &mine, &opts(&srv.url, &md5)).unwrap_err();
+    assert!(mine.is_dir());
+    // A partial download is kept (it is resumed by the next call), and
+    // with it the folders that hold it.
+    let body = archive(2, None);
+    let srv = serve(body.clone(), vec![Reply::Truncate(body.len() / 2)]);
+    let fresh = tmp.path().join("fresh").join("cifar");
+    download_cifar(CifarKind::Cifar10, &fresh, &opts(&srv.url, &md5_of(&body))).unwrap_err();
+    assert!(
+        fresh
+            .join(format!(
+                "cifar-10-binary.tar.gz{}",
+                allcnn_data::download::PART_SUFFIX
+            ))
+            .is_file(),
+        "{:?}",
+        entries(&fresh)
+    );
+}
+
+#[test]
 fn a_file_named_like_the_url_is_never_touched() {
     // D2 of issue 15: the URL's last segment named the archive, so a user's
     // `notes.txt` was deleted before any request.
