@@ -179,9 +179,30 @@ pub fn load_images(
     device: &Device,
 ) -> Result<Tensor> {
     let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
+    let mut resized: Vec<(&PathBuf, usize, usize)> = Vec::new();
     for p in paths {
         let img = decode_image(p)?;
+        if (img.height(), img.width()) != (side, side) {
+            resized.push((p, img.width(), img.height()));
+        }
         pixels.extend_from_slice(fit(&img, side)?.as_chw());
+    }
+    // Said once: a photo brought down to 32x32 is not what the network was
+    // trained on, and `eval` refuses such images for that reason.
+    if let Some((first, w, h)) = resized.first() {
+        let how = if side < 64 {
+            "resized"
+        } else {
+            "resized and centre-cropped"
+        };
+        let others = match resized.len() {
+            1 => String::new(),
+            n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
+        };
+        eprintln!(
+            "note: {} ({w}x{h}){others} {how} to the model's {side}x{side} input",
+            first.display()
+        );
     }
     let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)?;
     Ok(pre.apply(&t)?)

@@ -351,6 +351,14 @@ fn predict_images_with_self_describing_weights() {
         "{}",
         stderr(&o)
     );
+    // The 40x28 images are brought to the 32x32 input, and that is said
+    // once, not per image.
+    let note = format!(
+        "note: {} (40x28) and 1 more image resized to the model's 32x32 input",
+        imgs.join("a.png").display()
+    );
+    assert!(stderr(&o).contains(&note), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("note:").count(), 1, "{}", stderr(&o));
     let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).unwrap();
     assert_eq!(t["logits"].dims(), &[2, 4]);
     // Readable as any file the user makes there (not a private 0600
