@@ -112,10 +112,6 @@ struct Cli {
     command: Command,
 }
 
-/// `text` safe to print on a terminal: control characters other than line
-/// breaks and tabs (an ANSI escape in a class name from a weights file or a
-/// folder name) are shown escaped, as `\u{1b}`, instead of being sent to
-/// the terminal.
 /// `n` and `noun`, the noun in the plural unless `n` is 1: "1 epoch",
 /// "2 epochs".
 pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
@@ -127,6 +123,10 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// `text` safe to print on a terminal: control characters other than line
+/// breaks and tabs (an ANSI escape in a class name from a weights file or a
+/// folder name) are shown escaped, as `\u{1b}`, instead of being sent to
+/// the terminal.
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let hostile = |c: char| c.is_control() && c != '\n' && c != '\t';
     if text.chars().any(hostile) {

@@ -171,31 +171,31 @@ fn fit(img: &Image, side: usize) -> Result<Image> {
     Ok(crop_u8(&r, (h - side) / 2, (w - side) / 2, side, side)?)
 }
 
-/// Loads image files as a preprocessed batch.
-pub fn load_images(
-    paths: &[PathBuf],
+/// The images [`load_images`] brought to the model's input size, to be
+/// said once per command ([`Resized::note`]).
+#[derive(Debug, Default)]
+pub struct Resized {
+    /// The first such image and its width and height.
+    first: Option<(PathBuf, usize, usize)>,
+    count: usize,
     side: usize,
-    pre: &Preprocessing,
-    device: &Device,
-) -> Result<Tensor> {
-    let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
-    let mut resized: Vec<(&PathBuf, usize, usize)> = Vec::new();
-    for p in paths {
-        let img = decode_image(p)?;
-        if (img.height(), img.width()) != (side, side) {
-            resized.push((p, img.width(), img.height()));
-        }
-        pixels.extend_from_slice(fit(&img, side)?.as_chw());
-    }
-    // Said once: a photo brought down to 32x32 is not what the network was
-    // trained on, and `eval` refuses such images for that reason.
-    if let Some((first, w, h)) = resized.first() {
+}
+
+impl Resized {
+    /// One line on stderr when any image was resized: a photo brought down
+    /// to 32x32 is not what the network was trained on, and `eval` refuses
+    /// such images for that reason.
+    pub fn note(&self) {
+        let Some((first, w, h)) = &self.first else {
+            return;
+        };
+        let side = self.side;
         let how = if side < 64 {
             "resized"
         } else {
             "resized and centre-cropped"
         };
-        let others = match resized.len() {
+        let others = match self.count {
             1 => String::new(),
             n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
         };
@@ -203,6 +203,29 @@ pub fn load_images(
             "note: {} ({w}x{h}){others} {how} to the model's {side}x{side} input",
             first.display()
         );
+    }
+}
+
+/// Loads image files as a preprocessed batch, counting in `resized` those
+/// not of the model's input size.
+pub fn load_images(
+    paths: &[PathBuf],
+    side: usize,
+    pre: &Preprocessing,
+    device: &Device,
+    resized: &mut Resized,
+) -> Result<Tensor> {
+    let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
+    for p in paths {
+        let img = decode_image(p)?;
+        if (img.height(), img.width()) != (side, side) {
+            resized.side = side;
+            resized.count += 1;
+            resized
+                .first
+                .get_or_insert_with(|| (p.clone(), img.width(), img.height()));
+        }
+        pixels.extend_from_slice(fit(&img, side)?.as_chw());
     }
     let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)?;
     Ok(pre.apply(&t)?)
@@ -307,12 +330,14 @@ pub fn run(args: &Args) -> Result<()> {
             };
             let mut chunks = Vec::new();
             let bar = crate::progress::bar(paths.len() as u64, "predicting");
+            let mut resized = Resized::default();
             for chunk in paths.chunks(args.batch) {
-                let x = load_images(chunk, side, &pre, &device)?;
+                let x = load_images(chunk, side, &pre, &device, &mut resized)?;
                 chunks.push(model.forward(&x)?);
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
+            resized.note();
             let names = paths.iter().map(|p| p.display().to_string()).collect();
             (names, Tensor::cat(&chunks, 0)?)
         };

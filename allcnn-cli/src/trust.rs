@@ -229,8 +229,9 @@ fn summary(method: &str, c: &allcnn_viz::Curves) -> Faithfulness {
 
 fn print_table(r: &Report<'_>, threshold: f32) -> Result<()> {
     outln!(
-        "{} images, target {}; rank correlation (Spearman, absolute maps) between the trained network's maps and:",
-        r.images, r.target
+        "{}, target {}; rank correlation (Spearman, absolute maps) between the trained network's maps and:",
+        crate::count(r.images as u64, "image"),
+        r.target
     )?;
     outln!(
         "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",

@@ -391,7 +391,15 @@ pub fn run(args: &Args) -> Result<()> {
             input.clone()
         } else {
             let paths: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
-            load_images(&paths, input.dim(3)?, &Preprocessing::scale(), &device)?
+            // Already said when the images were loaded for the maps.
+            let mut said = crate::predict::Resized::default();
+            load_images(
+                &paths,
+                input.dim(3)?,
+                &Preprocessing::scale(),
+                &device,
+                &mut said,
+            )?
         };
         let mut files = Vec::new();
         let stems = file_stems(&format!("{method}-overlay-"), &names, input.dim(0)?);
@@ -493,7 +501,10 @@ pub(crate) fn read_input(
         .unwrap_or(model.spec().input_size);
     let pre = preprocessing(loaded, &model_args.label());
     let names = paths.iter().map(|p| p.display().to_string()).collect();
-    Ok((load_images(&paths, side, &pre, device)?, None, names))
+    let mut resized = crate::predict::Resized::default();
+    let x = load_images(&paths, side, &pre, device, &mut resized)?;
+    resized.note();
+    Ok((x, None, names))
 }
 
 fn parse_channels(s: &str) -> Result<Vec<usize>> {

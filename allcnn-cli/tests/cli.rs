@@ -300,6 +300,20 @@ fn errors_exit_nonzero_with_a_useful_message() {
     assert!(err.matches("No such file").count() <= 1, "{err}");
 }
 
+/// Copies the folder `from` to `to` (files and folders only).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
 fn write_png(path: &std::path::Path, seed: u8) {
     let img = image::RgbImage::from_fn(40, 28, |x, y| image::Rgb([x as u8 * 6, y as u8 * 9, seed]));
     img.save(path).unwrap();
@@ -338,6 +352,8 @@ fn predict_images_with_self_describing_weights() {
         "--json",
         "--out",
         logits.to_str().unwrap(),
+        "--batch",
+        "1",
     ]);
     assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -352,7 +368,7 @@ fn predict_images_with_self_describing_weights() {
         stderr(&o)
     );
     // The 40x28 images are brought to the 32x32 input, and that is said
-    // once, not per image.
+    // once, not per image or per batch.
     let note = format!(
         "note: {} (40x28) and 1 more image resized to the model's 32x32 input",
         imgs.join("a.png").display()
@@ -1768,6 +1784,55 @@ fn export_hub_round_trip() {
     ]);
     assert_ok(&o);
     assert!(!out.join("eval.json").exists());
+    // A folder without split folders cannot say which images are test
+    // images: refused, nothing written.
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(flat.join("cats")).unwrap();
+    std::fs::create_dir_all(flat.join("dogs")).unwrap();
+    for (i, class) in ["cats", "dogs"].iter().enumerate() {
+        let src = data.join("test").join(class).join("1.png");
+        std::fs::copy(&src, flat.join(class).join(format!("{i}.png"))).unwrap();
+    }
+    let flat_out = dir.path().join("hub-flat");
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        flat_out.to_str().unwrap(),
+        "--eval-data",
+        flat.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("has no test/ folder"), "{}", stderr(&o));
+    assert!(!flat_out.exists());
+    // An image that fails during the evaluation: the earlier export in
+    // the folder (--force) stays as it was, and no half-made file is left.
+    let broken = dir.path().join("broken");
+    copy_tree(&data, &broken);
+    std::fs::write(broken.join("test/cats/zz-broken.png"), b"not a png").unwrap();
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+        "--f16-weights",
+        "--eval-data",
+        broken.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("zz-broken.png"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["README.md", "config.json", "model.safetensors"]);
     // Data that cannot be read is refused before anything is written.
     let fresh = dir.path().join("hub-no-data");
     let o = allcnn(&[
@@ -1888,7 +1953,22 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     assert_eq!(v["rows"][3]["paper_error"], 10.3);
     assert!(v["rows"][3]["test_error"].is_number());
     assert_eq!(v["rows"][0]["status"], "not_run");
+    assert!(
+        !stderr(&o).contains("trained on the data at"),
+        "{}",
+        stderr(&o)
+    );
     // The same data, named another way: no warning.
+    let same = data.join("..").join("data");
+    let mut renamed = args.to_vec();
+    renamed[3] = same.to_str().unwrap();
+    let o = allcnn(&renamed);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("all-cnn-a: finished earlier"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         !stderr(&o).contains("trained on the data at"),
         "{}",
@@ -1896,7 +1976,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
     );
 
     // Other data (a copy elsewhere): the finished row is still reused, and
-    // the call says so, on stderr and in the report's notes.
+    // the call says so on stderr.
     let other = dir.path().join("other-data");
     tiny_folder(&other);
     let mut moved = args.to_vec();
@@ -1909,8 +1989,14 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         other.display()
     );
     assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("its run was trained on the data at"), "{md}");
+    // Only for the rows asked for: a call for all-cnn-b alone says nothing
+    // about all-cnn-a.
+    let mut other_row = moved.clone();
+    let at = other_row.iter().position(|a| *a == "all-cnn-a").unwrap();
+    other_row[at] = "all-cnn-b";
+    let o = allcnn(&other_row);
+    assert_ok(&o);
+    assert!(!stderr(&o).contains("all-cnn-a: its run"), "{}", stderr(&o));
 
     // Errors: an unknown experiment (clap, exit 2), missing data, a model
     // that is not a row of the experiment.

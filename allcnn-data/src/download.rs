@@ -80,7 +80,8 @@ pub struct DownloadOutcome {
 }
 
 /// Fetches, checks and extracts the CIFAR-10 or CIFAR-100 binary archive
-/// into `dir` (created if needed), giving `dir/cifar-10-batches-bin` or
+/// into `dir` (created if needed, and removed again when the call fails
+/// before anything was written into it), giving `dir/cifar-10-batches-bin` or
 /// `dir/cifar-100-binary`. Calling it again is cheap: a complete dataset is
 /// left as it is, a partial download (`<archive>.allcnn-part`) is resumed.
 /// The archive is stored under its official name ([`archive_name`]) whatever
@@ -129,6 +130,12 @@ pub fn download_cifar(
     std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
     let result = download_into(kind, dir, opts, url, &md5);
     if result.is_err() {
+        // An empty partial download (the connection failed before the
+        // first byte) has nothing to resume.
+        let part = dir.join(format!("{}{PART_SUFFIX}", archive_name(kind)));
+        if std::fs::metadata(&part).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let _ = std::fs::remove_file(&part);
+        }
         if let Some(top) = created {
             remove_empty_folders(dir, &top);
         }

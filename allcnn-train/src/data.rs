@@ -113,6 +113,31 @@ impl TrainData {
         Self::new(train, test).select(config, seed)
     }
 
+    /// Only the test split of `path`, opened as [`TrainData::open`] opens it
+    /// (`config.skip_bad_images`), for evaluating a finished model on it.
+    ///
+    /// # Errors
+    /// [`TrainError::DataMismatch`] for an image folder without split
+    /// folders (its images cannot be told to be test images) and the data
+    /// crate's errors, a missing test split included.
+    pub fn open_test(path: &Path, config: &DataConfig) -> Result<Arc<dyn Dataset>, TrainError> {
+        let mut opts = OpenOptions::default();
+        if config.skip_bad_images {
+            opts.folder.on_error = allcnn_data::folder::OnError::Skip;
+        }
+        let (format, dir) = allcnn_data::info::detect_format(path)?;
+        if format == DatasetFormat::ImageFolder && !allcnn_data::folder::has_split_folders(&dir) {
+            return Err(TrainError::DataMismatch {
+                reason: format!(
+                    "{} has no test/ folder: its images cannot be told to be test images; \
+                     give a CIFAR binary folder or an image folder with train/ and test/",
+                    path.display()
+                ),
+            });
+        }
+        open_dataset(path, Split::Test, &opts).map_err(TrainError::opening_data)
+    }
+
     /// A short fingerprint of the splits, to tell on resume whether the data
     /// are the ones the run trained on: a CRC-32 over each split's size,
     /// class names, every label, every example's file name (image folders;

@@ -392,7 +392,10 @@ fn percent(x: f64) -> String {
 ///   input size, preprocessing, the training recipe (the run's config, without
 ///   its local data path), the measured results and the allcnn version;
 /// - `README.md`: a model card with Hugging Face front matter (library,
-///   license, tags, dataset, accuracy), usage, recipe and results.
+///   license, tags, dataset, accuracy), usage, recipe and results;
+/// - `eval.json`, with [`ExportOptions::evaluate_on`] only: the evaluation
+///   of the written `model.safetensors` itself on that dataset's test split
+///   (per class and confusion matrix), whose figures then are the card's.
 ///
 /// # Errors
 /// [`TrainError::Export`] when the run has no such weights, they were never
@@ -414,7 +417,9 @@ pub fn export_hub(
 /// # Errors
 /// As [`export_hub`]; with [`ExportOptions::evaluate_on`] also the data's
 /// errors and [`TrainError::DataMismatch`] for data whose classes are not
-/// the weights' (both found before anything is written).
+/// the weights' (both found before anything is written). An evaluation
+/// that fails on the way (an unreadable image) leaves no new file behind:
+/// an earlier export in `out_dir` stays as it was.
 pub fn export_hub_with_progress(
     run_dir: &Path,
     out_dir: &Path,
@@ -431,11 +436,7 @@ pub fn export_hub_with_progress(
         measured_results(run_dir, &source, choice, &training, &config)?;
     let eval_data = match &options.evaluate_on {
         Some(path) => {
-            let data = allcnn_data::info::open_dataset(
-                path,
-                allcnn_data::Split::Test,
-                &allcnn_data::info::OpenOptions::default(),
-            )?;
+            let data = crate::data::TrainData::open_test(path, &config.data)?;
             crate::eval::check_data_fits(&weights, &source.display().to_string(), &*data)?;
             Some(data)
         }
@@ -462,20 +463,37 @@ pub fn export_hub_with_progress(
         })
         .or_else(|| guess_dataset(&config, &spec));
 
-    claim_out_dir(out_dir, options.force)?;
+    let created = claim_out_dir(out_dir, options.force)?;
 
     // model.safetensors: the weights with all their metadata.
     let version = env!("CARGO_PKG_VERSION");
-    let weights_path = write_model(&weights, out_dir, choice, options.half_weights)?;
+    let weights_path = out_dir.join(hub_files::WEIGHTS);
     let mut written = vec![weights_path.clone()];
     if let Some(data) = eval_data {
         // The file as written (f16, compressed whitening) is what users
-        // load: measure it, not the run's weights.
+        // load: measure it, not the run's weights. It takes its name only
+        // once measured, so a failed evaluation leaves an earlier export
+        // (--force) as it was, and a folder made for it is removed.
+        let pending = out_dir.join(format!(".{}.pending", hub_files::WEIGHTS));
         let total = data.len() as u64;
-        let report = evaluate_exported(&weights_path, data, &mut |done| progress(done, total))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&weights_path);
-            })?;
+        let augmentation = config.data.eval_augmentation;
+        let measured =
+            write_model(&weights, &pending, choice, options.half_weights).and_then(|_| {
+                evaluate_exported(&pending, data, augmentation, &mut |done| {
+                    progress(done, total)
+                })
+            });
+        let report = match measured {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = std::fs::remove_file(&pending);
+                if created {
+                    let _ = std::fs::remove_dir(out_dir);
+                }
+                return Err(e);
+            }
+        };
+        std::fs::rename(&pending, &weights_path).map_err(TrainError::io(&weights_path))?;
         let images = report.examples;
         let on = dataset
             .as_ref()
@@ -501,6 +519,7 @@ pub fn export_hub_with_progress(
         written.push(eval_path);
         eval_report = Some(report);
     } else {
+        write_model(&weights, &weights_path, choice, options.half_weights)?;
         // An earlier export's evaluation would describe another file.
         let stale = out_dir.join(hub_files::EVAL);
         if stale.is_file() {
@@ -673,25 +692,29 @@ fn measured_results(
             // How many images the run evaluated on at each epoch, where the
             // config says: a test subset is not the whole test split.
             let validation = (config.data.validation > 0).then_some(config.data.validation);
+            // A test subset larger than the test split is the whole split,
+            // so it is "up to" its size; a validation hold-out is exact.
             let recorded = [
-                (training.val_accuracy, "validation", validation, ""),
+                (training.val_accuracy, "validation", validation, "", ""),
                 (
                     training.test_accuracy,
                     "test",
                     config.data.test_subset,
+                    "up to ",
                     " (data.test_subset)",
                 ),
             ];
-            for (recorded, split, images, why) in recorded {
+            for (recorded, split, images, upto, why) in recorded {
                 if let Some(top1) = recorded {
-                    let on =
-                        images.map_or(String::new(), |n| format!(" on {n} {split} images{why}"));
+                    let on = images.map_or(String::new(), |n| {
+                        format!(" on {upto}{n} {split} images{why}")
+                    });
                     results.push(ExportResult {
                         split: split.into(),
                         top1,
                         top5: None,
                         loss: None,
-                        examples: images.map(|n| n as u64),
+                        examples: images.filter(|_| upto.is_empty()).map(|n| n as u64),
                         source: format!("evaluation at the best epoch ({at}){on}"),
                     });
                 }
@@ -708,10 +731,11 @@ fn measured_results(
 }
 
 /// Evaluates the written `model.safetensors` (reloaded as users load it)
-/// on `data`, without augmentation.
+/// on `data`, with the run's evaluation transform (`augmentation`).
 fn evaluate_exported(
     path: &Path,
     data: std::sync::Arc<dyn allcnn_data::Dataset>,
+    augmentation: allcnn_data::Augmentation,
     progress: &mut dyn FnMut(u64),
 ) -> Result<EvalReport, TrainError> {
     let w = WeightsFile::load(path, &Device::Cpu)?;
@@ -720,15 +744,15 @@ fn evaluate_exported(
         &path.display().to_string(),
         data,
         256,
-        allcnn_data::Augmentation::None,
+        augmentation,
         &Device::Cpu,
         progress,
     )
 }
 
 /// Creates `out_dir`, refusing a file or (without `force`) a non-empty
-/// folder.
-fn claim_out_dir(out_dir: &Path, force: bool) -> Result<(), TrainError> {
+/// folder; whether this call created it.
+fn claim_out_dir(out_dir: &Path, force: bool) -> Result<bool, TrainError> {
     if out_dir.is_file() {
         return Err(export_error(out_dir, "exists and is a file, not a folder"));
     }
@@ -741,17 +765,19 @@ fn claim_out_dir(out_dir: &Path, force: bool) -> Result<(), TrainError> {
             "the folder is not empty; choose another --out or pass --force to overwrite",
         ));
     }
-    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir))
+    let created = !out_dir.exists();
+    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir))?;
+    Ok(created)
 }
 
 /// `model.safetensors`: the weights with all their metadata, the version
 /// and which weights were exported, in f16 when `half`.
 fn write_model(
     weights: &WeightsFile,
-    out_dir: &Path,
+    weights_path: &Path,
     choice: WeightsChoice,
     half: bool,
-) -> Result<PathBuf, TrainError> {
+) -> Result<(), TrainError> {
     let mut meta = weights.meta.clone();
     meta.extra.insert(
         "allcnn.version".to_string(),
@@ -765,7 +791,6 @@ fn write_model(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     attachments.sort_by(|a, b| a.0.cmp(&b.0));
-    let weights_path = out_dir.join(hub_files::WEIGHTS);
     let dtype = if half {
         candle_core::DType::F16
     } else {
@@ -773,8 +798,8 @@ fn write_model(
     };
     weights
         .model
-        .save_as(&weights_path, &meta, &attachments, dtype)?;
-    Ok(weights_path)
+        .save_as(weights_path, &meta, &attachments, dtype)?;
+    Ok(())
 }
 
 /// `config.json` (fields in this order).
@@ -1046,10 +1071,10 @@ mod tests {
         );
         assert_eq!(results[1].split, "test");
         assert_eq!(results[1].top1, 0.75);
-        assert_eq!(results[1].examples, Some(2000));
+        assert_eq!(results[1].examples, None, "the split may be smaller");
         assert_eq!(
             results[1].source,
-            "evaluation at the best epoch (epoch 7) on 2000 test images (data.test_subset)"
+            "evaluation at the best epoch (epoch 7) on up to 2000 test images (data.test_subset)"
         );
 
         // The whole test split: no count is claimed.

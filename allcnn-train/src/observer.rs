@@ -202,6 +202,15 @@ impl Console {
     }
 }
 
+/// `n` and `noun`, the noun in the plural unless `n` is 1 ("1 step").
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 impl Observer for Console {
     fn on_start(&mut self, info: &RunInfo) {
         self.epochs = info.epochs;
@@ -209,10 +218,10 @@ impl Observer for Console {
         let into = info.start_step % spe;
         self.first_fraction = (into > 0).then(|| (spe - into) as f64 / spe as f64);
         self.print(&format!(
-            "training {} ({} parameters) on {} images: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
+            "training {} ({} parameters) on {}: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
             info.model,
             info.params,
-            info.train_examples,
+            count(info.train_examples as u64, "image"),
             info.steps_per_epoch,
             info.start_epoch + 1,
             info.epochs,

@@ -877,8 +877,8 @@ impl Trainer {
             _ => "run finished",
         };
         let msg = format!(
-            "{how} after {} steps: final weights {}{}",
-            run.state.step,
+            "{how} after {}: final weights {}{}",
+            crate::observer::count(run.state.step, "step"),
             final_path.display(),
             test.as_ref()
                 .map(|t| format!(", test top-1 {:.2}% (loss {:.4})", 100.0 * t.top1, t.loss))

@@ -358,6 +358,16 @@ fn a_failed_download_leaves_no_empty_folders_behind() {
     let srv = serve(Vec::new(), vec![Reply::Status(404)]);
     download_cifar(CifarKind::Cifar10, &mine, &opts(&srv.url, &md5)).unwrap_err();
     assert!(mine.is_dir());
+    // A connection lost before the first byte leaves nothing to resume.
+    let body = archive(2, None);
+    let srv = serve(body.clone(), vec![Reply::Truncate(0)]);
+    let empty = tmp.path().join("empty").join("cifar");
+    download_cifar(CifarKind::Cifar10, &empty, &opts(&srv.url, &md5_of(&body))).unwrap_err();
+    assert!(
+        !tmp.path().join("empty").exists(),
+        "{:?}",
+        entries(tmp.path())
+    );
     // A partial download is kept (it is resumed by the next call), and
     // with it the folders that hold it.
     let body = archive(2, None);

@@ -166,7 +166,9 @@ pub fn reproduce(
             config.seed = seed;
         }
         let f = inspect(&dir, &config, exp)?;
-        moved.extend(data_elsewhere(&f, &config, &pr.model));
+        if options.models.is_empty() || options.models.contains(&pr.model) {
+            moved.extend(data_elsewhere(&f, &config, &pr.model));
+        }
         let row = initial_row(pr, config, &f, &previous_wall);
         rows.push(row);
         found.push(f);
@@ -199,11 +201,10 @@ pub fn reproduce(
         notes: previous_notes,
         rows,
     };
+    // Said, not kept in the report's notes: they hold what makes the
+    // numbers incomparable, and would outlive a retrained row.
     for w in moved {
-        on_event(&ReproduceEvent::Warning(w.clone()));
-        if !report.notes.contains(&w) {
-            report.notes.push(w);
-        }
+        on_event(&ReproduceEvent::Warning(w));
     }
     let write = |report: &mut ReproduceReport,
                  on_event: &mut dyn FnMut(&ReproduceEvent<'_>)|
@@ -637,14 +638,15 @@ fn inspect(dir: &Path, config: &TrainConfig, exp: Experiment) -> Result<Found, T
     Ok(Found::Partial(Box::new(state)))
 }
 
-/// A warning when a row's existing run was trained on data at another path
+/// A warning when a row's finished run was trained on data at another path
 /// than this call's: the settings match (the path is not compared, so a
 /// moved dataset does not force a retrain), but the user may have meant
-/// other data, and a finished row is reused without training.
+/// other data, and the finished row is reused without training.
 fn data_elsewhere(found: &Found, asked: &TrainConfig, model: &str) -> Option<String> {
-    let state = match found {
-        Found::Nothing => return None,
-        Found::Partial(state) | Found::Finished(state, _) => state,
+    // A partial run resumes only on data with its fingerprint (the
+    // trainer checks); a finished one is reused without a look at the data.
+    let Found::Finished(state, _) = found else {
+        return None;
     };
     let theirs = TrainConfig::from_toml(&state.config, "checkpoint").ok()?;
     let (Some(was), Some(now)) = (theirs.data.path, asked.data.path.as_ref()) else {
@@ -656,12 +658,8 @@ fn data_elsewhere(found: &Found, asked: &TrainConfig, model: &str) -> Option<Str
     if same(&was, now) {
         return None;
     }
-    let what = match found {
-        Found::Finished(..) => "its finished result is reused, nothing is retrained",
-        _ => "it resumes on the data given now",
-    };
     Some(format!(
-        "{model}: its run was trained on the data at {}, this call names {}: {what} (remove its run directory to train it on these data)",
+        "{model}: its run was trained on the data at {}, this call names {}: its finished result is reused, nothing is retrained (remove its run directory to train it on these data)",
         was.display(),
         now.display()
     ))
