@@ -23,6 +23,7 @@ mod data;
 mod device;
 mod export;
 mod models;
+mod out;
 mod predict;
 mod pretrained;
 mod progress;

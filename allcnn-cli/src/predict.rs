@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
+use crate::out::OutKind;
 use crate::weights::{self, ModelArgs};
 
 #[derive(clap::Args)]
@@ -104,55 +105,6 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// Refuses an `--out` that is one of the command's inputs (the weights
-/// file, an input image or tensor): writing it would destroy what was read.
-pub fn refuse_overwriting_inputs<'a>(
-    out: &Path,
-    inputs: impl IntoIterator<Item = &'a Path>,
-) -> Result<()> {
-    let Ok(out_real) = std::fs::canonicalize(out) else {
-        return Ok(()); // Not there yet: nothing to overwrite.
-    };
-    for input in inputs {
-        if std::fs::canonicalize(input).is_ok_and(|p| p == out_real) {
-            bail!(
-                "--out {} is also an input of this command ({}): choose another output path",
-                out.display(),
-                input.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Fails before any work where `--out` cannot be written at all: a file
-/// (`folder == false`) where a folder is or whose folder does not exist, a
-/// folder where a file is.
-pub fn check_out(out: &Path, folder: bool) -> Result<()> {
-    if !folder {
-        if out.is_dir() {
-            bail!("--out {}: is a folder; give a file path", out.display());
-        }
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            bail!(
-                "--out {}: the folder {} does not exist; create it, or choose another path",
-                out.display(),
-                parent.display()
-            );
-        }
-    } else if out.exists() && !out.is_dir() {
-        bail!(
-            "--out {}: is a file; give a folder for the maps (or a .safetensors file for the raw tensor)",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 /// Brings an image to the model's input size: CIFAR-sized inputs are
@@ -288,8 +240,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if let Some(out) = &args.out {
         let inputs = args.model.weights.iter().chain(&args.inputs);
-        refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
-        check_out(out, false)?;
+        crate::out::check(out, OutKind::File, inputs.map(PathBuf::as_path))?;
     }
     if args.inputs.len() > 1 {
         if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {

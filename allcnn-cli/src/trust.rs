@@ -90,7 +90,11 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .chain(&args.shuffled_labels)
         .chain(&args.input);
-    crate::predict::refuse_overwriting_inputs(&args.out, inputs.map(PathBuf::as_path))?;
+    crate::out::check(
+        &args.out,
+        crate::out::OutKind::Folder("a folder for the report"),
+        inputs.map(PathBuf::as_path),
+    )?;
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;

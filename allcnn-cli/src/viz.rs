@@ -13,10 +13,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Subcommand;
 
-use crate::predict::{
-    image_paths, is_safetensors, load_images, load_tensor_file, refuse_overwriting_inputs,
-    top_guesses,
-};
+use crate::out::OutKind;
+use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file, top_guesses};
 use crate::weights::{self, ModelArgs};
 
 #[derive(clap::Args)]
@@ -311,8 +309,12 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("allcnn viz needs --method, --input and --out (see --help)");
     };
     let inputs = model_args.weights.iter().chain(&args.input);
-    refuse_overwriting_inputs(out, inputs.map(PathBuf::as_path))?;
-    crate::predict::check_out(out, !is_safetensors(out))?;
+    let kind = if is_safetensors(out) {
+        OutKind::File
+    } else {
+        OutKind::Folder("a folder for the maps (or a .safetensors file for the raw tensor)")
+    };
+    crate::out::check(out, kind, inputs.map(PathBuf::as_path))?;
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
@@ -526,8 +528,7 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
 
 fn top(args: &TopArgs) -> Result<()> {
     let inputs = args.model.weights.iter().map(PathBuf::as_path);
-    refuse_overwriting_inputs(&args.out, inputs)?;
-    crate::predict::check_out(&args.out, false)?;
+    crate::out::check(&args.out, OutKind::File, inputs)?;
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;

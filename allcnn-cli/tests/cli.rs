@@ -525,12 +525,16 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         note.to_str().unwrap(),
         dir.path().to_str().unwrap(),
     );
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &[
                 "viz", "--method", "gradient", "--input", img_s, "--out", note_s,
             ],
-            "is a file",
+            "is a file; give a folder for the maps",
+        ),
+        (
+            &["viz", "sanity", "--input", img_s, "--out", note_s],
+            "is a file; give a folder for the report",
         ),
         (&["predict", img_s, "--out", dir_s], "is a folder"),
         (

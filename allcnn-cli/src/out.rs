@@ -1,0 +1,71 @@
+//! `--out` checked before any work: not one of the command's inputs, and
+//! writable as what the command writes (a file or a folder).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+/// What a command writes at `--out`.
+#[derive(Debug, Clone, Copy)]
+pub enum OutKind {
+    /// A file, in a folder that exists.
+    File,
+    /// A folder (made if needed); the text says what to give instead of a
+    /// file, e.g. "a folder for the maps".
+    Folder(&'static str),
+}
+
+/// Fails before any work where `--out` is one of the command's `inputs`
+/// (the weights file, an input image or tensor: writing it would destroy
+/// what was read) or cannot be written as `kind` at all: a file where a
+/// folder is or whose folder does not exist, a folder where a file is.
+pub fn check<'a>(
+    out: &Path,
+    kind: OutKind,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    refuse_overwriting_inputs(out, inputs)?;
+    match kind {
+        OutKind::File => {
+            if out.is_dir() {
+                bail!("--out {}: is a folder; give a file path", out.display());
+            }
+            let parent = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                bail!(
+                    "--out {}: the folder {} does not exist; create it, or choose another path",
+                    out.display(),
+                    parent.display()
+                );
+            }
+        }
+        OutKind::Folder(what) => {
+            if out.exists() && !out.is_dir() {
+                bail!("--out {}: is a file; give {what}", out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refuse_overwriting_inputs<'a>(
+    out: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let Ok(out_real) = std::fs::canonicalize(out) else {
+        return Ok(()); // Not there yet: nothing to overwrite.
+    };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|p| p == out_real) {
+            bail!(
+                "--out {} is also an input of this command ({}): choose another output path",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
