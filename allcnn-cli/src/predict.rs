@@ -3,12 +3,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use allcnn_data::{
-    augment::crop_u8, augment::resize_u8, augment::resized_shorter, folder::decode_image,
-    folder::is_image_file, Image, Preprocessing,
-};
+use allcnn_data::{folder::is_image_file, Preprocessing};
+use allcnn_train::classify::{top_guesses, Guess};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::out::OutKind;
@@ -36,41 +34,6 @@ pub struct Args {
     batch: usize,
     #[command(flatten)]
     device: crate::device::DeviceArg,
-}
-
-#[derive(Serialize)]
-pub struct Guess {
-    pub class: usize,
-    pub name: Option<String>,
-    pub probability: f32,
-}
-
-/// The `k` most probable classes of each row of `logits` [N, C], most
-/// probable first, named from `class_names` where given.
-pub fn top_guesses(
-    logits: &Tensor,
-    k: usize,
-    class_names: Option<&[String]>,
-) -> Result<Vec<Vec<Guess>>> {
-    let probs = candle_nn::ops::softmax(logits, D::Minus1)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?;
-    Ok(probs
-        .into_iter()
-        .map(|p| {
-            let mut order: Vec<usize> = (0..p.len()).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-            order
-                .into_iter()
-                .take(k)
-                .map(|c| Guess {
-                    class: c,
-                    name: class_names.and_then(|n| n.get(c).cloned()),
-                    probability: p[c],
-                })
-                .collect()
-        })
-        .collect())
 }
 
 #[derive(Serialize)]
@@ -105,22 +68,6 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// Brings an image to the model's input size: CIFAR-sized inputs are
-/// resized; larger ones (ImageNet) are resized to 256/224 of the input on the
-/// shorter side and centre-cropped, as at evaluation time.
-fn fit(img: &Image, side: usize) -> Result<Image> {
-    if (img.height(), img.width()) == (side, side) {
-        return Ok(img.clone());
-    }
-    if side < 64 {
-        return Ok(resize_u8(img, side, side)?);
-    }
-    let short = side * 256 / 224;
-    let (h, w) = resized_shorter(img.height(), img.width(), short);
-    let r = resize_u8(img, h, w)?;
-    Ok(crop_u8(&r, (h - side) / 2, (w - side) / 2, side, side)?)
 }
 
 /// The images [`load_images`] brought to the model's input size, to be
@@ -158,8 +105,9 @@ impl Resized {
     }
 }
 
-/// Loads image files as a preprocessed batch, counting in `resized` those
-/// not of the model's input size.
+/// Loads image files as a preprocessed batch
+/// ([`allcnn_data::input::load_batch`]), counting in `resized` those not of
+/// the model's input size.
 pub fn load_images(
     paths: &[PathBuf],
     side: usize,
@@ -167,20 +115,16 @@ pub fn load_images(
     device: &Device,
     resized: &mut Resized,
 ) -> Result<Tensor> {
-    let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
-    for p in paths {
-        let img = decode_image(p)?;
-        if (img.height(), img.width()) != (side, side) {
-            resized.side = side;
-            resized.count += 1;
-            resized
-                .first
-                .get_or_insert_with(|| (p.clone(), img.width(), img.height()));
-        }
-        pixels.extend_from_slice(fit(&img, side)?.as_chw());
+    let batch = allcnn_data::input::load_batch(paths, side, pre, device)?;
+    for i in batch.resized() {
+        resized.side = side;
+        resized.count += 1;
+        let (w, h) = batch.original_sizes[i];
+        resized
+            .first
+            .get_or_insert_with(|| (paths[i].clone(), w, h));
     }
-    let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)?;
-    Ok(pre.apply(&t)?)
+    Ok(batch.images)
 }
 
 /// Reads `input` (and `labels` if present) from a .safetensors file.

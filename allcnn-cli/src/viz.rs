@@ -14,8 +14,9 @@ use candle_core::Device;
 use clap::Subcommand;
 
 use crate::out::OutKind;
-use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file, top_guesses};
+use crate::predict::{image_paths, is_safetensors, load_images, load_tensor_file};
 use crate::weights::{self, ModelArgs};
+use allcnn_train::classify::top_guesses;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]

@@ -35,6 +35,7 @@
 //! per-example RNG), [`cifar`] (the record codec, class names and sizes),
 //! [`dataset`] (samples and seeded splits), [`folder`] (decoding one image,
 //! size limits), [`info`] (format detection and `allcnn data info`),
+//! [`input`] (image files as a model's input batch, for prediction),
 //! [`loader`] (the builder and the batch iterator), [`preprocess`] (GCN,
 //! ZCA and the safetensors layout of a fitted transform) and, with the
 //! `download` feature, `download`.
@@ -94,6 +95,7 @@ pub mod download;
 mod error;
 pub mod folder;
 pub mod info;
+pub mod input;
 pub mod loader;
 pub mod preprocess;
 

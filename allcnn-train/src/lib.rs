@@ -24,9 +24,12 @@
 //! - [`export_hub`] turns a run's final or best weights into a folder ready
 //!   to upload as a Hugging Face model repository (`model.safetensors`,
 //!   `config.json`, a model card `README.md`).
+//! - [`classify::Classifier`] classifies image files with trained weights
+//!   (their preprocessing, input size and class names), as `allcnn predict`.
 //!
 //! The crate root holds those principal types. The rest lives in documented
-//! modules: [`checkpoint`] (the checkpoint format), [`config`] (presets and
+//! modules: [`checkpoint`] (the checkpoint format), [`classify`] (image
+//! files to their most probable classes), [`config`] (presets and
 //! the data section), [`data`] (fitting the preprocessing, evaluation
 //! loaders), [`eval`] (evaluating weights files, per-class reports),
 //! [`export`] (what an export writes), [`grid`] (its report), [`observer`]
@@ -72,6 +75,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 mod error;
