@@ -124,6 +124,37 @@ fn bench_prints_one_json_line() {
 
 /// `--precision` resolves to a backend, and the JSON line says what was
 /// asked for and what ran; it conflicts with the expert `--conv`.
+/// `ALLCNN_SIMD=portable` runs the code a CPU without AVX-512 runs (CI
+/// tests the kernels that way too): no native bf16, no AMX, and `auto`
+/// precision stays f32, as it does where bf16 would be emulated.
+#[test]
+fn allcnn_simd_portable_turns_the_wide_kernels_off() {
+    let o = Command::new(env!("CARGO_BIN_EXE_allcnn"))
+        .args([
+            "bench",
+            "--model",
+            "all-cnn-a",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--precision",
+            "auto",
+        ])
+        .env("ALLCNN_SIMD", "portable")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["native_bf16"], false, "{v}");
+    assert_eq!(
+        v["amx"], "disabled by ALLCNN_AMX=0 or ALLCNN_SIMD=portable",
+        "{v}"
+    );
+    assert_eq!(v["conv"], "winograd", "{v}");
+    assert_eq!(v["kernel"], "f32", "{v}");
+}
+
 #[test]
 fn bench_reports_the_precision_and_the_kernel_that_ran() {
     for (precision, conv, kernel) in [

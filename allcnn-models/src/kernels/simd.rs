@@ -72,12 +72,33 @@ fn portable_partials(p: &[f32]) -> [f64; LANES] {
     acc
 }
 
-/// Whether the CPU has AVX-512 F, BW and VL, AVX2 and FMA (detected once).
+/// Whether `ALLCNN_SIMD=portable` asks for the portable code everywhere:
+/// no AVX-512 loops, no AVX-512 BF16 kernels, no AMX tiles, as on a CPU
+/// without them (an AVX2 laptop, an ARM machine). It exists to test those
+/// paths on a machine that has the features; read once per process.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn portable_only() -> bool {
+    static PORTABLE: OnceLock<bool> = OnceLock::new();
+    *PORTABLE.get_or_init(|| {
+        std::env::var("ALLCNN_SIMD").is_ok_and(|v| v.trim().eq_ignore_ascii_case("portable"))
+    })
+}
+
+/// Whether the AVX-512 F kernels run: the CPU has AVX-512 F and
+/// [`portable_only`] does not hold (detected once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512f() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && !portable_only())
+}
+
+/// Whether the CPU has AVX-512 F, BW and VL, AVX2 and FMA, and
+/// [`portable_only`] does not hold (detected once).
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
+        avx512f()
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx2")

@@ -61,7 +61,7 @@ pub enum AmxStatus {
     /// The CPU lacks AMX-TILE or AMX-BF16 (or AVX-512 BF16, which the
     /// packers and edges use), or this is not x86-64 Linux.
     Unsupported,
-    /// Turned off with `ALLCNN_AMX=0`.
+    /// Turned off with `ALLCNN_AMX=0` (or `ALLCNN_SIMD=portable`).
     Disabled,
     /// The CPU has AMX but the OS does not enable its state (XCR0 bits 17
     /// and 18; Linux 5.16 or later is needed).
@@ -80,7 +80,7 @@ impl AmxStatus {
         match self {
             AmxStatus::Active => "active".into(),
             AmxStatus::Unsupported => "not supported by this CPU".into(),
-            AmxStatus::Disabled => "disabled by ALLCNN_AMX=0".into(),
+            AmxStatus::Disabled => "disabled by ALLCNN_AMX=0 or ALLCNN_SIMD=portable".into(),
             AmxStatus::NoOsSupport => "the OS does not enable the AMX tile state".into(),
             AmxStatus::PermissionDenied(e) => {
                 format!("arch_prctl(ARCH_REQ_XCOMP_PERM) refused (errno {e})")
@@ -104,7 +104,9 @@ pub(crate) fn active() -> bool {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> AmxStatus {
     use core::arch::x86_64::__cpuid_count;
-    if std::env::var_os("ALLCNN_AMX").is_some_and(|v| v == "0") {
+    if std::env::var_os("ALLCNN_AMX").is_some_and(|v| v == "0")
+        || crate::kernels::simd::portable_only()
+    {
         return AmxStatus::Disabled;
     }
     if !super::bf16::native() {

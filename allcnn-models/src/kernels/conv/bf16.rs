@@ -360,7 +360,7 @@ pub fn native() -> bool {
 /// packing shuffles) and BF16.
 #[cfg(target_arch = "x86_64")]
 fn detect() -> bool {
-    is_x86_feature_detected!("avx512f")
+    crate::kernels::simd::avx512f()
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512bf16")
 }

@@ -79,7 +79,7 @@ pub(super) fn split<T: Bits32>(src: &[T], even: &mut [T], odd: &mut [T]) {
         odd.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512f() {
         // SAFETY: the CPU has AVX-512 F; the lengths were checked above and
         // `T` is 4 bytes (`Bits32`), so the pointers address `n`,
         // `ceil(n / 2)` and `floor(n / 2)` 32-bit values.
@@ -115,7 +115,7 @@ pub(super) fn merge(even: &[f32], odd: &[f32], dst: &mut [MaybeUninit<f32>]) {
         odd.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512f() {
         // SAFETY: the CPU has AVX-512 F; the lengths were checked above.
         unsafe {
             x86::merge(

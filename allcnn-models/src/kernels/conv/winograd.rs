@@ -261,7 +261,7 @@ fn plane_tiles(
     stride: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512f() {
         // SAFETY: the CPU has AVX-512 F.
         unsafe { x86::plane_tiles(g, t, src, out, stride) };
         return;
@@ -373,7 +373,7 @@ fn output_transform(
     ep: Option<Epilogue<'_>>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512f() {
         // SAFETY: the CPU has AVX-512 F.
         unsafe { x86::output_transform(g, t, m, out, tmp, ep) };
         return;
@@ -471,7 +471,7 @@ fn output_transform_body(
 #[inline(never)]
 fn grad_transform(g: &Geometry, t: &Tiles, dy: &[f32], dm: &mut [f32], tmp: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512f() {
         // SAFETY: the CPU has AVX-512 F.
         unsafe { x86::grad_transform(g, t, dy, dm, tmp) };
         return;
