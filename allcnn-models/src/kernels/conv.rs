@@ -16,13 +16,20 @@
 //! Only f32 tensors on the CPU take this path; everything else (other
 //! dtypes, CUDA, Metal) uses candle's `conv2d`.
 
+// The AMX, AVX-512 BF16 and direct-convolution code is reached only
+// through x86-64 runtime detection: elsewhere (aarch64) its helpers are
+// compiled (the portable models of the kernels stay testable) but unused.
 // Public only for the `bf16_gemm` bench, which measures the GEMM alone.
 #[doc(hidden)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod amx;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub mod bf16;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod direct;
 mod gather;
 mod scratch;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod shuffle;
 mod winograd;
 
