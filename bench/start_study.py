@@ -19,10 +19,11 @@ cifar10` with those overrides (its own seeded subset and ZCA fit, its
 `precision` from `--allcnn-precision`); PyTorch runs here, on a class-
 balanced subset picked by the seed, whitened by the same definitions
 (pylearn2's GCN and ZCA, fitted on that subset), in float32 or with
-`--bf16` autocast (and channels_last). A run is dead when every logit of
-`--patience` consecutive training batches is 0 (allcnn's
-`dead_patience_steps`); allcnn stops such a run with an error, PyTorch's is
-stopped here.
+`--bf16` autocast (and channels_last). A run is dead when, in each of
+`--patience` consecutive training batches, at least 95% of the examples
+have every logit 0 (allcnn's `dead_patience_steps` and its rule in
+trainer.rs); allcnn stops such a run with an error, PyTorch's is stopped
+here.
 
 One JSON line per run on stdout (and in `--out`): framework, seed, the
 test accuracy after each epoch, dead or not and from which step. Not run by
@@ -47,6 +48,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_reference import AllCnnRef  # noqa: E402
+
+# Percent of a step's examples dead from which the step is dead (allcnn's
+# DEAD_STEP_PERCENT).
+DEAD_STEP_PERCENT = 95
 
 
 def load_split(root, split, count, seed):
@@ -130,7 +135,11 @@ def torch_run(a, spec, seed):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            zero_run = zero_run + 1 if bool((logits == 0).all()) else 0
+            # allcnn's rule (trainer.rs, DEAD_STEP_PERCENT): a step is dead
+            # when at least 95% of its examples have every logit 0; a run
+            # that has died keeps a few examples alive.
+            dead_examples = int((logits == 0).all(dim=1).sum())
+            zero_run = zero_run + 1 if dead_examples * 100 >= DEAD_STEP_PERCENT * len(idx) else 0
             if zero_run >= a.patience and dead_since is None:
                 dead_since = step + 1 - a.patience
             step += 1
@@ -203,7 +212,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps (0: the paper's none)")
-    ap.add_argument("--patience", type=int, default=60, help="all-zero-logit batches that make a run dead")
+    ap.add_argument("--patience", type=int, default=60, help="consecutive mostly dead batches (95%% of the examples with all logits 0) that make a run dead")
     ap.add_argument("--bf16", action="store_true", help="PyTorch: bf16 autocast + channels_last")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", help="append the JSON lines here too")
