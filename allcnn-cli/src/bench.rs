@@ -78,6 +78,10 @@ struct Report<'a> {
     median_ms_per_batch: f64,
     /// Peak resident memory of the process in MiB (Linux: VmHWM), if known.
     peak_rss_mib: Option<f64>,
+    /// Which element-wise and convolution loops run
+    /// (`allcnn_models::kernels::simd_description`): `avx512`, or
+    /// `portable` and why.
+    simd: &'static str,
     /// Whether `--conv winograd-bf16` has the CPU's AVX-512 BF16 kernel.
     native_bf16: bool,
     /// The AMX tile kernel's state on this machine (`active`, or why not).
@@ -197,6 +201,7 @@ pub fn run(args: &Args) -> Result<()> {
         ms_per_batch: secs * 1000.0 / args.iters as f64,
         median_ms_per_batch: median(&mut times) * 1000.0,
         peak_rss_mib: peak_rss_mib(),
+        simd: allcnn_models::kernels::simd_description(),
         native_bf16: allcnn_models::kernels::conv::has_native_bf16(),
         amx: allcnn_models::kernels::conv::amx_status().describe(),
         cpu: std::fs::read_to_string("/proc/cpuinfo")

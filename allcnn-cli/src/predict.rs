@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use allcnn_data::input::InputBatch;
 use allcnn_data::{folder::is_image_file, Preprocessing};
-use allcnn_train::classify::{top_guesses, Guess};
+use allcnn_train::classify::{top_guesses, Classifier, Guess};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -81,6 +82,16 @@ pub struct Resized {
 }
 
 impl Resized {
+    /// Counts the images of `batch` (made from `paths`) that were resized.
+    pub fn record(&mut self, batch: &InputBatch, paths: &[PathBuf]) {
+        for i in batch.resized() {
+            self.side = batch.images.dims().last().copied().unwrap_or(0);
+            self.count += 1;
+            let (h, w) = batch.original_sizes[i];
+            self.first.get_or_insert_with(|| (paths[i].clone(), w, h));
+        }
+    }
+
     /// One line on stderr when any image was resized: a photo brought down
     /// to 32x32 is not what the network was trained on, and `eval` refuses
     /// such images for that reason.
@@ -116,14 +127,7 @@ pub fn load_images(
     resized: &mut Resized,
 ) -> Result<Tensor> {
     let batch = allcnn_data::input::load_batch(paths, side, pre, device)?;
-    for i in batch.resized() {
-        resized.side = side;
-        resized.count += 1;
-        let (w, h) = batch.original_sizes[i];
-        resized
-            .first
-            .get_or_insert_with(|| (paths[i].clone(), w, h));
-    }
+    resized.record(&batch, paths);
     Ok(batch.images)
 }
 
@@ -207,11 +211,6 @@ pub fn run(args: &Args) -> Result<()> {
             (names, model.forward(&x)?)
         } else {
             let paths = image_paths(&args.inputs)?;
-            let side = loaded
-                .file
-                .meta
-                .input_size
-                .unwrap_or(model.spec().input_size);
             let pre = match &loaded.preprocessing {
                 Some(p) => p.clone(),
                 None => {
@@ -223,12 +222,14 @@ pub fn run(args: &Args) -> Result<()> {
                     Preprocessing::scale()
                 }
             };
+            let classifier = Classifier::with_preprocessing(loaded.file.clone(), pre);
             let mut chunks = Vec::new();
             let bar = crate::progress::bar(paths.len() as u64, "predicting");
             let mut resized = Resized::default();
             for chunk in paths.chunks(args.batch) {
-                let x = load_images(chunk, side, &pre, &device, &mut resized)?;
-                chunks.push(model.forward(&x)?);
+                let batch = classifier.load_images(chunk)?;
+                resized.record(&batch, chunk);
+                chunks.push(classifier.logits(&batch.images)?);
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();

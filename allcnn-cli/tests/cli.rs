@@ -94,6 +94,11 @@ fn bench_prints_one_json_line() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["batch"], 2);
     assert_eq!(v["conv"], "winograd");
+    assert!(
+        v["simd"].as_str().unwrap().starts_with("avx512")
+            || v["simd"].as_str().unwrap().starts_with("portable"),
+        "{v}"
+    );
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
@@ -122,8 +127,6 @@ fn bench_prints_one_json_line() {
     }
 }
 
-/// `--precision` resolves to a backend, and the JSON line says what was
-/// asked for and what ran; it conflicts with the expert `--conv`.
 /// `ALLCNN_SIMD=portable` runs the code a CPU without AVX-512 runs (CI
 /// tests the kernels that way too): no native bf16, no AMX, and `auto`
 /// precision stays f32, as it does where bf16 would be emulated.
@@ -147,14 +150,16 @@ fn allcnn_simd_portable_turns_the_wide_kernels_off() {
     assert_ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["native_bf16"], false, "{v}");
-    assert_eq!(
-        v["amx"], "disabled by ALLCNN_AMX=0 or ALLCNN_SIMD=portable",
-        "{v}"
-    );
+    assert_eq!(v["simd"], "portable (ALLCNN_SIMD=portable)", "{v}");
+    if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        assert_eq!(v["amx"], "disabled by ALLCNN_SIMD=portable", "{v}");
+    }
     assert_eq!(v["conv"], "winograd", "{v}");
     assert_eq!(v["kernel"], "f32", "{v}");
 }
 
+/// `--precision` resolves to a backend, and the JSON line says what was
+/// asked for and what ran; it conflicts with the expert `--conv`.
 #[test]
 fn bench_reports_the_precision_and_the_kernel_that_ran() {
     for (precision, conv, kernel) in [

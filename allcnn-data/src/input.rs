@@ -13,29 +13,36 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::augment::{crop_u8, resize_u8, resized_shorter};
+use crate::augment::resize_u8;
 use crate::folder::decode_image;
-use crate::{DataError, Image, Preprocessing};
+use crate::{Augmentation, DataError, Image, Preprocessing};
 
-/// Brings an image to a model's `side` x `side` input: an image of that
-/// size is kept; for small inputs (CIFAR's 32 px, below 64) any other size
-/// is resized (bilinear); for larger ones (ImageNet) the shorter side is
-/// resized to 256/224 of the input and the centre cropped, as at
-/// evaluation time.
+/// Brings an RGB image to a model's `side` x `side` input. Small inputs
+/// (CIFAR's 32 px, below 64) keep an image of that size and resize any
+/// other (bilinear). Larger ones (ImageNet) take the evaluation transform
+/// of [`Augmentation::CenterCrop`] for that side, as
+/// [`Augmentation::imagenet_eval`] for 224: the shorter side resized to
+/// 256/224 of the input, then the centre cropped, whatever the image's size.
 ///
 /// # Errors
 /// [`DataError::InvalidConfig`] for a zero `side` or a non-RGB image.
 pub fn fit(img: &Image, side: usize) -> Result<Image, DataError> {
-    if (img.height(), img.width()) == (side, side) {
-        return Ok(img.clone());
+    if side == 0 || img.channels() != 3 {
+        return Err(DataError::InvalidConfig {
+            name: "input size",
+            value: format!("{side} px for a {}-channel image", img.channels()),
+            reason: "needs a non-zero size and an RGB image".into(),
+        });
     }
     if side < 64 {
         return resize_u8(img, side, side);
     }
-    let short = side * 256 / 224;
-    let (h, w) = resized_shorter(img.height(), img.width(), short);
-    let r = resize_u8(img, h, w)?;
-    crop_u8(&r, (h - side) / 2, (w - side) / 2, side, side)
+    let eval = Augmentation::CenterCrop {
+        resize: side * 256 / 224,
+        crop: side,
+    };
+    let params = eval.sample(0, 0, 0, img.height(), img.width());
+    eval.apply_u8(&params, img.clone())
 }
 
 /// A batch made by [`load_batch`].
@@ -43,8 +50,8 @@ pub fn fit(img: &Image, side: usize) -> Result<Image, DataError> {
 pub struct InputBatch {
     /// The preprocessed images, `[N, 3, side, side]` f32.
     pub images: Tensor,
-    /// Each file's size as decoded, `(width, height)`: those that differ
-    /// from the input were brought to it by [`fit`].
+    /// Each file's size as decoded, `(height, width)` as [`Image`] gives
+    /// it: those that differ from the input were brought to it by [`fit`].
     pub original_sizes: Vec<(usize, usize)>,
 }
 
@@ -55,7 +62,7 @@ impl InputBatch {
         self.original_sizes
             .iter()
             .enumerate()
-            .filter(move |(_, &(w, h))| (w, h) != (side, side))
+            .filter(move |(_, &hw)| hw != (side, side))
             .map(|(i, _)| i)
     }
 }
@@ -75,7 +82,7 @@ pub fn load_batch<P: AsRef<Path>>(
     let mut original_sizes = Vec::with_capacity(paths.len());
     for p in paths {
         let img = decode_image(p.as_ref())?;
-        original_sizes.push((img.width(), img.height()));
+        original_sizes.push((img.height(), img.width()));
         pixels.extend_from_slice(fit(&img, side)?.as_chw());
     }
     let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)
@@ -95,20 +102,34 @@ mod tests {
         Image::from_chw(3, h, w, data).unwrap()
     }
 
+    /// What the ImageNet evaluation loader does to an image (the
+    /// `imagenet_eval` policy's parameters applied to its bytes).
+    fn evaluated(img: &Image) -> Image {
+        let eval = Augmentation::imagenet_eval();
+        let p = eval.sample(7, 3, 11, img.height(), img.width());
+        eval.apply_u8(&p, img.clone()).unwrap()
+    }
+
     #[test]
-    fn fit_keeps_resizes_or_crops_as_at_evaluation() {
+    fn fit_is_the_evaluation_transform() {
+        // CIFAR: kept at its size, resized otherwise.
         let same = ramp(32, 32);
         assert_eq!(fit(&same, 32).unwrap(), same);
         let small = fit(&ramp(40, 28), 32).unwrap();
         assert_eq!((small.height(), small.width()), (32, 32));
         assert_eq!(small, resize_u8(&ramp(40, 28), 32, 32).unwrap());
-        // ImageNet: shorter side to 256/224 of 224 = 256, then the centre.
-        let big = ramp(512, 300);
-        let fitted = fit(&big, 224).unwrap();
-        assert_eq!((fitted.height(), fitted.width()), (224, 224));
-        let (h, w) = resized_shorter(300, 512, 256);
-        assert_eq!(h, 256);
-        let r = resize_u8(&big, h, w).unwrap();
-        assert_eq!(fitted, crop_u8(&r, 16, (w - 224) / 2, 224, 224).unwrap());
+        // ImageNet: the evaluation loader's centre crop, also for an image
+        // that is already 224 x 224 (resized to 256 first).
+        for (w, h) in [(512, 300), (224, 224), (300, 640)] {
+            let img = ramp(w, h);
+            let fitted = fit(&img, 224).unwrap();
+            assert_eq!((fitted.height(), fitted.width()), (224, 224));
+            assert_eq!(fitted, evaluated(&img), "{w}x{h}");
+        }
+        assert_ne!(fit(&ramp(224, 224), 224).unwrap(), ramp(224, 224));
+        // Not RGB, or no size: refused.
+        let grey = Image::from_chw(1, 32, 32, vec![0; 32 * 32]).unwrap();
+        assert!(fit(&grey, 32).is_err());
+        assert!(fit(&same, 0).is_err());
     }
 }

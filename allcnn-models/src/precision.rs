@@ -86,7 +86,8 @@ impl Precision {
 /// f32 on a 2-core Sapphire Rapids class Xeon. AMD Zen 4 runs `vdpbf16ps`
 /// (32 multiply-adds) at the rate of one 512-bit f32 FMA (16): training
 /// steps 1.15-1.3x faster, inference 1.2-1.4x. Intel cores with AVX-512
-/// BF16 but no AMX (Cooper Lake), or with AMX turned off (`ALLCNN_AMX=0`),
+/// BF16 but no AMX (Cooper Lake), or with AMX turned off (`ALLCNN_AMX=0`;
+/// `ALLCNN_SIMD=portable` turns off every wide path, the bf16 kernel too),
 /// issue two 512-bit f32 FMAs per cycle, so `vdpbf16ps` brings nothing
 /// there (measured 0.7-1.0x of f32 on Sapphire Rapids without its tiles).
 pub fn bf16_is_faster() -> bool {

@@ -369,3 +369,22 @@ fn winograd_bf16_results_do_not_depend_on_the_thread_count() {
     };
     assert_eq!(run(1), run(3));
 }
+
+/// The switch CI's second pass sets (`ALLCNN_SIMD=portable`) takes effect:
+/// that pass tests the portable code only if no wide path is left on.
+#[test]
+fn the_portable_switch_turns_every_wide_path_off() {
+    use allcnn_models::kernels::{conv, simd_description};
+    let portable =
+        std::env::var("ALLCNN_SIMD").is_ok_and(|v| v.trim().eq_ignore_ascii_case("portable"));
+    if portable {
+        assert!(!conv::has_native_bf16());
+        assert_eq!(conv::amx_status(), conv::AmxStatus::Disabled);
+        assert_eq!(simd_description(), "portable (ALLCNN_SIMD=portable)");
+    } else {
+        assert!(!simd_description().contains("ALLCNN_SIMD"));
+        if std::env::var_os("ALLCNN_AMX").is_none_or(|v| v != "0") {
+            assert_ne!(conv::amx_status(), conv::AmxStatus::Disabled);
+        }
+    }
+}

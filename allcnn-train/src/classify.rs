@@ -24,6 +24,7 @@ use crate::error::{CandleContext, TrainError};
 
 /// One of the most probable classes of an input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Guess {
     /// The class index.
     pub class: usize,
@@ -163,7 +164,8 @@ impl Classifier {
     }
 
     /// The `k` most probable classes of each image file, in the order of
-    /// `paths`.
+    /// `paths`. The files make one batch: for many, call it per chunk (as
+    /// `allcnn predict --batch` does).
     ///
     /// # Errors
     /// As [`Classifier::load_images`] and [`Classifier::logits`].
@@ -172,6 +174,9 @@ impl Classifier {
         paths: &[P],
         k: usize,
     ) -> Result<Vec<Vec<Guess>>, TrainError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
         let batch = self.load_images(paths)?;
         top_guesses(&self.logits(&batch.images)?, k, self.class_names())
     }

@@ -19,10 +19,10 @@
 // The AMX, AVX-512 BF16 and direct-convolution code is reached only
 // through x86-64 runtime detection: elsewhere (aarch64) its helpers are
 // compiled (the portable models of the kernels stay testable) but unused.
-// Public only for the `bf16_gemm` bench, which measures the GEMM alone.
-#[doc(hidden)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod amx;
+// Public only for the `bf16_gemm` bench, which measures the GEMM alone.
+#[doc(hidden)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub mod bf16;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -25,3 +25,21 @@ pub mod relu;
 pub mod sgd;
 pub(crate) mod simd;
 pub(crate) mod slice;
+
+/// Which element-wise and convolution code this process runs on the CPU:
+/// `avx512` (AVX-512 loops and kernels), `portable (ALLCNN_SIMD=portable)`
+/// where that switch turned them off, or `portable` where the CPU (or the
+/// architecture) lacks them. The bf16 kernel and the AMX tiles have their
+/// own reports ([`conv::has_native_bf16`], [`conv::amx_status`]).
+pub fn simd_description() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::portable_only() {
+            return "portable (ALLCNN_SIMD=portable)";
+        }
+        if simd::avx512f() {
+            return "avx512";
+        }
+    }
+    "portable"
+}

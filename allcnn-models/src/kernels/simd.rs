@@ -72,15 +72,26 @@ fn portable_partials(p: &[f32]) -> [f64; LANES] {
     acc
 }
 
-/// Whether `ALLCNN_SIMD=portable` asks for the portable code everywhere:
+/// Whether `ALLCNN_SIMD=portable` asks for the portable code everywhere
+/// (`auto`, empty or unset: the CPU's kernels; any other value is ignored
+/// with a warning on stderr):
 /// no AVX-512 loops, no AVX-512 BF16 kernels, no AMX tiles, as on a CPU
 /// without them (an AVX2 laptop, an ARM machine). It exists to test those
 /// paths on a machine that has the features; read once per process.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn portable_only() -> bool {
     static PORTABLE: OnceLock<bool> = OnceLock::new();
-    *PORTABLE.get_or_init(|| {
-        std::env::var("ALLCNN_SIMD").is_ok_and(|v| v.trim().eq_ignore_ascii_case("portable"))
+    *PORTABLE.get_or_init(|| match std::env::var("ALLCNN_SIMD") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("portable") => true,
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("auto") => false,
+        Ok(v) => {
+            // A typo would otherwise leave the wide kernels on unseen.
+            eprintln!(
+                "warning: ALLCNN_SIMD={v:?} is neither `portable` nor `auto`: ignored (the CPU's kernels run)"
+            );
+            false
+        }
+        Err(_) => false,
     })
 }
 

@@ -80,7 +80,10 @@ impl AmxStatus {
         match self {
             AmxStatus::Active => "active".into(),
             AmxStatus::Unsupported => "not supported by this CPU".into(),
-            AmxStatus::Disabled => "disabled by ALLCNN_AMX=0 or ALLCNN_SIMD=portable".into(),
+            AmxStatus::Disabled if crate::kernels::simd_description().contains("ALLCNN_SIMD") => {
+                "disabled by ALLCNN_SIMD=portable".into()
+            }
+            AmxStatus::Disabled => "disabled by ALLCNN_AMX=0".into(),
             AmxStatus::NoOsSupport => "the OS does not enable the AMX tile state".into(),
             AmxStatus::PermissionDenied(e) => {
                 format!("arch_prctl(ARCH_REQ_XCOMP_PERM) refused (errno {e})")
