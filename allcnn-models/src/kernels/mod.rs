@@ -32,14 +32,12 @@ pub(crate) mod slice;
 /// architecture) lacks them. The bf16 kernel and the AMX tiles have their
 /// own reports ([`conv::has_native_bf16`], [`conv::amx_status`]).
 pub fn simd_description() -> &'static str {
+    if simd::portable_only() {
+        return "portable (ALLCNN_SIMD=portable)";
+    }
     #[cfg(target_arch = "x86_64")]
-    {
-        if simd::portable_only() {
-            return "portable (ALLCNN_SIMD=portable)";
-        }
-        if simd::avx512f() {
-            return "avx512";
-        }
+    if simd::avx512f() {
+        return "avx512";
     }
     "portable"
 }

@@ -11,7 +11,6 @@
 // features first.
 #![allow(unsafe_code)]
 
-#[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
 /// Runs `f`, compiled for AVX-512 F/BW/VL (with AVX2 and FMA) where this
@@ -78,7 +77,6 @@ fn portable_partials(p: &[f32]) -> [f64; LANES] {
 /// no AVX-512 loops, no AVX-512 BF16 kernels, no AMX tiles, as on a CPU
 /// without them (an AVX2 laptop, an ARM machine). It exists to test those
 /// paths on a machine that has the features; read once per process.
-#[cfg(target_arch = "x86_64")]
 pub(crate) fn portable_only() -> bool {
     static PORTABLE: OnceLock<bool> = OnceLock::new();
     *PORTABLE.get_or_init(|| match std::env::var("ALLCNN_SIMD") {

@@ -101,7 +101,8 @@ pub enum ModelAction {
 enum Found {
     Nothing,
     Partial(Box<CheckpointState>),
-    Finished(Box<CheckpointState>, EvalReport),
+    /// With the data path the run was trained on, where recorded.
+    Finished(Box<CheckpointState>, EvalReport, Option<PathBuf>),
 }
 
 /// Runs `options.experiment`: every selected row trains into
@@ -480,7 +481,7 @@ fn initial_row(
             row.status = RowStatus::Interrupted;
             row.set_progress(state.epoch, state.step, &state.history);
         }
-        Found::Finished(state, eval) => {
+        Found::Finished(state, eval, _) => {
             row.status = if state.epoch >= row.epochs {
                 RowStatus::Done
             } else {
@@ -633,7 +634,7 @@ fn inspect(dir: &Path, config: &TrainConfig, exp: Experiment) -> Result<Found, T
             path: eval_path.clone(),
             reason: format!("not an evaluation report: {e}"),
         })?;
-        return Ok(Found::Finished(Box::new(state), eval));
+        return Ok(Found::Finished(Box::new(state), eval, theirs.data.path));
     }
     Ok(Found::Partial(Box::new(state)))
 }
@@ -645,17 +646,14 @@ fn inspect(dir: &Path, config: &TrainConfig, exp: Experiment) -> Result<Found, T
 fn data_elsewhere(found: &Found, asked: &TrainConfig, model: &str) -> Option<String> {
     // A partial run resumes only on data with its fingerprint (the
     // trainer checks); a finished one is reused without a look at the data.
-    let Found::Finished(state, _) = found else {
+    let Found::Finished(_, _, Some(was)) = found else {
         return None;
     };
-    let theirs = TrainConfig::from_toml(&state.config, "checkpoint").ok()?;
-    let (Some(was), Some(now)) = (theirs.data.path, asked.data.path.as_ref()) else {
-        return None;
-    };
+    let now = asked.data.path.as_ref()?;
     let same = |a: &Path, b: &Path| {
         a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
     };
-    if same(&was, now) {
+    if same(was, now) {
         return None;
     }
     Some(format!(

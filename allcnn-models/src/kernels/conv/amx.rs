@@ -80,7 +80,7 @@ impl AmxStatus {
         match self {
             AmxStatus::Active => "active".into(),
             AmxStatus::Unsupported => "not supported by this CPU".into(),
-            AmxStatus::Disabled if crate::kernels::simd_description().contains("ALLCNN_SIMD") => {
+            AmxStatus::Disabled if crate::kernels::simd::portable_only() => {
                 "disabled by ALLCNN_SIMD=portable".into()
             }
             AmxStatus::Disabled => "disabled by ALLCNN_AMX=0".into(),
