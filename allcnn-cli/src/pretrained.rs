@@ -42,6 +42,7 @@ struct Row {
     top5: Option<f64>,
     test_images: Option<usize>,
     epochs: Option<u64>,
+    best_of_run: bool,
     bytes: usize,
     default: bool,
     provenance: std::collections::BTreeMap<String, String>,
@@ -76,6 +77,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                         top5: i.top5,
                         test_images: i.test_images,
                         epochs: i.epochs,
+                        best_of_run: i.best_of_run,
                         bytes: i.bytes,
                         default: *v == AllCnnC::Cifar10,
                         provenance: i.provenance,
@@ -88,7 +90,7 @@ pub fn run(cmd: &Command) -> Result<()> {
             }
             for r in &rows {
                 outln!(
-                    "{}{}: {} on {}, test top-1 {:.2}%{} on {} images, {} epochs, {:.1} MB",
+                    "{}{}: {} on {}, test top-1 {:.2}%{} on {} images, {}, {:.1} MB",
                     r.name,
                     if r.default { " (default)" } else { "" },
                     r.architecture,
@@ -98,7 +100,11 @@ pub fn run(cmd: &Command) -> Result<()> {
                         .map(|t| format!(", top-5 {:.2}%", 100.0 * t))
                         .unwrap_or_default(),
                     r.test_images.map_or("?".into(), |n| n.to_string()),
-                    r.epochs.map_or("?".into(), |n| n.to_string()),
+                    match (r.epochs, r.best_of_run) {
+                        (Some(n), true) => format!("the run's best epoch, {n}"),
+                        (Some(n), false) => crate::count(n, "epoch"),
+                        (None, _) => "? epochs".into(),
+                    },
                     r.bytes as f64 / 1e6
                 )?;
                 for (k, v) in &r.provenance {

@@ -2096,6 +2096,17 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     assert_eq!(v[0]["default"], true);
     let top1 = v[0]["top1"].as_f64().unwrap();
     assert!(top1 > 0.0 && top1 <= 1.0, "{v}");
+    // The human listing names the epoch as what it is: a best-of-run export
+    // is not the run's length.
+    let o = allcnn(&["pretrained", "list"]);
+    assert_ok(&o);
+    let epoch = v[0]["epochs"].as_u64().unwrap();
+    let said = if v[0]["best_of_run"] == true {
+        format!("the run's best epoch, {epoch},")
+    } else {
+        format!("{epoch} epochs,")
+    };
+    assert!(stdout(&o).contains(&said), "{said}: {}", stdout(&o));
 
     // Saved byte for byte.
     let saved = dir.path().join("c10.safetensors");

@@ -42,15 +42,16 @@ use crate::weights::{write_atomic, WeightsFile};
 #[non_exhaustive]
 pub enum AllCnnC {
     /// Trained by allcnn on CIFAR-10 with the paper's protocol (GCN + ZCA,
-    /// dropout, SGD with momentum), in stages on a CPU, the last ones with
-    /// the paper's flips and translations; see [`AllCnnC::info`] for its
-    /// accuracy and budget.
+    /// dropout, SGD with momentum, flips and translations) and its
+    /// 350-epoch schedule on a CPU; see [`AllCnnC::info`] for its accuracy,
+    /// the epoch it is from and its budget.
     Cifar10,
 }
 
 /// What a shipped weights file is and how well it does, from its
 /// `config.json`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PretrainedInfo {
     /// The name used on the command line (`all-cnn-c-cifar10`).
     pub name: &'static str,
@@ -64,8 +65,11 @@ pub struct PretrainedInfo {
     pub top5: Option<f64>,
     /// Test images the accuracy was measured on.
     pub test_images: Option<usize>,
-    /// Epochs trained.
+    /// Epochs trained to get these weights: the epoch they are from.
     pub epochs: Option<u64>,
+    /// Whether they are the run's best epoch (by test top-1) rather than
+    /// its last: the run may have gone on past [`PretrainedInfo::epochs`].
+    pub best_of_run: bool,
     /// The file's size in bytes.
     pub bytes: usize,
     /// Hardware, wall time, commit and the like.
@@ -97,6 +101,8 @@ struct ResultRow {
 struct WeightsRow {
     #[serde(default)]
     epoch: Option<u64>,
+    #[serde(default)]
+    exported: Option<String>,
 }
 
 impl AllCnnC {
@@ -152,6 +158,7 @@ impl AllCnnC {
             top5: test.and_then(|r| r.top5),
             test_images: test.and_then(|r| r.examples),
             epochs: c.weights.epoch,
+            best_of_run: c.weights.exported.as_deref() == Some("best"),
             bytes: self.bytes().len(),
             provenance: c.provenance,
         }

@@ -34,6 +34,15 @@ fn every_shipped_file_loads_with_names_preprocessing_and_provenance() {
             assert!(info.provenance.contains_key(key), "{key}: {info:?}");
         }
         assert!(v.card().contains(&format!("{:.2}%", 100.0 * info.top1)));
+        // The epoch the card names, and whether it is the run's best.
+        let epoch = info.epochs.expect("the epoch is recorded");
+        let said = format!("weights (epoch {epoch})");
+        assert!(v.card().contains(&said), "{said}: {info:?}");
+        assert_eq!(
+            info.best_of_run,
+            v.card().contains(&format!("**best** {said}")),
+            "{info:?}"
+        );
         // Every parameter finite, and the logits of an input are finite.
         for (name, t) in w.model.parameters() {
             let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
