@@ -2101,11 +2101,25 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
     let o = allcnn(&["pretrained", "list"]);
     assert_ok(&o);
     let epoch = v[0]["epochs"].as_u64().unwrap();
-    let said = if v[0]["best_of_run"] == true {
-        format!("the run's best epoch, {epoch},")
-    } else {
-        format!("{epoch} epochs,")
+    let said = match (v[0]["best_of_run"] == true, epoch) {
+        (true, _) => format!("the run's best epoch, {epoch},"),
+        (false, 1) => "1 epoch,".to_string(),
+        (false, _) => format!("{epoch} epochs,"),
     };
+    // ... as config.json records it.
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../allcnn-models/pretrained/all-cnn-c-cifar10/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["weights"]["epoch"].as_u64(), Some(epoch));
+    assert_eq!(
+        v[0]["best_of_run"] == true,
+        config["weights"]["exported"] == "best"
+    );
     assert!(stdout(&o).contains(&said), "{said}: {}", stdout(&o));
 
     // Saved byte for byte.
