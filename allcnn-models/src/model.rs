@@ -132,6 +132,14 @@ pub enum Init {
     XavierUniform,
     /// Xavier/Glorot normal: `N(0, 2 / (fan_in + fan_out))`.
     XavierNormal,
+    /// LeCun uniform: `U(-a, a)`, `a = sqrt(3 / fan_in)`, what Caffe's
+    /// `xavier` filler draws (its default `variance_norm: FAN_IN`), so the
+    /// init of the public Caffe All-CNN-C runs. It differs from
+    /// [`Init::XavierUniform`] where fan-in and fan-out differ: 4x wider in
+    /// All-CNN-C's first layer (fan-in 27, fan-out 864). Also read as
+    /// `caffe-xavier`.
+    #[serde(alias = "caffe-xavier")]
+    LecunUniform,
 }
 
 impl std::str::FromStr for Init {
@@ -142,8 +150,9 @@ impl std::str::FromStr for Init {
             "he-normal" | "he" | "kaiming" => Ok(Init::HeNormal),
             "xavier-uniform" | "xavier" | "glorot" => Ok(Init::XavierUniform),
             "xavier-normal" => Ok(Init::XavierNormal),
+            "lecun-uniform" | "caffe-xavier" => Ok(Init::LecunUniform),
             _ => Err(format!(
-                "unknown init `{s}`: use he-normal, xavier-uniform or xavier-normal"
+                "unknown init `{s}`: use he-normal, xavier-uniform, xavier-normal or lecun-uniform (Caffe's xavier filler)"
             )),
         }
     }
@@ -167,8 +176,12 @@ impl Init {
                 let d = Normal::new(0.0, (2.0 / (fan_in + fan_out)).sqrt()).expect("finite std");
                 draw(&|r| d.sample(r), rng)
             }
-            Init::XavierUniform => {
-                let a = (6.0 / (fan_in + fan_out)).sqrt();
+            Init::XavierUniform | Init::LecunUniform => {
+                let a = if self == Init::XavierUniform {
+                    (6.0 / (fan_in + fan_out)).sqrt()
+                } else {
+                    (3.0 / fan_in).sqrt()
+                };
                 let d = Uniform::new_inclusive(-a, a).expect("finite bounds");
                 draw(&|r| d.sample(r), rng)
             }

@@ -59,6 +59,33 @@ fn init_is_seeded_and_scaled() {
     let w = values(&x.parameters()[2].1);
     let a = (6.0f32 / ((96 * 25 + 192 * 25) as f32)).sqrt();
     assert!(w.iter().all(|v| v.abs() <= a) && w.iter().any(|v| v.abs() > 0.9 * a));
+    // LeCun uniform (Caffe's `xavier`): bounded by sqrt(3 / fan_in), so
+    // All-CNN-C's first layer (fan-in 3*9 = 27) is 4x wider than under
+    // Xavier uniform (fan-out 96*9 = 864), and uniform: variance a^2 / 3.
+    let l = AllCnn::init(
+        ArchSpec::by_name("all-cnn-c", 10).unwrap(),
+        "caffe-xavier".parse::<Init>().unwrap(),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w = values(&l.parameters()[0].1);
+    let a = (3.0f32 / 27.0).sqrt();
+    assert!(w.iter().all(|v| v.abs() <= a) && w.iter().any(|v| v.abs() > 0.95 * a));
+    let var = w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+    assert!((var / (a * a / 3.0) - 1.0).abs() < 0.1, "variance {var}");
+    let x = values(
+        &AllCnn::init(l.spec().clone(), Init::XavierUniform, 1, &Device::Cpu)
+            .unwrap()
+            .parameters()[0]
+            .1,
+    );
+    let xa = (6.0f32 / (27.0 + 864.0)).sqrt();
+    assert!(x.iter().all(|v| v.abs() <= xa) && (a / xa - 4.0).abs() < 0.1);
+    assert!("lecun"
+        .parse::<Init>()
+        .unwrap_err()
+        .contains("lecun-uniform"));
 }
 
 #[test]

@@ -247,3 +247,18 @@ fn shuffle_labels_permutes_training_labels_only() {
         .to_toml()
         .contains("shuffle_labels"));
 }
+
+#[test]
+fn caffe_xavier_is_lecun_uniform_in_configs() {
+    // The public Caffe All-CNN-C runs use Caffe's `xavier` filler, which is
+    // LeCun uniform (fan-in only), not Glorot: a config can ask for it by
+    // either name, and it is written back under its own.
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.apply_overrides(&["init=caffe-xavier"]).unwrap();
+    assert_eq!(c.init, allcnn_models::Init::LecunUniform);
+    c.apply_overrides(&["init=lecun-uniform"]).unwrap();
+    assert_eq!(c.init, allcnn_models::Init::LecunUniform);
+    let text = toml::to_string(&c).unwrap();
+    assert!(text.contains("init = \"lecun-uniform\""), "{text}");
+    assert!(c.apply_overrides(&["init=lecun"]).is_err());
+}
