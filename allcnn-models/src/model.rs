@@ -167,6 +167,10 @@ impl Init {
         let draw = |d: &dyn Fn(&mut ChaCha8Rng) -> f64, rng: &mut ChaCha8Rng| -> Vec<f32> {
             (0..n).map(|_| d(rng) as f32).collect()
         };
+        let uniform = |a: f64, rng: &mut ChaCha8Rng| -> Vec<f32> {
+            let d = Uniform::new_inclusive(-a, a).expect("finite bounds");
+            draw(&|r| d.sample(r), rng)
+        };
         match self {
             Init::HeNormal => {
                 let d = Normal::new(0.0, (2.0 / fan_in).sqrt()).expect("finite std");
@@ -176,15 +180,8 @@ impl Init {
                 let d = Normal::new(0.0, (2.0 / (fan_in + fan_out)).sqrt()).expect("finite std");
                 draw(&|r| d.sample(r), rng)
             }
-            Init::XavierUniform | Init::LecunUniform => {
-                let a = if self == Init::XavierUniform {
-                    (6.0 / (fan_in + fan_out)).sqrt()
-                } else {
-                    (3.0 / fan_in).sqrt()
-                };
-                let d = Uniform::new_inclusive(-a, a).expect("finite bounds");
-                draw(&|r| d.sample(r), rng)
-            }
+            Init::XavierUniform => uniform((6.0 / (fan_in + fan_out)).sqrt(), rng),
+            Init::LecunUniform => uniform((3.0 / fan_in).sqrt(), rng),
         }
     }
 }

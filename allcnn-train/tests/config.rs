@@ -258,7 +258,7 @@ fn caffe_xavier_is_lecun_uniform_in_configs() {
     assert_eq!(c.init, allcnn_models::Init::LecunUniform);
     c.apply_overrides(&["init=lecun-uniform"]).unwrap();
     assert_eq!(c.init, allcnn_models::Init::LecunUniform);
-    let text = toml::to_string(&c).unwrap();
+    let text = c.to_toml();
     assert!(text.contains("init = \"lecun-uniform\""), "{text}");
     assert!(c.apply_overrides(&["init=lecun"]).is_err());
 }
