@@ -5,8 +5,9 @@
 #   bench/side_by_side.sh [ALLCNN_BINARY] [ROUNDS] > results.jsonl
 #
 # For each round, mode (train, infer) and batch (64, 128) it runs, back to
-# back: allcnn f32 (Winograd), allcnn winograd-bf16, PyTorch f32 and PyTorch
-# bf16 autocast + channels_last (its fastest CPU path). Every run prints one
+# back: allcnn f32 (Winograd), allcnn winograd-bf16, PyTorch f32, PyTorch
+# f32 + channels_last and PyTorch bf16 autocast + channels_last (its fastest
+# path on CPUs with AVX512-BF16 or AMX; on AVX2-only CPUs f32 is). Every run prints one
 # JSON line with the round added; take the median over rounds. The CPU's
 # model and its bf16/AMX flags are printed first (as a JSON line with
 # "cpu"). Needs torch; runs on the machine's cores (set THREADS to pin).
@@ -34,7 +35,7 @@ for round in $(seq 1 "$ROUNDS"); do
         RAYON_NUM_THREADS=$THREADS "$BIN" bench --model all-cnn-c --mode "$mode" --batch "$batch" \
           --iters "$ITERS" --warmup "$WARMUP" --conv "$conv" | sed "s/^{/{\"round\":$round,/"
       done
-      for extra in "" "--bf16 --channels-last"; do
+      for extra in "" "--channels-last" "--bf16 --channels-last"; do
         # shellcheck disable=SC2086
         python3 "$HERE/pytorch_reference.py" --spec "$SPEC" --model all-cnn-c --mode "$mode" \
           --batch "$batch" --iters "$ITERS" --warmup "$WARMUP" --threads "$THREADS" $extra 2>/dev/null \

@@ -67,7 +67,9 @@ pub struct DataConfig {
     /// Train on a seeded random subset of this many training images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_subset: Option<usize>,
-    /// Evaluate on a seeded random subset of this many test images.
+    /// Score every epoch on a seeded random subset of this many test
+    /// images; the final weights are still evaluated on the whole test
+    /// split (`eval.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_subset: Option<usize>,
     /// Images held out of the training split for validation (best epoch,

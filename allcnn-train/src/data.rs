@@ -24,6 +24,12 @@ pub struct TrainData {
     pub val: Option<Arc<dyn Dataset>>,
     /// Test examples (reported every epoch).
     pub test: Option<Arc<dyn Dataset>>,
+    /// The whole test split where `test` is a seeded sample of it
+    /// (`data.test_subset`): the end of a run evaluates its final weights
+    /// on this one, so `eval.json` covers every test image while the epochs
+    /// are scored on the cheaper sample. `None` when `test` is the whole
+    /// split.
+    pub test_full: Option<Arc<dyn Dataset>>,
 }
 
 impl std::fmt::Debug for TrainData {
@@ -32,6 +38,7 @@ impl std::fmt::Debug for TrainData {
             .field("train", &self.train.len())
             .field("val", &self.val.as_ref().map(|d| d.len()))
             .field("test", &self.test.as_ref().map(|d| d.len()))
+            .field("test_full", &self.test_full.as_ref().map(|d| d.len()))
             .finish()
     }
 }
@@ -61,6 +68,7 @@ impl TrainData {
             train,
             val: None,
             test,
+            test_full: None,
         }
     }
 
@@ -209,11 +217,20 @@ impl TrainData {
         if config.shuffle_labels {
             train = Arc::new(allcnn_data::dataset::ShuffledLabels::new(train, seed)?);
         }
-        let test = match self.test {
-            Some(t) => Some(random_subset(t, config.test_subset, seed, TEST_SAMPLE)?),
-            None => None,
+        let (test, test_full) = match self.test {
+            Some(t) => {
+                let sample = random_subset(Arc::clone(&t), config.test_subset, seed, TEST_SAMPLE)?;
+                let full = (sample.len() < t.len()).then_some(t);
+                (Some(sample), full.or(self.test_full))
+            }
+            None => (None, self.test_full),
         };
-        Ok(Self { train, val, test })
+        Ok(Self {
+            train,
+            val,
+            test,
+            test_full,
+        })
     }
 
     /// Number of classes of the training split.

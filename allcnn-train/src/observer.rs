@@ -94,7 +94,9 @@ pub trait Observer: Send {
     /// A message for the person watching (checkpoint written, how to resume).
     fn on_message(&mut self, _message: &str) {}
     /// Evaluation progress: `done` of `total` examples of `split`
-    /// (`"validation"` or `"test"`) evaluated, after every batch.
+    /// (`"validation"` or `"test"`; `"test (all images)"` for the final
+    /// evaluation on the whole test split where the epochs used a
+    /// `data.test_subset` sample) evaluated, after every batch.
     fn on_eval(&mut self, _split: &str, _done: u64, _total: u64) {}
 }
 

@@ -200,6 +200,9 @@ struct Run {
     train_loader: DataLoader,
     val_loader: Option<DataLoader>,
     test_loader: Option<DataLoader>,
+    /// The whole test split where `test_loader` reads a sample of it
+    /// (`data.test_subset`): the final evaluation's.
+    full_test_loader: Option<DataLoader>,
     state: CheckpointState,
     last_checkpoint: Option<PathBuf>,
     input_size: usize,
@@ -587,6 +590,7 @@ impl Trainer {
         };
         let val_loader = make_eval(&data.val)?;
         let test_loader = make_eval(&data.test)?;
+        let full_test_loader = make_eval(&data.test_full)?;
         let input_size = train_loader.image_shape().1;
         Ok(Run {
             config,
@@ -597,6 +601,7 @@ impl Trainer {
             train_loader,
             val_loader,
             test_loader,
+            full_test_loader,
             state,
             last_checkpoint,
             input_size,
@@ -865,9 +870,17 @@ impl Trainer {
         }
         let final_path = run.run_dir.join(files::FINAL);
         self.save_weights(&run, &final_path, run.state.history.last())?;
-        let (val, test) = evaluate_splits(&mut run, &mut |split, done, total| {
+        let (val, mut test) = evaluate_splits(&mut run, &mut |split, done, total| {
             self.emit(sinks, |o| o.on_eval(split, done, total));
         })?;
+        // The epochs were scored on a sample of the test split: the final
+        // weights are scored on all of it.
+        if let Some(l) = &run.full_test_loader {
+            let total = l.num_examples() as u64;
+            test = Some(evaluate_with_progress(&run.model, l, &mut |done| {
+                self.emit(sinks, |o| o.on_eval("test (all images)", done, total));
+            })?);
+        }
         if let Some(t) = &test {
             let json = serde_json::to_string_pretty(t).expect("report serialises");
             allcnn_models::write_atomic(&run.run_dir.join(files::EVAL), json.as_bytes())?;
@@ -881,7 +894,12 @@ impl Trainer {
             crate::observer::count(run.state.step, "step"),
             final_path.display(),
             test.as_ref()
-                .map(|t| format!(", test top-1 {:.2}% (loss {:.4})", 100.0 * t.top1, t.loss))
+                .map(|t| format!(
+                    ", test top-1 {:.2}% (loss {:.4}) on {}",
+                    100.0 * t.top1,
+                    t.loss,
+                    crate::observer::count(t.examples, "test image")
+                ))
                 .unwrap_or_default()
         );
         self.emit(sinks, |o| o.on_message(&msg));

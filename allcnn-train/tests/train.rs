@@ -619,6 +619,52 @@ fn evaluate_reports_top1_top5_per_class_and_confusion() {
 }
 
 #[test]
+fn a_test_subset_scores_the_epochs_and_eval_json_the_whole_split() {
+    let train = random_dataset(32, 8, 4, 1);
+    let test = random_dataset(40, 8, 4, 2);
+    let mut c = tiny_config(tiny_spec(8, 8, 4, false), 2, 8, 0.01);
+    c.data.test_subset = Some(12);
+    let d = data(train.clone(), Some(test.clone()))
+        .select(&c.data, c.seed)
+        .unwrap();
+    assert_eq!(d.test.as_ref().map(|t| t.len()), Some(12));
+    assert_eq!(d.test_full.as_ref().map(|t| t.len()), Some(40));
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet().train(&c, &d, dir.path()).unwrap();
+    let final_weights = s.final_weights.clone().unwrap();
+    let eval_on = |set: std::sync::Arc<dyn allcnn_data::Dataset>| {
+        allcnn_train::eval::evaluate_weights(
+            &final_weights,
+            set,
+            64,
+            allcnn_data::Augmentation::None,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    // The epochs were scored on the 12-image sample: the last epoch's
+    // figure is the final weights' on that sample.
+    let sample = eval_on(d.test.clone().unwrap());
+    assert_eq!(sample.examples, 12);
+    assert_eq!(s.history.last().unwrap().test_accuracy, Some(sample.top1));
+    // The run's report and eval.json: the final weights on all 40.
+    let whole = eval_on(test.clone());
+    let report = s.test.as_ref().unwrap();
+    assert_eq!((report.examples, &report.confusion), (40, &whole.confusion));
+    let written: allcnn_train::eval::EvalReport =
+        serde_json::from_slice(&std::fs::read(dir.path().join(files::EVAL)).unwrap()).unwrap();
+    assert_eq!((written.examples, written.confusion), (40, whole.confusion));
+    // A finished run resumed reports the same (read back from eval.json).
+    let again = quiet().resume(dir.path(), Some(&d)).unwrap();
+    assert_eq!(again.test.map(|t| t.examples), Some(40));
+
+    // A subset as large as the split is the split: no second evaluation.
+    c.data.test_subset = Some(40);
+    let d = data(train, Some(test)).select(&c.data, c.seed).unwrap();
+    assert!(d.test_full.is_none());
+}
+
+#[test]
 fn grid_search_picks_by_validation() {
     let train = random_dataset(40, 8, 2, 9);
     let mut c = tiny_config(tiny_spec(8, 8, 2, false), 1, 8, 0.05);
