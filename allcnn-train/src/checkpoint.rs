@@ -87,6 +87,12 @@ pub struct CheckpointState {
     /// (checked on resume; absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_fingerprint: Option<String>,
+    /// [`crate::data::preprocessing_digest`] of the preprocessing the run
+    /// trains with: a refit of a lost `preprocessing.safetensors` is
+    /// checked against it on resume, and a replaced file is refused
+    /// (absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing_digest: Option<String>,
     /// The resolved config as TOML.
     pub config: String,
     /// The architecture.

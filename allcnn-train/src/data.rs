@@ -239,6 +239,23 @@ impl TrainData {
     }
 }
 
+/// A CRC-32 of a preprocessing: its JSON description and every tensor's
+/// name and bytes, in name order (`01ab23cd`). Two fits are equal to the
+/// bit exactly when their digests agree (up to CRC collisions), so a run's
+/// checkpoint records it and a resume checks the file or a refit against it.
+pub fn preprocessing_digest(p: &Preprocessing) -> String {
+    let (json, mut tensors) = p.to_parts();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = crc32fast::Hasher::new();
+    h.update(json.as_bytes());
+    for (name, t) in &tensors {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(&safetensors::View::data(t));
+    }
+    format!("{:08x}", h.finalize())
+}
+
 /// The preprocessing of a fresh run: read from `config.preprocessing_from`
 /// when it names a file, else fitted on `train`.
 ///

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{BestRecord, Checkpoint, CheckpointState, EpochPartial, RngState};
 use crate::config::TrainConfig;
-use crate::data::{eval_loader, fit_preprocessing, TrainData};
+use crate::data::{eval_loader, fit_preprocessing, preprocessing_digest, TrainData};
 use crate::error::TrainError;
 use crate::eval::{evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
@@ -209,6 +209,14 @@ struct Run {
     /// The latest (validation, test) evaluation and the step it was made at,
     /// so the end of a run does not evaluate unchanged weights again.
     last_eval: Option<(u64, Option<EvalReport>, Option<EvalReport>)>,
+    /// Said to the observers once the run starts (resume's findings).
+    notices: Vec<Notice>,
+}
+
+/// Something resume found, said once the run's observers are listening.
+enum Notice {
+    Message(String),
+    Warning(String),
 }
 
 impl Default for Trainer {
@@ -330,6 +338,7 @@ impl Trainer {
             history: Vec::new(),
             train_examples: data.train.len(),
             data_fingerprint: Some(data.fingerprint()),
+            preprocessing_digest: Some(preprocessing_digest(&preprocessing)),
             config: config_text,
             spec,
         };
@@ -483,7 +492,9 @@ impl Trainer {
             ckpt.state.step,
             ckpt.state.epoch,
         )?;
-        let preprocessing = Preprocessing::load(&run_dir.join(files::PREPROCESSING))?;
+        let (preprocessing, notice) =
+            self.resume_preprocessing(run_dir, &config, data, &ckpt.state)?;
+        ckpt.state.preprocessing_digest = Some(preprocessing_digest(&preprocessing));
         let mut model = AllCnn::from_tensors(
             ckpt.state.spec.clone(),
             ckpt.params,
@@ -495,7 +506,7 @@ impl Trainer {
         let mut opt = MomentumSgd::new(vars, sgd_config(&config));
         opt.load_state(ckpt.momentum)?;
         let state = ckpt.state;
-        let run = self.assemble(
+        let mut run = self.assemble(
             config,
             data,
             run_dir,
@@ -506,7 +517,62 @@ impl Trainer {
             Some(ckpt_path.clone()),
         )?;
         check_resumed(&run, &ckpt_path)?;
+        run.notices.extend(notice);
         self.run(run)
+    }
+
+    /// The preprocessing a resumed run goes on with: its run directory's
+    /// file, checked against the digest its checkpoint recorded, or, where
+    /// the file is missing, fitted again from the training data (as the run
+    /// did at its start) and saved, with a notice that says whether the
+    /// refit equals the run's own.
+    fn resume_preprocessing(
+        &self,
+        run_dir: &Path,
+        config: &TrainConfig,
+        data: &TrainData,
+        state: &CheckpointState,
+    ) -> Result<(Preprocessing, Option<Notice>), TrainError> {
+        let path = run_dir.join(files::PREPROCESSING);
+        let recorded = state.preprocessing_digest.as_deref();
+        if path.exists() {
+            let p = Preprocessing::load(&path)?;
+            let digest = preprocessing_digest(&p);
+            if let Some(recorded) = recorded.filter(|r| *r != digest) {
+                return Err(TrainError::RunDir {
+                    path: path.clone(),
+                    reason: format!(
+                        "this preprocessing (digest {digest}) is not the one the run trained with (its checkpoint records {recorded}): put the run's own file back, or delete this one and resume to fit it again from the training data"
+                    ),
+                });
+            }
+            return Ok((p, None));
+        }
+        if self.console {
+            Console::new(1).on_message(&format!(
+                "{} is missing: fitting the run's preprocessing again from its {} training images",
+                path.display(),
+                data.train.len()
+            ));
+        }
+        let p = fit_preprocessing(&config.data, data.train.as_ref())?;
+        let digest = preprocessing_digest(&p);
+        p.save(&path)?;
+        let notice = match recorded {
+            Some(r) if r == digest => Notice::Message(format!(
+                "{} was missing: fitted again from the training data, equal to the run's own to the bit (digest {digest}); the run goes on as if it had never been lost",
+                path.display()
+            )),
+            Some(r) => Notice::Warning(format!(
+                "{} was missing: fitted again from the training data, but the refit differs from the preprocessing the run trained with (digest {digest}, the run's {r}: another CPU or library rounds differently); the run goes on with the refit, so it is no longer bit-identical to an uninterrupted run",
+                path.display()
+            )),
+            None => Notice::Warning(format!(
+                "{} was missing: fitted again from the training data (digest {digest}); this run's checkpoint predates preprocessing digests, so the refit cannot be checked against the preprocessing the run trained with",
+                path.display()
+            )),
+        };
+        Ok((p, Some(notice)))
     }
 
     /// The summary of a run that has trained all its epochs and written
@@ -606,6 +672,7 @@ impl Trainer {
             last_checkpoint,
             input_size,
             last_eval: None,
+            notices: Vec::new(),
         })
     }
 
@@ -638,6 +705,12 @@ impl Trainer {
             start_step: run.state.step,
         };
         self.emit(&mut sinks, |o| o.on_start(&info));
+        for notice in std::mem::take(&mut run.notices) {
+            match &notice {
+                Notice::Message(m) => self.emit(&mut sinks, |o| o.on_message(m)),
+                Notice::Warning(w) => self.emit(&mut sinks, |o| o.on_warning(w)),
+            }
+        }
 
         let mut status = RunStatus::Completed;
         let mut dead = DeadWatch::default();

@@ -998,6 +998,16 @@ fn opened_data_never_mix_splits_or_labels() {
     assert!(d.test.is_none());
 }
 
+/// A checkpoint's tensors as `Checkpoint::write` takes them, in name order.
+fn sorted(
+    m: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Vec<(String, candle_core::Tensor)> {
+    let mut v: Vec<(String, candle_core::Tensor)> =
+        m.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 #[test]
 fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     // D18 of issue 15: bit flips, counters that cannot come from the run,
@@ -1017,12 +1027,6 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     let path = cut.path().join(files::CHECKPOINT);
     let good = std::fs::read(&path).unwrap();
     let ck = Checkpoint::read(&path).unwrap();
-    let sorted = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
-        let mut v: Vec<(String, candle_core::Tensor)> =
-            m.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
     let (params, momentum) = (sorted(&ck.params), sorted(&ck.momentum));
     let refused = |why: &str| {
         let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
@@ -1180,4 +1184,145 @@ fn resume_refuses_other_data_of_the_same_size() {
     )
     .unwrap();
     assert_ne!(fp(a.path()), fp(b.path()));
+}
+
+/// Collects messages and warnings, each tagged.
+struct Said(Arc<Mutex<Vec<String>>>);
+impl Observer for Said {
+    fn on_message(&mut self, m: &str) {
+        self.0.lock().unwrap().push(format!("message: {m}"));
+    }
+    fn on_warning(&mut self, m: &str) {
+        self.0.lock().unwrap().push(format!("warning: {m}"));
+    }
+}
+
+/// A run directory that lost its `preprocessing.safetensors` still
+/// resumes: the GCN + ZCA is fitted again from the training data, checked
+/// against the digest the checkpoint recorded, and the run ends with the
+/// weights of an uninterrupted one. A file that is not the run's own is
+/// refused; a refit that cannot be checked, or differs, is said loudly.
+#[test]
+fn a_lost_preprocessing_file_is_fitted_again_on_resume() {
+    use allcnn_train::checkpoint::Checkpoint;
+    let d = data(
+        random_dataset(24, 8, 3, 2),
+        Some(random_dataset(12, 8, 3, 3)),
+    );
+    let mut c = resume_config();
+    c.data.preprocessing = allcnn_train::config::PreprocessChoice::GcnZca;
+    let pre = |dir: &std::path::Path| dir.join(files::PREPROCESSING);
+
+    let full = tempfile::tempdir().unwrap();
+    let a = quiet().train(&c, &d, full.path()).unwrap();
+    assert_eq!((a.status, a.steps), (RunStatus::Completed, 18));
+    let own = std::fs::read(pre(full.path())).unwrap();
+
+    // Stopped at step 8, then resumed with Ctrl-C's flag cleared.
+    let cut_run = || {
+        let cut = tempfile::tempdir().unwrap();
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut t = Trainer::builder()
+            .console(false)
+            .interrupt_flag(flag.clone())
+            .observer(Box::new(StopAt(8, flag)))
+            .build();
+        let b = t.train(&c, &d, cut.path()).unwrap();
+        assert_eq!((b.status, b.steps), (RunStatus::Interrupted, 8));
+        cut
+    };
+    let resume_saying = |dir: &std::path::Path| {
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let mut t = Trainer::builder()
+            .console(false)
+            .observer(Box::new(Said(said.clone())))
+            .build();
+        let r = t.resume(dir, Some(&d));
+        let said = said.lock().unwrap().clone();
+        (r, said)
+    };
+
+    // Lost: refitted, equal to the bit, and the run ends as if never cut.
+    let cut = cut_run();
+    std::fs::remove_file(pre(cut.path())).unwrap();
+    let (r, said) = resume_saying(cut.path());
+    let r = r.unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 18));
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("message: ") && m.contains("equal to the run's own to the bit")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|m| m.starts_with("warning: ")), "{said:?}");
+    assert_eq!(
+        std::fs::read(pre(cut.path())).unwrap(),
+        own,
+        "the refit is saved"
+    );
+    assert_eq!(
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+        "a run resumed on a refitted preprocessing differs from the uninterrupted run"
+    );
+
+    // Replaced by another fit (here: of other data): refused, nothing trained.
+    let cut = cut_run();
+    let other = allcnn_data::Preprocessing::fit_gcn_zca(
+        random_dataset(24, 8, 3, 9).as_ref(),
+        &allcnn_data::GcnZcaConfig::default(),
+    )
+    .unwrap();
+    other.save(&pre(cut.path())).unwrap();
+    let ckpt_before = std::fs::read(cut.path().join(files::CHECKPOINT)).unwrap();
+    let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not the one the run trained with")
+            && msg.contains(&pre(cut.path()).display().to_string())
+            && msg.contains("delete this one"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(cut.path().join(files::CHECKPOINT)).unwrap(),
+        ckpt_before,
+        "a refused resume leaves the checkpoint alone"
+    );
+
+    // A checkpoint that records another digest (a refit on another CPU):
+    // the run goes on with a warning; one of an older version that records
+    // none: the refit cannot be checked, and says so. Either way the
+    // digest of what the run now uses is recorded.
+    for (recorded, expect) in [
+        (
+            Some("00000000"),
+            "differs from the preprocessing the run trained with",
+        ),
+        (None, "predates preprocessing digests"),
+    ] {
+        let cut = cut_run();
+        let path = cut.path().join(files::CHECKPOINT);
+        let ck = Checkpoint::read(&path).unwrap();
+        let mut state = ck.state.clone();
+        state.preprocessing_digest = recorded.map(str::to_string);
+        Checkpoint::write(&path, &state, &sorted(&ck.params), &sorted(&ck.momentum)).unwrap();
+        std::fs::remove_file(pre(cut.path())).unwrap();
+        let (r, said) = resume_saying(cut.path());
+        assert_eq!(r.unwrap().status, RunStatus::Completed);
+        assert!(
+            said.iter()
+                .any(|m| m.starts_with("warning: ") && m.contains(expect)),
+            "{recorded:?}: {said:?}"
+        );
+        let end = Checkpoint::read(&path).unwrap();
+        assert_eq!(
+            end.state.preprocessing_digest.as_deref(),
+            Some(
+                allcnn_train::data::preprocessing_digest(
+                    &allcnn_data::Preprocessing::load(&pre(cut.path())).unwrap()
+                )
+                .as_str()
+            ),
+            "the digest in use is recorded"
+        );
+    }
 }
