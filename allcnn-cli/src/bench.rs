@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use allcnn_models::{AllCnn, ArchSpec, ConvBackend, Init, Precision};
 use allcnn_train::{train_step, MomentumSgd, SgdConfig};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = BenchMode::Infer)]
     mode: BenchMode,
     /// Timed iterations, after the warm-up ones.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     iters: usize,
     /// Untimed iterations first: the first ones fault in the process's
     /// memory and fill its buffer pools, which a long run pays once.
@@ -126,9 +126,6 @@ pub fn run(args: &Args) -> Result<()> {
         (Some(conv), _) => conv,
         (None, precision) => precision.unwrap_or_default().backend(),
     };
-    if args.batch == 0 || args.iters == 0 {
-        bail!("--batch and --iters must be at least 1");
-    }
     let device = args.device.open()?;
     crate::device::warn_if_bf16_is_emulated(backend, &device);
     let default = if args.model == "all-cnn-imagenet" {

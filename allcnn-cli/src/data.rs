@@ -43,7 +43,7 @@ pub enum Command {
     },
     /// Print a dataset's format, split sizes and per-class counts.
     #[command(
-        after_help = "Examples:\n  allcnn data info data/cifar-10-batches-bin\n  allcnn data info ../shared/data/cifar10-jpg --json"
+        after_help = "Examples:\n  allcnn data info data/cifar-10-batches-bin\n  allcnn data info my-images/ --json     (an image folder with train/<class>/ and test/<class>/)"
     )]
     Info {
         /// A CIFAR binary folder or an image folder (root/<split>/<class>/<image>).

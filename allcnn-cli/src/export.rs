@@ -81,6 +81,11 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(data) = &args.eval_data {
         options = options.evaluate_on(data);
     }
+    crate::out::check(
+        &args.out,
+        crate::out::OutKind::Folder("a folder for the model repository"),
+        [args.run.as_path()],
+    )?;
     let mut bar = None;
     let s = export_hub_with_progress(&args.run, &args.out, &options, &mut |done, total| {
         bar.get_or_insert_with(|| crate::progress::bar(total, "evaluating the export"))

@@ -18,6 +18,15 @@ macro_rules! out {
     };
 }
 
+/// Returns a [`Usage`] error (exit status 2, as clap's own usage errors):
+/// arguments that clap accepts one by one but that do not go together or
+/// leave something out.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(crate::Usage(format!($($arg)*)).into())
+    };
+}
+
 mod bench;
 mod data;
 mod device;
@@ -188,7 +197,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a data set: top-1/top-5 accuracy, loss, per-class accuracy.
     #[command(
-        after_help = "Examples:\n  allcnn eval --data ../shared/data/cifar10-jpg                 # the shipped All-CNN-C\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data ../shared/data/cifar10-jpg --json   # with the confusion matrix"
+        after_help = "Examples:\n  allcnn eval --data data/cifar-10-batches-bin                 # the shipped All-CNN-C (allcnn data download cifar10)\n  allcnn eval --weights runs/allcnn-c/best.safetensors --data data/cifar-10-batches-bin\n  allcnn eval --weights w.safetensors --data my-images/ --json   # an image folder; with the confusion matrix"
     )]
     Eval(train::EvalArgs),
     /// Redraw a run's learning curves (SVG) and metrics.csv from its metrics.jsonl.
@@ -208,7 +217,7 @@ enum Command {
     Predict(predict::Args),
     /// Attribution maps (gradient, saliency, deconvnet, guided backpropagation) and the paper's figures.
     #[command(
-        after_help = "Examples:\n  allcnn viz --method guided-backprop --input docs/samples --out maps   # the shipped All-CNN-C\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png\n  allcnn viz top --data ../shared/data/cifar10-jpg --limit 2000 --layer conv9 --channels 0..8 --out conv9.png"
+        after_help = "Examples:\n  allcnn viz --method guided-backprop --input docs/samples --out maps   # the shipped All-CNN-C\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png\n  allcnn viz top --data data/cifar-10-batches-bin --limit 2000 --layer conv9 --channels 0..8 --out conv9.png"
     )]
     Viz(Box<viz::Args>),
     /// The weights shipped inside allcnn (the default of predict, eval and viz): list, save, card.
@@ -279,6 +288,18 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// A command line that is wrong as a whole (see [`usage!`]): exit status 2.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 fn main() -> ExitCode {
     tune_allocator();
     quiet_broken_pipe();
@@ -315,6 +336,10 @@ fn main() -> ExitCode {
         Err(e) => match e.downcast_ref::<Stopped>() {
             // The command has said how it stopped and how to resume.
             Some(stopped) => ExitCode::from(stopped.code()),
+            None if e.downcast_ref::<Usage>().is_some() => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
             None => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

@@ -41,14 +41,77 @@ pub fn check<'a>(
                     parent.display()
                 );
             }
+            writable(out, parent)?;
         }
         OutKind::Folder(what) => {
             if out.exists() && !out.is_dir() {
                 bail!("--out {}: is a file; give {what}", out.display());
             }
+            if !out.exists() {
+                let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if FILE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) {
+                    bail!(
+                        "--out {}: looks like a file name (.{ext}), but this command writes a folder; give {what}",
+                        out.display()
+                    );
+                }
+                // The folder is made later, where the first file goes:
+                // nothing is created for a command that fails before.
+                let mut existing = out.parent();
+                while let Some(p) = existing.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+                    existing = p.parent();
+                }
+                let existing = existing
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !existing.is_dir() {
+                    bail!(
+                        "--out {}: {} is a file, so no folder can be made there; choose another path",
+                        out.display(),
+                        existing.display()
+                    );
+                }
+                writable(out, existing)?;
+            } else {
+                writable(out, out)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Names that `OutKind::Folder` refuses while they do not exist: what
+/// the commands write are files of these kinds, not folders of them.
+const FILE_EXTENSIONS: &[&str] = &[
+    "png",
+    "jpg",
+    "jpeg",
+    "gif",
+    "bmp",
+    "webp",
+    "svg",
+    "pdf",
+    "json",
+    "jsonl",
+    "csv",
+    "txt",
+    "md",
+    "html",
+    "safetensors",
+    "toml",
+];
+
+/// Fails where `folder` (the folder `out` goes in) is read-only: a
+/// command would otherwise do its work and fail at the first write.
+fn writable(out: &Path, folder: &Path) -> Result<()> {
+    match std::fs::metadata(folder) {
+        Ok(m) if m.permissions().readonly() => bail!(
+            "--out {}: the folder {} is not writable; choose another path",
+            out.display(),
+            folder.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn refuse_overwriting_inputs<'a>(

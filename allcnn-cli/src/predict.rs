@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// How many classes to show per input.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     top_k: usize,
     /// Print JSON.
     #[arg(long)]
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Batch size for images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch: usize,
     #[command(flatten)]
     device: crate::device::DeviceArg,
@@ -56,7 +56,11 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter(|f| is_image_file(f) && f.is_file())
                 .collect();
             if files.is_empty() {
-                bail!("{} holds no JPEG or PNG image", p.display());
+                bail!(
+                    "{} holds no JPEG or PNG image (its subfolders are not searched: name the class folders, e.g. {})",
+                    p.display(),
+                    p.join("CLASS").display()
+                );
             }
             files.sort();
             out.extend(files);
@@ -135,12 +139,18 @@ pub fn load_images(
 pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<Tensor>)> {
     let mut t: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
-    let input = t.remove("input").with_context(|| {
-        format!(
-            "{} has no tensor `input` (it should hold preprocessed images [N,3,H,W])",
+    let Some(input) = t.remove("input") else {
+        // A weights file given where the images go.
+        let hint = if t.keys().any(|k| k.ends_with(".weight")) {
+            ": it looks like a weights file; pass it as --weights"
+        } else {
+            ""
+        };
+        bail!(
+            "{} has no tensor `input` (it should hold preprocessed images [N,3,H,W]){hint}",
             path.display()
-        )
-    })?;
+        );
+    };
     match input.dims() {
         [n, 3, h, w] if *n > 0 && *h > 0 && *w > 0 => {}
         dims => bail!(
@@ -183,9 +193,6 @@ pub fn is_safetensors(p: &Path) -> bool {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    if args.top_k == 0 || args.batch == 0 {
-        bail!("--top-k and --batch must be at least 1");
-    }
     if let Some(out) = &args.out {
         let inputs = args.model.weights.iter().chain(&args.inputs);
         crate::out::check(out, OutKind::File, inputs.map(PathBuf::as_path))?;

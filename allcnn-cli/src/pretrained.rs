@@ -21,9 +21,13 @@ pub enum Command {
         /// Which weights (see `allcnn pretrained list`).
         #[arg(default_value = "all-cnn-c-cifar10")]
         name: String,
-        /// The file to write.
+        /// The file to write (a `.safetensors` name; an existing file is
+        /// kept unless --force).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing file at --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Print the model card (Markdown) of shipped weights.
     Card {
@@ -112,8 +116,24 @@ pub fn run(cmd: &Command) -> Result<()> {
                 }
             }
         }
-        Command::Save { name, out } => {
+        Command::Save { name, out, force } => {
             let v = by_name(name)?;
+            crate::out::check(out, crate::out::OutKind::File, std::iter::empty())?;
+            if out.exists() && !force {
+                bail!(
+                    "--out {}: a file is already there; add --force to replace it, or choose another path",
+                    out.display()
+                );
+            }
+            if !out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+            {
+                eprintln!(
+                    "warning: {} does not end in .safetensors, the name other tools look for; the file is safetensors all the same",
+                    out.display()
+                );
+            }
             v.save(out)?;
             outln!(
                 "wrote {} ({} bytes) to {}",

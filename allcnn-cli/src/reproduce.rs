@@ -23,7 +23,7 @@ pub struct Args {
     out: PathBuf,
     /// Scale the protocol to E epochs (learning-rate drops at the same
     /// fractions of the run); default: the paper's protocol.
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..))]
     epochs: Option<u64>,
     /// Train only these rows (comma-separated model names); the report
     /// still lists every row.
@@ -162,6 +162,15 @@ pub fn run(args: &Args) -> Result<()> {
         }
         ReproduceEvent::Warning(w) => eprintln!("warning: {w}"),
         _ => {}
+    })
+    .map_err(|e| match e {
+        // Said in the flag's words: the library names its option's field.
+        allcnn_train::TrainError::InvalidConfig {
+            field: "models",
+            value,
+            reason,
+        } => crate::Usage(format!("--models {value}: {reason}")).into(),
+        e => anyhow::Error::from(e),
     })?;
 
     let md = args.out.join(allcnn_train::reproduce::REPORT_MARKDOWN);

@@ -22,10 +22,11 @@ pub struct TrainArgs {
     /// Continue the run in this directory exactly where it stopped.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// With --resume: change the run's length to this many epochs, to end it
-    /// sooner or to continue a finished run (the lr follows the schedule of
-    /// the new length; multi-step milestones stay put).
-    #[arg(long, requires = "resume", conflicts_with_all = ["preset", "config"], value_parser = clap::value_parser!(u64).range(1..))]
+    /// The run's length in epochs (as `epochs=N`). With --resume: change
+    /// the run's length, to end it sooner or to continue a finished run (the
+    /// lr follows the schedule of the new length; multi-step milestones
+    /// stay put).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: Option<u64>,
     /// Architecture (overrides the config's `model`).
     #[arg(long, value_parser = crate::values::model_name())]
@@ -116,7 +117,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             || args.print_config
             || !args.set.is_empty()
         {
-            bail!("--resume continues a run with its own config and data; drop --data/--out/--precision/--model/--grid/--lrs/--print-config/KEY=VALUE");
+            usage!("--resume continues a run with its own config and data; drop --data/--out/--precision/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
         let mut t = trainer(&args.device, deadline)?;
         let summary = match args.epochs {
@@ -128,7 +129,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let mut config = match (&args.preset, &args.config) {
         (Some(p), None) => TrainConfig::preset(p)?,
         (None, Some(c)) => TrainConfig::from_file(c)?,
-        (None, None) => bail!(
+        (None, None) => usage!(
             "say what to train: --preset ({}) or --config FILE",
             TrainConfig::preset_names().join(", ")
         ),
@@ -136,6 +137,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     if let Some(m) = &args.model {
         config.model = m.clone();
+    }
+    if let Some(e) = args.epochs {
+        config.epochs = e;
     }
     if let Some(d) = &args.data {
         config.data.path = Some(d.clone());
@@ -146,7 +150,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     config.apply_overrides(&args.set)?;
     config.validate()?;
     if !args.lrs.is_empty() && !args.grid {
-        bail!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
+        usage!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
     }
     if args.print_config {
         out!("{}", config.to_toml())?;
@@ -158,10 +162,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         config.data.path = Some(abs);
     }
     let Some(data_path) = config.data.path.clone() else {
-        bail!("no data: pass --data DIR (a CIFAR binary folder or an image folder with train/ and test/)");
+        usage!("no data: pass --data DIR (a CIFAR binary folder or an image folder with train/ and test/)");
     };
     let Some(out) = &args.out else {
-        bail!("no run directory: pass --out RUN");
+        usage!("no run directory: pass --out RUN");
     };
     // The data errors name the path themselves.
     let mut data = TrainData::open(&data_path, &config.data, config.seed)?;
@@ -182,15 +186,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let mut attempt = 0;
     loop {
         match t.train(&config, &data, out) {
-            Err(allcnn_train::TrainError::DeadClassMaps { since, .. })
+            Err(allcnn_train::TrainError::DeadClassMaps { since, classes, .. })
                 if attempt < args.retries =>
             {
                 let graveyard = allcnn_train::dead_run_dir(out, config.seed);
                 std::fs::rename(out, &graveyard)
                     .with_context(|| format!("moving the dead run {} aside", out.display()))?;
                 eprintln!(
-                    "warning: every class map died from step {since} with seed {}; the run is \
+                    "warning: {} died from step {since} with seed {}; the run is \
                      kept in {}. Retrying with seed {} ({} of {} retries)",
+                    allcnn_train::trainer::dead_maps_subject(&classes),
                     config.seed,
                     graveyard.display(),
                     config.seed + 1,

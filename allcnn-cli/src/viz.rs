@@ -39,7 +39,8 @@ pub struct Args {
     /// for one PNG per image plus `comparison.png`.
     #[arg(long, required = true)]
     out: Option<PathBuf>,
-    /// Methods of `comparison.png`, comma-separated.
+    /// Methods of `comparison.png`, comma-separated (--method is added in
+    /// front where the list lacks it).
     #[arg(long, value_delimiter = ',', value_parser = crate::values::method(),
           default_value = "gradient,deconvnet,guided-backprop")]
     compare: Vec<Method>,
@@ -49,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     overlay: bool,
     /// With --overlay: opacity of the strongest attribution (0 to 1).
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = parse_alpha)]
     alpha: f32,
     /// With --overlay: which part of the map (all uses a blue-white-red scale).
     #[arg(long, default_value = "absolute", value_parser = crate::values::sign())]
@@ -216,6 +217,15 @@ struct Prediction {
     probability: f32,
 }
 
+fn parse_alpha(s: &str) -> Result<f32, String> {
+    let a: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&a) {
+        Ok(a)
+    } else {
+        Err(format!("{s} is not an opacity: use a number from 0 to 1"))
+    }
+}
+
 fn parse_percentile(s: &str) -> Result<f32, String> {
     let p: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if p > 0.0 && p <= 100.0 {
@@ -307,7 +317,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let model_args = &args.model;
     let (Some(method), Some(out)) = (args.method, &args.out) else {
-        bail!("allcnn viz needs --method, --input and --out (see --help)");
+        usage!("allcnn viz needs --method, --input and --out (see --help)");
     };
     let inputs = model_args.weights.iter().chain(&args.input);
     let kind = if is_safetensors(out) {
@@ -319,7 +329,19 @@ pub fn run(args: &Args) -> Result<()> {
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
+    // The settings and the target are checked against the model before
+    // anything runs or is printed.
+    let settings = args.settings.options()?;
+    if let Some(layer) = settings.layer {
+        model
+            .check_layer(layer)
+            .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
+    }
     let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
+    let fixed_target = match &args.target {
+        TargetSpec::Predicted => None,
+        spec => Some(spec.resolve(model, &input, labels.as_ref())?),
+    };
     // What the model sees in each image, so the maps can be read.
     let mut row_labels = Vec::new();
     let mut written = Written::default();
@@ -352,15 +374,15 @@ pub fn run(args: &Args) -> Result<()> {
             row_labels.push(format!("{class} {:.0}%", 100.0 * g.probability));
         }
     }
-    let target = match (args.target.clone(), &logits) {
-        (TargetSpec::Predicted, Some(logits)) => {
+    let target = match (fixed_target, &logits) {
+        (Some(target), _) => target,
+        (None, Some(logits)) => {
             let target = Target::PerImage(allcnn_viz::predicted_classes(logits)?);
             target.validate(model, input.dims())?;
             target
         }
-        (spec, _) => spec.resolve(model, &input, labels.as_ref())?,
+        (None, None) => TargetSpec::Predicted.resolve(model, &input, labels.as_ref())?,
     };
-    let settings = args.settings.options()?;
     let maps = method.attribute_with(model, &input, &target, &settings)?;
     if is_safetensors(out) {
         crate::predict::save_tensor("attribution", &maps, out)?;
@@ -379,9 +401,6 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let opts = options(&args.common);
     let files = if args.overlay {
-        if !(0.0..=1.0).contains(&args.alpha) {
-            bail!("--alpha {}: use an opacity from 0 to 1", args.alpha);
-        }
         let o = render::OverlayOptions {
             sign: args.sign,
             colormap: args.colormap,
@@ -422,8 +441,11 @@ pub fn run(args: &Args) -> Result<()> {
             &file_stems(&format!("{method}-"), &names, input.dim(0)?),
         )?
     };
-    let all = args
-        .compare
+    let shown: Vec<Method> = std::iter::once(method)
+        .filter(|m| !args.compare.contains(m))
+        .chain(args.compare.iter().copied())
+        .collect();
+    let all = shown
         .iter()
         .map(|&m| {
             let map = if m == method {
@@ -530,10 +552,23 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
 fn top(args: &TopArgs) -> Result<()> {
     let inputs = args.model.weights.iter().map(PathBuf::as_path);
     crate::out::check(&args.out, OutKind::File, inputs)?;
+    if !args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        bail!(
+            "--out {}: viz top writes one PNG figure; give a file name ending in .png",
+            args.out.display()
+        );
+    }
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
     let layer = args.layer;
+    model
+        .check_layer(layer)
+        .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
     let channels = parse_channels(&args.channels)?;
     let split = Split::from(args.split);
     let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;

@@ -103,6 +103,14 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
     };
     let resolved = resolve(weights, args.offline)?;
     let path: &Path = &resolved;
+    if !path.is_file() {
+        let what = if path.is_dir() {
+            "is a folder; give a .safetensors weights file (a run's final.safetensors or best.safetensors)"
+        } else {
+            "no such file; give a .safetensors weights file, `hf://OWNER/REPO` for the Hugging Face Hub, or leave --weights out for the shipped model (`allcnn pretrained list`)"
+        };
+        bail!("--weights {}: {what}", path.display());
+    }
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
         (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),

@@ -327,8 +327,11 @@ fn errors_exit_nonzero_with_a_useful_message() {
     let o = allcnn(&["predict", "--weights", missing.to_str().unwrap(), "x.png"]);
     assert_exit(&o, 1);
     let err = stderr(&o);
-    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    assert!(err.contains("nope.safetensors"), "{err}");
+    assert_eq!(err.matches("no such file").count(), 1, "{err}");
+    assert!(
+        err.contains("--weights") && err.contains("nope.safetensors"),
+        "{err}"
+    );
     let o = allcnn(&["data", "info", missing.to_str().unwrap()]);
     assert_exit(&o, 1);
     let err = stderr(&o);
@@ -593,6 +596,102 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
     assert_eq!(std::fs::read_to_string(&note).unwrap(), "mine");
+
+    // More of the same, each refused before the model runs (nothing on
+    // stdout) and before anything is made: a folder named like a file, a
+    // figure without .png, a read-only folder (by its mode bits, so also
+    // for root), a missing weights file, a layer the network lacks.
+    use std::os::unix::fs::PermissionsExt;
+    let ro = dir.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let (maps_png, top_dir, ro_maps, ro_file, ro_hub, gone) = (
+        dir.path().join("maps.png"),
+        dir.path().join("top-figure"),
+        ro.join("maps"),
+        ro.join("w.safetensors"),
+        ro.join("hub"),
+        dir.path().join("gone.safetensors"),
+    );
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (maps_png, top_dir, ro_maps, ro_file, ro_hub, gone) = (
+        s(&maps_png),
+        s(&top_dir),
+        s(&ro_maps),
+        s(&ro_file),
+        s(&ro_hub),
+        s(&gone),
+    );
+    let cam = s(&dir.path().join("cam"));
+    let viz = ["viz", "--method", "gradient", "--input", img_s, "--out"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&viz[..], &[maps_png.as_str()]].concat(),
+            "looks like a file name (.png)",
+        ),
+        ([&viz[..], &[ro_maps.as_str()]].concat(), "is not writable"),
+        (
+            vec![
+                "viz", "top", "--data", dir_s, "--layer", "conv6", "--out", &top_dir,
+            ],
+            "ending in .png",
+        ),
+        (
+            vec!["pretrained", "save", "--out", &ro_file],
+            "is not writable",
+        ),
+        (
+            vec!["export-hub", dir_s, "--out", &ro_hub],
+            "is not writable",
+        ),
+        (
+            vec!["predict", "--weights", &gone, img_s],
+            "no such file; give a .safetensors weights file",
+        ),
+        (
+            vec![
+                "viz", "--method", "grad-cam", "--layer", "conv99", "--input", img_s, "--out", &cam,
+            ],
+            "--layer: `",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let o = allcnn(args);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?} printed: {}", stdout(&o));
+    }
+    for made in [&maps_png, &top_dir, &ro_maps, &ro_file, &ro_hub, &cam] {
+        assert!(!std::path::Path::new(made).exists(), "{made} was made");
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Values out of range and missing arguments: usage errors, exit 2.
+    let usage: [&[&str]; 4] = [
+        &["predict", img_s, "--top-k", "0"],
+        &["predict", img_s, "--batch", "0"],
+        &[
+            "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--alpha", "5",
+        ],
+        &["viz", "--method", "gradient"],
+    ];
+    for args in usage {
+        let o = allcnn(args);
+        assert_exit(&o, 2);
+    }
+    let nowhere = s(&dir.path().join("no-data"));
+    let t3 = ["reproduce", "table3", "--data", &nowhere, "--out", &nowhere];
+    for (extra, needle) in [
+        (
+            ["--models", "all-cnn-imagenet"],
+            "--models all-cnn-imagenet: not a row of table3",
+        ),
+        (["--epochs", "0"], "--epochs"),
+    ] {
+        let o = allcnn(&[&t3[..], &extra[..]].concat());
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+    }
 
     // D28: an empty or misshapen `input` tensor is named, with no backtrace.
     for (name, dims) in [("empty", vec![0usize, 3, 32, 32]), ("flat", vec![3, 32])] {
@@ -1123,7 +1222,7 @@ fn train_eval_predict_resume_round_trip() {
     assert_exit(&o, 1);
 
     // --epochs continues the finished run for another epoch (3 more steps)
-    // and records the new length; it means nothing without --resume.
+    // and records the new length; for a new run it is `epochs=N`.
     let o = allcnn(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2"]);
     assert_ok(&o);
     assert!(
@@ -1133,14 +1232,27 @@ fn train_eval_predict_resume_round_trip() {
     );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("epochs = 2"), "{config}");
-    for args in [
-        &["--epochs", "2"][..],
-        &["--preset", "cifar10", "--epochs", "2"],
+    // A key=value override comes after it.
+    let new_run = [
+        "train",
+        "--preset",
+        "cifar10",
+        "--epochs",
+        "7",
+        "--print-config",
+    ];
+    for (extra, want) in [
+        (None, "\nepochs = 7\n"),
+        (Some("epochs=9"), "\nepochs = 9\n"),
     ] {
-        let o = allcnn(&[&["train"], args].concat());
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--epochs"), "{}", stderr(&o));
+        let o = allcnn(&[&new_run[..], extra.as_slice()].concat());
+        assert_ok(&o);
+        assert!(stdout(&o).contains(want), "{}", stdout(&o));
     }
+    // Without anything to train: a usage error (exit 2), as clap's own.
+    let o = allcnn(&["train", "--epochs", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--preset"), "{}", stderr(&o));
 }
 
 #[test]
@@ -1184,8 +1296,10 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
     // The last try (seed 44) stays in place and its error says what to do.
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("seed = 44"), "{config}");
+    // (lr 30 silences one class map before the others: the first death
+    // seen stops the run.)
     assert!(
-        err.contains("every class map is dead") && err.contains("seed=45"),
+        err.contains(" dead since step") && err.contains("seed=45"),
         "{err}"
     );
     // The last try resumes on its own data (seed 44's subset): it dies
@@ -1194,7 +1308,7 @@ fn dead_runs_are_moved_aside_and_retried_with_the_next_seed() {
     let err = stderr(&o);
     assert_exit(&o, 1);
     assert!(!err.contains("other data"), "{err}");
-    assert!(err.contains("every class map is dead"), "{err}");
+    assert!(err.contains(" dead since step"), "{err}");
 }
 
 /// `reproduce`: a row whose class maps all die is recorded as failed with
@@ -1223,6 +1337,10 @@ fn reproduce_retries_a_dead_row_with_the_next_seed_and_resumes_the_retry() {
             "batch_size=4",
             "lr=30",
             "dead_patience_steps=2",
+            // A checkpoint at every step: the retry may die (one class map
+            // silent) before the end of its first epoch, and the rerun
+            // below resumes it.
+            "checkpoint_every_steps=1",
             "data.preprocessing=standardize",
         ])
     };
@@ -1266,7 +1384,7 @@ fn reproduce_retries_a_dead_row_with_the_next_seed_and_resumes_the_retry() {
             .any(|r| r["model"] == "all-cnn-a"
                 && r["config"]["seed"].as_u64() == Some(seed)
                 && r["status"] == "failed"),
-        "{row}"
+        "{row}\n{report}\n{err}"
     );
 }
 
@@ -1311,7 +1429,7 @@ fn reproduce_records_a_dead_row_and_goes_on() {
         row("all-cnn-a")["error"]
             .as_str()
             .unwrap()
-            .contains("every class map is dead"),
+            .contains(" dead since step"),
         "{report}"
     );
     // Model B comes after All-CNN-A in the table: it was still trained.
@@ -1327,8 +1445,14 @@ fn train_errors_are_clear() {
         assert_exit(&o, 1);
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     };
+    // A missing or conflicting argument is a usage error: exit 2.
+    let usage_naming = |args: &[&str], needle: &str| {
+        let o = allcnn(args);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    };
     let t = ["train", "--preset", "cifar10"];
-    fails_naming(&[&t[..], &["--out", "/tmp/x"]].concat(), "--data");
+    usage_naming(&[&t[..], &["--out", "/tmp/x"]].concat(), "--data");
     fails_naming(
         &[&t[..], &["--print-config", "no_such_key=3"]].concat(),
         "no_such_key",
@@ -1349,11 +1473,11 @@ fn train_errors_are_clear() {
     assert!(stdout(&o).contains("0.5714285714285714"), "{}", stdout(&o));
     // Flags that --resume would ignore are refused, and so is --lrs
     // without --grid.
-    fails_naming(
+    usage_naming(
         &["train", "--resume", "/tmp/no-such-run", "--print-config"],
         "--print-config",
     );
-    fails_naming(
+    usage_naming(
         &[&t[..], &["--lrs", "0.1", "--print-config"]].concat(),
         "--grid",
     );
@@ -2072,9 +2196,9 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         "--models",
         "model-a",
     ]);
-    assert_exit(&o, 1);
+    assert_exit(&o, 2);
     assert!(
-        stderr(&o).contains("model-a: not a row of cifar10-aug"),
+        stderr(&o).contains("--models model-a: not a row of cifar10-aug"),
         "{}",
         stderr(&o)
     );

@@ -386,10 +386,15 @@ fn fetch_resumable(
             .map(|n| n.to_string_lossy().replace(PART_SUFFIX, ""))
             .unwrap_or_default();
         let dir = part.parent().unwrap_or(Path::new("."));
-        return Err(http(format!(
-            "only http:// and https:// URLs can be downloaded; for an archive already on this machine, copy it to {} (it is then checked and extracted)",
-            dir.join(name).display()
-        )));
+        // Not a network failure: no "check the network".
+        return Err(DataError::InvalidConfig {
+            name: "url",
+            value: url.to_string(),
+            reason: format!(
+                "only http:// and https:// URLs can be downloaded; for an archive already on this machine, copy it to {} (it is then checked and extracted)",
+                dir.join(name).display()
+            ),
+        });
     }
     let mut offset = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut restarted = false;

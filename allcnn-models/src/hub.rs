@@ -196,7 +196,7 @@ impl FromStr for HubRef {
         let owner = parts.next().unwrap_or_default();
         let repo = parts
             .next()
-            .ok_or_else(|| bad("expected OWNER/REPO after `hf://`".into()))?;
+            .ok_or_else(|| bad("OWNER/REPO is incomplete".into()))?;
         check_name("owner", owner).map_err(bad)?;
         check_name("repository name", repo).map_err(bad)?;
         let file = match parts.next() {

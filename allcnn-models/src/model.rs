@@ -876,7 +876,11 @@ impl AllCnn {
         self.spec.spatial_layers().iter().map(|l| l.name).collect()
     }
 
-    fn check_layer(&self, layer: LayerName) -> Result<(), ModelError> {
+    /// Whether `layer` is one of this network's named layers.
+    ///
+    /// # Errors
+    /// [`ModelError::NoSuchLayer`] naming the layers it has.
+    pub fn check_layer(&self, layer: LayerName) -> Result<(), ModelError> {
         let names = self.layer_names();
         if names.contains(&layer) {
             return Ok(());

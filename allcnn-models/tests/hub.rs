@@ -80,8 +80,14 @@ fn references_parse_print_and_reject_malformed_text() {
 
     for (text, why) in [
         ("someone/repo", "does not start with `hf://`"),
-        ("hf://", "expected OWNER/REPO"),
-        ("hf://someone", "expected OWNER/REPO"),
+        (
+            "hf://",
+            "OWNER/REPO is incomplete; expected hf://OWNER/REPO",
+        ),
+        (
+            "hf://someone",
+            "OWNER/REPO is incomplete; expected hf://OWNER/REPO",
+        ),
         ("hf://someone/", "repository name"),
         ("hf:///repo", "owner"),
         ("hf://someone/repo/", "file name"),

@@ -191,8 +191,11 @@ pub struct TrainConfig {
     /// the training examples of each of this many consecutive steps had
     /// all their logits at 0 (every class map dead after the final ReLU: no
     /// gradient reaches the weights, so the run cannot learn again; a dead
-    /// run keeps a few examples that still reach a live unit). 0 never
-    /// stops.
+    /// run keeps a few examples that still reach a live unit), or when one
+    /// class's logit was 0 for every example of each of this many
+    /// consecutive steps (that class map dead: the run can never predict
+    /// the class, and its accuracy is capped below 100% minus the class's
+    /// share). 0 never stops.
     #[serde(
         default = "default_dead_patience",
         skip_serializing_if = "is_default_dead_patience"

@@ -88,17 +88,11 @@ pub enum TrainError {
         /// The most recent checkpoint, if any.
         last_checkpoint: Option<PathBuf>,
     },
-    /// Every class map stayed dead (all logits 0 for at least 95% of the
-    /// examples of each step) for `steps` consecutive steps: the run cannot
-    /// learn again.
-    #[error(
-        "every class map is dead since step {since} (all logits 0 for at least 95% of the \
-         examples of each of {steps} consecutive steps, epoch {epoch_1}, lr {lr}): no gradient reaches the weights, so this run \
-         cannot recover. Start again with another seed (e.g. seed={next_seed}) or a learning-rate \
-         warm-up (e.g. warmup_steps=780), or let `allcnn train --retries N` do it",
-        epoch_1 = epoch + 1,
-        next_seed = seed + 1
-    )]
+    /// Class maps stayed dead for `steps` consecutive steps: every one
+    /// (all logits 0 for at least 95% of the examples of each step: the run
+    /// cannot learn again), or some (`classes`: their logit 0 for every
+    /// example of each step: the run can never predict those classes).
+    #[error("{}", dead_maps_message(classes, *since, *steps, *epoch, *lr, *seed))]
     DeadClassMaps {
         /// The first step of the dead stretch (0-based).
         since: u64,
@@ -110,6 +104,9 @@ pub enum TrainError {
         lr: f64,
         /// The run's seed.
         seed: u64,
+        /// The dead class maps by class name (or index) when only some
+        /// died; empty when every class map is dead.
+        classes: Vec<String>,
     },
     /// A figure could not be drawn.
     #[error("cannot draw the {what}: {reason}")]
@@ -236,4 +233,47 @@ impl<T> CandleContext<T> for candle_core::Result<T> {
             cause,
         })
     }
+}
+
+/// The text of [`TrainError::DeadClassMaps`].
+fn dead_maps_message(
+    classes: &[String],
+    since: u64,
+    steps: u64,
+    epoch: u64,
+    lr: f64,
+    seed: u64,
+) -> String {
+    let what = if classes.is_empty() {
+        format!(
+            "every class map is dead since step {since} (all logits 0 for at least 95% of the \
+             examples of each of {steps} consecutive steps, epoch {}, lr {lr}): no gradient reaches \
+             the weights, so this run cannot recover",
+            epoch + 1
+        )
+    } else {
+        let (noun, verb) = if classes.len() == 1 {
+            ("the class map", "is")
+        } else {
+            ("the class maps", "are")
+        };
+        format!(
+            "{noun} of {} {verb} dead since step {since} (the logit 0 for every example of each \
+             of {steps} consecutive steps, epoch {}, lr {lr}): no gradient reaches {}, so this run \
+             can never predict {}",
+            classes.join(", "),
+            epoch + 1,
+            if classes.len() == 1 { "it" } else { "them" },
+            if classes.len() == 1 {
+                "that class"
+            } else {
+                "those classes"
+            },
+        )
+    };
+    format!(
+        "{what}. Start again with another seed (e.g. seed={}) or a learning-rate warm-up \
+         (e.g. warmup_steps=780), or let `allcnn train --retries N` do it",
+        seed + 1
+    )
 }

@@ -617,15 +617,31 @@ fn open_run(
     let choice = options.weights;
     let source = run_dir.join(choice.file_name());
     if !source.is_file() {
+        // Point at the other choice only where that file exists.
+        let has = |f: &str| run_dir.join(f).is_file();
         let reason = match choice {
             WeightsChoice::Final => format!(
-                "the run has no {} (is it unfinished or interrupted? resume it with `allcnn train --resume {}`, or export --weights best)",
+                "the run has no {} (is it unfinished or interrupted? resume it with `allcnn train --resume {}`{})",
                 files::FINAL,
-                run_dir.display()
+                run_dir.display(),
+                if has(files::BEST) {
+                    ", or export --weights best"
+                } else {
+                    "; it has no best.safetensors either: no epoch has ended"
+                }
             ),
             WeightsChoice::Best => format!(
-                "the run has no {} (no validation or test split chose a best epoch); export --weights final",
-                files::BEST
+                "the run has no {} (no validation or test split chose a best epoch){}",
+                files::BEST,
+                if has(files::FINAL) {
+                    "; export --weights final".to_string()
+                } else {
+                    format!(
+                        " and no {} yet: finish it with `allcnn train --resume {}` and export that",
+                        files::FINAL,
+                        run_dir.display()
+                    )
+                }
             ),
         };
         return Err(export_error(run_dir, reason));
@@ -1042,6 +1058,44 @@ mod tests {
         assert_eq!(paper_error_for(&spec("all-cnn-c"), &aug), Some(7.25));
         assert_eq!(paper_error_for(&spec("model-a"), &plain), Some(12.47));
         assert_eq!(paper_error_for(&spec("model-a"), &aug), None);
+    }
+
+    /// A missing weights file points at the other choice only where that
+    /// file exists, so the two hints never send the user in a circle.
+    #[test]
+    fn a_missing_weights_file_suggests_only_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let toml = TrainConfig::preset("cifar10").unwrap().to_toml();
+        std::fs::write(run.join(files::CONFIG), toml).unwrap();
+        let reason = |weights: WeightsChoice| {
+            let options = ExportOptions {
+                weights,
+                ..ExportOptions::default()
+            };
+            match open_run(run, &options) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{weights:?} exported from a run without it"),
+            }
+        };
+        // Neither file: no epoch has ended; neither message names the other.
+        let f = reason(WeightsChoice::Final);
+        assert!(
+            f.contains("no best.safetensors either") && !f.contains("--weights best"),
+            "{f}"
+        );
+        let b = reason(WeightsChoice::Best);
+        assert!(
+            b.contains("no final.safetensors yet") && !b.contains("--weights final"),
+            "{b}"
+        );
+        assert!(b.contains("allcnn train --resume"), "{b}");
+        // One of them: the other choice is offered.
+        std::fs::write(run.join(files::BEST), b"").unwrap();
+        assert!(reason(WeightsChoice::Final).contains("or export --weights best"));
+        std::fs::remove_file(run.join(files::BEST)).unwrap();
+        std::fs::write(run.join(files::FINAL), b"").unwrap();
+        assert!(reason(WeightsChoice::Best).contains("; export --weights final"));
     }
 
     /// The best epoch's recorded accuracy says how many images it was

@@ -9,7 +9,7 @@ use crate::eval::count_correct;
 use crate::optim::MomentumSgd;
 
 /// What one [`train_step`] measured on its batch (before the update).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     /// The mean cross-entropy of the batch.
     pub loss: f32,
@@ -18,6 +18,9 @@ pub struct StepOutcome {
     /// Examples whose logits are all 0: every class map dead after the final
     /// ReLU, so no gradient reaches any weight through them.
     pub dead: u64,
+    /// Classes whose logit was 0 for every example of the batch: class
+    /// maps silent after the final ReLU (dead ones stay so step after step).
+    pub silent_classes: Vec<u32>,
     /// Whether the parameters were updated (not when the loss is not finite).
     pub updated: bool,
 }
@@ -89,11 +92,14 @@ pub fn train_step(
             loss: loss_v,
             correct: 0,
             dead: 0,
+            silent_classes: Vec::new(),
             updated: false,
         });
     }
     let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
     let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
+    let silent_classes =
+        silent_classes(&logits).ctx(|| format!("silent class maps at step {step}"))?;
     match update {
         Update::Ready(grads) => opt.step(&grads)?,
         Update::Backward(loss) => opt.backward_step(&loss)?,
@@ -102,6 +108,7 @@ pub fn train_step(
         loss: loss_v,
         correct,
         dead,
+        silent_classes,
         updated: true,
     })
 }
@@ -120,4 +127,13 @@ fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
     let max = logits.max(1)?;
     let dead = max.le(0f32)?.to_dtype(DType::F32)?.sum_all()?;
     Ok(dead.to_scalar::<f32>()? as u64)
+}
+
+/// Classes whose logit is at most 0 for every example of a batch.
+fn silent_classes(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
+    let live = logits.max(0)?.gt(0f32)?.to_vec1::<u8>()?;
+    Ok((0u32..)
+        .zip(live)
+        .filter_map(|(c, l)| (l == 0).then_some(c))
+        .collect())
 }

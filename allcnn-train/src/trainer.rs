@@ -211,6 +211,8 @@ struct Run {
     last_eval: Option<(u64, Option<EvalReport>, Option<EvalReport>)>,
     /// Said to the observers once the run starts (resume's findings).
     notices: Vec<Notice>,
+    /// The training split's class names (messages about class maps).
+    class_names: Vec<String>,
 }
 
 /// Something resume found, said once the run's observers are listening.
@@ -673,6 +675,7 @@ impl Trainer {
             input_size,
             last_eval: None,
             notices: Vec::new(),
+            class_names: data.train.class_names().to_vec(),
         })
     }
 
@@ -808,15 +811,34 @@ impl Trainer {
                 images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             };
             self.emit(sinks, |o| o.on_step(&event));
-            if let Some((since, steps)) =
-                dead.observe(step, mostly_dead(out.dead, n), cfg.dead_patience_steps)
-            {
+            if let Some((since, steps, classes)) = dead.observe(
+                step,
+                mostly_dead(out.dead, n),
+                &out.silent_classes,
+                cfg.dead_patience_steps,
+            ) {
+                let names = &run.class_names;
+                // Every class silent reads as every class map dead.
+                let classes = if classes.len() >= names.len() {
+                    Vec::new()
+                } else {
+                    classes
+                };
                 let err = TrainError::DeadClassMaps {
                     since,
                     steps,
                     epoch,
                     lr,
                     seed: cfg.seed,
+                    classes: classes
+                        .iter()
+                        .map(|&c| {
+                            names
+                                .get(c as usize)
+                                .cloned()
+                                .unwrap_or_else(|| format!("class {c}"))
+                        })
+                        .collect(),
                 };
                 let msg = err.to_string();
                 self.emit(sinks, |o| o.on_warning(&msg));
@@ -1059,19 +1081,41 @@ fn mostly_dead(dead: u64, n: u64) -> bool {
     n > 0 && dead * 100 >= DEAD_STEP_PERCENT * n
 }
 
+/// What died, for messages about [`TrainError::DeadClassMaps`]: `every
+/// class map` when `classes` is empty, else `the class map(s) of A, B`.
+pub fn dead_maps_subject(classes: &[String]) -> String {
+    match classes {
+        [] => "every class map".into(),
+        [one] => format!("the class map of {one}"),
+        many => format!("the class maps of {}", many.join(", ")),
+    }
+}
+
 /// Consecutive steps in which (nearly) every example had all logits 0
-/// (dead class maps, [`mostly_dead`]), and the first of them. Not
-/// checkpointed: a resumed run counts afresh.
+/// (every class map dead, [`mostly_dead`]), and per class the consecutive
+/// steps in which its logit was 0 for every example (that class map dead),
+/// each with the first of them. Not checkpointed: a resumed run counts
+/// afresh.
 #[derive(Default)]
 struct DeadWatch {
     streak: u64,
     since: u64,
+    /// Per class: (streak, first step of it).
+    classes: Vec<(u64, u64)>,
 }
 
 impl DeadWatch {
-    /// Counts `step`; `Some((since, steps))` once `patience` (> 0)
-    /// consecutive steps were all dead.
-    fn observe(&mut self, step: u64, all_dead: bool, patience: u64) -> Option<(u64, u64)> {
+    /// Counts `step`; `Some((since, steps, classes))` once `patience` (> 0)
+    /// consecutive steps were all dead (`classes` empty), or once some class
+    /// maps were silent in each of `patience` consecutive steps (those
+    /// classes; `since`: the latest start among them).
+    fn observe(
+        &mut self,
+        step: u64,
+        all_dead: bool,
+        silent: &[u32],
+        patience: u64,
+    ) -> Option<(u64, u64, Vec<u32>)> {
         if all_dead {
             if self.streak == 0 {
                 self.since = step;
@@ -1080,7 +1124,40 @@ impl DeadWatch {
         } else {
             self.streak = 0;
         }
-        (patience > 0 && self.streak >= patience).then_some((self.since, self.streak))
+        if patience == 0 {
+            return None;
+        }
+        if self.streak >= patience {
+            return Some((self.since, self.streak, Vec::new()));
+        }
+        let mut flags = silent.iter().peekable();
+        let needed = silent.last().map_or(0, |&c| c as usize + 1);
+        if self.classes.len() < needed {
+            self.classes.resize(needed, (0, 0));
+        }
+        for (c, (streak, since)) in self.classes.iter_mut().enumerate() {
+            if flags.next_if(|&&s| s as usize == c).is_some() {
+                if *streak == 0 {
+                    *since = step;
+                }
+                *streak += 1;
+            } else {
+                *streak = 0;
+            }
+        }
+        let dead: Vec<u32> = (0u32..)
+            .zip(&self.classes)
+            .filter_map(|(c, &(streak, _))| (streak >= patience).then_some(c))
+            .collect();
+        if dead.is_empty() {
+            return None;
+        }
+        let since = dead
+            .iter()
+            .map(|&c| self.classes[c as usize].1)
+            .max()
+            .unwrap_or(step);
+        Some((since, patience, dead))
     }
 }
 
@@ -1441,10 +1518,30 @@ mod tests {
         assert!(!mostly_dead(94, 100));
         assert!(!mostly_dead(0, 0));
         let mut w = DeadWatch::default();
-        assert_eq!(w.observe(10, true, 3), None);
-        assert_eq!(w.observe(11, false, 3), None);
-        assert_eq!(w.observe(12, true, 3), None);
-        assert_eq!(w.observe(13, true, 3), None);
-        assert_eq!(w.observe(14, true, 3), Some((12, 3)));
+        assert_eq!(w.observe(10, true, &[], 3), None);
+        assert_eq!(w.observe(11, false, &[], 3), None);
+        assert_eq!(w.observe(12, true, &[], 3), None);
+        assert_eq!(w.observe(13, true, &[], 3), None);
+        assert_eq!(w.observe(14, true, &[], 3), Some((12, 3, vec![])));
+    }
+
+    /// A class map silent for every example of `patience` consecutive steps
+    /// trips the watch with its class; a step where it fires resets its
+    /// streak alone, and patience 0 never trips.
+    #[test]
+    fn a_class_map_silent_step_after_step_is_dead() {
+        let mut w = DeadWatch::default();
+        // Class 2 silent from step 0, class 5 from step 1, class 0 once.
+        assert_eq!(w.observe(0, false, &[0, 2], 3), None);
+        assert_eq!(w.observe(1, false, &[2, 5], 3), None);
+        assert_eq!(w.observe(2, false, &[2, 5], 3), Some((0, 3, vec![2])));
+        assert_eq!(w.observe(3, false, &[2, 5], 3), Some((1, 3, vec![2, 5])));
+        // Class 2 fires once: only class 5 stays dead.
+        assert_eq!(w.observe(4, false, &[5], 3), Some((1, 3, vec![5])));
+        assert_eq!(w.observe(5, false, &[], 3), None);
+        let mut off = DeadWatch::default();
+        for step in 0..10 {
+            assert_eq!(off.observe(step, true, &[0, 1], 0), None);
+        }
     }
 }

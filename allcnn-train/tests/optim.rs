@@ -183,6 +183,7 @@ fn train_step_statistics_and_no_update_on_a_non_finite_loss() {
     let out = train_step(&model, &mut opt, &images, &labels, 1, 0, 0.01).unwrap();
     assert!((out.loss - 10f32.ln()).abs() < 1e-6, "{}", out.loss);
     assert_eq!((out.dead, out.correct, out.updated), (3, 2, true));
+    assert_eq!(out.silent_classes, (0..10).collect::<Vec<u32>>());
 
     // An infinite class-layer bias: infinite logits, a NaN loss, and neither
     // the parameters nor the momentum move.

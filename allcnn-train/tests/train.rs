@@ -1326,3 +1326,73 @@ fn a_lost_preprocessing_file_is_fitted_again_on_resume() {
         );
     }
 }
+
+/// One class map that no longer fires (here: its class convolution's bias
+/// set to -1000 in the starting weights, so the final ReLU zeroes it for
+/// every image) stops the run after `dead_patience_steps`, naming the
+/// class; the run's other maps live, so the all-dead rule alone never saw
+/// it. With patience 0 the run trains to its end.
+#[test]
+fn a_dead_class_map_stops_the_run_and_is_named() {
+    let train = random_dataset(32, 8, 4, 11);
+    let first = tiny_config(tiny_spec(8, 8, 4, false), 1, 8, 0.05);
+    let a = tempfile::tempdir().unwrap();
+    quiet()
+        .train(&first, &data(train.clone(), None), a.path())
+        .unwrap();
+    let w =
+        allcnn_models::WeightsFile::load(a.path().join(files::FINAL), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        w.model.parameters().into_iter().collect();
+    let bias = tensors["conv4.bias"].to_vec1::<f32>().unwrap();
+    let mut killed = bias.clone();
+    killed[2] = -1000.0;
+    tensors.insert(
+        "conv4.bias".into(),
+        candle_core::Tensor::new(killed.as_slice(), &candle_core::Device::Cpu).unwrap(),
+    );
+    let model = allcnn_models::AllCnn::from_tensors(
+        w.model.spec().clone(),
+        tensors,
+        "test",
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let start = a.path().join("one-dead.safetensors");
+    model.save(&start, &w.meta, &[]).unwrap();
+
+    let mut c = tiny_config(tiny_spec(8, 8, 4, false), 6, 8, 0.05);
+    c.init_from = Some(start);
+    c.dead_patience_steps = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let e = quiet()
+        .train(&c, &data(train.clone(), None), dir.path())
+        .unwrap_err();
+    match &e {
+        TrainError::DeadClassMaps {
+            since,
+            steps,
+            classes,
+            ..
+        } => {
+            assert_eq!((*since, *steps), (0, 5));
+            assert_eq!(classes, &["c2".to_string()]);
+            let text = e.to_string();
+            assert!(
+                text.contains("the class map of c2 is dead since step 0")
+                    && text.contains("can never predict that class")
+                    && text.contains(&format!("seed={}", c.seed + 1)),
+                "{text}"
+            );
+            let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+            assert!(metrics.contains("the class map of c2 is dead"), "{metrics}");
+        }
+        other => panic!("expected DeadClassMaps, got {other}"),
+    }
+
+    c.dead_patience_steps = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet().train(&c, &data(train, None), dir.path()).unwrap();
+    assert_eq!(s.status, RunStatus::Completed);
+}

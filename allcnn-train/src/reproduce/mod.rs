@@ -308,7 +308,9 @@ pub fn reproduce(
                 }
             })();
             match &result {
-                Err(TrainError::DeadClassMaps { since, .. }) if attempt < options.retries => {
+                Err(TrainError::DeadClassMaps { since, classes, .. })
+                    if attempt < options.retries =>
+                {
                     let graveyard = crate::trainer::dead_run_dir(&dir, config.seed);
                     std::fs::rename(&dir, &graveyard).map_err(|e| TrainError::Reproduce {
                         experiment: exp.name().into(),
@@ -320,7 +322,8 @@ pub fn reproduce(
                     })?;
                     attempt += 1;
                     let w = format!(
-                    "{model}: every class map died from step {since} with seed {}; the run is kept in {}; retrying with seed {} ({attempt} of {} retries)",
+                    "{model}: {} died from step {since} with seed {}; the run is kept in {}; retrying with seed {} ({attempt} of {} retries)",
+                    crate::trainer::dead_maps_subject(classes),
                     config.seed,
                     graveyard.display(),
                     config.seed + 1,

@@ -182,12 +182,22 @@ fn fill_plane(g: &Geometry, src: &[f32], plane: &mut [f32], pw: usize) {
 }
 
 /// `V = Bᵀ d B` of the `tw` tiles of tile row `ty` of one padded plane
-/// (`pw = 2 tw + 2` wide) into `out`: `out[ξ * tw + tx]` is `V[ξ]` of tile
-/// `tx`. `e` is scratch of `4 * pw`.
+/// (`pw = 2 tw + 2` wide) straight into `out`: `out[ξ * stride + at + tx]`
+/// is `V[ξ]` of tile `tx` (`stride >= tw`). `e` is scratch of `4 * pw`.
 ///
 /// `Bᵀ` combines four padded input rows element-wise, then `B` combines
 /// columns, each of the 16 outputs a contiguous run of tiles.
-fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn tile_row(
+    plane: &[f32],
+    pw: usize,
+    ty: usize,
+    tw: usize,
+    e: &mut [f32],
+    out: &mut [f32],
+    stride: usize,
+    at: usize,
+) {
     let r = |k: usize| &plane[(2 * ty + k) * pw..][..pw];
     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
     let (e0, rest) = e[..4 * pw].split_at_mut(pw);
@@ -200,11 +210,8 @@ fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: 
         e3[x] = r1[x] - r3[x];
     }
     for (ri, e) in [&*e0, &*e1, &*e2, &*e3].into_iter().enumerate() {
-        // The four outputs of this row combination.
-        let block = &mut out[ri * 4 * tw..][..4 * tw];
-        let (y0, rest) = block.split_at_mut(tw);
-        let (y1, rest) = rest.split_at_mut(tw);
-        let (y2, y3) = rest.split_at_mut(tw);
+        // The four outputs of this row combination: ξ = 4 ri .. 4 ri + 3.
+        let [y0, y1, y2, y3] = four_runs(out, 4 * ri * stride + at, stride, tw);
         let e = &e[..2 * tw + 2];
         for tx in 0..tw {
             let (q0, q1, q2, q3) = (e[2 * tx], e[2 * tx + 1], e[2 * tx + 2], e[2 * tx + 3]);
@@ -216,12 +223,24 @@ fn tile_row(plane: &[f32], pw: usize, ty: usize, tw: usize, e: &mut [f32], out: 
     }
 }
 
-/// Scratch of the portable [`plane_tiles`]: a zero-padded plane, one tile
-/// row of output and the four row combinations (the AVX-512 path keeps
-/// all of it in registers).
+/// The runs `out[first + k * stride..][..len]` for `k = 0..4`.
+///
+/// # Panics
+/// When `stride < len` (the runs would overlap) or the last run does not
+/// fit in `out`.
+fn four_runs(out: &mut [f32], first: usize, stride: usize, len: usize) -> [&mut [f32]; 4] {
+    assert!(stride >= len, "runs of {len} values {stride} apart overlap");
+    let (_, rest) = out.split_at_mut(first);
+    let (a, rest) = rest.split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]]
+}
+
+/// Scratch of the portable [`plane_tiles`]: a zero-padded plane and the
+/// four row combinations (the AVX-512 path keeps all of it in registers).
 struct PlaneScratch<'a> {
     plane: &'a mut [f32],
-    row: &'a mut [f32],
     e: &'a mut [f32],
     /// Width of the padded plane, `2 tw + 2`.
     pw: usize,
@@ -235,11 +254,10 @@ fn plane_scratch<'a>(
 ) -> (PlaneScratch<'a>, &'a mut [f32]) {
     let (ph, pw) = (2 * t.th + 2, 2 * t.tw + 2);
     buf.clear();
-    buf.resize(ph * pw + 16 * t.tw + 4 * pw + extra, 0.0);
+    buf.resize(ph * pw + 4 * pw + extra, 0.0);
     let (plane, rest) = buf.split_at_mut(ph * pw);
-    let (row, rest) = rest.split_at_mut(16 * t.tw);
     let (e, extra) = rest.split_at_mut(4 * pw);
-    (PlaneScratch { plane, row, e, pw }, extra)
+    (PlaneScratch { plane, e, pw }, extra)
 }
 
 /// `V = Bᵀ d B` of every 4x4 input tile of the channel plane `src` (`h x
@@ -280,10 +298,7 @@ fn plane_tiles_portable(
 ) {
     fill_plane(g, src, s.plane, s.pw);
     for ty in 0..t.th {
-        tile_row(s.plane, s.pw, ty, t.tw, s.e, s.row);
-        for (xi, run) in s.row.chunks_exact(t.tw).enumerate() {
-            super::shuffle::copy(&mut out[xi * stride + ty * t.tw..][..t.tw], run);
-        }
+        tile_row(s.plane, s.pw, ty, t.tw, s.e, out, stride, ty * t.tw);
     }
 }
 
