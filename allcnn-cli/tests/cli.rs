@@ -667,13 +667,14 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // Values out of range and missing arguments: usage errors, exit 2.
-    let usage: [&[&str]; 4] = [
+    let usage: [&[&str]; 5] = [
         &["predict", img_s, "--top-k", "0"],
         &["predict", img_s, "--batch", "0"],
         &[
             "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--alpha", "5",
         ],
         &["viz", "--method", "gradient"],
+        &["models", "--classes", "0"],
     ];
     for args in usage {
         let o = allcnn(args);
