@@ -104,6 +104,11 @@ const FILE_EXTENSIONS: &[&str] = &[
 /// Fails where `folder` (the folder `out` goes in) is read-only: a
 /// command would otherwise do its work and fail at the first write.
 fn writable(out: &Path, folder: &Path) -> Result<()> {
+    // On Windows the read-only attribute of a folder does not stop writes
+    // (Explorer sets it on customised folders): Unix mode bits only.
+    if !cfg!(unix) {
+        return Ok(());
+    }
     match std::fs::metadata(folder) {
         Ok(m) if m.permissions().readonly() => bail!(
             "--out {}: the folder {} is not writable; choose another path",

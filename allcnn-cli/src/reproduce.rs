@@ -170,6 +170,11 @@ pub fn run(args: &Args) -> Result<()> {
             value,
             reason,
         } => crate::Usage(format!("--models {value}: {reason}")).into(),
+        // Its error is on the row's `failed:` line just above: not again.
+        allcnn_train::TrainError::ReproduceModel { model, run_dir, .. } => anyhow::anyhow!(
+            "reproduce stopped at {model} (run directory {}): its error is the line above; the report has the rows so far",
+            run_dir.display()
+        ),
         e => anyhow::Error::from(e),
     })?;
 

@@ -139,6 +139,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         config.model = m.clone();
     }
     if let Some(e) = args.epochs {
+        if args
+            .set
+            .iter()
+            .any(|kv| kv.trim_start().starts_with("epochs="))
+        {
+            usage!("--epochs {e} and epochs=... both set the run's length; give one");
+        }
         config.epochs = e;
     }
     if let Some(d) = &args.data {

@@ -103,13 +103,17 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
     };
     let resolved = resolve(weights, args.offline)?;
     let path: &Path = &resolved;
-    if !path.is_file() {
-        let what = if path.is_dir() {
-            "is a folder; give a .safetensors weights file (a run's final.safetensors or best.safetensors)"
-        } else {
-            "no such file; give a .safetensors weights file, `hf://OWNER/REPO` for the Hugging Face Hub, or leave --weights out for the shipped model (`allcnn pretrained list`)"
-        };
-        bail!("--weights {}: {what}", path.display());
+    // (Other failures, a file that cannot be read, are the loader's to say.)
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!(
+            "--weights {}: is a folder; give a .safetensors weights file (a run's final.safetensors or best.safetensors)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "--weights {}: no such file; give a .safetensors weights file, `hf://OWNER/REPO` for the Hugging Face Hub, or leave --weights out for the shipped model (`allcnn pretrained list`)",
+            path.display()
+        ),
+        _ => {}
     }
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,

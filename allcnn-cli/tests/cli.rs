@@ -1233,7 +1233,7 @@ fn train_eval_predict_resume_round_trip() {
     );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("epochs = 2"), "{config}");
-    // A key=value override comes after it.
+    // With epochs=... too, the command says which one it would have taken.
     let new_run = [
         "train",
         "--preset",
@@ -1242,14 +1242,12 @@ fn train_eval_predict_resume_round_trip() {
         "7",
         "--print-config",
     ];
-    for (extra, want) in [
-        (None, "\nepochs = 7\n"),
-        (Some("epochs=9"), "\nepochs = 9\n"),
-    ] {
-        let o = allcnn(&[&new_run[..], extra.as_slice()].concat());
-        assert_ok(&o);
-        assert!(stdout(&o).contains(want), "{}", stdout(&o));
-    }
+    let o = allcnn(&new_run);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("\nepochs = 7\n"), "{}", stdout(&o));
+    let o = allcnn(&[&new_run[..], &["epochs=9"]].concat());
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("give one"), "{}", stderr(&o));
     // Without anything to train: a usage error (exit 2), as clap's own.
     let o = allcnn(&["train", "--epochs", "2"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -2748,4 +2746,32 @@ fn rewrite_metadata(path: &std::path::Path, key: &str, value: &str) {
     out.extend(text);
     out.extend(&bytes[8 + n..]);
     std::fs::write(path, out).unwrap();
+}
+
+/// A row that fails for a reason other than training (here: a batch larger
+/// than the 12 training images) stops `reproduce`; its error is printed
+/// once, on the row's line, and the last line points there.
+#[test]
+fn a_fatal_row_error_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let o = allcnn(&[
+        "reproduce",
+        "cifar10-aug",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "batch_size=64",
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("larger than the training split").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("failed: "), "{err}");
+    assert!(err.contains("its error is the line above"), "{err}");
 }

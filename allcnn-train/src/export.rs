@@ -627,7 +627,7 @@ fn open_run(
                 if has(files::BEST) {
                     ", or export --weights best"
                 } else {
-                    "; it has no best.safetensors either: no epoch has ended"
+                    "; it has no best.safetensors either: no epoch has ended, or the run has no validation or test split to choose one"
                 }
             ),
             WeightsChoice::Best => format!(

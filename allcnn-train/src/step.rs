@@ -18,8 +18,11 @@ pub struct StepOutcome {
     /// Examples whose logits are all 0: every class map dead after the final
     /// ReLU, so no gradient reaches any weight through them.
     pub dead: u64,
-    /// Classes whose logit was 0 for every example of the batch: class
-    /// maps silent after the final ReLU (dead ones stay so step after step).
+    /// Classes with at least one example in the batch, in increasing order.
+    pub seen_classes: Vec<u32>,
+    /// The classes of `seen_classes` whose logit was 0 for every example of
+    /// the batch: class maps silent after the final ReLU even on their own
+    /// images (dead ones stay so step after step), in increasing order.
     pub silent_classes: Vec<u32>,
     /// Whether the parameters were updated (not when the loss is not finite).
     pub updated: bool,
@@ -92,14 +95,15 @@ pub fn train_step(
             loss: loss_v,
             correct: 0,
             dead: 0,
+            seen_classes: Vec::new(),
             silent_classes: Vec::new(),
             updated: false,
         });
     }
     let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
     let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
-    let silent_classes =
-        silent_classes(&logits).ctx(|| format!("silent class maps at step {step}"))?;
+    let (seen_classes, silent_classes) =
+        silent_classes(&logits, labels).ctx(|| format!("silent class maps at step {step}"))?;
     match update {
         Update::Ready(grads) => opt.step(&grads)?,
         Update::Backward(loss) => opt.backward_step(&loss)?,
@@ -108,6 +112,7 @@ pub fn train_step(
         loss: loss_v,
         correct,
         dead,
+        seen_classes,
         silent_classes,
         updated: true,
     })
@@ -129,11 +134,26 @@ fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
     Ok(dead.to_scalar::<f32>()? as u64)
 }
 
-/// Classes whose logit is at most 0 for every example of a batch.
-fn silent_classes(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
+/// The classes that have examples in a batch, and those of them whose
+/// logit is at most 0 for every example of the batch (a class absent from a
+/// batch says nothing about its map: a trained network gives 0 to the
+/// classes an image is not).
+fn silent_classes(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Vec<u32>, Vec<u32>)> {
     let live = logits.max(0)?.gt(0f32)?.to_vec1::<u8>()?;
-    Ok((0u32..)
-        .zip(live)
-        .filter_map(|(c, l)| (l == 0).then_some(c))
-        .collect())
+    let mut seen = vec![false; live.len()];
+    for l in labels.to_dtype(DType::U32)?.to_vec1::<u32>()? {
+        if let Some(s) = seen.get_mut(l as usize) {
+            *s = true;
+        }
+    }
+    let seen: Vec<u32> = (0u32..)
+        .zip(&seen)
+        .filter_map(|(c, &s)| s.then_some(c))
+        .collect();
+    let silent = seen
+        .iter()
+        .copied()
+        .filter(|&c| live[c as usize] == 0)
+        .collect();
+    Ok((seen, silent))
 }

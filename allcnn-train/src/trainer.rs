@@ -551,15 +551,28 @@ impl Trainer {
             return Ok((p, None));
         }
         if self.console {
-            Console::new(1).on_message(&format!(
-                "{} is missing: fitting the run's preprocessing again from its {} training images",
-                path.display(),
-                data.train.len()
-            ));
+            let how = match &config.data.preprocessing_from {
+                Some(from) => format!(
+                    "reading the run's preprocessing again from {} (data.preprocessing_from)",
+                    from.display()
+                ),
+                None => format!(
+                    "fitting the run's preprocessing again from its {} training images",
+                    data.train.len()
+                ),
+            };
+            Console::new(1).on_message(&format!("{} is missing: {how}", path.display()));
         }
         let p = fit_preprocessing(&config.data, data.train.as_ref())?;
         let digest = preprocessing_digest(&p);
-        p.save(&path)?;
+        // Whole or absent: a kill during the 38 MB write must not leave a
+        // truncated file that the next resume would try to read.
+        let partial = path.with_extension("safetensors.partial");
+        p.save(&partial)?;
+        std::fs::rename(&partial, &path).map_err(|cause| TrainError::Io {
+            path: path.clone(),
+            cause,
+        })?;
         let notice = match recorded {
             Some(r) if r == digest => Notice::Message(format!(
                 "{} was missing: fitted again from the training data, equal to the run's own to the bit (digest {digest}); the run goes on as if it had never been lost",
@@ -814,7 +827,7 @@ impl Trainer {
             if let Some((since, steps, classes)) = dead.observe(
                 step,
                 mostly_dead(out.dead, n),
-                &out.silent_classes,
+                (&out.seen_classes, &out.silent_classes),
                 cfg.dead_patience_steps,
             ) {
                 let names = &run.class_names;
@@ -1093,7 +1106,8 @@ pub fn dead_maps_subject(classes: &[String]) -> String {
 
 /// Consecutive steps in which (nearly) every example had all logits 0
 /// (every class map dead, [`mostly_dead`]), and per class the consecutive
-/// steps in which its logit was 0 for every example (that class map dead),
+/// steps with examples of it in which its logit was 0 for every example
+/// (that class map dead; steps without the class leave its count alone),
 /// each with the first of them. Not checkpointed: a resumed run counts
 /// afresh.
 #[derive(Default)]
@@ -1106,14 +1120,15 @@ struct DeadWatch {
 
 impl DeadWatch {
     /// Counts `step`; `Some((since, steps, classes))` once `patience` (> 0)
-    /// consecutive steps were all dead (`classes` empty), or once some class
-    /// maps were silent in each of `patience` consecutive steps (those
-    /// classes; `since`: the latest start among them).
+    /// consecutive steps were all dead (`classes` empty), or once some
+    /// classes were silent in each of their last `patience` steps with
+    /// examples (`(seen, silent)`, both increasing; those classes, and
+    /// `since` the latest start among them).
     fn observe(
         &mut self,
         step: u64,
         all_dead: bool,
-        silent: &[u32],
+        (seen, silent): (&[u32], &[u32]),
         patience: u64,
     ) -> Option<(u64, u64, Vec<u32>)> {
         if all_dead {
@@ -1130,13 +1145,15 @@ impl DeadWatch {
         if self.streak >= patience {
             return Some((self.since, self.streak, Vec::new()));
         }
-        let mut flags = silent.iter().peekable();
-        let needed = silent.last().map_or(0, |&c| c as usize + 1);
+        debug_assert!(seen.is_sorted() && silent.is_sorted());
+        let needed = seen.last().map_or(0, |&c| c as usize + 1);
         if self.classes.len() < needed {
             self.classes.resize(needed, (0, 0));
         }
-        for (c, (streak, since)) in self.classes.iter_mut().enumerate() {
-            if flags.next_if(|&&s| s as usize == c).is_some() {
+        let mut quiet = silent.iter().peekable();
+        for &c in seen {
+            let (streak, since) = &mut self.classes[c as usize];
+            if quiet.next_if(|&&q| q == c).is_some() {
                 if *streak == 0 {
                     *since = step;
                 }
@@ -1518,30 +1535,46 @@ mod tests {
         assert!(!mostly_dead(94, 100));
         assert!(!mostly_dead(0, 0));
         let mut w = DeadWatch::default();
-        assert_eq!(w.observe(10, true, &[], 3), None);
-        assert_eq!(w.observe(11, false, &[], 3), None);
-        assert_eq!(w.observe(12, true, &[], 3), None);
-        assert_eq!(w.observe(13, true, &[], 3), None);
-        assert_eq!(w.observe(14, true, &[], 3), Some((12, 3, vec![])));
+        let none: (&[u32], &[u32]) = (&[], &[]);
+        assert_eq!(w.observe(10, true, none, 3), None);
+        assert_eq!(w.observe(11, false, none, 3), None);
+        assert_eq!(w.observe(12, true, none, 3), None);
+        assert_eq!(w.observe(13, true, none, 3), None);
+        assert_eq!(w.observe(14, true, none, 3), Some((12, 3, vec![])));
     }
 
     /// A class map silent for every example of `patience` consecutive steps
-    /// trips the watch with its class; a step where it fires resets its
-    /// streak alone, and patience 0 never trips.
+    /// with examples of it trips the watch with its class; a step where it
+    /// fires resets its streak alone, a step without the class leaves it
+    /// alone, and patience 0 never trips.
     #[test]
     fn a_class_map_silent_step_after_step_is_dead() {
         let mut w = DeadWatch::default();
+        let all: &[u32] = &[0, 1, 2, 3, 4, 5];
         // Class 2 silent from step 0, class 5 from step 1, class 0 once.
-        assert_eq!(w.observe(0, false, &[0, 2], 3), None);
-        assert_eq!(w.observe(1, false, &[2, 5], 3), None);
-        assert_eq!(w.observe(2, false, &[2, 5], 3), Some((0, 3, vec![2])));
-        assert_eq!(w.observe(3, false, &[2, 5], 3), Some((1, 3, vec![2, 5])));
+        assert_eq!(w.observe(0, false, (all, &[0, 2]), 3), None);
+        assert_eq!(w.observe(1, false, (all, &[2, 5]), 3), None);
+        assert_eq!(
+            w.observe(2, false, (all, &[2, 5]), 3),
+            Some((0, 3, vec![2]))
+        );
+        assert_eq!(
+            w.observe(3, false, (all, &[2, 5]), 3),
+            Some((1, 3, vec![2, 5]))
+        );
         // Class 2 fires once: only class 5 stays dead.
-        assert_eq!(w.observe(4, false, &[5], 3), Some((1, 3, vec![5])));
-        assert_eq!(w.observe(5, false, &[], 3), None);
+        assert_eq!(w.observe(4, false, (all, &[5]), 3), Some((1, 3, vec![5])));
+        assert_eq!(w.observe(5, false, (all, &[]), 3), None);
+        // Class 1 is silent whenever it is in the batch, and absent in
+        // between: its absent steps neither count nor reset.
+        assert_eq!(w.observe(6, false, (&[0, 1], &[1]), 3), None);
+        assert_eq!(w.observe(7, false, (&[0, 2], &[]), 3), None);
+        assert_eq!(w.observe(8, false, (&[1, 2], &[1]), 3), None);
+        assert_eq!(w.observe(9, false, (&[0, 2], &[]), 3), None);
+        assert_eq!(w.observe(10, false, (&[1], &[1]), 3), Some((6, 3, vec![1])));
         let mut off = DeadWatch::default();
         for step in 0..10 {
-            assert_eq!(off.observe(step, true, &[0, 1], 0), None);
+            assert_eq!(off.observe(step, true, (all, &[0, 1]), 0), None);
         }
     }
 }

@@ -1403,11 +1403,12 @@ fn a_dead_class_map_stops_the_run_and_is_named() {
             classes,
             ..
         } => {
-            assert_eq!((*since, *steps), (0, 5));
+            // (Steps without an image of c2 in the batch do not count.)
+            assert!(*since < 5 && *steps == 5, "{e}");
             assert_eq!(classes, &["c2".to_string()]);
             let text = e.to_string();
             assert!(
-                text.contains("the class map of c2 is dead since step 0")
+                text.contains("the class map of c2 is dead since step ")
                     && text.contains("can never predict that class")
                     && text.contains(&format!("seed={}", c.seed + 1)),
                 "{text}"
