@@ -247,7 +247,7 @@ fn dead_maps_message(
     let what = if classes.is_empty() {
         format!(
             "every class map is dead since step {since} (all logits 0 for at least 95% of the \
-             examples of each of {steps} consecutive steps, epoch {}, lr {lr}): no gradient reaches \
+             examples of each of {steps} consecutive steps, epoch {}, lr {lr:.3e}): no gradient reaches \
              the weights, so this run cannot recover",
             epoch + 1
         )
@@ -259,7 +259,7 @@ fn dead_maps_message(
         };
         format!(
             "{noun} of {} {verb} dead since step {since} (the logit 0 for every example of each \
-             of {steps} consecutive steps, epoch {}, lr {lr}): no gradient reaches {}, so this run \
+             of {steps} consecutive steps, epoch {}, lr {lr:.3e}): no gradient reaches {}, so this run \
              can never predict {}",
             classes.join(", "),
             epoch + 1,
