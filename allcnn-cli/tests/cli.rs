@@ -666,6 +666,17 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    // `pretrained save` keeps an existing file unless --force.
+    let saved = s(&dir.path().join("saved.safetensors"));
+    assert_ok(&allcnn(&["pretrained", "save", "--out", &saved]));
+    std::fs::write(&saved, b"mine").unwrap();
+    let o = allcnn(&["pretrained", "save", "--out", &saved]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("add --force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&saved).unwrap(), b"mine");
+    assert_ok(&allcnn(&["pretrained", "save", "--out", &saved, "--force"]));
+    assert!(std::fs::metadata(&saved).unwrap().len() > 1_000_000);
+
     // Values out of range and missing arguments: usage errors, exit 2.
     let usage: [&[&str]; 5] = [
         &["predict", img_s, "--top-k", "0"],
