@@ -252,23 +252,17 @@ fn dead_maps_message(
             epoch + 1
         )
     } else {
-        let (noun, verb) = if classes.len() == 1 {
-            ("the class map", "is")
+        let (verb, pronoun, what) = if classes.len() == 1 {
+            ("is", "it", "that class")
         } else {
-            ("the class maps", "are")
+            ("are", "them", "those classes")
         };
         format!(
-            "{noun} of {} {verb} dead since step {since} (the logit 0 for every example of each \
-             of {steps} consecutive steps, epoch {}, lr {lr:.3e}): no gradient reaches {}, so this run \
-             can never predict {}",
-            classes.join(", "),
+            "{} {verb} dead since step {since} (the logit 0 for every example of each \
+             of {steps} consecutive steps, epoch {}, lr {lr:.3e}): no gradient reaches {pronoun}, \
+             so this run can never predict {what}",
+            crate::trainer::dead_maps_subject(classes),
             epoch + 1,
-            if classes.len() == 1 { "it" } else { "them" },
-            if classes.len() == 1 {
-                "that class"
-            } else {
-                "those classes"
-            },
         )
     };
     format!(
