@@ -238,9 +238,17 @@ with --eval-data also eval.json, the exported file's own evaluation.\n\nExamples
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout.
-    #[command(after_help = "Example:\n  allcnn man > allcnn.1 && man ./allcnn.1")]
-    Man,
+    /// Print the man page (roff) to stdout, or write one page per subcommand
+    /// into a folder.
+    #[command(
+        after_help = "The page on stdout covers the top level; its SEE ALSO names allcnn-train(1) and the other\nsubcommand pages, which --out writes (allcnn.1, allcnn-train.1, allcnn-data-download.1, ...).\n\nExamples:\n  allcnn man > allcnn.1 && man ./allcnn.1\n  allcnn man --out ~/.local/share/man/man1 && man allcnn-train"
+    )]
+    Man {
+        /// Write allcnn.1 and one page per subcommand into this folder
+        /// (created if missing) instead of printing the top-level page.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Measure training-step or inference speed of a model (one JSON line).
     #[command(after_help = "Example:\n  allcnn bench --model all-cnn-c --batch 64 --mode infer")]
     Bench(bench::Args),
@@ -300,6 +308,22 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// `allcnn man --out DIR`: the top-level page and one per subcommand
+/// (`allcnn-train.1`, `allcnn-data-download.1`, ...), which the top page's
+/// SEE ALSO names.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    out::check(dir, out::OutKind::Folder("a folder for the pages"), [])?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .map_err(|e| anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display()))?;
+    outln!(
+        "wrote allcnn.1 and a page per subcommand into {} (e.g. `man {}`)",
+        dir.display(),
+        dir.join("allcnn-train.1").display()
+    )
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     quiet_broken_pipe();
@@ -323,7 +347,8 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "allcnn", &mut script);
             out!("{}", String::from_utf8_lossy(&script))
         }
-        Command::Man => {
+        Command::Man { out: Some(dir) } => man_pages(&dir),
+        Command::Man { out: None } => {
             let mut page = Vec::new();
             match clap_mangen::Man::new(Cli::command()).render(&mut page) {
                 Ok(()) => out!("{}", String::from_utf8_lossy(&page)),

@@ -957,6 +957,30 @@ fn completions_and_man_page_come_from_the_same_definition() {
         "roff output"
     );
     assert!(out.contains("predict"));
+
+    // The top page's SEE ALSO names allcnn-train(1) and its siblings:
+    // --out writes them, nested subcommands included.
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let o = allcnn(&["man", "--out", pages.to_str().unwrap()]);
+    assert_ok(&o);
+    for page in [
+        "allcnn.1",
+        "allcnn-train.1",
+        "allcnn-data-download.1",
+        "allcnn-viz-top.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(page))
+            .unwrap_or_else(|e| panic!("{page} not written: {e}"));
+        assert!(text.contains(".TH"), "{page} is not roff");
+    }
+    assert!(stdout(&o).contains("allcnn-train.1"), "{}", stdout(&o));
+    // A file where the folder should be is refused before anything is written.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let o = allcnn(&["man", "--out", file.to_str().unwrap()]);
+    assert!(!o.status.success(), "man --out onto a file succeeded");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
 }
 
 /// A tiny image folder with train/ and test/ splits of two classes.

@@ -65,6 +65,18 @@ impl Default for LoaderConfig {
 }
 
 impl LoaderConfig {
+    /// Batches in an epoch of `examples` examples under this configuration
+    /// (what [`DataLoader::num_batches`] says for such a data set).
+    pub fn batches(&self, examples: usize) -> usize {
+        if self.batch_size == 0 {
+            0
+        } else if self.drop_last {
+            examples / self.batch_size
+        } else {
+            examples.div_ceil(self.batch_size)
+        }
+    }
+
     /// Training: shuffled, last partial batch dropped, given augmentation.
     pub fn train(batch_size: usize, seed: u64, augmentation: Augmentation) -> Self {
         Self {
@@ -346,12 +358,7 @@ impl DataLoader {
     }
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
-        let (n, b) = (self.inner.dataset.len(), self.inner.config.batch_size);
-        if self.inner.config.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
-        }
+        self.inner.config.batches(self.inner.dataset.len())
     }
 
     /// The order in which `epoch` visits the examples (a seeded permutation

@@ -68,11 +68,12 @@ pub fn train_step(
     // On CPU our kernels' own backward (no candle autograd: no gradient
     // buffer zero-filled and then added to), its gradients ready after the
     // forward; elsewhere candle's, from the loss tensor.
+    // On the host for the class-map watch anyway (a few hundred integers).
+    let host = labels
+        .to_dtype(DType::U32)
+        .and_then(|l| l.to_vec1::<u32>())
+        .ctx(|| format!("reading the labels at step {step}"))?;
     let fast = if images.device().is_cpu() {
-        let host = labels
-            .to_dtype(DType::U32)
-            .and_then(|l| l.to_vec1::<u32>())
-            .ctx(|| format!("reading the labels at step {step}"))?;
         model.train_grads(images, &host, &mut dropout)?
     } else {
         None
@@ -103,7 +104,7 @@ pub fn train_step(
     let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
     let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
     let (seen_classes, silent_classes) =
-        silent_classes(&logits, labels).ctx(|| format!("silent class maps at step {step}"))?;
+        silent_classes(&logits, &host).ctx(|| format!("silent class maps at step {step}"))?;
     match update {
         Update::Ready(grads) => opt.step(&grads)?,
         Update::Backward(loss) => opt.backward_step(&loss)?,
@@ -138,10 +139,10 @@ fn count_dead(logits: &Tensor) -> candle_core::Result<u64> {
 /// logit is at most 0 for every example of the batch (a class absent from a
 /// batch says nothing about its map: a trained network gives 0 to the
 /// classes an image is not).
-fn silent_classes(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Vec<u32>, Vec<u32>)> {
+fn silent_classes(logits: &Tensor, labels: &[u32]) -> candle_core::Result<(Vec<u32>, Vec<u32>)> {
     let live = logits.max(0)?.gt(0f32)?.to_vec1::<u8>()?;
     let mut seen = vec![false; live.len()];
-    for l in labels.to_dtype(DType::U32)?.to_vec1::<u32>()? {
+    for &l in labels {
         if let Some(s) = seen.get_mut(l as usize) {
             *s = true;
         }

@@ -481,6 +481,22 @@ impl Trainer {
                 });
             }
         }
+        // The checkpoint is checked whole before anything in the run
+        // directory changes or the preprocessing is fitted again (minutes).
+        let mut model = AllCnn::from_tensors(
+            ckpt.state.spec.clone(),
+            ckpt.params,
+            &ckpt_path.display().to_string(),
+            &self.device,
+        )?;
+        model.set_conv_backend(config.conv_backend());
+        let vars = model.make_trainable()?;
+        let mut opt = MomentumSgd::new(vars, sgd_config(&config));
+        opt.load_state(ckpt.momentum)?;
+        let per_epoch =
+            LoaderConfig::train(config.batch_size, config.seed, config.data.augmentation)
+                .batches(data.train.len()) as u64;
+        check_resumed(&ckpt.state, &config, per_epoch, &opt, &ckpt_path)?;
         let _lock = prepare_run_dir(run_dir, false, 0)?;
         if new_length.is_some() {
             allcnn_models::write_atomic(
@@ -497,16 +513,6 @@ impl Trainer {
         let (preprocessing, notice) =
             self.resume_preprocessing(run_dir, &config, data, &ckpt.state)?;
         ckpt.state.preprocessing_digest = Some(preprocessing_digest(&preprocessing));
-        let mut model = AllCnn::from_tensors(
-            ckpt.state.spec.clone(),
-            ckpt.params,
-            &ckpt_path.display().to_string(),
-            &self.device,
-        )?;
-        model.set_conv_backend(config.conv_backend());
-        let vars = model.make_trainable()?;
-        let mut opt = MomentumSgd::new(vars, sgd_config(&config));
-        opt.load_state(ckpt.momentum)?;
         let state = ckpt.state;
         let mut run = self.assemble(
             config,
@@ -518,7 +524,6 @@ impl Trainer {
             state,
             Some(ckpt_path.clone()),
         )?;
-        check_resumed(&run, &ckpt_path)?;
         run.notices.extend(notice);
         self.run(run)
     }
@@ -1454,14 +1459,18 @@ pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig, TrainError> {
 /// lacks a momentum buffer it must have (D18 of issue 15): resuming from it
 /// would train on silently. (Non-finite parameters are refused when the
 /// model is built.)
-fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
+fn check_resumed(
+    s: &CheckpointState,
+    config: &TrainConfig,
+    per_epoch: u64,
+    opt: &MomentumSgd,
+    path: &Path,
+) -> Result<(), TrainError> {
     let bad = |reason: String| TrainError::BadCheckpoint {
         path: path.to_path_buf(),
         reason,
     };
-    let s = &run.state;
-    let per_epoch = run.train_loader.num_batches() as u64;
-    let epochs = run.config.epochs;
+    let epochs = config.epochs;
     if s.epoch > epochs || (s.epoch == epochs && s.batch != 0) {
         return Err(bad(format!(
             "it is at epoch {} batch {}, past the run's {epochs} epochs",
@@ -1486,8 +1495,8 @@ fn check_resumed(run: &Run, path: &Path) -> Result<(), TrainError> {
             s.step, s.epoch, s.batch
         )));
     }
-    if s.step > 0 && run.config.momentum > 0.0 {
-        if let Some(name) = run.opt.missing_state().first() {
+    if s.step > 0 && config.momentum > 0.0 {
+        if let Some(name) = opt.missing_state().first() {
             return Err(bad(format!(
                 "it has no momentum buffer for `{name}` after {} steps",
                 s.step

@@ -1031,6 +1031,12 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     let good = std::fs::read(&path).unwrap();
     let ck = Checkpoint::read(&path).unwrap();
     let (params, momentum) = (sorted(&ck.params), sorted(&ck.momentum));
+    // A refused checkpoint changes nothing in the run directory: the metrics
+    // are not cut back to its step, a lost preprocessing is not fitted again.
+    let metrics = cut.path().join(files::METRICS);
+    let metrics_before = std::fs::read(&metrics).unwrap();
+    let preprocessing = cut.path().join(files::PREPROCESSING);
+    let _ = std::fs::remove_file(&preprocessing);
     let refused = |why: &str| {
         let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
         let msg = e.to_string();
@@ -1038,6 +1044,12 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
             msg.contains(why) && msg.contains(&path.display().to_string()),
             "expected `{why}` naming the file: {e}"
         );
+        assert_eq!(
+            std::fs::read(&metrics).unwrap(),
+            metrics_before,
+            "`{why}`: metrics.jsonl changed"
+        );
+        assert!(!preprocessing.exists(), "`{why}`: preprocessing fitted");
     };
 
     // One flipped bit in the last tensor's data.
