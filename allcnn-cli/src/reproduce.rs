@@ -29,7 +29,7 @@ pub struct Args {
     /// still lists every row.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...", value_parser = crate::values::model_name())]
     models: Vec<String>,
-    /// When every class map of a row dies, move its run aside
+    /// When class maps of a row die (any of them, see `dead_patience_steps`), move its run aside
     /// (OUT/<model>.dead-seed-S) and start it again with the next seed, up
     /// to N times; a rerun resumes the retried run.
     #[arg(long, default_value_t = 0, value_name = "N")]

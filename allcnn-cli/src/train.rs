@@ -52,9 +52,10 @@ pub struct TrainArgs {
     /// Print the resolved config as TOML and exit (a starting point for --config).
     #[arg(long)]
     print_config: bool,
-    /// When every class map dies (the paper's start is fragile; see
+    /// When class maps die (any of them; the paper's start is fragile: see
     /// `dead_patience_steps`), move the dead run to OUT.dead-seed-S and start
-    /// again with the next seed, up to this many times.
+    /// again with the next seed, up to this many times (`dead_map_revivals=N`
+    /// keeps the run and re-initialises the dead maps instead).
     #[arg(long, default_value_t = 0, conflicts_with_all = ["grid", "resume"])]
     retries: u32,
     /// Stop after this much wall-clock time, e.g. `2h30m`, `90min`, `45s`

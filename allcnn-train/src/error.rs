@@ -266,8 +266,9 @@ fn dead_maps_message(
         )
     };
     format!(
-        "{what}. Start again with another seed (e.g. seed={}) or a learning-rate warm-up \
-         (e.g. warmup_steps=780), or let `allcnn train --retries N` do it",
+        "{what}. Start again with another seed (e.g. seed={}, or let `allcnn train --retries N` \
+         do it), or let the run re-initialise dead maps and go on (e.g. dead_map_revivals=20; \
+         not part of the paper's protocol)",
         seed + 1
     )
 }

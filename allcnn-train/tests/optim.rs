@@ -205,3 +205,52 @@ fn train_step_statistics_and_no_update_on_a_non_finite_loss() {
     assert_eq!(snapshot(&vars), before);
     assert_eq!(opt.state().len(), momentum_before);
 }
+
+/// `reset_rows` rewrites the chosen rows of a parameter and zeroes their
+/// momentum, leaves the other rows and their momentum alone (the next step
+/// moves them as if nothing happened), and refuses what does not fit.
+#[test]
+fn reset_rows_gives_chosen_units_a_fresh_start() {
+    let dev = Device::Cpu;
+    let w = Var::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], (3, 2), &dev).unwrap();
+    let c = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0], (3, 2), &dev).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let mut opt = MomentumSgd::new(vec![("w".into(), w.clone())], cfg);
+    let step = |opt: &mut MomentumSgd| {
+        let loss = (w.as_tensor() * &c).unwrap().sum_all().unwrap();
+        opt.backward_step(&loss).unwrap();
+    };
+    let close = |t: &Tensor, want: [f32; 6]| {
+        let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    };
+    step(&mut opt); // gradient 1 everywhere: v = 1, w -= 0.1
+    opt.reset_rows("w", &[1], &[10.0, 20.0]).unwrap();
+    close(w.as_tensor(), [0.9, 1.9, 10.0, 20.0, 4.9, 5.9]);
+    close(&opt.state()[0].1, [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+    // Next step: v = 0.9 v + 1, so rows 0 and 2 move by 0.19, row 1 by 0.1.
+    step(&mut opt);
+    close(w.as_tensor(), [0.71, 1.71, 9.9, 19.9, 4.71, 5.71]);
+    for (rows, values, why) in [
+        (
+            &[3usize][..],
+            &[0.0f32, 0.0][..],
+            "row 3 of `w`, which has 3",
+        ),
+        (&[0], &[0.0], "1 values for 1 rows of 2 in `w`"),
+    ] {
+        let e = opt.reset_rows("w", rows, values).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    let e = opt
+        .reset_rows("v", &[0], &[0.0, 0.0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no parameter `v`"), "{e}");
+}
