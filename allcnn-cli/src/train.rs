@@ -54,8 +54,7 @@ pub struct TrainArgs {
     print_config: bool,
     /// When class maps die (any of them; the paper's start is fragile: see
     /// `dead_patience_steps`), move the dead run to OUT.dead-seed-S and start
-    /// again with the next seed, up to this many times (`dead_map_revivals=N`
-    /// keeps the run and re-initialises the dead maps instead).
+    /// again with the next seed, up to this many times.
     #[arg(long, default_value_t = 0, conflicts_with_all = ["grid", "resume"])]
     retries: u32,
     /// Stop after this much wall-clock time, e.g. `2h30m`, `90min`, `45s`

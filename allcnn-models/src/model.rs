@@ -159,26 +159,11 @@ impl std::str::FromStr for Init {
 }
 
 impl Init {
-    /// `count` fresh filters for the layer `shape` (each `in * k * k`
-    /// values, in `[out, in, k, k]` order), drawn from this distribution
-    /// with the layer's own fans: what a trainer needs to re-initialise some
-    /// units of a trained layer (a dead class map, say) as a fresh network
-    /// would have them. Seeded by the run's `seed`, the training `step` and
-    /// the layer, so a run that does it is still reproducible.
-    pub fn reinit_filters(self, shape: &ConvShape, count: usize, seed: u64, step: u64) -> Vec<f32> {
-        let per_filter = shape.in_channels * shape.kernel * shape.kernel;
-        let mut rng = allcnn_seed::rng(seed, allcnn_seed::Stream::Revive, step, shape.index as u64);
-        self.sample_n(shape, count * per_filter, &mut rng)
-    }
-
     fn sample(self, shape: &ConvShape, rng: &mut ChaCha8Rng) -> Vec<f32> {
-        self.sample_n(shape, shape.weight_shape().iter().product(), rng)
-    }
-
-    fn sample_n(self, shape: &ConvShape, n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
         let k2 = shape.kernel * shape.kernel;
         let fan_in = (shape.in_channels * k2) as f64;
         let fan_out = (shape.out_channels * k2) as f64;
+        let n = shape.weight_shape().iter().product();
         let draw = |d: &dyn Fn(&mut ChaCha8Rng) -> f64, rng: &mut ChaCha8Rng| -> Vec<f32> {
             (0..n).map(|_| d(rng) as f32).collect()
         };

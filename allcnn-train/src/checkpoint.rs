@@ -93,42 +93,10 @@ pub struct CheckpointState {
     /// (absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing_digest: Option<String>,
-    /// The class-map watch ([`crate::TrainConfig::dead_patience_steps`])
-    /// and the revivals made so far
-    /// ([`crate::TrainConfig::dead_map_revivals`]), so that a resumed run
-    /// watches and revives as an uninterrupted one (checkpoints of older
-    /// versions start a fresh watch).
-    #[serde(default, skip_serializing_if = "DeadWatch::is_fresh")]
-    pub dead_watch: DeadWatch,
     /// The resolved config as TOML.
     pub config: String,
     /// The architecture.
     pub spec: ArchSpec,
-}
-
-/// Consecutive steps in which (nearly) every example had all logits 0
-/// (every class map dead), and per class the consecutive steps with
-/// examples of it in which its logit was 0 for every example (that class
-/// map dead; steps without the class leave its count alone), each with the
-/// first of them; and how many times dead class maps were re-initialised.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadWatch {
-    pub(crate) streak: u64,
-    pub(crate) since: u64,
-    /// Per class: (streak, first step of it).
-    pub(crate) classes: Vec<(u64, u64)>,
-    pub(crate) revivals: u64,
-}
-
-impl DeadWatch {
-    /// Re-initialisations of dead class maps made in the run so far.
-    pub fn revivals(&self) -> u64 {
-        self.revivals
-    }
-
-    fn is_fresh(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 impl CheckpointState {

@@ -201,16 +201,6 @@ pub struct TrainConfig {
         skip_serializing_if = "is_default_dead_patience"
     )]
     pub dead_patience_steps: u64,
-    /// How many times a run may re-initialise its dead class maps instead
-    /// of stopping (0, the default: stop, as the paper's protocol has no
-    /// such step). When `dead_patience_steps` finds maps dead, their
-    /// filters in the last layer are drawn afresh from `init`, their biases
-    /// and momentum set to 0, and training goes on (a warning says so in
-    /// the console and `metrics.jsonl`); once the run has used this many,
-    /// the next death stops it. Not part of the paper's protocol: an option
-    /// for its fragile start (docs/training.md).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub dead_map_revivals: u64,
     /// Convolution implementation on CPU: `winograd` (the default),
     /// `winograd-bf16` (bf16 GEMM operands, f32 accumulation: faster on
     /// CPUs with AVX-512 BF16), `gemm` or `candle`. Other devices use

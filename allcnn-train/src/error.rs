@@ -266,9 +266,9 @@ fn dead_maps_message(
         )
     };
     format!(
-        "{what}. Start again with another seed (e.g. seed={}, or let `allcnn train --retries N` \
-         do it), or let the run re-initialise dead maps and go on (e.g. dead_map_revivals=20; \
-         not part of the paper's protocol)",
+        "{what}. Start again with another seed (e.g. seed={}), or let `allcnn train --retries N` \
+         do it (without translations most seeds of the paper's protocol lose a map in their \
+         first epochs: docs/training.md, \"The fragile start\")",
         seed + 1
     )
 }

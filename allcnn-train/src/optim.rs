@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use allcnn_models::kernels::sgd;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use crate::error::{CandleContext, TrainError};
 
@@ -129,61 +129,6 @@ impl MomentumSgd {
             if momentum != 0.0 {
                 *vel = Some(update.detach());
             }
-        }
-        Ok(())
-    }
-
-    /// Sets rows `rows` (indices along the first dimension: output channels
-    /// of a convolution) of the parameter `name` to `values` (those rows one
-    /// after another) and their momentum to 0: a fresh start for those units,
-    /// the rest untouched.
-    ///
-    /// # Errors
-    /// [`TrainError::OptimizerState`] for an unknown parameter, a row out of
-    /// range or `values` of the wrong length; a candle error naming the
-    /// parameter.
-    pub fn reset_rows(
-        &mut self,
-        name: &str,
-        rows: &[usize],
-        values: &[f32],
-    ) -> Result<(), TrainError> {
-        let bad = |reason: String| TrainError::OptimizerState { reason };
-        let Some(i) = self.params.iter().position(|(n, _)| n == name) else {
-            return Err(bad(format!("no parameter `{name}` to reset rows of")));
-        };
-        let var = &self.params[i].1;
-        let dims = var.dims().to_vec();
-        let out = dims.first().copied().unwrap_or(0);
-        let per_row = var.elem_count() / out.max(1);
-        if let Some(&r) = rows.iter().find(|&&r| r >= out) {
-            return Err(bad(format!("row {r} of `{name}`, which has {out}")));
-        }
-        if values.len() != rows.len() * per_row {
-            return Err(bad(format!(
-                "{} values for {} rows of {per_row} in `{name}`",
-                values.len(),
-                rows.len()
-            )));
-        }
-        let rewrite =
-            |t: &Tensor, fill: &dyn Fn(usize, usize) -> f32| -> candle_core::Result<Tensor> {
-                let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                for (k, &r) in rows.iter().enumerate() {
-                    for j in 0..per_row {
-                        host[r * per_row + j] = fill(k, j);
-                    }
-                }
-                Tensor::from_vec(host, dims.as_slice(), t.device())?.to_dtype(t.dtype())
-            };
-        let weights = rewrite(var.as_tensor(), &|k, j| values[k * per_row + j])
-            .ctx(|| format!("resetting rows of `{name}`"))?;
-        var.set(&weights)
-            .ctx(|| format!("resetting rows of `{name}`"))?;
-        if let Some(v) = self.velocity[i].as_ref() {
-            let v =
-                rewrite(v, &|_, _| 0.0).ctx(|| format!("resetting the momentum of `{name}`"))?;
-            self.velocity[i] = Some(v);
         }
         Ok(())
     }

@@ -10,12 +10,10 @@ use allcnn_models::{AllCnn, TrainingRecord, WeightsFile, WeightsMeta};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{
-    BestRecord, Checkpoint, CheckpointState, DeadWatch, EpochPartial, RngState,
-};
+use crate::checkpoint::{BestRecord, Checkpoint, CheckpointState, EpochPartial, RngState};
 use crate::config::TrainConfig;
 use crate::data::{eval_loader, fit_preprocessing, preprocessing_digest, TrainData};
-use crate::error::{CandleContext, TrainError};
+use crate::error::TrainError;
 use crate::eval::{evaluate_with_progress, EvalReport};
 use crate::observer::{Console, EpochRecord, MetricsLog, Observer, RunInfo, StepEvent};
 use crate::optim::{MomentumSgd, SgdConfig};
@@ -343,7 +341,6 @@ impl Trainer {
             train_examples: data.train.len(),
             data_fingerprint: Some(data.fingerprint()),
             preprocessing_digest: Some(preprocessing_digest(&preprocessing)),
-            dead_watch: DeadWatch::default(),
             config: config_text,
             spec,
         };
@@ -737,9 +734,10 @@ impl Trainer {
         }
 
         let mut status = RunStatus::Completed;
+        let mut dead = DeadWatch::default();
         while run.state.epoch < cfg.epochs {
             let t0 = Instant::now();
-            let (seen, stop) = self.train_epoch(&cfg, &mut run, &mut sinks)?;
+            let (seen, stop) = self.train_epoch(&cfg, &mut run, &mut sinks, &mut dead)?;
             if let Some(stop) = stop {
                 status = stop;
                 break;
@@ -768,6 +766,7 @@ impl Trainer {
         cfg: &TrainConfig,
         run: &mut Run,
         sinks: &mut Sinks,
+        dead: &mut DeadWatch,
     ) -> Result<(u64, Option<RunStatus>), TrainError> {
         let epoch = run.state.epoch;
         let t0 = Instant::now();
@@ -830,7 +829,7 @@ impl Trainer {
                 images_per_sec: seen_here as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             };
             self.emit(sinks, |o| o.on_step(&event));
-            if let Some((since, steps, classes)) = run.state.dead_watch.observe(
+            if let Some((since, steps, classes)) = dead.observe(
                 step,
                 mostly_dead(out.dead, n),
                 (&out.seen_classes, &out.silent_classes),
@@ -843,40 +842,25 @@ impl Trainer {
                 } else {
                     classes
                 };
-                let named: Vec<String> = classes
-                    .iter()
-                    .map(|&c| {
-                        names
-                            .get(c as usize)
-                            .cloned()
-                            .unwrap_or_else(|| format!("class {c}"))
-                    })
-                    .collect();
-                if run.state.dead_watch.revivals < cfg.dead_map_revivals {
-                    let all: Vec<u32> = (0..names.len() as u32).collect();
-                    let revived = if classes.is_empty() { &all } else { &classes };
-                    revive_class_maps(run, cfg, revived, step, &batch.images)?;
-                    run.state.dead_watch.revivals += 1;
-                    let msg = format!(
-                        "{} dead since step {since} ({steps} steps, lr {lr}): re-initialised at step {step} as at the start (revival {} of {}, `dead_map_revivals`)",
-                        dead_maps_subject(&named),
-                        run.state.dead_watch.revivals,
-                        cfg.dead_map_revivals
-                    );
-                    self.emit(sinks, |o| o.on_warning(&msg));
-                } else {
-                    let err = TrainError::DeadClassMaps {
-                        since,
-                        steps,
-                        epoch,
-                        lr,
-                        seed: cfg.seed,
-                        classes: named,
-                    };
-                    let msg = err.to_string();
-                    self.emit(sinks, |o| o.on_warning(&msg));
-                    return Err(err);
-                }
+                let err = TrainError::DeadClassMaps {
+                    since,
+                    steps,
+                    epoch,
+                    lr,
+                    seed: cfg.seed,
+                    classes: classes
+                        .iter()
+                        .map(|&c| {
+                            names
+                                .get(c as usize)
+                                .cloned()
+                                .unwrap_or_else(|| format!("class {c}"))
+                        })
+                        .collect(),
+                };
+                let msg = err.to_string();
+                self.emit(sinks, |o| o.on_warning(&msg));
+                return Err(err);
             }
 
             let stop = self.stop_requested();
@@ -1125,6 +1109,20 @@ pub fn dead_maps_subject(classes: &[String]) -> String {
     }
 }
 
+/// Consecutive steps in which (nearly) every example had all logits 0
+/// (every class map dead, [`mostly_dead`]), and per class the consecutive
+/// steps with examples of it in which its logit was 0 for every example
+/// (that class map dead; steps without the class leave its count alone),
+/// each with the first of them. Not checkpointed: a resumed run counts
+/// afresh.
+#[derive(Default)]
+struct DeadWatch {
+    streak: u64,
+    since: u64,
+    /// Per class: (streak, first step of it).
+    classes: Vec<(u64, u64)>,
+}
+
 impl DeadWatch {
     /// Counts `step`; `Some((since, steps, classes))` once `patience` (> 0)
     /// consecutive steps were all dead (`classes` empty), or once some
@@ -1183,113 +1181,6 @@ impl DeadWatch {
             .unwrap_or(step);
         Some((since, patience, dead))
     }
-
-    /// Starts the counts of `classes` (and of the all-dead streak) afresh,
-    /// after their maps were re-initialised.
-    fn forget(&mut self, classes: &[u32]) {
-        self.streak = 0;
-        for &c in classes {
-            if let Some(entry) = self.classes.get_mut(c as usize) {
-                *entry = (0, 0);
-            }
-        }
-    }
-}
-
-/// Re-initialises the class maps `classes` of the run's last layer (the
-/// one that gives the class maps): weights drawn afresh from the run's init
-/// (seeded by the run's seed and `step`), momentum 0, and each bias set so
-/// that the new map fires on 90% of the positions of `images` (the batch of
-/// the step). A map whose ReLU is shut for every input gets no gradient and
-/// never comes back by itself; as ReDo (Sokar et al., 2023) recycles
-/// dormant units, this gives it a fresh start while the rest of the network
-/// keeps what it has learned. The bias matters: early in training the
-/// last layer's inputs are much alike for every image and position (most
-/// of their energy is their common mean), so a fresh filter with bias 0 is
-/// on for nearly every input or off for nearly every input, a coin flip,
-/// and measured on CIFAR-10 half the maps revived that way were dead again
-/// within a few steps.
-fn revive_class_maps(
-    run: &mut Run,
-    cfg: &TrainConfig,
-    classes: &[u32],
-    step: u64,
-    images: &candle_core::Tensor,
-) -> Result<(), TrainError> {
-    let Some(last) = run.state.spec.convs().last().cloned() else {
-        return Ok(());
-    };
-    let rows: Vec<usize> = classes.iter().map(|&c| c as usize).collect();
-    let weights = cfg.init.reinit_filters(&last, rows.len(), cfg.seed, step);
-    let biases = firing_biases(&run.model, &last, &weights, rows.len(), images)?;
-    let i = last.index;
-    run.opt
-        .reset_rows(&format!("conv{i}.weight"), &rows, &weights)?;
-    run.opt
-        .reset_rows(&format!("conv{i}.bias"), &rows, &biases)?;
-    run.state.dead_watch.forget(classes);
-    Ok(())
-}
-
-/// Per new filter of the layer `last` (`count` of them, `weights` in
-/// `[count, in, k, k]` order): the bias with which it is positive on 90% of
-/// the positions of `images` (the input of `last` computed in evaluation
-/// mode).
-fn firing_biases(
-    model: &AllCnn,
-    last: &allcnn_models::ConvShape,
-    weights: &[f32],
-    count: usize,
-    images: &candle_core::Tensor,
-) -> Result<Vec<f32>, TrainError> {
-    let model = model.detach();
-    let names = model.layer_names();
-    let before = names
-        .iter()
-        .position(|&n| n == allcnn_models::LayerName::Conv(last.index))
-        .and_then(|p| p.checked_sub(1))
-        .map(|p| names[p]);
-    let input = match before {
-        Some(layer) => model
-            .pass()
-            .capture(layer)
-            .stop_at(layer)
-            .run(images)?
-            .get(layer)
-            .cloned()
-            .unwrap_or_else(|| images.clone()),
-        None => images.clone(),
-    };
-    let k = last.kernel;
-    let z = (|| -> candle_core::Result<Vec<Vec<f32>>> {
-        let w = candle_core::Tensor::from_vec(
-            weights.to_vec(),
-            (count, last.in_channels, k, k),
-            input.device(),
-        )?;
-        let b = candle_core::Tensor::zeros(count, candle_core::DType::F32, input.device())?;
-        let z = model
-            .convolve(&input, &w, &b, last.stride, last.padding)
-            .map_err(candle_core::Error::wrap)?;
-        // [N, count, h, w] -> per filter, every (image, position).
-        z.transpose(0, 1)?.flatten_from(1)?.to_vec2::<f32>()
-    })()
-    .ctx(|| {
-        format!(
-            "pre-activations of re-initialised conv{} filters",
-            last.index
-        )
-    })?;
-    Ok(z.into_iter()
-        .map(|mut v| {
-            if v.is_empty() {
-                return 0.0;
-            }
-            let q = v.len() / 10;
-            let (_, tenth, _) = v.select_nth_unstable_by(q, f32::total_cmp);
-            -*tenth
-        })
-        .collect())
 }
 
 /// `metrics.csv` and the learning-curve SVG redrawn from the run's history
@@ -1642,45 +1533,6 @@ pub(crate) fn first_dead_run_dir(out: &Path, seed: u64) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A re-initialised class filter's bias makes it fire on 90% of the
-    /// batch's positions, whatever the sign of its raw pre-activations.
-    #[test]
-    fn revived_filters_fire_on_nine_tenths_of_the_batch() {
-        let dev = Device::Cpu;
-        let spec = allcnn_models::ArchSpec::by_name("all-cnn-c", 10).unwrap();
-        let model = AllCnn::init(spec.clone(), allcnn_models::Init::LecunUniform, 3, &dev).unwrap();
-        let images = candle_core::Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &dev).unwrap();
-        let last = spec.convs().last().cloned().unwrap();
-        let weights = allcnn_models::Init::LecunUniform.reinit_filters(&last, 3, 7, 100);
-        let biases = firing_biases(&model, &last, &weights, 3, &images).unwrap();
-        // The pre-activations with those biases, by the model's own pass.
-        let h = model
-            .pass()
-            .capture(allcnn_models::LayerName::Conv(8))
-            .stop_at(allcnn_models::LayerName::Conv(8))
-            .run(&images)
-            .unwrap()
-            .get(allcnn_models::LayerName::Conv(8))
-            .cloned()
-            .unwrap();
-        let w = candle_core::Tensor::from_vec(weights, (3, 192, 1, 1), &dev).unwrap();
-        let b = candle_core::Tensor::new(biases.as_slice(), &dev).unwrap();
-        let z = model.convolve(&h, &w, &b, 1, 0).unwrap();
-        let on: Vec<f32> = z
-            .gt(0f32)
-            .unwrap()
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .mean((0, 2, 3))
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        // 4 images x 36 positions: the 10% quantile is the 14th value.
-        for f in on {
-            assert!((0.88..=0.92).contains(&f), "fires on {f}");
-        }
-    }
 
     /// A step is dead from 95% of its examples on; a streak of them trips
     /// the watch after `patience` steps, and one live step resets it.

@@ -54,9 +54,6 @@ pub enum Stream {
     Labels,
     /// Feature orders of Shapley value sampling: `a` is the image.
     Permutation,
-    /// Re-initialised filters of a layer during training (a dead class
-    /// map revived): `a` is the step, `b` the layer.
-    Revive,
 }
 
 impl Stream {
@@ -74,7 +71,6 @@ impl Stream {
             Stream::PixelOrder => *b"allcnnPx",
             Stream::Labels => *b"allcnnLa",
             Stream::Permutation => *b"allcnnPe",
-            Stream::Revive => *b"allcnnRv",
         }
     }
 }
@@ -94,7 +90,7 @@ mod tests {
     use super::*;
     use rand_chacha::rand_core::RngCore;
 
-    const ALL: [Stream; 12] = [
+    const ALL: [Stream; 11] = [
         Stream::Init,
         Stream::Dropout,
         Stream::Shuffle,
@@ -106,7 +102,6 @@ mod tests {
         Stream::PixelOrder,
         Stream::Labels,
         Stream::Permutation,
-        Stream::Revive,
     ];
 
     fn first(seed: u64, s: Stream, a: u64, b: u64) -> [u64; 2] {
