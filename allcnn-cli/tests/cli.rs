@@ -2220,16 +2220,7 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         "{}",
         stderr(&o)
     );
-    let o = allcnn(&[
-        "reproduce",
-        "cifar10-aug",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("aug").to_str().unwrap(),
-        "--models",
-        "model-a",
-    ]);
+    let o = reproduce_aug(&data, &dir.path().join("aug"), &["--models", "model-a"]);
     assert_exit(&o, 2);
     assert!(
         stderr(&o).contains("--models model-a: not a row of cifar10-aug"),
@@ -2783,6 +2774,24 @@ fn rewrite_metadata(path: &std::path::Path, key: &str, value: &str) {
     std::fs::write(path, out).unwrap();
 }
 
+/// `allcnn reproduce cifar10-aug --data DATA --out OUT EXTRA...`.
+fn reproduce_aug(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "reproduce",
+        "cifar10-aug",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    allcnn(&args)
+}
+
 /// A row that fails for a reason other than training (here: a batch larger
 /// than the 12 training images) stops `reproduce`; its error is printed
 /// once, on the row's line, and the last line points there.
@@ -2791,15 +2800,7 @@ fn a_fatal_row_error_is_said_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_folder(&data);
-    let o = allcnn(&[
-        "reproduce",
-        "cifar10-aug",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("out").to_str().unwrap(),
-        "batch_size=64",
-    ]);
+    let o = reproduce_aug(&data, &dir.path().join("out"), &["batch_size=64"]);
     assert_exit(&o, 1);
     let err = stderr(&o);
     assert_eq!(
