@@ -4,6 +4,12 @@
 #
 #   bench/side_by_side.sh [ALLCNN_BINARY] [ROUNDS] > results.jsonl
 #
+# CONVS (default "winograd winograd-bf16") lists the allcnn backends to run,
+# TORCH (default "f32 f32-cl bf16-cl") the PyTorch configurations (f32,
+# f32 + channels_last, bf16 autocast + channels_last), BATCHES (default
+# "64 128") the batch sizes: e.g. CONVS="winograd winograd-f4"
+# TORCH="f32 f32-cl" on an AVX2-only CPU, where bf16 is slow in both tools.
+#
 # For each round, mode (train, infer) and batch (64, 128) it runs, back to
 # back: allcnn f32 (Winograd), allcnn winograd-bf16, PyTorch f32, PyTorch
 # f32 + channels_last and PyTorch bf16 autocast + channels_last (its fastest
@@ -28,14 +34,23 @@ model=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 flags=$(grep -m1 "^flags" /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512f|avx512_bf16|amx_bf16|amx_tile|avx2)$' | tr '\n' ' ' | sed 's/ $//')
 printf '{"cpu":"%s","flags":"%s","threads":%s}\n' "$model" "$flags" "$THREADS"
 
+CONVS=${CONVS:-winograd winograd-bf16}
+TORCH=${TORCH:-f32 f32-cl bf16-cl}
+BATCHES=${BATCHES:-64 128}
 for round in $(seq 1 "$ROUNDS"); do
   for mode in train infer; do
-    for batch in 64 128; do
-      for conv in winograd winograd-bf16; do
+    for batch in $BATCHES; do
+      for conv in $CONVS; do
         RAYON_NUM_THREADS=$THREADS "$BIN" bench --model all-cnn-c --mode "$mode" --batch "$batch" \
           --iters "$ITERS" --warmup "$WARMUP" --conv "$conv" | sed "s/^{/{\"round\":$round,/"
       done
-      for extra in "" "--channels-last" "--bf16 --channels-last"; do
+      for config in $TORCH; do
+        case $config in
+          f32) extra="" ;;
+          f32-cl) extra="--channels-last" ;;
+          bf16-cl) extra="--bf16 --channels-last" ;;
+          *) echo "unknown PyTorch configuration $config (f32, f32-cl, bf16-cl)" >&2; exit 2 ;;
+        esac
         # shellcheck disable=SC2086
         python3 "$HERE/pytorch_reference.py" --spec "$SPEC" --model all-cnn-c --mode "$mode" \
           --batch "$batch" --iters "$ITERS" --warmup "$WARMUP" --threads "$THREADS" $extra 2>/dev/null \

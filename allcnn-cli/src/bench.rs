@@ -41,7 +41,8 @@ pub struct Args {
     /// Convolution implementation, the expert override of --precision:
     /// `winograd` (ours, what `f32` runs: Winograd F(2x2,3x3) for 3x3
     /// stride-1 layers, im2col for the rest), `winograd-bf16` (what `bf16`
-    /// runs), `gemm` (ours, im2col for every layer) or `candle`.
+    /// runs), `winograd-f4` (f32 with Winograd F(4x4,3x3) on maps larger
+    /// than 6x6), `gemm` (ours, im2col for every layer) or `candle`.
     #[arg(long, value_parser = crate::values::conv_backend())]
     conv: Option<ConvBackend>,
     #[command(flatten)]
@@ -219,6 +220,7 @@ fn algorithm(backend: ConvBackend, device: &Device) -> &'static str {
         ConvBackend::Candle => "candle",
         ConvBackend::WinogradBf16 if amx => "direct-amx",
         ConvBackend::WinogradBf16 | ConvBackend::Winograd => "winograd",
+        ConvBackend::WinogradF4 => "winograd-f4",
         ConvBackend::Gemm => "im2col",
     }
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
 use allcnn_train::{
-    eval::evaluate_weights_file, grid_search, RunStatus, TrainConfig, TrainData, Trainer,
+    eval::evaluate_weights_file, grid_search, ResumeChanges, RunStatus, TrainConfig, TrainData,
+    Trainer,
 };
 use anyhow::{bail, Context, Result};
 
@@ -37,8 +38,18 @@ pub struct TrainArgs {
     /// Precision of the convolution GEMMs on CPU (overrides the config's
     /// `precision`): `f32`, `bf16` (bf16 operands, f32 accumulation) or
     /// `auto` (bf16 where this CPU runs it faster).
-    #[arg(long, value_parser = crate::values::precision())]
+    /// With --resume: the run goes on at this precision (its steps then
+    /// differ from an unchanged run's by the rounding).
+    #[arg(long, value_parser = crate::values::precision(), conflicts_with = "conv")]
     precision: Option<allcnn_models::Precision>,
+    /// CPU convolution backend, the expert override of --precision (as
+    /// `conv=NAME`): `winograd` (what `f32` runs), `winograd-bf16` (what
+    /// `bf16` runs), `winograd-f4` (f32 with Winograd F(4x4,3x3) on maps
+    /// larger than 6x6: faster on CPUs without fast bf16, about 1e-5
+    /// relative rounding), `gemm` or `candle`. With --resume: the run goes
+    /// on with this backend.
+    #[arg(long, value_parser = crate::values::conv_backend())]
+    conv: Option<allcnn_models::ConvBackend>,
     /// The run directory to create (must not hold a run already).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -110,20 +121,26 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     if let Some(run_dir) = &args.resume {
         if args.data.is_some()
             || args.out.is_some()
-            || args.precision.is_some()
             || args.model.is_some()
             || args.grid
             || !args.lrs.is_empty()
             || args.print_config
             || !args.set.is_empty()
         {
-            usage!("--resume continues a run with its own config and data; drop --data/--out/--precision/--model/--grid/--lrs/--print-config/KEY=VALUE");
+            usage!("--resume continues a run with its own config and data (only --epochs, --precision and --conv may change); drop --data/--out/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
         let mut t = trainer(&args.device, deadline)?;
-        let summary = match args.epochs {
-            Some(epochs) => t.resume_with_epochs(run_dir, None, epochs)?,
-            None => t.resume(run_dir, None)?,
-        };
+        let mut changes = ResumeChanges::new();
+        if let Some(epochs) = args.epochs {
+            changes = changes.epochs(epochs);
+        }
+        if let Some(p) = args.precision {
+            changes = changes.precision(p);
+        }
+        if let Some(c) = args.conv {
+            changes = changes.conv(c);
+        }
+        let summary = t.resume_with(run_dir, None, &changes)?;
         return report(&summary, args.json);
     }
     let mut config = match (&args.preset, &args.config) {
@@ -153,6 +170,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     if let Some(p) = args.precision {
         config.precision = p;
+    }
+    if let Some(c) = args.conv {
+        config.conv = c;
     }
     config.apply_overrides(&args.set)?;
     config.validate()?;

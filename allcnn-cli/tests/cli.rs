@@ -1268,6 +1268,35 @@ fn train_eval_predict_resume_round_trip() {
     );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("epochs = 2"), "{config}");
+    // --conv (or --precision) moves the run to another CPU backend on the
+    // way, said on the console and recorded; both at once are refused.
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--conv",
+        "winograd-f4",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("change from `winograd` to `winograd-f4` at step 6"),
+        "{}",
+        stderr(&o)
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("conv = \"winograd-f4\""), "{config}");
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--conv",
+        "winograd",
+        "--precision",
+        "bf16",
+    ]);
+    assert_exit(&o, 2);
     // With epochs=... too, the command says which one it would have taken.
     let new_run = [
         "train",

@@ -2,7 +2,8 @@
 //! gradient and weight gradient of each layer: ours with im2col
 //! (`allcnn-im2col`), ours with Winograd F(2x2,3x3) where the layer is 3x3
 //! stride 1 (`allcnn-winograd`; im2col elsewhere), the same with bf16 GEMM
-//! operands (`allcnn-winograd-bf16`), and candle's `conv2d`.
+//! operands (`allcnn-winograd-bf16`), with F(4x4,3x3) on maps larger than
+//! 6x6 (`allcnn-winograd-f4`), and candle's `conv2d`.
 //!
 //! `cargo bench -p allcnn-models --bench layers` (filter with e.g. `-- conv4`)
 //!
@@ -58,11 +59,13 @@ fn layers(c: &mut Criterion) {
         let im2col: ConvFn = |x, w, s, p| conv2d(x, w, s, p);
         let winograd: ConvFn = |x, w, s, p| conv2d_with(x, w, s, p, Algorithm::Winograd);
         let bf16: ConvFn = |x, w, s, p| conv2d_with(x, w, s, p, Algorithm::WinogradBf16);
+        let f4: ConvFn = |x, w, s, p| conv2d_with(x, w, s, p, Algorithm::WinogradF4);
         let theirs: ConvFn = |x, w, s, p| x.conv2d(w, p, s, 1, 1);
         for (imp, f) in [
             ("allcnn-im2col", im2col),
             ("allcnn-winograd", winograd),
             ("allcnn-winograd-bf16", bf16),
+            ("allcnn-winograd-f4", f4),
             ("candle", theirs),
         ] {
             group.bench_function(BenchmarkId::new(format!("{name}/forward"), imp), |b| {

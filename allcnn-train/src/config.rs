@@ -203,7 +203,9 @@ pub struct TrainConfig {
     pub dead_patience_steps: u64,
     /// Convolution implementation on CPU: `winograd` (the default),
     /// `winograd-bf16` (bf16 GEMM operands, f32 accumulation: faster on
-    /// CPUs with AVX-512 BF16), `gemm` or `candle`. Other devices use
+    /// CPUs with AVX-512 BF16), `winograd-f4` (f32, Winograd F(4x4, 3x3)
+    /// on maps larger than 6x6: fewer multiplications, about 1e-5 relative
+    /// rounding), `gemm` or `candle`. Other devices use
     /// candle's convolution whatever this says.
     #[serde(default, skip_serializing_if = "is_default_conv")]
     pub conv: ConvBackend,

@@ -102,7 +102,9 @@ pub use optim::{MomentumSgd, SgdConfig};
 pub use reproduce::{reproduce, Experiment, ReproduceOptions, ReproduceReport};
 pub use schedule::LrSchedule;
 pub use step::train_step;
-pub use trainer::{dead_run_dir, files, resume, train, RunStatus, RunSummary, Trainer};
+pub use trainer::{
+    dead_run_dir, files, resume, train, ResumeChanges, RunStatus, RunSummary, Trainer,
+};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

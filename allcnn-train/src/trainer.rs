@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
-use allcnn_models::{AllCnn, TrainingRecord, WeightsFile, WeightsMeta};
+use allcnn_models::{AllCnn, ConvBackend, Precision, TrainingRecord, WeightsFile, WeightsMeta};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +216,95 @@ struct Run {
 }
 
 /// Something resume found, said once the run's observers are listening.
+/// What a resumed run changes ([`Trainer::resume_with`]); `None` keeps
+/// the run's own setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ResumeChanges {
+    /// The run's new length in epochs.
+    pub epochs: Option<u64>,
+    /// The precision of the CPU convolutions from here on (the config's
+    /// `conv` goes back to its default).
+    pub precision: Option<Precision>,
+    /// The CPU convolution backend from here on, the expert override of
+    /// `precision` (which goes back to its default).
+    pub conv: Option<ConvBackend>,
+}
+
+impl ResumeChanges {
+    /// No change: [`Trainer::resume`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The run's length becomes `epochs`.
+    pub fn epochs(mut self, epochs: u64) -> Self {
+        self.epochs = Some(epochs);
+        self
+    }
+
+    /// The CPU convolutions run at `precision` from here on.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = Some(precision);
+        self
+    }
+
+    /// The CPU convolutions run `conv` from here on.
+    pub fn conv(mut self, conv: ConvBackend) -> Self {
+        self.conv = Some(conv);
+        self
+    }
+
+    /// The config with the backend change applied and the sentence that
+    /// says so, or `None` when the backend the run resolves to stays the
+    /// same.
+    fn backend(
+        &self,
+        config: &TrainConfig,
+        step: u64,
+    ) -> Result<Option<(TrainConfig, String)>, TrainError> {
+        let mut changed = config.clone();
+        match (self.precision, self.conv) {
+            (Some(p), Some(c)) => {
+                return Err(TrainError::InvalidConfig {
+                    field: "precision",
+                    value: p.name().into(),
+                    reason: format!(
+                        "conflicts with conv = \"{}\"; change one of the two",
+                        c.name()
+                    ),
+                })
+            }
+            (Some(p), None) => {
+                changed.precision = p;
+                changed.conv = ConvBackend::default();
+            }
+            (None, Some(c)) => {
+                changed.conv = c;
+                changed.precision = Precision::default();
+            }
+            (None, None) => return Ok(None),
+        }
+        let (was, now) = (config.conv_backend(), changed.conv_backend());
+        if changed.conv == config.conv && changed.precision == config.precision {
+            return Ok(None);
+        }
+        let said = if was == now {
+            format!(
+                "the CPU convolutions stay `{}` from step {step} (the config now says so in other words)",
+                now.name()
+            )
+        } else {
+            format!(
+                "the CPU convolutions change from `{}` to `{}` at step {step}: same protocol, other rounding, so from here the run is not bit-identical to one that never changed",
+                was.name(),
+                now.name()
+            )
+        };
+        Ok(Some((changed, said)))
+    }
+}
+
 enum Notice {
     Message(String),
     Warning(String),
@@ -369,7 +458,7 @@ impl Trainer {
         run_dir: &Path,
         data: Option<&TrainData>,
     ) -> Result<RunSummary, TrainError> {
-        self.resume_inner(run_dir, data, None)
+        self.resume_inner(run_dir, data, &ResumeChanges::default())
     }
 
     /// As [`Trainer::resume`], with the run's length changed to `epochs`:
@@ -389,15 +478,45 @@ impl Trainer {
         data: Option<&TrainData>,
         epochs: u64,
     ) -> Result<RunSummary, TrainError> {
-        self.resume_inner(run_dir, data, Some(epochs))
+        let changes = ResumeChanges {
+            epochs: Some(epochs),
+            ..ResumeChanges::default()
+        };
+        self.resume_with(run_dir, data, &changes)
+    }
+
+    /// As [`Trainer::resume`], with the changes a run may take on the way:
+    /// its length ([`Trainer::resume_with_epochs`]) and how its CPU
+    /// convolutions run (`precision` or the expert `conv`; the other is
+    /// reset to its default). The backend decides speed and rounding, not
+    /// the protocol: a run can move to a faster backend, or to another
+    /// machine's, between two sessions. Its steps then differ from an
+    /// uninterrupted run's by the backends' rounding (about 1e-5 relative
+    /// between the f32 backends, 1e-3 to bf16), so the run is no longer
+    /// bit-identical to one that never changed. A change is recorded in the
+    /// checkpoint and config.toml, and said in the console and
+    /// metrics.jsonl (`message`), with the step it took effect at.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the run is already past `epochs`
+    /// or both `precision` and `conv` are given; as [`Trainer::resume`]
+    /// otherwise.
+    pub fn resume_with(
+        &mut self,
+        run_dir: &Path,
+        data: Option<&TrainData>,
+        changes: &ResumeChanges,
+    ) -> Result<RunSummary, TrainError> {
+        self.resume_inner(run_dir, data, changes)
     }
 
     fn resume_inner(
         &mut self,
         run_dir: &Path,
         data: Option<&TrainData>,
-        epochs: Option<u64>,
+        changes: &ResumeChanges,
     ) -> Result<RunSummary, TrainError> {
+        let epochs = changes.epochs;
         // Said first: whatever its files say, the run is another process's
         // now (before its first checkpoint too). The lock itself is taken
         // below, once the run is known to be resumable.
@@ -436,6 +555,11 @@ impl Trainer {
                 });
             }
             config.epochs = epochs;
+            ckpt.state.config = config.to_toml();
+        }
+        let backend_change = changes.backend(&config, ckpt.state.step)?;
+        if let Some((changed, _)) = &backend_change {
+            config = changed.clone();
             ckpt.state.config = config.to_toml();
         }
         config.validate()?;
@@ -498,7 +622,7 @@ impl Trainer {
                 .batches(data.train.len()) as u64;
         check_resumed(&ckpt.state, &config, per_epoch, &opt, &ckpt_path)?;
         let _lock = prepare_run_dir(run_dir, false, 0)?;
-        if new_length.is_some() {
+        if new_length.is_some() || backend_change.is_some() {
             allcnn_models::write_atomic(
                 &run_dir.join(files::CONFIG),
                 ckpt.state.config.as_bytes(),
@@ -525,6 +649,8 @@ impl Trainer {
             Some(ckpt_path.clone()),
         )?;
         run.notices.extend(notice);
+        run.notices
+            .extend(backend_change.map(|(_, said)| Notice::Message(said)));
         self.run(run)
     }
 

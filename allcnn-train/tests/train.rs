@@ -69,6 +69,109 @@ fn resume_config() -> allcnn_train::TrainConfig {
     c
 }
 
+/// A run moved to another CPU convolution backend on resume goes on with
+/// it: the change is recorded (checkpoint, config.toml) and said (console,
+/// metrics.jsonl, with its step), the steps after it differ from an
+/// unchanged run's by rounding only, and asking for a backend change and a
+/// precision change at once is refused before anything changes.
+#[test]
+fn a_run_resumed_on_another_backend_records_and_says_the_change() {
+    use allcnn_models::{ConvBackend, Precision};
+    use allcnn_train::ResumeChanges;
+    // 16x16 images and 16 channels: the 3x3 layer after the stride-2 one
+    // (16 -> 32 channels on 8x8 maps) runs Winograd, F(4x4, 3x3) with
+    // `winograd-f4`, so the two backends round differently.
+    let train = random_dataset(16, 16, 3, 2); // 4 steps per epoch
+    let test = random_dataset(8, 16, 3, 3);
+    let d = data(train, Some(test));
+    let mut c = tiny_config(tiny_spec(16, 16, 3, true), 2, 4, 0.05);
+    c.conv = ConvBackend::Winograd;
+    let full = tempfile::tempdir().unwrap();
+    quiet().train(&c, &d, full.path()).unwrap();
+
+    let cut = tempfile::tempdir().unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(3, flag.clone())))
+        .build();
+    assert_eq!(t.train(&c, &d, cut.path()).unwrap().steps, 3);
+    let metrics = || std::fs::read_to_string(cut.path().join(files::METRICS)).unwrap();
+    let (config_before, metrics_before) = (
+        std::fs::read(cut.path().join(files::CONFIG)).unwrap(),
+        metrics(),
+    );
+    let both = ResumeChanges::new()
+        .precision(Precision::Bf16)
+        .conv(ConvBackend::WinogradF4);
+    let err = quiet()
+        .resume_with(cut.path(), Some(&d), &both)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidConfig {
+                field: "precision",
+                ..
+            }
+        ) && err.to_string().contains("winograd-f4"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(cut.path().join(files::CONFIG)).unwrap(),
+        config_before
+    );
+    assert_eq!(
+        metrics(),
+        metrics_before,
+        "a refused resume changed metrics.jsonl"
+    );
+
+    // On to step 6 with F(4x4, 3x3), then back to `precision = f32` (the
+    // F(2x2, 3x3) Winograd) for the rest.
+    let f4 = ResumeChanges::new().conv(ConvBackend::WinogradF4);
+    flag.store(false, Ordering::SeqCst);
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(6, flag.clone())))
+        .build();
+    assert_eq!(t.resume_with(cut.path(), Some(&d), &f4).unwrap().steps, 6);
+    let recorded = allcnn_train::trainer::read_run_config(cut.path()).unwrap();
+    assert_eq!(recorded.conv, ConvBackend::WinogradF4, "config.toml");
+    let back = ResumeChanges::new().precision(Precision::F32);
+    let r = quiet().resume_with(cut.path(), Some(&d), &back).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 8));
+    let recorded = allcnn_train::trainer::read_run_config(cut.path()).unwrap();
+    assert_eq!(
+        (recorded.conv_backend(), recorded.precision),
+        (ConvBackend::Winograd, Precision::F32)
+    );
+    let said = metrics();
+    for change in [
+        "change from `winograd` to `winograd-f4` at step 3",
+        "change from `winograd-f4` to `winograd` at step 6",
+    ] {
+        assert!(said.contains(change), "{change}: {said}");
+    }
+    let (a, b) = (
+        params_bits(&full.path().join(files::FINAL)),
+        params_bits(&cut.path().join(files::FINAL)),
+    );
+    assert_ne!(a, b, "the backends round differently: some weight differs");
+    // Rounding only: the weights agree to 1e-3 relative at the end.
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let (mut diff, mut scale) = (0f32, 0f32);
+        for (&x, &y) in x.iter().zip(y) {
+            let (x, y) = (f32::from_bits(x), f32::from_bits(y));
+            diff = diff.max((x - y).abs());
+            scale = scale.max(x.abs());
+        }
+        assert!(diff <= 1e-3 * scale, "{name}: {diff} against {scale}");
+    }
+}
+
 /// A deadline that has passed stops the run after its first step (with a
 /// checkpoint and a resume hint), and a resumed run ends with the weights
 /// of an uninterrupted one; a deadline in the future changes nothing.

@@ -4,8 +4,9 @@
 //! the element-wise loops of a training step (dropout masks, ReLU masks,
 //! bias sums, partial gradient sums) run 4 lanes wide or scalar. [`wide`]
 //! runs such a loop from a copy of itself compiled for AVX-512 (with AVX2
-//! and FMA) when the CPU has it: the same operations on the same values, so
-//! the same results, 16 lanes at a time.
+//! and FMA) when the CPU has it, or for AVX2 and FMA when it has those: the
+//! same operations on the same values, so the same results, 16 or 8 lanes
+//! at a time.
 
 // A `target_feature` function is unsafe to call; its one caller checks the
 // features first.
@@ -14,7 +15,7 @@
 use std::sync::OnceLock;
 
 /// Runs `f`, compiled for AVX-512 F/BW/VL (with AVX2 and FMA) where this
-/// CPU has them. `f` should be a loop over slices with no calls that stay
+/// CPU has them, else for AVX2 and FMA where it has those. `f` should be a loop over slices with no calls that stay
 /// out of line (they would run at the baseline).
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
@@ -23,6 +24,11 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
         // SAFETY: `avx512()` checked that the CPU has every feature the
         // copy is compiled for.
         return unsafe { x86::avx512(f) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: `avx2()` checked that the CPU has AVX2 and FMA.
+        return unsafe { x86::avx2(f) };
     }
     f()
 }
@@ -104,7 +110,7 @@ pub(crate) fn avx512f() -> bool {
 /// Whether the CPU has AVX-512 F, BW and VL, AVX2 and FMA, and
 /// [`portable_only`] does not hold (detected once).
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
+pub(crate) fn avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         avx512f()
@@ -112,6 +118,16 @@ fn avx512() -> bool {
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
+    })
+}
+
+/// Whether the CPU has AVX2 and FMA and [`portable_only`] does not hold
+/// (detected once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        !portable_only() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     })
 }
 
@@ -152,6 +168,16 @@ mod x86 {
     /// The CPU has AVX-512 F, BW and VL, AVX2 and FMA.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub(super) unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// `f()`, compiled for AVX2 and FMA (Rust never contracts a multiply
+    /// and an add into an FMA, so the values are the baseline's).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
         f()
     }
 }

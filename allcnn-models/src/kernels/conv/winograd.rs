@@ -416,7 +416,7 @@ fn column_pass(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], dst: &mut [MaybeU
 /// # Safety
 /// Every element of `s` has been written.
 #[allow(unsafe_code)]
-unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+pub(super) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller
     // guarantees every element is initialised.
     unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
