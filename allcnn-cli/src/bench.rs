@@ -80,8 +80,8 @@ struct Report<'a> {
     /// Peak resident memory of the process in MiB (Linux: VmHWM), if known.
     peak_rss_mib: Option<f64>,
     /// Which element-wise and convolution loops run
-    /// (`allcnn_models::kernels::simd_description`): `avx512`, or
-    /// `portable` and why.
+    /// (`allcnn_models::kernels::simd_description`): `avx512`, `avx2`,
+    /// or `portable` and why.
     simd: &'static str,
     /// Whether `--conv winograd-bf16` has the CPU's AVX-512 BF16 kernel.
     native_bf16: bool,

@@ -27,10 +27,12 @@ pub(crate) mod simd;
 pub(crate) mod slice;
 
 /// Which element-wise and convolution code this process runs on the CPU:
-/// `avx512` (AVX-512 loops and kernels), `portable (ALLCNN_SIMD=portable)`
-/// where that switch turned them off, or `portable` where the CPU (or the
-/// architecture) lacks them. The bf16 kernel and the AMX tiles have their
-/// own reports ([`conv::has_native_bf16`], [`conv::amx_status`]).
+/// `avx512` (AVX-512 loops and kernels), `avx2` (the element-wise loops
+/// and the F(4x4, 3x3) transforms compiled for AVX2 and FMA; the other
+/// kernels portable), `portable (ALLCNN_SIMD=portable)` where that switch
+/// turned them off, or `portable` where the CPU (or the architecture) lacks
+/// them. The bf16 kernel and the AMX tiles have their own reports
+/// ([`conv::has_native_bf16`], [`conv::amx_status`]).
 pub fn simd_description() -> &'static str {
     if simd::portable_only() {
         return "portable (ALLCNN_SIMD=portable)";
@@ -38,6 +40,10 @@ pub fn simd_description() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512f() {
         return "avx512";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() {
+        return "avx2";
     }
     "portable"
 }

@@ -30,13 +30,14 @@
 //! as many multiplications either way) the caller keeps F(2x2, 3x3)
 //! ([`pays`]).
 //!
-//! Columns are split by phase (`x mod 4`) when a plane is read, so every
-//! transform is a contiguous, vectorisable loop over tiles; the loops run
-//! from copies compiled for AVX-512 or AVX2 where the CPU has them
-//! ([`simd::wide`]), the same operations in the same order, so the same
-//! values. Images are processed in chunks whose size depends only on the
-//! geometry, and the weight gradient sums fixed groups of chunks in order,
-//! so results do not depend on the thread count.
+//! Each tile's values are gathered by position (`[a][b][tile]`, the tiles
+//! of one channel in every image of a chunk side by side), so both passes
+//! of every transform are contiguous loops over all those tiles at once;
+//! they run from copies compiled for AVX-512 or AVX2 where the CPU has
+//! them (`wide_kernel!`), the same operations in the same order, so the
+//! same values. Images are processed in chunks whose size depends only on
+//! the geometry, and the weight gradient sums fixed groups of chunks in
+//! order, so results do not depend on the thread count.
 
 use std::mem::MaybeUninit;
 
