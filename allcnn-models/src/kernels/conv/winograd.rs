@@ -73,23 +73,30 @@ pub(super) fn dual(g: &Geometry) -> Geometry {
     }
 }
 
-/// How a geometry's outputs split into 2x2 tiles and images into chunks.
+/// How a geometry's outputs split into square tiles and images into
+/// chunks (F(2x2, 3x3) here, F(4x4, 3x3) in `winograd4`).
 #[derive(Clone, Copy)]
-struct Tiles {
+pub(super) struct Tiles {
     /// Tile rows and columns.
-    th: usize,
-    tw: usize,
+    pub(super) th: usize,
+    pub(super) tw: usize,
     /// Tiles of one image.
-    per_image: usize,
+    pub(super) per_image: usize,
     /// Images per chunk.
-    chunk: usize,
+    pub(super) chunk: usize,
 }
 
 impl Tiles {
+    /// 2x2 tiles, chunks of about [`TARGET_COLS`] tile columns.
     fn new(g: &Geometry) -> Self {
-        let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+        Self::of(g, 2, TARGET_COLS)
+    }
+
+    /// `side x side` output tiles, chunks of about `target` tile columns.
+    pub(super) fn of(g: &Geometry, side: usize, target: usize) -> Self {
+        let (th, tw) = (g.ho.div_ceil(side), g.wo.div_ceil(side));
         let per_image = th * tw;
-        let chunk = (TARGET_COLS / per_image).clamp(1, g.n.max(1));
+        let chunk = (target / per_image).clamp(1, g.n.max(1));
         Self {
             th,
             tw,
@@ -98,18 +105,32 @@ impl Tiles {
         }
     }
 
-    fn chunks(&self, n: usize) -> usize {
+    pub(super) fn chunks(&self, n: usize) -> usize {
         n.div_ceil(self.chunk)
     }
 
     /// Inside the chunked loop, GEMMs run single-threaded when there are
     /// enough chunks to keep every thread busy.
-    fn par(&self, n: usize) -> Par {
+    pub(super) fn par(&self, n: usize) -> Par {
         if self.chunks(n) >= rayon::current_num_threads() {
             Par::Seq
         } else {
             Par::rayon(0)
         }
+    }
+
+    /// The weight gradient's groups: chunks are gathered into at most
+    /// [`GROUPS`] groups by position alone (each accumulates its chunks'
+    /// products in order into one partial); images per group, and whether
+    /// the GEMMs inside a group run in parallel (fewer groups than threads).
+    pub(super) fn wgrad_groups(&self, n: usize) -> (usize, Par) {
+        let group = self.chunks(n).div_ceil(GROUPS).max(1) * self.chunk;
+        let par = if n.div_ceil(group) >= rayon::current_num_threads() {
+            Par::Seq
+        } else {
+            Par::rayon(0)
+        };
+        (group, par)
     }
 }
 
@@ -605,7 +626,8 @@ fn for_each_xi(
     }
 }
 
-fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// `buf`'s first `len` values, growing it (with zeros) when shorter.
+pub(super) fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
@@ -704,15 +726,7 @@ pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Ve
     let t = Tiles::new(g);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let (co, ci) = (g.cout, g.cin);
-    // Chunks are gathered into at most GROUPS groups by position alone; each
-    // group accumulates its chunks' products in order into one partial.
-    let per_group = t.chunks(g.n).div_ceil(GROUPS).max(1);
-    let group = per_group * t.chunk;
-    let par = if g.n.div_ceil(group) >= rayon::current_num_threads() {
-        Par::Seq
-    } else {
-        Par::rayon(0)
-    };
+    let (group, par) = t.wgrad_groups(g.n);
     let partials: Vec<Vec<f32>> = x
         .par_chunks(group * image)
         .zip(dy.par_chunks(group * g.cout * plane))

@@ -42,20 +42,18 @@
 use std::mem::MaybeUninit;
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Par};
+use faer::Accum;
 use rayon::prelude::*;
 
 use super::super::simd;
 use super::scratch::{self, Pool};
+use super::winograd::{resized, Tiles};
 use super::{rm, rm_mut, sum_in_order, Epilogue, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for. 64, 128 and 256
 /// were within the noise of one another in whole training steps (2-core
 /// Zen 3, docs/performance.md); 64 keeps a chunk's tiles smallest.
 const TARGET_COLS: usize = 64;
-
-/// The most partial sums the weight gradient keeps (as in F(2x2, 3x3)).
-const GROUPS: usize = 8;
 
 /// Transformed values per tile.
 const XI: usize = 36;
@@ -65,45 +63,6 @@ const XI: usize = 36;
 /// past the edge count whole). False for maps of 6x6 and less.
 pub(super) fn pays(ho: usize, wo: usize) -> bool {
     XI * ho.div_ceil(4) * wo.div_ceil(4) < 16 * ho.div_ceil(2) * wo.div_ceil(2)
-}
-
-/// How a geometry's outputs split into 4x4 tiles and images into chunks.
-#[derive(Clone, Copy)]
-struct Tiles {
-    /// Tile rows and columns.
-    th: usize,
-    tw: usize,
-    /// Tiles of one image.
-    per_image: usize,
-    /// Images per chunk.
-    chunk: usize,
-}
-
-impl Tiles {
-    fn new(g: &Geometry) -> Self {
-        let (th, tw) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
-        let per_image = th * tw;
-        let chunk = (TARGET_COLS / per_image).clamp(1, g.n.max(1));
-        Self {
-            th,
-            tw,
-            per_image,
-            chunk,
-        }
-    }
-
-    fn chunks(&self, n: usize) -> usize {
-        n.div_ceil(self.chunk)
-    }
-
-    /// GEMMs run single-threaded when the chunks keep every thread busy.
-    fn par(&self, n: usize) -> Par {
-        if self.chunks(n) >= rayon::current_num_threads() {
-            Par::Seq
-        } else {
-            Par::rayon(0)
-        }
-    }
 }
 
 /// 1/6, 1/12 and 1/24 (rounded to f32: multiplying by them rounds no
@@ -488,18 +447,11 @@ thread_local! {
     static SCRATCH: Pool<Scratch> = const { Pool::new(Vec::new()) };
 }
 
-fn resized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 /// The forward convolution `[N, Cin, H, W]` * `[Cout, Cin, 3, 3]`, each
 /// output plane finished by `ep`, if any.
 #[allow(unsafe_code)]
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_>>) -> Vec<f32> {
-    let t = Tiles::new(g);
+    let t = Tiles::of(g, 4, TARGET_COLS);
     let u = weight_transform(g, w);
     let (co, ci) = (g.cout, g.cin);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
@@ -543,16 +495,10 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// The weight gradient `[Cout, Cin, 3, 3]` from the input `x` and the output
 /// gradient `dy`.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let t = Tiles::new(g);
+    let t = Tiles::of(g, 4, TARGET_COLS);
     let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
     let (co, ci) = (g.cout, g.cin);
-    let per_group = t.chunks(g.n).div_ceil(GROUPS).max(1);
-    let group = per_group * t.chunk;
-    let par = if g.n.div_ceil(group) >= rayon::current_num_threads() {
-        Par::Seq
-    } else {
-        Par::rayon(0)
-    };
+    let (group, par) = t.wgrad_groups(g.n);
     let partials: Vec<Vec<f32>> = x
         .par_chunks(group * image)
         .zip(dy.par_chunks(group * g.cout * plane))
