@@ -677,6 +677,49 @@ mod tests {
         }
     }
 
+    /// The dispatched transform passes (AVX-512 or AVX2 copies where the
+    /// CPU has them) give the portable bodies' values bit for bit, over
+    /// lengths around the vector widths.
+    #[test]
+    fn wide_passes_equal_the_portable_bodies() {
+        for len in [1, 7, 8, 9, 16, 17, 64, 100] {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let d = values(36 * len, 0.4);
+            let (mut e1, mut e2) = (vec![0f32; 36 * len], vec![0f32; 36 * len]);
+            let stride = len + 3;
+            let (mut o1, mut o2) = (vec![0f32; 36 * stride], vec![0f32; 36 * stride]);
+            input_passes(&d, &mut e1, &mut o1, len, stride);
+            input_passes_body(&d, &mut e2, &mut o2, len, stride);
+            assert_eq!(
+                (bits(&e1), bits(&o1)),
+                (bits(&e2), bits(&o2)),
+                "input, {len}"
+            );
+
+            let m = values(36 * stride, 1.1);
+            let (mut a1, mut a2) = (vec![0f32; 24 * len], vec![0f32; 24 * len]);
+            let (mut c1, mut c2) = (vec![0f32; 16 * len], vec![0f32; 16 * len]);
+            output_passes(&m, stride, &mut a1, &mut c1, len);
+            output_passes_body(&m, stride, &mut a2, &mut c2, len);
+            assert_eq!(
+                (bits(&a1), bits(&c1)),
+                (bits(&a2), bits(&c2)),
+                "output, {len}"
+            );
+
+            let q = values(16 * len, 2.3);
+            let (mut e1, mut e2) = (vec![0f32; 24 * len], vec![0f32; 24 * len]);
+            let (mut m1, mut m2) = (vec![0f32; 36 * stride], vec![0f32; 36 * stride]);
+            grad_passes(&q, &mut e1, &mut m1, len, stride);
+            grad_passes_body(&q, &mut e2, &mut m2, len, stride);
+            assert_eq!(
+                (bits(&e1), bits(&m1)),
+                (bits(&e2), bits(&m2)),
+                "grad, {len}"
+            );
+        }
+    }
+
     #[test]
     fn four_by_four_tiles_pay_only_on_maps_larger_than_six() {
         assert!(pays(32, 32) && pays(16, 16) && pays(8, 8) && pays(7, 9));
