@@ -34,8 +34,10 @@ pub struct Args {
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     classes: Option<usize>,
     /// Precision of the convolution GEMMs: `f32` (the default), `bf16`
-    /// (bf16 operands, f32 accumulation) or `auto` (bf16 where this CPU runs
-    /// it faster). The JSON line reports what ran (`conv`, `kernel`).
+    /// (bf16 operands, f32 accumulation) or `auto` (what runs fastest on
+    /// this kind of CPU: bf16 where it is faster, `winograd-f4` on AVX2 CPUs
+    /// without AVX-512, f32 elsewhere). The JSON line reports what ran
+    /// (`conv`, `kernel`).
     #[arg(long, value_parser = crate::values::precision(), conflicts_with = "conv")]
     precision: Option<Precision>,
     /// Convolution implementation, the expert override of --precision:

@@ -37,8 +37,9 @@ pub struct TrainArgs {
     data: Option<PathBuf>,
     /// Precision of the convolution GEMMs on CPU (overrides the config's
     /// `precision`): `f32`, `bf16` (bf16 operands, f32 accumulation) or
-    /// `auto` (bf16 where this CPU runs it faster).
-    /// With --resume: the run goes on at this precision (its steps then
+    /// `auto` (what runs fastest on this kind of CPU: bf16 with AMX or on
+    /// AMD's AVX-512 BF16, `winograd-f4` on AVX2 CPUs without AVX-512, f32
+    /// elsewhere). With --resume: the run goes on at this precision (its steps then
     /// differ from an unchanged run's by the rounding).
     #[arg(long, value_parser = crate::values::precision(), conflicts_with = "conv")]
     precision: Option<allcnn_models::Precision>,

@@ -194,10 +194,10 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
         // active AMX.
         let amx = allcnn_models::kernels::conv::amx_status()
             == allcnn_models::kernels::conv::AmxStatus::Active;
-        let algorithm = if conv == "winograd-bf16" && amx {
-            "direct-amx"
-        } else {
-            "winograd"
+        let algorithm = match conv {
+            "winograd-bf16" if amx => "direct-amx",
+            "winograd-f4" => "winograd-f4",
+            _ => "winograd",
         };
         assert_eq!(v["algorithm"], algorithm, "{v}");
         // Three untimed iterations by default, and the median beside the

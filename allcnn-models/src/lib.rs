@@ -63,7 +63,7 @@ pub use model::{
     Activations, AllCnn, ConvBackend, DropoutRng, ForwardPass, Init, ReluRule, StandardRelu,
     TrainGrads,
 };
-pub use precision::{bf16_is_faster, Precision};
+pub use precision::{bf16_is_faster, f4_is_faster, Precision};
 pub use spec::{
     registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo, SpatialLayer, SpecLimits,
 };

@@ -16,9 +16,12 @@ use crate::{ConvBackend, ModelError};
 /// assert_eq!(Precision::F32.backend(), ConvBackend::Winograd);
 /// assert_eq!(Precision::Bf16.backend(), ConvBackend::WinogradBf16);
 /// assert_eq!(Precision::from_name("auto")?, Precision::Auto);
-/// // `auto` picks bf16 only where it was measured faster than f32.
+/// // `auto` picks what was measured fastest on this kind of CPU.
 /// let chosen = Precision::Auto.backend();
-/// assert!(matches!(chosen, ConvBackend::Winograd | ConvBackend::WinogradBf16));
+/// assert!(matches!(
+///     chosen,
+///     ConvBackend::Winograd | ConvBackend::WinogradBf16 | ConvBackend::WinogradF4
+/// ));
 /// # Ok::<(), allcnn_models::ModelError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -31,8 +34,10 @@ pub enum Precision {
     /// bf16 GEMM operands with f32 accumulation
     /// ([`ConvBackend::WinogradBf16`]): about 1e-3 relative from f32.
     Bf16,
-    /// bf16 where this CPU runs it faster than f32 ([`bf16_is_faster`]),
-    /// f32 elsewhere.
+    /// What was measured fastest on this kind of CPU: bf16 where it runs
+    /// faster than f32 ([`bf16_is_faster`]), else f32 with Winograd F(4x4,
+    /// 3x3) ([`ConvBackend::WinogradF4`]) on x86 CPUs with AVX2 but no
+    /// AVX-512 ([`f4_is_faster`]), else f32 ([`ConvBackend::Winograd`]).
     Auto,
 }
 
@@ -74,6 +79,7 @@ impl Precision {
             Precision::F32 => ConvBackend::Winograd,
             Precision::Bf16 => ConvBackend::WinogradBf16,
             Precision::Auto if bf16_is_faster() => ConvBackend::WinogradBf16,
+            Precision::Auto if f4_is_faster() => ConvBackend::WinogradF4,
             Precision::Auto => ConvBackend::Winograd,
         }
     }
@@ -93,6 +99,24 @@ impl Precision {
 pub fn bf16_is_faster() -> bool {
     crate::kernels::conv::amx_status() == crate::kernels::conv::AmxStatus::Active
         || (crate::kernels::conv::has_native_bf16() && is_amd())
+}
+
+/// Whether f32 with Winograd F(4x4, 3x3) ([`ConvBackend::WinogradF4`]) is
+/// the faster f32 backend on this CPU, as measured (docs/performance.md):
+/// x86 CPUs with AVX2 and FMA but no AVX-512 F (and `ALLCNN_SIMD` not
+/// `portable`), where its transforms run 8 lanes wide and the F(2x2, 3x3)
+/// ones 4: a 1.18-1.22x faster training step and 1.14x faster inference on
+/// a 2-core AMD Zen 3. Elsewhere it was not measured, so `auto` keeps
+/// [`ConvBackend::Winograd`] there (its AVX-512 transforms are hand-written).
+pub fn f4_is_faster() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::kernels::simd::avx2() && !crate::kernels::simd::avx512f()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU's vendor string (CPUID leaf 0) is AMD's.
@@ -133,6 +157,8 @@ mod tests {
     fn auto_follows_the_cpu() {
         let want = if bf16_is_faster() {
             ConvBackend::WinogradBf16
+        } else if f4_is_faster() {
+            ConvBackend::WinogradF4
         } else {
             ConvBackend::Winograd
         };

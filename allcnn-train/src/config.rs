@@ -212,8 +212,10 @@ pub struct TrainConfig {
     /// Precision of the convolution GEMMs on CPU: `f32` (the default),
     /// `bf16` (bf16 operands, f32 accumulation; weights, momentum and loss
     /// stay f32) or `auto` (bf16 where this CPU runs it faster,
-    /// [`allcnn_models::bf16_is_faster`]; resolved again when a run is
-    /// resumed). `conv` is the expert override: set one of the two.
+    /// [`allcnn_models::bf16_is_faster`], f32 with Winograd F(4x4, 3x3) on
+    /// AVX2 CPUs without AVX-512, [`allcnn_models::f4_is_faster`], f32
+    /// elsewhere; resolved again when a run is resumed, so a run that moves
+    /// between machines runs each one's fastest). `conv` is the expert override: set one of the two.
     #[serde(default, skip_serializing_if = "is_default_precision")]
     pub precision: Precision,
     /// Data.
