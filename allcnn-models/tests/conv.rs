@@ -175,6 +175,20 @@ fn passes(
     (y, dx, dw)
 }
 
+/// The relative error of each pass of `got` against `want` (outputs of
+/// [`passes`] of the same geometry).
+fn pass_errors(
+    got: &(Tensor, Tensor, Tensor),
+    want: &(Tensor, Tensor, Tensor),
+) -> [(&'static str, f32); 3] {
+    assert_eq!(got.0.dims(), want.0.dims());
+    [
+        ("forward", rel(&got.0, &want.0)),
+        ("input grad", rel(&got.1, &want.1)),
+        ("weight grad", rel(&got.2, &want.2)),
+    ]
+}
+
 #[test]
 fn winograd_matches_im2col_in_all_three_passes() {
     use allcnn_models::kernels::conv::Algorithm;
@@ -195,17 +209,11 @@ fn winograd_matches_im2col_in_all_three_passes() {
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 300 + i as u64);
         let w = var(&[cout, cin, 3, 3], 400 + i as u64);
-        let (y2, dx2, dw2) = passes(&x, &w, (1, pad), Algorithm::Im2col);
+        let want = passes(&x, &w, (1, pad), Algorithm::Im2col);
         // F(4x4, 3x3) rounds more (constants 4, 5, 8, 1/6, 1/24).
         for (algorithm, tol) in [(Algorithm::Winograd, 1e-5), (Algorithm::WinogradF4, 1e-4)] {
-            let (y1, dx1, dw1) = passes(&x, &w, (1, pad), algorithm);
-            assert_eq!(y1.dims(), y2.dims(), "case {i}");
-            for (name, a, b) in [
-                ("forward", &y1, &y2),
-                ("input grad", &dx1, &dx2),
-                ("weight grad", &dw1, &dw2),
-            ] {
-                let e = rel(a, b);
+            let got = passes(&x, &w, (1, pad), algorithm);
+            for (name, e) in pass_errors(&got, &want) {
                 assert!(e < tol, "{algorithm:?} case {i} {name}: rel err {e}");
             }
         }
@@ -294,14 +302,9 @@ fn winograd_bf16_is_within_bf16_rounding_of_f32_in_all_three_passes() {
     for (i, &(n, cin, side, cout, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 800 + i as u64);
         let w = var(&[cout, cin, 3, 3], 900 + i as u64);
-        let (y1, dx1, dw1) = passes(&x, &w, (1, pad), Algorithm::WinogradBf16);
-        let (y2, dx2, dw2) = passes(&x, &w, (1, pad), Algorithm::Im2col);
-        for (name, a, b) in [
-            ("forward", &y1, &y2),
-            ("input grad", &dx1, &dx2),
-            ("weight grad", &dw1, &dw2),
-        ] {
-            let e = rel(a, b);
+        let got = passes(&x, &w, (1, pad), Algorithm::WinogradBf16);
+        let want = passes(&x, &w, (1, pad), Algorithm::Im2col);
+        for (name, e) in pass_errors(&got, &want) {
             eprintln!("case {i} {name}: rel err {e:.2e}");
             // bf16 operands: visibly not f32, and within the documented 1e-2.
             assert!(e < 1e-2, "case {i} {name}: rel err {e}");
@@ -328,15 +331,9 @@ fn bf16_gemms_run_in_every_other_geometry_within_bf16_rounding() {
     for (i, &(n, cin, side, cout, k, stride, pad)) in cases.iter().enumerate() {
         let x = var(&[n, cin, side, side], 1000 + i as u64);
         let w = var(&[cout, cin, k, k], 1100 + i as u64);
-        let (y1, dx1, dw1) = passes(&x, &w, (stride, pad), Algorithm::WinogradBf16);
-        let (y2, dx2, dw2) = passes(&x, &w, (stride, pad), Algorithm::Im2col);
-        assert_eq!(y1.dims(), y2.dims(), "case {i}");
-        for (name, a, b) in [
-            ("forward", &y1, &y2),
-            ("input grad", &dx1, &dx2),
-            ("weight grad", &dw1, &dw2),
-        ] {
-            let e = rel(a, b);
+        let got = passes(&x, &w, (stride, pad), Algorithm::WinogradBf16);
+        let want = passes(&x, &w, (stride, pad), Algorithm::Im2col);
+        for (name, e) in pass_errors(&got, &want) {
             eprintln!("case {i} {name}: rel err {e:.2e}");
             assert!(e < 1e-2, "case {i} {name}: rel err {e}");
             assert!(e > 1e-6, "case {i} {name}: rel err {e}: bf16 did not run");
