@@ -93,6 +93,12 @@ pub struct CheckpointState {
     /// (absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing_digest: Option<String>,
+    /// The CPU convolution backend the run's steps last ran
+    /// ([`allcnn_models::ConvBackend::name`]): what a resume compares with,
+    /// since `precision = "auto"` may resolve to another one on another
+    /// machine or build (absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_ran: Option<String>,
     /// The resolved config as TOML.
     pub config: String,
     /// The architecture.

@@ -256,11 +256,13 @@ impl ResumeChanges {
     }
 
     /// The config with the backend change applied and the sentence that
-    /// says so, or `None` when the backend the run resolves to stays the
-    /// same.
+    /// says so, or `None` when neither the config nor the backend that ran
+    /// (`ran`) changes. Without a change asked for, the backend can still
+    /// change: `precision = "auto"` resolved on another machine or build.
     fn backend(
         &self,
         config: &TrainConfig,
+        ran: ConvBackend,
         step: u64,
     ) -> Result<Option<(TrainConfig, String)>, TrainError> {
         let mut changed = config.clone();
@@ -283,10 +285,21 @@ impl ResumeChanges {
                 changed.conv = c;
                 changed.precision = Precision::default();
             }
-            (None, None) => return Ok(None),
+            (None, None) => {
+                let now = config.conv_backend();
+                if now == ran {
+                    return Ok(None);
+                }
+                let said = format!(
+                    "the CPU convolutions change from `{}` to `{}` at step {step} (what the run's config runs on this machine): same protocol, other rounding, so from here the run is not bit-identical to one that never changed",
+                    ran.name(),
+                    now.name(),
+                );
+                return Ok(Some((changed, said)));
+            }
         }
-        let (was, now) = (config.conv_backend(), changed.conv_backend());
-        if changed.conv == config.conv && changed.precision == config.precision {
+        let (was, now) = (ran, changed.conv_backend());
+        if changed.conv == config.conv && changed.precision == config.precision && was == now {
             return Ok(None);
         }
         let said = if was == now {
@@ -430,6 +443,7 @@ impl Trainer {
             train_examples: data.train.len(),
             data_fingerprint: Some(data.fingerprint()),
             preprocessing_digest: Some(preprocessing_digest(&preprocessing)),
+            conv_ran: Some(config.conv_backend().name().to_string()),
             config: config_text,
             spec,
         };
@@ -557,11 +571,22 @@ impl Trainer {
             config.epochs = epochs;
             ckpt.state.config = config.to_toml();
         }
-        let backend_change = changes.backend(&config, ckpt.state.step)?;
+        // What the run last ran: recorded, or (older checkpoints) what its
+        // config resolves to on this machine.
+        let ran = ckpt
+            .state
+            .conv_ran
+            .as_deref()
+            .and_then(|name| ConvBackend::from_name(name).ok())
+            .unwrap_or_else(|| config.conv_backend());
+        let backend_change = changes.backend(&config, ran, ckpt.state.step)?;
         if let Some((changed, _)) = &backend_change {
-            config = changed.clone();
-            ckpt.state.config = config.to_toml();
+            if changed.conv != config.conv || changed.precision != config.precision {
+                config = changed.clone();
+                ckpt.state.config = config.to_toml();
+            }
         }
+        ckpt.state.conv_ran = Some(config.conv_backend().name().to_string());
         config.validate()?;
         let finished = ckpt.state.batch == 0 && ckpt.state.epoch >= config.epochs;
         if finished && run_dir.join(files::FINAL).is_file() {

@@ -140,6 +140,33 @@ fn a_run_resumed_on_another_backend_records_and_says_the_change() {
     assert_eq!(t.resume_with(cut.path(), Some(&d), &f4).unwrap().steps, 6);
     let recorded = allcnn_train::trainer::read_run_config(cut.path()).unwrap();
     assert_eq!(recorded.conv, ConvBackend::WinogradF4, "config.toml");
+    // The checkpoint records what ran; a change is said against that (here
+    // as if `gemm` had run: another machine's `auto`, a stale build).
+    let ckpt_path = cut.path().join(files::CHECKPOINT);
+    let mut ckpt = allcnn_train::checkpoint::Checkpoint::read(&ckpt_path).unwrap();
+    assert_eq!(ckpt.state.conv_ran.as_deref(), Some("winograd-f4"));
+    ckpt.state.conv_ran = Some("gemm".into());
+    let sorted = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
+        let mut v: Vec<_> = m.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    allcnn_train::checkpoint::Checkpoint::write(
+        &ckpt_path,
+        &ckpt.state,
+        &sorted(&ckpt.params),
+        &sorted(&ckpt.momentum),
+    )
+    .unwrap();
+    // Resumed without a change asked for, the run says that its backend
+    // changes all the same (to step 7).
+    flag.store(false, Ordering::SeqCst);
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(7, flag.clone())))
+        .build();
+    assert_eq!(t.resume(cut.path(), Some(&d)).unwrap().steps, 7);
     let back = ResumeChanges::new().precision(Precision::F32);
     let r = quiet().resume_with(cut.path(), Some(&d), &back).unwrap();
     assert_eq!((r.status, r.steps), (RunStatus::Completed, 8));
@@ -151,7 +178,8 @@ fn a_run_resumed_on_another_backend_records_and_says_the_change() {
     let said = metrics();
     for change in [
         "change from `winograd` to `winograd-f4` at step 3",
-        "change from `winograd-f4` to `winograd` at step 6",
+        "change from `gemm` to `winograd-f4` at step 6 (what the run's config runs on this machine)",
+        "change from `winograd-f4` to `winograd` at step 7",
     ] {
         assert!(said.contains(change), "{change}: {said}");
     }
