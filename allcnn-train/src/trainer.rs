@@ -255,16 +255,18 @@ impl ResumeChanges {
         self
     }
 
-    /// The config with the backend change applied and the sentence that
-    /// says so, or `None` when neither the config nor the backend that ran
-    /// (`ran`) changes. Without a change asked for, the backend can still
-    /// change: `precision = "auto"` resolved on another machine or build.
+    /// What changes about the CPU convolutions at `step`: the config with
+    /// the asked-for change applied (`None` when the config stays as it
+    /// is) and the sentence that says so, or `None` when neither the config
+    /// nor the backend that ran (`ran`) changes. Without a change asked
+    /// for, the backend can still change: `precision = "auto"` resolved on
+    /// another machine or build.
     fn backend(
         &self,
         config: &TrainConfig,
         ran: ConvBackend,
         step: u64,
-    ) -> Result<Option<(TrainConfig, String)>, TrainError> {
+    ) -> Result<Option<(Option<TrainConfig>, String)>, TrainError> {
         let mut changed = config.clone();
         match (self.precision, self.conv) {
             (Some(p), Some(c)) => {
@@ -285,36 +287,24 @@ impl ResumeChanges {
                 changed.conv = c;
                 changed.precision = Precision::default();
             }
-            (None, None) => {
-                let now = config.conv_backend();
-                if now == ran {
-                    return Ok(None);
-                }
-                let said = format!(
-                    "the CPU convolutions change from `{}` to `{}` at step {step} (what the run's config runs on this machine): same protocol, other rounding, so from here the run is not bit-identical to one that never changed",
-                    ran.name(),
-                    now.name(),
-                );
-                return Ok(Some((changed, said)));
-            }
+            (None, None) => {}
         }
-        let (was, now) = (ran, changed.conv_backend());
-        if changed.conv == config.conv && changed.precision == config.precision && was == now {
-            return Ok(None);
-        }
-        let said = if was == now {
-            format!(
+        let same_config = changed.conv == config.conv && changed.precision == config.precision;
+        let now = changed.conv_backend();
+        let said = match (ran == now, same_config) {
+            (true, true) => return Ok(None),
+            (true, false) => format!(
                 "the CPU convolutions stay `{}` from step {step} (the config now says so in other words)",
                 now.name()
-            )
-        } else {
-            format!(
-                "the CPU convolutions change from `{}` to `{}` at step {step}: same protocol, other rounding, so from here the run is not bit-identical to one that never changed",
-                was.name(),
-                now.name()
-            )
+            ),
+            (false, same) => format!(
+                "the CPU convolutions change from `{}` to `{}` at step {step}{}: same protocol, other rounding, so from here the run is not bit-identical to one that never changed",
+                ran.name(),
+                now.name(),
+                if same { " (what the run's config runs on this machine)" } else { "" },
+            ),
         };
-        Ok(Some((changed, said)))
+        Ok(Some(((!same_config).then_some(changed), said)))
     }
 }
 
@@ -580,11 +570,10 @@ impl Trainer {
             .and_then(|name| ConvBackend::from_name(name).ok())
             .unwrap_or_else(|| config.conv_backend());
         let backend_change = changes.backend(&config, ran, ckpt.state.step)?;
-        if let Some((changed, _)) = &backend_change {
-            if changed.conv != config.conv || changed.precision != config.precision {
-                config = changed.clone();
-                ckpt.state.config = config.to_toml();
-            }
+        let config_changes = matches!(backend_change, Some((Some(_), _)));
+        if let Some((Some(changed), _)) = &backend_change {
+            config = changed.clone();
+            ckpt.state.config = config.to_toml();
         }
         ckpt.state.conv_ran = Some(config.conv_backend().name().to_string());
         config.validate()?;
@@ -647,7 +636,7 @@ impl Trainer {
                 .batches(data.train.len()) as u64;
         check_resumed(&ckpt.state, &config, per_epoch, &opt, &ckpt_path)?;
         let _lock = prepare_run_dir(run_dir, false, 0)?;
-        if new_length.is_some() || backend_change.is_some() {
+        if new_length.is_some() || config_changes {
             allcnn_models::write_atomic(
                 &run_dir.join(files::CONFIG),
                 ckpt.state.config.as_bytes(),

@@ -159,7 +159,15 @@ fn a_run_resumed_on_another_backend_records_and_says_the_change() {
     )
     .unwrap();
     // Resumed without a change asked for, the run says that its backend
-    // changes all the same (to step 7).
+    // changes all the same (to step 7), and leaves config.toml as it was.
+    let config_before = std::fs::read(cut.path().join(files::CONFIG)).unwrap();
+    let config_mtime = || {
+        std::fs::metadata(cut.path().join(files::CONFIG))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let mtime_before = config_mtime();
     flag.store(false, Ordering::SeqCst);
     let mut t = Trainer::builder()
         .console(false)
@@ -167,6 +175,11 @@ fn a_run_resumed_on_another_backend_records_and_says_the_change() {
         .observer(Box::new(StopAt(7, flag.clone())))
         .build();
     assert_eq!(t.resume(cut.path(), Some(&d)).unwrap().steps, 7);
+    assert_eq!(
+        std::fs::read(cut.path().join(files::CONFIG)).unwrap(),
+        config_before
+    );
+    assert_eq!(config_mtime(), mtime_before, "config.toml rewritten");
     let back = ResumeChanges::new().precision(Precision::F32);
     let r = quiet().resume_with(cut.path(), Some(&d), &back).unwrap();
     assert_eq!((r.status, r.steps), (RunStatus::Completed, 8));
