@@ -132,6 +132,67 @@ impl Tiles {
         };
         (group, par)
     }
+
+    /// The forward skeleton of both tile sizes: `x` (`[N, Cin, H, W]`) in
+    /// chunks of [`Tiles::chunk`] images, in parallel, each handed to
+    /// `chunk(out, images, par)` with its part of the output (`[nb, Cout,
+    /// Ho, Wo]`, uninitialised) and how its GEMMs may run in parallel.
+    ///
+    /// # Safety
+    /// `chunk` must write every value of the `out` it is given.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn forward_chunks(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        chunk: impl Fn(&mut [MaybeUninit<f32>], &[f32], Par) + Send + Sync,
+    ) -> Vec<f32> {
+        let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+        let len = g.n * g.cout * plane;
+        let mut out = Vec::<f32>::with_capacity(len);
+        let par = self.par(g.n);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(self.chunk * g.cout * plane)
+            .zip(x.par_chunks(self.chunk * image))
+            .for_each(|(o, xs)| chunk(o, xs, par));
+        // SAFETY: the chunks cover `..len`, and the caller promised that
+        // `chunk` writes every value of each.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// The weight-gradient skeleton of both tile sizes: `x` and `dy` cut
+    /// into the groups of [`Tiles::wgrad_groups`]; each group's chunks of
+    /// [`Tiles::chunk`] images are handed in order to `chunk(images,
+    /// gradients, du, accumulate, par)`, which writes (the first chunk) or
+    /// adds (`accumulate`) its product into the group's partial `du` of
+    /// `len` values; the partials are summed in group order.
+    pub(super) fn weight_grad_groups(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        dy: &[f32],
+        len: usize,
+        chunk: impl Fn(&[f32], &[f32], &mut [f32], bool, Par) + Send + Sync,
+    ) -> Vec<f32> {
+        let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+        let (group, par) = self.wgrad_groups(g.n);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(group * image)
+            .zip(dy.par_chunks(group * g.cout * plane))
+            .map(|(xg, dg)| {
+                let mut du = vec![0f32; len];
+                let chunks = xg
+                    .chunks(self.chunk * image)
+                    .zip(dg.chunks(self.chunk * g.cout * plane));
+                for (k, (xs, ds)) in chunks.enumerate() {
+                    chunk(xs, ds, &mut du, k > 0, par);
+                }
+                du
+            })
+            .collect();
+        sum_in_order(partials, len)
+    }
 }
 
 /// `U = G g Gᵀ` for every kernel: `[16][Cout][Cin]` from `[Cout][Cin][3][3]`.
@@ -656,48 +717,39 @@ pub(super) fn forward(
     } else {
         Vec::new()
     };
-    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
-    // Every value is written by `output_transform` (its rows cover the
-    // plane), so the buffer is not zeroed first.
-    let len = g.n * g.cout * plane;
-    let mut out = Vec::<f32>::with_capacity(len);
-    let par = t.par(g.n);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(t.chunk * g.cout * plane)
-        .zip(x.par_chunks(t.chunk * image))
-        .for_each(|(o, xs)| {
-            scratch::with(&SCRATCH, |s| {
-                let cols = xs.len() / image * t.per_image;
-                let m = resized(&mut s.m, 16 * g.cout * cols);
-                if bf16 {
-                    s.vb.resize_with(16, PackedB::default);
-                    input_transform_bf16(g, &t, xs, &mut s.vb, &mut s.pad);
-                    let vb = &s.vb;
-                    for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), _| {
-                        bf16::gemm(m, cols, &packed_u[xi], &vb[xi], false);
-                    });
-                } else {
-                    let v = resized(&mut s.v, 16 * g.cin * cols);
-                    input_transform(g, &t, xs, v, &mut s.pad);
-                    let v = &*v;
-                    for xi in 0..16 {
-                        matmul(
-                            rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
-                            Accum::Replace,
-                            rm(&u[xi * co * ci..][..co * ci], co, ci),
-                            rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
-                            1.0,
-                            par,
-                        );
-                    }
+    let image = g.cin * g.h * g.w;
+    let chunk = |o: &mut [MaybeUninit<f32>], xs: &[f32], par: Par| {
+        scratch::with(&SCRATCH, |s| {
+            let cols = xs.len() / image * t.per_image;
+            let m = resized(&mut s.m, 16 * g.cout * cols);
+            if bf16 {
+                s.vb.resize_with(16, PackedB::default);
+                input_transform_bf16(g, &t, xs, &mut s.vb, &mut s.pad);
+                let vb = &s.vb;
+                for_each_xi(m, co * cols, par, &mut s.packed, |(xi, m), _| {
+                    bf16::gemm(m, cols, &packed_u[xi], &vb[xi], false);
+                });
+            } else {
+                let v = resized(&mut s.v, 16 * g.cin * cols);
+                input_transform(g, &t, xs, v, &mut s.pad);
+                let v = &*v;
+                for xi in 0..16 {
+                    matmul(
+                        rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
+                        Accum::Replace,
+                        rm(&u[xi * co * ci..][..co * ci], co, ci),
+                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
+                        1.0,
+                        par,
+                    );
                 }
-                output_transform(g, &t, m, o, &mut s.tmp, ep);
-            })
-        });
-    // SAFETY: the chunks cover `..len`, and `output_transform` wrote every
-    // value of each.
-    unsafe { out.set_len(len) };
-    out
+            }
+            output_transform(g, &t, m, o, &mut s.tmp, ep);
+        })
+    };
+    // SAFETY: `output_transform` writes every value of a chunk's output
+    // (its rows cover the plane), so the output is not zeroed first.
+    unsafe { t.forward_chunks(g, x, chunk) }
 }
 
 /// The input gradient `[N, Cin, H, W]` from the output gradient `dy`.
@@ -724,55 +776,42 @@ pub(super) fn flipped(g: &Geometry, w: &[f32]) -> Vec<f32> {
 /// gradient `dy`; with `bf16`, the 16 GEMMs take bf16-rounded operands.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32], bf16: bool) -> Vec<f32> {
     let t = Tiles::new(g);
-    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+    let image = g.cin * g.h * g.w;
     let (co, ci) = (g.cout, g.cin);
-    let (group, par) = t.wgrad_groups(g.n);
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(group * image)
-        .zip(dy.par_chunks(group * g.cout * plane))
-        .map(|(xg, dg)| {
-            scratch::with(&SCRATCH, |s| {
-                let mut du = vec![0f32; 16 * co * ci];
-                let chunks = xg
-                    .chunks(t.chunk * image)
-                    .zip(dg.chunks(t.chunk * g.cout * plane));
-                for (k, (xs, ds)) in chunks.enumerate() {
-                    let cols = xs.len() / image * t.per_image;
-                    let v = resized(&mut s.v, 16 * g.cin * cols);
-                    input_transform(g, &t, xs, v, &mut s.pad);
-                    let dm = resized(&mut s.m, 16 * g.cout * cols);
-                    grad_transform(g, &t, ds, dm, &mut s.tmp);
-                    let (v, dm) = (&*v, &*dm);
-                    let accumulate = k > 0;
-                    if bf16 {
-                        // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
-                        for_each_xi(&mut du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
-                            a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
-                            b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
-                            bf16::gemm(du, ci, a, b, accumulate);
-                        });
-                    } else {
-                        for xi in 0..16 {
-                            matmul(
-                                rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
-                                if accumulate {
-                                    Accum::Add
-                                } else {
-                                    Accum::Replace
-                                },
-                                rm(&dm[xi * co * cols..][..co * cols], co, cols),
-                                rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
-                                1.0,
-                                par,
-                            );
-                        }
-                    }
+    let chunk = |xs: &[f32], ds: &[f32], du: &mut [f32], accumulate: bool, par: Par| {
+        scratch::with(&SCRATCH, |s| {
+            let cols = xs.len() / image * t.per_image;
+            let v = resized(&mut s.v, 16 * ci * cols);
+            input_transform(g, &t, xs, v, &mut s.pad);
+            let dm = resized(&mut s.m, 16 * co * cols);
+            grad_transform(g, &t, ds, dm, &mut s.tmp);
+            let (v, dm) = (&*v, &*dm);
+            if bf16 {
+                // dU[ξ] = dM[ξ] V[ξ]ᵀ: V[ξ] read transposed (row stride 1).
+                for_each_xi(du, co * ci, par, &mut s.packed, |(xi, du), (a, b)| {
+                    a.pack(&dm[xi * co * cols..][..co * cols], co, cols, cols, 1);
+                    b.pack(&v[xi * ci * cols..][..ci * cols], cols, ci, 1, cols);
+                    bf16::gemm(du, ci, a, b, accumulate);
+                });
+            } else {
+                for xi in 0..16 {
+                    matmul(
+                        rm_mut(&mut du[xi * co * ci..][..co * ci], co, ci),
+                        if accumulate {
+                            Accum::Add
+                        } else {
+                            Accum::Replace
+                        },
+                        rm(&dm[xi * co * cols..][..co * cols], co, cols),
+                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
+                        1.0,
+                        par,
+                    );
                 }
-                du
-            })
+            }
         })
-        .collect();
-    let du = sum_in_order(partials, 16 * g.cout * g.cin);
+    };
+    let du = t.weight_grad_groups(g, x, dy, 16 * co * ci, chunk);
     weight_untransform(g, &du)
 }
 

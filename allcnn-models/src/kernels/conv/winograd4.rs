@@ -42,13 +42,13 @@
 use std::mem::MaybeUninit;
 
 use faer::linalg::matmul::matmul;
-use faer::Accum;
+use faer::{Accum, Par};
 use rayon::prelude::*;
 
 use super::super::simd;
 use super::scratch::{self, Pool};
 use super::winograd::{resized, Tiles};
-use super::{rm, rm_mut, sum_in_order, Epilogue, Geometry};
+use super::{rm, rm_mut, Epilogue, Geometry};
 
 /// Tile columns per GEMM that a chunk of images aims for. 64, 128 and 256
 /// were within the noise of one another in whole training steps (2-core
@@ -454,36 +454,28 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], ep: Option<Epilogue<'_
     let t = Tiles::of(g, 4, TARGET_COLS);
     let u = weight_transform(g, w);
     let (co, ci) = (g.cout, g.cin);
-    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
-    let len = g.n * g.cout * plane;
-    let mut out = Vec::<f32>::with_capacity(len);
-    let par = t.par(g.n);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(t.chunk * g.cout * plane)
-        .zip(x.par_chunks(t.chunk * image))
-        .for_each(|(o, xs)| {
-            scratch::with(&SCRATCH, |s| {
-                let cols = xs.len() / image * t.per_image;
-                let m = resized(&mut s.m, XI * co * cols);
-                let v = resized(&mut s.v, XI * ci * cols);
-                input_transform(g, &t, xs, v, &mut s.pad);
-                for xi in 0..XI {
-                    matmul(
-                        rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
-                        Accum::Replace,
-                        u_xi(&u, xi, co, ci),
-                        rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
-                        1.0,
-                        par,
-                    );
-                }
-                output_transform(g, &t, m, o, &mut s.tmp, ep);
-            })
-        });
-    // SAFETY: the chunks cover `..len`, and `output_transform` wrote every
-    // value of each.
-    unsafe { out.set_len(len) };
-    out
+    let image = g.cin * g.h * g.w;
+    let chunk = |o: &mut [MaybeUninit<f32>], xs: &[f32], par: Par| {
+        scratch::with(&SCRATCH, |s| {
+            let cols = xs.len() / image * t.per_image;
+            let m = resized(&mut s.m, XI * co * cols);
+            let v = resized(&mut s.v, XI * ci * cols);
+            input_transform(g, &t, xs, v, &mut s.pad);
+            for xi in 0..XI {
+                matmul(
+                    rm_mut(&mut m[xi * co * cols..][..co * cols], co, cols),
+                    Accum::Replace,
+                    u_xi(&u, xi, co, ci),
+                    rm(&v[xi * ci * cols..][..ci * cols], ci, cols),
+                    1.0,
+                    par,
+                );
+            }
+            output_transform(g, &t, m, o, &mut s.tmp, ep);
+        })
+    };
+    // SAFETY: `output_transform` writes every value of a chunk's output.
+    unsafe { t.forward_chunks(g, x, chunk) }
 }
 
 /// The input gradient `[N, Cin, H, W]` from the output gradient `dy`.
@@ -496,41 +488,33 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// gradient `dy`.
 pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let t = Tiles::of(g, 4, TARGET_COLS);
-    let (plane, image) = (g.ho * g.wo, g.cin * g.h * g.w);
+    let image = g.cin * g.h * g.w;
     let (co, ci) = (g.cout, g.cin);
-    let (group, par) = t.wgrad_groups(g.n);
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(group * image)
-        .zip(dy.par_chunks(group * g.cout * plane))
-        .map(|(xg, dg)| {
-            scratch::with(&SCRATCH, |s| {
-                let mut du = vec![0f32; XI * co * ci];
-                let chunks = xg
-                    .chunks(t.chunk * image)
-                    .zip(dg.chunks(t.chunk * g.cout * plane));
-                for (k, (xs, ds)) in chunks.enumerate() {
-                    let cols = xs.len() / image * t.per_image;
-                    let v = resized(&mut s.v, XI * ci * cols);
-                    input_transform(g, &t, xs, v, &mut s.pad);
-                    let dm = resized(&mut s.m, XI * co * cols);
-                    grad_transform(g, &t, ds, dm, &mut s.tmp);
-                    let accum = if k > 0 { Accum::Add } else { Accum::Replace };
-                    for xi in 0..XI {
-                        matmul(
-                            u_xi_mut(&mut du, xi, co, ci),
-                            accum,
-                            rm(&dm[xi * co * cols..][..co * cols], co, cols),
-                            rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
-                            1.0,
-                            par,
-                        );
-                    }
-                }
-                du
-            })
+    let chunk = |xs: &[f32], ds: &[f32], du: &mut [f32], accumulate: bool, par: Par| {
+        scratch::with(&SCRATCH, |s| {
+            let cols = xs.len() / image * t.per_image;
+            let v = resized(&mut s.v, XI * ci * cols);
+            input_transform(g, &t, xs, v, &mut s.pad);
+            let dm = resized(&mut s.m, XI * co * cols);
+            grad_transform(g, &t, ds, dm, &mut s.tmp);
+            let accum = if accumulate {
+                Accum::Add
+            } else {
+                Accum::Replace
+            };
+            for xi in 0..XI {
+                matmul(
+                    u_xi_mut(du, xi, co, ci),
+                    accum,
+                    rm(&dm[xi * co * cols..][..co * cols], co, cols),
+                    rm(&v[xi * ci * cols..][..ci * cols], ci, cols).transpose(),
+                    1.0,
+                    par,
+                );
+            }
         })
-        .collect();
-    let du = sum_in_order(partials, XI * g.cout * g.cin);
+    };
+    let du = t.weight_grad_groups(g, x, dy, XI * co * ci, chunk);
     weight_untransform(g, &du)
 }
 
