@@ -157,47 +157,33 @@ pub trait Dataset: Send + Sync {
     }
 }
 
-impl<D: Dataset + ?Sized> Dataset for Arc<D> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn describe(&self, index: usize) -> String {
-        (**self).describe(index)
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        (**self).get(index)
-    }
-    fn class_names(&self) -> &[String] {
-        (**self).class_names()
-    }
-    fn label(&self, index: usize) -> Result<u32, DataError> {
-        (**self).label(index)
-    }
-    fn image_shape(&self) -> Option<(usize, usize, usize)> {
-        (**self).image_shape()
-    }
+/// `Dataset` for the smart pointers to one: every method forwarded.
+macro_rules! forward_dataset {
+    ($($ptr:ident),*) => {$(
+        impl<D: Dataset + ?Sized> Dataset for $ptr<D> {
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn describe(&self, index: usize) -> String {
+                (**self).describe(index)
+            }
+            fn get(&self, index: usize) -> Result<Sample, DataError> {
+                (**self).get(index)
+            }
+            fn class_names(&self) -> &[String] {
+                (**self).class_names()
+            }
+            fn label(&self, index: usize) -> Result<u32, DataError> {
+                (**self).label(index)
+            }
+            fn image_shape(&self) -> Option<(usize, usize, usize)> {
+                (**self).image_shape()
+            }
+        }
+    )*};
 }
 
-impl<D: Dataset + ?Sized> Dataset for Box<D> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn describe(&self, index: usize) -> String {
-        (**self).describe(index)
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        (**self).get(index)
-    }
-    fn class_names(&self) -> &[String] {
-        (**self).class_names()
-    }
-    fn label(&self, index: usize) -> Result<u32, DataError> {
-        (**self).label(index)
-    }
-    fn image_shape(&self) -> Option<(usize, usize, usize)> {
-        (**self).image_shape()
-    }
-}
+forward_dataset!(Arc, Box);
 
 /// A dataset held in memory as a list of images and labels (tests,
 /// synthetic data, small custom sets).
