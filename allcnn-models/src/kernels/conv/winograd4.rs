@@ -351,14 +351,17 @@ fn input_transform(g: &Geometry, t: &Tiles, imgs: &[f32], v: &mut [f32], buf: &m
             for y in 0..h_in {
                 plane[(y + g.pad) * pw + g.pad..][..w_in].copy_from_slice(&src[y * g.w..][..w_in]);
             }
+            // Row `a` of every tile of tile row `ty`: each tile's six
+            // values are read together and go to the six runs `[a][b]`.
             for a in 0..6 {
-                for b in 0..6 {
-                    let dab = &mut d[(a * 6 + b) * cols + i * per..][..per];
-                    for (ty, drow) in dab.chunks_exact_mut(tw).enumerate() {
-                        let row = &plane[(4 * ty + a) * pw + b..];
-                        for (v, &x) in drow.iter_mut().zip(row.iter().step_by(4)) {
-                            *v = x;
-                        }
+                let mut runs = strided_runs::<6>(&mut d[a * 6 * cols + i * per..], cols, per);
+                for ty in 0..t.th {
+                    let row = &plane[(4 * ty + a) * pw..][..4 * tw + 2];
+                    let [o0, o1, o2, o3, o4, o5] = runs.each_mut().map(|r| &mut r[ty * tw..][..tw]);
+                    for tx in 0..tw {
+                        let x: &[f32; 6] = row[4 * tx..][..6].try_into().unwrap();
+                        (o0[tx], o1[tx], o2[tx], o3[tx], o4[tx], o5[tx]) =
+                            (x[0], x[1], x[2], x[3], x[4], x[5]);
                     }
                 }
             }
