@@ -50,7 +50,7 @@ pub(super) fn stride2_rows(plane: &[f32], at: Rows, out: &mut [f32]) {
         unsafe { x86::stride2_rows(plane, at, out) };
         return;
     }
-    crate::kernels::simd::wide(|| rows(plane, at, out, stride2_scalar));
+    rows(plane, at, out, stride2_scalar);
 }
 
 /// The loop over output rows behind [`stride2_rows`], with `row` the
@@ -79,7 +79,7 @@ pub(super) fn add_stride2_rows(plane: &mut [f32], at: Rows, src: &[f32]) {
         unsafe { x86::add_stride2_rows(plane, at, src) };
         return;
     }
-    crate::kernels::simd::wide(|| add_rows(plane, at, src, add_stride2_scalar));
+    add_rows(plane, at, src, add_stride2_scalar);
 }
 
 /// The loop over rows behind [`add_stride2_rows`], with `row` the one-row
@@ -116,54 +116,25 @@ fn add_stride2(dst: &mut [f32], start: isize, src: &[f32]) {
 }
 
 /// The portable [`add_stride2`].
-#[inline(always)]
 fn add_stride2_scalar(dst: &mut [f32], start: isize, src: &[f32]) {
-    let inside = inside(start, dst.len(), src.len());
-    // With `inside` empty `first` may be out of range (or negative, then
-    // wrapped): `min` makes the slice empty.
-    let first = (start + 2 * inside.start as isize) as usize;
-    let len = dst.len();
-    let values = &src[inside];
-    // As in `stride2_scalar`: whole pairs, then the last value alone.
-    let pairs = dst[first.min(len)..].chunks_exact_mut(2);
-    let whole = pairs.len().min(values.len());
-    for (p, s) in pairs.zip(values) {
-        p[0] += s;
-    }
-    if whole < values.len() {
-        dst[first + 2 * whole] += values[whole];
+    for (i, s) in src.iter().enumerate() {
+        let x = start + 2 * i as isize;
+        if x >= 0 && (x as usize) < dst.len() {
+            dst[x as usize] += s;
+        }
     }
 }
 
 /// The portable [`stride2`].
-#[inline(always)]
 fn stride2_scalar(src: &[f32], start: isize, out: &mut [f32]) {
-    let inside = inside(start, src.len(), out.len());
-    // As in `add_stride2_scalar`.
-    let first = (start + 2 * inside.start as isize) as usize;
-    // Pairs whose first value is the one taken (a fixed-size pattern the
-    // compiler vectorises), and the last value alone where its pair would
-    // run past `src`.
-    let pairs = src[first.min(src.len())..].chunks_exact(2);
-    let dst = &mut out[inside.clone()];
-    let whole = pairs.len().min(dst.len());
-    for (o, p) in dst.iter_mut().zip(pairs) {
-        *o = p[0];
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = start + 2 * i as isize;
+        *o = if x >= 0 && (x as usize) < src.len() {
+            src[x as usize]
+        } else {
+            0.0
+        };
     }
-    if whole < dst.len() {
-        dst[whole] = src[first + 2 * whole];
-    }
-    out[..inside.start].fill(0.0);
-    out[inside.end..].fill(0.0);
-}
-
-/// The indices `i < n` with `0 <= start + 2 i < len`: a range, found once
-/// instead of a test per element.
-fn inside(start: isize, len: usize, n: usize) -> std::ops::Range<usize> {
-    // The first i with start + 2 i >= 0, and the first with start + 2 i >= len.
-    let lo = ((-start).max(0) as usize).div_ceil(2);
-    let hi = ((len as isize - start).max(0) as usize).div_ceil(2);
-    lo.min(n)..hi.clamp(lo.min(n), n)
 }
 
 #[cfg(target_arch = "x86_64")]

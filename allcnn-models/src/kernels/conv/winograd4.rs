@@ -396,9 +396,14 @@ fn output_transform(
             let o = &mut out[(i * g.cout + k) * plane..][..plane];
             for (y, orow) in o.chunks_exact_mut(g.wo).enumerate() {
                 let (ty, j) = (y / 4, y % 4);
-                let cj = &c[j * 4 * cols + i * per + ty * tw..];
-                for (x, v) in orow.iter_mut().enumerate() {
-                    v.write(cj[(x % 4) * cols + x / 4]);
+                // Column `col` of the row's tiles, one run per column.
+                let at = j * 4 * cols + i * per + ty * tw;
+                let [r0, r1, r2, r3] = std::array::from_fn(|col| &c[at + col * cols..][..tw]);
+                let tiles = r0.iter().zip(r1).zip(r2).zip(r3);
+                for (quad, (((a, b), e), f)) in orow.chunks_mut(4).zip(tiles) {
+                    for (v, &x) in quad.iter_mut().zip([a, b, e, f]) {
+                        v.write(x);
+                    }
                 }
             }
             if let Some(ep) = ep {
@@ -427,9 +432,14 @@ fn grad_transform(g: &Geometry, t: &Tiles, dy: &[f32], dm: &mut [f32], tmp: &mut
             let d = &dy[(i * g.cout + k) * plane..][..plane];
             for (y, drow) in d.chunks_exact(g.wo).enumerate() {
                 let (ty, j) = (y / 4, y % 4);
-                let qj = &mut q[j * 4 * cols + i * per + ty * tw..];
-                for (x, &v) in drow.iter().enumerate() {
-                    qj[(x % 4) * cols + x / 4] = v;
+                // Column `col` of the row's tiles, one run per column.
+                let runs = strided_runs::<4>(&mut q[j * 4 * cols + i * per + ty * tw..], cols, tw);
+                let [r0, r1, r2, r3] = runs;
+                let tiles = r0.iter_mut().zip(r1).zip(r2).zip(r3);
+                for (quad, (((a, b), e), f)) in drow.chunks(4).zip(tiles) {
+                    for (&v, x) in quad.iter().zip([a, b, e, f]) {
+                        *x = v;
+                    }
                 }
             }
         }
