@@ -433,8 +433,8 @@ fn grad_transform(g: &Geometry, t: &Tiles, dy: &[f32], dm: &mut [f32], tmp: &mut
             for (y, drow) in d.chunks_exact(g.wo).enumerate() {
                 let (ty, j) = (y / 4, y % 4);
                 // Column `col` of the row's tiles, one run per column.
-                let runs = strided_runs::<4>(&mut q[j * 4 * cols + i * per + ty * tw..], cols, tw);
-                let [r0, r1, r2, r3] = runs;
+                let [r0, r1, r2, r3] =
+                    strided_runs::<4>(&mut q[j * 4 * cols + i * per + ty * tw..], cols, tw);
                 let tiles = r0.iter_mut().zip(r1).zip(r2).zip(r3);
                 for (quad, (((a, b), e), f)) in drow.chunks(4).zip(tiles) {
                     for (&v, x) in quad.iter().zip([a, b, e, f]) {
