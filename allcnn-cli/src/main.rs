@@ -229,7 +229,7 @@ enum Command {
     /// Write a run's weights as a folder ready to upload as a Hugging Face model repo.
     #[command(
         after_help = "Writes model.safetensors (weights, architecture, classes, preprocessing), config.json\n(architecture, preprocessing, training recipe, results) and a model card README.md;
-with --eval-data also eval.json, the exported file's own evaluation.\n\nExamples:\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --repo me/all-cnn-c-cifar10\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --weights best --force\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --whitening-rank 1024 --f16-weights --eval-data data/cifar10\n  hf upload me/all-cnn-c-cifar10 hub/allcnn-c .   # then: allcnn predict --weights hf://me/all-cnn-c-cifar10 cat.png"
+with --eval-data also eval.json, the exported file's own evaluation.\n\nExamples:\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --repo me/all-cnn-c-cifar10\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --weights best --force\n  allcnn export-hub runs/allcnn-c --out hub/allcnn-c --whitening-rank 1024 --f16-weights --eval-data data/cifar-10-batches-bin\n  hf upload me/all-cnn-c-cifar10 hub/allcnn-c .   # then: allcnn predict --weights hf://me/all-cnn-c-cifar10 cat.png"
     )]
     ExportHub(export::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

@@ -35,8 +35,9 @@ pub struct ModelArgs {
     pub classes: Option<usize>,
     /// Precision of the convolutions on CPU: `f32` (the default: exact
     /// against PyTorch), `bf16` (bf16 operands, f32 accumulation: about
-    /// 1e-3 relative, 3.9x faster on CPUs with AMX) or `auto` (bf16 where
-    /// this CPU runs it faster).
+    /// 1e-3 relative, 3.9x faster on CPUs with AMX) or `auto` (this CPU's
+    /// fastest: bf16 on AMX and AMD Zen 4, Winograd F(4x4) in f32 on AVX2
+    /// CPUs without AVX-512).
     #[arg(long, value_parser = crate::values::precision())]
     pub precision: Option<allcnn_models::Precision>,
 }
