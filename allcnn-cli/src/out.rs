@@ -8,8 +8,11 @@ use anyhow::{bail, Result};
 /// What a command writes at `--out`.
 #[derive(Debug, Clone, Copy)]
 pub enum OutKind {
-    /// A file, in a folder that exists.
+    /// A file, in a folder that exists; never in place of model weights.
     File,
+    /// A file of model weights, which may replace other weights (the
+    /// command asks for `--force` first).
+    Weights,
     /// A folder (made if needed); the text says what to give instead of a
     /// file, e.g. "a folder for the maps".
     Folder(&'static str),
@@ -17,8 +20,10 @@ pub enum OutKind {
 
 /// Fails before any work where `--out` is one of the command's `inputs`
 /// (the weights file, an input image or tensor: writing it would destroy
-/// what was read) or cannot be written as `kind` at all: a file where a
-/// folder is or whose folder does not exist, a folder where a file is.
+/// what was read), is a file of model weights (a trained model or a
+/// checkpoint, which no command's output should replace), or cannot be
+/// written as `kind` at all: a file where a folder is or whose folder does
+/// not exist, a folder where a file is.
 pub fn check<'a>(
     out: &Path,
     kind: OutKind,
@@ -26,9 +31,15 @@ pub fn check<'a>(
 ) -> Result<()> {
     refuse_overwriting_inputs(out, inputs)?;
     match kind {
-        OutKind::File => {
+        OutKind::File | OutKind::Weights => {
             if out.is_dir() {
                 bail!("--out {}: is a folder; give a file path", out.display());
+            }
+            if let (OutKind::File, Some(name)) = (kind, parameter_in(out)) {
+                bail!(
+                    "--out {}: holds model weights (tensor {name}), which this command's output would replace; choose another path, or delete the file first if it is really to go",
+                    out.display()
+                );
             }
             let parent = out
                 .parent()
@@ -117,6 +128,28 @@ fn writable(out: &Path, folder: &Path) -> Result<()> {
         ),
         _ => Ok(()),
     }
+}
+
+/// The name of a network parameter (`*.weight`) in `path`, when it is a
+/// safetensors file that holds one: model weights or a training
+/// checkpoint. Only the header is read.
+fn parameter_in(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    // safetensors' own limit on a header.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    let mut names: Vec<&String> = header.keys().filter(|k| k.ends_with(".weight")).collect();
+    names.sort();
+    names.first().map(|n| n.to_string())
 }
 
 fn refuse_overwriting_inputs<'a>(

@@ -118,7 +118,7 @@ pub fn run(cmd: &Command) -> Result<()> {
         }
         Command::Save { name, out, force } => {
             let v = by_name(name)?;
-            crate::out::check(out, crate::out::OutKind::File, std::iter::empty())?;
+            crate::out::check(out, crate::out::OutKind::Weights, std::iter::empty())?;
             if out.exists() && !force {
                 bail!(
                     "--out {}: a file is already there; add --force to replace it, or choose another path",

@@ -554,6 +554,38 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
 
+    // Nor weights that are not an input of the command: another model, a
+    // run's checkpoint. A file of the command's own kind is replaced.
+    let other = dir.path().join("other.safetensors");
+    std::fs::copy(&w, &other).unwrap();
+    let maps = dir.path().join("maps.safetensors");
+    for (out, refused) in [(&other, true), (&maps, false), (&maps, false)] {
+        let o = allcnn(&[
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if refused {
+            assert_exit(&o, 1);
+            assert!(
+                stderr(&o).contains("holds model weights (tensor conv1.weight)"),
+                "{}",
+                stderr(&o)
+            );
+        } else {
+            assert_ok(&o);
+        }
+    }
+    assert_eq!(
+        std::fs::read(&other).unwrap(),
+        before,
+        "the other weights are intact"
+    );
+
     // An --out that cannot be written is refused before any work: a file
     // where the maps' folder would go, a folder where a file would, a file
     // in a folder that does not exist.
