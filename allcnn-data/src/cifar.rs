@@ -304,6 +304,15 @@ impl CifarDataset {
     /// [`parse_cifar_records`].
     pub fn load(root: &Path, kind: CifarKind, split: Split) -> Result<Self, DataError> {
         let dir = resolve_dir(root, kind);
+        // `data download --dir D` extracts into `D/<the archive's folder>`:
+        // where `root` is named as that folder, D is its parent.
+        let download_dir = if root.file_name() == Some(std::ffi::OsStr::new(kind.folder())) {
+            root.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        } else {
+            root
+        };
         let mut records = CifarRecords::default();
         for file in kind.files(split) {
             let path = dir.join(file);
@@ -315,7 +324,7 @@ impl CifarDataset {
                         kind.name(),
                         split.name(),
                         kind.cli_name(),
-                        root.display()
+                        download_dir.display()
                     ),
                 });
             }

@@ -350,20 +350,33 @@ impl ImageFolder {
 pub fn has_split_folders(root: &Path) -> bool {
     ["train", "test", "val"]
         .iter()
-        .any(|s| root.join(s).is_dir())
+        .any(|s| split_folder(root, s).is_some())
+}
+
+/// The folder `name` under `root`, or one whose name differs from it only
+/// in case (`Train/`, `TEST/`), where there is no exact match.
+pub(crate) fn split_folder(root: &Path, name: &str) -> Option<PathBuf> {
+    let exact = root.join(name);
+    if exact.is_dir() {
+        return Some(exact);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(name))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 pub(crate) fn split_dir(root: &Path, split: Split) -> PathBuf {
     match split {
-        Split::Train => root.join("train"),
-        Split::Test => {
-            let test = root.join("test");
-            if !test.is_dir() && root.join("val").is_dir() {
-                root.join("val")
-            } else {
-                test
-            }
-        }
+        Split::Train => split_folder(root, "train").unwrap_or_else(|| root.join("train")),
+        Split::Test => split_folder(root, "test")
+            .or_else(|| split_folder(root, "val"))
+            .unwrap_or_else(|| root.join("test")),
     }
 }
 

@@ -215,15 +215,15 @@ pub fn info(path: &Path) -> Result<DatasetInfo, DataError> {
             }
         }
         DatasetFormat::ImageFolder => {
-            let named: Vec<&str> = ["train", "val", "test"]
+            let named: Vec<(&str, PathBuf)> = ["train", "val", "test"]
                 .into_iter()
-                .filter(|s| dir.join(s).is_dir())
+                .filter_map(|s| Some((s, crate::folder::split_folder(&dir, s)?)))
                 .collect();
             if named.is_empty() {
                 splits.push(folder_split("all", &dir)?);
             } else {
-                for s in named {
-                    splits.push(folder_split(s, &dir.join(s))?);
+                for (s, path) in named {
+                    splits.push(folder_split(s, &path)?);
                 }
             }
         }

@@ -399,6 +399,18 @@ impl Trainer {
                 ),
             });
         }
+        // A batch larger than the data is refused before anything is written
+        // or fitted (the loader would have no full batch).
+        if config.batch_size > data.train.len() {
+            return Err(TrainError::InvalidConfig {
+                field: "batch_size",
+                value: config.batch_size.to_string(),
+                reason: format!(
+                    "larger than the training split ({} examples): no full batch",
+                    data.train.len()
+                ),
+            });
+        }
         // The starting weights before anything is written or fitted: a bad
         // `init_from` fails in a moment, not after the preprocessing.
         let mut model = initial_model(config, &spec, &self.device)?;

@@ -646,6 +646,27 @@ fn unwritable_run_dir_fails_before_training() {
     assert!(matches!(e, TrainError::BadCheckpoint { .. }), "{e}");
 }
 
+#[test]
+fn a_batch_larger_than_the_data_is_refused_before_anything_is_written() {
+    let train = random_dataset(8, 8, 2, 7);
+    let c = tiny_config(tiny_spec(8, 8, 2, false), 1, 16, 0.05);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let e = quiet().train(&c, &data(train, None), &run).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidConfig {
+                field: "batch_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("(8 examples)"), "{e}");
+    assert!(!run.exists(), "the run directory was made");
+}
+
 /// Collects warnings.
 struct Warnings(Arc<Mutex<Vec<String>>>);
 impl Observer for Warnings {

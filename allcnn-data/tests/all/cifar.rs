@@ -149,10 +149,17 @@ fn missing_file_is_named() {
     std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
     let err = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap_err();
     let msg = err.to_string();
+    let hint = format!(
+        "allcnn data download cifar10 --dir {}`",
+        tmp.path().display()
+    );
     assert!(
-        msg.contains("data_batch_3.bin") && msg.contains("allcnn data download cifar10"),
+        msg.contains("data_batch_3.bin") && msg.contains(&hint),
         "{msg}"
     );
+    // Given as the archive's folder itself: the download goes to its parent.
+    let err = CifarDataset::load(&dir, CifarKind::Cifar10, Split::Train).unwrap_err();
+    assert!(err.to_string().contains(&hint), "{err}");
     // A truncated file on disk, through the loader.
     std::fs::write(dir.join("test_batch.bin"), vec![0u8; 3073 * 2 - 1]).unwrap();
     let err = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Test).unwrap_err();

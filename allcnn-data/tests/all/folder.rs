@@ -193,6 +193,22 @@ fn info_and_open_on_split_folders() {
 }
 
 #[test]
+fn split_folders_are_found_whatever_their_case() {
+    // `Train/` and `TEST/` are splits, not two classes called so.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(&tmp.path().join("Train"));
+    png(&tmp.path().join("TEST/ant/1.png"), 4, 3, 1);
+    png(&tmp.path().join("TEST/bee/1.png"), 4, 3, 1);
+    assert!(allcnn_data::folder::has_split_folders(tmp.path()));
+    let train = open_dataset(tmp.path(), Split::Train, &OpenOptions::default()).unwrap();
+    assert_eq!((train.len(), train.class_names().len()), (5, 3));
+    let test = open_dataset(tmp.path(), Split::Test, &OpenOptions::default()).unwrap();
+    assert_eq!(test.len(), 2);
+    let i = info(tmp.path()).unwrap();
+    assert_eq!(i.splits.len(), 2, "{i}");
+}
+
+#[test]
 fn info_on_cifar_binaries() {
     use allcnn_data::CifarKind;
     let tmp = tempfile::tempdir().unwrap();
