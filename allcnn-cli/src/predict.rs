@@ -172,7 +172,24 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
             );
         }
     }
-    Ok((input.to_dtype(DType::F32)?, labels))
+    let input = input.to_dtype(DType::F32)?;
+    // A NaN would come out of the network as plausible probabilities (the
+    // ReLU and the max-pool do not pass it on).
+    let finite = input
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .position(|v| !v.is_finite());
+    if let Some(i) = finite {
+        let per_image = input.elem_count() / input.dims()[0];
+        bail!(
+            "{}: tensor `input` holds a NaN or infinite value (image {}, element {}); only finite values can be classified",
+            path.display(),
+            i / per_image,
+            i % per_image
+        );
+    }
+    Ok((input, labels))
 }
 
 /// Writes `tensor` as the only tensor (`name`) of the safetensors file `out`,

@@ -757,6 +757,24 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
             "{err}"
         );
     }
+    // A NaN in the images is named, not turned into probabilities.
+    let t = dir.path().join("nan.safetensors");
+    let mut values = vec![0.5f32; 2 * 3 * 8 * 8];
+    values[3 * 8 * 8 + 5] = f32::NAN;
+    let input =
+        candle_core::Tensor::from_vec(values, (2, 3, 8, 8), &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("input".to_string(), input)]),
+        &t,
+    )
+    .unwrap();
+    let o = allcnn(&["predict", t.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("NaN or infinite value (image 1, element 5)"),
+        "{}",
+        stderr(&o)
+    );
 
     // D22: something that is not a regular file is never read.
     #[cfg(unix)]

@@ -542,6 +542,17 @@ impl Trainer {
                 reason: "another allcnn process is training in it (its lock is held); wait for it to finish".into(),
             });
         }
+        if !run_dir.is_dir() {
+            let reason = if run_dir.exists() {
+                "it is a file, not a run directory: resume takes the folder that `allcnn train --out` made (it holds checkpoint.safetensors)"
+            } else {
+                "no such folder: resume takes the folder that `allcnn train --out` made"
+            };
+            return Err(TrainError::RunDir {
+                path: run_dir.to_path_buf(),
+                reason: reason.into(),
+            });
+        }
         let ckpt_path = run_dir.join(files::CHECKPOINT);
         if !ckpt_path.is_file() {
             let reason = if ckpt_path.exists() {

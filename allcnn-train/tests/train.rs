@@ -644,6 +644,16 @@ fn unwritable_run_dir_fails_before_training() {
     assert!(e.to_string().contains("run"), "{e}");
     let e = quiet().resume(dir.path(), None).unwrap_err();
     assert!(matches!(e, TrainError::BadCheckpoint { .. }), "{e}");
+    // Neither a file nor a missing folder is taken for a run without one.
+    let e = quiet().resume(&blocker, None).unwrap_err();
+    assert!(
+        e.to_string().contains("is a file, not a run directory"),
+        "{e}"
+    );
+    let e = quiet()
+        .resume(&dir.path().join("nowhere"), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("no such folder"), "{e}");
 }
 
 #[test]
