@@ -15,9 +15,10 @@ use anyhow::{bail, Context, Result};
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// A named preset (see --print-config).
-    #[arg(long, conflicts_with_all = ["config", "resume"], value_parser = crate::values::preset_name())]
+    #[arg(long, conflicts_with = "resume", value_parser = crate::values::preset_name())]
     preset: Option<String>,
-    /// A config file (TOML or JSON), e.g. an edited copy of a preset.
+    /// A config file (TOML or JSON), e.g. an edited copy of a preset; with
+    /// --preset, only the fields it gives replace the preset's.
     #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
     /// Continue the run in this directory exactly where it stopped.
@@ -151,7 +152,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             "say what to train: --preset ({}) or --config FILE",
             TrainConfig::preset_names().join(", ")
         ),
-        (Some(_), Some(_)) => unreachable!("clap rejects --preset with --config"),
+        (Some(p), Some(c)) => TrainConfig::preset(p)?.overlaid_with_file(c)?,
     };
     if let Some(m) = &args.model {
         config.model = m.clone();

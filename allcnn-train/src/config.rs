@@ -319,19 +319,49 @@ impl TrainConfig {
         })
     }
 
-    /// Reads a TOML (or, by extension `.json`, JSON) config file.
+    /// Reads a TOML (or, by extension `.json`, JSON) config file, which
+    /// gives every field (as `--print-config` writes them).
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] or [`TrainError::ConfigParse`] naming the file
+    /// (a missing field says how to give only some: [`TrainConfig::overlaid_with_file`]).
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|mut reason| {
+            if reason.contains("missing field") {
+                reason.push_str(
+                    "; a config file gives every field (`allcnn train --preset NAME --print-config` writes one to edit), \
+                     or only some of them laid over a preset (`--preset NAME --config FILE`)",
+                );
+            }
+            TrainError::ConfigParse {
+                source_name: path.display().to_string(),
+                reason,
+            }
+        })
+    }
+
+    /// This config with the fields that the TOML (or `.json`) file `path`
+    /// gives replaced, nested tables field by field (`[data]` with only
+    /// `train_subset` keeps the other data settings): a partial config
+    /// laid over a preset.
     ///
     /// # Errors
     /// [`TrainError::Io`] or [`TrainError::ConfigParse`] naming the file.
-    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
-        if path.extension().is_some_and(|e| e == "json") {
-            return serde_json::from_str(&text).map_err(|e| TrainError::ConfigParse {
-                source_name: path.display().to_string(),
-                reason: e.to_string(),
-            });
-        }
-        Self::from_toml(&text, &path.display().to_string())
+    pub fn overlaid_with_file(&self, path: &Path) -> Result<Self, TrainError> {
+        let parse = |reason: String| TrainError::ConfigParse {
+            source_name: path.display().to_string(),
+            reason,
+        };
+        let mut base = toml::Value::try_from(self).map_err(|e| parse(e.to_string()))?;
+        merge(&mut base, read_config_value(path)?);
+        base.try_into()
+            .map_err(|e: toml::de::Error| parse(e.to_string()))
     }
 
     /// The config as TOML.
@@ -523,5 +553,52 @@ impl TrainConfig {
         self.data.augmentation.validate()?;
         self.data.eval_augmentation.validate()?;
         Ok(())
+    }
+}
+
+/// A config file's contents as a TOML value (JSON by the `.json`
+/// extension), its errors naming the file.
+fn read_config_value(path: &Path) -> Result<toml::Value, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+    let parse = |reason: String| TrainError::ConfigParse {
+        source_name: path.display().to_string(),
+        reason,
+    };
+    if path.extension().is_some_and(|e| e == "json") {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        // TOML has no null: an absent optional field reads the same.
+        strip_nulls(&mut json);
+        return toml::Value::try_from(json).map_err(|e| parse(e.to_string()));
+    }
+    toml::from_str(&text).map_err(|e| parse(e.to_string()))
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// `over` laid onto `base`: tables merged key by key, anything else
+/// replaced.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }

@@ -262,3 +262,37 @@ fn caffe_xavier_is_lecun_uniform_in_configs() {
     assert!(text.contains("init = \"lecun-uniform\""), "{text}");
     assert!(c.apply_overrides(&["init=lecun"]).is_err());
 }
+
+#[test]
+fn a_partial_config_file_lays_over_a_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = TrainConfig::preset("cifar10").unwrap();
+    let toml_file = dir.path().join("short.toml");
+    std::fs::write(&toml_file, "epochs = 3\n[data]\ntrain_subset = 500\n").unwrap();
+    let json_file = dir.path().join("short.json");
+    std::fs::write(
+        &json_file,
+        r#"{"epochs": 3, "classes": null, "data": {"train_subset": 500}}"#,
+    )
+    .unwrap();
+    for file in [&toml_file, &json_file] {
+        let c = base.overlaid_with_file(file).unwrap();
+        assert_eq!((c.epochs, c.data.train_subset), (3, Some(500)), "{file:?}");
+        // Everything else, the nested data settings too, is the preset's.
+        let mut expected = base.clone();
+        expected.epochs = 3;
+        expected.data.train_subset = Some(500);
+        assert_eq!(c, expected, "{file:?}");
+        // Alone, the partial file says what is missing and what to do.
+        let e = TrainConfig::from_file(file).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("missing field") && msg.contains("--preset NAME --config FILE"),
+            "{msg}"
+        );
+    }
+    // A wrong type in the overlay names the file.
+    std::fs::write(&toml_file, "epochs = \"many\"\n").unwrap();
+    let e = base.overlaid_with_file(&toml_file).unwrap_err();
+    assert!(e.to_string().contains("short.toml"), "{e}");
+}
