@@ -163,6 +163,15 @@ pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError>
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_BYTES);
     reader.limits(limits);
+    // The JPEG decoder fills a file cut short with grey and says nothing;
+    // such a file has no end-of-image marker (PIL refuses it too).
+    if reader.format() == Some(image::ImageFormat::Jpeg)
+        && !bytes.windows(2).any(|w| w == [0xFF, 0xD9])
+    {
+        return Err(bad(
+            &"truncated JPEG: no end-of-image marker (FF D9), the file was cut short",
+        ));
+    }
     let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
     let (w, h) = img.dimensions();
     Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())

@@ -61,6 +61,28 @@ fn classes_sorted_and_pixels_chw() {
 }
 
 #[test]
+fn a_jpeg_cut_short_is_refused_not_filled_in() {
+    let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 90]));
+    let mut jpeg = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut jpeg),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let path = Path::new("cut.jpg");
+    let whole = allcnn_data::folder::decode_image_bytes(&jpeg, path).unwrap();
+    assert_eq!((whole.height(), whole.width()), (32, 32));
+    let err =
+        allcnn_data::folder::decode_image_bytes(&jpeg[..jpeg.len() * 7 / 10], path).unwrap_err();
+    assert!(
+        matches!(err, DataError::BadImage { .. })
+            && err.to_string().contains("cut.jpg")
+            && err.to_string().contains("truncated JPEG"),
+        "{err}"
+    );
+}
+
+#[test]
 fn undecodable_image_fails_or_is_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     tree(tmp.path());
