@@ -118,7 +118,12 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
     }
     let file = match (&args.model, args.classes) {
         (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
-        (Some(_), None) | (None, Some(_)) => bail!("--model and --classes go together"),
+        (Some(m), None) => bail!(
+            "--model {m} needs --classes N as well: the class count the weights were trained for (10 for CIFAR-10, 100 for CIFAR-100)"
+        ),
+        (None, Some(c)) => bail!(
+            "--classes {c} needs --model NAME as well: the architecture of the weights (`allcnn models` lists them)"
+        ),
         (None, None) => WeightsFile::load(path, device).map_err(|e| other_kind_of_file(path, e))?,
     };
     finish(file, path, args.precision)
@@ -135,8 +140,13 @@ fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
         Some(meta.metadata().clone().unwrap_or_default())
     });
+    let flags = || {
+        anyhow::anyhow!(
+            "{error}: give them with --model NAME --classes N (`allcnn models` lists the architectures)"
+        )
+    };
     let Some(keys) = keys else {
-        return error.into();
+        return flags();
     };
     let run = path.parent().unwrap_or(Path::new("."));
     let what = if keys.contains_key(allcnn_train::checkpoint::CHECKPOINT_KEY) {
@@ -144,7 +154,7 @@ fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::
     } else if keys.contains_key(allcnn_data::preprocess::METADATA_KEY) {
         "a run's preprocessing (the whitening fitted on its training data)"
     } else {
-        return error.into();
+        return flags();
     };
     anyhow::anyhow!(
         "{} is {what}, not a weights file: pass the run's weights instead, {} or {}",

@@ -2891,3 +2891,44 @@ fn a_fatal_row_error_is_said_once() {
     assert!(err.contains("failed: "), "{err}");
     assert!(err.contains("its error is the line above"), "{err}");
 }
+
+#[test]
+fn weights_without_an_architecture_ask_for_both_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("cat.png");
+    write_png(&img, 3);
+    let bare = dir.path().join("bare.safetensors");
+    let t = candle_core::Tensor::zeros(
+        (96, 3, 3, 3),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("conv1.weight".to_string(), t)]),
+        &bare,
+    )
+    .unwrap();
+    let (bare_s, img_s) = (bare.to_str().unwrap(), img.to_str().unwrap());
+    let o = allcnn(&["predict", "--weights", bare_s, img_s]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("does not describe its architecture")
+            && stderr(&o).contains("--model NAME --classes N"),
+        "{}",
+        stderr(&o)
+    );
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        bare_s,
+        "--model",
+        "all-cnn-c",
+        img_s,
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("needs --classes N"), "{}", stderr(&o));
+    let o = allcnn(&["predict", "--weights", bare_s, "--classes", "10", img_s]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("needs --model NAME"), "{}", stderr(&o));
+}
