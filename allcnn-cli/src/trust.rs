@@ -100,6 +100,12 @@ pub fn run(args: &Args) -> Result<()> {
     let model = &loaded.file.model;
     let shuffled = match &args.shuffled_labels {
         Some(p) => {
+            if !p.exists() && !p.to_string_lossy().starts_with("hf://") {
+                bail!(
+                    "--shuffled-labels {}: no such file; give the weights of a run trained on shuffled labels (`allcnn train ... data.shuffle_labels=true`), or leave the flag out to skip the data-randomisation test",
+                    p.display()
+                );
+            }
             let margs = ModelArgs {
                 weights: Some(p.clone()),
                 offline: args.model.offline,

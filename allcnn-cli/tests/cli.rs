@@ -2931,4 +2931,25 @@ fn weights_without_an_architecture_ask_for_both_flags() {
     let o = allcnn(&["predict", "--weights", bare_s, "--classes", "10", img_s]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("needs --model NAME"), "{}", stderr(&o));
+    // The second model of `viz sanity` is named as such.
+    let nosuch = dir.path().join("nosuch.safetensors");
+    let report = dir.path().join("report");
+    let o = allcnn(&[
+        "viz",
+        "sanity",
+        "--input",
+        img_s,
+        "--out",
+        report.to_str().unwrap(),
+        "--shuffled-labels",
+        nosuch.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("--shuffled-labels")
+            && err.contains("no such file")
+            && !err.contains("--weights"),
+        "{err}"
+    );
 }

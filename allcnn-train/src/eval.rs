@@ -193,7 +193,7 @@ pub fn evaluate_weights_file(
         .as_deref()
         .ok_or_else(|| TrainError::DataMismatch {
             reason: format!(
-                "{name} records no preprocessing: cannot tell how to normalise the images"
+                "{name} records no preprocessing: cannot tell how to normalise the images, so no accuracy would mean anything; the weights that `allcnn train` and `allcnn export-hub` write record it, and a file converted from elsewhere can be given the record (`allcnn.preprocessing` metadata, docs/weights-format.md)"
             ),
         })?;
     let pre = Preprocessing::from_parts(json, &w.attachments)?;
@@ -212,7 +212,7 @@ pub(crate) fn check_data_fits(
     if data.num_classes() != w.model.classes() {
         return Err(TrainError::DataMismatch {
             reason: format!(
-                "{name} has {} classes, the data {}",
+                "{name} has {} classes, the data {}: give weights trained on these classes, or data with the weights' classes",
                 w.model.classes(),
                 data.num_classes()
             ),
