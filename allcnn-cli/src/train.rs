@@ -355,7 +355,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = crate::values::SplitArg::Test)]
     split: crate::values::SplitArg,
     /// Batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch: usize,
     /// ImageNet-style evaluation: resize the shorter side to 256 and centre-crop 224.
     #[arg(long)]

@@ -790,6 +790,18 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     // before any work.
     let o = allcnn(&["bench", "--batch", "10000000"]);
     assert_exit(&o, 2);
+    for args in [
+        &["eval", "--data", "d", "--batch", "0"][..],
+        &[
+            "viz", "top", "--data", "d", "--layer", "conv6", "--out", "x.png", "--limit", "0",
+        ],
+        &[
+            "viz", "top", "--data", "d", "--layer", "conv6", "--out", "x.png", "--batch", "0",
+        ],
+    ] {
+        let o = allcnn(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
     for flag in [
         ["--scale", "100000"],
         ["--scale", "0"],
