@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use allcnn_data::{DataLoader, LoaderConfig, Preprocessing};
+use allcnn_data::{Augmentation, DataLoader, LoaderConfig, Preprocessing};
 use allcnn_models::{AllCnn, ConvBackend, Precision, TrainingRecord, WeightsFile, WeightsMeta};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -410,6 +410,25 @@ impl Trainer {
                     data.train.len()
                 ),
             });
+        }
+        // Nor an input too small for the network (the ImageNet model on
+        // CIFAR's 32x32 images): the network sees the crop where the
+        // augmentation crops, else the images as they are.
+        let input = match config.data.augmentation {
+            Augmentation::RandomCrop { crop, .. } | Augmentation::CenterCrop { crop, .. } => {
+                Some((crop, crop))
+            }
+            _ => data
+                .train
+                .image_shape()
+                .map(|(_, h, w)| (h, w))
+                .or_else(|| {
+                    let image = data.train.get(0).ok()?.image;
+                    Some((image.height(), image.width()))
+                }),
+        };
+        if let Some((h, w)) = input {
+            spec.map_sizes_hw(h, w)?;
         }
         // The starting weights before anything is written or fitted: a bad
         // `init_from` fails in a moment, not after the preprocessing.

@@ -657,7 +657,7 @@ fn unwritable_run_dir_fails_before_training() {
 }
 
 #[test]
-fn a_batch_larger_than_the_data_is_refused_before_anything_is_written() {
+fn a_batch_larger_than_the_data_or_a_too_small_input_is_refused_before_anything_is_written() {
     let train = random_dataset(8, 8, 2, 7);
     let c = tiny_config(tiny_spec(8, 8, 2, false), 1, 16, 0.05);
     let dir = tempfile::tempdir().unwrap();
@@ -674,6 +674,13 @@ fn a_batch_larger_than_the_data_is_refused_before_anything_is_written() {
         "{e}"
     );
     assert!(e.to_string().contains("(8 examples)"), "{e}");
+    assert!(!run.exists(), "the run directory was made");
+    // Nor an input too small for the network: the ImageNet model on 8x8.
+    let mut c = tiny_config(tiny_spec(8, 8, 2, false), 1, 4, 0.05);
+    c.spec = Some(allcnn_models::ArchSpec::by_name("all-cnn-imagenet", 2).unwrap());
+    let train = random_dataset(8, 8, 2, 7);
+    let e = quiet().train(&c, &data(train, None), &run).unwrap_err();
+    assert!(e.to_string().contains("8x8 input is too small"), "{e}");
     assert!(!run.exists(), "the run directory was made");
 }
 
