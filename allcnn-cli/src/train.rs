@@ -487,6 +487,13 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{model} ({})", args.run.display()));
     let out = args.out.as_ref().unwrap_or(&args.run);
+    if args.out.is_some() {
+        crate::out::check(
+            out,
+            crate::out::OutKind::Folder("a folder for the figure and the table"),
+            [],
+        )?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create it", out.display()))?;
     let svg = out.join(allcnn_train::files::PLOT);
     let csv = out.join(allcnn_train::files::CSV);

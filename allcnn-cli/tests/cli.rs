@@ -1238,6 +1238,19 @@ fn train_eval_predict_resume_round_trip() {
     let o = allcnn(&["plot", data.to_str().unwrap()]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
+    let svg_file = figs.join("learning-curve.svg");
+    let o = allcnn(&[
+        "plot",
+        run.to_str().unwrap(),
+        "--out",
+        svg_file.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("is a file; give a folder for the figure"),
+        "{}",
+        stderr(&o)
+    );
 
     // The run's other files given as weights say what they are and which
     // files to use instead.
