@@ -178,6 +178,18 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     config.apply_overrides(&args.set)?;
     config.validate()?;
+    let drops = config.schedule.milestone_epochs(config.epochs);
+    if drops
+        .iter()
+        .min()
+        .is_some_and(|&first| first >= config.epochs)
+    {
+        eprintln!(
+            "warning: the learning rate never drops in this run: the schedule's first drop is at epoch {} of a {}-epoch run; `schedule.kind=scaled` puts the paper's drops inside a shorter run",
+            drops.iter().min().copied().unwrap_or_default(),
+            config.epochs
+        );
+    }
     if !args.lrs.is_empty() && !args.grid {
         usage!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
     }

@@ -238,6 +238,17 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
         "{}",
         stdout(&o)
     );
+    assert!(!stderr(&o).contains("never drops"), "{}", stderr(&o));
+    // A run too short for its multi-step schedule is told so.
+    let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "epochs=3"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains(
+            "never drops in this run: the schedule's first drop is at epoch 200 of a 3-epoch run"
+        ),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
