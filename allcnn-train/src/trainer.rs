@@ -402,14 +402,7 @@ impl Trainer {
         // A batch larger than the data is refused before anything is written
         // or fitted (the loader would have no full batch).
         if config.batch_size > data.train.len() {
-            return Err(TrainError::InvalidConfig {
-                field: "batch_size",
-                value: config.batch_size.to_string(),
-                reason: format!(
-                    "larger than the training split ({} examples): no full batch",
-                    data.train.len()
-                ),
-            });
+            return Err(no_full_batch(config, data.train.len()));
         }
         // Nor an input too small for the network (the ImageNet model on
         // CIFAR's 32x32 images): the network sees the crop where the
@@ -833,14 +826,7 @@ impl Trainer {
             .device(self.device.clone())
             .build()?;
         if train_loader.num_batches() == 0 {
-            return Err(TrainError::InvalidConfig {
-                field: "batch_size",
-                value: config.batch_size.to_string(),
-                reason: format!(
-                    "larger than the training split ({} examples): no full batch",
-                    data.train.len()
-                ),
-            });
+            return Err(no_full_batch(&config, data.train.len()));
         }
         let make_eval = |d: &Option<Arc<dyn allcnn_data::Dataset>>| {
             d.as_ref()
@@ -1501,6 +1487,15 @@ fn lock_is_held(dir: &Path) -> bool {
         return false;
     };
     matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// The error of a batch larger than the `len` training examples.
+fn no_full_batch(config: &TrainConfig, len: usize) -> TrainError {
+    TrainError::InvalidConfig {
+        field: "batch_size",
+        value: config.batch_size.to_string(),
+        reason: format!("larger than the training split ({len} examples): no full batch"),
+    }
 }
 
 fn prepare_run_dir(
