@@ -61,13 +61,16 @@ struct Report<'a> {
     conv: &'a str,
     /// The GEMM kernel of the convolutions that ran: `f32` (ours, f32),
     /// `amx-bf16` (AMX tiles, `tdpbf16ps`), `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
-    /// multiplied in f32: no faster) or `candle` (candle's convolution).
+    /// multiplied in f32: no faster), `cudnn` (CUDA, `cudnn` feature) or
+    /// `candle` (candle's convolution).
     kernel: &'static str,
     /// How the convolutions with at least 16 channels on both sides (all
     /// of All-CNN-C's but conv1 and the 10-class head) ran: `direct-amx`
     /// (implicit GEMM on the AMX tiles, in all three passes), `winograd`
     /// (Winograd F(2x2, 3x3) for the 3x3 stride-1 ones, im2col for the
-    /// rest), `im2col` or `candle`. The others run im2col (ours) or candle's.
+    /// rest), `im2col`, `cudnn` (cuDNN in all three passes: CUDA in a
+    /// build with the `cudnn` feature) or `candle`. The others run im2col
+    /// (ours), cuDNN or candle's.
     algorithm: &'static str,
     batch: usize,
     iters: usize,
@@ -218,8 +221,9 @@ fn algorithm(backend: ConvBackend, device: &Device) -> &'static str {
     let amx = allcnn_models::kernels::conv::amx_status()
         == allcnn_models::kernels::conv::AmxStatus::Active;
     match backend {
-        _ if !device.is_cpu() => "candle",
         ConvBackend::Candle => "candle",
+        _ if device.is_cuda() && cfg!(feature = "cudnn") => "cudnn",
+        _ if !device.is_cpu() => "candle",
         ConvBackend::WinogradBf16 if amx => "direct-amx",
         ConvBackend::WinogradBf16 | ConvBackend::Winograd => "winograd",
         ConvBackend::WinogradF4 => "winograd-f4",
@@ -241,8 +245,9 @@ fn median(values: &mut [f64]) -> f64 {
 /// The GEMM kernel `backend` runs on `device` (see [`Report::kernel`]).
 fn kernel(backend: ConvBackend, device: &Device) -> &'static str {
     match backend {
-        _ if !device.is_cpu() => "candle",
         ConvBackend::Candle => "candle",
+        _ if device.is_cuda() && cfg!(feature = "cudnn") => "cudnn",
+        _ if !device.is_cpu() => "candle",
         ConvBackend::WinogradBf16 => allcnn_models::kernels::conv::bf16::kernel_name(),
         _ => "f32",
     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -69,12 +69,9 @@ impl DropoutRng {
     /// An inverted-dropout mask of `len` elements: 0 with probability `rate`,
     /// `1 / (1 - rate)` otherwise.
     pub fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
-        let keep = 1.0 / (1.0 - rate);
-        // P(u < threshold) = rate for u uniform on the 32-bit integers.
         // Below 2^32 for every rate under 1, so a u32 (which compares 16
         // lanes at a time).
-        let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
-        let threshold = u32::try_from(threshold).unwrap_or(u32::MAX);
+        let (threshold, keep) = mask_params(rate);
         // The same words as `len` calls of `random::<u32>()`: ChaCha can
         // start anywhere in its stream, so fixed chunks of the mask are
         // drawn in parallel, each from its own word position (the result
@@ -103,6 +100,60 @@ impl DropoutRng {
         self.rng.set_word_pos(start + len as u128);
         mask
     }
+
+    /// [`DropoutRng::mask`] as a tensor of `shape` on `device`, the same
+    /// values. On CUDA (f32, `cuda` feature) the mask is drawn on the GPU
+    /// by a ChaCha8 kernel from the same words (nothing crosses from the
+    /// host); elsewhere it is drawn here and copied.
+    ///
+    /// # Errors
+    /// A candle error (allocation, kernel launch, copy).
+    pub fn mask_tensor(
+        &mut self,
+        shape: &Shape,
+        rate: f32,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let len = shape.elem_count();
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            let (threshold, keep) = mask_params(rate);
+            let start = self.rng.get_word_pos();
+            let seed = self.rng.get_seed();
+            let key: [u32; 8] = std::array::from_fn(|i| {
+                u32::from_le_bytes(seed[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+            });
+            let start64 = u64::try_from(start)
+                .map_err(|_| candle_core::Error::Msg("dropout: word position past 2^64".into()))?;
+            let storage = crate::kernels::cuda::dropout_mask(
+                dev,
+                len,
+                key,
+                self.rng.get_stream(),
+                start64,
+                threshold,
+                keep,
+            )?;
+            self.rng.set_word_pos(start + len as u128);
+            return Ok(Tensor::from_storage(
+                candle_core::Storage::Cuda(storage),
+                shape.clone(),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ));
+        }
+        Tensor::from_vec(self.mask(len, rate), shape, device)
+    }
+}
+
+/// The word threshold and the kept value of a dropout `rate`:
+/// P(u < threshold) = rate for u uniform on the 32-bit integers.
+fn mask_params(rate: f32) -> (u32, f32) {
+    let threshold = (f64::from(rate) * 4_294_967_296.0) as u64;
+    (
+        u32::try_from(threshold).unwrap_or(u32::MAX),
+        1.0 / (1.0 - rate),
+    )
 }
 
 /// Mask elements per parallel chunk of [`DropoutRng::mask`]: a multiple of
@@ -210,7 +261,8 @@ pub struct AllCnn {
 #[serde(rename_all = "kebab-case")]
 pub enum ConvBackend {
     /// [`crate::kernels::conv::conv2d`]: im2col + GEMM for the forward and both
-    /// gradients on CPU (f32), candle's `conv2d` elsewhere.
+    /// gradients on CPU (f32); on CUDA (f32, `cudnn` feature) cuDNN in all
+    /// three passes with our bias + ReLU kernels; candle's `conv2d` elsewhere.
     Gemm,
     /// As `Gemm`, but 3x3 stride-1 convolutions use Winograd F(2x2, 3x3)
     /// ([`crate::kernels::conv::Algorithm::Winograd`]): 2.25x fewer multiplications,
@@ -1055,8 +1107,8 @@ impl<'a> ForwardPass<'a> {
                 Layer::Dropout { rate } => {
                     if let Some(rng) = self.dropout.as_deref_mut() {
                         if rate > 0.0 {
-                            let mask = rng.mask(x.elem_count(), rate);
-                            x = Tensor::from_vec(mask, x.shape(), x.device())
+                            x = rng
+                                .mask_tensor(x.shape(), rate, x.device())
                                 .and_then(|mask| x.mul(&mask))
                                 .context(|| format!("{}: dropout", m.spec.name))?;
                         }
@@ -1082,6 +1134,87 @@ impl<'a> ForwardPass<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ChaCha8 C code of the CUDA dropout kernel
+    /// (`kernels/cuda/chacha8.cuh`), compiled for this CPU with the system C
+    /// compiler, draws the masks of [`DropoutRng::mask`] bit for bit (rates,
+    /// lengths, start positions inside a block, a block counter past 2^32).
+    /// Skips loudly where no C compiler is found (CI fails instead).
+    #[test]
+    fn dropout_kernel_is_rand_chacha() {
+        let dir = std::env::temp_dir().join(format!("allcnn-chacha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases: [(u64, u64, u128, usize, f32); 5] = [
+            (7, 3, 0, 100, 0.5),
+            (1, 0, 5, 37, 0.2),
+            (42, 9, 1000, 4099, 0.5),
+            (3, 1, (1u128 << 36) + 11, 70, 0.9),
+            (0, 0, 16, 16, 0.2),
+        ];
+        let mut c = String::from(include_str!("kernels/cuda/chacha8.cuh"));
+        c.push_str("#include <stdio.h>\n#include <stdlib.h>\nint main(int argc, char** argv) {\n");
+        c.push_str("  unsigned int key[8]; for (int i = 0; i < 8; ++i) key[i] = (unsigned int)strtoul(argv[1 + i], 0, 10);\n");
+        c.push_str("  unsigned long long stream = strtoull(argv[9], 0, 10), start = strtoull(argv[10], 0, 10), len = strtoull(argv[11], 0, 10);\n");
+        c.push_str("  unsigned int thr = (unsigned int)strtoul(argv[12], 0, 10); float keep = strtof(argv[13], 0);\n");
+        c.push_str("  float* out = calloc(len, sizeof(float));\n");
+        c.push_str("  for (unsigned long long b = start / 16; b <= (start + len - 1) / 16; ++b) allcnn_dropout_block(out, len, key, stream, start, b, thr, keep);\n");
+        c.push_str("  for (unsigned long long i = 0; i < len; ++i) printf(\"%a\\n\", out[i]);\n  return 0;\n}\n");
+        let src = dir.join("chacha.c");
+        std::fs::write(&src, c).unwrap();
+        let exe = dir.join("chacha");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        match std::process::Command::new(&cc)
+            .args(["-O1", "-std=c99", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            other => {
+                allcnn_testing::missing_fixture(
+                    "a C compiler",
+                    std::path::Path::new(&cc),
+                    &format!("install one or set CC ({other:?})"),
+                );
+                return;
+            }
+        }
+        for (seed, stream, start, len, rate) in cases {
+            let mut rng = DropoutRng::new(seed, stream);
+            rng.rng.set_word_pos(start);
+            let want = rng.mask(len, rate);
+            let key_bytes = rng.rng.get_seed();
+            let (threshold, keep) = mask_params(rate);
+            let mut cmd = std::process::Command::new(&exe);
+            for i in 0..8 {
+                cmd.arg(
+                    u32::from_le_bytes(key_bytes[4 * i..4 * i + 4].try_into().unwrap()).to_string(),
+                );
+            }
+            cmd.arg(rng.rng.get_stream().to_string())
+                .arg(start.to_string())
+                .arg(len.to_string())
+                .arg(threshold.to_string())
+                .arg(format!("{keep:e}"));
+            let out = cmd.output().unwrap();
+            assert!(out.status.success());
+            let got: Vec<f32> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| if l == "0x0p+0" { 0.0 } else { keep })
+                .collect();
+            let kept = got.iter().filter(|v| **v != 0.0).count();
+            assert_eq!(
+                got, want,
+                "seed {seed}, stream {stream}, start {start}, len {len}"
+            );
+            assert!(
+                kept > 0 && kept < len || len < 20,
+                "a degenerate mask proves nothing"
+            );
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     /// The block-wise mask is the word-by-word definition: word `i` of the
     /// stream below `rate * 2^32` drops element `i`, across calls of odd

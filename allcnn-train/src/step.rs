@@ -68,7 +68,8 @@ pub fn train_step(
     // On CPU our kernels' own backward (no candle autograd: no gradient
     // buffer zero-filled and then added to), its gradients ready after the
     // forward; elsewhere candle's, from the loss tensor.
-    // On the host for the class-map watch anyway (a few hundred integers).
+    // The labels on the host, for the statistics and the class-map watch
+    // (a few hundred integers).
     let host = labels
         .to_dtype(DType::U32)
         .and_then(|l| l.to_vec1::<u32>())
@@ -78,17 +79,22 @@ pub fn train_step(
     } else {
         None
     };
-    let (logits, loss_v, update) = match fast {
-        Some(t) => (t.logits, t.loss, Update::Ready(t.grads)),
+    let (logits, loss_v, grads) = match fast {
+        Some(t) => (t.logits, t.loss, t.grads),
         None => {
             let logits = model.forward_train(images, &mut dropout)?;
             let loss = candle_nn::loss::cross_entropy(&logits, labels)
                 .ctx(|| format!("loss at step {step}"))?;
-            let loss_v = loss
-                .to_dtype(DType::F32)
-                .and_then(|l| l.to_scalar::<f32>())
-                .ctx(|| format!("reading the loss at step {step}"))?;
-            (logits, loss_v, Update::Backward(loss))
+            // The backward is queued before anything is read, so a GPU runs
+            // the whole step without waiting on the host; then the loss and
+            // the logits come back in one transfer (the statistics below
+            // are computed from them on the host).
+            let grads = loss
+                .backward()
+                .ctx(|| format!("backward pass at step {step}"))?;
+            let (loss_v, logits) =
+                to_host(&loss, &logits).ctx(|| format!("reading the loss at step {step}"))?;
+            (logits, loss_v, grads)
         }
     };
     if !loss_v.is_finite() {
@@ -101,14 +107,15 @@ pub fn train_step(
             updated: false,
         });
     }
-    let correct = count_correct(&logits, labels).ctx(|| format!("accuracy at step {step}"))?;
+    // The logits are on the host here (see above); so are these labels.
+    let host_labels = Tensor::from_slice(&host, host.len(), logits.device())
+        .ctx(|| format!("labels at step {step}"))?;
+    let correct =
+        count_correct(&logits, &host_labels).ctx(|| format!("accuracy at step {step}"))?;
     let dead = count_dead(&logits).ctx(|| format!("dead maps at step {step}"))?;
     let (seen_classes, silent_classes) =
         silent_classes(&logits, &host).ctx(|| format!("silent class maps at step {step}"))?;
-    match update {
-        Update::Ready(grads) => opt.step(&grads)?,
-        Update::Backward(loss) => opt.backward_step(&loss)?,
-    }
+    opt.step(&grads)?;
     Ok(StepOutcome {
         loss: loss_v,
         correct,
@@ -119,12 +126,19 @@ pub fn train_step(
     })
 }
 
-/// Where a step's gradients come from.
-enum Update {
-    /// Computed with the forward ([`AllCnn::train_grads`]).
-    Ready(candle_core::backprop::GradStore),
-    /// candle's `backward` of this loss.
-    Backward(Tensor),
+/// The loss (f32) and the logits of a step on the host, in one transfer
+/// from a GPU (a no-op copy on CPU).
+fn to_host(loss: &Tensor, logits: &Tensor) -> candle_core::Result<(f32, Tensor)> {
+    let both = Tensor::cat(
+        &[
+            loss.to_dtype(DType::F32)?.reshape(1)?,
+            logits.to_dtype(DType::F32)?.flatten_all()?,
+        ],
+        0,
+    )?
+    .to_vec1::<f32>()?;
+    let host = Tensor::from_slice(&both[1..], logits.dims(), &candle_core::Device::Cpu)?;
+    Ok((both[0], host))
 }
 
 /// Examples of a batch whose logits are all 0 (every class map dead after

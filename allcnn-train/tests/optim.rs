@@ -164,14 +164,22 @@ fn scaled_schedule_keeps_the_paper_shape() {
 
 /// `train_step` on hand-computable cases: every class map dead (logits all
 /// 0: loss ln 10, every example dead, argmax 0), and a non-finite loss
-/// (no update at all).
+/// (no update at all); through our kernels' backward and through candle's
+/// autograd (the path of GPUs: backward first, one read after).
 #[test]
 fn train_step_statistics_and_no_update_on_a_non_finite_loss() {
+    use allcnn_models::ConvBackend;
+    train_step_cases(ConvBackend::Winograd);
+    train_step_cases(ConvBackend::Candle);
+}
+
+fn train_step_cases(backend: allcnn_models::ConvBackend) {
     use allcnn_models::{AllCnn, ArchSpec, Init};
     use allcnn_train::train_step;
 
     let spec = ArchSpec::by_name("all-cnn-c", 10).unwrap();
     let mut model = AllCnn::init(spec, Init::XavierUniform, 7, &Device::Cpu).unwrap();
+    model.set_conv_backend(backend);
     let vars = model.make_trainable().unwrap();
     // A very negative class-layer bias kills every class map after the ReLU.
     let (_, bias) = vars.iter().find(|(n, _)| n == "conv9.bias").unwrap();

@@ -21,6 +21,8 @@
 // compiled (the portable models of the kernels stay testable) but unused.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod amx;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 // Public only for the `bf16_gemm` bench, which measures the GEMM alone.
 #[doc(hidden)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -146,6 +148,16 @@ pub fn conv2d_with(
         let plan = algorithm.resolve(&geo);
         x.contiguous()?
             .apply_op2(&w.contiguous()?, CpuConv { geo, plan })
+    } else if on_cudnn(&[x, w]) {
+        #[cfg(feature = "cudnn")]
+        {
+            let geo = cudnn::Geometry::new(x.dims(), w.dims(), stride, padding)?;
+            return x
+                .contiguous()?
+                .apply_op2(&w.contiguous()?, cudnn::CudnnConv(geo));
+        }
+        #[cfg(not(feature = "cudnn"))]
+        unreachable!("on_cudnn is false without the cudnn feature")
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -194,6 +206,18 @@ pub fn conv2d_fused(
                 relu,
             },
         )
+    } else if on_cudnn(&[x, w, bias]) {
+        #[cfg(feature = "cudnn")]
+        {
+            let geo = cudnn::Geometry::new(x.dims(), w.dims(), stride, padding)?;
+            return x.contiguous()?.apply_op3(
+                &w.contiguous()?,
+                &bias.contiguous()?,
+                cudnn::CudnnConvBlock { geo, relu },
+            );
+        }
+        #[cfg(not(feature = "cudnn"))]
+        unreachable!("on_cudnn is false without the cudnn feature")
     } else {
         let y = x
             .conv2d(w, padding, stride, 1, 1)?
@@ -204,6 +228,15 @@ pub fn conv2d_fused(
             Ok(y)
         }
     }
+}
+
+/// Whether these tensors take the cuDNN convolution of the `cudnn`
+/// feature: all f32 on a CUDA device, in a build with that feature.
+fn on_cudnn(ts: &[&Tensor]) -> bool {
+    cfg!(feature = "cudnn")
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
 }
 
 #[derive(Debug, Clone, Copy)]

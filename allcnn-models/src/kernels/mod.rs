@@ -20,6 +20,8 @@
 //! candle's generic ops, so every function here works on every device.
 
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod pool;
 pub mod relu;
 pub mod sgd;

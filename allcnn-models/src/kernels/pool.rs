@@ -9,9 +9,12 @@
 //! (the "switch").
 //!
 //! On CPU the forward and backward are direct loops over the planes (run in
-//! parallel with rayon). On every other device the pool is built from
-//! device-generic tensor ops (`index_select`, `argmax`, `gather`), whose
-//! autograd gives the same routing through the switches.
+//! parallel with rayon). On CUDA in f32, in a build with the `cuda`
+//! feature, they are kernels of ours (the crate's CUDA module) with the
+//! same window order and sums, so the same bits. On every other device and
+//! dtype the pool is built from device-generic tensor ops (`index_select`,
+//! `argmax`, `gather`), whose autograd gives the same routing through the
+//! switches.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -43,8 +46,8 @@ pub const fn pooled_size(n: usize) -> usize {
 /// kernel does not support (f32 and f64 are supported).
 pub fn max_pool(x: &Tensor) -> candle_core::Result<Tensor> {
     check_input(x)?;
-    if x.device().is_cpu() {
-        x.contiguous()?.apply_op1(CpuMaxPool)
+    if has_kernel(x) {
+        x.contiguous()?.apply_op1(MaxPoolOp)
     } else {
         generic_max_pool(x).map(|(y, _)| y)
     }
@@ -61,10 +64,10 @@ pub fn max_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 /// As [`max_pool`].
 pub fn max_pool_with_switches(x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     check_input(x)?;
-    if x.device().is_cpu() {
+    if has_kernel(x) {
         let x = x.contiguous()?;
-        let y = x.apply_op1(CpuMaxPool)?;
-        let s = x.apply_op1_no_bwd(&CpuSwitches)?;
+        let y = x.apply_op1(MaxPoolOp)?;
+        let s = x.apply_op1_no_bwd(&SwitchesOp)?;
         Ok((y, s))
     } else {
         generic_max_pool(x)
@@ -97,6 +100,13 @@ pub fn unpool(
     Tensor::zeros((n, c, h * w), signal.dtype(), signal.device())?
         .scatter_add(&idx, &src.contiguous()?, 2)?
         .reshape((n, c, h, w))
+}
+
+/// Whether `x` takes this module's kernels: on the CPU, or f32 on CUDA in a
+/// build with the `cuda` feature (the rest take the device-generic pool).
+fn has_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu()
+        || (cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32)
 }
 
 fn check_input(x: &Tensor) -> candle_core::Result<()> {
@@ -238,13 +248,13 @@ fn pooled_shape(d: (usize, usize, usize, usize)) -> Shape {
 }
 
 fn not_cpu<S>(what: &str) -> candle_core::Result<S> {
-    candle_core::bail!("{what}: the CPU kernel was called on a non-CPU tensor (use allcnn_models::kernels::pool::max_pool, which picks the generic path)")
+    candle_core::bail!("{what}: the CPU kernel was called on a tensor of another device (use allcnn_models::kernels::pool::max_pool, which picks the generic path)")
 }
 
-/// Forward on CPU; backward through [`CpuPoolBackward`].
-struct CpuMaxPool;
+/// Forward on CPU; backward through [`PoolBackwardOp`].
+struct MaxPoolOp;
 
-impl CustomOp1 for CpuMaxPool {
+impl CustomOp1 for MaxPoolOp {
     fn name(&self) -> &'static str {
         "allcnn-max-pool-3s2p1"
     }
@@ -263,8 +273,14 @@ impl CustomOp1 for CpuMaxPool {
         Ok((out, pooled_shape(d)))
     }
 
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        not_cpu(self.name())
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return super::cuda::pool_forward(s, l);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s, l);
+            not_cpu(self.name())
+        }
     }
 
     fn metal_fwd(
@@ -281,15 +297,15 @@ impl CustomOp1 for CpuMaxPool {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let g = arg.apply_op2_no_bwd(&grad.contiguous()?, &CpuPoolBackward)?;
+        let g = arg.apply_op2_no_bwd(&grad.contiguous()?, &PoolBackwardOp)?;
         Ok(Some(g))
     }
 }
 
 /// Routes the gradient of the pooled map back to the window maxima.
-struct CpuPoolBackward;
+struct PoolBackwardOp;
 
-impl CustomOp2 for CpuPoolBackward {
+impl CustomOp2 for PoolBackwardOp {
     fn name(&self) -> &'static str {
         "allcnn-max-pool-3s2p1-backward"
     }
@@ -325,12 +341,18 @@ impl CustomOp2 for CpuPoolBackward {
 
     fn cuda_fwd(
         &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
+        x: &CudaStorage,
+        lx: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        not_cpu(self.name())
+        #[cfg(feature = "cuda")]
+        return super::cuda::pool_backward(x, lx, g, lg);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (x, lx, g, lg);
+            not_cpu(self.name())
+        }
     }
 
     fn metal_fwd(
@@ -345,9 +367,9 @@ impl CustomOp2 for CpuPoolBackward {
 }
 
 /// The switches of the pool on CPU.
-struct CpuSwitches;
+struct SwitchesOp;
 
-impl CustomOp1 for CpuSwitches {
+impl CustomOp1 for SwitchesOp {
     fn name(&self) -> &'static str {
         "allcnn-max-pool-switches"
     }
@@ -360,6 +382,16 @@ impl CustomOp1 for CpuSwitches {
             other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
         };
         Ok((CpuStorage::U32(out), pooled_shape(d)))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return super::cuda::pool_switches(s, l);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s, l);
+            not_cpu(self.name())
+        }
     }
 }
 

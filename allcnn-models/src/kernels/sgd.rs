@@ -8,8 +8,9 @@
 //! w = w - lr * v                                weight_update
 //! ```
 //!
-//! Both need contiguous f32 CPU tensors of one shape ([`applies`] says
-//! whether they have them); callers fall back to tensor ops otherwise.
+//! Both need contiguous f32 tensors of one shape on the CPU or (feature
+//! `cuda`) on CUDA ([`applies`] says whether they have them); callers fall
+//! back to tensor ops otherwise.
 //!
 //! ```
 //! use allcnn_models::kernels::sgd;
@@ -27,15 +28,22 @@
 //! # Ok(()) }
 //! ```
 
-use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
 
 use super::slice::{f32_slice, f32_slice_mut};
 
 /// Whether the in-place update can run: `w`, `g` and `v` (if any) are f32
-/// CPU tensors, contiguous, of `w`'s shape.
+/// tensors on the CPU (or on one CUDA device, in a build with the `cuda`
+/// feature: the same expressions as CUDA kernels, the same bits),
+/// contiguous, of `w`'s shape.
 pub fn applies(w: &Tensor, g: &Tensor, v: Option<&Tensor>) -> bool {
     let ok = |t: &Tensor| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims()
+        let device = t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda());
+        device
+            && t.device().same_device(w.device())
+            && t.dtype() == DType::F32
+            && t.is_contiguous()
+            && t.dims() == w.dims()
     };
     ok(w) && ok(g) && v.is_none_or(ok)
 }
@@ -43,7 +51,7 @@ pub fn applies(w: &Tensor, g: &Tensor, v: Option<&Tensor>) -> bool {
 /// `v = momentum * v + (g + weight_decay * w)`, in place on `v`.
 ///
 /// # Errors
-/// When a tensor is not a contiguous f32 CPU tensor ([`applies`]).
+/// When the tensors do not satisfy [`applies`].
 pub fn velocity_update(
     v: &Tensor,
     g: &Tensor,
@@ -64,7 +72,7 @@ pub fn velocity_update(
 /// `w = w - lr * v`, in place on `w`.
 ///
 /// # Errors
-/// When a tensor is not a contiguous f32 CPU tensor ([`applies`]).
+/// When the tensors do not satisfy [`applies`].
 pub fn weight_update(w: &Tensor, v: &Tensor, lr: f32) -> candle_core::Result<()> {
     w.inplace_op2(v, &WeightUpdate { lr })
 }
@@ -107,6 +115,30 @@ impl InplaceOp3 for VelocityUpdate {
         });
         Ok(())
     }
+
+    fn cuda_fwd(
+        &self,
+        v: &mut CudaStorage,
+        lv: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<()> {
+        #[cfg(feature = "cuda")]
+        return super::cuda::sgd_velocity(
+            (v, lv),
+            (g, lg),
+            (w, lw),
+            self.momentum,
+            self.weight_decay,
+        );
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (v, lv, g, lg, w, lw);
+            candle_core::bail!("{}: a build without the cuda feature", self.name())
+        }
+    }
 }
 
 struct WeightUpdate {
@@ -137,5 +169,21 @@ impl InplaceOp2 for WeightUpdate {
             }
         });
         Ok(())
+    }
+
+    fn cuda_fwd(
+        &self,
+        w: &mut CudaStorage,
+        lw: &Layout,
+        v: &CudaStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<()> {
+        #[cfg(feature = "cuda")]
+        return super::cuda::sgd_weight((w, lw), (v, lv), self.lr);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (w, lw, v, lv);
+            candle_core::bail!("{}: a build without the cuda feature", self.name())
+        }
     }
 }

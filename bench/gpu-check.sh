@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The GPU check (issue 14) in one go, in two halves:
+#
+#   bench/gpu-check.sh pack [DIR]   # where Rust and a CUDA toolkit are
+#   bench/gpu-check.sh run  [DIR]   # on the GPU machine (PyTorch, no Rust)
+#
+# `pack` builds the release binary and the CUDA test binaries with the
+# `cudnn` feature, strips them, and puts them into DIR (default
+# target/gpu-check, about 60 MiB) with the all-cnn-c golden values and a
+# CIFAR-10 subset (1,000 training and 200 test images per class, as JPEGs
+# in a tar). Give it a CUDA toolkit first, on a machine without one:
+#
+#   eval "$(WITH_CUDNN=1 ../shared/tools/cuda-toolkit.sh)"
+#
+# Build with a toolkit no newer than the GPU machine's driver (the PTX of
+# candle's kernels is embedded; our own kernels are compiled there, by its
+# NVRTC). `run` needs only DIR, this script, bench/pytorch_reference.py and
+# python3 with torch; with the device tool:
+#
+#   run(command="bench/gpu-check.sh run target/gpu-check", carry=["target/gpu-check"])
+#
+# It runs, within about 8 minutes on an H100:
+#   1. the CUDA tests: our kernels against the CPU (pool bit for bit, the
+#      cuDNN convolution in all three passes, determinism), the golden
+#      parity of the network (all-cnn-c) and the pool/ReLU hand cases;
+#   2. `allcnn bench` (cuDNN convolutions; and candle's `--conv candle`)
+#      beside bench/pytorch_reference.py (f32; bf16 autocast +
+#      channels_last) for train
+#      and infer at batch 64 and 128, 20 timed iterations each;
+#   3. a 2-epoch CIFAR-10 training run (the cifar10 preset on the subset).
+# and prints a table. Raw lines go to $OUT (the device tool brings them
+# back) or to DIR/results.
+set -euo pipefail
+MODE=${1:-}
+DIR=${2:-target/gpu-check}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+
+pack() {
+  : "${CUDA_HOME:?no CUDA toolkit: eval \"\$(WITH_CUDNN=1 ../shared/tools/cuda-toolkit.sh)\" first}"
+  local golden=${ALLCNN_GOLDEN:-$ROOT/../shared/golden}
+  local data=${CIFAR_JPG:-$ROOT/../shared/data/cifar10-jpg}
+  [ -d "$golden/all-cnn-c" ] || { echo "no golden values in $golden (set ALLCNN_GOLDEN)" >&2; exit 1; }
+  [ -d "$data/train" ] || { echo "no CIFAR-10 image folder in $data (set CIFAR_JPG)" >&2; exit 1; }
+  rm -rf "$DIR" && mkdir -p "$DIR/tests" "$DIR/golden"
+  (cd "$ROOT" && cargo build --release -p allcnn-cli --features cudnn)
+  cp "$ROOT/target/release/allcnn" "$DIR/allcnn"
+  # The test binaries of allcnn-models with cuda tests: their names from cargo's JSON.
+  (cd "$ROOT" && cargo test --release -p allcnn-models --features cudnn --no-run \
+      --message-format=json 2>/dev/null) |
+    python3 -c '
+import json, sys, shutil
+want = {"cuda", "golden", "pool"}
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want \
+            and "test" in m["target"]["kind"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/tests/" + m["target"]["name"])
+' "$DIR"
+  strip "$DIR/allcnn" "$DIR"/tests/*
+  cp -r "$golden/all-cnn-c" "$golden/README.md" "$DIR/golden/"
+  # 1,000 training and 200 test images per class.
+  (cd "$data" && for split in train:1000 test:200; do
+     s=${split%%:*}; k=${split##*:}
+     for c in "$s"/*/; do ls "$c" | sort | head -n "$k" | sed "s|^|$c|"; done
+   done) | tar -C "$data" -cf "$DIR/cifar10-subset.tar" -T -
+  "$DIR/allcnn" models --json > "$DIR/models.json"
+  du -sh "$DIR" "$DIR"/* "$DIR"/tests/*
+}
+
+# The CUDA libraries of the machine's Python wheels (torch, nvidia-*) on the
+# loader's path: a binary built against CUDA 13 finds libcublas.so.13 etc.
+cuda_libs() {
+  python3 - <<'PY'
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+dirs = []
+for r in roots:
+    dirs += glob.glob(os.path.join(r, "nvidia", "*", "lib"))
+    dirs += glob.glob(os.path.join(r, "nvidia", "cu*", "lib"))
+    dirs += glob.glob(os.path.join(r, "torch", "lib"))
+print(":".join(d for d in dirs if os.path.isdir(d)))
+PY
+}
+
+run() {
+  local out=${OUT:-$DIR/results}
+  mkdir -p "$out"
+  local libs; libs=$(cuda_libs)
+  export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+  echo "--- libraries the binary cannot find (none is good):"
+  ldd "$DIR/allcnn" | grep "not found" || true
+
+  echo "--- 1. CUDA tests"
+  export ALLCNN_GOLDEN="$DIR/golden"
+  local failed=0
+  # tests/cuda.rs: all of it; pool and golden: their `::cuda` cases.
+  for t in cuda:"" pool:cuda golden:cuda; do
+    local bin=${t%%:*} filter=${t#*:}
+    # shellcheck disable=SC2086
+    if "$DIR/tests/$bin" --test-threads 1 $filter 2>&1 | tee "$out/test-$bin.log" | tail -n 25; then
+      echo "tests $bin: ok"
+    else
+      echo "tests $bin: FAILED"; failed=1
+    fi
+  done
+
+  echo "--- 2. allcnn bench beside PyTorch (20 timed iterations after 5)"
+  local lines="$out/bench.jsonl"
+  : > "$lines"
+  for mode in train infer; do
+    for batch in 64 128; do
+      for conv in winograd candle; do
+        timeout 120 "$DIR/allcnn" bench --device cuda --model all-cnn-c --mode "$mode" --batch "$batch" \
+          --iters 20 --warmup 5 --conv "$conv" >> "$lines" || echo "allcnn bench $mode $batch $conv failed" >&2
+      done
+      for extra in "" "--bf16 --channels-last"; do
+        # shellcheck disable=SC2086
+        timeout 120 python3 "$HERE/pytorch_reference.py" --spec "$DIR/models.json" --model all-cnn-c \
+          --device cuda --mode "$mode" --batch "$batch" --iters 20 --warmup 5 $extra >> "$lines" \
+          || echo "pytorch $mode $batch $extra failed" >&2
+      done
+    done
+  done
+
+  echo "--- 3. 2 epochs of the cifar10 preset on 10,000 CIFAR-10 images"
+  local data; data=$(mktemp -d)
+  tar -C "$data" -xf "$DIR/cifar10-subset.tar"
+  timeout 240 "$DIR/allcnn" train --device cuda --preset cifar10 --data "$data" \
+    --out "$out/train-run" epochs=2 schedule.kind=scaled 2>&1 | tee "$out/train.log" | tail -n 8 || true
+
+  echo "--- table"
+  python3 - "$lines" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def who(r):
+    if r["conv"].startswith("pytorch"):
+        return r["conv"]
+    return f"allcnn {r.get('algorithm', r['conv'])}"
+print(f"| mode | batch | run | img/s | median ms |")
+print("|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['mode']} | {r['batch']} | {who(r)} | {r['images_per_sec']:.0f} | {r.get('median_ms_per_batch', 0):.2f} |")
+PY
+  grep -E "img/s|accuracy|epoch [0-9]+ done" "$out/train.log" | tail -n 6 || true
+  exit $failed
+}
+
+case $MODE in
+  pack) pack ;;
+  run) run ;;
+  *) echo "usage: bench/gpu-check.sh pack|run [DIR]" >&2; exit 2 ;;
+esac
