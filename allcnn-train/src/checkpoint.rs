@@ -177,8 +177,12 @@ impl Checkpoint {
             path: PathBuf::from(path),
             reason,
         };
+        // Checkpoints are written to a temporary file and renamed, so a
+        // crash leaves the previous one; a file cut short was damaged after.
+        const ADVICE: &str =
+            "the file is cut short or damaged; resume from an earlier copy or start the run again";
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+            .map_err(|e| bad(format!("not a readable safetensors file ({e}): {ADVICE}")))?;
         let json = meta
             .metadata()
             .as_ref()
@@ -195,7 +199,7 @@ impl Checkpoint {
         match meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
             Some(stored) => {
                 let views = safetensors::SafeTensors::deserialize(&bytes)
-                    .map_err(|e| bad(format!("cannot read tensors: {e}")))?;
+                    .map_err(|e| bad(format!("cannot read its tensors ({e}): {ADVICE}")))?;
                 let mut list = views.tensors();
                 list.sort_by(|a, b| a.0.cmp(&b.0));
                 let crc = checksum(json, list.iter().map(|(n, v)| (n.as_str(), v.data())));
@@ -211,7 +215,7 @@ impl Checkpoint {
             ),
         }
         let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| bad(format!("cannot read tensors: {e}")))?;
+            .map_err(|e| bad(format!("cannot read its tensors ({e}): {ADVICE}")))?;
         let (mut params, mut momentum) = (HashMap::new(), HashMap::new());
         for (name, t) in all {
             if let Some(n) = name.strip_prefix(PARAM_PREFIX) {

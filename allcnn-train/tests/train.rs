@@ -1241,6 +1241,13 @@ fn corrupt_or_impossible_checkpoints_are_refused_on_resume() {
     std::fs::write(&path, &flipped).unwrap();
     refused("checksum mismatch");
 
+    // Cut short: in the tensors, and in the header. Both say what to do.
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    refused("cut short or damaged");
+    std::fs::write(&path, &good[..40]).unwrap();
+    refused("cut short or damaged");
+    refused("start the run again");
+
     // Well-formed files (valid checksum) with impossible contents.
     type Edit = Box<dyn Fn(&mut allcnn_train::checkpoint::CheckpointState)>;
     let cases: Vec<(&str, Edit, bool, bool)> = vec![

@@ -151,7 +151,7 @@ pub fn conv2d_with(
     } else if on_cudnn(&[x, w]) {
         #[cfg(feature = "cudnn")]
         {
-            let geo = cudnn::Geometry::new(x.dims(), w.dims(), stride, padding)?;
+            let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
             return x
                 .contiguous()?
                 .apply_op2(&w.contiguous()?, cudnn::CudnnConv(geo));
@@ -209,7 +209,7 @@ pub fn conv2d_fused(
     } else if on_cudnn(&[x, w, bias]) {
         #[cfg(feature = "cudnn")]
         {
-            let geo = cudnn::Geometry::new(x.dims(), w.dims(), stride, padding)?;
+            let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
             return x.contiguous()?.apply_op3(
                 &w.contiguous()?,
                 &bias.contiguous()?,
@@ -239,7 +239,7 @@ fn on_cudnn(ts: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Geometry {
     n: usize,
     cin: usize,

@@ -517,6 +517,11 @@ pub(crate) fn channel_sums(
     ))
 }
 
+/// The error of a CUDA-only op called on CPU tensors.
+pub(crate) fn not_on_cpu<T>(op: &str) -> candle_core::Result<T> {
+    candle_core::bail!("{op}: a CUDA op called on CPU tensors")
+}
+
 /// `g * [y > 0]` as an op on CUDA tensors (no autograd of its own).
 pub(crate) struct ReluMask;
 
@@ -532,7 +537,7 @@ impl candle_core::CustomOp2 for ReluMask {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CUDA op called on CPU tensors", self.name())
+        not_on_cpu(self.name())
     }
 
     fn cuda_fwd(
@@ -560,7 +565,7 @@ impl candle_core::CustomOp1 for ChannelSums {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CUDA op called on CPU tensors", self.name())
+        not_on_cpu(self.name())
     }
 
     fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {

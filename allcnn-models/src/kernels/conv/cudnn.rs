@@ -27,60 +27,12 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrM
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use crate::kernels::cuda;
-
-/// The shape of one convolution: `[N, Cin, H, W]` by `[Cout, Cin, k, k]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Geometry {
-    pub n: usize,
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
+use super::Geometry;
+use crate::kernels::cuda::{self, not_on_cpu};
 
 impl Geometry {
-    /// The geometry of `x` `[N, Cin, H, W]` convolved with `w`
-    /// `[Cout, Cin, k, k]`.
-    pub(crate) fn new(
-        x: &[usize],
-        w: &[usize],
-        stride: usize,
-        pad: usize,
-    ) -> candle_core::Result<Self> {
-        let (&[n, cin, h, wd], &[cout, wcin, k, k2]) = (x, w) else {
-            candle_core::bail!("conv2d: input {x:?} and kernel {w:?} must both be rank 4");
-        };
-        if wcin != cin || k != k2 || stride == 0 || h + 2 * pad < k || wd + 2 * pad < k {
-            candle_core::bail!(
-                "conv2d: kernel {w:?} (stride {stride}, padding {pad}) does not fit the input {x:?}"
-            );
-        }
-        Ok(Self {
-            n,
-            cin,
-            h,
-            w: wd,
-            cout,
-            k,
-            stride,
-            pad,
-        })
-    }
-
-    fn out(&self) -> (usize, usize) {
-        (
-            (self.h + 2 * self.pad - self.k) / self.stride + 1,
-            (self.w + 2 * self.pad - self.k) / self.stride + 1,
-        )
-    }
-
     fn out_dims(&self) -> [usize; 4] {
-        let (ho, wo) = self.out();
-        [self.n, self.cout, ho, wo]
+        [self.n, self.cout, self.ho, self.wo]
     }
 }
 
@@ -441,7 +393,7 @@ fn launch(
     (sb, lb): (&CudaStorage, &Layout),
     out: [usize; 4],
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let (ho, wo) = g.out();
+    let (ho, wo) = (g.ho, g.wo);
     let x = [g.n, g.cin, g.h, g.w];
     let w = [g.cout, g.cin, g.k, g.k];
     let y = [g.n, g.cout, ho, wo];
@@ -480,7 +432,7 @@ impl CustomOp2 for CudnnConv {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CUDA op called on CPU tensors", self.name())
+        not_on_cpu(self.name())
     }
 
     fn cuda_fwd(
@@ -543,7 +495,7 @@ impl CustomOp2 for PassOp {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CUDA op called on CPU tensors", self.name())
+        not_on_cpu(self.name())
     }
 
     fn cuda_fwd(
@@ -587,7 +539,7 @@ impl CustomOp3 for CudnnConvBlock {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: a CUDA op called on CPU tensors", self.name())
+        not_on_cpu(self.name())
     }
 
     fn cuda_fwd(
