@@ -20,9 +20,10 @@
 #   run(command="bench/gpu-check.sh run target/gpu-check", carry=["target/gpu-check"])
 #
 # It runs, within about 8 minutes on an H100:
-#   1. the CUDA tests: our kernels against the CPU (pool bit for bit, the
-#      cuDNN convolution in all three passes, determinism), the golden
-#      parity of the network (all-cnn-c) and the pool/ReLU hand cases;
+#   1. the CUDA tests: our kernels against the CPU (pool, dropout masks and
+#      SGD bit for bit, the cuDNN convolution in all three passes,
+#      determinism), the golden parity of the network and of the
+#      attribution methods (all-cnn-c) and the pool/ReLU hand cases;
 #   2. `allcnn bench` (cuDNN convolutions; and candle's `--conv candle`)
 #      beside bench/pytorch_reference.py (f32; bf16 autocast +
 #      channels_last) for train
@@ -45,18 +46,27 @@ pack() {
   rm -rf "$DIR" && mkdir -p "$DIR/tests" "$DIR/golden"
   (cd "$ROOT" && cargo build --release -p allcnn-cli --features cudnn)
   cp "$ROOT/target/release/allcnn" "$DIR/allcnn"
-  # The test binaries of allcnn-models with cuda tests: their names from cargo's JSON.
-  (cd "$ROOT" && cargo test --release -p allcnn-models --features cudnn --no-run \
-      --message-format=json 2>/dev/null) |
+  # The test binaries with CUDA cases, found in cargo's JSON: allcnn-models'
+  # cuda, pool and golden (network parity) tests, allcnn-viz's golden
+  # (attribution parity) test, saved as viz-golden.
+  (cd "$ROOT" && cargo test --release -p allcnn-models -p allcnn-viz \
+      --features allcnn-models/cudnn,allcnn-viz/cudnn --no-run --message-format=json 2>/dev/null) |
     python3 -c '
 import json, sys, shutil
-want = {"cuda", "golden", "pool"}
+want = {("allcnn-models", "cuda"): "cuda", ("allcnn-models", "pool"): "pool",
+        ("allcnn-models", "golden"): "golden", ("allcnn-viz", "golden"): "viz-golden"}
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want \
-            and "test" in m["target"]["kind"]:
-        shutil.copy(m["executable"], sys.argv[1] + "/tests/" + m["target"]["name"])
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    pkg = m["package_id"].split("#")[0].rstrip("/").split("/")[-1].split("@")[0]
+    key = (pkg, m["target"]["name"])
+    if key in want and "test" in m["target"]["kind"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/tests/" + want[key])
 ' "$DIR"
+  for t in cuda pool golden viz-golden; do
+    [ -x "$DIR/tests/$t" ] || { echo "test binary $t was not built" >&2; exit 1; }
+  done
   strip "$DIR/allcnn" "$DIR"/tests/*
   cp -r "$golden/all-cnn-c" "$golden/README.md" "$DIR/golden/"
   # 1,000 training and 200 test images per class.
@@ -96,7 +106,7 @@ run() {
   export ALLCNN_GOLDEN="$DIR/golden"
   local failed=0
   # tests/cuda.rs: all of it; pool and golden: their `::cuda` cases.
-  for t in cuda:"" pool:cuda golden:cuda; do
+  for t in cuda:"" pool:cuda golden:cuda viz-golden:cuda; do
     local bin=${t%%:*} filter=${t#*:}
     # shellcheck disable=SC2086
     if "$DIR/tests/$bin" --test-threads 1 $filter 2>&1 | tee "$out/test-$bin.log" | tail -n 25; then

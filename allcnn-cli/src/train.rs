@@ -375,6 +375,10 @@ pub struct EvalArgs {
     /// Print JSON with per-class accuracy and the confusion matrix.
     #[arg(long)]
     json: bool,
+    /// Leave out images of an image folder that cannot be decoded (each
+    /// named in a warning) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_images: bool,
     #[command(flatten)]
     device: crate::device::DeviceArg,
 }
@@ -382,7 +386,16 @@ pub struct EvalArgs {
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let device = args.device.open()?;
     let split = Split::from(args.split);
-    let data = open_dataset(&args.data, split, &OpenOptions::default())?;
+    let mut opts = OpenOptions::default();
+    if args.skip_bad_images {
+        opts.folder.on_error = allcnn_data::folder::OnError::Skip;
+    }
+    let data = open_dataset(&args.data, split, &opts).map_err(|e| match e {
+        allcnn_data::DataError::BadImage { .. } => anyhow::anyhow!(
+            "{e}; remove or replace the file, or pass --skip-bad-images to leave out the images that cannot be read"
+        ),
+        e => e.into(),
+    })?;
     let (format, dir) = allcnn_data::info::detect_format(&args.data)?;
     if format == allcnn_data::info::DatasetFormat::ImageFolder
         && !allcnn_data::folder::has_split_folders(&dir)

@@ -1298,6 +1298,36 @@ fn train_eval_predict_resume_round_trip() {
     assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
     assert_eq!(v["per_class"][1]["name"], "dogs");
 
+    // An undecodable test image: eval names it and the flag that skips
+    // it; with the flag it evaluates the other 12.
+    let bad = data.join("test/dogs/zz-bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--weights",
+            w.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        allcnn(&a)
+    };
+    let o = eval(&[]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("zz-bad.png") && stderr(&o).contains("--skip-bad-images"),
+        "{}",
+        stderr(&o)
+    );
+    let o = eval(&["--skip-bad-images"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("zz-bad.png"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["examples"], 12);
+    std::fs::remove_file(&bad).unwrap();
+
     // predict knows the class names and the preprocessing from the file.
     let img = data.join("test/dogs/0.png");
     let o = allcnn(&[
