@@ -397,8 +397,9 @@ impl ReproduceReport {
         for (c, names) in groups {
             let _ = writeln!(
                 s,
-                "The exact config of {} (`model` set per row; each run's own copy is \
-                 `<model>/config.toml`, and every row's config is in `report.json`):\n",
+                "The exact config of {} (`model` set per row; a row that has started \
+                 keeps its own copy in `<model>/config.toml`, and every row's config, \
+                 run or not, is in `report.json`):\n",
                 if names.len() == self.rows.len() {
                     "every row".to_string()
                 } else {

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use super::Geometry;
@@ -272,6 +272,9 @@ fn run(
     b: &impl DevicePtr<f32>,
     out: &mut CudaSlice<f32>,
 ) -> candle_core::Result<()> {
+    // cuDNN runs in the thread's current context: make it the device's
+    // (a thread other than the one that opened the device has none).
+    dev.cuda_stream().context().bind_to_thread().w()?;
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let entry = match cache.entry(dev.id()) {
