@@ -5,7 +5,7 @@
 //! GPU (`bench/gpu-check.sh`).
 #![cfg(feature = "cuda")]
 
-use allcnn_models::kernels::pool::{max_pool, max_pool_with_switches};
+use allcnn_models::kernels::pool::{max_pool, max_pool_with_switches, pooled_size};
 use allcnn_testing::gpu_device;
 use candle_core::{Device, Tensor, Var};
 
@@ -47,7 +47,7 @@ fn pool_matches_cpu_bit_for_bit() {
             .into_iter()
             .map(|v| (v * 4.0).round())
             .collect();
-        let (ho, wo) = ((h + 1) / 2, (w + 1) / 2);
+        let (ho, wo) = (pooled_size(h), pooled_size(w));
         let up = values(n * c * ho * wo, 8);
         let run = |dev: &Device| {
             let xv = Var::from_vec(x.clone(), (n, c, h, w), dev).unwrap();

@@ -149,15 +149,7 @@ pub fn conv2d_with(
         x.contiguous()?
             .apply_op2(&w.contiguous()?, CpuConv { geo, plan })
     } else if on_cudnn(&[x, w]) {
-        #[cfg(feature = "cudnn")]
-        {
-            let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-            return x
-                .contiguous()?
-                .apply_op2(&w.contiguous()?, cudnn::CudnnConv(geo));
-        }
-        #[cfg(not(feature = "cudnn"))]
-        unreachable!("on_cudnn is false without the cudnn feature")
+        on_cudnn_conv(x, w, None, stride, padding)
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -207,17 +199,7 @@ pub fn conv2d_fused(
             },
         )
     } else if on_cudnn(&[x, w, bias]) {
-        #[cfg(feature = "cudnn")]
-        {
-            let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
-            return x.contiguous()?.apply_op3(
-                &w.contiguous()?,
-                &bias.contiguous()?,
-                cudnn::CudnnConvBlock { geo, relu },
-            );
-        }
-        #[cfg(not(feature = "cudnn"))]
-        unreachable!("on_cudnn is false without the cudnn feature")
+        on_cudnn_conv(x, w, Some((bias, relu)), stride, padding)
     } else {
         let y = x
             .conv2d(w, padding, stride, 1, 1)?
@@ -237,6 +219,37 @@ fn on_cudnn(ts: &[&Tensor]) -> bool {
         && ts
             .iter()
             .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
+}
+
+/// The cuDNN convolution (`cudnn` feature): `x` by `w`, or with
+/// `Some((bias, relu))` the block with the bias and the ReLU.
+#[cfg(feature = "cudnn")]
+fn on_cudnn_conv(
+    x: &Tensor,
+    w: &Tensor,
+    block: Option<(&Tensor, bool)>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match block {
+        None => x.apply_op2(&w, cudnn::CudnnConv(geo)),
+        Some((bias, relu)) => {
+            x.apply_op3(&w, &bias.contiguous()?, cudnn::CudnnConvBlock { geo, relu })
+        }
+    }
+}
+
+#[cfg(not(feature = "cudnn"))]
+fn on_cudnn_conv(
+    _: &Tensor,
+    _: &Tensor,
+    _: Option<(&Tensor, bool)>,
+    _: usize,
+    _: usize,
+) -> candle_core::Result<Tensor> {
+    unreachable!("on_cudnn is false without the cudnn feature")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

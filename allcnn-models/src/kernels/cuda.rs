@@ -234,14 +234,12 @@ fn int(v: usize, what: &str) -> candle_core::Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: {v} is too large")))
 }
 
+/// The pooled values and the switches, each where asked for.
+type PoolOut = (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>);
+
 /// The pooled map of `x` `[N, C, H, W]` (`Some` in `out`) and/or its
 /// switches.
-fn pool(
-    s: &CudaStorage,
-    l: &Layout,
-    values: bool,
-    switches: bool,
-) -> candle_core::Result<(Option<CudaSlice<f32>>, Option<CudaSlice<u32>>)> {
+fn pool(s: &CudaStorage, l: &Layout, values: bool, switches: bool) -> candle_core::Result<PoolOut> {
     let (n, c, h, w) = dims4(l)?;
     let x = f32_view(s, l, "max_pool")?;
     let (ho, wo) = (pooled_size(h), pooled_size(w));
