@@ -24,7 +24,8 @@
 #      SGD bit for bit, the cuDNN convolution in all three passes,
 #      determinism), the golden parity of the network and of the
 #      attribution methods (all-cnn-c) and the pool/ReLU hand cases;
-#   2. `allcnn bench` (cuDNN convolutions; and candle's `--conv candle`)
+#   2. `allcnn bench` (cuDNN convolutions in f32 and with TF32 tensor
+#      cores, `--conv winograd-bf16`; and candle's `--conv candle`)
 #      beside bench/pytorch_reference.py (f32; bf16 autocast +
 #      channels_last) for train
 #      and infer at batch 64 and 128, 20 timed iterations each;
@@ -131,7 +132,7 @@ run() {
   : > "$lines"
   for mode in train infer; do
     for batch in 64 128; do
-      for conv in winograd candle; do
+      for conv in winograd winograd-bf16 candle; do
         timeout 120 "$bin/allcnn" bench --device cuda --model all-cnn-c --mode "$mode" --batch "$batch" \
           --iters 20 --warmup 5 --conv "$conv" >> "$lines" || echo "allcnn bench $mode $batch $conv failed" >&2
       done
@@ -157,7 +158,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def who(r):
     if r["conv"].startswith("pytorch"):
         return r["conv"]
-    return f"allcnn {r.get('algorithm', r['conv'])}"
+    return f"allcnn {r.get('kernel', r['conv'])}"
 print(f"| mode | batch | run | img/s | median ms |")
 print("|---|---|---|---|---|")
 for r in rows:

@@ -61,8 +61,9 @@ struct Report<'a> {
     conv: &'a str,
     /// The GEMM kernel of the convolutions that ran: `f32` (ours, f32),
     /// `amx-bf16` (AMX tiles, `tdpbf16ps`), `avx512-bf16` (`vdpbf16ps`), `portable-bf16` (bf16-rounded operands
-    /// multiplied in f32: no faster), `cudnn` (CUDA, `cudnn` feature) or
-    /// `candle` (candle's convolution).
+    /// multiplied in f32: no faster), `cudnn` / `cudnn-tf32` (CUDA, `cudnn`
+    /// feature; TF32 tensor cores with the bf16 precision) or `candle`
+    /// (candle's convolution).
     kernel: &'static str,
     /// How the convolutions with at least 16 channels on both sides (all
     /// of All-CNN-C's but conv1 and the 10-class head) ran: `direct-amx`
@@ -246,6 +247,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn kernel(backend: ConvBackend, device: &Device) -> &'static str {
     match backend {
         ConvBackend::Candle => "candle",
+        ConvBackend::WinogradBf16 if device.is_cuda() && cfg!(feature = "cudnn") => "cudnn-tf32",
         _ if device.is_cuda() && cfg!(feature = "cudnn") => "cudnn",
         _ if !device.is_cpu() => "candle",
         ConvBackend::WinogradBf16 => allcnn_models::kernels::conv::bf16::kernel_name(),

@@ -75,7 +75,8 @@ fn pool_matches_cpu_bit_for_bit() {
 /// The cuDNN convolution block (bias, ReLU) against the CPU's im2col
 /// block: the output, the input, weight and bias gradients, for every
 /// geometry of All-CNN-C and of the paper's other networks (3x3, 3x3 /
-/// stride 2, 1x1, 5x5, valid), relu on and off.
+/// stride 2, 1x1, 5x5, valid), relu on and off; in f32 (2e-5) and with
+/// the bf16 precision's TF32 tensor cores (5e-3).
 #[cfg(feature = "cudnn")]
 #[test]
 fn cudnn_block_matches_cpu_in_all_three_passes() {
@@ -101,7 +102,7 @@ fn cudnn_block_matches_cpu_in_all_three_passes() {
             let bs = values(cout, seed + 2);
             let so = (side + 2 * pad - k) / stride + 1;
             let up = values(n * cout * so * so, seed + 3);
-            let run = |dev: &Device| {
+            let run = |dev: &Device, algorithm: Algorithm| {
                 let x = Var::from_vec(xs.clone(), (n, cin, side, side), dev).unwrap();
                 let w = Var::from_vec(ws.clone(), (cout, cin, k, k), dev).unwrap();
                 let b = Var::from_vec(bs.clone(), cout, dev).unwrap();
@@ -111,7 +112,7 @@ fn cudnn_block_matches_cpu_in_all_three_passes() {
                     b.as_tensor(),
                     stride,
                     pad,
-                    Algorithm::Im2col,
+                    algorithm,
                     relu,
                 )
                 .unwrap();
@@ -120,16 +121,20 @@ fn cudnn_block_matches_cpu_in_all_three_passes() {
                 let grad = |v: &Var| flat(g.get(v.as_tensor()).unwrap());
                 [flat(&y), grad(&x), grad(&w), grad(&b)]
             };
-            let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
-            for (what, (c, g)) in ["output", "input grad", "weight grad", "bias grad"]
-                .iter()
-                .zip(cpu.iter().zip(&cuda))
-            {
-                let r = rel(g, c);
-                assert!(
-                    r < 2e-5,
-                    "case {i} relu {relu}: {what} differs by {r:e} (relative)"
-                );
+            let cpu = run(&Device::Cpu, Algorithm::Im2col);
+            // f32 (FMA math), and the bf16 precision (TF32 tensor cores).
+            for (algorithm, tol) in [(Algorithm::Im2col, 2e-5), (Algorithm::WinogradBf16, 5e-3)] {
+                let cuda = run(&gpu, algorithm);
+                for (what, (c, g)) in ["output", "input grad", "weight grad", "bias grad"]
+                    .iter()
+                    .zip(cpu.iter().zip(&cuda))
+                {
+                    let r = rel(g, c);
+                    assert!(
+                        r < tol,
+                        "case {i} relu {relu} {algorithm:?}: {what} differs by {r:e} (relative)"
+                    );
+                }
             }
         }
     }

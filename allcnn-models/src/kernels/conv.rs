@@ -149,7 +149,7 @@ pub fn conv2d_with(
         x.contiguous()?
             .apply_op2(&w.contiguous()?, CpuConv { geo, plan })
     } else if on_cudnn(&[x, w]) {
-        on_cudnn_conv(x, w, None, stride, padding)
+        on_cudnn_conv(x, w, None, stride, padding, algorithm)
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -199,7 +199,7 @@ pub fn conv2d_fused(
             },
         )
     } else if on_cudnn(&[x, w, bias]) {
-        on_cudnn_conv(x, w, Some((bias, relu)), stride, padding)
+        on_cudnn_conv(x, w, Some((bias, relu)), stride, padding, algorithm)
     } else {
         let y = x
             .conv2d(w, padding, stride, 1, 1)?
@@ -222,7 +222,10 @@ fn on_cudnn(ts: &[&Tensor]) -> bool {
 }
 
 /// The cuDNN convolution (`cudnn` feature): `x` by `w`, or with
-/// `Some((bias, relu))` the block with the bias and the ReLU.
+/// `Some((bias, relu))` the block with the bias and the ReLU. With
+/// [`Algorithm::WinogradBf16`] (reduced-precision GEMM operands, f32
+/// accumulation) cuDNN may use TF32 tensor cores; otherwise FMA math, f32
+/// throughout.
 #[cfg(feature = "cudnn")]
 fn on_cudnn_conv(
     x: &Tensor,
@@ -230,13 +233,18 @@ fn on_cudnn_conv(
     block: Option<(&Tensor, bool)>,
     stride: usize,
     padding: usize,
+    algorithm: Algorithm,
 ) -> candle_core::Result<Tensor> {
     let geo = Geometry::new(x.dims(), w.dims(), stride, padding)?;
+    let key = cudnn::Key {
+        geo,
+        tf32: algorithm == Algorithm::WinogradBf16,
+    };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match block {
-        None => x.apply_op2(&w, cudnn::CudnnConv(geo)),
+        None => x.apply_op2(&w, cudnn::CudnnConv(key)),
         Some((bias, relu)) => {
-            x.apply_op3(&w, &bias.contiguous()?, cudnn::CudnnConvBlock { geo, relu })
+            x.apply_op3(&w, &bias.contiguous()?, cudnn::CudnnConvBlock { key, relu })
         }
     }
 }
@@ -248,6 +256,7 @@ fn on_cudnn_conv(
     _: Option<(&Tensor, bool)>,
     _: usize,
     _: usize,
+    _: Algorithm,
 ) -> candle_core::Result<Tensor> {
     unreachable!("on_cudnn is false without the cudnn feature")
 }

@@ -13,7 +13,9 @@
 //! geometry needs more. The algorithms are cuDNN's heuristic choice
 //! (`cudnnGet*Algorithm_v7`, as PyTorch with `benchmark = False`), the
 //! first one that is deterministic, with FMA math (no TF32): a step gives
-//! the same bits every time, so a resumed GPU run is bit-identical.
+//! the same bits every time, so a resumed GPU run is bit-identical. The
+//! `bf16` precision (`Algorithm::WinogradBf16`) lets cuDNN use TF32 tensor
+//! cores instead (10-bit mantissas, f32 accumulation), still deterministic.
 //!
 //! The input gets a gradient only where autograd needs one (`track_op`):
 //! the image a network is trained on costs no backward-data pass.
@@ -37,6 +39,14 @@ impl Geometry {
     fn out_dims(&self) -> [usize; 4] {
         [self.n, self.cout, self.ho, self.wo]
     }
+}
+
+/// What a plan is made for: a geometry, and whether TF32 tensor cores may
+/// run it (the `bf16` precision; FMA math, f32 throughout, otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub geo: Geometry,
+    pub tf32: bool,
 }
 
 fn err(e: result::CudnnError) -> candle_core::Error {
@@ -139,7 +149,8 @@ macro_rules! pick {
 }
 
 impl Plan {
-    fn new(h: &Handle, g: &Geometry) -> candle_core::Result<Self> {
+    fn new(h: &Handle, key: &Key) -> candle_core::Result<Self> {
+        let g = &key.geo;
         let x = TensorDesc::new([g.n, g.cin, g.h, g.w])?;
         let y = TensorDesc::new(g.out_dims())?;
         let w = FilterDesc(result::create_filter_descriptor().map_err(err)?);
@@ -167,9 +178,14 @@ impl Plan {
                 sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
             )
             .map_err(err)?;
-            // FMA only: no TF32 tensor cores, so f32 stays f32.
-            result::set_convolution_math_type(conv.0, sys::cudnnMathType_t::CUDNN_FMA_MATH)
-                .map_err(err)?;
+            // FMA only: no TF32 tensor cores, so f32 stays f32 (unless
+            // asked for: cuDNN's default math allows TF32 on Ampere and later).
+            let math = if key.tf32 {
+                sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            };
+            result::set_convolution_math_type(conv.0, math).map_err(err)?;
         }
         let mut count: std::ffi::c_int = 0;
         // SAFETY (the three blocks): the perf arrays hold as many entries as
@@ -248,7 +264,7 @@ impl Plan {
 /// What one device keeps: its handle, its plans, its workspace.
 struct DeviceCache {
     handle: Handle,
-    plans: HashMap<Geometry, Plan>,
+    plans: HashMap<Key, Plan>,
     workspace: Option<CudaSlice<u8>>,
 }
 
@@ -269,7 +285,7 @@ enum Pass {
 /// receives its result (overwritten).
 fn run(
     dev: &CudaDevice,
-    g: &Geometry,
+    key: &Key,
     pass: Pass,
     a: &impl DevicePtr<f32>,
     b: &impl DevicePtr<f32>,
@@ -299,10 +315,10 @@ fn run(
             plans,
             workspace,
         } = entry;
-        if !plans.contains_key(g) {
-            plans.insert(*g, Plan::new(handle, g)?);
+        if !plans.contains_key(key) {
+            plans.insert(*key, Plan::new(handle, key)?);
         }
-        let plan = &plans[g];
+        let plan = &plans[key];
         let need = match pass {
             Pass::Forward => plan.fwd.1,
             Pass::BackwardData => plan.bwd_data.1,
@@ -393,12 +409,13 @@ fn check(l: &Layout, dims: &[usize], what: &str) -> candle_core::Result<()> {
 
 /// `pass` on two CUDA storages, into a new buffer of `out` dims.
 fn launch(
-    g: &Geometry,
+    key: &Key,
     pass: Pass,
     (sa, la): (&CudaStorage, &Layout),
     (sb, lb): (&CudaStorage, &Layout),
     out: [usize; 4],
 ) -> candle_core::Result<(CudaStorage, Shape)> {
+    let g = &key.geo;
     let (ho, wo) = (g.ho, g.wo);
     let x = [g.n, g.cin, g.h, g.w];
     let w = [g.cout, g.cin, g.k, g.k];
@@ -415,7 +432,7 @@ fn launch(
     let dev = &sa.device;
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut o = unsafe { dev.alloc::<f32>(out.iter().product()) }?;
-    run(dev, g, pass, &a, &b, &mut o)?;
+    run(dev, key, pass, &a, &b, &mut o)?;
     Ok((
         CudaStorage::wrap_cuda_slice(o, dev.clone()),
         Shape::from(out.to_vec()),
@@ -424,7 +441,7 @@ fn launch(
 
 /// `x` convolved with `w`: forward on cuDNN, both gradients on cuDNN.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CudnnConv(pub Geometry);
+pub(crate) struct CudnnConv(pub Key);
 
 impl CustomOp2 for CudnnConv {
     fn name(&self) -> &'static str {
@@ -448,7 +465,13 @@ impl CustomOp2 for CudnnConv {
         w: &CudaStorage,
         lw: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        launch(&self.0, Pass::Forward, (x, lx), (w, lw), self.0.out_dims())
+        launch(
+            &self.0,
+            Pass::Forward,
+            (x, lx),
+            (w, lw),
+            self.0.geo.out_dims(),
+        )
     }
 
     fn bwd(
@@ -465,25 +488,25 @@ impl CustomOp2 for CudnnConv {
 /// The input gradient (where `x` is tracked) and the weight gradient of
 /// the convolution, given the output's gradient `dy`.
 fn grads(
-    g: &Geometry,
+    key: &Key,
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
 ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
     let dx = if x.track_op() {
-        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &PassOp(*g, Pass::BackwardData))?)
+        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &PassOp(*key, Pass::BackwardData))?)
     } else {
         None
     };
     let dw = x
         .contiguous()?
-        .apply_op2_no_bwd(dy, &PassOp(*g, Pass::BackwardFilter))?;
+        .apply_op2_no_bwd(dy, &PassOp(*key, Pass::BackwardFilter))?;
     Ok((dx, Some(dw)))
 }
 
 /// One backward pass as an op (no autograd of its own).
 #[derive(Clone, Copy)]
-struct PassOp(Geometry, Pass);
+struct PassOp(Key, Pass);
 
 impl CustomOp2 for PassOp {
     fn name(&self) -> &'static str {
@@ -511,13 +534,13 @@ impl CustomOp2 for PassOp {
         b: &CudaStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.0.geo;
         let out = match self.1 {
             Pass::Forward => g.out_dims(),
             Pass::BackwardData => [g.n, g.cin, g.h, g.w],
             Pass::BackwardFilter => [g.cout, g.cin, g.k, g.k],
         };
-        launch(g, self.1, (a, la), (b, lb), out)
+        launch(&self.0, self.1, (a, la), (b, lb), out)
     }
 }
 
@@ -527,7 +550,7 @@ impl CustomOp2 for PassOp {
 /// bias, and runs cuDNN's two backward passes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CudnnConvBlock {
-    pub geo: Geometry,
+    pub key: Key,
     pub relu: bool,
 }
 
@@ -557,9 +580,9 @@ impl CustomOp3 for CudnnConvBlock {
         b: &CudaStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let g = &self.geo;
+        let g = &self.key.geo;
         check(lb, &[g.cout], "the bias")?;
-        let (mut y, shape) = launch(g, Pass::Forward, (x, lx), (w, lw), g.out_dims())?;
+        let (mut y, shape) = launch(&self.key, Pass::Forward, (x, lx), (w, lw), g.out_dims())?;
         let bias = cuda::f32_view(b, lb, "cuDNN convolution bias")?;
         let dev = y.device.clone();
         cuda::bias_act(
@@ -587,7 +610,7 @@ impl CustomOp3 for CudnnConvBlock {
             dy
         };
         let db = dy.apply_op1_no_bwd(&cuda::ChannelSums)?;
-        let (dx, dw) = grads(&self.geo, x, w, &dy)?;
+        let (dx, dw) = grads(&self.key, x, w, &dy)?;
         Ok((dx, dw, Some(db)))
     }
 }
