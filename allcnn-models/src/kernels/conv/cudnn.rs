@@ -465,13 +465,7 @@ impl CustomOp2 for CudnnConv {
         w: &CudaStorage,
         lw: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        launch(
-            &self.0,
-            Pass::Forward,
-            (x, lx),
-            (w, lw),
-            self.0.geo.out_dims(),
-        )
+        PassOp(self.0, Pass::Forward).cuda_fwd(x, lx, w, lw)
     }
 
     fn bwd(
