@@ -2,19 +2,8 @@
 //! gradient and weight gradient) over every geometry the paper's networks use.
 
 use allcnn_models::kernels::conv::conv2d;
+use allcnn_testing::values;
 use candle_core::{Device, Tensor, Var};
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let d = (a - b)

@@ -6,20 +6,8 @@
 #![cfg(feature = "cuda")]
 
 use allcnn_models::kernels::pool::{max_pool, max_pool_with_switches, pooled_size};
-use allcnn_testing::gpu_device;
+use allcnn_testing::{gpu_device, values};
 use candle_core::{Device, Tensor, Var};
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()

@@ -201,6 +201,21 @@ impl Golden {
     }
 }
 
+/// `n` values in `[-1, 1)` from a xorshift64 stream started at `seed`: test
+/// inputs that need no RNG crate and are the same on every platform and
+/// device.
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
 /// `max |got - want| / max |want|` (0 when both are all zeros).
 ///
 /// # Panics
