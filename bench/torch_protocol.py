@@ -11,8 +11,9 @@ uniform) or Glorot's, flips and translations or none. After every epoch it
 prints one JSON line in the form of the epoch records of allcnn's
 `metrics.jsonl` (`"type": "epoch"`, `epoch` counted from 0): the epoch's
 mean training loss and accuracy (dropout on), the test accuracy and loss on
-all test images, and the classes whose logit was 0 for every training
-example of the epoch (dead class maps).
+all test images, and the classes whose logit was 0 for every one of their
+training examples in the epoch (`silent_classes`, allcnn's field: class
+maps silent all epoch).
 
     allcnn models --json > models.json
     python3 bench/torch_protocol.py --spec models.json --data ../shared/data/cifar10-jpg \\
@@ -92,6 +93,7 @@ def main():
     t0 = time.time()
     xtr, ytr = load_split(a.data, "train", 50000, a.seed)
     xte, yte = load_split(a.data, "test", 10000, a.seed)
+    classes = sorted(os.listdir(os.path.join(a.data, "train")))
     flat = gcn(xtr.transpose(0, 3, 1, 2).reshape(len(xtr), -1).astype(np.float64))
     mean, w = zca_fit(flat)
     del flat
@@ -135,7 +137,8 @@ def main():
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == ytr[idx]).sum().item()
             seen += len(idx)
-            alive |= (logits != 0).any(dim=0)
+            own = logits.gather(1, ytr[idx][:, None]).squeeze(1) > 0
+            alive |= torch.zeros(10, dtype=torch.bool).index_put((ytr[idx][own],), torch.tensor(True))
             step += 1
         train_seconds = time.time() - te
         model.eval()
@@ -148,7 +151,7 @@ def main():
         row = dict(meta, type="epoch", epoch=epoch, step=step,
                    train_loss=round(loss_sum / seen, 4), train_accuracy=round(correct / seen, 4),
                    test_accuracy=test_correct / len(xte), test_loss=round(test_loss / len(xte), 4),
-                   dead_classes=[int(c) for c in torch.nonzero(~alive).flatten()],
+                   silent_classes=[classes[int(c)] for c in torch.nonzero(~alive).flatten()],
                    epoch_seconds=round(train_seconds, 1), images_per_sec=round(seen / train_seconds, 1))
         line = json.dumps(row)
         print(line, flush=True)

@@ -37,7 +37,7 @@ pub struct RngState {
 
 /// Sums over the batches done so far in the current epoch, so a resumed
 /// epoch reports the same means as an uninterrupted one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochPartial {
     /// Sum of batch losses times batch sizes.
     pub loss_sum: f64,
@@ -47,6 +47,52 @@ pub struct EpochPartial {
     pub seen: u64,
     /// Examples whose logits were all 0.
     pub dead: u64,
+    /// The classes with examples in the epoch's batches so far, as a bit set
+    /// (bit `c % 64` of word `c / 64`; absent in checkpoints of older
+    /// versions, which then report no silent class for the epoch they
+    /// resume in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes_seen: Vec<u64>,
+    /// The classes whose logit was above 0 for at least one of their own
+    /// examples in the epoch's batches so far (bit set as `classes_seen`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes_heard: Vec<u64>,
+}
+
+impl EpochPartial {
+    /// Counts one batch's classes: `seen` had examples in it, `silent` of
+    /// them gave 0 to every one of their examples.
+    pub fn observe_classes(&mut self, seen: &[u32], silent: &[u32]) {
+        for &c in seen {
+            set_bit(&mut self.classes_seen, c);
+            if !silent.contains(&c) {
+                set_bit(&mut self.classes_heard, c);
+            }
+        }
+    }
+
+    /// The classes seen in the epoch so far whose logit was 0 for every one
+    /// of their examples (their class maps silent all epoch), increasing.
+    pub fn silent_classes(&self) -> Vec<u32> {
+        (0u32..)
+            .take(self.classes_seen.len() * 64)
+            .filter(|&c| bit(&self.classes_seen, c) && !bit(&self.classes_heard, c))
+            .collect()
+    }
+}
+
+fn set_bit(words: &mut Vec<u64>, c: u32) {
+    let w = c as usize / 64;
+    if words.len() <= w {
+        words.resize(w + 1, 0);
+    }
+    words[w] |= 1 << (c % 64);
+}
+
+fn bit(words: &[u64], c: u32) -> bool {
+    words
+        .get(c as usize / 64)
+        .is_some_and(|w| w & (1 << (c % 64)) != 0)
 }
 
 /// The best epoch so far.
@@ -244,4 +290,35 @@ fn checksum<'a>(state: &str, tensors: impl Iterator<Item = (&'a str, &'a [u8])>)
         h.update(data);
     }
     h.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EpochPartial;
+
+    #[test]
+    fn silent_classes_are_those_seen_and_never_heard_past_64() {
+        let mut p = EpochPartial::default();
+        p.observe_classes(&[3, 70, 99], &[70, 99]);
+        assert_eq!(p.silent_classes(), [70, 99]);
+        // 99 fires once on its own images: heard for the epoch.
+        p.observe_classes(&[5, 99], &[5]);
+        assert_eq!(p.silent_classes(), [5, 70]);
+        p.observe_classes(&[5], &[]);
+        assert_eq!(p.silent_classes(), [70]);
+    }
+
+    #[test]
+    fn partials_of_older_checkpoints_read_with_no_class_sets() {
+        let old = r#"{"loss_sum":1.5,"correct":3,"seen":8,"dead":0}"#;
+        let p: EpochPartial = serde_json::from_str(old).unwrap();
+        assert_eq!(p.seen, 8);
+        assert!(p.silent_classes().is_empty());
+        // Written back without them while empty, with them once set.
+        assert_eq!(serde_json::to_string(&p).unwrap(), old);
+        let mut q = p.clone();
+        q.observe_classes(&[1], &[1]);
+        let back: EpochPartial = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
+        assert_eq!(back.silent_classes(), [1]);
+    }
 }

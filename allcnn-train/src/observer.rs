@@ -67,6 +67,11 @@ pub struct EpochRecord {
     /// Fraction of training examples whose logits were all 0 (every class
     /// map dead) in its batches.
     pub dead_fraction: f64,
+    /// The classes whose logit was 0 for every one of their training
+    /// examples in the epoch (their class maps silent all epoch, so they
+    /// learnt nothing in it), by name; empty when every map fired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silent_classes: Vec<String>,
     /// Validation top-1 accuracy, when there is a validation split.
     pub val_accuracy: Option<f64>,
     /// Validation loss.

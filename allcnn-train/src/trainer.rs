@@ -985,6 +985,7 @@ impl Trainer {
             p.correct += out.correct;
             p.seen += n;
             p.dead += out.dead;
+            p.observe_classes(&out.seen_classes, &out.silent_classes);
             seen_here += n;
             let event = StepEvent {
                 epoch,
@@ -1079,8 +1080,18 @@ impl Trainer {
                 return Err(e);
             }
         };
-        let p = run.state.partial;
+        let p = &run.state.partial;
         let seen = p.seen.max(1) as f64;
+        let silent_classes: Vec<String> = p
+            .silent_classes()
+            .into_iter()
+            .map(|c| {
+                run.class_names
+                    .get(c as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"))
+            })
+            .collect();
         let record = EpochRecord {
             epoch,
             step: run.state.step,
@@ -1088,6 +1099,7 @@ impl Trainer {
             train_loss: p.loss_sum / seen,
             train_accuracy: p.correct as f64 / seen,
             dead_fraction: p.dead as f64 / seen,
+            silent_classes,
             val_accuracy: val.as_ref().map(|r| r.top1),
             val_loss: val.as_ref().map(|r| r.loss),
             test_accuracy: test.as_ref().map(|r| r.top1),
@@ -1096,6 +1108,9 @@ impl Trainer {
             seconds: t0.elapsed().as_secs_f64(),
         };
         if let Some(w) = stuck_warning(&record, run.model.classes()) {
+            self.emit(sinks, |o| o.on_warning(&w));
+        }
+        if let Some(w) = silent_warning(&record, run.model.classes()) {
             self.emit(sinks, |o| o.on_warning(&w));
         }
         let candidate = match (&record.val_accuracy, &record.test_accuracy) {
@@ -1464,6 +1479,29 @@ pub(crate) fn stuck_warning(r: &EpochRecord, classes: usize) -> Option<String> {
             r.train_loss
         )
     })
+}
+
+/// A warning when some class maps (not all: that is [`stuck_warning`]'s)
+/// were silent for a whole epoch. A map silent on every one of its images
+/// gets no gradient; with augmentation one can come back as the features
+/// under it change, so this reports rather than stops (stopping is
+/// `dead_patience_steps`' job).
+pub(crate) fn silent_warning(r: &EpochRecord, classes: usize) -> Option<String> {
+    let n = r.silent_classes.len();
+    if n == 0 || n >= classes {
+        return None;
+    }
+    let (maps, were) = if n == 1 {
+        ("map", "was")
+    } else {
+        ("maps", "were")
+    };
+    Some(format!(
+        "the class {maps} of {} {were} silent for all of epoch {} (the logit 0 for every one of their training images): no gradient reached {} in it",
+        r.silent_classes.join(", "),
+        r.epoch + 1,
+        if n == 1 { "it" } else { "them" }
+    ))
 }
 
 /// Creates `dir` and checks that it can hold the run: writable, with room

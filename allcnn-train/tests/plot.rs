@@ -19,6 +19,7 @@ fn history(n: u64) -> Vec<EpochRecord> {
             train_loss: 2.0 / (e + 1) as f64,
             train_accuracy: 0.2 + 0.05 * e as f64,
             dead_fraction: 0.0,
+            silent_classes: Vec::new(),
             val_accuracy: (e < 2).then_some(0.25),
             val_loss: (e < 2).then_some(1.9),
             test_accuracy: Some(0.3 + 0.05 * e as f64),

@@ -1620,8 +1620,51 @@ fn a_dead_class_map_stops_the_run_and_is_named() {
         other => panic!("expected DeadClassMaps, got {other}"),
     }
 
+    // Patience 0: the run trains to its end, and every epoch says which
+    // map was silent all epoch, in its record, metrics.jsonl and a warning.
     c.dead_patience_steps = 0;
     let dir = tempfile::tempdir().unwrap();
-    let s = quiet().train(&c, &data(train, None), dir.path()).unwrap();
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let s = Trainer::builder()
+        .console(false)
+        .observer(Box::new(Warnings(warnings.clone())))
+        .build()
+        .train(&c, &data(train.clone(), None), dir.path())
+        .unwrap();
     assert_eq!(s.status, RunStatus::Completed);
+    assert_eq!(s.history.len(), 6);
+    for r in &s.history {
+        assert_eq!(r.silent_classes, ["c2".to_string()], "epoch {}", r.epoch);
+    }
+    let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    let epochs: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("\"type\":\"epoch\""))
+        .collect();
+    assert_eq!(epochs.len(), 6, "{metrics}");
+    assert!(
+        epochs
+            .iter()
+            .all(|l| l.contains("\"silent_classes\":[\"c2\"]")),
+        "{metrics}"
+    );
+    let warnings = warnings.lock().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the class map of c2 was silent for all of epoch 6")),
+        "{warnings:?}"
+    );
+
+    // From the same weights with no map killed, every map fires on its
+    // images: the field is left out of the lines.
+    c.init_from = Some(start_with_dead(&[], "none-dead.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet().train(&c, &data(train, None), dir.path()).unwrap();
+    let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    assert!(
+        s.history.iter().all(|r| r.silent_classes.is_empty())
+            && !metrics.contains("silent_classes"),
+        "{metrics}"
+    );
 }
