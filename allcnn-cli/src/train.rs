@@ -65,6 +65,13 @@ pub struct TrainArgs {
     /// Print the resolved config as TOML and exit (a starting point for --config).
     #[arg(long)]
     print_config: bool,
+    /// Stop the run when a class map (or every one) gave 0 on all its
+    /// images for this many consecutive steps (as `dead_patience_steps=N`;
+    /// 0: never stop, only report maps silent for a whole epoch). With
+    /// --resume: the watch waits this long from here on (the steps stay the
+    /// same; with augmentation a silent map can come back).
+    #[arg(long, value_name = "STEPS")]
+    dead_patience: Option<u64>,
     /// When class maps die (any of them; the paper's start is fragile: see
     /// `dead_patience_steps`), move the dead run to OUT.dead-seed-S and start
     /// again with the next seed, up to this many times.
@@ -129,7 +136,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             || args.print_config
             || !args.set.is_empty()
         {
-            usage!("--resume continues a run with its own config and data (only --epochs, --precision and --conv may change); drop --data/--out/--model/--grid/--lrs/--print-config/KEY=VALUE");
+            usage!("--resume continues a run with its own config and data (only --epochs, --precision, --conv and --dead-patience may change); drop --data/--out/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
         let mut t = trainer(&args.device, deadline)?;
         let mut changes = ResumeChanges::new();
@@ -141,6 +148,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         }
         if let Some(c) = args.conv {
             changes = changes.conv(c);
+        }
+        if let Some(p) = args.dead_patience {
+            changes = changes.dead_patience_steps(p);
         }
         let summary = t.resume_with(run_dir, None, &changes)?;
         return report(&summary, args.json);
@@ -175,6 +185,16 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     }
     if let Some(c) = args.conv {
         config.conv = c;
+    }
+    if let Some(p) = args.dead_patience {
+        if args
+            .set
+            .iter()
+            .any(|kv| kv.trim_start().starts_with("dead_patience_steps="))
+        {
+            usage!("--dead-patience {p} and dead_patience_steps=... both set the watch's patience; give one");
+        }
+        config.dead_patience_steps = p;
     }
     config.apply_overrides(&args.set)?;
     config.validate()?;

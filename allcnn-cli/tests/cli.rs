@@ -1404,6 +1404,24 @@ fn train_eval_predict_resume_round_trip() {
     );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("conv = \"winograd-f4\""), "{config}");
+    // --dead-patience changes the class-map watch on the way.
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--dead-patience",
+        "400",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("(dead_patience_steps) changes from 200 steps to 400 steps at step 9"),
+        "{}",
+        stderr(&o)
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("dead_patience_steps = 400"), "{config}");
     let o = allcnn(&[
         "train",
         "--resume",

@@ -229,6 +229,10 @@ pub struct ResumeChanges {
     /// The CPU convolution backend from here on, the expert override of
     /// `precision` (which goes back to its default).
     pub conv: Option<ConvBackend>,
+    /// The class-map watch's patience from here on (`dead_patience_steps`;
+    /// 0 turns the watch off). It decides when a run stops, not what it
+    /// computes: the steps stay bit-identical.
+    pub dead_patience_steps: Option<u64>,
 }
 
 impl ResumeChanges {
@@ -252,6 +256,12 @@ impl ResumeChanges {
     /// The CPU convolutions run `conv` from here on.
     pub fn conv(mut self, conv: ConvBackend) -> Self {
         self.conv = Some(conv);
+        self
+    }
+
+    /// The class-map watch waits `steps` from here on (0: off).
+    pub fn dead_patience_steps(mut self, steps: u64) -> Self {
+        self.dead_patience_steps = Some(steps);
         self
     }
 
@@ -611,6 +621,27 @@ impl Trainer {
             ckpt.state.config = config.to_toml();
         }
         ckpt.state.conv_ran = Some(config.conv_backend().name().to_string());
+        let patience_change = changes
+            .dead_patience_steps
+            .filter(|&p| p != config.dead_patience_steps)
+            .map(|p| {
+                let steps = |n: u64| {
+                    if n == 0 {
+                        "0 (off)".to_string()
+                    } else {
+                        format!("{n} steps")
+                    }
+                };
+                let said = format!(
+                    "the class-map watch's patience (dead_patience_steps) changes from {} to {} at step {}",
+                    steps(config.dead_patience_steps),
+                    steps(p),
+                    ckpt.state.step
+                );
+                config.dead_patience_steps = p;
+                ckpt.state.config = config.to_toml();
+                said
+            });
         config.validate()?;
         let finished = ckpt.state.batch == 0 && ckpt.state.epoch >= config.epochs;
         if finished && run_dir.join(files::FINAL).is_file() {
@@ -671,7 +702,7 @@ impl Trainer {
                 .batches(data.train.len()) as u64;
         check_resumed(&ckpt.state, &config, per_epoch, &opt, &ckpt_path)?;
         let _lock = prepare_run_dir(run_dir, false, 0)?;
-        if new_length.is_some() || config_changes {
+        if new_length.is_some() || config_changes || patience_change.is_some() {
             allcnn_models::write_atomic(
                 &run_dir.join(files::CONFIG),
                 ckpt.state.config.as_bytes(),
@@ -700,6 +731,7 @@ impl Trainer {
         run.notices.extend(notice);
         run.notices
             .extend(backend_change.map(|(_, said)| Notice::Message(said)));
+        run.notices.extend(patience_change.map(Notice::Message));
         self.run(run)
     }
 

@@ -1619,6 +1619,20 @@ fn a_dead_class_map_stops_the_run_and_is_named() {
         }
         other => panic!("expected DeadClassMaps, got {other}"),
     }
+    // Resumed with the watch off, the stopped run trains to its end; the
+    // change is said and recorded in its config.
+    let changes = allcnn_train::ResumeChanges::new().dead_patience_steps(0);
+    let s = quiet()
+        .resume_with(dir.path(), Some(&data(train.clone(), None)), &changes)
+        .unwrap();
+    assert_eq!(s.status, RunStatus::Completed);
+    let metrics = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    assert!(
+        metrics.contains("dead_patience_steps) changes from 5 steps to 0 (off) at step"),
+        "{metrics}"
+    );
+    let config = std::fs::read_to_string(dir.path().join(files::CONFIG)).unwrap();
+    assert!(config.contains("dead_patience_steps = 0"), "{config}");
 
     // Patience 0: the run trains to its end, and every epoch says which
     // map was silent all epoch, in its record, metrics.jsonl and a warning.
