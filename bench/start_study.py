@@ -198,6 +198,16 @@ def allcnn_run(a, seed):
     }
 
 
+def emit(row, out):
+    """Prints `row` as one JSON line, and appends it to the file `out` too
+    (when given)."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", required=True, help="`allcnn models --json` output")
@@ -229,11 +239,7 @@ def main():
         for r in runs:
             r.update(lr=a.lr, batch=a.batch, warmup=a.warmup, epochs=a.epochs,
                      train_subset=a.train_subset, ln10=math.log(10))
-            line = json.dumps(r)
-            print(line, flush=True)
-            if a.out:
-                with open(a.out, "a") as f:
-                    f.write(line + "\n")
+            emit(r, a.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_reference import AllCnnRef  # noqa: E402
-from start_study import gcn, load_split, whiten, zca_fit  # noqa: E402
+from start_study import emit, gcn, load_split, whiten, zca_fit  # noqa: E402
 
 
 def init_weights(model, kind):
@@ -153,11 +153,7 @@ def main():
                    test_accuracy=test_correct / len(xte), test_loss=round(test_loss / len(xte), 4),
                    silent_classes=[classes[int(c)] for c in torch.nonzero(~alive).flatten()],
                    epoch_seconds=round(train_seconds, 1), images_per_sec=round(seen / train_seconds, 1))
-        line = json.dumps(row)
-        print(line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+        emit(row, a.out)
 
 
 if __name__ == "__main__":
