@@ -125,6 +125,15 @@ fn trainer(device: &crate::device::DeviceArg, deadline: Option<Instant>) -> Resu
     Ok(b.build())
 }
 
+/// Whether one of the KEY=VALUE overrides sets `key`.
+fn sets(overrides: &[String], key: &str) -> bool {
+    overrides.iter().any(|kv| {
+        kv.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('='))
+    })
+}
+
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let deadline = args.time_limit.map(|d| Instant::now() + d);
     if let Some(run_dir) = &args.resume {
@@ -168,11 +177,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         config.model = m.clone();
     }
     if let Some(e) = args.epochs {
-        if args
-            .set
-            .iter()
-            .any(|kv| kv.trim_start().starts_with("epochs="))
-        {
+        if sets(&args.set, "epochs") {
             usage!("--epochs {e} and epochs=... both set the run's length; give one");
         }
         config.epochs = e;
@@ -187,11 +192,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         config.conv = c;
     }
     if let Some(p) = args.dead_patience {
-        if args
-            .set
-            .iter()
-            .any(|kv| kv.trim_start().starts_with("dead_patience_steps="))
-        {
+        if sets(&args.set, "dead_patience_steps") {
             usage!("--dead-patience {p} and dead_patience_steps=... both set the watch's patience; give one");
         }
         config.dead_patience_steps = p;
