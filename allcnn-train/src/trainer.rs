@@ -1049,15 +1049,7 @@ impl Trainer {
                     epoch,
                     lr,
                     seed: cfg.seed,
-                    classes: classes
-                        .iter()
-                        .map(|&c| {
-                            names
-                                .get(c as usize)
-                                .cloned()
-                                .unwrap_or_else(|| format!("class {c}"))
-                        })
-                        .collect(),
+                    classes: classes.iter().map(|&c| class_name(names, c)).collect(),
                 };
                 let msg = err.to_string();
                 self.emit(sinks, |o| o.on_warning(&msg));
@@ -1117,12 +1109,7 @@ impl Trainer {
         let silent_classes: Vec<String> = p
             .silent_classes()
             .into_iter()
-            .map(|c| {
-                run.class_names
-                    .get(c as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class {c}"))
-            })
+            .map(|c| class_name(&run.class_names, c))
             .collect();
         let record = EpochRecord {
             epoch,
@@ -1511,6 +1498,14 @@ pub(crate) fn stuck_warning(r: &EpochRecord, classes: usize) -> Option<String> {
             r.train_loss
         )
     })
+}
+
+/// The name of class `c`, or `class C` past the run's names.
+fn class_name(names: &[String], c: u32) -> String {
+    names
+        .get(c as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("class {c}"))
 }
 
 /// A warning when some class maps (not all: that is [`stuck_warning`]'s)
