@@ -1,6 +1,7 @@
 //! `allcnn models`: the registry as a table or JSON.
 
 use allcnn_models::{registry, ArchSpec, Layer};
+use allcnn_train::reproduce::Experiment;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -23,7 +24,47 @@ struct Row {
     params: usize,
     final_map: [usize; 3],
     paper_error_cifar10: Option<f32>,
+    /// The paper's top-1 test error for this model on the data set of its
+    /// head (CIFAR-10 for 10 classes, CIFAR-100 for 100, ImageNet for
+    /// 1000; none for other class counts), without augmentation.
+    paper: Option<Paper>,
     layers: Vec<Layer>,
+}
+
+/// A number of the paper for one model, and the experiment it comes from.
+#[derive(Serialize)]
+struct Paper {
+    #[serde(skip)]
+    source: Experiment,
+    /// `allcnn reproduce`'s name for the experiment (`table3`, `cifar100`, `imagenet`).
+    experiment: &'static str,
+    /// Top-1 test error in percent.
+    error: f64,
+    /// A caveat about the number (the ImageNet one is unconfirmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// The paper's number for `model` with a head of `classes` classes: from
+/// the experiment without augmentation on the data set with that many
+/// classes (the augmented CIFAR-10 row is `allcnn reproduce cifar10-aug`'s).
+fn paper(model: &str, classes: usize) -> Option<Paper> {
+    [
+        Experiment::Table3,
+        Experiment::Cifar100,
+        Experiment::Imagenet,
+    ]
+    .into_iter()
+    .filter(|e| e.classes() == classes)
+    .find_map(|e| {
+        let row = e.rows().into_iter().find(|r| r.model == model)?;
+        Some(Paper {
+            source: e,
+            experiment: e.name(),
+            error: row.paper_error,
+            note: row.note,
+        })
+    })
 }
 
 /// `3x3 96`, `3x3/2 96`, `pool`, `drop .5`, with 'v' marking unpadded convs.
@@ -66,6 +107,7 @@ pub fn run(args: &Args) -> Result<()> {
             params: spec.param_count(),
             final_map: [c, h, w],
             paper_error_cifar10: info.paper_error,
+            paper: paper(info.name, spec.classes()?),
             layers: spec.layers.clone(),
         });
     }
@@ -83,9 +125,10 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     for r in &rows {
         let layers: Vec<String> = r.layers.iter().map(short).collect();
-        let paper = r
-            .paper_error_cifar10
-            .map_or("-".to_string(), |e| format!("{e:.2}%"));
+        let paper = r.paper.as_ref().map_or("-".to_string(), |p| {
+            let mark = if p.note.is_some() { "*" } else { "" };
+            format!("{:.2}%{mark}", p.error)
+        });
         outln!(
             "{:<17} {:>10} {:>5} {:>10} {:>7}  {}",
             r.name,
@@ -96,8 +139,27 @@ pub fn run(args: &Args) -> Result<()> {
             layers.join(", ")
         )?;
     }
-    outln!(
-        "\npaper = CIFAR-10 test error without augmentation (Springenberg et al. 2014, Table 3)"
-    )?;
+    // Say where each number comes from, once per experiment shown.
+    let mut sources: Vec<&Paper> = Vec::new();
+    for p in rows.iter().filter_map(|r| r.paper.as_ref()) {
+        if !sources.iter().any(|s| s.experiment == p.experiment) {
+            sources.push(p);
+        }
+    }
+    if sources.is_empty() {
+        outln!(
+            "\npaper = -: the paper reports no error for heads of {} classes",
+            rows.first().map_or(0, |r| r.classes)
+        )?;
+    } else {
+        outln!("\npaper = top-1 test error in Springenberg et al. 2014, from:")?;
+        for s in sources {
+            let note = s
+                .note
+                .as_ref()
+                .map_or(String::new(), |n| format!(" (* {n})"));
+            outln!("  {}{note}", s.source.title())?;
+        }
+    }
     Ok(())
 }

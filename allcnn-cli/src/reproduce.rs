@@ -18,7 +18,7 @@ pub struct Args {
     /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
     #[arg(long)]
     data: PathBuf,
-    /// The output folder: OUT/<model>/ per model, OUT/report.md, OUT/report.json.
+    /// The output folder: OUT/<model>/ per model, OUT/report.md, OUT/report.json, OUT/comparison.svg.
     #[arg(long)]
     out: PathBuf,
     /// Scale the protocol to E epochs (learning-rate drops at the same

@@ -61,6 +61,39 @@ fn models_table_lists_every_architecture() {
         assert!(line.contains(params), "{line}");
     }
     assert!(out.contains("9.08%"), "{out}");
+    // The ImageNet All-CNN's number comes from the ImageNet experiment,
+    // marked as unconfirmed; each source is named once.
+    let imagenet = out.lines().find(|l| l.starts_with("all-cnn-imagenet"));
+    assert!(imagenet.unwrap().contains("41.20%*"), "{out}");
+    assert_eq!(
+        out.matches("Table 3: CIFAR-10 without augmentation")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("(* unconfirmed"), "{out}");
+}
+
+#[test]
+fn models_paper_column_follows_the_head() {
+    // CIFAR-100 heads: only All-CNN-C has a number in the paper (33.71%),
+    // not the CIFAR-10 errors of Table 3.
+    let o = allcnn(&["models", "--classes", "100"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let line = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap();
+    assert!(line("all-cnn-c ").contains("33.71%"), "{out}");
+    assert!(!out.contains("9.08%") && !out.contains("12.47%"), "{out}");
+    assert!(line("model-a ").contains(" - "), "{out}");
+    assert!(out.contains("CIFAR-100 without augmentation"), "{out}");
+    // A head the paper never trained: no number anywhere.
+    let o = allcnn(&["models", "--classes", "7"]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("the paper reports no error for heads of 7 classes"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -73,6 +106,16 @@ fn models_json_is_machine_readable() {
     let c = rows.iter().find(|r| r["name"] == "all-cnn-c").unwrap();
     assert_eq!(c["params"], 1_387_108);
     assert_eq!(c["final_map"], serde_json::json!([100, 6, 6]));
+    assert_eq!(
+        c["paper"],
+        serde_json::json!({"experiment": "cifar100", "error": 33.71})
+    );
+    let a = rows.iter().find(|r| r["name"] == "model-a").unwrap();
+    assert_eq!(a["paper"], serde_json::Value::Null);
+    assert_eq!(
+        a["paper_error_cifar10"].as_f64().map(|e| e as f32),
+        Some(12.47)
+    );
     assert_eq!(
         c["layers"][0],
         serde_json::json!({"type": "dropout", "rate": 0.2})

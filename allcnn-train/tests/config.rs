@@ -29,6 +29,10 @@ fn presets_follow_the_paper() {
         a.data.augmentation,
         allcnn_data::Augmentation::paper_cifar()
     );
+    // The class-map watch waits longer where translations let a silent
+    // map come back (about 2 epochs at the preset's batch 128).
+    assert_eq!(c.dead_patience_steps, 200);
+    assert_eq!(a.dead_patience_steps, 800);
     let i = TrainConfig::preset("imagenet").unwrap();
     assert_eq!((i.batch_size, i.lr, i.weight_decay), (64, 0.01, 5e-4));
     assert_eq!(
