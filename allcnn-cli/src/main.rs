@@ -112,7 +112,14 @@ fn quiet_broken_pipe() {}
 /// Reproduce "Striving for Simplicity: The All Convolutional Net"
 /// (Springenberg et al., 2014) on CPU, CUDA or Metal.
 #[derive(Parser)]
-#[command(name = "allcnn", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "allcnn",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Examples to start with (the All-CNN-C shipped inside the binary; ten sample images in the repository's docs/samples):\n  allcnn viz --method guided-backprop --input docs/samples --out maps   # classify, and write maps/comparison.png\n  allcnn predict docs/samples --top-k 3\n  allcnn pretrained list\n  allcnn train --preset cifar10 --data data/cifar-10-batches-bin --out runs/allcnn-c\n\n`allcnn <command> --help` shows each command's options and examples; docs/getting-started.md walks through all of them."
+)]
 struct Cli {
     /// More messages on stderr: -v for progress notes from the libraries,
     /// -vv for debugging. Warnings are always shown; RUST_LOG overrides.
@@ -188,7 +195,10 @@ enum Command {
     )]
     Models(models::Args),
     /// Download datasets and inspect them.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  allcnn data download cifar10 --dir data\n  allcnn data info data/cifar-10-batches-bin"
+    )]
     Data(data::Command),
     /// Train a model with the paper's protocol (a preset or a config file), or resume a run.
     #[command(
@@ -370,5 +380,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command and subcommand's `--help` ends with examples (the
+    /// promise of allcnn-cli/README.md).
+    #[test]
+    fn every_command_help_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let help = cmd.get_after_help().map(|h| h.to_string());
+            if !help.is_some_and(|h| h.contains("Example")) {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
     }
 }

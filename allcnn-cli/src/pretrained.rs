@@ -10,6 +10,7 @@ use serde::Serialize;
 #[derive(Subcommand)]
 pub enum Command {
     /// List the shipped weights with their accuracy and provenance.
+    #[command(after_help = "Examples:\n  allcnn pretrained list\n  allcnn pretrained list --json")]
     List {
         /// Print JSON.
         #[arg(long)]
@@ -17,6 +18,9 @@ pub enum Command {
     },
     /// Write shipped weights to a .safetensors file (self-describing: the
     /// architecture, classes and preprocessing ride along).
+    #[command(
+        after_help = "Examples:\n  allcnn pretrained save --out all-cnn-c-cifar10.safetensors\n  allcnn pretrained save all-cnn-c-cifar10 --out w.safetensors --force"
+    )]
     Save {
         /// Which weights (see `allcnn pretrained list`).
         #[arg(default_value = "all-cnn-c-cifar10")]
@@ -30,6 +34,7 @@ pub enum Command {
         force: bool,
     },
     /// Print the model card (Markdown) of shipped weights.
+    #[command(after_help = "Example:\n  allcnn pretrained card > MODEL_CARD.md")]
     Card {
         /// Which weights (see `allcnn pretrained list`).
         #[arg(default_value = "all-cnn-c-cifar10")]
