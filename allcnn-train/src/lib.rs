@@ -89,6 +89,7 @@ pub mod reproduce;
 mod schedule;
 pub mod step;
 pub mod trainer;
+mod watch;
 
 // The principal types; helpers stay in their modules (listed above).
 pub use config::TrainConfig;
