@@ -1,7 +1,7 @@
 //! `--out` checked before any work: not one of the command's inputs, and
 //! writable as what the command writes (a file or a folder).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -130,10 +130,80 @@ fn writable(out: &Path, folder: &Path) -> Result<()> {
     }
 }
 
-/// The name of a network parameter (`*.weight`) in `path`, when it is a
-/// safetensors file that holds one: model weights or a training
-/// checkpoint. Only the header is read.
-fn parameter_in(path: &Path) -> Option<String> {
+/// Fails where `out` holds a file that is not an earlier output of this
+/// command (a safetensors file whose only tensor is `tensor`): a text
+/// file, an image, or another tensor file, which replacing would lose.
+/// Checked after [`check`], so weights files have their own message.
+pub fn replaceable(out: &Path, tensor: &str) -> Result<()> {
+    if !out.is_file() {
+        return Ok(());
+    }
+    match tensor_names(out) {
+        None => bail!(
+            "--out {}: a file is already there, and not a safetensors file (this command writes one, tensor `{tensor}`); choose another path, or delete the file first",
+            out.display()
+        ),
+        Some(names) if names != [tensor] => bail!(
+            "--out {}: holds the tensors {} that this command's output (tensor `{tensor}` alone) would replace; choose another path, or delete the file first",
+            out.display(),
+            names.join(", ")
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Fails where a file the command is about to write (`planned`, the maps
+/// under a `--out` folder) is one of its `inputs` (images found in a
+/// folder included), which it would replace before the next run reads it.
+pub fn refuse_writing_over_inputs<'a>(
+    out: &Path,
+    planned: &[PathBuf],
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let inputs: Vec<(PathBuf, &Path)> = inputs
+        .into_iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok().map(|real| (real, p)))
+        .collect();
+    for path in planned {
+        let Ok(real) = std::fs::canonicalize(path) else {
+            continue; // Not there yet: nothing to overwrite.
+        };
+        if let Some((_, input)) = inputs.iter().find(|(r, _)| *r == real) {
+            bail!(
+                "--out {}: this command would write {} in place of its input {}; choose another output folder",
+                out.display(),
+                path.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fails where `out` lies inside the data set folder `data`: a figure
+/// written there could replace one of its images, or be read as one.
+pub fn outside_data(out: &Path, data: &Path) -> Result<()> {
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let (Ok(folder), Ok(data_real)) =
+        (std::fs::canonicalize(folder), std::fs::canonicalize(data))
+    {
+        if folder.starts_with(&data_real) {
+            bail!(
+                "--out {} lies inside the data set --data {}, where it could replace one of its images or be read as one; write it elsewhere",
+                out.display(),
+                data.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The tensor names in the header of the safetensors file `path`, sorted;
+/// `None` when it is not one. Only the header is read.
+fn tensor_names(path: &Path) -> Option<Vec<String>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
@@ -147,9 +217,22 @@ fn parameter_in(path: &Path) -> Option<String> {
     file.read_exact(&mut header).ok()?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).ok()?;
-    let mut names: Vec<&String> = header.keys().filter(|k| k.ends_with(".weight")).collect();
+    let mut names: Vec<String> = header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, _)| k)
+        .collect();
     names.sort();
-    names.first().map(|n| n.to_string())
+    Some(names)
+}
+
+/// The name of a network parameter (`*.weight`) in `path`, when it is a
+/// safetensors file that holds one: model weights or a training
+/// checkpoint. Only the header is read.
+fn parameter_in(path: &Path) -> Option<String> {
+    tensor_names(path)?
+        .into_iter()
+        .find(|n| n.ends_with(".weight"))
 }
 
 fn refuse_overwriting_inputs<'a>(

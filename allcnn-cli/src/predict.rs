@@ -135,8 +135,15 @@ pub fn load_images(
     Ok(batch.images)
 }
 
-/// Reads `input` (and `labels` if present) from a .safetensors file.
-pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<Tensor>)> {
+/// Reads `input` from a .safetensors file, and with `classes` (the
+/// model's class count) its `labels` if present: integer class indices in
+/// `0..classes`, one per image, as U32. Without `classes` the labels are
+/// not read.
+pub fn load_tensor_file(
+    path: &Path,
+    device: &Device,
+    classes: Option<usize>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let mut t: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
     let Some(input) = t.remove("input") else {
@@ -158,20 +165,10 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
             path.display()
         ),
     }
-    let labels = t
-        .remove("labels")
-        .map(|l| l.to_dtype(DType::U32))
-        .transpose()?;
-    if let Some(l) = &labels {
-        if l.dims() != [input.dims()[0]] {
-            bail!(
-                "{}: tensor `labels` has shape {:?}; expected [{}], one label per image",
-                path.display(),
-                l.dims(),
-                input.dims()[0]
-            );
-        }
-    }
+    let labels = match (t.remove("labels"), classes) {
+        (Some(l), Some(classes)) => Some(class_labels(&l, input.dims()[0], classes, path)?),
+        _ => None,
+    };
     let input = input.to_dtype(DType::F32)?;
     // A NaN would come out of the network as plausible probabilities (the
     // ReLU and the max-pool do not pass it on).
@@ -190,6 +187,39 @@ pub fn load_tensor_file(path: &Path, device: &Device) -> Result<(Tensor, Option<
         );
     }
     Ok((input, labels))
+}
+
+/// The tensor `labels` of `path` checked as one class index in
+/// `0..classes` per image of the `n`, as U32: a float or out-of-range label
+/// is refused with its image rather than truncated or wrapped.
+fn class_labels(l: &Tensor, n: usize, classes: usize, path: &Path) -> Result<Tensor> {
+    if l.dims() != [n] {
+        bail!(
+            "{}: tensor `labels` has shape {:?}; expected [{n}], one label per image",
+            path.display(),
+            l.dims()
+        );
+    }
+    if l.dtype().is_float() {
+        bail!(
+            "{}: tensor `labels` is {:?}; class labels are integers (U8, U32 or I64)",
+            path.display(),
+            l.dtype()
+        );
+    }
+    let values = l.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    if let Some((i, c)) = values
+        .iter()
+        .enumerate()
+        .find(|&(_, &c)| usize::try_from(c).map_or(true, |c| c >= classes))
+    {
+        bail!(
+            "{}: label {c} of image {i} is not a class of the model (0..{classes})",
+            path.display()
+        );
+    }
+    let values: Vec<u32> = values.into_iter().map(|c| c as u32).collect();
+    Ok(Tensor::new(values, l.device())?)
 }
 
 /// Writes `tensor` as the only tensor (`name`) of the safetensors file `out`,
@@ -211,8 +241,12 @@ pub fn is_safetensors(p: &Path) -> bool {
 
 pub fn run(args: &Args) -> Result<()> {
     if let Some(out) = &args.out {
-        let inputs = args.model.weights.iter().chain(&args.inputs);
+        // The images found in folders count as inputs too (an error in
+        // listing them is reported where they are read).
+        let images = image_paths(&args.inputs).unwrap_or_default();
+        let inputs = args.model.weights.iter().chain(&args.inputs).chain(&images);
         crate::out::check(out, OutKind::File, inputs.map(PathBuf::as_path))?;
+        crate::out::replaceable(out, "logits")?;
     }
     if args.inputs.len() > 1 {
         if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {
@@ -227,7 +261,7 @@ pub fn run(args: &Args) -> Result<()> {
     let model = &loaded.file.model;
     let (names, logits): (Vec<String>, Tensor) =
         if args.inputs.len() == 1 && is_safetensors(&args.inputs[0]) {
-            let (x, _) = load_tensor_file(&args.inputs[0], &device)?;
+            let (x, _) = load_tensor_file(&args.inputs[0], &device, None)?;
             let n = x.dim(0)?;
             let names = (0..n)
                 .map(|i| format!("{}[{i}]", args.inputs[0].display()))

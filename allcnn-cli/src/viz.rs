@@ -1,6 +1,6 @@
 //! `allcnn viz` (attribution maps) and `allcnn viz top` (the top-activation figure).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
 use allcnn_models::LayerName;
@@ -326,6 +326,9 @@ pub fn run(args: &Args) -> Result<()> {
         OutKind::Folder("a folder for the maps (or a .safetensors file for the raw tensor)")
     };
     crate::out::check(out, kind, inputs.map(PathBuf::as_path))?;
+    if is_safetensors(out) {
+        crate::out::replaceable(out, "attribution")?;
+    }
     let device = args.common.device.open()?;
     let loaded = weights::load(model_args, &device)?;
     let model = &loaded.file.model;
@@ -338,6 +341,21 @@ pub fn run(args: &Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
     }
     let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
+    if !is_safetensors(out) {
+        // The PNGs this command writes, none of them an input image (one
+        // found in an --input folder that is also --out, say).
+        let prefix = if args.overlay {
+            format!("{method}-overlay-")
+        } else {
+            format!("{method}-")
+        };
+        let planned: Vec<PathBuf> = file_stems(&prefix, &names, input.dim(0)?)
+            .iter()
+            .map(|stem| out.join(format!("{stem}.png")))
+            .chain([out.join(COMPARISON)])
+            .collect();
+        crate::out::refuse_writing_over_inputs(out, &planned, names.iter().map(Path::new))?;
+    }
     let fixed_target = match &args.target {
         TargetSpec::Predicted => None,
         spec => Some(spec.resolve(model, &input, labels.as_ref())?),
@@ -456,7 +474,7 @@ pub fn run(args: &Args) -> Result<()> {
             Ok((m, map))
         })
         .collect::<Result<Vec<_>>>()?;
-    let grid = out.join("comparison.png");
+    let grid = out.join(COMPARISON);
     render::write_png(
         &render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?,
         &grid,
@@ -476,6 +494,9 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The figure of every image beside its maps, in the `--out` folder.
+const COMPARISON: &str = "comparison.png";
 
 /// Output file stems for `n` maps: `{prefix}{stem of the input file}`
 /// (`guided-backprop-cat` for `cat.jpg`) when every input file has its own
@@ -513,11 +534,11 @@ pub(crate) fn read_input(
     Option<candle_core::Tensor>,
     Vec<String>,
 )> {
+    let model = &loaded.file.model;
     if inputs.len() == 1 && is_safetensors(&inputs[0]) {
-        let (input, labels) = load_tensor_file(&inputs[0], device)?;
+        let (input, labels) = load_tensor_file(&inputs[0], device, Some(model.classes()))?;
         return Ok((input, labels, Vec::new()));
     }
-    let model = &loaded.file.model;
     let paths = image_paths(inputs)?;
     let side = loaded
         .file
@@ -562,6 +583,7 @@ fn top(args: &TopArgs) -> Result<()> {
             args.out.display()
         );
     }
+    crate::out::outside_data(&args.out, &args.data)?;
     let device = args.common.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;

@@ -571,6 +571,154 @@ fn predict_and_data_errors() {
 }
 
 #[test]
+fn outputs_never_replace_inputs_found_in_folders_or_foreign_files() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let s = |path: &std::path::Path| path.to_str().unwrap().to_string();
+    std::fs::create_dir(p("imgs")).unwrap();
+    write_png(&p("imgs/a.png"), 1);
+    write_png(&p("imgs/gradient-a.png"), 2);
+    let intact = |name: &str| image::open(p(name)).unwrap().width() == 40;
+
+    // predict: an image found in a folder input is an input too.
+    let o = allcnn(&["predict", &s(&p("imgs")), "--out", &s(&p("imgs/a.png"))]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("also an input"), "{}", stderr(&o));
+    assert!(intact("imgs/a.png"));
+    // A file the command did not write is kept; its own output is replaced.
+    std::fs::write(p("note.txt"), "mine").unwrap();
+    let o = allcnn(&["predict", &s(&p("imgs")), "--out", &s(&p("note.txt"))]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("not a safetensors file"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(p("note.txt")).unwrap(), "mine");
+    for _ in 0..2 {
+        assert_ok(&allcnn(&[
+            "predict",
+            &s(&p("imgs")),
+            "--out",
+            &s(&p("logits.safetensors")),
+        ]));
+    }
+    let batch = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let tensors = |labels: Tensor| {
+        std::collections::HashMap::from([
+            ("input".to_string(), batch.clone()),
+            ("labels".to_string(), labels),
+        ])
+    };
+    let other = p("other-batch.safetensors");
+    candle_core::safetensors::save(
+        &tensors(Tensor::new(&[1u32, 2], &Device::Cpu).unwrap()),
+        &other,
+    )
+    .unwrap();
+    let o = allcnn(&["predict", &s(&p("imgs/a.png")), "--out", &s(&other)]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("holds the tensors input, labels"),
+        "{}",
+        stderr(&o)
+    );
+
+    // viz: a map named like an input image of the --out folder.
+    let o = allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--input",
+        &s(&p("imgs/a.png")),
+        &s(&p("imgs/gradient-a.png")),
+        "--out",
+        &s(&p("imgs")),
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("in place of its input"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(intact("imgs/gradient-a.png"));
+    // viz top: a figure inside the data set.
+    std::fs::create_dir_all(p("data/test/cat")).unwrap();
+    let o = allcnn(&[
+        "viz",
+        "top",
+        "--data",
+        &s(&p("data")),
+        "--layer",
+        "conv6",
+        "--out",
+        &s(&p("data/test/cat/0.png")),
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("lies inside the data set"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Labels of a tensor input are class indices of the model, or refused
+    // with their image (not truncated or wrapped).
+    let cases = [
+        (
+            Tensor::new(&[3.7f32, 1.2], &Device::Cpu).unwrap(),
+            "class labels are integers",
+        ),
+        (
+            Tensor::new(&[3i64, (1 << 40) + 3], &Device::Cpu).unwrap(),
+            "label 1099511627779 of image 1 is not a class of the model (0..10)",
+        ),
+        (
+            Tensor::new(&[-1i64, 0], &Device::Cpu).unwrap(),
+            "label -1 of image 0",
+        ),
+        (
+            Tensor::new(&[0u8, 10], &Device::Cpu).unwrap(),
+            "label 10 of image 1",
+        ),
+    ];
+    for (labels, needle) in cases {
+        let input = p("labelled.safetensors");
+        candle_core::safetensors::save(&tensors(labels), &input).unwrap();
+        let o = allcnn(&[
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            &s(&input),
+            "--target",
+            "labels",
+            "--out",
+            &s(&p("maps")),
+        ]);
+        assert_exit(&o, 1);
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+    let input = p("labelled.safetensors");
+    candle_core::safetensors::save(
+        &tensors(Tensor::new(&[9u8, 0], &Device::Cpu).unwrap()),
+        &input,
+    )
+    .unwrap();
+    assert_ok(&allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--input",
+        &s(&input),
+        "--target",
+        "labels",
+        "--out",
+        &s(&p("maps")),
+    ]));
+}
+
+#[test]
 fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w.safetensors");

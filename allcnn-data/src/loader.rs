@@ -239,19 +239,27 @@ impl LoaderBuilder {
             });
         }
         c.augmentation.validate()?;
-        let (ch, h, w) = match self.dataset.image_shape() {
-            Some(s) => s,
+        // The batch shape: the data set's, or its first image's (the
+        // others are checked as they are read).
+        let (ch, h, w, source) = match self.dataset.image_shape() {
+            Some((ch, h, w)) => (ch, h, w, "the data set's images".to_string()),
             None => {
                 let img = self.dataset.get(0)?.image;
-                (img.channels(), img.height(), img.width())
+                let source = self.dataset.describe(0);
+                (img.channels(), img.height(), img.width(), source)
             }
         };
         let (oh, ow) = c.augmentation.output_size(h, w);
         let shape = (ch, oh, ow);
         if let Some(expected) = self.preprocessing.input_shape() {
             if expected != shape {
+                let what = if (oh, ow) == (h, w) {
+                    source
+                } else {
+                    format!("{source}, {h}x{w} cropped by the augmentation")
+                };
                 return Err(DataError::WrongImageSize {
-                    what: "loader output (after the 8-bit augmentation)".into(),
+                    what,
                     expected_c: expected.0,
                     expected_h: expected.1,
                     expected_w: expected.2,

@@ -161,6 +161,27 @@ fn bad_configs_and_errors_propagate() {
         .build()
         .unwrap_err();
     assert!(matches!(err, DataError::WrongImageSize { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("the data set's images: image is 3x8x8 (CxHxW) but 3x4x4"),
+        "{err}"
+    );
+    // Images of varying size: the batch shape comes from the first image,
+    // which the error names (an image folder names its file).
+    let mut first_small = vec![Image::from_chw(3, 4, 4, vec![0; 48]).unwrap()];
+    first_small.extend((0..3).map(|_| Image::from_chw(3, 8, 8, vec![0; 192]).unwrap()));
+    let first_small: Arc<dyn Dataset> =
+        Arc::new(VecDataset::new(first_small, vec![0; 4], vec!["a".into()]).unwrap());
+    let eight = Preprocessing::fit_gcn_zca(&dataset(10), &GcnZcaConfig::default()).unwrap();
+    let err = DataLoader::builder(first_small)
+        .preprocessing(eight)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("example 0 of the dataset: image is 3x4x4 (CxHxW) but 3x8x8"),
+        "{err}"
+    );
     // A dataset whose images change size mid-way: the batch fails, the iterator stops.
     let mut imgs: Vec<Image> = (0..4)
         .map(|_| Image::from_chw(3, 8, 8, vec![0; 192]).unwrap())
