@@ -23,10 +23,10 @@ pub struct Args {
     #[arg(long, value_name = "OWNER/REPO", value_parser = crate::values::repo_id)]
     repo: Option<String>,
     /// License id for the model card's front matter.
-    #[arg(long, default_value = "mit")]
+    #[arg(long, default_value = "mit", value_parser = crate::values::license_id)]
     license: String,
     /// Hub dataset id for the model card (default: guessed, e.g. cifar10).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::dataset_id)]
     dataset: Option<String>,
     /// Store the ZCA whitening matrix as a low-rank f16 basis of this rank
     /// plus an isotropic remainder (256 keeps CIFAR-10 weights under 8 MB
@@ -73,8 +73,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
     options = options.half_weights(args.f16_weights);
     for item in &args.provenance {
-        let Some((k, v)) = item.split_once('=') else {
-            anyhow::bail!("--provenance {item:?}: expected KEY=VALUE");
+        let Some((k, v)) = item.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            anyhow::bail!(
+                "--provenance {item:?}: expected KEY=VALUE with a KEY, e.g. commit=abc123"
+            );
         };
         options = options.provenance(k.trim(), v.trim());
     }

@@ -457,7 +457,14 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         aug,
         &device,
         &mut |done| bar.set_position(done),
-    )?;
+    )
+    .map_err(|e| match e {
+        // Name the data that does not fit (the library knows only the weights).
+        allcnn_train::TrainError::DataMismatch { reason } => {
+            anyhow::anyhow!("--data {}: {reason}", args.data.display())
+        }
+        e => e.into(),
+    })?;
     bar.finish_and_clear();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&r)?)?;

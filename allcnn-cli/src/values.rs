@@ -77,6 +77,38 @@ pub fn repo_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// A license id for a model card's front matter (`mit`, `apache-2.0`,
+/// `cc-by-4.0`, `other`): letters, digits, `-` and `.`, as the Hub's ids.
+pub fn license_id(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a license id: give one of the Hub's, e.g. mit, apache-2.0 or cc-by-4.0 (letters, digits, - and .)"
+        ))
+    }
+}
+
+/// A Hub dataset id (`cifar10`, `uoft-cs/cifar10`) for a model card.
+pub fn dataset_id(s: &str) -> Result<String, String> {
+    if s.contains('/') {
+        return repo_id(s);
+    }
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a Hub dataset id: give NAME or OWNER/NAME, e.g. cifar10 (letters, digits, -, _ and .)"
+        ))
+    }
+}
+
 /// The registered architectures (`allcnn models`), for `--model`.
 pub fn model_name() -> impl TypedValueParser<Value = String> {
     PossibleValuesParser::new(allcnn_models::registry().iter().map(|m| m.name))
@@ -144,7 +176,23 @@ pub fn colormap() -> impl TypedValueParser<Value = allcnn_viz::render::Colormap>
 
 #[cfg(test)]
 mod tests {
-    use super::repo_id;
+    use super::{dataset_id, license_id, repo_id};
+
+    #[test]
+    fn card_ids_are_refused_where_the_hub_would_refuse_them() {
+        for ok in ["mit", "apache-2.0", "cc-by-4.0", "other"] {
+            assert_eq!(license_id(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "mit license", "mit:\n x", "\"mit\""] {
+            assert!(license_id(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["cifar10", "uoft-cs/cifar10", "imagenet-1k"] {
+            assert_eq!(dataset_id(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "a b", "a/b/c", "x\ny"] {
+            assert!(dataset_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn repo_ids_follow_the_hubs_rules() {

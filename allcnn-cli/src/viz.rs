@@ -486,9 +486,8 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "wrote {} {} maps and {} to {}",
-        files.len(),
-        method,
+        "wrote {} and {} to {}",
+        crate::count(files.len() as u64, &format!("{method} map")),
         grid.file_name().unwrap_or_default().to_string_lossy(),
         out.display()
     )?;

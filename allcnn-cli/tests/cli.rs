@@ -568,6 +568,16 @@ fn predict_and_data_errors() {
     let o = allcnn(&["data", "info", "/nonexistent/data"]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
+    // Data with other classes than the weights: both named.
+    let data = dir.path().join("two-classes");
+    tiny_folder(&data);
+    let o = allcnn(&["eval", "--data", data.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    let want = format!(
+        "--data {}: the model of the shipped all-cnn-c-cifar10 weights has 10 classes, the data 2",
+        data.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
 }
 
 #[test]
@@ -2408,7 +2418,34 @@ fn export_hub_round_trip() {
         dir.path().join("o2").to_str().unwrap(),
     ]);
     assert_exit(&o, 1);
-    assert!(stderr(&o).contains("not a run directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nope: no such folder"),
+        "{}",
+        stderr(&o)
+    );
+    // Card fields that the Hub would refuse, refused here first.
+    let run_s = run.to_str().unwrap();
+    let o2 = dir.path().join("o2");
+    for (extra, code, needle) in [
+        (&["--license", ""][..], 2, "is not a license id"),
+        (&["--license", "mit: x"][..], 2, "is not a license id"),
+        (&["--dataset", "a b"][..], 2, "is not a Hub dataset id"),
+        (
+            &["--provenance", "=x"][..],
+            1,
+            "expected KEY=VALUE with a KEY",
+        ),
+    ] {
+        let args = [
+            &["export-hub", run_s, "--out", o2.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        let o = allcnn(&args);
+        assert_exit(&o, code);
+        assert!(stderr(&o).contains(needle), "{extra:?}: {}", stderr(&o));
+        assert!(!o2.exists());
+    }
     // Recorded preprocessing that cannot be read fails the export before
     // anything is written: no partial export is left behind (D23).
     let fin = run.join("final.safetensors");

@@ -212,7 +212,7 @@ pub(crate) fn check_data_fits(
     if data.num_classes() != w.model.classes() {
         return Err(TrainError::DataMismatch {
             reason: format!(
-                "{name} has {} classes, the data {}: give weights trained on these classes, or data with the weights' classes",
+                "the model of {name} has {} classes, the data {}: give weights trained on these classes, or data with the weights' classes",
                 w.model.classes(),
                 data.num_classes()
             ),

@@ -607,10 +607,19 @@ fn open_run(
     options: &ExportOptions,
 ) -> Result<(TrainConfig, WeightsFile, PathBuf), TrainError> {
     let config_path = run_dir.join(files::CONFIG);
+    if !run_dir.exists() {
+        return Err(export_error(
+            run_dir,
+            "no such folder: give the run directory that `allcnn train --out` made",
+        ));
+    }
     if !config_path.is_file() {
         return Err(export_error(
             run_dir,
-            format!("not a run directory (no {})", files::CONFIG),
+            format!(
+                "not a run directory (no {}): give the folder that `allcnn train --out` made",
+                files::CONFIG
+            ),
         ));
     }
     let config = TrainConfig::from_file(&config_path)?;
@@ -1066,6 +1075,22 @@ mod tests {
     fn a_missing_weights_file_suggests_only_what_exists() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
+        // No folder at all, then a folder that is not a run: told apart.
+        let err = |run: &Path| {
+            open_run(run, &ExportOptions::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(&run.join("nope")).contains("nope: no such folder"),
+            "{}",
+            err(&run.join("nope"))
+        );
+        assert!(
+            err(run).contains("not a run directory (no config.toml)"),
+            "{}",
+            err(run)
+        );
         let toml = TrainConfig::preset("cifar10").unwrap().to_toml();
         std::fs::write(run.join(files::CONFIG), toml).unwrap();
         let reason = |weights: WeightsChoice| {
