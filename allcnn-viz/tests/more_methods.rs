@@ -356,12 +356,14 @@ fn feature_masks_and_sizes_are_checked() {
         assert!(matches!(err, VizError::BadTensor { .. }), "{err}");
         assert!(err.to_string().contains("feature mask"), "{err}");
     }
-    let err = ablate(FeatureMask::Patches {
-        height: 0,
-        width: 4,
-    })
-    .unwrap_err();
-    assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+    for (height, width) in [(0, 4), (4, 33), (1000, 1000)] {
+        let err = ablate(FeatureMask::Patches { height, width }).unwrap_err();
+        assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+        assert!(
+            err.to_string().contains("at most the image's 32x32"),
+            "{err}"
+        );
+    }
     // A whole-image feature of a u8 mask: the drop to the baseline.
     let map = ablate(FeatureMask::Tensor(
         Tensor::zeros((1, 1, 32, 32), DType::U8, &dev).unwrap(),
