@@ -194,13 +194,36 @@ fn parse_usize(
 /// [`ModelError::NotSelfDescribing`] when the file records no architecture,
 /// [`ModelError::BadMetadata`] when the record cannot be parsed.
 fn spec_from_meta(path: &Path, meta: &HashMap<String, String>) -> Result<ArchSpec, ModelError> {
+    let bad = |key: &str, value: &str, reason: String| ModelError::BadMetadata {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
     if let Some(json) = meta.get(KEY_SPEC) {
-        return serde_json::from_str(json).map_err(|e| ModelError::BadMetadata {
-            path: path.to_path_buf(),
-            key: KEY_SPEC.to_string(),
-            value: json.clone(),
-            reason: e.to_string(),
-        });
+        let spec: ArchSpec =
+            serde_json::from_str(json).map_err(|e| bad(KEY_SPEC, json, e.to_string()))?;
+        spec.validate()
+            .map_err(|e| bad(KEY_SPEC, json, e.to_string()))?;
+        // The short keys say the same as the spec in every file we write;
+        // a file where they differ was edited, and which one is right is
+        // not known.
+        let classes = spec.classes()?;
+        if let Some(name) = meta.get(KEY_MODEL).filter(|n| **n != spec.name) {
+            return Err(bad(
+                KEY_MODEL,
+                name,
+                format!("the file's `{KEY_SPEC}` is `{}`", spec.name),
+            ));
+        }
+        if let Some(n) = parse_usize(path, meta, KEY_CLASSES)?.filter(|&n| n != classes) {
+            return Err(bad(
+                KEY_CLASSES,
+                &n.to_string(),
+                format!("the file's `{KEY_SPEC}` has {classes} classes"),
+            ));
+        }
+        return Ok(spec);
     }
     let name = meta
         .get(KEY_MODEL)
@@ -283,10 +306,33 @@ impl WeightsFile {
         spec: Option<ArchSpec>,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        let described = spec.is_none();
         let spec = match spec {
             Some(s) => s,
             None => spec_from_meta(path, &raw)?,
         };
+        if let (true, Some(json)) = (described, raw.get(KEY_CLASS_NAMES)) {
+            let classes = spec.classes()?;
+            let names: Vec<String> =
+                serde_json::from_str(json).map_err(|e| ModelError::BadMetadata {
+                    path: path.to_path_buf(),
+                    key: KEY_CLASS_NAMES.to_string(),
+                    value: json.clone(),
+                    reason: format!("not a JSON list of strings: {e}"),
+                })?;
+            if names.len() != classes {
+                return Err(ModelError::BadMetadata {
+                    path: path.to_path_buf(),
+                    key: KEY_CLASS_NAMES.to_string(),
+                    value: json.clone(),
+                    reason: format!(
+                        "{} names for the {classes} classes of `{}`",
+                        names.len(),
+                        spec.name
+                    ),
+                });
+            }
+        }
         let input_size = parse_usize(path, &raw, KEY_INPUT_SIZE)?;
         if let Some(n) = input_size {
             // The size the file's users will run at: bounded like the spec's.

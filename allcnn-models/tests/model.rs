@@ -242,6 +242,75 @@ fn weights_round_trip_with_metadata_and_attachments() {
     assert!(e.to_string().contains("allcnn.input_size"), "{e}");
 }
 
+/// A copy of the safetensors file `from` at `to` with metadata `key` set
+/// to `value`: the edited files the loader must refuse.
+fn edit_metadata(from: &std::path::Path, to: &std::path::Path, key: &str, value: &str) {
+    let bytes = std::fs::read(from).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.to_string());
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + len..]);
+    std::fs::write(to, out).unwrap();
+}
+
+/// Metadata that contradicts the file's architecture, or describes one
+/// that cannot run, is refused naming the key at fault (not another key,
+/// not the user's images), and not silently overruled by the spec.
+#[test]
+fn contradictory_metadata_is_refused_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("w.safetensors");
+    let m = AllCnn::init(
+        ArchSpec::by_name("strided-cnn-a", 100).unwrap(),
+        Init::XavierNormal,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut meta = WeightsMeta::default();
+    meta.set_class_names(&(0..100).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    m.save(&good, &meta, &[]).unwrap();
+    WeightsFile::load(&good, &Device::Cpu).unwrap();
+    let small = ArchSpec {
+        input_size: 8,
+        ..m.spec().clone()
+    };
+    let small = serde_json::to_string(&small).unwrap();
+    let cases = [
+        ("allcnn.spec", small.as_str(), "conv"),
+        (
+            "allcnn.model",
+            "model-a",
+            "the file's `allcnn.spec` is `strided-cnn-a`",
+        ),
+        ("allcnn.classes", "abc", "invalid digit"),
+        ("allcnn.classes", "10", "has 100 classes"),
+        (
+            KEY_CLASS_NAMES,
+            r#"["a","b","c"]"#,
+            "3 names for the 100 classes of `strided-cnn-a`",
+        ),
+        (KEY_CLASS_NAMES, "not json", "not a JSON list of strings"),
+    ];
+    for (key, value, why) in cases {
+        let edited = dir.path().join("edited.safetensors");
+        edit_metadata(&good, &edited, key, value);
+        let e = WeightsFile::load(&edited, &Device::Cpu).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, ModelError::BadMetadata { key: k, .. } if k == key),
+            "{key}: {e:?}"
+        );
+        assert!(
+            text.contains("edited.safetensors") && text.contains(why),
+            "{key}: {text}"
+        );
+    }
+}
+
 fn write_raw(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {
     candle_core::safetensors::save(tensors, path).unwrap();
 }
