@@ -96,9 +96,9 @@ impl FeatureMask {
     ) -> Result<Vec<Vec<Vec<usize>>>, VizError> {
         let per_image: Vec<Vec<u64>> = match self {
             FeatureMask::Patches { height, width } => {
-                if *height == 0 || *width == 0 || *height > h || *width > w {
+                if *height == 0 || *width == 0 {
                     return Err(VizError::InvalidArgument(format!(
-                        "feature patches must be at least 1x1 and at most the image's {h}x{w}, got {height}x{width}"
+                        "feature patches must be at least 1x1, got {height}x{width}"
                     )));
                 }
                 let across = w.div_ceil(*width);

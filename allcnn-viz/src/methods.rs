@@ -524,31 +524,31 @@ impl Method {
             }
             Method::Lrp => Lrp::new(model).composite(o.lrp).attribute(input, target),
             Method::FeatureAblation => FeatureAblation::new(model)
-                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .mask(patches(o.patch, (4, 4), input)?)
                 .baseline(Baseline::Constant(o.baseline))
                 .batch(o.batch)
                 .attribute(input, target),
             Method::ShapleyValues => ShapleyValues::new(model)
-                .mask(patches(o.patch.unwrap_or((16, 16))))
+                .mask(patches(o.patch, (16, 16), input)?)
                 .baseline(Baseline::Constant(o.baseline))
                 .batch(o.batch)
                 .attribute(input, target),
             Method::ShapleyValueSampling => ShapleyValueSampling::new(model)
-                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .mask(patches(o.patch, (4, 4), input)?)
                 .baseline(Baseline::Constant(o.baseline))
                 .samples(o.samples)
                 .seed(o.seed)
                 .batch(o.batch)
                 .attribute(input, target),
             Method::KernelShap => KernelShap::new(model)
-                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .mask(patches(o.patch, (4, 4), input)?)
                 .baseline(Baseline::Constant(o.baseline))
                 .samples(8 * o.samples)
                 .seed(o.seed)
                 .batch(o.batch)
                 .attribute(input, target),
             Method::Lime => Lime::new(model)
-                .mask(patches(o.patch.unwrap_or((4, 4))))
+                .mask(patches(o.patch, (4, 4), input)?)
                 .baseline(Baseline::Constant(o.baseline))
                 .samples(8 * o.samples)
                 .seed(o.seed)
@@ -558,8 +558,26 @@ impl Method {
     }
 }
 
-fn patches((height, width): (usize, usize)) -> FeatureMask {
-    FeatureMask::Patches { height, width }
+/// The patches of [`MethodOptions::patch`], or the method's `default`. A
+/// patch asked for that is larger than the image is refused (as an
+/// occlusion window is): the image would be one feature, every pixel of
+/// the map the same value.
+fn patches(
+    asked: Option<(usize, usize)>,
+    default: (usize, usize),
+    input: &Tensor,
+) -> Result<FeatureMask, VizError> {
+    let (_, _, h, w) = input.dims4().context(|| "input shape".into())?;
+    let (height, width) = match asked {
+        Some((ph, pw)) if ph > h || pw > w => {
+            return Err(VizError::InvalidArgument(format!(
+                "patch {ph}x{pw} is larger than the {h}x{w} image, which would be one feature with the same value at every pixel; give at most {h}x{w}"
+            )))
+        }
+        Some(p) => p,
+        None => default,
+    };
+    Ok(FeatureMask::Patches { height, width })
 }
 
 /// DeepLiftShap's baselines for [`Method::DeepLiftShap`]: `shap_baselines`

@@ -10,8 +10,8 @@ use allcnn_viz::{
     Baseline, DeepLift, DeepLiftShap, FeatureAblation, FeatureMask, GradientShap, InputXGradient,
     KernelShap, LayerActivation, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation,
     LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients, LayerLrp, Lime, Lrp,
-    LrpComposite, LrpRule, NeuronConductance, Quadrature, ShapDraw, ShapleyValueSampling,
-    ShapleyValues, Target, VizError,
+    LrpComposite, LrpRule, Method, MethodOptions, NeuronConductance, Quadrature, ShapDraw,
+    ShapleyValueSampling, ShapleyValues, Target, VizError,
 };
 use candle_core::{DType, Device, Tensor};
 use common::doubling;
@@ -356,13 +356,24 @@ fn feature_masks_and_sizes_are_checked() {
         assert!(matches!(err, VizError::BadTensor { .. }), "{err}");
         assert!(err.to_string().contains("feature mask"), "{err}");
     }
-    for (height, width) in [(0, 4), (4, 33), (1000, 1000)] {
-        let err = ablate(FeatureMask::Patches { height, width }).unwrap_err();
+    let err = ablate(FeatureMask::Patches {
+        height: 0,
+        width: 4,
+    })
+    .unwrap_err();
+    assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
+    // A patch asked of a method that is larger than the image is refused;
+    // the defaults fit any image (16x16 Shapley patches on 8x8: one feature).
+    for patch in [(4, 33), (1000, 1000)] {
+        let options = MethodOptions {
+            patch: Some(patch),
+            ..MethodOptions::default()
+        };
+        let err = Method::FeatureAblation
+            .attribute_with(&model, &x, &target, &options)
+            .unwrap_err();
         assert!(matches!(err, VizError::InvalidArgument(_)), "{err}");
-        assert!(
-            err.to_string().contains("at most the image's 32x32"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("give at most 32x32"), "{err}");
     }
     // A whole-image feature of a u8 mask: the drop to the baseline.
     let map = ablate(FeatureMask::Tensor(
