@@ -164,6 +164,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         let summary = t.resume_with(run_dir, None, &changes)?;
         return report(&summary, args.json);
     }
+    if let Some(c) = args.config.as_ref().filter(|c| !c.is_file()) {
+        let what = if c.exists() {
+            "not a file"
+        } else {
+            "no such file"
+        };
+        bail!(
+            "--config {}: {what}; write one to edit with `allcnn train --preset cifar10 --print-config > my.toml`",
+            c.display()
+        );
+    }
     let mut config = match (&args.preset, &args.config) {
         (Some(p), None) => TrainConfig::preset(p)?,
         (None, Some(c)) => TrainConfig::from_file(c)?,

@@ -1853,6 +1853,15 @@ fn train_errors_are_clear() {
     let t = ["train", "--preset", "cifar10"];
     usage_naming(&[&t[..], &["--out", "/tmp/x"]].concat(), "--data");
     fails_naming(
+        &[
+            "train",
+            "--config",
+            "/nonexistent/my.toml",
+            "--print-config",
+        ],
+        "--config /nonexistent/my.toml: no such file; write one to edit with",
+    );
+    fails_naming(
         &[&t[..], &["--print-config", "no_such_key=3"]].concat(),
         "no_such_key",
     );

@@ -582,7 +582,7 @@ impl Trainer {
             let reason = if ckpt_path.exists() {
                 "it is not a regular file (a folder?): move it away; a checkpoint is a file"
             } else {
-                "no checkpoint here: nothing to resume (was the run started?)"
+                "not there, so there is nothing to resume: give the folder of a run that `allcnn train --out` started (it writes the checkpoint at each epoch's end)"
             };
             return Err(TrainError::BadCheckpoint {
                 path: ckpt_path,

@@ -99,7 +99,7 @@ pub enum VizError {
         got: Vec<usize>,
     },
     /// An argument is invalid (an empty channel list, k = 0, ...).
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
     /// A method cannot start from this kind of target.
     #[error("{method} cannot use this target: {reason}")]
