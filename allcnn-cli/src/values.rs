@@ -77,19 +77,25 @@ pub fn repo_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// `s` when it is a non-empty run of ASCII letters, digits and `extra`,
+/// else the error `refusal`.
+fn id_of(s: &str, extra: &str, refusal: impl FnOnce() -> String) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(refusal())
+    }
+}
+
 /// A license id for a model card's front matter (`mit`, `apache-2.0`,
 /// `cc-by-4.0`, `other`): letters, digits, `-` and `.`, as the Hub's ids.
 pub fn license_id(s: &str) -> Result<String, String> {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
-    {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "`{s}` is not a license id: give one of the Hub's, e.g. mit, apache-2.0 or cc-by-4.0 (letters, digits, - and .)"
-        ))
-    }
+    id_of(s, "-.", || {
+        format!("`{s}` is not a license id: give one of the Hub's, e.g. mit, apache-2.0 or cc-by-4.0 (letters, digits, - and .)")
+    })
 }
 
 /// A Hub dataset id (`cifar10`, `uoft-cs/cifar10`) for a model card.
@@ -97,16 +103,9 @@ pub fn dataset_id(s: &str) -> Result<String, String> {
     if s.contains('/') {
         return repo_id(s);
     }
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "`{s}` is not a Hub dataset id: give NAME or OWNER/NAME, e.g. cifar10 (letters, digits, -, _ and .)"
-        ))
-    }
+    id_of(s, "-_.", || {
+        format!("`{s}` is not a Hub dataset id: give NAME or OWNER/NAME, e.g. cifar10 (letters, digits, -, _ and .)")
+    })
 }
 
 /// The registered architectures (`allcnn models`), for `--model`.
