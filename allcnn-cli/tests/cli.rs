@@ -1306,6 +1306,26 @@ fn train_tiny(data: &std::path::Path, run: &std::path::Path, extra: &[&str]) -> 
         .expect("run allcnn")
 }
 
+/// A subset larger than its split trains on the whole split, and says so.
+#[test]
+fn a_subset_larger_than_its_split_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let o = train_tiny(
+        &data,
+        &dir.path().join("run"),
+        &["data.train_subset=100", "data.test_subset=50"],
+    );
+    assert_ok(&o);
+    for want in [
+        "warning: data.train_subset = 100, but the split has only 12 examples: all of them are used",
+        "warning: data.test_subset = 50, but the split has only 12 examples",
+    ] {
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+}
+
 /// `--time-limit` stops a long run after its step with a checkpoint, and
 /// the same flag on `--resume` stops the continued run again, further on;
 /// durations that are not one, or under a second, are refused.

@@ -57,6 +57,18 @@ fn random_subset(
 ) -> Result<Arc<dyn Dataset>, TrainError> {
     match n {
         Some(n) if n < data.len() => Ok(Arc::new(Subset::random_nth(data, n, seed, which))),
+        Some(n) if n > data.len() => {
+            let key = if which == TRAIN_SAMPLE {
+                "data.train_subset"
+            } else {
+                "data.test_subset"
+            };
+            log::warn!(
+                "{key} = {n}, but the split has only {} examples: all of them are used",
+                data.len()
+            );
+            Ok(data)
+        }
         _ => Ok(data),
     }
 }
