@@ -135,7 +135,8 @@ fn writable(out: &Path, folder: &Path) -> Result<()> {
 /// file, an image, or another tensor file, which replacing would lose.
 /// Checked after [`check`], so weights files have their own message.
 pub fn replaceable(out: &Path, tensor: &str) -> Result<()> {
-    if !out.is_file() {
+    // Nothing there, or an empty file (`mktemp`'s): nothing to lose.
+    if std::fs::metadata(out).map_or(true, |m| !m.is_file() || m.len() == 0) {
         return Ok(());
     }
     match tensor_names(out) {

@@ -606,6 +606,7 @@ fn outputs_never_replace_inputs_found_in_folders_or_foreign_files() {
         stderr(&o)
     );
     assert_eq!(std::fs::read_to_string(p("note.txt")).unwrap(), "mine");
+    std::fs::write(p("logits.safetensors"), b"").unwrap(); // as `mktemp` leaves it
     for _ in 0..2 {
         assert_ok(&allcnn(&[
             "predict",
