@@ -752,7 +752,12 @@ impl Trainer {
         let path = run_dir.join(files::PREPROCESSING);
         let recorded = state.preprocessing_digest.as_deref();
         if path.exists() {
-            let p = Preprocessing::load(&path)?;
+            let p = Preprocessing::load(&path).map_err(|e| TrainError::RunDir {
+                path: run_dir.to_path_buf(),
+                reason: format!(
+                    "{e}; delete that file and resume: the run fits it again from its training data and checks the refit against the digest its checkpoint records"
+                ),
+            })?;
             let digest = preprocessing_digest(&p);
             if let Some(recorded) = recorded.filter(|r| *r != digest) {
                 return Err(TrainError::RunDir {

@@ -1491,6 +1491,18 @@ fn a_lost_preprocessing_file_is_fitted_again_on_resume() {
         ckpt_before,
         "a refused resume leaves the checkpoint alone"
     );
+    // Truncated (a copy cut short): refused with the way out.
+    let own_cut = &own[..own.len() / 2];
+    std::fs::write(pre(cut.path()), own_cut).unwrap();
+    let msg = quiet()
+        .resume(cut.path(), Some(&d))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&pre(cut.path()).display().to_string())
+            && msg.contains("delete that file and resume"),
+        "{msg}"
+    );
 
     // A checkpoint that records another digest (a refit on another CPU):
     // the run goes on with a warning; one of an older version that records
