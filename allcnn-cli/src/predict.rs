@@ -50,11 +50,19 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+            let (mut files, skipped): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(p)
                 .with_context(|| format!("reading folder {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| is_image_file(f) && f.is_file())
-                .collect();
+                .filter(|f| is_image_file(f))
+                .partition(|f| f.is_file());
+            if let Some(first) = skipped.iter().min() {
+                eprintln!(
+                    "warning: {}: {} skipped, not a readable regular file (a link to nothing, a folder, a FIFO): {}",
+                    p.display(),
+                    crate::count(skipped.len() as u64, "image name"),
+                    first.display()
+                );
+            }
             if files.is_empty() {
                 bail!(
                     "{} holds no JPEG or PNG image (its subfolders are not searched: name the class folders, e.g. {})",
@@ -68,6 +76,11 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             out.push(p.clone());
         } else if p.exists() {
             bail!("{}: not a regular file or folder", p.display());
+        } else if p.symlink_metadata().is_ok() {
+            bail!(
+                "{}: a link that leads nowhere (its target is missing, or the links loop)",
+                p.display()
+            );
         } else {
             bail!("{}: no such file or folder", p.display());
         }

@@ -568,6 +568,28 @@ fn predict_and_data_errors() {
     let o = allcnn(&["data", "info", "/nonexistent/data"]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
+    // A link that leads nowhere, named or found in a folder.
+    let dangling = dir.path().join("gone.jpg");
+    std::os::unix::fs::symlink(dir.path().join("no-such.jpg"), &dangling).unwrap();
+    let o = allcnn(&["predict", dangling.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("a link that leads nowhere"),
+        "{}",
+        stderr(&o)
+    );
+    let folder = dir.path().join("with-link");
+    std::fs::create_dir(&folder).unwrap();
+    write_png(&folder.join("a.png"), 1);
+    std::os::unix::fs::symlink(dir.path().join("no-such.jpg"), folder.join("b.jpg")).unwrap();
+    let o = allcnn(&["predict", folder.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("1 image name skipped, not a readable regular file")
+            && stderr(&o).contains("b.jpg"),
+        "{}",
+        stderr(&o)
+    );
     // Data with other classes than the weights: both named.
     let data = dir.path().join("two-classes");
     tiny_folder(&data);

@@ -56,9 +56,10 @@ pub enum DataError {
         reason: String,
     },
 
-    /// A CIFAR binary file whose length is not a whole number of records.
+    /// A CIFAR binary file whose length is not a whole, non-zero number of
+    /// records (an empty file included).
     #[error(
-        "{path}: {len} bytes is not a whole number of {record_len}-byte {format} records \
+        "{path}: {len} bytes do not make a whole, non-zero number of {record_len}-byte {format} records \
          ({records} records and {remainder} bytes left over); the file is truncated or \
          not a {format} binary file: download it again (`allcnn data download`)"
     )]
