@@ -218,23 +218,39 @@ pub(crate) fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// The console's first line of a run: what trains, on what, from where.
+fn start_line(info: &RunInfo) -> String {
+    if info.start_epoch >= info.epochs {
+        // A finished run resumed to write what its end lacks.
+        return format!(
+            "{} ({} parameters): all {} trained (step {}); writing the final weights and evaluation, run dir {}",
+            info.model,
+            info.params,
+            count(info.epochs, "epoch"),
+            info.start_step,
+            info.run_dir.display()
+        );
+    }
+    format!(
+        "training {} ({} parameters) on {}: {} per epoch, epochs {}..{} (from step {}), run dir {}",
+        info.model,
+        info.params,
+        count(info.train_examples as u64, "image"),
+        count(info.steps_per_epoch, "step"),
+        info.start_epoch + 1,
+        info.epochs,
+        info.start_step,
+        info.run_dir.display()
+    )
+}
+
 impl Observer for Console {
     fn on_start(&mut self, info: &RunInfo) {
         self.epochs = info.epochs;
         let spe = info.steps_per_epoch.max(1);
         let into = info.start_step % spe;
         self.first_fraction = (into > 0).then(|| (spe - into) as f64 / spe as f64);
-        self.print(&format!(
-            "training {} ({} parameters) on {}: {} steps/epoch, epochs {}..{} (from step {}), run dir {}",
-            info.model,
-            info.params,
-            count(info.train_examples as u64, "image"),
-            info.steps_per_epoch,
-            info.start_epoch + 1,
-            info.epochs,
-            info.start_step,
-            info.run_dir.display()
-        ));
+        self.print(&start_line(info));
     }
 
     fn on_step(&mut self, e: &StepEvent) {
@@ -486,7 +502,32 @@ impl Observer for MetricsLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{duration, eval_line, Console, MetricsLog, Observer, RunInfo};
+    use super::{duration, eval_line, start_line, Console, MetricsLog, Observer, RunInfo};
+
+    /// The first line names the epochs to come, or says that none are
+    /// left (a finished run resumed for its missing final weights).
+    #[test]
+    fn the_start_line_says_what_is_left() {
+        let mut info = RunInfo {
+            run_dir: "run".into(),
+            model: "m".into(),
+            params: 7,
+            train_examples: 1,
+            steps_per_epoch: 1,
+            epochs: 3,
+            start_epoch: 1,
+            start_step: 1,
+        };
+        assert_eq!(
+            start_line(&info),
+            "training m (7 parameters) on 1 image: 1 step per epoch, epochs 2..3 (from step 1), run dir run"
+        );
+        (info.start_epoch, info.start_step) = (3, 3);
+        assert_eq!(
+            start_line(&info),
+            "m (7 parameters): all 3 epochs trained (step 3); writing the final weights and evaluation, run dir run"
+        );
+    }
 
     #[test]
     fn the_eta_after_a_mid_epoch_resume_counts_the_part_epoch_whole() {
