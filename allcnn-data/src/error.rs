@@ -116,6 +116,19 @@ pub enum DataError {
         path: PathBuf,
     },
 
+    /// A class folder whose every image was skipped as unreadable
+    /// (`OnError::Skip`), which would leave the class without an example.
+    #[error(
+        "{path}: all {skipped} images of this class were skipped as unreadable (each named in a \
+         warning above); repair or replace them, or remove the class folder"
+    )]
+    AllImagesSkipped {
+        /// The class folder.
+        path: PathBuf,
+        /// How many images it had.
+        skipped: usize,
+    },
+
     /// A folder that has no class sub-folder at all.
     #[error(
         "{path}: no class folders found; expected the image-folder layout \

@@ -315,8 +315,15 @@ impl ImageFolder {
         // but leave a class with no example: report it.
         for (label, name) in self.classes.iter().enumerate() {
             if !kept_files.iter().any(|(_, l)| *l as usize == label) {
-                return Err(DataError::EmptyClass {
-                    path: self.root.join(name),
+                let class = self.root.join(name);
+                let skipped = self
+                    .skipped
+                    .iter()
+                    .filter(|(p, _)| p.parent() == Some(class.as_path()))
+                    .count();
+                return Err(DataError::AllImagesSkipped {
+                    path: class,
+                    skipped,
                 });
             }
         }

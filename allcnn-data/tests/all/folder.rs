@@ -183,6 +183,30 @@ fn empty_class_missing_dir_wrong_size() {
     )
     .unwrap();
     assert_eq!((f.len(), f.image_shape()), (5, Some((3, 3, 4))));
+
+    // A class whose every image is skipped: said as such, with the count.
+    std::fs::create_dir_all(tmp.path().join("eel")).unwrap();
+    for name in ["a.jpg", "b.png"] {
+        std::fs::write(tmp.path().join("eel").join(name), b"not an image").unwrap();
+    }
+    let err = ImageFolder::open(
+        tmp.path(),
+        FolderOptions {
+            on_error: OnError::Skip,
+            expect_size: Some((3, 4)),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, DataError::AllImagesSkipped { path, skipped: 2 } if path.ends_with("eel")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("all 2 images of this class were skipped"),
+        "{err}"
+    );
 }
 
 #[test]
