@@ -161,15 +161,9 @@ pub fn refuse_writing_over_inputs<'a>(
     planned: &[PathBuf],
     inputs: impl IntoIterator<Item = &'a Path>,
 ) -> Result<()> {
-    let inputs: Vec<(PathBuf, &Path)> = inputs
-        .into_iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok().map(|real| (real, p)))
-        .collect();
+    let inputs = Inputs::new(inputs);
     for path in planned {
-        let Ok(real) = std::fs::canonicalize(path) else {
-            continue; // Not there yet: nothing to overwrite.
-        };
-        if let Some((_, input)) = inputs.iter().find(|(r, _)| *r == real) {
+        if let Some(input) = inputs.at(path) {
             bail!(
                 "--out {}: this command would write {} in place of its input {}; choose another output folder",
                 out.display(),
@@ -240,17 +234,36 @@ fn refuse_overwriting_inputs<'a>(
     out: &Path,
     inputs: impl IntoIterator<Item = &'a Path>,
 ) -> Result<()> {
-    let Ok(out_real) = std::fs::canonicalize(out) else {
+    if std::fs::canonicalize(out).is_err() {
         return Ok(()); // Not there yet: nothing to overwrite.
-    };
-    for input in inputs {
-        if std::fs::canonicalize(input).is_ok_and(|p| p == out_real) {
-            bail!(
-                "--out {} is also an input of this command ({}): choose another output path",
-                out.display(),
-                input.display()
-            );
-        }
+    }
+    if let Some(input) = Inputs::new(inputs).at(out) {
+        bail!(
+            "--out {} is also an input of this command ({}): choose another output path",
+            out.display(),
+            input.display()
+        );
     }
     Ok(())
+}
+
+/// A command's input files as the file system resolves them (links and
+/// `..` followed), each with the path it was given as.
+struct Inputs<'a>(Vec<(PathBuf, &'a Path)>);
+
+impl<'a> Inputs<'a> {
+    fn new(inputs: impl IntoIterator<Item = &'a Path>) -> Self {
+        Self(
+            inputs
+                .into_iter()
+                .filter_map(|p| std::fs::canonicalize(p).ok().map(|real| (real, p)))
+                .collect(),
+        )
+    }
+
+    /// The input that `path` is, if any; a path not there yet is none.
+    fn at(&self, path: &Path) -> Option<&'a Path> {
+        let real = std::fs::canonicalize(path).ok()?;
+        self.0.iter().find(|(r, _)| *r == real).map(|(_, p)| *p)
+    }
 }

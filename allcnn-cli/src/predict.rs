@@ -253,14 +253,6 @@ pub fn is_safetensors(p: &Path) -> bool {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    if let Some(out) = &args.out {
-        // The images found in folders count as inputs too (an error in
-        // listing them is reported where they are read).
-        let images = image_paths(&args.inputs).unwrap_or_default();
-        let inputs = args.model.weights.iter().chain(&args.inputs).chain(&images);
-        crate::out::check(out, OutKind::File, inputs.map(PathBuf::as_path))?;
-        crate::out::replaceable(out, "logits")?;
-    }
     if args.inputs.len() > 1 {
         if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {
             bail!(
@@ -269,45 +261,61 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
     }
+    let tensor_file = args.inputs.len() == 1 && is_safetensors(&args.inputs[0]);
+    // Listed here only for the --out check (an error in listing them is
+    // reported after the weights', where the images are read).
+    let mut listed = None;
+    if let Some(out) = &args.out {
+        // The images found in folders count as inputs too.
+        if !tensor_file {
+            listed = image_paths(&args.inputs).ok();
+        }
+        let images = listed.as_deref().unwrap_or_default();
+        let inputs = args.model.weights.iter().chain(&args.inputs).chain(images);
+        crate::out::check(out, OutKind::File, inputs.map(PathBuf::as_path))?;
+        crate::out::replaceable(out, "logits")?;
+    }
     let device = args.device.open()?;
     let loaded = weights::load(&args.model, &device)?;
     let model = &loaded.file.model;
-    let (names, logits): (Vec<String>, Tensor) =
-        if args.inputs.len() == 1 && is_safetensors(&args.inputs[0]) {
-            let (x, _) = load_tensor_file(&args.inputs[0], &device, None)?;
-            let n = x.dim(0)?;
-            let names = (0..n)
-                .map(|i| format!("{}[{i}]", args.inputs[0].display()))
-                .collect();
-            (names, model.forward(&x)?)
-        } else {
-            let paths = image_paths(&args.inputs)?;
-            let pre = match &loaded.preprocessing {
-                Some(p) => p.clone(),
-                None => {
-                    eprintln!(
-                        "warning: {} records no preprocessing; scaling pixels to [0, 1]. \
-                     Predictions are meaningless if the model was trained otherwise.",
-                        args.model.label()
-                    );
-                    Preprocessing::scale()
-                }
-            };
-            let classifier = Classifier::with_preprocessing(loaded.file.clone(), pre);
-            let mut chunks = Vec::new();
-            let bar = crate::progress::bar(paths.len() as u64, "predicting");
-            let mut resized = Resized::default();
-            for chunk in paths.chunks(args.batch) {
-                let batch = classifier.load_images(chunk)?;
-                resized.record(&batch, chunk);
-                chunks.push(classifier.logits(&batch.images)?);
-                bar.inc(chunk.len() as u64);
-            }
-            bar.finish_and_clear();
-            resized.note();
-            let names = paths.iter().map(|p| p.display().to_string()).collect();
-            (names, Tensor::cat(&chunks, 0)?)
+    let (names, logits): (Vec<String>, Tensor) = if tensor_file {
+        let (x, _) = load_tensor_file(&args.inputs[0], &device, None)?;
+        let n = x.dim(0)?;
+        let names = (0..n)
+            .map(|i| format!("{}[{i}]", args.inputs[0].display()))
+            .collect();
+        (names, model.forward(&x)?)
+    } else {
+        let paths = match listed {
+            Some(paths) => paths,
+            None => image_paths(&args.inputs)?,
         };
+        let pre = match &loaded.preprocessing {
+            Some(p) => p.clone(),
+            None => {
+                eprintln!(
+                    "warning: {} records no preprocessing; scaling pixels to [0, 1]. \
+                     Predictions are meaningless if the model was trained otherwise.",
+                    args.model.label()
+                );
+                Preprocessing::scale()
+            }
+        };
+        let classifier = Classifier::with_preprocessing(loaded.file.clone(), pre);
+        let mut chunks = Vec::new();
+        let bar = crate::progress::bar(paths.len() as u64, "predicting");
+        let mut resized = Resized::default();
+        for chunk in paths.chunks(args.batch) {
+            let batch = classifier.load_images(chunk)?;
+            resized.record(&batch, chunk);
+            chunks.push(classifier.logits(&batch.images)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        resized.note();
+        let names = paths.iter().map(|p| p.display().to_string()).collect();
+        (names, Tensor::cat(&chunks, 0)?)
+    };
     if let Some(out) = &args.out {
         save_tensor("logits", &logits, out)?;
     }

@@ -341,15 +341,17 @@ pub fn run(args: &Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
     }
     let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
+    // The names of the PNGs this command writes (without `.png`).
+    let prefix = if args.overlay {
+        format!("{method}-overlay-")
+    } else {
+        format!("{method}-")
+    };
+    let stems = file_stems(&prefix, &names, input.dim(0)?);
     if !is_safetensors(out) {
-        // The PNGs this command writes, none of them an input image (one
-        // found in an --input folder that is also --out, say).
-        let prefix = if args.overlay {
-            format!("{method}-overlay-")
-        } else {
-            format!("{method}-")
-        };
-        let planned: Vec<PathBuf> = file_stems(&prefix, &names, input.dim(0)?)
+        // None of them an input image (one found in an --input folder that
+        // is also --out, say).
+        let planned: Vec<PathBuf> = stems
             .iter()
             .map(|stem| out.join(format!("{stem}.png")))
             .chain([out.join(COMPARISON)])
@@ -442,7 +444,6 @@ pub fn run(args: &Args) -> Result<()> {
             )?
         };
         let mut files = Vec::new();
-        let stems = file_stems(&format!("{method}-overlay-"), &names, input.dim(0)?);
         for (i, stem) in stems.iter().enumerate() {
             let img = render::overlay(&shown.get(i)?, &maps.get(i)?, &o)?;
             let path = out.join(format!("{stem}.png"));
@@ -451,13 +452,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         files
     } else {
-        render::write_maps(
-            &maps,
-            args.settings.style(method),
-            &opts,
-            out,
-            &file_stems(&format!("{method}-"), &names, input.dim(0)?),
-        )?
+        render::write_maps(&maps, args.settings.style(method), &opts, out, &stems)?
     };
     let shown: Vec<Method> = std::iter::once(method)
         .filter(|m| !args.compare.contains(m))

@@ -174,9 +174,9 @@ fn finish(
     }
     let preprocessing = match &file.meta.preprocessing {
         Some(json) => Some(
-            Preprocessing::from_parts(json, &file.attachments).with_context(|| {
-                format!("{}: reading the recorded preprocessing", path.display())
-            })?,
+            // The error names the metadata key already.
+            Preprocessing::from_parts(json, &file.attachments)
+                .with_context(|| path.display().to_string())?,
         ),
         None => None,
     };

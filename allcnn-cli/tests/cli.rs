@@ -2499,6 +2499,23 @@ fn export_hub_round_trip() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("preprocessing"), "{}", stderr(&o));
     assert!(!fresh.exists(), "a failed export left {}", fresh.display());
+    // The same file given to predict: named once, with the key at fault.
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        fin.to_str().unwrap(),
+        samples().join("cat.jpg").to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{}: preprocessing metadata `allcnn.preprocessing`: invalid JSON",
+            fin.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("final.safetensors").count(), 1, "{err}");
     std::fs::remove_file(run.join("final.safetensors")).unwrap();
     let o = allcnn(&[
         "export-hub",

@@ -102,8 +102,13 @@ pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            // `metadata` follows links; a dangling link is left out.
+            // `metadata` follows links. A dangling link named like an image
+            // is listed, so that reading it fails naming the link (or skips
+            // it, on request) rather than the image going missing silently.
             let Ok(meta) = std::fs::metadata(&path) else {
+                if is_image_file(&path) && dangling_target(&path).is_some() {
+                    out.push(path);
+                }
                 continue;
             };
             if meta.is_dir() {
@@ -128,6 +133,30 @@ pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
+/// Where the symbolic link `path` points, when it points at nothing.
+fn dangling_target(path: &Path) -> Option<PathBuf> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || std::fs::metadata(path).is_ok() {
+        return None;
+    }
+    std::fs::read_link(path).ok()
+}
+
+/// The error for a file that cannot be opened: a dangling link is a bad
+/// image (named with its target, and skippable), anything else an I/O error.
+fn open_error(path: &Path, e: std::io::Error) -> DataError {
+    match dangling_target(path) {
+        Some(target) => DataError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a symbolic link to {}, which does not exist",
+                target.display()
+            ),
+        },
+        None => DataError::io("cannot read", path, e),
+    }
+}
+
 /// The largest image side [`decode_image`] accepts (pixels).
 pub const MAX_IMAGE_SIDE: u32 = 8192;
 /// The most memory decoding one image may take (bytes).
@@ -138,9 +167,9 @@ pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 ///
 /// # Errors
 /// [`DataError::Io`] when the file cannot be read, [`DataError::BadImage`]
-/// when it cannot be decoded.
+/// when it cannot be decoded or is a symbolic link to nothing.
 pub fn decode_image(path: &Path) -> Result<Image, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("cannot read", path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| open_error(path, e))?;
     decode_image_bytes(&bytes, path)
 }
 
@@ -192,7 +221,7 @@ fn header_size(path: &Path) -> Result<(usize, usize), DataError> {
         reason: one_line(e),
     };
     let (w, h) = image::ImageReader::open(path)
-        .map_err(|e| DataError::io("cannot read", path, e))?
+        .map_err(|e| open_error(path, e))?
         .with_guessed_format()
         .map_err(|e| bad(&e))?
         .into_dimensions()

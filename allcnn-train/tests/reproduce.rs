@@ -277,6 +277,34 @@ fn reproduce_errors_name_what_is_at_fault() {
         "{msg}"
     );
 
+    // A folder that holds no data set, or split folders without classes:
+    // refused before the report files are written.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("train")).unwrap();
+    std::fs::create_dir_all(empty.join("test")).unwrap();
+    let msg = run(&mut trainer, &options(&empty, &out))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("empty/train") && msg.contains("no class folders"),
+        "{msg}"
+    );
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    let msg = run(&mut trainer, &options(&bare, &out))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bare") && msg.contains("not a dataset"),
+        "{msg}"
+    );
+    assert!(
+        !out.exists(),
+        "the report was written for data that are none"
+    );
+
     let mut o = options(&data, &out);
     o.overrides.push("no_such_key=1".into());
     let msg = run(&mut trainer, &o).0.unwrap_err().to_string();

@@ -295,11 +295,33 @@ fn symlinks_are_followed_once_and_loops_refused() {
     png(&outside.path().join("o.png"), 4, 3, 9);
     symlink(outside.path(), tmp.path().join("bee/link1")).unwrap();
     symlink(outside.path(), tmp.path().join("bee/link2")).unwrap();
-    // Not regular files: a dangling link and a link to a device.
-    symlink("/nonexistent.png", tmp.path().join("bee/dangling.png")).unwrap();
+    // Not a regular file: a link to a device is never read.
     symlink("/dev/zero", tmp.path().join("bee/zero.png")).unwrap();
     let f = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap();
     assert_eq!(f.class_counts(), vec![2, 2, 2]);
+
+    // A link to nothing named like an image is a missing image: an error
+    // naming the link and its target (it was left out silently), or, on
+    // request, skipped and listed.
+    symlink("/nonexistent.png", tmp.path().join("bee/dangling.png")).unwrap();
+    let err = ImageFolder::open(tmp.path(), FolderOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::BadImage { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bee/dangling.png") && msg.contains("/nonexistent.png, which does not exist"),
+        "{msg}"
+    );
+    for cache in [false, true] {
+        let options = FolderOptions {
+            on_error: OnError::Skip,
+            cache,
+            ..Default::default()
+        };
+        let f = ImageFolder::open(tmp.path(), options).unwrap();
+        assert_eq!(f.class_counts(), vec![2, 2, 2]);
+        assert_eq!(f.skipped().len(), 1);
+        assert!(f.skipped()[0].0.ends_with("dangling.png"));
+    }
 }
 
 #[test]

@@ -399,6 +399,10 @@ fn checked_options(
             "no such data folder (a CIFAR binary folder, e.g. data/cifar-10-batches-bin, or an image folder with train/ and test/; `allcnn data download`)".into(),
         ));
     }
+    // Looked at before anything is written: an empty or unrecognised
+    // folder fails here, not as the first row's error after the report
+    // files were made.
+    allcnn_data::info::info(&options.data).map_err(TrainError::opening_data)?;
     let mut options = options.clone();
     if let Ok(p) = options.data.canonicalize() {
         options.data = p;
