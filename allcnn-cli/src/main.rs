@@ -225,7 +225,7 @@ enum Command {
         after_help = "Examples:\n  allcnn predict docs/samples                                   # the shipped All-CNN-C\n  allcnn predict --weights run/best.safetensors cat.png dog.jpg\n  allcnn predict --weights w.safetensors --model all-cnn-c --classes 10 images/ --top-k 3 --json\n  allcnn predict --weights w.safetensors batch.safetensors --out logits.safetensors\n  allcnn predict --weights hf://OWNER/REPO cat.png             # Hugging Face Hub, cached\n  allcnn predict --weights hf://OWNER/REPO/best.safetensors@v1 --offline cat.png\n\nEnvironment: ALLCNN_OFFLINE=1 or HF_HUB_OFFLINE=1 (as --offline), HF_HUB_CACHE or HF_HOME\n(the cache), HF_ENDPOINT (the server), HF_TOKEN (private or gated repositories)."
     )]
     Predict(predict::Args),
-    /// Attribution maps (gradient, saliency, deconvnet, guided backpropagation) and the paper's figures.
+    /// Attribution maps (the paper's gradient, deconvnet and guided backpropagation, and 15 more from Captum's family: saliency, input x gradient, integrated gradients, Grad-CAM, DeepLIFT, SHAP, LRP, occlusion, LIME, ...) and the paper's figures.
     #[command(
         after_help = "Examples:\n  allcnn viz --method guided-backprop --input docs/samples --out maps   # the shipped All-CNN-C\n  allcnn viz --weights run/best.safetensors --method guided-backprop --input cat.png --target predicted --out maps/\n  allcnn viz --weights w.safetensors --method deconvnet --input batch.safetensors --target labels --out maps.safetensors\n  allcnn viz --weights w.safetensors --method guided-backprop --input imgs/ --target unit:conv7:7:3:3 --out maps/\n  allcnn viz top --weights w.safetensors --data data/cifar-10-batches-bin --layer conv6 --channels 0..16 -k 9 --out conv6.png\n  allcnn viz top --data data/cifar-10-batches-bin --limit 2000 --layer conv9 --channels 0..8 --out conv9.png"
     )]
@@ -405,5 +405,15 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
+    }
+
+    /// The summary of `viz` counts the methods beyond the paper's three.
+    #[test]
+    fn viz_summary_counts_its_methods() {
+        let cli = Cli::command();
+        let viz = cli.find_subcommand("viz").unwrap();
+        let about = viz.get_about().unwrap().to_string();
+        let more = allcnn_viz::Method::ALL.len() - 3;
+        assert!(about.contains(&format!("and {more} more")), "{about}");
     }
 }

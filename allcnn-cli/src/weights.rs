@@ -36,8 +36,8 @@ pub struct ModelArgs {
     /// Precision of the convolutions on CPU: `f32` (the default: exact
     /// against PyTorch), `bf16` (bf16 operands, f32 accumulation: about
     /// 1e-3 relative, 3.9x faster on CPUs with AMX) or `auto` (this CPU's
-    /// fastest: bf16 on AMX and AMD Zen 4, Winograd F(4x4) in f32 on AVX2
-    /// CPUs without AVX-512).
+    /// fastest: bf16 on AMX and on AMD CPUs with AVX-512 BF16 (Zen 4, Zen 5),
+    /// Winograd F(4x4) in f32 on AVX2 CPUs without AVX-512).
     #[arg(long, value_parser = crate::values::precision())]
     pub precision: Option<allcnn_models::Precision>,
 }

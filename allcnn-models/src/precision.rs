@@ -89,9 +89,10 @@ impl Precision {
 /// CPU, as measured (docs/performance.md): the AMX tile kernel is active
 /// (Intel Sapphire Rapids and later), or the CPU has AVX-512 BF16 and is an
 /// AMD part. AMX runs a training step 2.6x and inference 2.8-3.9x faster than
-/// f32 on a 2-core Sapphire Rapids class Xeon. AMD Zen 4 runs `vdpbf16ps`
-/// (32 multiply-adds) at the rate of one 512-bit f32 FMA (16): training
-/// steps 1.15-1.3x faster, inference 1.2-1.4x. Intel cores with AVX-512
+/// f32 on a 2-core Sapphire Rapids class Xeon. AMD Zen 4 and Zen 5 run
+/// `vdpbf16ps` (32 multiply-adds) at the rate of one 512-bit f32 FMA (16):
+/// training steps 1.15-1.3x faster on Zen 4 and 1.4-1.5x on Zen 5,
+/// inference 1.2-1.5x. Intel cores with AVX-512
 /// BF16 but no AMX (Cooper Lake), or with AMX turned off (`ALLCNN_AMX=0`;
 /// `ALLCNN_SIMD=portable` turns off every wide path, the bf16 kernel too),
 /// issue two 512-bit f32 FMAs per cycle, so `vdpbf16ps` brings nothing
