@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// stay put).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: Option<u64>,
-    /// Architecture (overrides the config's `model`).
+    /// Architecture (overrides the config's `model`, and its custom `spec` if it has one).
     #[arg(long, value_parser = crate::values::model_name())]
     model: Option<String>,
     /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
@@ -99,17 +99,19 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let f = flag.clone();
     let already = Arc::new(AtomicBool::new(false));
     let result = ctrlc::set_handler(move || {
+        // SIGINT (Ctrl-C), SIGTERM (`timeout`, Slurm, `docker stop`,
+        // systemd) and SIGHUP (a closed terminal) alike.
         if already.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            eprintln!("\nsecond interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
         eprintln!(
-            "\nCtrl-C: finishing the current step and writing a checkpoint (Ctrl-C again to abort)"
+            "\ninterrupted (Ctrl-C or a termination signal): finishing the current step and writing a checkpoint (interrupt again to abort)"
         );
         f.store(true, Ordering::SeqCst);
     });
     if let Err(e) = result {
-        eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
+        eprintln!("warning: cannot catch Ctrl-C or SIGTERM ({e}); an interrupted run resumes from its last checkpoint");
     }
     flag
 }
@@ -185,6 +187,14 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         (Some(p), Some(c)) => TrainConfig::preset(p)?.overlaid_with_file(c)?,
     };
     if let Some(m) = &args.model {
+        // The command line's architecture wins over the config's custom
+        // one too (it was ignored, and config.toml then named --model).
+        if let Some(spec) = config.spec.take() {
+            eprintln!(
+                "note: --model {m} replaces the config's custom architecture `{}` (its `spec`)",
+                spec.name
+            );
+        }
         config.model = m.clone();
     }
     if let Some(e) = args.epochs {

@@ -117,7 +117,11 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
         _ => {}
     }
     let file = match (&args.model, args.classes) {
-        (Some(m), Some(c)) => WeightsFile::load_as(path, ArchSpec::by_name(m, c)?, device)?,
+        (Some(m), Some(c)) => {
+            let asked = ArchSpec::by_name(m, c)?;
+            refuse_other_architecture(path, &asked, m, c)?;
+            WeightsFile::load_as(path, asked, device)?
+        }
         (Some(m), None) => bail!(
             "--model {m} needs --classes N as well: the class count the weights were trained for (10 for CIFAR-10, 100 for CIFAR-100)"
         ),
@@ -127,6 +131,30 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
         (None, None) => WeightsFile::load(path, device).map_err(|e| other_kind_of_file(path, e))?,
     };
     finish(file, path, args.precision)
+}
+
+/// Fails where the file records an architecture other than `--model m
+/// --classes c` (`asked`): with the same parameter shapes (All-CNN-C's
+/// weights as ConvPool-CNN-C's) they would load, run another network and
+/// print its wrong accuracy with no word said.
+fn refuse_other_architecture(path: &Path, asked: &ArchSpec, m: &str, c: usize) -> Result<()> {
+    // A file without a recorded architecture is what the flags are for;
+    // an unreadable one is the loader's to report.
+    let Ok(recorded) = WeightsFile::read_spec(path) else {
+        return Ok(());
+    };
+    if (recorded.in_channels, &recorded.layers) == (asked.in_channels, &asked.layers) {
+        return Ok(());
+    }
+    let classes = recorded
+        .classes()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string());
+    bail!(
+        "--model {m} --classes {c}: {} records its own architecture, {} with {classes} classes ({}); leave out --model and --classes to use it",
+        path.display(),
+        recorded.name,
+        allcnn_models::KEY_SPEC
+    )
 }
 
 /// For a file that does not describe an architecture: if it is one of a

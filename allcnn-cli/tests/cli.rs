@@ -292,6 +292,33 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
         "{}",
         stderr(&o)
     );
+    // --model replaces a config's custom architecture (it was ignored,
+    // and config.toml then named --model's while the spec trained).
+    let small = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/small-all-cnn.toml");
+    let small = small.to_str().unwrap();
+    let o = allcnn(&["train", "--config", small, "--print-config"]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("small-all-cnn"), "{}", stdout(&o));
+    let o = allcnn(&[
+        "train",
+        "--config",
+        small,
+        "--model",
+        "model-a",
+        "--print-config",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("model = \"model-a\"") && !stdout(&o).contains("small-all-cnn"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o)
+            .contains("--model model-a replaces the config's custom architecture `small-all-cnn`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -775,6 +802,36 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         assert!(stderr(&o).contains("also an input"), "viz: {}", stderr(&o));
     }
     assert_eq!(std::fs::read(&w).unwrap(), before, "the weights are intact");
+
+    // --model/--classes against the architecture the file records: the
+    // same one is accepted; another of the same parameter shapes
+    // (ConvPool-CNN-C) ran silently with a wrong accuracy.
+    for (model, classes, refused) in [
+        ("all-cnn-c", "10", false),
+        ("convpool-cnn-c", "10", true),
+        ("all-cnn-c", "100", true),
+    ] {
+        let o = allcnn(&[
+            "predict",
+            "--weights",
+            w.to_str().unwrap(),
+            "--model",
+            model,
+            "--classes",
+            classes,
+            img.to_str().unwrap(),
+        ]);
+        if refused {
+            assert_exit(&o, 1);
+            assert!(
+                stderr(&o).contains("records its own architecture, all-cnn-c with 10 classes"),
+                "{model} {classes}: {}",
+                stderr(&o)
+            );
+        } else {
+            assert_ok(&o);
+        }
+    }
 
     // Nor weights that are not an input of the command: another model, a
     // run's checkpoint. A file of the command's own kind is replaced.
@@ -1401,43 +1458,52 @@ fn train_stops_at_its_time_limit_and_resumes() {
     }
 }
 
-/// Ctrl-C (SIGINT) finishes the step, writes a checkpoint and exits with
-/// 130, as a shell reports an interrupted command, not with success.
+/// Ctrl-C (SIGINT), and SIGTERM as `timeout`, Slurm and `docker stop`
+/// send it, finish the step, write a checkpoint and exit with 130, as a
+/// shell reports an interrupted command, not with success. (SIGTERM ended
+/// the process at once, losing up to an epoch.)
 #[cfg(unix)]
 #[test]
-fn train_interrupted_with_ctrl_c_exits_130_with_a_checkpoint() {
+fn train_interrupted_by_a_signal_exits_130_with_a_checkpoint() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_folder(&data);
-    let run = dir.path().join("run");
-    let child = train_tiny_command(&data, &run, &["epochs=100000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The handler is installed before training starts, and the first
-    // epoch's metrics line is written once it has.
-    let metrics = run.join("metrics.jsonl");
-    let start = std::time::Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\"")) {
-        assert!(start.elapsed().as_secs() < 120, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for signal in ["-INT", "-TERM"] {
+        let run = dir.path().join(format!("run{signal}"));
+        let child = train_tiny_command(&data, &run, &["epochs=100000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The handler is installed before training starts, and the first
+        // epoch's metrics line is written once it has.
+        let metrics = run.join("metrics.jsonl");
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\"")) {
+            assert!(start.elapsed().as_secs() < 120, "training never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kill = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let o = child.wait_with_output().unwrap();
+        assert_exit(&o, 130);
+        assert!(
+            stdout(&o).starts_with("interrupted after "),
+            "{signal}: {}",
+            stdout(&o)
+        );
+        assert!(
+            stderr(&o).contains("writing a checkpoint"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(run.join("checkpoint.safetensors").is_file(), "{signal}");
+        assert!(!run.join("final.safetensors").exists(), "{signal}");
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let o = child.wait_with_output().unwrap();
-    assert_exit(&o, 130);
-    assert!(
-        stdout(&o).starts_with("interrupted after "),
-        "{}",
-        stdout(&o)
-    );
-    assert!(run.join("checkpoint.safetensors").is_file());
-    assert!(!run.join("final.safetensors").exists());
 }
 
 #[test]

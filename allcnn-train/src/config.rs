@@ -539,6 +539,31 @@ impl TrainConfig {
         }
         if let Some(s) = &self.spec {
             s.validate()?;
+            let maps = s.classes()?;
+            // The spec's last convolution fixes the class count: another
+            // `classes` was ignored without a word.
+            if let Some(c) = self.classes.filter(|&c| c != maps) {
+                return inv(
+                    "classes",
+                    c.to_string(),
+                    &format!(
+                        "the spec `{}` ends in {maps} class maps; change its last convolution's `out`, or leave `classes` out",
+                        s.name
+                    ),
+                );
+            }
+            // A custom network under a registered name would carry the
+            // paper's identity and error into its weights and model card.
+            if allcnn_models::registry().iter().any(|m| m.name == s.name) {
+                let registered = ArchSpec::by_name(&s.name, maps)?;
+                if (registered.in_channels, &registered.layers) != (s.in_channels, &s.layers) {
+                    return inv(
+                        "spec",
+                        s.name.clone(),
+                        "is the name of one of the paper's architectures, but these layers are not its layers; give the spec a name of its own",
+                    );
+                }
+            }
         } else if !allcnn_models::registry()
             .iter()
             .any(|m| m.name == self.model)

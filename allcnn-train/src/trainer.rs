@@ -646,8 +646,12 @@ impl Trainer {
             });
         config.validate()?;
         let finished = ckpt.state.batch == 0 && ckpt.state.epoch >= config.epochs;
-        if finished && run_dir.join(files::FINAL).is_file() {
-            return Ok(self.finished_summary(run_dir, &ckpt.state));
+        // A run stopped by its step budget is finished too: resuming it
+        // trained one step more each time and replaced its final weights.
+        let at_budget = config.max_steps.is_some_and(|m| ckpt.state.step >= m);
+        if (finished || at_budget) && run_dir.join(files::FINAL).is_file() {
+            let budget = config.max_steps.filter(|_| at_budget && !finished);
+            return Ok(self.finished_summary(run_dir, &ckpt.state, budget));
         }
         let opened;
         let data = match data {
@@ -704,6 +708,11 @@ impl Trainer {
                 .batches(data.train.len()) as u64;
         check_resumed(&ckpt.state, &config, per_epoch, &opt, &ckpt_path)?;
         let _lock = prepare_run_dir(run_dir, false, 0)?;
+        let (preprocessing, notice) =
+            self.resume_preprocessing(run_dir, &config, data, &ckpt.state)?;
+        // Written once every check has passed: a resume that fails leaves
+        // config.toml as it was (it said the refused length, or another
+        // run's settings, while its checkpoint did not).
         if new_length.is_some() || config_changes || patience_change.is_some() {
             allcnn_models::write_atomic(
                 &run_dir.join(files::CONFIG),
@@ -716,8 +725,6 @@ impl Trainer {
             ckpt.state.step,
             ckpt.state.epoch,
         )?;
-        let (preprocessing, notice) =
-            self.resume_preprocessing(run_dir, &config, data, &ckpt.state)?;
         ckpt.state.preprocessing_digest = Some(preprocessing_digest(&preprocessing));
         let state = ckpt.state;
         let mut run = self.assemble(
@@ -809,18 +816,32 @@ impl Trainer {
         Ok((p, Some(notice)))
     }
 
-    /// The summary of a run that has trained all its epochs and written
-    /// its final weights, resumed at the same length: nothing is trained,
-    /// evaluated or written (a job that resumes a run until it is done
-    /// ends with success), and the test report is the run's `eval.json`.
-    fn finished_summary(&self, run_dir: &Path, state: &CheckpointState) -> RunSummary {
-        let message = format!(
-            "the run in {} is finished (epochs: {} of {}): nothing to do (to train it further, resume it with more epochs: `allcnn train --resume {} --epochs N`)",
-            run_dir.display(),
-            state.epoch,
-            state.epoch,
-            run_dir.display()
-        );
+    /// The summary of a run that has trained all its epochs, or reached its
+    /// step budget `max_steps`, and written its final weights, resumed at
+    /// the same length: nothing is trained, evaluated or written (a job
+    /// that resumes a run until it is done ends with success), and the test
+    /// report is the run's `eval.json`.
+    fn finished_summary(
+        &self,
+        run_dir: &Path,
+        state: &CheckpointState,
+        max_steps: Option<u64>,
+    ) -> RunSummary {
+        let message = match max_steps {
+            None => format!(
+                "the run in {} is finished (epochs: {} of {}): nothing to do (to train it further, resume it with more epochs: `allcnn train --resume {} --epochs N`)",
+                run_dir.display(),
+                state.epoch,
+                state.epoch,
+                run_dir.display()
+            ),
+            Some(m) => format!(
+                "the run in {} stopped at its step budget (max_steps = {m}, reached at step {}): nothing to do (to train further, start a new run from its weights: init_from = \"{}\")",
+                run_dir.display(),
+                state.step,
+                run_dir.join(files::FINAL).display()
+            ),
+        };
         if self.console {
             Console::new(1).on_message(&message);
         }
@@ -829,7 +850,11 @@ impl Trainer {
             .and_then(|json| serde_json::from_slice(&json).ok());
         let best = run_dir.join(files::BEST);
         RunSummary {
-            status: RunStatus::Completed,
+            status: if max_steps.is_some() {
+                RunStatus::StepBudget
+            } else {
+                RunStatus::Completed
+            },
             run_dir: run_dir.to_path_buf(),
             epochs_done: state.epoch,
             steps: state.step,

@@ -300,3 +300,45 @@ fn a_partial_config_file_lays_over_a_preset() {
     let e = base.overlaid_with_file(&toml_file).unwrap_err();
     assert!(e.to_string().contains("short.toml"), "{e}");
 }
+
+/// A custom `spec` fixes the class count and may not pass for one of the
+/// paper's architectures (both were accepted: `classes` was ignored, and a
+/// spec named `all-cnn-c` put the paper's name and error on its card).
+#[test]
+fn a_spec_is_checked_against_classes_and_the_registered_names() {
+    let spec = |name: &str| {
+        format!(
+            "spec={{name=\"{name}\",in_channels=3,input_size=32,layers=[{{type=\"conv\",kernel=3,out=10,stride=1,padding=1}}]}}"
+        )
+    };
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.set(&spec("one-conv")).unwrap();
+    c.validate().unwrap();
+    c.set("classes=10").unwrap();
+    c.validate().unwrap();
+    c.set("classes=100").unwrap();
+    let e = c.validate().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidConfig {
+                field: "classes",
+                ..
+            }
+        ) && e.to_string().contains("ends in 10 class maps"),
+        "{e}"
+    );
+
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.set(&spec("all-cnn-c")).unwrap();
+    let e = c.validate().unwrap_err();
+    assert!(
+        matches!(e, TrainError::InvalidConfig { field: "spec", .. })
+            && e.to_string().contains("a name of its own"),
+        "{e}"
+    );
+    // The registered layers under their own name are that architecture.
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.spec = Some(allcnn_models::ArchSpec::by_name("all-cnn-c", 10).unwrap());
+    c.validate().unwrap();
+}

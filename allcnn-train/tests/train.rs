@@ -383,6 +383,33 @@ fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
     );
 }
 
+/// A run stopped by its step budget is finished: resumed, it trains,
+/// evaluates and writes nothing (each resume trained one step more and
+/// replaced final.safetensors and eval.json), and says how to go further.
+#[test]
+fn a_run_stopped_at_max_steps_is_finished_on_resume() {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let mut c = resume_config();
+    c.max_steps = Some(3);
+    let dir = tempfile::tempdir().unwrap();
+    let r = quiet().train(&c, &d, dir.path()).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::StepBudget, 3));
+    let files_now = || {
+        [files::METRICS, files::FINAL, files::CHECKPOINT, files::EVAL]
+            .map(|f| std::fs::read(dir.path().join(f)).ok())
+    };
+    let before = files_now();
+    for _ in 0..2 {
+        let again = quiet().resume(dir.path(), Some(&d)).unwrap();
+        assert_eq!((again.status, again.steps), (RunStatus::StepBudget, 3));
+        assert_eq!(again.final_weights, Some(dir.path().join(files::FINAL)));
+        assert!(again.test.is_some(), "eval.json's report");
+    }
+    assert!(before == files_now(), "a finished run's files changed");
+}
+
 fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
     let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
     let d = data(train, None);
@@ -1490,6 +1517,21 @@ fn a_lost_preprocessing_file_is_fitted_again_on_resume() {
         std::fs::read(cut.path().join(files::CHECKPOINT)).unwrap(),
         ckpt_before,
         "a refused resume leaves the checkpoint alone"
+    );
+    // ... and its config.toml, also when it asked for another length (it
+    // said the refused length while the checkpoint did not).
+    let config_before = std::fs::read(cut.path().join(files::CONFIG)).unwrap();
+    let e = quiet()
+        .resume_with_epochs(cut.path(), Some(&d), 40)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not the one the run trained with"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(cut.path().join(files::CONFIG)).unwrap(),
+        config_before,
+        "a refused resume rewrote config.toml"
     );
     // Truncated (a copy cut short): refused with the way out.
     let own_cut = &own[..own.len() / 2];
