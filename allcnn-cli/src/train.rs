@@ -33,7 +33,7 @@ pub struct TrainArgs {
     /// Architecture (overrides the config's `model`, and its custom `spec` if it has one).
     #[arg(long, value_parser = crate::values::model_name())]
     model: Option<String>,
-    /// The data set: a CIFAR binary folder or an image folder with train/ and test/.
+    /// The data set: a CIFAR binary folder or an image folder with train/ and test/. With --resume: where the run's data are now, if they moved (checked to be the same data).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Precision of the convolution GEMMs on CPU (overrides the config's
@@ -139,15 +139,14 @@ fn sets(overrides: &[String], key: &str) -> bool {
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let deadline = args.time_limit.map(|d| Instant::now() + d);
     if let Some(run_dir) = &args.resume {
-        if args.data.is_some()
-            || args.out.is_some()
+        if args.out.is_some()
             || args.model.is_some()
             || args.grid
             || !args.lrs.is_empty()
             || args.print_config
             || !args.set.is_empty()
         {
-            usage!("--resume continues a run with its own config and data (only --epochs, --precision, --conv and --dead-patience may change); drop --data/--out/--model/--grid/--lrs/--print-config/KEY=VALUE");
+            usage!("--resume continues a run with its own config (only --epochs, --precision, --conv, --dead-patience and, for data that moved, --data may change); drop --out/--model/--grid/--lrs/--print-config/KEY=VALUE");
         }
         let mut t = trainer(&args.device, deadline)?;
         let mut changes = ResumeChanges::new();
@@ -162,6 +161,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         }
         if let Some(p) = args.dead_patience {
             changes = changes.dead_patience_steps(p);
+        }
+        if let Some(d) = &args.data {
+            // Recorded absolute, as a new run's.
+            let abs =
+                std::path::absolute(d).with_context(|| format!("resolving {}", d.display()))?;
+            changes = changes.data(abs);
         }
         let summary = t.resume_with(run_dir, None, &changes)?;
         return report(&summary, args.json);

@@ -1719,6 +1719,55 @@ fn train_eval_predict_resume_round_trip() {
     );
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("dead_patience_steps = 400"), "{config}");
+    // Data that moved: the recorded path is named with the way out, and
+    // --data with --resume takes their new place once they are checked
+    // to be the run's (other data are refused, config.toml unchanged).
+    let moved = data.with_file_name("moved-data");
+    std::fs::rename(&data, &moved).unwrap();
+    let o = allcnn(&["train", "--resume", run.to_str().unwrap(), "--epochs", "5"]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("(recorded in its config), are not there")
+            && stderr(&o).contains("--data DIR"),
+        "{}",
+        stderr(&o)
+    );
+    let other = moved.with_file_name("other-data");
+    tiny_folder(&other);
+    std::fs::remove_file(
+        std::fs::read_dir(other.join("train/cats"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    let before = std::fs::read(run.join("config.toml")).unwrap();
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "5",
+        "--data",
+        other.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("not the same data"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), before);
+    let o = allcnn(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "5",
+        "--data",
+        moved.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("moved-data"), "{config}");
     let o = allcnn(&[
         "train",
         "--resume",

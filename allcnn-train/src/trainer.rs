@@ -235,6 +235,11 @@ pub struct ResumeChanges {
     /// 0 turns the watch off). It decides when a run stops, not what it
     /// computes: the steps stay bit-identical.
     pub dead_patience_steps: Option<u64>,
+    /// Where the run's data are now, when they moved since it started (its
+    /// config records the old path). They must be the same data: the
+    /// example count and the fingerprint the checkpoint records are
+    /// checked, and the new path is recorded once they pass.
+    pub data: Option<PathBuf>,
 }
 
 impl ResumeChanges {
@@ -264,6 +269,12 @@ impl ResumeChanges {
     /// The class-map watch waits `steps` from here on (0: off).
     pub fn dead_patience_steps(mut self, steps: u64) -> Self {
         self.dead_patience_steps = Some(steps);
+        self
+    }
+
+    /// The run's data are at `path` now ([`ResumeChanges::data`]).
+    pub fn data(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data = Some(path.into());
         self
     }
 
@@ -654,27 +665,40 @@ impl Trainer {
             return Ok(self.finished_summary(run_dir, &ckpt.state, budget));
         }
         let opened;
-        let data = match data {
-            Some(d) => d,
+        // The data moved: their new place, recorded once they are checked.
+        let moved = changes
+            .data
+            .as_ref()
+            .filter(|&p| data.is_none() && config.data.path.as_ref() != Some(p));
+        let (data, given) = match data {
+            Some(d) => (d, "the data given".to_string()),
             None => {
-                let path = config
-                    .data
-                    .path
-                    .as_ref()
-                    .ok_or_else(|| TrainError::InvalidConfig {
+                let path = moved.or(config.data.path.as_ref()).ok_or_else(|| {
+                    TrainError::InvalidConfig {
                         field: "data.path",
                         value: "(none)".into(),
                         reason: "the run's config names no data; pass the data to resume".into(),
-                    })?;
+                    }
+                })?;
+                if moved.is_none() && !path.exists() {
+                    return Err(TrainError::RunDir {
+                        path: run_dir.to_path_buf(),
+                        reason: format!(
+                            "its data, {} (recorded in its config), are not there; if they moved, give their new place: `allcnn train --resume {} --data DIR`",
+                            path.display(),
+                            run_dir.display()
+                        ),
+                    });
+                }
                 opened = TrainData::open(path, &config.data, config.seed)?;
-                &opened
+                (&opened, format!("the data at {}", path.display()))
             }
         };
         if data.train.len() != ckpt.state.train_examples {
             return Err(TrainError::BadCheckpoint {
                 path: ckpt_path,
                 reason: format!(
-                    "the run trained on {} examples, the data given have {}: not the same data",
+                    "the run trained on {} examples, {given} have {}: not the same data",
                     ckpt.state.train_examples,
                     data.train.len()
                 ),
@@ -686,10 +710,14 @@ impl Trainer {
                 return Err(TrainError::BadCheckpoint {
                     path: ckpt_path,
                     reason: format!(
-                        "the run trained on other data (fingerprint {recorded}; the data given have {now}, with the same example count): pass the run's own data set to resume"
+                        "the run trained on other data (fingerprint {recorded}; {given} have {now}, with the same example count): pass the run's own data set to resume"
                     ),
                 });
             }
+        }
+        if let Some(path) = moved {
+            config.data.path = Some(path.clone());
+            ckpt.state.config = config.to_toml();
         }
         // The checkpoint is checked whole before anything in the run
         // directory changes or the preprocessing is fitted again (minutes).
@@ -713,7 +741,7 @@ impl Trainer {
         // Written once every check has passed: a resume that fails leaves
         // config.toml as it was (it said the refused length, or another
         // run's settings, while its checkpoint did not).
-        if new_length.is_some() || config_changes || patience_change.is_some() {
+        if new_length.is_some() || config_changes || patience_change.is_some() || moved.is_some() {
             allcnn_models::write_atomic(
                 &run_dir.join(files::CONFIG),
                 ckpt.state.config.as_bytes(),
