@@ -327,17 +327,20 @@ fn print_grid(g: &allcnn_train::grid::GridReport) -> Result<()> {
             r.run_dir.display(),
             r.failure
                 .as_ref()
-                .map(|f| {
-                    let stopped = g.interrupted && std::ptr::eq(r, g.results.last().unwrap());
-                    format!("  {}{f}", if stopped { "" } else { "failed: " })
-                })
+                .map(|f| { format!("  {}{f}", if r.stopped { "" } else { "failed: " }) })
                 .unwrap_or_default()
         )?;
     }
     if g.interrupted {
+        let untried: Vec<String> = g.untried.iter().map(f64::to_string).collect();
         outln!(
-            "interrupted: the rates after {} were not tried",
-            g.results.last().map_or(0.0, |r| r.lr)
+            "stopped during lr {}{}: run the same command again to go on",
+            g.results.iter().rfind(|r| r.stopped).map_or(0.0, |r| r.lr),
+            if untried.is_empty() {
+                String::new()
+            } else {
+                format!(" (not tried yet: {})", untried.join(", "))
+            }
         )?;
     }
     Ok(())

@@ -1406,6 +1406,41 @@ fn a_subset_larger_than_its_split_is_said() {
     }
 }
 
+/// A grid search stopped by `--time-limit` says which rates are left, and
+/// the same command again goes on (it failed on the first rate's folder).
+#[test]
+fn a_grid_stopped_at_its_time_limit_goes_on_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_folder(&data);
+    let grid = dir.path().join("grid");
+    let args = [
+        "--grid",
+        "--lrs",
+        "0.1,0.05",
+        "data.validation=2",
+        "--time-limit",
+        "1s",
+        "epochs=100000",
+    ];
+    for _ in 0..2 {
+        let o = train_tiny(&data, &grid, &args);
+        assert_exit(&o, 75);
+        assert!(
+            stdout(&o).contains(
+                "stopped during lr 0.1 (not tried yet: 0.05): run the same command again to go on"
+            ),
+            "{}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(grid.join("grid.json")).unwrap()).unwrap();
+    assert_eq!(report["untried"], serde_json::json!([0.05]));
+    assert_eq!(report["results"][0]["stopped"], true);
+}
+
 /// `--time-limit` stops a long run after its step with a checkpoint, and
 /// the same flag on `--resume` stops the continued run again, further on;
 /// durations that are not one, or under a second, are refused.

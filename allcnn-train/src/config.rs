@@ -627,3 +627,70 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
         (slot, v) => *slot = v,
     }
 }
+
+/// The settings in which two configs differ, as `key: A in the run, B asked`,
+/// ignoring those that do not change the result (`data.path`,
+/// `data.workers`).
+pub(crate) fn config_differences(run: &TrainConfig, asked: &TrainConfig) -> Vec<String> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let table = |c: &TrainConfig| {
+        let mut m = std::collections::BTreeMap::new();
+        if let Ok(t) = toml::Table::try_from(c) {
+            flatten("", &toml::Value::Table(t), &mut m);
+        }
+        m.remove("data.path");
+        m.remove("data.workers");
+        m
+    };
+    let (a, b) = (table(run), table(asked));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.map_or("(unset)".to_string(), Clone::clone);
+            format!(
+                "{k}: {} in the run, {} asked",
+                show(a.get(k)),
+                show(b.get(k))
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod differences_tests {
+    use super::{config_differences, TrainConfig};
+
+    #[test]
+    fn config_differences_name_the_field() {
+        let a = TrainConfig::preset("cifar10").unwrap();
+        let mut b = a.clone();
+        assert!(config_differences(&a, &b).is_empty());
+        b.data.workers = 3;
+        b.data.path = Some("/elsewhere".into());
+        assert!(config_differences(&a, &b).is_empty());
+        b.epochs = 2;
+        let d = config_differences(&a, &b);
+        assert_eq!(d, vec!["epochs: 350 in the run, 2 asked".to_string()]);
+    }
+}

@@ -656,6 +656,9 @@ fn open_run(
         return Err(export_error(run_dir, reason));
     }
     let mut weights = WeightsFile::load(&source, &Device::Cpu)?;
+    if choice == WeightsChoice::Final {
+        refuse_stale_final(run_dir, &config, &weights)?;
+    }
     if let (Some(rank), Some(json)) = (options.whitening_rank, weights.meta.preprocessing.clone()) {
         let pre =
             Preprocessing::from_parts(&json, &weights.attachments)?.compress_whitening(rank)?;
@@ -670,6 +673,38 @@ fn open_run(
             .insert(format!("allcnn.provenance.{k}"), v.clone());
     }
     Ok((config, weights, source))
+}
+
+/// Fails where the run has trained on past its final weights: a finished
+/// run resumed for more epochs and stopped before their end keeps the
+/// old `final.safetensors` (and `eval.json`), which the card would put
+/// beside the new length's recipe as the run's final weights.
+fn refuse_stale_final(
+    run_dir: &Path,
+    config: &TrainConfig,
+    weights: &WeightsFile,
+) -> Result<(), TrainError> {
+    let Some(step) = weights.meta.training().step else {
+        return Ok(());
+    };
+    // A run directory without a readable checkpoint has nothing newer.
+    let Ok(ckpt) = crate::checkpoint::Checkpoint::read(&run_dir.join(files::CHECKPOINT)) else {
+        return Ok(());
+    };
+    if ckpt.state.step <= step {
+        return Ok(());
+    }
+    Err(export_error(
+        run_dir,
+        format!(
+            "{} holds the weights of step {step}, but the run has trained on to step {} (in epoch {} of {}) since: it was resumed for more epochs and has not finished them; finish it with `allcnn train --resume {}` and export then, or export --weights best",
+            files::FINAL,
+            ckpt.state.step,
+            ckpt.state.epoch + 1,
+            config.epochs,
+            run_dir.display()
+        ),
+    ))
 }
 
 /// The measured results of the chosen weights: the run's `eval.json` for

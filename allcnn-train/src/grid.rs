@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
+use crate::checkpoint::Checkpoint;
+use crate::config::{config_differences, TrainConfig};
 use crate::data::TrainData;
 use crate::error::TrainError;
-use crate::trainer::{RunStatus, Trainer};
+use crate::trainer::{files, RunStatus, Trainer};
 
 /// The outcome of one learning rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,10 @@ pub struct GridResult {
     pub failure: Option<String>,
     /// Its run directory.
     pub run_dir: PathBuf,
+    /// Stopped by Ctrl-C or the time limit before its end: the same search
+    /// run again resumes it (a diverged or dead rate stays failed).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Every rate's result and the winner.
@@ -36,26 +41,38 @@ pub struct GridReport {
     pub best_lr: Option<f64>,
     /// Its run directory (resume or copy it to continue with the winner).
     pub best_run_dir: Option<PathBuf>,
-    /// The search was stopped (Ctrl-C) during the last rate of `results`;
-    /// the rates after it were not tried.
+    /// The search was stopped (Ctrl-C, the time limit) during the last rate
+    /// of `results`; the rates of `untried` were not started.
     #[serde(default)]
     pub interrupted: bool,
+    /// The rates not started yet (after an interruption).
+    #[serde(default)]
+    pub untried: Vec<f64>,
 }
 
 /// Trains `config` once per rate of `lrs` (or `config.lr_grid` when `lrs`
 /// is empty), each in `root/lr-<rate>`, and picks the rate with the best
 /// final validation accuracy. A rate that diverges or whose class maps all
 /// die is recorded, not fatal. Writes `root/grid.json` after every rate, so
-/// a long search shows its progress. The interrupt flag (Ctrl-C) stops the
-/// search after the current rate's checkpoint ([`GridReport::interrupted`];
-/// that rate resumes with [`Trainer::resume`]). To retrain with the winner on the full training
-/// split, set `lr = report.best_lr` and `data.validation = 0` and train again.
+/// a long search shows its progress. The interrupt flag (Ctrl-C) and the
+/// trainer's deadline stop the search after the current rate's checkpoint
+/// ([`GridReport::interrupted`], [`GridReport::untried`]).
+///
+/// The same call again goes on where it stopped: a rate whose run
+/// directory holds a run of these settings is resumed (a finished one
+/// trains nothing and reports its result; a diverged or dead one recorded
+/// in `grid.json` stays failed), the others are trained. Rates of an
+/// earlier search into `root` with the same settings that this call does
+/// not list stay in the report. To retrain with the winner on the full
+/// training split, set `lr = report.best_lr` and `data.validation = 0` and
+/// train again.
 ///
 /// # Errors
 /// [`TrainError::InvalidConfig`] when `data` has no validation split or the
 /// grid is empty, repeats a rate or holds one that is not positive and
-/// finite (all checked before any training); run errors other than
-/// divergence and dead class maps.
+/// finite (all checked before any training); [`TrainError::RunDir`] when a
+/// rate's run directory holds a run with other settings; run errors other
+/// than divergence and dead class maps.
 pub fn grid_search(
     trainer: &mut Trainer,
     config: &TrainConfig,
@@ -96,13 +113,18 @@ pub fn grid_search(
             reason: "the grid search picks by validation accuracy: hold out images with data.validation=N".into(),
         });
     }
+    // Every rate's run directory is checked before any training: one
+    // made with other settings would stop the search halfway.
+    for &lr in &lrs {
+        existing_run(&rate_config(config, lr), &rate_dir(root, lr))?;
+    }
+    let previous = read_report(root);
     std::fs::create_dir_all(root).map_err(TrainError::io(root))?;
     let mut results = Vec::new();
     let mut interrupted = false;
-    for &lr in &lrs {
-        let mut c = config.clone();
-        c.lr = lr;
-        let run_dir = root.join(format!("lr-{lr}"));
+    for (i, &lr) in lrs.iter().enumerate() {
+        let c = rate_config(config, lr);
+        let run_dir = rate_dir(root, lr);
         let failed = |e: TrainError, run_dir: PathBuf| GridResult {
             lr,
             val_accuracy: None,
@@ -110,9 +132,21 @@ pub fn grid_search(
             train_loss: None,
             failure: Some(e.to_string()),
             run_dir,
+            stopped: false,
         };
-        let r = match trainer.train(&c, data, &run_dir) {
-            Ok(s) if matches!(s.status, RunStatus::Interrupted | RunStatus::TimeLimit) => {
+        let earlier = previous
+            .iter()
+            .flat_map(|p| &p.results)
+            .find(|r| r.lr == lr && r.failure.is_some() && !r.stopped);
+        let outcome = match (earlier, existing_run(&c, &run_dir)?) {
+            // Diverged or dead before: resuming would retrain the failure.
+            (Some(r), true) => Err(r.clone()),
+            (_, true) => Ok(trainer.resume(&run_dir, Some(data))),
+            (_, false) => Ok(trainer.train(&c, data, &run_dir)),
+        };
+        let r = match outcome {
+            Err(earlier) => earlier,
+            Ok(Ok(s)) if matches!(s.status, RunStatus::Interrupted | RunStatus::TimeLimit) => {
                 interrupted = true;
                 GridResult {
                     lr,
@@ -120,7 +154,7 @@ pub fn grid_search(
                     val_loss: None,
                     train_loss: s.history.last().map(|h| h.train_loss),
                     failure: Some(format!(
-                        "{}; resume it with `allcnn train --resume {}`",
+                        "{}; run the same search again to go on, or resume this rate alone with `allcnn train --resume {}`",
                         if s.status == RunStatus::TimeLimit {
                             "stopped at the time limit"
                         } else {
@@ -129,33 +163,130 @@ pub fn grid_search(
                         run_dir.display()
                     )),
                     run_dir,
+                    stopped: true,
                 }
             }
-            Ok(s) => GridResult {
-                lr,
-                val_accuracy: s.val.as_ref().map(|v| v.top1),
-                val_loss: s.val.as_ref().map(|v| v.loss),
-                train_loss: s.history.last().map(|h| h.train_loss),
-                failure: None,
-                run_dir,
-            },
-            Err(e @ (TrainError::Diverged { .. } | TrainError::DeadClassMaps { .. })) => {
+            Ok(Ok(s)) => {
+                // A finished run resumed reports its last epoch's
+                // validation (no evaluation is made again).
+                let last = s.history.last();
+                GridResult {
+                    lr,
+                    val_accuracy: s
+                        .val
+                        .as_ref()
+                        .map(|v| v.top1)
+                        .or(last.and_then(|h| h.val_accuracy)),
+                    val_loss: s
+                        .val
+                        .as_ref()
+                        .map(|v| v.loss)
+                        .or(last.and_then(|h| h.val_loss)),
+                    train_loss: last.map(|h| h.train_loss),
+                    failure: None,
+                    run_dir,
+                    stopped: false,
+                }
+            }
+            Ok(Err(e @ (TrainError::Diverged { .. } | TrainError::DeadClassMaps { .. }))) => {
                 failed(e, run_dir)
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
         };
         results.push(r);
-        let report = grid_report(results.clone(), interrupted);
+        let untried = if interrupted {
+            lrs[i + 1..].to_vec()
+        } else {
+            Vec::new()
+        };
+        let report = grid_report(
+            with_earlier(results.clone(), previous.as_ref(), &lrs, config),
+            interrupted,
+            untried,
+        );
         let json = serde_json::to_string_pretty(&report).expect("report serialises");
-        allcnn_models::write_atomic(&root.join("grid.json"), json.as_bytes())?;
+        allcnn_models::write_atomic(&root.join(GRID_REPORT), json.as_bytes())?;
         if interrupted {
-            break;
+            return Ok(report);
         }
     }
-    Ok(grid_report(results, interrupted))
+    Ok(grid_report(
+        with_earlier(results, previous.as_ref(), &lrs, config),
+        false,
+        Vec::new(),
+    ))
 }
 
-fn grid_report(results: Vec<GridResult>, interrupted: bool) -> GridReport {
+/// The search's report in its root folder.
+pub const GRID_REPORT: &str = "grid.json";
+
+fn rate_config(config: &TrainConfig, lr: f64) -> TrainConfig {
+    let mut c = config.clone();
+    c.lr = lr;
+    c
+}
+
+fn rate_dir(root: &Path, lr: f64) -> PathBuf {
+    root.join(format!("lr-{lr}"))
+}
+
+/// Whether `run_dir` holds a run (a checkpoint) of `config`.
+///
+/// # Errors
+/// [`TrainError::RunDir`] when it holds one with other settings; the
+/// checkpoint's own errors.
+fn existing_run(config: &TrainConfig, run_dir: &Path) -> Result<bool, TrainError> {
+    let ckpt = run_dir.join(files::CHECKPOINT);
+    if !ckpt.is_file() {
+        return Ok(false);
+    }
+    let state = Checkpoint::read(&ckpt)?.state;
+    let theirs = TrainConfig::from_toml(&state.config, &ckpt.display().to_string())?;
+    let diff = config_differences(&theirs, config);
+    if !diff.is_empty() {
+        return Err(TrainError::RunDir {
+            path: run_dir.to_path_buf(),
+            reason: format!(
+                "holds a run of this rate with other settings ({}): search with the settings it was made with, choose another --out, or remove this folder",
+                diff.join("; ")
+            ),
+        });
+    }
+    Ok(true)
+}
+
+/// The report of an earlier search into the folder, if there is one.
+fn read_report(root: &Path) -> Option<GridReport> {
+    let json = std::fs::read(root.join(GRID_REPORT)).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// `results` followed by the earlier search's results for rates this call
+/// does not list, where their runs have this search's settings (others
+/// belong to another search and are left out, with a warning).
+fn with_earlier(
+    mut results: Vec<GridResult>,
+    previous: Option<&GridReport>,
+    lrs: &[f64],
+    config: &TrainConfig,
+) -> Vec<GridResult> {
+    for r in previous.into_iter().flat_map(|p| &p.results) {
+        if lrs.contains(&r.lr) {
+            continue;
+        }
+        match existing_run(&rate_config(config, r.lr), &r.run_dir) {
+            Ok(true) => results.push(r.clone()),
+            _ => log::warn!(
+                "the earlier grid's rate {} ({}) is left out of this report: its run is gone or has other settings",
+                r.lr,
+                r.run_dir.display()
+            ),
+        }
+    }
+    results
+}
+
+fn grid_report(results: Vec<GridResult>, interrupted: bool, untried: Vec<f64>) -> GridReport {
     let best = results
         .iter()
         .filter_map(|r| r.val_accuracy.map(|a| (a, r)))
@@ -167,6 +298,7 @@ fn grid_report(results: Vec<GridResult>, interrupted: bool) -> GridReport {
         best_lr: best.map(|(_, r)| r.lr),
         best_run_dir: best.map(|(_, r)| r.run_dir.clone()),
         interrupted,
+        untried,
         results,
     }
 }

@@ -410,6 +410,43 @@ fn a_run_stopped_at_max_steps_is_finished_on_resume() {
     assert!(before == files_now(), "a finished run's files changed");
 }
 
+/// A finished run resumed for more epochs and stopped before their end
+/// keeps its old final weights: export-hub refuses them (it exported them
+/// as the run's final weights beside the new length's recipe), and takes
+/// the new ones once the run has finished.
+#[test]
+fn export_refuses_final_weights_the_run_has_trained_past() {
+    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
+    let test = random_dataset(12, 8, 3, 3);
+    let d = data(train, Some(test));
+    let mut c = resume_config();
+    c.epochs = 1;
+    let run = tempfile::tempdir().unwrap();
+    quiet().train(&c, &d, run.path()).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(flag.clone())
+        .observer(Box::new(StopAt(8, flag.clone())))
+        .build();
+    let r = t.resume_with_epochs(run.path(), Some(&d), 3).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Interrupted, 8));
+    let out = tempfile::tempdir().unwrap();
+    let hub = out.path().join("hub");
+    let options = allcnn_train::ExportOptions::default();
+    let e = allcnn_train::export_hub(run.path(), &hub, &options).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "holds the weights of step 6, but the run has trained on to step 8 (in epoch 2 of 3)"
+        ),
+        "{e}"
+    );
+    assert!(!hub.exists(), "a refused export made its folder");
+    let r = quiet().resume(run.path(), Some(&d)).unwrap();
+    assert_eq!((r.status, r.steps), (RunStatus::Completed, 18));
+    allcnn_train::export_hub(run.path(), &hub, &options).unwrap();
+}
+
 fn crash_and_resume(crash_at: u64, expect_ckpt: (u64, u64, u64)) {
     let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
     let d = data(train, None);
@@ -941,6 +978,54 @@ fn grid_search_picks_by_validation() {
     let written: allcnn_train::grid::GridReport =
         serde_json::from_slice(&std::fs::read(cut.path().join("grid.json")).unwrap()).unwrap();
     assert_eq!(written, report);
+    assert_eq!(report.untried, [0.01]);
+
+    // The same search again goes on where it stopped (it failed on the
+    // first rate's run directory), and ends as an uninterrupted one.
+    let report = grid_search(&mut quiet(), &c, &d, &[0.05, 0.01], cut.path()).unwrap();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = grid_search(&mut quiet(), &c, &d, &[0.05, 0.01], straight_dir.path()).unwrap();
+    assert!(!report.interrupted && report.untried.is_empty());
+    let scores = |r: &allcnn_train::grid::GridReport| {
+        r.results
+            .iter()
+            .map(|r| (r.lr, r.val_accuracy, r.val_loss, r.failure.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scores(&report), scores(&straight));
+    assert_eq!(
+        params_bits(&cut.path().join("lr-0.05").join(files::FINAL)),
+        params_bits(&straight_dir.path().join("lr-0.05").join(files::FINAL))
+    );
+    // Once more: nothing is trained, the same report.
+    let final_before = std::fs::read(cut.path().join("lr-0.01").join(files::FINAL)).unwrap();
+    let again = grid_search(&mut quiet(), &c, &d, &[0.05, 0.01], cut.path()).unwrap();
+    assert_eq!(scores(&again), scores(&report));
+    assert_eq!(
+        std::fs::read(cut.path().join("lr-0.01").join(files::FINAL)).unwrap(),
+        final_before
+    );
+    // Another rate into the same folder: the earlier rates stay reported.
+    let more = grid_search(&mut quiet(), &c, &d, &[0.02], cut.path()).unwrap();
+    let lrs: Vec<f64> = more.results.iter().map(|r| r.lr).collect();
+    assert_eq!(lrs, [0.02, 0.05, 0.01]);
+    // Other settings: refused before anything trains.
+    let mut other = c.clone();
+    other.epochs = 2;
+    let e = grid_search(&mut quiet(), &other, &d, &[0.05, 0.03], cut.path()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("other settings (epochs: 1 in the run, 2 asked)"),
+        "{e}"
+    );
+    assert!(!cut.path().join("lr-0.03").exists());
+    // A diverged rate stays failed: it is not resumed.
+    let report = grid_search(&mut quiet(), &c, &d, &[0.05, 1e12], dir.path()).unwrap();
+    assert!(
+        report.results[1].failure.is_some(),
+        "lr 1e12 reported again"
+    );
+    assert_eq!(report.best_lr, Some(0.05));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use allcnn_data::Preprocessing;
 use candle_core::{Device, DeviceLocation};
 
 use crate::checkpoint::{Checkpoint, CheckpointState};
-use crate::config::{DataConfig, TrainConfig};
+use crate::config::{config_differences, DataConfig, TrainConfig};
 use crate::data::{fit_preprocessing, TrainData};
 use crate::error::TrainError;
 use crate::eval::EvalReport;
@@ -670,51 +670,6 @@ fn data_elsewhere(found: &Found, asked: &TrainConfig, model: &str) -> Option<Str
     ))
 }
 
-/// The settings in which two configs differ, as `key: A in the run, B asked`,
-/// ignoring those that do not change the result (`data.path`,
-/// `data.workers`).
-fn config_differences(run: &TrainConfig, asked: &TrainConfig) -> Vec<String> {
-    fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let table = |c: &TrainConfig| {
-        let mut m = BTreeMap::new();
-        if let Ok(t) = toml::Table::try_from(c) {
-            flatten("", &toml::Value::Table(t), &mut m);
-        }
-        m.remove("data.path");
-        m.remove("data.workers");
-        m
-    };
-    let (a, b) = (table(run), table(asked));
-    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let show = |v: Option<&String>| v.map_or("(unset)".to_string(), Clone::clone);
-            format!(
-                "{k}: {} in the run, {} asked",
-                show(a.get(k)),
-                show(b.get(k))
-            )
-        })
-        .collect()
-}
-
 /// `cpu`, `cuda:N` or `metal:N`.
 fn device_name(device: &Device) -> String {
     match device.location() {
@@ -786,19 +741,6 @@ mod tests {
         o.epochs = Some(9);
         let c = o.config(&Experiment::Imagenet.rows()[0]).unwrap();
         assert_eq!(c.schedule.milestone_epochs(9), vec![4, 8]);
-    }
-
-    #[test]
-    fn config_differences_name_the_field() {
-        let a = TrainConfig::preset("cifar10").unwrap();
-        let mut b = a.clone();
-        assert!(config_differences(&a, &b).is_empty());
-        b.data.workers = 3;
-        b.data.path = Some("/elsewhere".into());
-        assert!(config_differences(&a, &b).is_empty());
-        b.epochs = 2;
-        let d = config_differences(&a, &b);
-        assert_eq!(d, vec!["epochs: 350 in the run, 2 asked".to_string()]);
     }
 
     #[test]
