@@ -62,7 +62,7 @@ pub struct TrainArgs {
     /// Learning rates for --grid, comma-separated.
     #[arg(long, value_delimiter = ',')]
     lrs: Vec<f64>,
-    /// Print the resolved config as TOML and exit (a starting point for --config).
+    /// Print the resolved config as TOML (JSON with --json) and exit (a starting point for --config).
     #[arg(long)]
     print_config: bool,
     /// Stop the run when a class map (or every one) gave 0 on all its
@@ -241,7 +241,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         usage!("--lrs sets the learning rates of --grid; add --grid or set one rate with lr=VALUE");
     }
     if args.print_config {
-        out!("{}", config.to_toml())?;
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&config)?)?;
+        } else {
+            out!("{}", config.to_toml())?;
+        }
         return Ok(());
     }
     // Recorded absolute, so `--resume` finds the same data from anywhere.

@@ -282,6 +282,12 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
         stdout(&o)
     );
     assert!(!stderr(&o).contains("never drops"), "{}", stderr(&o));
+    // With --json the resolved config is JSON (it was TOML).
+    let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "--json"]);
+    assert_ok(&o);
+    let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(c["model"], "all-cnn-c");
+    assert_eq!(c["epochs"], 350);
     // A run too short for its multi-step schedule is told so.
     let o = allcnn(&["train", "--preset", "cifar10", "--print-config", "epochs=3"]);
     assert_ok(&o);
@@ -2343,6 +2349,22 @@ fn export_hub_round_trip() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
 
     let out = dir.path().join("hub");
+    // A whitening rank for a run without ZCA is refused (it was ignored).
+    let o = allcnn(&[
+        "export-hub",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--whitening-rank",
+        "5",
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("there is no whitening matrix to compress"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
     let o = allcnn(&[
         "export-hub",
         run.to_str().unwrap(),

@@ -202,11 +202,13 @@ fn download_into(
             "(not a regular file)".into()
         };
         if found != *md5 {
+            // Not ours to delete, `force` or not: it may be the user's.
             return Err(DataError::ForeignFile {
                 path: archive,
                 reason: format!(
                     "it is not the expected archive (MD5 {found}, expected {md5}), and it is \
-                     not deleted: move it away and run the download again"
+                     not deleted (not even with --force: allcnn did not make it): move it away \
+                     and run the download again"
                 ),
             });
         }
@@ -232,7 +234,26 @@ fn download_into(
         std::fs::rename(&part, &archive).map_err(|e| DataError::io("cannot rename", &part, e))?;
     }
 
-    extract(&archive, dir, kind)?;
+    if let Err(e) = extract(&archive, dir, kind) {
+        // An archive this call downloaded that does not extract is of no
+        // use (its MD5 was the one given, a mirror's): without deleting it,
+        // every later call would try it again and fail the same way.
+        let downloaded = !have_archive;
+        if downloaded {
+            let _ = std::fs::remove_file(&archive);
+        }
+        return Err(match e {
+            DataError::Archive { path, reason } => DataError::Archive {
+                path,
+                reason: if downloaded {
+                    format!("{reason}; the download was deleted: check the URL and its MD5, and run the download again")
+                } else {
+                    format!("{reason}; this archive was already there, not downloaded now: move it away, or pass --force to download it again")
+                },
+            },
+            e => e,
+        });
+    }
     if opts.remove_archive {
         remove_file(&archive)?;
     }
@@ -485,11 +506,14 @@ fn fetch_resumable(
         let resumed = append;
         let start = if append { offset } else { 0 };
         let max_bytes = opts.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-        let too_big = |size: u64| {
-            http(format!(
-                "the download is {size} bytes or more, over the limit of {max_bytes} \
-                 (--max-bytes): refused"
-            ))
+        // Not a network failure: the limit is the caller's.
+        let too_big = |size: u64| DataError::InvalidConfig {
+            name: "max_bytes",
+            value: max_bytes.to_string(),
+            reason: format!(
+                "{url} is {size} bytes or more, over this limit: raise it (--max-bytes) if that \
+                 file is the one expected"
+            ),
         };
         if let Some(t) = total.filter(|&t| t > max_bytes) {
             return Err(too_big(t));

@@ -238,8 +238,9 @@ pub enum DataError {
 
     /// A downloaded file whose MD5 is not the published one.
     #[error(
-        "{path}: MD5 {found} does not match the published {expected}; the file is corrupt \
-         and was deleted: run the download again (or check the mirror)"
+        "{path}: MD5 {found} does not match the expected {expected}; the file was deleted: \
+         run the download again (a mirror that serves another build of the archive needs \
+         its MD5: --md5)"
     )]
     Md5Mismatch {
         /// The file (already deleted).

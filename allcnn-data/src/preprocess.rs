@@ -815,7 +815,10 @@ impl Preprocessing {
             return Err(DataError::InvalidConfig {
                 name: "whitening rank",
                 value: rank.to_string(),
-                reason: format!("must lie in 1..{d} (the data dimension)"),
+                reason: format!(
+                    "must lie between 1 and {} (below the data dimension, {d})",
+                    d - 1
+                ),
             });
         }
         let w = Mat::<f64>::from_fn(d, d, |i, j| f64::from(whitening[i * d + j]));

@@ -659,9 +659,26 @@ fn open_run(
     if choice == WeightsChoice::Final {
         refuse_stale_final(run_dir, &config, &weights)?;
     }
-    if let (Some(rank), Some(json)) = (options.whitening_rank, weights.meta.preprocessing.clone()) {
-        let pre =
-            Preprocessing::from_parts(&json, &weights.attachments)?.compress_whitening(rank)?;
+    if let Some(rank) = options.whitening_rank {
+        // Said, not ignored: the rank applies to a ZCA whitening only.
+        let json = weights.meta.preprocessing.clone();
+        let pre = json
+            .as_deref()
+            .map(|j| Preprocessing::from_parts(j, &weights.attachments))
+            .transpose()?;
+        let Some(pre) = pre.filter(|p| p.zca().is_some()) else {
+            return Err(export_error(
+                &source,
+                format!(
+                    "a whitening rank ({rank}) was asked for, but these weights record {}: there is no whitening matrix to compress; leave the rank out",
+                    match &json {
+                        Some(_) => "a preprocessing without ZCA whitening",
+                        None => "no preprocessing",
+                    }
+                ),
+            ));
+        };
+        let pre = pre.compress_whitening(rank)?;
         let (json, parts) = pre.to_parts();
         weights.meta.preprocessing = Some(json);
         weights.attachments = parts.into_iter().collect();

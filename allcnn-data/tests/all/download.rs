@@ -263,7 +263,11 @@ fn corrupted_download_is_deleted() {
         DataError::Md5Mismatch { expected, .. } => assert_eq!(expected, &md5),
         e => panic!("unexpected {e:?}"),
     }
-    assert!(err.to_string().contains("run the download again"));
+    // Says how a mirror's other build of the archive gets through.
+    assert!(
+        err.to_string().contains("run the download again") && err.to_string().contains("--md5"),
+        "{err}"
+    );
     assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
 }
 
@@ -301,10 +305,31 @@ fn bad_archives_never_look_complete() {
         "{err}"
     );
     assert!(!tmp.path().join("cifar-10-batches-bin").exists());
+    // The useless download is deleted too: kept, every later call tried it
+    // again and failed the same way.
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+    assert!(
+        err.to_string().contains("the download was deleted"),
+        "{err}"
+    );
+    // An archive found there (not downloaded by the call) is kept, and
+    // the message says what to do with it.
+    std::fs::write(tmp.path().join("cifar-10-binary.tar.gz"), &body).unwrap();
+    let err = download_cifar(
+        CifarKind::Cifar10,
+        tmp.path(),
+        &opts(&srv.url, &md5_of(&body)),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already there, not downloaded now: move it away"),
+        "{err}"
+    );
     assert_eq!(
         entries(tmp.path()),
         vec!["cifar-10-binary.tar.gz"],
-        "no temporary folder left"
+        "no temporary folder left, the archive kept"
     );
 
     // A truncated gzip stream (its own MD5, so it passes the check).
@@ -453,7 +478,16 @@ fn oversized_and_stalled_downloads_end_by_themselves() {
         let mut o = opts(&srv.url, &md5);
         o.max_bytes = Some(cap);
         let err = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap_err();
-        assert!(err.to_string().contains("--max-bytes"), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataError::InvalidConfig {
+                    name: "max_bytes",
+                    ..
+                }
+            ) && err.to_string().contains("raise it (--max-bytes)"),
+            "{err}"
+        );
         assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
     }
     let srv = serve(body, vec![Reply::Stall]);

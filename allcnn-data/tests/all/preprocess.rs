@@ -327,6 +327,9 @@ fn compressed_whitening_hand_computed() {
     for bad in [0, 4, 9] {
         let err = full.compress_whitening(bad).unwrap_err();
         assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        // The range as a reader takes it (it said "1..4", which reads as
+        // including 4).
+        assert!(err.to_string().contains("between 1 and 3"), "{err}");
     }
     // Other transforms are unchanged.
     assert_eq!(
