@@ -458,8 +458,10 @@ impl TrainConfig {
                 "precision",
                 self.precision.name().into(),
                 &format!(
-                    "conflicts with conv = \"{}\"; set one of the two (precision \"bf16\" is conv \"winograd-bf16\")",
-                    self.conv.name()
+                    "conflicts with conv = \"{}\"; set one of the two (precision \"{}\" is conv \"{}\" on this CPU)",
+                    self.conv.name(),
+                    self.precision.name(),
+                    self.precision.backend().name()
                 ),
             );
         }

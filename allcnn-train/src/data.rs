@@ -101,16 +101,16 @@ impl TrainData {
         let test = if format == DatasetFormat::ImageFolder && !split_folders {
             // The same images would serve as both splits: "test" accuracy
             // would be training accuracy.
-            log_line(&format!(
+            log::warn!(
                 "{} has no train/ and test/ folders: all its images are training images, and the run has no test split",
                 path.display()
-            ));
+            );
             None
         } else {
             match open_dataset(path, Split::Test, &opts) {
                 Ok(t) => Some(t),
                 Err(e @ DataError::MissingFile { .. }) => {
-                    log_line(&format!("no test split under {}: {e}", path.display()));
+                    log::warn!("no test split under {}: {e}", path.display());
                     None
                 }
                 // A test split that is there but unreadable is an error,
@@ -337,6 +337,3 @@ pub fn eval_loader(
         .build()?)
 }
 
-pub(crate) fn log_line(msg: &str) {
-    eprintln!("[allcnn-train] {msg}");
-}

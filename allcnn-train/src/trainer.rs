@@ -449,13 +449,20 @@ impl Trainer {
         // The starting weights before anything is written or fitted: a bad
         // `init_from` fails in a moment, not after the preprocessing.
         let mut model = initial_model(config, &spec, &self.device)?;
+        // Nor a `data.preprocessing_from` of another kind (it is read, not
+        // fitted: a moment); the run directory was left behind.
+        let read = match (preprocessing, &config.data.preprocessing_from) {
+            (None, Some(_)) => Some(fit_preprocessing(&config.data, data.train.as_ref())?),
+            _ => None,
+        };
         let _lock = prepare_run_dir(run_dir, true, spec.param_count() * 4 * 2 + 4096)?;
         let config_text = config.to_toml();
         allcnn_models::write_atomic(&run_dir.join(files::CONFIG), config_text.as_bytes())?;
 
-        let preprocessing = match preprocessing {
-            Some(p) => p.clone(),
-            None => fit_preprocessing(&config.data, data.train.as_ref())?,
+        let preprocessing = match (preprocessing, read) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => p,
+            (None, None) => fit_preprocessing(&config.data, data.train.as_ref())?,
         };
         preprocessing.save(&run_dir.join(files::PREPROCESSING))?;
 
@@ -589,6 +596,12 @@ impl Trainer {
             });
         }
         let ckpt_path = run_dir.join(files::CHECKPOINT);
+        if !ckpt_path.is_file() && run_dir.join(crate::grid::GRID_REPORT).is_file() {
+            return Err(TrainError::RunDir {
+                path: run_dir.to_path_buf(),
+                reason: "is a grid search's folder, not one run: run the same search again to go on, or resume one rate with `allcnn train --resume` on its lr-RATE folder".into(),
+            });
+        }
         if !ckpt_path.is_file() {
             let reason = if ckpt_path.exists() {
                 "it is not a regular file (a folder?): move it away; a checkpoint is a file"
@@ -1409,14 +1422,31 @@ fn initial_model(
             device,
         )?);
     };
+    let what = "the weights a run starts from: a run's final.safetensors or best.safetensors, or an export";
     if !path.is_file() {
+        let reason = if path.is_dir() {
+            format!("is a folder; give a file ({what})")
+        } else {
+            format!("no such file ({what})")
+        };
         return Err(TrainError::InvalidConfig {
             field: "init_from",
             value: path.display().to_string(),
-            reason: "no such file (the weights a run starts from: a run's final.safetensors or best.safetensors, or an export)".into(),
+            reason,
         });
     }
-    let file = WeightsFile::load(path, device)?;
+    let file = WeightsFile::load(path, device).map_err(|e| match e {
+        // A checkpoint records its architecture in its own state, not as
+        // weights metadata: "pass the model name" cannot be done here.
+        allcnn_models::ModelError::NotSelfDescribing { .. } => TrainError::InvalidConfig {
+            field: "init_from",
+            value: path.display().to_string(),
+            reason: format!(
+                "does not describe its architecture (a training checkpoint, or weights exported without metadata); give {what}"
+            ),
+        },
+        e => e.into(),
+    })?;
     if file.model.spec() != spec {
         return Err(TrainError::InvalidConfig {
             field: "init_from",

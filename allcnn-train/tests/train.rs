@@ -1019,6 +1019,9 @@ fn grid_search_picks_by_validation() {
         "{e}"
     );
     assert!(!cut.path().join("lr-0.03").exists());
+    // The search's folder is not a run: `--resume` on it says what to do.
+    let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
+    assert!(e.to_string().contains("is a grid search's folder"), "{e}");
     // A diverged rate stays failed: it is not resumed.
     let report = grid_search(&mut quiet(), &c, &d, &[0.05, 1e12], dir.path()).unwrap();
     assert!(
@@ -1108,6 +1111,32 @@ fn init_from_starts_from_the_given_weights() {
         "{e}"
     );
     assert_eq!(std::fs::read_dir(c.path()).unwrap().count(), 0);
+    // A run's folder, and its checkpoint (no weights metadata), are named
+    // as what they are; "pass the model name" cannot be done for init_from.
+    for (given, says) in [
+        (a.path().to_path_buf(), "is a folder; give a file"),
+        (
+            a.path().join(files::CHECKPOINT),
+            "does not describe its architecture (a training checkpoint",
+        ),
+    ] {
+        other.init_from = Some(given);
+        let e = quiet()
+            .train(&other, &data(random_dataset(32, 8, 4, 5), None), c.path())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TrainError::InvalidConfig {
+                    field: "init_from",
+                    ..
+                }
+            ) && e.to_string().contains(says)
+                && e.to_string()
+                    .contains("final.safetensors or best.safetensors"),
+            "{e}"
+        );
+    }
 }
 
 /// `data.preprocessing_from` takes another run's preprocessing as it is
@@ -1180,6 +1209,12 @@ fn preprocessing_from_reuses_another_runs_preprocessing() {
             && msg.contains("`scale`"),
         "{msg}"
     );
+    // ... before anything is written (its lock and config.toml were left).
+    let run = c.path().join("run");
+    assert!(quiet()
+        .train(&wrong, &data(b_data.clone(), None), &run)
+        .is_err());
+    assert!(!run.exists(), "a refused run left its folder");
     // A missing file is an error that names it.
     wrong.data.preprocessing = allcnn_train::config::PreprocessChoice::Standardize;
     wrong.data.preprocessing_from = Some(a.path().join("missing.safetensors"));
