@@ -24,14 +24,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = BenchMode::Infer)]
     mode: BenchMode,
     /// Timed iterations, after the warm-up ones.
-    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = crate::values::count::<usize>)]
     iters: usize,
     /// Untimed iterations first: the first ones fault in the process's
     /// memory and fill its buffer pools, which a long run pays once.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Class count of the head (default 10; 1000 for the ImageNet model).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = crate::values::count::<usize>)]
     classes: Option<usize>,
     /// Precision of the convolution GEMMs: `f32` (the default), `bf16`
     /// (bf16 operands, f32 accumulation) or `auto` (what runs fastest on

@@ -78,6 +78,11 @@ pub fn run(args: &Args) -> Result<()> {
                 "--provenance {item:?}: expected KEY=VALUE with a KEY, e.g. commit=abc123"
             );
         };
+        if item.chars().any(char::is_control) {
+            anyhow::bail!(
+                "--provenance {item:?}: holds a line break or another control character; give one line"
+            );
+        }
         options = options.provenance(k.trim(), v.trim());
     }
     if let Some(data) = &args.eval_data {

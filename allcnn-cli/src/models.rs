@@ -8,7 +8,7 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct Args {
     /// Class count of the head (default: 10 for CIFAR models, 1000 for ImageNet).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = crate::values::count::<usize>)]
     classes: Option<usize>,
     /// Print JSON (one array of objects) instead of a table.
     #[arg(long)]

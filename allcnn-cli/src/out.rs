@@ -29,6 +29,11 @@ pub fn check<'a>(
     kind: OutKind,
     inputs: impl IntoIterator<Item = &'a Path>,
 ) -> Result<()> {
+    // The shell convention for standard output: no command writes there
+    // (a file named `-` was made).
+    if out == Path::new("-") {
+        bail!("--out -: this command writes files, not to standard output; give a path");
+    }
     refuse_overwriting_inputs(out, inputs)?;
     match kind {
         OutKind::File | OutKind::Weights => {

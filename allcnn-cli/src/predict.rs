@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// How many classes to show per input.
-    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = crate::values::count::<usize>)]
     top_k: usize,
     /// Print JSON.
     #[arg(long)]
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Batch size for images.
-    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = crate::values::count::<usize>)]
     batch: usize,
     #[command(flatten)]
     device: crate::device::DeviceArg,

@@ -23,7 +23,7 @@ pub struct Args {
     out: PathBuf,
     /// Scale the protocol to E epochs (learning-rate drops at the same
     /// fractions of the run); default: the paper's protocol.
-    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "E", value_parser = crate::values::count::<u64>)]
     epochs: Option<u64>,
     /// Train only these rows (comma-separated model names); the report
     /// still lists every row.

@@ -28,7 +28,7 @@ pub struct TrainArgs {
     /// the run's length, to end it sooner or to continue a finished run (the
     /// lr follows the schedule of the new length; multi-step milestones
     /// stay put).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::values::count::<u64>)]
     epochs: Option<u64>,
     /// Architecture (overrides the config's `model`, and its custom `spec` if it has one).
     #[arg(long, value_parser = crate::values::model_name())]
@@ -421,7 +421,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = crate::values::SplitArg::Test)]
     split: crate::values::SplitArg,
     /// Batch size.
-    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count::<usize>)]
     batch: usize,
     /// ImageNet-style evaluation: resize the shorter side to 256 and centre-crop 224.
     #[arg(long)]

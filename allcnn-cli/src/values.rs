@@ -56,6 +56,20 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// A count of 1 or more (`--epochs`, `--batch`, `--top-k`, ...), said in
+/// words: clap's ranged parser printed "0 is not in
+/// 1..18446744073709551615".
+pub fn count<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number: give 1 or more"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    T::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
 /// A Hugging Face repository id `OWNER/NAME`, for `export-hub --repo`:
 /// each part 1-96 letters, digits, `-`, `_` or `.`, neither starting nor
 /// ending with `-` or `.`, without `--` or `..` (the Hub's rules).
@@ -175,7 +189,23 @@ pub fn colormap() -> impl TypedValueParser<Value = allcnn_viz::render::Colormap>
 
 #[cfg(test)]
 mod tests {
-    use super::{dataset_id, license_id, repo_id};
+    use super::{count, dataset_id, license_id, repo_id};
+
+    #[test]
+    fn counts_are_said_in_words() {
+        assert_eq!(count::<u64>("3"), Ok(3));
+        assert_eq!(count::<usize>(" 64"), Ok(64));
+        assert_eq!(count::<u64>("0").unwrap_err(), "must be at least 1");
+        assert!(count::<u64>("-2")
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(count::<u64>("2.5")
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(count::<u64>("99999999999999999999")
+            .unwrap_err()
+            .contains("not a whole number"));
+    }
 
     #[test]
     fn card_ids_are_refused_where_the_hub_would_refuse_them() {

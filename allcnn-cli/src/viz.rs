@@ -270,7 +270,7 @@ struct TopArgs {
     split: crate::values::SplitArg,
     /// Scan a seeded random sample of N images (a data set sorted by class
     /// would otherwise show only its first classes).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = crate::values::count::<usize>)]
     limit: Option<usize>,
     /// Seed of the --limit sample.
     #[arg(long, default_value_t = 0)]
@@ -285,7 +285,7 @@ struct TopArgs {
     #[arg(short, long, default_value_t = 9)]
     k: usize,
     /// Batch size of the scan.
-    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = crate::values::count::<usize>)]
     batch: usize,
     /// Output PNG.
     #[arg(long)]

@@ -31,7 +31,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = crate::values::model_name())]
     pub model: Option<String>,
     /// Class count, with --model.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = crate::values::count::<usize>)]
     pub classes: Option<usize>,
     /// Precision of the convolutions on CPU: `f32` (the default: exact
     /// against PyTorch), `bf16` (bf16 operands, f32 accumulation: about

@@ -778,6 +778,19 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     let o = allcnn(&["pretrained", "save", "--out", w.to_str().unwrap()]);
     assert_ok(&o);
     let before = std::fs::read(&w).unwrap();
+    // `-` is not standard output here: refused, no file named `-` made.
+    let o = Command::new(env!("CARGO_BIN_EXE_allcnn"))
+        .args(["pretrained", "save", "--out", "-"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("not to standard output"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("-").exists());
     let img = dir.path().join("cat.png");
     write_png(&img, 3);
 
@@ -2409,6 +2422,7 @@ fn export_hub_round_trip() {
         "- accuracy",
         &format!("value: {:.4}", eval["top1"].as_f64().unwrap()),
         "allcnn predict --weights hf://me/tiny-allcnn image.png",
+        "- name: \"tiny-allcnn\"",
         "## Training recipe",
         "batch_size = 4",
         "| test | 12 |",
@@ -2494,6 +2508,10 @@ fn export_hub_round_trip() {
     assert_eq!(c["weights"]["epoch"], 1);
     assert_eq!(c["results"][0]["split"], "test");
     assert!(!out.join("eval.json").exists());
+    // Without --repo the card's model-index names the architecture (it
+    // said "REPO", the placeholder's second half).
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("- name: \"all-cnn-a\""), "{card}");
 
     // --eval-data measures the exported file itself: its figures replace
     // the run's on the card and in config.json, and eval.json is written.
@@ -2645,6 +2663,12 @@ fn export_hub_round_trip() {
             &["--provenance", "=x"][..],
             1,
             "expected KEY=VALUE with a KEY",
+        ),
+        // A line break would end the card's provenance table.
+        (
+            &["--provenance", "note=one\n---\nlicense: evil"][..],
+            1,
+            "give one line",
         ),
     ] {
         let args = [

@@ -332,7 +332,9 @@ impl TrainConfig {
         } else {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
-        parsed.map_err(|mut reason| {
+        parsed.map_err(|reason| {
+            // toml's messages end in a newline.
+            let mut reason = reason.trim_end().to_string();
             if reason.contains("missing field") {
                 reason.push_str(
                     "; a config file gives every field (`allcnn train --preset NAME --print-config` writes one to edit), \
@@ -534,7 +536,10 @@ impl TrainConfig {
             );
         }
         if let Err(reason) = self.schedule.validate() {
-            return inv("schedule", format!("{:?}", self.schedule), &reason);
+            // As the config writes it, not as Rust prints it.
+            let value = serde_json::to_string(&self.schedule)
+                .unwrap_or_else(|_| format!("{:?}", self.schedule));
+            return inv("schedule", value, &reason);
         }
         if self.max_steps == Some(0) {
             return inv("max_steps", "0".into(), "must be at least 1 when given");

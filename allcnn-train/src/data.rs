@@ -336,4 +336,3 @@ pub fn eval_loader(
         .device(device.clone())
         .build()?)
 }
-

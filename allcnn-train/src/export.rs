@@ -934,7 +934,12 @@ fn yaml_str(s: &str) -> String {
 
 fn model_card(c: &CardInput<'_>) -> String {
     let repo = c.options.repo_id.as_deref().unwrap_or("OWNER/REPO");
-    let name = repo.rsplit('/').next().unwrap_or(repo);
+    // The model's name on the Hub: its repository's, else the architecture
+    // (not the placeholder's "REPO").
+    let name = match &c.options.repo_id {
+        Some(r) => r.rsplit('/').next().unwrap_or(r),
+        None => c.spec.name.as_str(),
+    };
     let test = c.results.iter().find(|r| r.split == "test");
     let mut s = String::new();
 
@@ -1039,8 +1044,17 @@ fn model_card(c: &CardInput<'_>) -> String {
 
     if !c.options.provenance.is_empty() {
         s.push_str("\n## Provenance\n\n| what | value |\n|---|---|\n");
+        // One table row each, whatever they hold: line breaks become
+        // spaces, and `|` is escaped.
+        let cell = |t: &str| {
+            t.split(|ch: char| ch.is_control())
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace('|', "\\|")
+        };
         for (k, v) in &c.options.provenance {
-            let _ = writeln!(s, "| {k} | {v} |");
+            let _ = writeln!(s, "| {} | {} |", cell(k), cell(v));
         }
     }
 

@@ -108,6 +108,14 @@ fn bad_overrides_name_the_item() {
     c.set("lr=0").unwrap();
     let e = c.validate().unwrap_err();
     assert!(e.to_string().contains("`lr`"), "{e}");
+    // A schedule is shown as a config writes it, not as Rust's Debug.
+    let mut c = TrainConfig::preset("cifar10").unwrap();
+    c.set("schedule.milestones=[5, 2]").unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("\"milestones\":[5,2]") && !e.contains("MultiStep"),
+        "{e}"
+    );
 
     // Sizes that would exhaust memory or threads (D4, D14 of issue 15).
     for (item, field) in [
@@ -293,6 +301,10 @@ fn a_partial_config_file_lays_over_a_preset() {
         assert!(
             msg.contains("missing field") && msg.contains("--preset NAME --config FILE"),
             "{msg}"
+        );
+        assert!(
+            !msg.contains("\n;"),
+            "a line break before the advice: {msg}"
         );
     }
     // A wrong type in the overlay names the file.
