@@ -259,6 +259,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let Some(out) = &args.out else {
         usage!("no run directory: pass --out RUN");
     };
+    // Said before the data are read (seconds to minutes).
+    if !args.grid {
+        allcnn_train::trainer::refuse_run_dir_in_use(out)?;
+    }
     // The data errors name the path themselves.
     let mut data = TrainData::open(&data_path, &config.data, config.seed)?;
     let mut t = trainer(&args.device, deadline)?;

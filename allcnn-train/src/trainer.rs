@@ -578,12 +578,7 @@ impl Trainer {
         // Said first: whatever its files say, the run is another process's
         // now (before its first checkpoint too). The lock itself is taken
         // below, once the run is known to be resumable.
-        if lock_is_held(run_dir) {
-            return Err(TrainError::RunDir {
-                path: run_dir.to_path_buf(),
-                reason: "another allcnn process is training in it (its lock is held); wait for it to finish".into(),
-            });
-        }
+        refuse_run_dir_in_use(run_dir)?;
         if !run_dir.is_dir() {
             let reason = if run_dir.exists() {
                 "it is a file, not a run directory: resume takes the folder that `allcnn train --out` made (it holds checkpoint.safetensors)"
@@ -1469,6 +1464,22 @@ fn sgd_config(c: &TrainConfig) -> SgdConfig {
         momentum: c.momentum,
         weight_decay: c.weight_decay,
     }
+}
+
+/// Fails where another process is training in `dir` (it holds the run
+/// directory's lock): a caller can say so before it opens the data, which
+/// [`Trainer::train`] and [`Trainer::resume`] check too.
+///
+/// # Errors
+/// [`TrainError::RunDir`] naming the folder.
+pub fn refuse_run_dir_in_use(dir: &Path) -> Result<(), TrainError> {
+    if lock_is_held(dir) {
+        return Err(TrainError::RunDir {
+            path: dir.to_path_buf(),
+            reason: "another allcnn process is training in it (its lock is held); wait for it to finish, or choose another directory".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether another process holds the run directory's lock (a run in

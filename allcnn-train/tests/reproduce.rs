@@ -142,6 +142,11 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
         md.contains("interrupted (resumable)") && md.contains("not run"),
         "{md}"
     );
+    // Every linked run folder exists (rows not run link nothing).
+    for line in md.lines().filter(|l| l.contains("([config](")) {
+        let dir = line.split("](").nth(1).unwrap().split('/').next().unwrap();
+        assert!(out.join(dir).is_dir(), "dead link in: {line}");
+    }
     // The figure: every model by its paper name, a point for ours where
     // evaluated (and one in the legend).
     let svg = std::fs::read_to_string(out.join(REPORT_FIGURE)).unwrap();

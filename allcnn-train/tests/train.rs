@@ -1241,7 +1241,11 @@ fn a_run_dir_in_use_or_not_ours_is_refused_and_nothing_is_overwritten() {
     assert!(matches!(e, TrainError::RunDir { .. }), "{e:?}");
     assert!(e.to_string().contains("another allcnn process"), "{e}");
     assert!(!busy.path().join(files::CONFIG).exists());
+    // The check a caller makes before it reads the data.
+    let e = allcnn_train::trainer::refuse_run_dir_in_use(busy.path()).unwrap_err();
+    assert!(e.to_string().contains("another allcnn process"), "{e}");
     drop(lock);
+    allcnn_train::trainer::refuse_run_dir_in_use(busy.path()).unwrap();
 
     // A user's files (D11): refused, untouched.
     let theirs = tempfile::tempdir().unwrap();

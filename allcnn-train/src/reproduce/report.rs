@@ -332,7 +332,12 @@ impl ReproduceReport {
                 }
             };
             let dir = r.run_dir.display().to_string();
-            let run = format!("[{dir}]({dir}/) ([config]({}))", r.config_file.display());
+            // A row never started has no folder to link to.
+            let run = if r.status == RowStatus::NotRun {
+                "-".to_string()
+            } else {
+                format!("[{dir}]({dir}/) ([config]({}))", r.config_file.display())
+            };
             let name = format!("{} (`{}`)", r.label, r.model);
             if top5 {
                 let _ = writeln!(
