@@ -187,11 +187,16 @@ impl Console {
     /// and returns `, about T left` for the epochs after `epoch` (0-based),
     /// from the mean epoch time so far; empty after the last.
     fn eta_after(&mut self, epoch: u64, seconds: f64) -> String {
-        let whole = match self.first_fraction.take() {
-            Some(f) if f > 0.0 => seconds / f,
-            _ => seconds,
-        };
-        self.epoch_seconds.push(whole);
+        match self.first_fraction.take() {
+            Some(f) if f > 0.0 => self.epoch_seconds.push(seconds / f),
+            // Nothing trained in this process (a resume that only evaluates
+            // the epoch it stopped in): its time says nothing of an epoch's.
+            Some(_) => {}
+            None => self.epoch_seconds.push(seconds),
+        }
+        if self.epoch_seconds.is_empty() {
+            return String::new();
+        }
         let mean = self.epoch_seconds.iter().sum::<f64>() / self.epoch_seconds.len() as f64;
         let left = self.epochs.saturating_sub(epoch + 1);
         if left > 0 {
@@ -248,7 +253,12 @@ impl Observer for Console {
     fn on_start(&mut self, info: &RunInfo) {
         self.epochs = info.epochs;
         let spe = info.steps_per_epoch.max(1);
-        let into = info.start_step % spe;
+        // Steps of the first epoch trained before (all of them when the
+        // process stopped while evaluating it).
+        let into = info
+            .start_step
+            .saturating_sub(info.start_epoch * spe)
+            .min(spe);
         self.first_fraction = (into > 0).then(|| (spe - into) as f64 / spe as f64);
         self.print(&start_line(info));
     }
@@ -294,8 +304,14 @@ impl Observer for Console {
         }
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
         let eta = self.eta_after(r.epoch, r.seconds);
+        // No rate for an epoch whose images were all trained before a resume.
+        let rate = if r.images_per_sec > 0.0 {
+            format!("{:.1} img/s", r.images_per_sec)
+        } else {
+            "- img/s".to_string()
+        };
         eprintln!(
-            "epoch {}/{} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {:.1} img/s, {:.1} s{}",
+            "epoch {}/{} done: train loss {:.4} acc {:.4} | val acc {} | test acc {} loss {} | {rate}, {:.1} s{}",
             r.epoch + 1,
             self.epochs,
             r.train_loss,
@@ -303,7 +319,6 @@ impl Observer for Console {
             opt(r.val_accuracy),
             opt(r.test_accuracy),
             opt(r.test_loss),
-            r.images_per_sec,
             r.seconds,
             eta
         );
@@ -554,6 +569,12 @@ mod tests {
         c.on_start(&info(300));
         assert_eq!(c.eta_after(3, 60.0), ", about 6m 00s left");
         assert_eq!(c.eta_after(9, 60.0), "");
+        // Stopped while evaluating epoch 4 (all its steps trained): the
+        // evaluation's seconds are no epoch time, so no estimate yet.
+        let mut c = Console::new(10);
+        c.on_start(&info(400));
+        assert_eq!(c.eta_after(3, 5.0), "");
+        assert_eq!(c.eta_after(4, 100.0), ", about 8m 20s left");
     }
 
     #[test]
