@@ -343,7 +343,7 @@ fn print_grid(g: &allcnn_train::grid::GridReport) -> Result<()> {
         let untried: Vec<String> = g.untried.iter().map(f64::to_string).collect();
         outln!(
             "stopped during lr {}{}: run the same command again to go on",
-            g.results.iter().rfind(|r| r.stopped).map_or(0.0, |r| r.lr),
+            g.results.iter().find(|r| r.stopped).map_or(0.0, |r| r.lr),
             if untried.is_empty() {
                 String::new()
             } else {

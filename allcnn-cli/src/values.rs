@@ -60,10 +60,14 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
 /// words: clap's ranged parser printed "0 is not in
 /// 1..18446744073709551615".
 pub fn count<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number: give 1 or more"))?;
+    let t = s.trim();
+    let n: u64 = t.parse().map_err(|_| {
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{t} is too large")
+        } else {
+            format!("`{s}` is not a whole number: give 1 or more")
+        }
+    })?;
     if n == 0 {
         return Err("must be at least 1".into());
     }
@@ -204,7 +208,7 @@ mod tests {
             .contains("not a whole number"));
         assert!(count::<u64>("99999999999999999999")
             .unwrap_err()
-            .contains("not a whole number"));
+            .contains("is too large"));
     }
 
     #[test]

@@ -235,11 +235,13 @@ fn download_into(
     }
 
     if let Err(e) = extract(&archive, dir, kind) {
-        // An archive this call downloaded that does not extract is of no
-        // use (its MD5 was the one given, a mirror's): without deleting it,
-        // every later call would try it again and fail the same way.
+        // An archive this call downloaded whose contents do not extract is
+        // of no use (its MD5 was the one given, a mirror's): without
+        // deleting it, every later call would try it again and fail the
+        // same way. One that failed for this machine's reasons (a full
+        // disk: an I/O error) is kept.
         let downloaded = !have_archive;
-        if downloaded {
+        if downloaded && matches!(e, DataError::Archive { .. }) {
             let _ = std::fs::remove_file(&archive);
         }
         return Err(match e {
@@ -682,8 +684,22 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
                 .create_new(true)
                 .open(&dest)
                 .map_err(|e| DataError::io("cannot create", &dest, e))?;
-            let copied = std::io::copy(&mut (&mut entry).take(limit + 1), &mut f)
-                .map_err(|e| arch_err(format!("member {name}: {}", with_causes(&e))))?;
+            // Read errors are the archive's; write errors (a full disk) are
+            // this machine's, and must not get a good archive deleted.
+            let mut copied = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut member = (&mut entry).take(limit + 1);
+            loop {
+                let n = match member.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(arch_err(format!("member {name}: {}", with_causes(&e)))),
+                };
+                f.write_all(&buf[..n])
+                    .map_err(|e| DataError::io("cannot write", &dest, e))?;
+                copied += n as u64;
+            }
             if copied != size {
                 return Err(arch_err(format!(
                     "member {name} holds {copied} bytes, its header says {size}"

@@ -136,7 +136,11 @@ pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// Where the symbolic link `path` points, when it points at nothing.
 fn dangling_target(path: &Path) -> Option<PathBuf> {
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link || std::fs::metadata(path).is_ok() {
+    // Only a target that is not there: a loop of links or an unreadable
+    // folder on the way fails otherwise, and is not called missing.
+    let missing =
+        matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if !is_link || !missing {
         return None;
     }
     std::fs::read_link(path).ok()

@@ -445,6 +445,14 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::InvalidConfig`] naming the field.
     pub fn validate(&self) -> Result<(), TrainError> {
+        self.validate_for(true)
+    }
+
+    /// [`TrainConfig::validate`]; for a run being resumed (`new_run`
+    /// false) without the checks added after runs had started, which its
+    /// recorded config cannot be changed to pass: a custom spec's
+    /// `classes` and name.
+    pub(crate) fn validate_for(&self, new_run: bool) -> Result<(), TrainError> {
         let inv = |field: &'static str, value: String, reason: &str| {
             Err(TrainError::InvalidConfig {
                 field,
@@ -546,30 +554,8 @@ impl TrainConfig {
         }
         if let Some(s) = &self.spec {
             s.validate()?;
-            let maps = s.classes()?;
-            // The spec's last convolution fixes the class count: another
-            // `classes` was ignored without a word.
-            if let Some(c) = self.classes.filter(|&c| c != maps) {
-                return inv(
-                    "classes",
-                    c.to_string(),
-                    &format!(
-                        "the spec `{}` ends in {maps} class maps; change its last convolution's `out`, or leave `classes` out",
-                        s.name
-                    ),
-                );
-            }
-            // A custom network under a registered name would carry the
-            // paper's identity and error into its weights and model card.
-            if allcnn_models::registry().iter().any(|m| m.name == s.name) {
-                let registered = ArchSpec::by_name(&s.name, maps)?;
-                if (registered.in_channels, &registered.layers) != (s.in_channels, &s.layers) {
-                    return inv(
-                        "spec",
-                        s.name.clone(),
-                        "is the name of one of the paper's architectures, but these layers are not its layers; give the spec a name of its own",
-                    );
-                }
+            if new_run {
+                self.check_spec_identity(s)?;
             }
         } else if !allcnn_models::registry()
             .iter()
@@ -582,6 +568,48 @@ impl TrainConfig {
                 &format!("unknown model; known: {}", known.join(", ")),
             );
         }
+        self.validate_data_settings()
+    }
+
+    /// A custom spec's class count and name against `classes` and the
+    /// registered architectures.
+    fn check_spec_identity(&self, s: &ArchSpec) -> Result<(), TrainError> {
+        let inv = |field: &'static str, value: String, reason: &str| {
+            Err(TrainError::InvalidConfig {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        let maps = s.classes()?;
+        // The spec's last convolution fixes the class count: another
+        // `classes` was ignored without a word.
+        if let Some(c) = self.classes.filter(|&c| c != maps) {
+            return inv(
+                "classes",
+                c.to_string(),
+                &format!(
+                    "the spec `{}` ends in {maps} class maps; change its last convolution's `out`, or leave `classes` out",
+                    s.name
+                ),
+            );
+        }
+        // A custom network under a registered name would carry the
+        // paper's identity and error into its weights and model card.
+        if allcnn_models::registry().iter().any(|m| m.name == s.name) {
+            let registered = ArchSpec::by_name(&s.name, maps)?;
+            if (registered.in_channels, &registered.layers) != (s.in_channels, &s.layers) {
+                return inv(
+                    "spec",
+                    s.name.clone(),
+                    "is the name of one of the paper's architectures, but these layers are not its layers; give the spec a name of its own",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_data_settings(&self) -> Result<(), TrainError> {
         self.data.augmentation.validate()?;
         self.data.eval_augmentation.validate()?;
         Ok(())

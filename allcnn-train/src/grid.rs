@@ -114,11 +114,44 @@ pub fn grid_search(
         });
     }
     // Every rate's run directory is checked before any training: one
-    // made with other settings would stop the search halfway.
+    // made with other settings or data would stop the search halfway.
+    let fingerprint = data.fingerprint();
+    let mut found = Vec::with_capacity(lrs.len());
     for &lr in &lrs {
-        existing_run(&rate_config(config, lr), &rate_dir(root, lr))?;
+        found.push(existing_run(
+            &rate_config(config, lr),
+            &rate_dir(root, lr),
+            data,
+            &fingerprint,
+        )?);
     }
-    let previous = read_report(root);
+    // What an earlier search into `root` found, for rates whose runs are
+    // still there with these settings.
+    let previous = read_report(root).map_or_else(Vec::new, |p| p.results);
+    let earlier = |i: usize| -> Option<GridResult> {
+        let lr = lrs[i];
+        let r = previous.iter().find(|r| r.lr == lr && is_final(r))?;
+        found[i].then(|| GridResult {
+            run_dir: rate_dir(root, lr),
+            ..r.clone()
+        })
+    };
+    // Its rates that this call does not list, checked once.
+    let mut others = Vec::new();
+    for r in previous.iter().filter(|r| !lrs.contains(&r.lr)) {
+        let dir = rate_dir(root, r.lr);
+        match existing_run(&rate_config(config, r.lr), &dir, data, &fingerprint) {
+            Ok(true) => others.push(GridResult {
+                run_dir: dir,
+                ..r.clone()
+            }),
+            _ => log::warn!(
+                "the earlier search's rate {} ({}) is left out of this report: its run is gone, or has other settings or data",
+                r.lr,
+                dir.display()
+            ),
+        }
+    }
     std::fs::create_dir_all(root).map_err(TrainError::io(root))?;
     let mut results = Vec::new();
     let mut interrupted = false;
@@ -134,87 +167,88 @@ pub fn grid_search(
             run_dir,
             stopped: false,
         };
-        let earlier = previous
-            .iter()
-            .flat_map(|p| &p.results)
-            .find(|r| r.lr == lr && r.failure.is_some() && !r.stopped);
-        let outcome = match (earlier, existing_run(&c, &run_dir)?) {
-            // Diverged or dead before: resuming would retrain the failure.
-            (Some(r), true) => Err(r.clone()),
-            (_, true) => Ok(trainer.resume(&run_dir, Some(data))),
-            (_, false) => Ok(trainer.train(&c, data, &run_dir)),
-        };
-        let r = match outcome {
-            Err(earlier) => earlier,
-            Ok(Ok(s)) if matches!(s.status, RunStatus::Interrupted | RunStatus::TimeLimit) => {
-                interrupted = true;
-                GridResult {
-                    lr,
-                    val_accuracy: None,
-                    val_loss: None,
-                    train_loss: s.history.last().map(|h| h.train_loss),
-                    failure: Some(format!(
-                        "{}; run the same search again to go on, or resume this rate alone with `allcnn train --resume {}`",
-                        if s.status == RunStatus::TimeLimit {
-                            "stopped at the time limit"
-                        } else {
-                            "interrupted"
-                        },
-                        run_dir.display()
-                    )),
-                    run_dir,
-                    stopped: true,
+        let r = if let Some(r) = earlier(i) {
+            // Finished (or failed) before: reported as it was, nothing
+            // trained (a resumed finished run would not evaluate again,
+            // and a diverged one would retrain its failure).
+            r
+        } else {
+            let outcome = if found[i] {
+                trainer.resume(&run_dir, Some(data))
+            } else {
+                trainer.train(&c, data, &run_dir)
+            };
+            match outcome {
+                Ok(s) if matches!(s.status, RunStatus::Interrupted | RunStatus::TimeLimit) => {
+                    interrupted = true;
+                    GridResult {
+                        lr,
+                        val_accuracy: None,
+                        val_loss: None,
+                        train_loss: s.history.last().map(|h| h.train_loss),
+                        failure: Some(format!(
+                            "{}; run the same search again to go on, or resume this rate alone with `allcnn train --resume {}`",
+                            if s.status == RunStatus::TimeLimit {
+                                "stopped at the time limit"
+                            } else {
+                                "interrupted"
+                            },
+                            run_dir.display()
+                        )),
+                        run_dir,
+                        stopped: true,
+                    }
                 }
-            }
-            Ok(Ok(s)) => {
-                // A finished run resumed reports its last epoch's
-                // validation (no evaluation is made again).
-                let last = s.history.last();
-                GridResult {
-                    lr,
-                    val_accuracy: s
-                        .val
-                        .as_ref()
-                        .map(|v| v.top1)
-                        .or(last.and_then(|h| h.val_accuracy)),
-                    val_loss: s
-                        .val
-                        .as_ref()
-                        .map(|v| v.loss)
-                        .or(last.and_then(|h| h.val_loss)),
-                    train_loss: last.map(|h| h.train_loss),
-                    failure: None,
-                    run_dir,
-                    stopped: false,
+                Ok(s) => {
+                    // A finished run resumed (its last search was stopped
+                    // after it ended) reports its last epoch's validation.
+                    let last = s.history.last();
+                    GridResult {
+                        lr,
+                        val_accuracy: s
+                            .val
+                            .as_ref()
+                            .map(|v| v.top1)
+                            .or(last.and_then(|h| h.val_accuracy)),
+                        val_loss: s
+                            .val
+                            .as_ref()
+                            .map(|v| v.loss)
+                            .or(last.and_then(|h| h.val_loss)),
+                        train_loss: last.map(|h| h.train_loss),
+                        failure: None,
+                        run_dir,
+                        stopped: false,
+                    }
                 }
+                Err(e @ (TrainError::Diverged { .. } | TrainError::DeadClassMaps { .. })) => {
+                    failed(e, run_dir)
+                }
+                Err(e) => return Err(e),
             }
-            Ok(Err(e @ (TrainError::Diverged { .. } | TrainError::DeadClassMaps { .. }))) => {
-                failed(e, run_dir)
-            }
-            Ok(Err(e)) => return Err(e),
         };
         results.push(r);
-        let untried = if interrupted {
-            lrs[i + 1..].to_vec()
-        } else {
-            Vec::new()
-        };
-        let report = grid_report(
-            with_earlier(results.clone(), previous.as_ref(), &lrs, config),
-            interrupted,
-            untried,
-        );
+        // The rates after this one: their earlier results where they have
+        // one, else not tried yet.
+        let mut listed = results.clone();
+        let mut untried = Vec::new();
+        if interrupted {
+            for (j, &later) in lrs.iter().enumerate().skip(i + 1) {
+                match earlier(j) {
+                    Some(r) => listed.push(r),
+                    None => untried.push(later),
+                }
+            }
+        }
+        listed.extend(others.iter().cloned());
+        let report = grid_report(listed, interrupted, untried);
         let json = serde_json::to_string_pretty(&report).expect("report serialises");
         allcnn_models::write_atomic(&root.join(GRID_REPORT), json.as_bytes())?;
-        if interrupted {
+        if interrupted || i + 1 == lrs.len() {
             return Ok(report);
         }
     }
-    Ok(grid_report(
-        with_earlier(results, previous.as_ref(), &lrs, config),
-        false,
-        Vec::new(),
-    ))
+    unreachable!("the grid holds at least one rate")
 }
 
 /// The search's report in its root folder.
@@ -230,19 +264,39 @@ fn rate_dir(root: &Path, lr: f64) -> PathBuf {
     root.join(format!("lr-{lr}"))
 }
 
-/// Whether `run_dir` holds a run (a checkpoint) of `config`.
+/// Whether an earlier result stands as it is: finished, or failed in a way
+/// that training again would repeat; not one stopped before its end
+/// (reports written before `stopped` existed say so in `failure`).
+fn is_final(r: &GridResult) -> bool {
+    let stopped = r.stopped
+        || r.failure.as_deref().is_some_and(|f| {
+            f.starts_with("interrupted") || f.starts_with("stopped at the time limit")
+        });
+    !stopped
+}
+
+/// Whether `run_dir` holds a run (a checkpoint) of `config` on `data`
+/// (whose fingerprint is `fingerprint`).
 ///
 /// # Errors
-/// [`TrainError::RunDir`] when it holds one with other settings; the
-/// checkpoint's own errors.
-fn existing_run(config: &TrainConfig, run_dir: &Path) -> Result<bool, TrainError> {
+/// [`TrainError::RunDir`] when it holds one with other settings or of
+/// other data; the checkpoint's own errors.
+fn existing_run(
+    config: &TrainConfig,
+    run_dir: &Path,
+    data: &TrainData,
+    fingerprint: &str,
+) -> Result<bool, TrainError> {
     let ckpt = run_dir.join(files::CHECKPOINT);
     if !ckpt.is_file() {
         return Ok(false);
     }
     let state = Checkpoint::read(&ckpt)?.state;
     let theirs = TrainConfig::from_toml(&state.config, &ckpt.display().to_string())?;
-    let diff = config_differences(&theirs, config);
+    // Which rates to try is the search's business, not a rate's setting.
+    let mut asked = config.clone();
+    asked.lr_grid = theirs.lr_grid.clone();
+    let diff = config_differences(&theirs, &asked);
     if !diff.is_empty() {
         return Err(TrainError::RunDir {
             path: run_dir.to_path_buf(),
@@ -252,6 +306,17 @@ fn existing_run(config: &TrainConfig, run_dir: &Path) -> Result<bool, TrainError
             ),
         });
     }
+    let same_data = state.train_examples == data.train.len()
+        && state
+            .data_fingerprint
+            .as_deref()
+            .is_none_or(|f| f == fingerprint);
+    if !same_data {
+        return Err(TrainError::RunDir {
+            path: run_dir.to_path_buf(),
+            reason: "holds a run of this rate trained on other data: search on the data it was made with, choose another --out, or remove this folder".into(),
+        });
+    }
     Ok(true)
 }
 
@@ -259,31 +324,6 @@ fn existing_run(config: &TrainConfig, run_dir: &Path) -> Result<bool, TrainError
 fn read_report(root: &Path) -> Option<GridReport> {
     let json = std::fs::read(root.join(GRID_REPORT)).ok()?;
     serde_json::from_slice(&json).ok()
-}
-
-/// `results` followed by the earlier search's results for rates this call
-/// does not list, where their runs have this search's settings (others
-/// belong to another search and are left out, with a warning).
-fn with_earlier(
-    mut results: Vec<GridResult>,
-    previous: Option<&GridReport>,
-    lrs: &[f64],
-    config: &TrainConfig,
-) -> Vec<GridResult> {
-    for r in previous.into_iter().flat_map(|p| &p.results) {
-        if lrs.contains(&r.lr) {
-            continue;
-        }
-        match existing_run(&rate_config(config, r.lr), &r.run_dir) {
-            Ok(true) => results.push(r.clone()),
-            _ => log::warn!(
-                "the earlier grid's rate {} ({}) is left out of this report: its run is gone or has other settings",
-                r.lr,
-                r.run_dir.display()
-            ),
-        }
-    }
-    results
 }
 
 fn grid_report(results: Vec<GridResult>, interrupted: bool, untried: Vec<f64>) -> GridReport {

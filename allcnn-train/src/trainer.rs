@@ -663,7 +663,7 @@ impl Trainer {
                 ckpt.state.config = config.to_toml();
                 said
             });
-        config.validate()?;
+        config.validate_for(false)?;
         let finished = ckpt.state.batch == 0 && ckpt.state.epoch >= config.epochs;
         // A run stopped by its step budget is finished too: resuming it
         // trained one step more each time and replaced its final weights.

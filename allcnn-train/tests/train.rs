@@ -981,7 +981,12 @@ fn grid_search_picks_by_validation() {
     assert_eq!(report.untried, [0.01]);
 
     // The same search again goes on where it stopped (it failed on the
-    // first rate's run directory), and ends as an uninterrupted one.
+    // first rate's run directory), and ends as an uninterrupted one; also
+    // from a report written before `stopped` existed.
+    let old_report = std::fs::read_to_string(cut.path().join("grid.json"))
+        .unwrap()
+        .replace("\"stopped\": true", "\"stopped\": false");
+    std::fs::write(cut.path().join("grid.json"), old_report).unwrap();
     let report = grid_search(&mut quiet(), &c, &d, &[0.05, 0.01], cut.path()).unwrap();
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = grid_search(&mut quiet(), &c, &d, &[0.05, 0.01], straight_dir.path()).unwrap();
@@ -1006,9 +1011,37 @@ fn grid_search_picks_by_validation() {
         final_before
     );
     // Another rate into the same folder: the earlier rates stay reported.
-    let more = grid_search(&mut quiet(), &c, &d, &[0.02], cut.path()).unwrap();
-    let lrs: Vec<f64> = more.results.iter().map(|r| r.lr).collect();
-    assert_eq!(lrs, [0.02, 0.05, 0.01]);
+    // Another rate into the same folder: the earlier rates stay reported
+    // (`lr_grid`, which rates to try, is no setting of a rate's).
+    let mut wider = c.clone();
+    wider.lr_grid = vec![0.02, 0.5];
+    let more = grid_search(&mut quiet(), &wider, &d, &[0.02], cut.path()).unwrap();
+    let lrs =
+        |r: &allcnn_train::grid::GridReport| r.results.iter().map(|r| r.lr).collect::<Vec<_>>();
+    assert_eq!(lrs(&more), [0.02, 0.05, 0.01]);
+    // Stopped in a new first rate, the rates after it keep their results.
+    let stop = Arc::new(AtomicBool::new(true));
+    let mut t = Trainer::builder()
+        .console(false)
+        .interrupt_flag(stop)
+        .build();
+    let cut_again = grid_search(&mut t, &c, &d, &[0.3, 0.05, 0.01], cut.path()).unwrap();
+    assert!(cut_again.interrupted && cut_again.untried.is_empty());
+    assert_eq!(lrs(&cut_again), [0.3, 0.05, 0.01, 0.02]);
+    let best = |r: &allcnn_train::grid::GridReport| {
+        r.results
+            .iter()
+            .filter_map(|r| r.val_accuracy)
+            .fold(f64::MIN, f64::max)
+    };
+    assert_eq!(best(&cut_again), best(&more));
+    // Other data (same size): refused before anything trains.
+    let other_data = allcnn_train::TrainData::new(random_dataset(40, 8, 2, 10), None)
+        .select(&c.data, c.seed)
+        .unwrap();
+    let e = grid_search(&mut quiet(), &c, &other_data, &[0.05, 0.04], cut.path()).unwrap_err();
+    assert!(e.to_string().contains("trained on other data"), "{e}");
+    assert!(!cut.path().join("lr-0.04").exists());
     // Other settings: refused before anything trains.
     let mut other = c.clone();
     other.epochs = 2;
@@ -1022,13 +1055,27 @@ fn grid_search_picks_by_validation() {
     // The search's folder is not a run: `--resume` on it says what to do.
     let e = quiet().resume(cut.path(), Some(&d)).unwrap_err();
     assert!(e.to_string().contains("is a grid search's folder"), "{e}");
-    // A diverged rate stays failed: it is not resumed.
-    let report = grid_search(&mut quiet(), &c, &d, &[0.05, 1e12], dir.path()).unwrap();
-    assert!(
-        report.results[1].failure.is_some(),
-        "lr 1e12 reported again"
+    // A diverged rate with a checkpoint stays failed, nothing retrained;
+    // a rate stopped by max_steps keeps its final evaluation's score.
+    let mut every_step = c.clone();
+    every_step.checkpoint_every_steps = 1;
+    every_step.max_steps = Some(3);
+    let fresh = tempfile::tempdir().unwrap();
+    let first = grid_search(&mut quiet(), &every_step, &d, &[0.05, 1e12], fresh.path()).unwrap();
+    let diverged = fresh
+        .path()
+        .join("lr-1000000000000")
+        .join(files::CHECKPOINT);
+    let before = std::fs::read(&diverged).unwrap();
+    assert!(first.results[1].failure.is_some());
+    assert!(first.results[0].val_accuracy.is_some());
+    let again = grid_search(&mut quiet(), &every_step, &d, &[0.05, 1e12], fresh.path()).unwrap();
+    assert_eq!(scores(&again), scores(&first));
+    assert_eq!(
+        std::fs::read(&diverged).unwrap(),
+        before,
+        "the diverged rate trained again"
     );
-    assert_eq!(report.best_lr, Some(0.05));
 }
 
 #[test]
