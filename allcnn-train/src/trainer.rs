@@ -446,6 +446,22 @@ impl Trainer {
         if let Some((h, w)) = input {
             spec.map_sizes_hw(h, w)?;
         }
+        // A translation as large as the image shifts it out of view: the
+        // network would see only the fill.
+        if let (Augmentation::FlipTranslate { max_shift, .. }, Some((h, w))) =
+            (config.data.augmentation, input)
+        {
+            if max_shift >= h.min(w) {
+                return Err(TrainError::InvalidConfig {
+                    field: "data.augmentation",
+                    value: format!("max_shift = {max_shift}"),
+                    reason: format!(
+                        "shifts the {h}x{w} images out of view; give less than {} (the paper: 5 of 32)",
+                        h.min(w)
+                    ),
+                });
+            }
+        }
         // The starting weights before anything is written or fitted: a bad
         // `init_from` fails in a moment, not after the preprocessing.
         let mut model = initial_model(config, &spec, &self.device)?;

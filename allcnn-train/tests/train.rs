@@ -746,6 +746,21 @@ fn a_batch_larger_than_the_data_or_a_too_small_input_is_refused_before_anything_
     let e = quiet().train(&c, &data(train, None), &run).unwrap_err();
     assert!(e.to_string().contains("8x8 input is too small"), "{e}");
     assert!(!run.exists(), "the run directory was made");
+    // Nor translations that shift the images out of view (accepted, every
+    // image could be all fill).
+    let mut c = tiny_config(tiny_spec(8, 8, 2, false), 1, 4, 0.05);
+    c.data.augmentation = allcnn_data::Augmentation::FlipTranslate {
+        flip: true,
+        max_shift: 8,
+    };
+    let train = random_dataset(8, 8, 2, 7);
+    let e = quiet().train(&c, &data(train, None), &run).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("shifts the 8x8 images out of view; give less than 8"),
+        "{e}"
+    );
+    assert!(!run.exists(), "the run directory was made");
 }
 
 /// Collects warnings.
