@@ -204,19 +204,7 @@ pub fn outside_data(out: &Path, data: &Path) -> Result<()> {
 /// The tensor names in the header of the safetensors file `path`, sorted;
 /// `None` when it is not one. Only the header is read.
 fn tensor_names(path: &Path) -> Option<Vec<String>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
-    // safetensors' own limit on a header.
-    if len > 100_000_000 {
-        return None;
-    }
-    let mut header = vec![0u8; len];
-    file.read_exact(&mut header).ok()?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).ok()?;
+    let header = crate::weights::safetensors_header(path)?;
     let mut names: Vec<String> = header
         .into_iter()
         .filter(|(k, _)| k != "__metadata__")

@@ -128,7 +128,24 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
         (None, Some(c)) => bail!(
             "--classes {c} needs --model NAME as well: the architecture of the weights (`allcnn models` lists them)"
         ),
-        (None, None) => WeightsFile::load(path, device).map_err(|e| other_kind_of_file(path, e))?,
+        (None, None) => match WeightsFile::load(path, device) {
+            Ok(file) => file,
+            // A run's checkpoint: its weights where the run stands.
+            Err(allcnn_models::ModelError::NotSelfDescribing { .. }) if is_checkpoint(path) => {
+                let file = allcnn_train::checkpoint::Checkpoint::weights(path, device)?;
+                let training = file.meta.training();
+                eprintln!(
+                    "note: {} is a training checkpoint: using its weights at step {}{}, with its run's preprocessing",
+                    path.display(),
+                    training.step.unwrap_or(0),
+                    training
+                        .epoch
+                        .map_or_else(String::new, |e| format!(" (after epoch {e})"))
+                );
+                file
+            }
+            Err(e) => return Err(other_kind_of_file(path, e)),
+        },
     };
     finish(file, path, args.precision)
 }
@@ -157,6 +174,45 @@ fn refuse_other_architecture(path: &Path, asked: &ArchSpec, m: &str, c: usize) -
     )
 }
 
+/// The JSON header of the safetensors file `path` (tensor entries and
+/// `__metadata__`); `None` when it is not one. Only the header is read.
+pub(crate) fn safetensors_header(
+    path: &Path,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    // safetensors' own limit on a header.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    serde_json::from_slice(&header).ok()
+}
+
+/// The `__metadata__` keys of the safetensors file `path`, if it is one.
+fn metadata_keys(path: &Path) -> Option<Vec<String>> {
+    let header = safetensors_header(path)?;
+    Some(
+        header
+            .get("__metadata__")
+            .and_then(|m| m.as_object())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// Whether `path` is a training checkpoint (by its metadata key).
+fn is_checkpoint(path: &Path) -> bool {
+    metadata_keys(path).is_some_and(|k| {
+        k.iter()
+            .any(|k| k == allcnn_train::checkpoint::CHECKPOINT_KEY)
+    })
+}
+
 /// For a file that does not describe an architecture: if it is one of a
 /// run's other files (the checkpoint, the preprocessing), an error that
 /// says so and names the weights to use instead; `error` otherwise.
@@ -164,10 +220,7 @@ fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::
     if !matches!(error, allcnn_models::ModelError::NotSelfDescribing { .. }) {
         return error.into();
     }
-    let keys = std::fs::read(path).ok().and_then(|bytes| {
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-        Some(meta.metadata().clone().unwrap_or_default())
-    });
+    let keys = metadata_keys(path);
     let flags = || {
         anyhow::anyhow!(
             "{error}: give them with --model NAME --classes N (`allcnn models` lists the architectures)"
@@ -177,9 +230,10 @@ fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::
         return flags();
     };
     let run = path.parent().unwrap_or(Path::new("."));
-    let what = if keys.contains_key(allcnn_train::checkpoint::CHECKPOINT_KEY) {
-        "a training checkpoint (the weights with the optimiser's state, for `allcnn train --resume`)"
-    } else if keys.contains_key(allcnn_data::preprocess::METADATA_KEY) {
+    let what = if keys
+        .iter()
+        .any(|k| k == allcnn_data::preprocess::METADATA_KEY)
+    {
         "a run's preprocessing (the whitening fitted on its training data)"
     } else {
         return flags();

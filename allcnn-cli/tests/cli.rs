@@ -1562,7 +1562,7 @@ fn train_interrupted_by_a_signal_exits_130_with_a_checkpoint() {
 
 #[test]
 fn train_eval_predict_resume_round_trip() {
-    let (_dir, data, run, o) = train_tiny_run();
+    let (dir, data, run, o) = train_tiny_run();
     assert!(
         stdout(&o).contains("finished: 1 epoch, 3 steps"),
         "{}",
@@ -1614,26 +1614,63 @@ fn train_eval_predict_resume_round_trip() {
         stderr(&o)
     );
 
-    // The run's other files given as weights say what they are and which
+    // The run's preprocessing given as weights says what it is and which
     // files to use instead.
-    for (file, what) in [
-        ("checkpoint.safetensors", "is a training checkpoint"),
-        ("preprocessing.safetensors", "is a run's preprocessing"),
-    ] {
+    let o = allcnn(&[
+        "eval",
+        "--weights",
+        run.join("preprocessing.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("is a run's preprocessing") && err.contains(w.to_str().unwrap()),
+        "{err}"
+    );
+    // Its checkpoint is the run where it stands: evaluated with the run's
+    // preprocessing, it scores what the final weights of the finished run
+    // score (the same parameters), and says what it used.
+    let eval_of = |weights: &std::path::Path| {
         let o = allcnn(&[
             "eval",
             "--weights",
-            run.join(file).to_str().unwrap(),
+            weights.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
+            "--json",
         ]);
-        assert_exit(&o, 1);
-        let err = stderr(&o);
-        assert!(
-            err.contains(what) && err.contains(w.to_str().unwrap()),
-            "{file}: {err}"
-        );
-    }
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        (v["top1"].clone(), v["loss"].clone(), stderr(&o))
+    };
+    let (top1, loss, note) = eval_of(&run.join("checkpoint.safetensors"));
+    assert_eq!((top1, loss), {
+        let (t, l, _) = eval_of(&w);
+        (t, l)
+    });
+    assert!(
+        note.contains("is a training checkpoint: using its weights at step"),
+        "{note}"
+    );
+    // Without the run's preprocessing beside it: refused, saying why.
+    let lone = dir.path().join("lone");
+    std::fs::create_dir(&lone).unwrap();
+    std::fs::copy(
+        run.join("checkpoint.safetensors"),
+        lone.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    let o = allcnn(&[
+        "eval",
+        "--weights",
+        lone.join("checkpoint.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("is not beside it"), "{}", stderr(&o));
 
     let o = allcnn(&[
         "eval",

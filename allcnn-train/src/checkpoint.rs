@@ -169,6 +169,69 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The network of the checkpoint at `path` as a weights file, to
+    /// evaluate or explain a run where it stands (a long run between its
+    /// epochs' `best.safetensors`): its parameters and architecture, its
+    /// step (and epoch, at an epoch's end), and the preprocessing of its
+    /// run directory (`preprocessing.safetensors` beside it, checked
+    /// against the digest the checkpoint records). No class names: the
+    /// checkpoint does not hold them.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::read`]; [`TrainError::BadCheckpoint`] when the
+    /// preprocessing file is missing or not the run's; the model's errors.
+    pub fn weights(path: &Path, device: &Device) -> Result<allcnn_models::WeightsFile, TrainError> {
+        let ckpt = Self::read(path)?;
+        let bad = |reason: String| TrainError::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pre_path = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(crate::trainer::files::PREPROCESSING);
+        if !pre_path.is_file() {
+            return Err(bad(format!(
+                "its run's preprocessing, {}, is not beside it (a resume of the run fits it again); without it the weights cannot be applied to images",
+                pre_path.display()
+            )));
+        }
+        let pre = allcnn_data::Preprocessing::load(&pre_path)?;
+        if let Some(recorded) = &ckpt.state.preprocessing_digest {
+            let digest = crate::data::preprocessing_digest(&pre);
+            if digest != *recorded {
+                return Err(bad(format!(
+                    "{} (digest {digest}) is not the preprocessing this run trained with (digest {recorded})",
+                    pre_path.display()
+                )));
+            }
+        }
+        let spec = ckpt.state.spec.clone();
+        let model = allcnn_models::AllCnn::from_tensors(
+            spec.clone(),
+            ckpt.params,
+            &path.display().to_string(),
+            device,
+        )?;
+        let mut meta = allcnn_models::WeightsMeta::default();
+        let at_epoch_end = ckpt.state.batch == 0;
+        meta.set_training(&allcnn_models::TrainingRecord {
+            step: Some(ckpt.state.step),
+            epoch: at_epoch_end.then_some(ckpt.state.epoch),
+            val_accuracy: None,
+            test_accuracy: None,
+        });
+        meta.input_size = Some(pre.input_shape().map_or(spec.input_size, |(_, h, _)| h));
+        let (json, parts) = pre.to_parts();
+        meta.preprocessing = Some(json);
+        Ok(allcnn_models::WeightsFile {
+            model,
+            meta,
+            attachments: parts.into_iter().collect(),
+        })
+    }
+
     /// Writes the checkpoint to `path` atomically (temporary file, fsync,
     /// rename): a crash at any moment leaves the previous file intact.
     ///
