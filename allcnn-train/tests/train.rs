@@ -59,6 +59,15 @@ impl Observer for CrashAt {
     }
 }
 
+/// 24 training images (6 steps per epoch at [`resume_config`]'s batch of
+/// 4) and 12 test images, for the resume tests.
+fn resume_data() -> allcnn_train::TrainData {
+    data(
+        random_dataset(24, 8, 3, 2),
+        Some(random_dataset(12, 8, 3, 3)),
+    )
+}
+
 fn resume_config() -> allcnn_train::TrainConfig {
     // Dropout, augmentation and shuffling all active: every RNG is exercised.
     let mut c = tiny_config(tiny_spec(8, 8, 3, true), 3, 4, 0.05);
@@ -257,9 +266,7 @@ fn run_stopped_at_its_deadline_resumes_bit_identical() {
 
 #[test]
 fn interrupted_and_resumed_run_is_bit_identical() {
-    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch, 18 in all
-    let test = random_dataset(12, 8, 3, 3);
-    let d = data(train, Some(test));
+    let d = resume_data(); // 6 steps per epoch
     let c = resume_config();
 
     let full = tempfile::tempdir().unwrap();
@@ -302,9 +309,7 @@ fn interrupted_and_resumed_run_is_bit_identical() {
 
 #[test]
 fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
-    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
-    let test = random_dataset(12, 8, 3, 3);
-    let d = data(train, Some(test));
+    let d = resume_data(); // 6 steps per epoch
     let mut c = resume_config();
     let straight = |epochs: u64| {
         let mut c = c.clone();
@@ -388,9 +393,7 @@ fn a_run_resumed_with_another_length_ends_sooner_or_goes_on() {
 /// replaced final.safetensors and eval.json), and says how to go further.
 #[test]
 fn a_run_stopped_at_max_steps_is_finished_on_resume() {
-    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
-    let test = random_dataset(12, 8, 3, 3);
-    let d = data(train, Some(test));
+    let d = resume_data(); // 6 steps per epoch
     let mut c = resume_config();
     c.max_steps = Some(3);
     let dir = tempfile::tempdir().unwrap();
@@ -416,9 +419,7 @@ fn a_run_stopped_at_max_steps_is_finished_on_resume() {
 /// the new ones once the run has finished.
 #[test]
 fn export_refuses_final_weights_the_run_has_trained_past() {
-    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch
-    let test = random_dataset(12, 8, 3, 3);
-    let d = data(train, Some(test));
+    let d = resume_data(); // 6 steps per epoch
     let mut c = resume_config();
     c.epochs = 1;
     let run = tempfile::tempdir().unwrap();
@@ -552,9 +553,7 @@ impl Observer for EvalWatch {
 
 #[test]
 fn evaluation_reports_progress_and_a_crash_during_it_loses_no_training() {
-    let train = random_dataset(24, 8, 3, 2); // 6 steps per epoch, 18 in all
-    let test = random_dataset(12, 8, 3, 3);
-    let d = data(train, Some(test));
+    let d = resume_data(); // 6 steps per epoch
     let mut c = resume_config();
     c.eval_batch_size = 5; // 12 test images: batches of 5, 5, 2
     let watch = |crash: Option<u64>| {
