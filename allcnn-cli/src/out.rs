@@ -40,6 +40,17 @@ pub fn check<'a>(
             if out.is_dir() {
                 bail!("--out {}: is a folder; give a file path", out.display());
             }
+            // A device, a FIFO or a socket (`--force` or not): writing
+            // replaced a device node (`/dev/null` as root), and reading a
+            // FIFO to see what it holds hung for ever.
+            if let Ok(m) = std::fs::metadata(out) {
+                if !m.is_file() {
+                    bail!(
+                        "--out {}: is not a regular file (a device, a FIFO or a socket); give a file path",
+                        out.display()
+                    );
+                }
+            }
             if let (OutKind::File, Some(name)) = (kind, parameter_in(out)) {
                 bail!(
                     "--out {}: holds model weights (tensor {name}), which this command's output would replace; choose another path, or delete the file first if it is really to go",

@@ -1,6 +1,6 @@
 //! `allcnn train` and `allcnn eval`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -577,18 +577,38 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{model} ({})", args.run.display()));
     let out = args.out.as_ref().unwrap_or(&args.run);
+    let own = same_folder(out, &args.run);
     if args.out.is_some() {
         crate::out::check(
             out,
             crate::out::OutKind::Folder("a folder for the figure and the table"),
             [],
         )?;
+        // Another run's figure and table are its own (they were replaced).
+        if !own && out.join(allcnn_train::files::METRICS).is_file() {
+            bail!(
+                "--out {}: holds another run (its {}), whose figure and table this would replace; choose another folder",
+                out.display(),
+                allcnn_train::files::METRICS
+            );
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create it", out.display()))?;
     let svg = out.join(allcnn_train::files::PLOT);
     let csv = out.join(allcnn_train::files::CSV);
     let figure = allcnn_train::plot::learning_curve_svg(&history, &title, args.log_loss)?;
     allcnn_models::write_atomic(&svg, figure.as_bytes())?;
+    // The run's own table, written by the trainer, may hold the epochs of
+    // the damaged lines: it is not replaced by a shorter one.
+    if own && !log.unreadable_lines.is_empty() && csv.is_file() {
+        outln!(
+            "{}: wrote {}; {} left as it was (it may hold the epochs of the damaged lines)",
+            crate::count(history.len() as u64, "epoch"),
+            svg.display(),
+            csv.display()
+        )?;
+        return Ok(());
+    }
     allcnn_models::write_atomic(&csv, allcnn_train::plot::metrics_csv(&history).as_bytes())?;
     outln!(
         "{}: wrote {} and {}",
@@ -597,4 +617,9 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
         csv.display()
     )?;
     Ok(())
+}
+
+/// Whether `a` and `b` name the same folder (`b` exists).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

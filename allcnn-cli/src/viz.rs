@@ -9,7 +9,7 @@ use allcnn_viz::{
     LrpComposite, Method, MethodOptions, NoiseAggregation, NoiseLevel, Quadrature, SmoothOptions,
     Target, TargetSpec, TopActivations,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Subcommand;
 
@@ -83,7 +83,7 @@ pub(crate) struct MethodArgs {
     /// integrated-gradients, occlusion, deep-lift, deep-lift-shap (the noise's
     /// mean), feature-ablation, shapley-*: the constant baseline (in the
     /// preprocessed input's units; 0 is the mean image after GCN + ZCA).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = parse_finite)]
     baseline: f32,
     /// occlusion: window size, `8` or `HxW` (e.g. `8x6`).
     #[arg(long, default_value = "8", value_parser = parse_pair)]
@@ -215,6 +215,14 @@ struct Prediction {
     class: usize,
     name: Option<String>,
     probability: f32,
+}
+
+fn parse_finite(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
 }
 
 fn parse_alpha(s: &str) -> Result<f32, String> {
@@ -548,20 +556,36 @@ pub(crate) fn read_input(
 }
 
 fn parse_channels(s: &str) -> Result<Vec<usize>> {
-    let bad = || format!("--channels {s}: use a range like 0..16 or a list like 1,5,9");
-    if let Some((a, b)) = s.split_once("..") {
-        let (a, b): (usize, usize) = (
-            a.trim().parse().with_context(bad)?,
-            b.trim().parse().with_context(bad)?,
-        );
+    // No layer has more channels: a range past it is refused before it is
+    // built (`0..100000000000` took gigabytes to say "out of range").
+    let most = allcnn_models::SpecLimits::DEFAULT.channels;
+    let usage = "use a range like 0..16 or a list like 1,5,9";
+    let number = |t: &str| {
+        let t = t.trim();
+        t.parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--channels {s}: `{t}` is not a channel number; {usage}"))
+    };
+    let channels: Vec<usize> = if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (number(a)?, number(b)?);
         if a >= b {
-            bail!("{}", bad());
+            bail!("--channels {s}: the range is empty (its end is excluded); {usage}");
         }
-        return Ok((a..b).collect());
-    }
-    s.split(',')
-        .map(|c| c.trim().parse::<usize>().with_context(bad))
-        .collect()
+        if b > most {
+            bail!("--channels {s}: no layer has more than {most} channels");
+        }
+        (a..b).collect()
+    } else {
+        let list = s.split(',').map(number).collect::<Result<Vec<_>>>()?;
+        if let Some(c) = list
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| list[..i].contains(c).then_some(c))
+        {
+            bail!("--channels {s}: channel {c} is listed twice");
+        }
+        list
+    };
+    Ok(channels)
 }
 
 fn top(args: &TopArgs) -> Result<()> {
@@ -628,7 +652,24 @@ fn top(args: &TopArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::file_stems;
+    use super::{file_stems, parse_channels};
+
+    #[test]
+    fn channels_are_bounded_before_they_are_built() {
+        assert_eq!(parse_channels("0..4").unwrap(), [0, 1, 2, 3]);
+        assert_eq!(parse_channels("5, 1,9").unwrap(), [5, 1, 9]);
+        for (bad, says) in [
+            ("0..100000000000", "no layer has more than 16384 channels"),
+            ("5..5", "the range is empty"),
+            ("5..2", "the range is empty"),
+            ("1,1", "channel 1 is listed twice"),
+            ("abc", "`abc` is not a channel number"),
+            ("0..", "`` is not a channel number"),
+        ] {
+            let err = parse_channels(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn map_files_are_named_after_their_images() {

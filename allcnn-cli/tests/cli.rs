@@ -793,6 +793,40 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     assert!(!dir.path().join("-").exists());
     let img = dir.path().join("cat.png");
     write_png(&img, 3);
+    // Nor a FIFO (reading it to see what it holds hung for ever) or a
+    // device (`--force` replaced `/dev/null` as root), `--force` or not.
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.safetensors");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for args in [
+            &[
+                "pretrained",
+                "save",
+                "--out",
+                fifo.to_str().unwrap(),
+                "--force",
+            ][..],
+            &[
+                "predict",
+                "--out",
+                fifo.to_str().unwrap(),
+                img.to_str().unwrap(),
+            ][..],
+        ] {
+            let o = allcnn(args);
+            assert_exit(&o, 1);
+            assert!(
+                stderr(&o).contains("is not a regular file"),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
 
     // D19 of issue 15: --out naming an input (the weights, an image).
     for out in [&w, &img] {
@@ -1613,6 +1647,35 @@ fn train_eval_predict_resume_round_trip() {
         "{}",
         stderr(&o)
     );
+    // Another run's folder is not replaced with this run's figure.
+    let other_run = dir.path().join("other-run");
+    std::fs::create_dir(&other_run).unwrap();
+    std::fs::copy(run.join("metrics.jsonl"), other_run.join("metrics.jsonl")).unwrap();
+    let o = allcnn(&[
+        "plot",
+        run.to_str().unwrap(),
+        "--out",
+        other_run.to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("holds another run"), "{}", stderr(&o));
+    assert!(!other_run.join("learning-curve.svg").exists());
+    // A damaged line: the figure is redrawn, the trainer's own table (which
+    // may hold that epoch) is kept.
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    let table = std::fs::read(run.join("metrics.csv")).unwrap();
+    std::fs::write(damaged.join("metrics.csv"), &table).unwrap();
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    std::fs::write(
+        damaged.join("metrics.jsonl"),
+        format!("{log}{{\"type\":\"epo\n"),
+    )
+    .unwrap();
+    let o = allcnn(&["plot", damaged.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("left as it was"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(damaged.join("metrics.csv")).unwrap(), table);
 
     // The run's preprocessing given as weights says what it is and which
     // files to use instead.

@@ -182,6 +182,11 @@ impl Baseline {
     /// The baseline as a tensor broadcastable to `x` `[N, C, H, W]`.
     pub(crate) fn tensor_for(&self, x: &Tensor) -> Result<Tensor, VizError> {
         match self {
+            // A NaN or infinite baseline made all-NaN maps (integrated
+            // gradients, DeepLIFT) or finite made-up ones (occlusion).
+            Baseline::Constant(v) if !v.is_finite() => Err(VizError::InvalidArgument(format!(
+                "baseline {v}: must be a finite number"
+            ))),
             Baseline::Constant(v) => x
                 .ones_like()
                 .and_then(|t| t.affine(*v as f64, 0.0))

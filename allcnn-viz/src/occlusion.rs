@@ -92,6 +92,12 @@ impl<'a> Occlusion<'a> {
     pub fn attribute(&self, input: &Tensor, target: &Target) -> Result<Tensor, VizError> {
         let model = self.model;
         target.validate(model, input.dims())?;
+        if !self.baseline.is_finite() {
+            return Err(VizError::InvalidArgument(format!(
+                "occlusion baseline {}: must be a finite number",
+                self.baseline
+            )));
+        }
         let x = model_input(model, input)?;
         let (n, c, h, w) = x.dims4().context(|| "input shape".into())?;
         let ys = Self::starts(h, self.window.0, self.stride.0, "height")?;

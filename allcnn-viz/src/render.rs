@@ -260,8 +260,16 @@ pub struct Grid {
     image: RgbImage,
 }
 
+/// The largest figure a [`Grid`] makes: 100 megapixels (300 MB of RGB).
+pub const MAX_FIGURE_PIXELS: u64 = 100_000_000;
+
 impl Grid {
     /// An empty `rows` x `cols` grid of `cell_w` x `cell_h` cells.
+    ///
+    /// # Errors
+    /// [`VizError::InvalidArgument`] for a figure over
+    /// [`MAX_FIGURE_PIXELS`] (many rows at a large scale), before anything
+    /// is allocated.
     pub fn new(
         rows: u32,
         cols: u32,
@@ -269,17 +277,25 @@ impl Grid {
         cell_h: u32,
         spacing: u32,
         background: [u8; 3],
-    ) -> Self {
-        let w = cols * cell_w + (cols + 1) * spacing;
-        let h = rows * cell_h + (rows + 1) * spacing;
-        Self {
+    ) -> Result<Self, VizError> {
+        let side = |n: u32, cell: u32| {
+            u64::from(n) * u64::from(cell) + (u64::from(n) + 1) * u64::from(spacing)
+        };
+        let (w, h) = (side(cols, cell_w), side(rows, cell_h));
+        if w.saturating_mul(h) > MAX_FIGURE_PIXELS {
+            return Err(VizError::InvalidArgument(format!(
+                "the figure would be {w} x {h} pixels, over the limit of {} megapixels: draw fewer rows (images, channels) or use a smaller scale",
+                MAX_FIGURE_PIXELS / 1_000_000
+            )));
+        }
+        Ok(Self {
             rows,
             cols,
             cell_w,
             cell_h,
             spacing,
-            image: RgbImage::from_pixel(w.max(1), h.max(1), Rgb(background)),
-        }
+            image: RgbImage::from_pixel(w.max(1) as u32, h.max(1) as u32, Rgb(background)),
+        })
     }
 
     /// Draws `img` into cell `(row, col)` (its top-left corner; anything
@@ -404,7 +420,7 @@ pub fn comparison_grid(
         h as u32 * s,
         opts.spacing,
         opts.background,
-    );
+    )?;
     for i in 0..n {
         let img = input.get(i).context(|| format!("image {i}"))?;
         grid.put(i as u32, 0, &upscale(&image_rgb(&img)?, s))?;
@@ -595,7 +611,7 @@ pub fn top_activation_grid(fig: &TopFigure, opts: &RenderOptions) -> Result<RgbI
         size,
         opts.spacing,
         opts.background,
-    );
+    )?;
     for (r, row) in fig.rows.iter().enumerate() {
         for (i, e) in row.entries.iter().enumerate() {
             let col = i as u32;
@@ -634,7 +650,7 @@ pub fn sanity_grid(
         h as u32 * s,
         opts.spacing,
         opts.background,
-    );
+    )?;
     for (i, (m, maps)) in report.cascade_maps.iter().enumerate() {
         for j in 0..cols {
             let one = maps.get(j).context(|| format!("{m} cascade map {j}"))?;

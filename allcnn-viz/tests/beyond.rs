@@ -323,6 +323,27 @@ fn every_method_runs_by_name_with_the_input_shape() {
         let finite = flat(&map).iter().all(|v| v.is_finite());
         assert!(finite, "{m}: non-finite values");
     }
+    // A baseline that is not a finite number is refused by every method
+    // that uses one (all-NaN maps, or finite made-up ones, before).
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let opts = MethodOptions {
+            steps: 4,
+            baseline: v,
+            ..MethodOptions::default()
+        };
+        for m in [
+            Method::IntegratedGradients,
+            Method::DeepLift,
+            Method::Occlusion,
+            Method::FeatureAblation,
+        ] {
+            let err = m.attribute_with(&model, &x, &target, &opts).unwrap_err();
+            assert!(
+                err.to_string().contains("must be a finite number"),
+                "{m} {v}: {err}"
+            );
+        }
+    }
     let err = "anchors".parse::<Method>().unwrap_err().to_string();
     assert!(
         err.contains("grad-cam") && err.contains("occlusion"),

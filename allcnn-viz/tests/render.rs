@@ -61,7 +61,16 @@ fn images_are_stretched_and_bad_shapes_rejected() {
 
 #[test]
 fn grids_have_spacing() {
-    let mut g = Grid::new(2, 3, 4, 5, 2, [255, 0, 255]);
+    // A figure too large to allocate is refused first (64 channels at
+    // scale 64 asked for gigabytes; sides that overflowed u32 wrapped).
+    for (rows, cols, cell) in [(64, 26, 32 * 64), (100_000, 100_000, 4_000_000)] {
+        let err = Grid::new(rows, cols, cell, cell, 2, [0, 0, 0]).unwrap_err();
+        assert!(
+            err.to_string().contains("over the limit of 100 megapixels"),
+            "{err}"
+        );
+    }
+    let mut g = Grid::new(2, 3, 4, 5, 2, [255, 0, 255]).unwrap();
     let cell = image::RgbImage::from_pixel(4, 5, Rgb([1, 2, 3]));
     g.put(1, 2, &cell).unwrap();
     assert!(g.put(2, 0, &cell).is_err());
@@ -280,7 +289,7 @@ fn upscale_repeats_each_pixel_and_grid_cells_clip() {
         assert_eq!(*p, *img.get_pixel(x / 3, y / 3), "({x}, {y})");
     }
     // A picture larger than its cell is clipped to the cell.
-    let mut grid = Grid::new(1, 2, 2, 2, 1, [0, 0, 0]);
+    let mut grid = Grid::new(1, 2, 2, 2, 1, [0, 0, 0]).unwrap();
     grid.put(0, 0, &big).unwrap();
     let out = grid.into_image();
     assert_eq!(*out.get_pixel(1, 1), *big.get_pixel(0, 0));
