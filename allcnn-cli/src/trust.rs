@@ -256,17 +256,29 @@ fn print_table(r: &Report<'_>, threshold: f32) -> Result<()> {
         "insertion"
     )?;
     let faith = |m: &str| r.faithfulness.iter().find(|f| f.method == m);
+    // NaN: no image could be compared.
+    let num = |x: f32| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "-".into()
+        }
+    };
     for v in &r.sanity.verdicts {
         let f = faith(&v.method);
         outln!(
-            "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>8.3} {:>9} {:>8} {:>9} {:>9}",
+            "{:<22} {:>9} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
             v.method,
-            v.top_layer_rank_abs,
-            v.upper_cascade_rank_abs,
-            v.all_layers_rank_abs,
-            v.all_layers_ssim,
-            v.labels_rank_abs.map_or("-".into(), |x| format!("{x:.3}")),
-            if v.passes { "pass" } else { "FAIL" },
+            num(v.top_layer_rank_abs),
+            num(v.upper_cascade_rank_abs),
+            num(v.all_layers_rank_abs),
+            num(v.all_layers_ssim),
+            v.labels_rank_abs.map_or("-".into(), num),
+            match (v.comparable, v.passes) {
+                (false, _) => "n/a",
+                (true, true) => "pass",
+                (true, false) => "FAIL",
+            },
             f.map_or("-".into(), |f| format!("{:.3}", f.deletion_auc)),
             f.map_or("-".into(), |f| format!("{:.3}", f.insertion_auc)),
         )?;
@@ -288,5 +300,29 @@ fn print_table(r: &Report<'_>, threshold: f32) -> Result<()> {
     outln!(
         "pass: mean rank correlation over the upper half of the cascade (the class layer random, then the top 2, ..., half the convolutions) below {threshold}, and against the shuffled-label network; deletion AUC: lower is better, insertion AUC: higher"
     )?;
+    // Maps that could not be compared (constant, or not finite) are left
+    // out of the means; said, since they change what the means rest on.
+    for v in &r.sanity.verdicts {
+        let skipped = r
+            .sanity
+            .rows
+            .iter()
+            .filter(|row| row.method == v.method)
+            .map(|row| r.images - row.similarity.compared)
+            .max()
+            .unwrap_or(0);
+        if skipped > 0 {
+            eprintln!(
+                "warning: {}: on {} the maps are constant or not finite (a unit that never fires, a class the randomised network never reaches), so there is no ranking to compare; {}",
+                v.method,
+                crate::count(skipped as u64, "image"),
+                if v.comparable {
+                    "they are left out of the means"
+                } else {
+                    "its verdict is n/a"
+                }
+            );
+        }
+    }
     Ok(())
 }

@@ -108,15 +108,22 @@ pub fn ssim(a: &[f32], b: &[f32], h: usize, w: usize) -> f32 {
     (total / count as f64) as f32
 }
 
-/// How two sets of maps of the same images compare (means over images).
+/// How two sets of maps of the same images compare: means over the
+/// images where both maps can be compared ([`Similarity::compared`]).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Similarity {
-    /// Spearman rank correlation of the absolute channel-summed maps.
+    /// Spearman rank correlation of the absolute channel-summed maps
+    /// (NaN, `null` in JSON, when no image could be compared).
     pub rank_abs: f32,
     /// Spearman rank correlation of the signed channel-summed maps.
     pub rank: f32,
     /// SSIM of the absolute channel-summed maps, each scaled to `[0, 1]`.
     pub ssim: f32,
+    /// The images whose two maps both vary and are finite. A constant map
+    /// (a unit that never fires, a class the randomised network never
+    /// reaches) has no ranking, and a NaN map none either: such images are
+    /// left out of the means instead of scoring 0 (a "pass") or 1.
+    pub compared: usize,
 }
 
 /// Compares `a` and `b` `[N, C, H, W]` (or `[N, 1, H, W]`) image by image.
@@ -150,17 +157,24 @@ pub fn similarity(a: &Tensor, b: &Tensor) -> Result<Similarity, VizError> {
             .collect()
     };
     let abs = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| x.abs()).collect() };
-    let (mut s, mut sr, mut ss) = (0.0, 0.0, 0.0);
+    let comparable = |v: &[f32]| v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != v[0]);
+    let (mut s, mut sr, mut ss, mut k) = (0.0, 0.0, 0.0, 0usize);
     for (x, y) in pa.iter().zip(&pb) {
+        if !(comparable(x) && comparable(y)) {
+            continue;
+        }
         s += spearman(&abs(x), &abs(y));
         sr += spearman(x, y);
         ss += ssim(&scaled(x), &scaled(y), h, w);
+        k += 1;
     }
-    let k = n.max(1) as f32;
+    debug_assert!(k <= n);
+    let mean = |total: f32| if k == 0 { f32::NAN } else { total / k as f32 };
     Ok(Similarity {
-        rank_abs: s / k,
-        rank: sr / k,
-        ssim: ss / k,
+        rank_abs: mean(s),
+        rank: mean(sr),
+        ssim: mean(ss),
+        compared: k,
     })
 }
 
@@ -270,8 +284,12 @@ pub struct Verdict {
     /// network, if one was given.
     pub labels_rank_abs: Option<f32>,
     /// `upper_cascade_rank_abs < threshold` (and `labels_rank_abs <
-    /// threshold` where measured).
+    /// threshold` where measured), where [`Verdict::comparable`].
     pub passes: bool,
+    /// Whether every comparison the verdict rests on had at least one
+    /// image to compare ([`Similarity::compared`]); when not, the method
+    /// neither passes nor fails: there was nothing to judge.
+    pub comparable: bool,
 }
 
 /// Every measurement of a [`SanityCheck`], and a verdict per method.
@@ -461,11 +479,17 @@ impl<'a> SanityCheck<'a> {
                 let top = find(m, &cascading(1)).expect("measured");
                 let all = find(m, &cascading(layers)).expect("measured");
                 let upper = layers.div_ceil(2);
-                let mean = (1..=upper)
-                    .map(|k| find(m, &cascading(k)).expect("measured").rank_abs)
-                    .sum::<f32>()
-                    / upper as f32;
-                let labels = find(m, &Randomized::Labels).map(|s| s.rank_abs);
+                let steps: Vec<Similarity> = (1..=upper)
+                    .map(|k| find(m, &cascading(k)).expect("measured"))
+                    .collect();
+                let mean = steps.iter().map(|s| s.rank_abs).sum::<f32>() / upper as f32;
+                let labels = find(m, &Randomized::Labels);
+                let comparable = steps
+                    .iter()
+                    .chain([&top, &all])
+                    .chain(labels.as_ref())
+                    .all(|s| s.compared > 0);
+                let labels = labels.map(|s| s.rank_abs);
                 Verdict {
                     method: m.name().into(),
                     top_layer_rank_abs: top.rank_abs,
@@ -473,7 +497,10 @@ impl<'a> SanityCheck<'a> {
                     all_layers_ssim: all.ssim,
                     upper_cascade_rank_abs: mean,
                     labels_rank_abs: labels,
-                    passes: mean < self.threshold && labels.is_none_or(|l| l < self.threshold),
+                    passes: comparable
+                        && mean < self.threshold
+                        && labels.is_none_or(|l| l < self.threshold),
+                    comparable,
                 }
             })
             .collect();

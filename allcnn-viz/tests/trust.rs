@@ -11,7 +11,7 @@ use allcnn_viz::{
     auc, randomize_layers, similarity, spearman, ssim, DeletionInsertion, Method, MethodOptions,
     Randomized, SanityCheck, Target, VizError,
 };
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{conv1x1, model_from};
 
 /// `a = (sin(0.7 i) + 1) / 2`, `b = cos(0.3 i)^2`, `c = round(4 a) / 4`
@@ -148,6 +148,32 @@ fn sanity_check_measures_every_layer_and_judges_by_the_full_cascade() {
         .unwrap();
     let s = similarity(&same, &same).unwrap();
     assert!((s.rank_abs - 1.0).abs() < 1e-6 && (s.ssim - 1.0).abs() < 1e-6);
+    assert_eq!(s.compared, x.dim(0).unwrap());
+    // A constant map (a unit that never fires) or a NaN one has no ranking:
+    // that image is left out (it scored 0, a "pass", or 1), and with no
+    // image left the comparison is undefined (NaN), not a number.
+    let (n, c, h, w) = same.dims4().unwrap();
+    let blank = Tensor::zeros((n, c, h, w), DType::F32, same.device()).unwrap();
+    let nan = (blank.clone() + f64::NAN).unwrap();
+    for other in [&blank, &nan] {
+        let s = similarity(&same, other).unwrap();
+        assert_eq!(s.compared, 0);
+        assert!(s.rank_abs.is_nan() && s.ssim.is_nan(), "{s:?}");
+    }
+    let one_blank = Tensor::cat(
+        &[
+            blank.narrow(0, 0, 1).unwrap(),
+            same.narrow(0, 1, n - 1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    let s = similarity(&same, &one_blank).unwrap();
+    assert_eq!(s.compared, n - 1);
+    assert!(
+        (s.rank_abs - 1.0).abs() < 1e-6,
+        "the others still agree: {s:?}"
+    );
     // The gradient of a network whose every layer is random has nothing to
     // do with the trained one's.
     let g = report
