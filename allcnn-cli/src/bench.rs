@@ -49,6 +49,10 @@ pub struct Args {
     conv: Option<ConvBackend>,
     #[command(flatten)]
     device: crate::device::DeviceArg,
+    /// Accepted for scripts that pass `--json` to every command: the
+    /// result is always one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Serialize)]

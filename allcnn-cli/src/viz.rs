@@ -428,6 +428,25 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let opts = options(&args.common);
+    // Every compared method's maps and the figure first: a method that
+    // fails (its settings do not fit) or a figure too large leaves no
+    // half-written folder behind.
+    let columns: Vec<Method> = std::iter::once(method)
+        .filter(|m| !args.compare.contains(m))
+        .chain(args.compare.iter().copied())
+        .collect();
+    let all = columns
+        .iter()
+        .map(|&m| {
+            let map = if m == method {
+                maps.clone()
+            } else {
+                m.attribute_with(model, &input, &target, &settings)?
+            };
+            Ok((m, map))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let comparison = render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?;
     let files = if args.overlay {
         let o = render::OverlayOptions {
             sign: args.sign,
@@ -462,26 +481,8 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         render::write_maps(&maps, args.settings.style(method), &opts, out, &stems)?
     };
-    let shown: Vec<Method> = std::iter::once(method)
-        .filter(|m| !args.compare.contains(m))
-        .chain(args.compare.iter().copied())
-        .collect();
-    let all = shown
-        .iter()
-        .map(|&m| {
-            let map = if m == method {
-                maps.clone()
-            } else {
-                m.attribute_with(model, &input, &target, &settings)?
-            };
-            Ok((m, map))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let grid = out.join(COMPARISON);
-    render::write_png(
-        &render::labelled_comparison_grid(&input, &all, &row_labels, &opts)?,
-        &grid,
-    )?;
+    render::write_png(&comparison, &grid)?;
     if json {
         written.files = files;
         written.files.push(grid);

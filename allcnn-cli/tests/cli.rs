@@ -225,6 +225,9 @@ fn bench_reports_the_precision_and_the_kernel_that_ran() {
             "1",
             "--precision",
             precision,
+            // Accepted (the line is JSON anyway), as every script-read
+            // command takes it.
+            "--json",
         ]);
         assert_ok(&o);
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -3425,6 +3428,30 @@ fn viz_methods_beyond_the_paper_match_captum_and_the_trust_report_runs() {
         let img = image::open(folder.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(img.width() >= 32, "{f}");
     }
+    // A compared method whose settings do not fit fails before anything
+    // is written (the folder held the --method maps without the figure).
+    let half = dir.path().join("half");
+    let o = golden_viz(
+        &g,
+        &[
+            "viz",
+            "--method",
+            "gradient",
+            "--compare",
+            "occlusion",
+            "--window",
+            "40",
+            "--out",
+            half.to_str().unwrap(),
+        ],
+    );
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("occlusion window"), "{}", stderr(&o));
+    assert!(
+        !half.exists(),
+        "a failed comparison left {}",
+        half.display()
+    );
 
     // A window that is not a size is a usage error naming the value.
     let o = golden_viz(
