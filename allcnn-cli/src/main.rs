@@ -251,7 +251,7 @@ with --eval-data also eval.json, the exported file's own evaluation.\n\nExamples
     /// Print the man page (roff) to stdout, or write one page per subcommand
     /// into a folder.
     #[command(
-        after_help = "The page on stdout covers the top level; its SEE ALSO names allcnn-train(1) and the other\nsubcommand pages, which --out writes (allcnn.1, allcnn-train.1, allcnn-data-download.1, ...).\n\nExamples:\n  allcnn man > allcnn.1 && man ./allcnn.1\n  allcnn man --out ~/.local/share/man/man1 && man allcnn-train"
+        after_help = "The page on stdout covers the top level; its SUBCOMMANDS section names allcnn-train(1) and the\nother subcommand pages, which --out writes (allcnn.1, allcnn-train.1, allcnn-data-download.1, ...).\n\nExamples:\n  allcnn man > allcnn.1 && man ./allcnn.1\n  allcnn man --out ~/.local/share/man/man1 && man allcnn-train"
     )]
     Man {
         /// Write allcnn.1 and one page per subcommand into this folder
@@ -323,15 +323,56 @@ impl std::error::Error for Usage {}
 /// SEE ALSO names.
 fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     out::check(dir, out::OutKind::Folder("a folder for the pages"), [])?;
+    if std::fs::symlink_metadata(dir).is_ok() && !dir.exists() {
+        anyhow::bail!(
+            "--out {}: is a link to nothing; give a folder",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    clap_mangen::generate_to(Cli::command(), dir)
-        .map_err(|e| anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display()))?;
+    // Made aside first, then moved in page by page once every place is
+    // known to take a page: a link there was written through (to a file
+    // outside the folder), and a folder in the way left some pages.
+    let staging = dir.join(format!(".allcnn-man-{}", std::process::id()));
+    std::fs::create_dir(&staging)
+        .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", dir.display()))?;
+    let result = move_pages_in(&staging, dir);
+    let _ = std::fs::remove_dir_all(&staging);
+    result?;
     outln!(
         "wrote allcnn.1 and a page per subcommand into {} (e.g. `man {}`)",
         dir.display(),
         dir.join("allcnn-train.1").display()
     )
+}
+
+/// Generates the pages into `staging`, then moves them into `dir` once
+/// every place there takes a regular file.
+fn move_pages_in(staging: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    clap_mangen::generate_to(Cli::command(), staging)
+        .map_err(|e| anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display()))?;
+    let mut pages: Vec<std::path::PathBuf> = std::fs::read_dir(staging)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    pages.sort();
+    for page in &pages {
+        let to = dir.join(page.file_name().unwrap_or_default());
+        if let Ok(m) = std::fs::symlink_metadata(&to) {
+            if !m.is_file() {
+                anyhow::bail!(
+                    "{}: is in the way of a page (a link, a folder or another non-file): move it away; no page was written",
+                    to.display()
+                );
+            }
+        }
+    }
+    for page in &pages {
+        let to = dir.join(page.file_name().unwrap_or_default());
+        std::fs::rename(page, &to)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

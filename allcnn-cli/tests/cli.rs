@@ -1379,6 +1379,32 @@ fn completions_and_man_page_come_from_the_same_definition() {
     let o = allcnn(&["man", "--out", file.to_str().unwrap()]);
     assert!(!o.status.success(), "man --out onto a file succeeded");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    // A link in the folder is not written through (to a file outside it),
+    // and a folder in the way is named with nothing written; pages of an
+    // earlier run are replaced, and nothing is left behind.
+    #[cfg(unix)]
+    {
+        let notes = dir.path().join("notes");
+        std::fs::write(&notes, "mine").unwrap();
+        std::fs::remove_file(pages.join("allcnn-viz.1")).unwrap();
+        std::os::unix::fs::symlink(&notes, pages.join("allcnn-viz.1")).unwrap();
+        let o = allcnn(&["man", "--out", pages.to_str().unwrap()]);
+        assert_exit(&o, 1);
+        assert!(
+            stderr(&o).contains("allcnn-viz.1: is in the way of a page"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+        std::fs::remove_file(pages.join("allcnn-viz.1")).unwrap();
+        let o = allcnn(&["man", "--out", pages.to_str().unwrap()]);
+        assert_ok(&o);
+        let names: Vec<String> = std::fs::read_dir(&pages)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".1")), "{names:?}");
+    }
 }
 
 /// A tiny image folder with train/ and test/ splits of two classes.
