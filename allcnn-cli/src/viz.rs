@@ -50,13 +50,13 @@ pub struct Args {
     #[arg(long)]
     overlay: bool,
     /// With --overlay: opacity of the strongest attribution (0 to 1).
-    #[arg(long, default_value_t = 0.7, value_parser = parse_alpha)]
+    #[arg(long, default_value_t = 0.7, value_parser = parse_alpha, requires = "overlay")]
     alpha: f32,
     /// With --overlay: which part of the map (all uses a blue-white-red scale).
-    #[arg(long, default_value = "absolute", value_parser = crate::values::sign())]
+    #[arg(long, default_value = "absolute", value_parser = crate::values::sign(), requires = "overlay")]
     sign: render::Sign,
     /// With --overlay: colour scale.
-    #[arg(long, default_value = "heat", value_parser = crate::values::colormap())]
+    #[arg(long, default_value = "heat", value_parser = crate::values::colormap(), requires = "overlay")]
     colormap: render::Colormap,
     #[command(flatten)]
     common: Common,
@@ -92,15 +92,15 @@ pub(crate) struct MethodArgs {
     #[arg(long, default_value = "4", value_parser = parse_pair)]
     stride: (usize, usize),
     /// SmoothGrad: average the method's maps over this many noisy copies of
-    /// each image (0: off).
-    #[arg(long, default_value_t = 0)]
+    /// each image (0: off; at most 100,000).
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
     smooth: usize,
     /// SmoothGrad: the noise's standard deviation as a fraction of each
     /// image's value range.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = 0.15, requires = "smooth")]
     noise: f32,
     /// SmoothGrad: how the noisy maps are combined.
-    #[arg(long, default_value = "smoothgrad", value_parser = crate::values::noise_aggregation())]
+    #[arg(long, default_value = "smoothgrad", value_parser = crate::values::noise_aggregation(), requires = "smooth")]
     smooth_kind: NoiseAggregation,
     /// lrp: the rule of every convolution: composite[:E:G] (LRP-0 on conv1,
     /// gamma G on the rest of the lower third, epsilon E in the middle third,

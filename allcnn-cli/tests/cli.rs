@@ -1046,14 +1046,41 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     assert!(std::fs::metadata(&saved).unwrap().len() > 1_000_000);
 
     // Values out of range and missing arguments: usage errors, exit 2.
-    let usage: [&[&str]; 5] = [
+    let usage: [&[&str]; 8] = [
         &["predict", img_s, "--top-k", "0"],
         &["predict", img_s, "--batch", "0"],
         &[
-            "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--alpha", "5",
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            img_s,
+            "--out",
+            dir_s,
+            "--overlay",
+            "--alpha",
+            "5",
         ],
         &["viz", "--method", "gradient"],
         &["models", "--classes", "0"],
+        // Settings that would do nothing (they were ignored without a word).
+        &[
+            "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--alpha", "0.3",
+        ],
+        &[
+            "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--noise", "0.5",
+        ],
+        &[
+            "viz",
+            "--method",
+            "gradient",
+            "--input",
+            img_s,
+            "--out",
+            dir_s,
+            "--smooth",
+            "100000000000",
+        ],
     ];
     for args in usage {
         let o = allcnn(args);

@@ -148,6 +148,13 @@ impl<'a> SmoothGrad<'a> {
                 o.samples
             )));
         }
+        // The variance of one sample is zero everywhere: an all-zero map.
+        if o.aggregation == NoiseAggregation::Variance && o.samples < 2 {
+            return Err(VizError::InvalidArgument(format!(
+                "VarGrad is the variance of the noisy maps and needs at least 2 samples, got {}",
+                o.samples
+            )));
+        }
         target.validate(self.model, input.dims())?;
         let x = model_input(self.model, input)?;
         let target = fix_target(self.model, &x, target)?;

@@ -304,6 +304,20 @@ fn smoothgrad_is_seeded_and_reduces_to_the_method_without_noise() {
         .attribute_with(&model, &x, &target, &opts)
         .unwrap();
     assert_eq!(flat(&a), flat(&d));
+    // VarGrad of one sample is zero everywhere: refused, not an empty map.
+    let one = MethodOptions {
+        smooth: Some(SmoothOptions {
+            samples: 1,
+            noise: NoiseLevel::OfRange(0.15),
+            aggregation: NoiseAggregation::Variance,
+            seed: 7,
+        }),
+        ..MethodOptions::default()
+    };
+    let err = Method::Gradient
+        .attribute_with(&model, &x, &target, &one)
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 2 samples"), "{err}");
 }
 
 #[test]
