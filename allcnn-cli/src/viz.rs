@@ -207,6 +207,11 @@ struct Written {
     /// Images scanned (`viz top`).
     #[serde(skip_serializing_if = "Option::is_none")]
     scanned: Option<usize>,
+    /// The layer and channels drawn (`viz top`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<usize>>,
 }
 
 #[derive(serde::Serialize)]
@@ -622,7 +627,14 @@ fn top(args: &TopArgs) -> Result<()> {
         .shuffle(false)
         .device(device.clone())
         .build()?;
-    let mut top = TopActivations::new(model, layer, channels, args.k)?;
+    if loader.num_examples() < args.k {
+        eprintln!(
+            "note: {} scanned, fewer than -k {}: each row shows them all",
+            crate::count(loader.num_examples() as u64, "image"),
+            args.k
+        );
+    }
+    let mut top = TopActivations::new(model, layer, channels.clone(), args.k)?;
     let bar = crate::progress::bar(loader.num_examples() as u64, "scanning");
     for batch in loader.epoch(0) {
         let batch = batch?;
@@ -637,6 +649,8 @@ fn top(args: &TopArgs) -> Result<()> {
         let written = Written {
             files: vec![args.out.clone()],
             scanned: Some(top.seen()),
+            layer: Some(args.layer.to_string()),
+            channels: Some(channels),
             ..Default::default()
         };
         outln!("{}", serde_json::to_string_pretty(&written)?)?;

@@ -3294,6 +3294,8 @@ fn json_outputs_for_scripts() {
         "--json",
     ]));
     assert_eq!(v["scanned"], 12);
+    assert_eq!(v["layer"], "conv5");
+    assert_eq!(v["channels"], serde_json::json!([0, 1]));
     assert!(top.is_file());
 
     let export = dir.path().join("hub");
