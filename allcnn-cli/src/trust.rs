@@ -115,7 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
             };
             Some(
                 // The loader's errors name the file.
-                weights::load(&margs, &device).context("--shuffled-labels")?,
+                weights::load_like(&margs, model.spec(), &device).context("--shuffled-labels")?,
             )
         }
         None => None,

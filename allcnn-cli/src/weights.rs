@@ -213,6 +213,30 @@ fn is_checkpoint(path: &Path) -> bool {
     })
 }
 
+/// The weights `args` names, as the file records them or, where it records
+/// no architecture at all (a PyTorch export), as `like`'s: for a second
+/// network that must have the first one's architecture
+/// (`--shuffled-labels`), which `--model/--classes` (the first's) cannot
+/// describe.
+pub fn load_like(args: &ModelArgs, like: &ArchSpec, device: &Device) -> Result<Loaded> {
+    let Some(weights) = &args.weights else {
+        return load(args, device);
+    };
+    let path = resolve(weights, args.offline)?;
+    let ours = [
+        allcnn_models::KEY_MODEL,
+        allcnn_models::KEY_SPEC,
+        allcnn_train::checkpoint::CHECKPOINT_KEY,
+        allcnn_data::preprocess::METADATA_KEY,
+    ];
+    let bare = metadata_keys(&path).is_some_and(|k| !k.iter().any(|k| ours.contains(&k.as_str())));
+    if bare {
+        let file = WeightsFile::load_as(&path, like.clone(), device)?;
+        return finish(file, &path, args.precision);
+    }
+    load(args, device)
+}
+
 /// For a file that does not describe an architecture: if it is one of a
 /// run's other files (the checkpoint, the preprocessing), an error that
 /// says so and names the weights to use instead; `error` otherwise.

@@ -3698,4 +3698,40 @@ fn weights_without_an_architecture_ask_for_both_flags() {
             && !err.contains("--weights"),
         "{err}"
     );
+    // A second network without metadata (a PyTorch export) takes the
+    // first one's architecture (it asked for --model/--classes, which
+    // describe --weights and were then refused).
+    let shipped = dir.path().join("shipped.safetensors");
+    assert_ok(&allcnn(&[
+        "pretrained",
+        "save",
+        "--out",
+        shipped.to_str().unwrap(),
+    ]));
+    let params: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(&shipped, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("conv"))
+            .collect();
+    let exported = dir.path().join("exported.safetensors");
+    candle_core::safetensors::save(&params, &exported).unwrap();
+    let o = allcnn(&[
+        "viz",
+        "sanity",
+        "--input",
+        img_s,
+        "--methods",
+        "gradient",
+        "--cascading-only",
+        "--deletion-steps",
+        "2",
+        "--out",
+        report.to_str().unwrap(),
+        "--shuffled-labels",
+        exported.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    // The same parameters: the maps agree completely.
+    assert!(stdout(&o).contains(" 1.000 "), "{}", stdout(&o));
 }
