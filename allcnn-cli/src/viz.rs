@@ -295,7 +295,7 @@ struct TopArgs {
     #[arg(long, default_value = "0..8")]
     channels: String,
     /// Top inputs per channel.
-    #[arg(short, long, default_value_t = 9)]
+    #[arg(short, long, default_value_t = 9, value_parser = crate::values::count::<usize>)]
     k: usize,
     /// Batch size of the scan.
     #[arg(long, default_value_t = 64, value_parser = crate::values::count::<usize>)]
@@ -568,16 +568,19 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
     let usage = "use a range like 0..16 or a list like 1,5,9";
     let number = |t: &str| {
         let t = t.trim();
-        t.parse::<usize>()
-            .map_err(|_| anyhow::anyhow!("--channels {s}: `{t}` is not a channel number; {usage}"))
+        t.parse::<usize>().map_err(|_| {
+            anyhow::Error::from(crate::Usage(format!(
+                "--channels {s}: `{t}` is not a channel number; {usage}"
+            )))
+        })
     };
     let channels: Vec<usize> = if let Some((a, b)) = s.split_once("..") {
         let (a, b) = (number(a)?, number(b)?);
         if a >= b {
-            bail!("--channels {s}: the range is empty (its end is excluded); {usage}");
+            usage!("--channels {s}: the range is empty (its end is excluded); {usage}");
         }
         if b > most {
-            bail!("--channels {s}: no layer has more than {most} channels");
+            usage!("--channels {s}: no layer has more than {most} channels");
         }
         (a..b).collect()
     } else {
@@ -587,7 +590,7 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
             .enumerate()
             .find_map(|(i, c)| list[..i].contains(c).then_some(c))
         {
-            bail!("--channels {s}: channel {c} is listed twice");
+            usage!("--channels {s}: channel {c} is listed twice");
         }
         list
     };

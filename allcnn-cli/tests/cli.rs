@@ -1046,7 +1046,24 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     assert!(std::fs::metadata(&saved).unwrap().len() > 1_000_000);
 
     // Values out of range and missing arguments: usage errors, exit 2.
-    let usage: [&[&str]; 8] = [
+    let png = s(&dir.path().join("top.png"));
+    let nodata = s(&dir.path().join("no-such-data"));
+    let usage: [&[&str]; 10] = [
+        &[
+            "viz", "top", "--data", &nodata, "--layer", "conv6", "-k", "0", "--out", &png,
+        ],
+        &[
+            "viz",
+            "top",
+            "--data",
+            &nodata,
+            "--layer",
+            "conv6",
+            "--channels",
+            "abc",
+            "--out",
+            &png,
+        ],
         &["predict", img_s, "--top-k", "0"],
         &["predict", img_s, "--batch", "0"],
         &[
