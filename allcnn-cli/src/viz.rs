@@ -265,7 +265,7 @@ enum Sub {
     /// network trained on shuffled labels if given) and deletion/insertion
     /// faithfulness curves.
     #[command(
-        alias = "trust",
+        visible_alias = "trust",
         after_help = "Example:\n  allcnn viz sanity --input docs/samples --out trust/\n  allcnn viz sanity --input docs/samples --methods gradient,guided-backprop,grad-cam --shuffled-labels shuffled.safetensors --out trust/"
     )]
     Sanity(crate::trust::Args),

@@ -1391,6 +1391,11 @@ fn completions_and_man_page_come_from_the_same_definition() {
         out.contains("allcnn") && out.contains("predict") && out.contains("--weights"),
         "bash completion"
     );
+    // `viz trust` completes as `viz sanity` (the alias was unknown there).
+    assert!(
+        out.contains("viz,trust)"),
+        "no viz trust in the bash completion"
+    );
     let o = allcnn(&["man"]);
     assert_ok(&o);
     let out = stdout(&o);
@@ -1400,7 +1405,7 @@ fn completions_and_man_page_come_from_the_same_definition() {
     );
     assert!(out.contains("predict"));
 
-    // The top page's SEE ALSO names allcnn-train(1) and its siblings:
+    // The top page's SUBCOMMANDS section names allcnn-train(1) and its siblings:
     // --out writes them, nested subcommands included.
     let dir = tempfile::tempdir().unwrap();
     let pages = dir.path().join("man1");
