@@ -352,6 +352,12 @@ pub fn run(args: &Args) -> Result<()> {
         model
             .check_layer(layer)
             .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
+        let cam = |m: &Method| matches!(m, Method::GradCam | Method::GuidedGradCam);
+        if !cam(&method) && !args.compare.iter().any(cam) {
+            eprintln!(
+                "warning: --layer {layer} applies to grad-cam and guided-grad-cam only: {method} does not use it"
+            );
+        }
     }
     let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
     // The names of the PNGs this command writes (without `.png`).

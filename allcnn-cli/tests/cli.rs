@@ -796,6 +796,24 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     assert!(!dir.path().join("-").exists());
     let img = dir.path().join("cat.png");
     write_png(&img, 3);
+    // A setting the method does not use is said (it was ignored silently).
+    let o = allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--layer",
+        "conv3",
+        "--input",
+        img.to_str().unwrap(),
+        "--out",
+        dir.path().join("g.safetensors").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("--layer conv3 applies to grad-cam and guided-grad-cam only"),
+        "{}",
+        stderr(&o)
+    );
     // Nor a FIFO (reading it to see what it holds hung for ever) or a
     // device (`--force` replaced `/dev/null` as root), `--force` or not.
     #[cfg(unix)]
