@@ -110,3 +110,32 @@ pub fn run(cmd: &Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--data` opened at `--split`, with the flag that picks the split the
+/// folder has where it lacks this one, and with `--skip-bad-images` named
+/// where the command has it (`skip_flag`).
+pub fn open_split(
+    data: &std::path::Path,
+    split: crate::values::SplitArg,
+    opts: &allcnn_data::OpenOptions,
+    skip_flag: bool,
+) -> Result<std::sync::Arc<dyn allcnn_data::Dataset>> {
+    use allcnn_data::DataError;
+    allcnn_data::open_dataset(data, split.into(), opts).map_err(|e| match &e {
+        DataError::BadImage { .. } if skip_flag => anyhow::anyhow!(
+            "{e}; remove or replace the file, or pass --skip-bad-images to leave out the images that cannot be read"
+        ),
+        DataError::MissingFile { path, .. }
+            if path
+                .parent()
+                .is_some_and(allcnn_data::folder::has_split_folders) =>
+        {
+            let other = match split {
+                crate::values::SplitArg::Train => "test",
+                crate::values::SplitArg::Test => "train",
+            };
+            anyhow::anyhow!("{e}; pass --split {other}")
+        }
+        _ => e.into(),
+    })
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use allcnn_data::{open_dataset, Augmentation, OpenOptions, Split};
+use allcnn_data::{Augmentation, OpenOptions};
 use allcnn_train::{
     eval::evaluate_weights_file, grid_search, ResumeChanges, RunStatus, TrainConfig, TrainData,
     Trainer,
@@ -443,17 +443,11 @@ pub struct EvalArgs {
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
     let device = args.device.open()?;
-    let split = Split::from(args.split);
     let mut opts = OpenOptions::default();
     if args.skip_bad_images {
         opts.folder.on_error = allcnn_data::folder::OnError::Skip;
     }
-    let data = open_dataset(&args.data, split, &opts).map_err(|e| match e {
-        allcnn_data::DataError::BadImage { .. } => anyhow::anyhow!(
-            "{e}; remove or replace the file, or pass --skip-bad-images to leave out the images that cannot be read"
-        ),
-        e => e.into(),
-    })?;
+    let data = crate::data::open_split(&args.data, args.split, &opts, true)?;
     let (format, dir) = allcnn_data::info::detect_format(&args.data)?;
     if format == allcnn_data::info::DatasetFormat::ImageFolder
         && !allcnn_data::folder::has_split_folders(&dir)

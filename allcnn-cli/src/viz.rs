@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use allcnn_data::{open_dataset, DataLoader, OpenOptions, Preprocessing, Split};
+use allcnn_data::{DataLoader, OpenOptions, Preprocessing};
 use allcnn_models::LayerName;
 use allcnn_viz::render::{self, RenderOptions, Style};
 use allcnn_viz::{
@@ -286,7 +286,7 @@ struct TopArgs {
     #[arg(long, value_parser = crate::values::count::<usize>)]
     limit: Option<usize>,
     /// Seed of the --limit sample.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "limit")]
     seed: u64,
     /// Layer, e.g. conv6.
     #[arg(long, value_parser = clap::value_parser!(LayerName))]
@@ -625,8 +625,7 @@ fn top(args: &TopArgs) -> Result<()> {
         .check_layer(layer)
         .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
     let channels = parse_channels(&args.channels)?;
-    let split = Split::from(args.split);
-    let mut data = open_dataset(&args.data, split, &OpenOptions::default())?;
+    let mut data = crate::data::open_split(&args.data, args.split, &OpenOptions::default(), false)?;
     if let Some(limit) = args.limit {
         data = std::sync::Arc::new(allcnn_data::Subset::random(data, limit, args.seed));
     }
@@ -652,7 +651,16 @@ fn top(args: &TopArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let fig = top.reconstruct(&[Method::GuidedBackprop, Method::Deconvnet])?;
-    let img = render::labelled_top_activation_grid(&fig, &options(&args.common))?;
+    // The class layer's channels are the classes: its rows say which.
+    let class_layer = model
+        .layer_names()
+        .into_iter()
+        .rfind(|l| matches!(l, LayerName::Conv(_)));
+    let names = loaded
+        .class_names
+        .as_deref()
+        .filter(|_| class_layer == Some(layer));
+    let img = render::labelled_top_activation_grid(&fig, names, &options(&args.common))?;
     render::write_png(&img, &args.out)?;
     if args.common.json {
         let written = Written {

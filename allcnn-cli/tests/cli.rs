@@ -1195,6 +1195,10 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         &[
             "viz", "top", "--data", "d", "--layer", "conv6", "--out", "x.png", "--batch", "0",
         ],
+        // A seed without the sample it seeds did nothing.
+        &[
+            "viz", "top", "--data", "d", "--layer", "conv6", "--out", "x.png", "--seed", "3",
+        ],
     ] {
         let o = allcnn(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -1874,6 +1878,21 @@ fn train_eval_predict_resume_round_trip() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["examples"], 12);
     std::fs::remove_file(&bad).unwrap();
+
+    // A folder with train/ only: the test split is missing, and the error
+    // names the split it has and the flag; --split train evaluates it.
+    let aside = data.join("test-aside");
+    std::fs::rename(data.join("test"), &aside).unwrap();
+    let o = eval(&[]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("has train/ but no test/ (nor val/)")
+            && stderr(&o).contains("pass --split train"),
+        "{}",
+        stderr(&o)
+    );
+    assert_ok(&eval(&["--split", "train"]));
+    std::fs::rename(&aside, data.join("test")).unwrap();
 
     // predict knows the class names and the preprocessing from the file.
     let img = data.join("test/dogs/0.png");

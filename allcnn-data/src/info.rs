@@ -268,8 +268,26 @@ pub fn open_dataset(
             let root = if has_split {
                 split_dir(&dir, split)
             } else {
-                dir
+                dir.clone()
             };
+            if has_split && !root.is_dir() {
+                // The folder is split, just not into this split: say which
+                // it has ("expected a folder of class folders" reads as if
+                // the layout were wrong).
+                let (has, lacks, other) = match split {
+                    Split::Train => ("test/ or val/", "train/", Split::Test),
+                    Split::Test => ("train/", "test/ (nor val/)", Split::Train),
+                };
+                return Err(DataError::MissingFile {
+                    path: root,
+                    hint: format!(
+                        "{} has {has} but no {lacks}: use the {} split, or add a {} folder of class folders",
+                        dir.display(),
+                        other.name(),
+                        split.name()
+                    ),
+                });
+            }
             Arc::new(ImageFolder::open(&root, options.folder.clone())?)
         }
     })

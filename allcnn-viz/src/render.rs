@@ -558,10 +558,15 @@ pub fn labelled_comparison_grid(
 /// [`top_activation_grid`] with a title over each group (the layer's
 /// patches, then each method) and the channel at the start of each row.
 ///
+/// `channel_names` names the channels where they mean something, as the
+/// class layer's do (its channel `c` is class `c`): a row reads `ch 3 cat`
+/// then. `None`, or a channel past the list, reads `ch 3`.
+///
 /// # Errors
 /// As [`top_activation_grid`].
 pub fn labelled_top_activation_grid(
     fig: &TopFigure,
+    channel_names: Option<&[String]>,
     opts: &RenderOptions,
 ) -> Result<RgbImage, VizError> {
     let grid = top_activation_grid(fig, opts)?;
@@ -580,7 +585,12 @@ pub fn labelled_top_activation_grid(
     let rows: Vec<String> = fig
         .rows
         .iter()
-        .map(|r| format!("ch {}", r.channel))
+        .map(
+            |r| match channel_names.and_then(|names| names.get(r.channel)) {
+                Some(name) => format!("ch {} {name}", r.channel),
+                None => format!("ch {}", r.channel),
+            },
+        )
         .collect();
     let size = fig.receptive_field.size as u32 * opts.scale.max(1);
     Ok(annotate(&grid, &titles, &rows, size, size, opts))

@@ -227,6 +227,23 @@ fn top_activations_match_brute_force() {
     let cell = rf.size as u32 * 2;
     let cols = 3 * k as u32 + 2;
     assert_eq!(png.dimensions(), (cols * cell + (cols + 1), 3 * cell + 4));
+
+    // The labelled figure: a title band above and a band of row labels to
+    // the left as wide as the longest label ("ch 4" without names, "ch 3
+    // hippopotamus" with them; channels past a two-name list fall back).
+    let band = |label: &str| render::text_width(label, 1) + 2 * 2;
+    let width = |names: Option<&[String]>| {
+        render::labelled_top_activation_grid(&fig, names, &opts)
+            .unwrap()
+            .width()
+            - png.width()
+    };
+    assert_eq!(width(None), band("ch 4"));
+    let names: Vec<String> = ["cat", "dog", "bird", "hippopotamus", "elephant"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(width(Some(&names)), band("ch 3 hippopotamus"));
+    assert_eq!(width(Some(&names[..2])), band("ch 0 cat"));
 }
 
 #[test]

@@ -255,6 +255,43 @@ fn split_folders_are_found_whatever_their_case() {
 }
 
 #[test]
+fn a_split_folder_the_tree_lacks_names_the_one_it_has() {
+    // train/ only: the test split is missing, and the error says the
+    // folder has train/ (not "expected a folder of class folders").
+    let tmp = tempfile::tempdir().unwrap();
+    tree(&tmp.path().join("train"));
+    let Err(err) = open_dataset(tmp.path(), Split::Test, &OpenOptions::default()) else {
+        panic!("opened a test split that is not there")
+    };
+    let DataError::MissingFile { path, hint } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(path, &tmp.path().join("test"));
+    assert!(
+        hint.contains("has train/ but no test/ (nor val/): use the train split"),
+        "{err}"
+    );
+    // val/ only: the test split falls back to it, and the training split
+    // is the missing one.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(&tmp.path().join("val"));
+    assert_eq!(
+        open_dataset(tmp.path(), Split::Test, &OpenOptions::default())
+            .unwrap()
+            .len(),
+        5
+    );
+    let Err(err) = open_dataset(tmp.path(), Split::Train, &OpenOptions::default()) else {
+        panic!("opened a train split that is not there")
+    };
+    assert!(
+        err.to_string()
+            .contains("has test/ or val/ but no train/: use the test split"),
+        "{err}"
+    );
+}
+
+#[test]
 fn info_on_cifar_binaries() {
     use allcnn_data::CifarKind;
     let tmp = tempfile::tempdir().unwrap();
