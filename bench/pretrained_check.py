@@ -8,7 +8,7 @@ from `allcnn.preprocessing` (full or low-rank whitening), and the class names
 from `allcnn.class_names`, then classifies an image folder
 (`ROOT/<class>/<image>`) and prints the accuracy as JSON.
 
-    pip install numpy pillow safetensors
+    pip install numpy pillow
     python3 bench/pretrained_check.py \
         allcnn-models/pretrained/all-cnn-c-cifar10/model.safetensors \
         ../shared/data/cifar10-jpg/test --limit 1000
@@ -25,13 +25,29 @@ import random
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import load_file
+
+# safetensors element types -> numpy (little-endian); BF16 is widened below.
+DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "U8": "u1"}
 
 
-def read_metadata(path):
+def read_safetensors(path):
+    """(metadata, {name: array}) of a safetensors file, read with numpy alone:
+    an 8-byte little-endian header length, the JSON header, then the data."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(n))["__metadata__"]
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", {})
+    tensors = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        raw = data[start:end]
+        if info["dtype"] == "BF16":
+            a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(raw, dtype=DTYPES[info["dtype"]])
+        tensors[name] = a.reshape(info["shape"])
+    return meta, tensors
 
 
 def whitening(meta, t):
@@ -111,8 +127,7 @@ def main():
     ap.add_argument("--batch", type=int, default=100)
     args = ap.parse_args()
 
-    meta = read_metadata(args.weights)
-    t = load_file(args.weights)
+    meta, t = read_safetensors(args.weights)
     spec = json.loads(meta["allcnn.spec"])
     pre = json.loads(meta["allcnn.preprocessing"])
     names = json.loads(meta["allcnn.class_names"])

@@ -2759,6 +2759,20 @@ fn export_hub_round_trip() {
         written, direct,
         "eval.json is `allcnn eval` of the exported file"
     );
+    // The file records the same figures in its own metadata.
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = &header["__metadata__"];
+    for key in ["top1", "top5"] {
+        let recorded: f64 = meta[format!("allcnn.eval.{key}")]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(recorded, direct[key].as_f64().unwrap(), "{key}");
+    }
+    assert_eq!(meta["allcnn.eval.examples"], "12");
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let results = c["results"].as_array().unwrap();

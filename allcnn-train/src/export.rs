@@ -483,6 +483,18 @@ pub fn export_hub_with_progress(
                     progress(done, total)
                 })
             });
+        // The figures go into the file too, so it says what it scores
+        // wherever it travels without its eval.json (the tensors are
+        // written again as they were: the measurement holds).
+        let measured = measured.and_then(|report| {
+            let recorded = [
+                ("allcnn.eval.top1", report.top1.to_string()),
+                ("allcnn.eval.top5", report.top5.to_string()),
+                ("allcnn.eval.examples", report.examples.to_string()),
+            ];
+            write_model_with(&weights, &pending, choice, options.half_weights, &recorded)
+                .map(|_| report)
+        });
         let report = match measured {
             Ok(report) => report,
             Err(e) => {
@@ -855,7 +867,21 @@ fn write_model(
     choice: WeightsChoice,
     half: bool,
 ) -> Result<(), TrainError> {
+    write_model_with(weights, weights_path, choice, half, &[])
+}
+
+/// [`write_model`] with `extra` metadata entries.
+fn write_model_with(
+    weights: &WeightsFile,
+    weights_path: &Path,
+    choice: WeightsChoice,
+    half: bool,
+    extra: &[(&str, String)],
+) -> Result<(), TrainError> {
     let mut meta = weights.meta.clone();
+    for (k, v) in extra {
+        meta.extra.insert(k.to_string(), v.clone());
+    }
     meta.extra.insert(
         "allcnn.version".to_string(),
         env!("CARGO_PKG_VERSION").to_string(),
