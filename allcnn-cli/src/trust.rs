@@ -302,27 +302,131 @@ fn print_table(r: &Report<'_>, threshold: f32) -> Result<()> {
     )?;
     // Maps that could not be compared (constant, or not finite) are left
     // out of the means; said, since they change what the means rest on.
-    for v in &r.sanity.verdicts {
-        let skipped = r
-            .sanity
-            .rows
-            .iter()
-            .filter(|row| row.method == v.method)
-            .map(|row| r.images - row.similarity.compared)
-            .max()
-            .unwrap_or(0);
-        if skipped > 0 {
-            eprintln!(
-                "warning: {}: on {} the maps are constant or not finite (a unit that never fires, a class the randomised network never reaches), so there is no ranking to compare; {}",
-                v.method,
-                crate::count(skipped as u64, "image"),
-                if v.comparable {
-                    "they are left out of the means"
-                } else {
-                    "its verdict is n/a"
-                }
-            );
-        }
+    for line in uncompared(&r.sanity.rows, &r.sanity.verdicts, r.images) {
+        eprintln!("warning: {line}");
     }
     Ok(())
+}
+
+/// The warnings for maps left out of the means: one line per comparison
+/// and number of images, naming its methods (not one line per method, and
+/// saying where), then one per verdict left with nothing to compare.
+fn uncompared(
+    rows: &[allcnn_viz::SanityRow],
+    verdicts: &[allcnn_viz::Verdict],
+    images: usize,
+) -> Vec<String> {
+    use allcnn_viz::Randomized;
+    let mut groups: Vec<(String, usize, Vec<&str>)> = Vec::new();
+    for row in rows {
+        let skipped = images.saturating_sub(row.similarity.compared);
+        if skipped == 0 {
+            continue;
+        }
+        let what = match &row.randomized {
+            Randomized::Labels => "against the shuffled-label network".to_string(),
+            Randomized::Cascading { top, down_to } => format!(
+                "with the top {} random (down to {down_to})",
+                crate::count(*top as u64, "convolution")
+            ),
+            Randomized::Independent { layer } => format!("with {layer} alone random"),
+        };
+        match groups
+            .iter_mut()
+            .find(|(w, n, _)| *w == what && *n == skipped)
+        {
+            Some((_, _, methods)) => methods.push(&row.method),
+            None => groups.push((what, skipped, vec![&row.method])),
+        }
+    }
+    let mut lines: Vec<String> = groups
+        .into_iter()
+        .map(|(what, skipped, methods)| {
+            format!(
+                "{what}, the maps of {} are constant or not finite on {} (a unit that never fires, a class the randomised network never reaches): there is no ranking to compare, so they are left out of the means",
+                methods.join(", "),
+                crate::count(skipped as u64, "image")
+            )
+        })
+        .collect();
+    lines.extend(verdicts.iter().filter(|v| !v.comparable).map(|v| {
+        format!(
+            "{}: no image is left to compare, so its verdict is n/a",
+            v.method
+        )
+    }));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use allcnn_viz::{Randomized, SanityRow, Similarity, Verdict};
+
+    fn row(method: &str, randomized: Randomized, compared: usize) -> SanityRow {
+        SanityRow {
+            method: method.into(),
+            randomized,
+            similarity: Similarity {
+                rank_abs: 0.5,
+                rank: 0.5,
+                ssim: 0.5,
+                compared,
+            },
+        }
+    }
+
+    #[test]
+    fn uncompared_maps_are_said_once_per_comparison() {
+        let top = |k: usize| Randomized::Cascading {
+            top: k,
+            down_to: format!("conv{}", 10 - k),
+        };
+        let rows = [
+            row("gradient", top(1), 10),
+            row("gradient", Randomized::Labels, 9),
+            row("saliency", top(1), 10),
+            row("saliency", Randomized::Labels, 9),
+            row("grad-cam", top(2), 7),
+            row("grad-cam", Randomized::Labels, 0),
+        ];
+        let verdict = |method: &str, comparable: bool| Verdict {
+            method: method.into(),
+            top_layer_rank_abs: 0.1,
+            all_layers_rank_abs: 0.1,
+            upper_cascade_rank_abs: 0.1,
+            all_layers_ssim: 0.1,
+            labels_rank_abs: None,
+            passes: comparable,
+            comparable,
+        };
+        let verdicts = [
+            verdict("gradient", true),
+            verdict("saliency", true),
+            verdict("grad-cam", false),
+        ];
+        let lines = super::uncompared(&rows, &verdicts, 10);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "against the shuffled-label network, the maps of gradient, saliency are constant or not finite on 1 image"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("with the top 2 convolutions random (down to conv8), the maps of grad-cam are constant or not finite on 3 images"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("against the shuffled-label network, the maps of grad-cam are constant or not finite on 10 images"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(
+            lines[3],
+            "grad-cam: no image is left to compare, so its verdict is n/a"
+        );
+        assert!(super::uncompared(&rows[..1], &verdicts[..1], 10).is_empty());
+    }
 }
