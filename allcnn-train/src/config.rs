@@ -193,9 +193,11 @@ pub struct TrainConfig {
     /// gradient reaches the weights, so the run cannot learn again; a dead
     /// run keeps a few examples that still reach a live unit), or when one
     /// class's logit was 0 for every example of each of this many
-    /// consecutive steps (that class map dead: the run can never predict
-    /// the class, and its accuracy is capped below 100% minus the class's
-    /// share). 0 never stops.
+    /// consecutive steps (that class map dead: no gradient reaches it, and
+    /// unless the layers below bring it back the run never predicts the
+    /// class, its accuracy capped below 100% minus the class's share).
+    /// 0 never stops (a run where maps come back: translations, or a few
+    /// images memorised).
     #[serde(
         default = "default_dead_patience",
         skip_serializing_if = "is_default_dead_patience"

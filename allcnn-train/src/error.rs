@@ -91,7 +91,8 @@ pub enum TrainError {
     /// Class maps stayed dead for `steps` consecutive steps: every one
     /// (all logits 0 for at least 95% of the examples of each step: the run
     /// cannot learn again), or some (`classes`: their logit 0 for every
-    /// example of each step: the run can never predict those classes).
+    /// example of each step: no gradient reaches those maps, and only a
+    /// change in the layers below can bring them back).
     #[error("{}", dead_maps_message(classes, *since, *steps, *epoch, *lr, *seed))]
     DeadClassMaps {
         /// The first step of the dead stretch (0-based).
@@ -260,7 +261,7 @@ fn dead_maps_message(
         format!(
             "{} {verb} dead since step {since} (the logit 0 for every example of each \
              of {steps} consecutive steps, epoch {}, lr {lr:.3e}): no gradient reaches {pronoun}, \
-             so this run can never predict {what}",
+             so this run cannot learn {what} unless the layers below bring {pronoun} back",
             crate::trainer::dead_maps_subject(classes),
             epoch + 1,
         )
@@ -268,7 +269,9 @@ fn dead_maps_message(
     format!(
         "{what}. Start again with another seed (e.g. seed={}), or let `allcnn train --retries N` \
          do it (without translations most seeds of the paper's protocol lose a map in their \
-         first epochs: docs/training.md, \"The fragile start\")",
+         first epochs for good: docs/training.md, \"The fragile start\"); where a silent map \
+         can come back (with translations, or memorising a few images), give it longer with \
+         dead_patience_steps (0: never stop)",
         seed + 1
     )
 }

@@ -1839,7 +1839,9 @@ fn a_dead_class_map_stops_the_run_and_is_named() {
             let text = e.to_string();
             assert!(
                 text.contains("the class map of c2 is dead since step ")
-                    && text.contains("can never predict that class")
+                    && text
+                        .contains("cannot learn that class unless the layers below bring it back")
+                    && text.contains("dead_patience_steps (0: never stop)")
                     && text.contains(&format!("seed={}", c.seed + 1)),
                 "{text}"
             );
