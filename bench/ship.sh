@@ -20,17 +20,23 @@
 #            hardware, protocol, sessions (default RUN/provenance.txt, else
 #            docs/runs/augmented256-seed62/provenance.txt)
 #   WORK     where `check` writes (default target/ship)
-#   WEIGHTS  final (default: the last epoch, the figure to report) or best
+#   WEIGHTS  final (the default: the last epoch, the figure to report);
+#            best only in a rehearsal
 #   REHEARSE=1  a rehearsal: ships nothing (`install` refuses), does not
 #            require beating the shipped model, leaves out the numpy rebuild
 #            (10 min on 2 cores)
+#   CARGO_TARGET_DIR  as cargo's (default target/)
 set -euo pipefail
 MODE=${1:-}
 RUN=${2:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ALLCNN=${ALLCNN:-$ROOT/target/release/allcnn}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+ALLCNN=${ALLCNN:-$TARGET/release/allcnn}
 D=${D:-$ROOT/../shared/data/cifar10-jpg}
-WORK=${WORK:-$ROOT/target/ship}
+WORK=${WORK:-$TARGET/ship}
+# Absolute, as `figures` works in another folder.
+[ -d "$D" ] && D=$(cd "$D" && pwd)
+[ -z "$RUN" ] || [ ! -d "$RUN" ] || RUN=$(cd "$RUN" && pwd)
 WEIGHTS=${WEIGHTS:-final}
 REHEARSE=${REHEARSE:-}
 P=$ROOT/allcnn-models/pretrained/all-cnn-c-cifar10
@@ -48,11 +54,18 @@ with open(sys.argv[1], "rb") as f:
 PY
 }
 pct() { python3 -c "import sys; print(f'{100*float(sys.argv[1]):.2f}%')" "$1"; }
+# Whether the condition on the floats a and b holds: holds A 'a > b' B
+holds() { python3 -c "import sys; a, b = map(float, sys.argv[1:3]); sys.exit(not eval(sys.argv[3]))" "$1" "$3" "$2"; }
+sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 need_run() {
   [ -n "$RUN" ] || die "give the run directory: bench/ship.sh $MODE RUN"
   [ -f "$RUN/metrics.jsonl" ] || die "$RUN is not a run directory (no metrics.jsonl)"
-  case $WEIGHTS in final|best) ;; *) die "WEIGHTS=$WEIGHTS: final or best" ;; esac
+  case $WEIGHTS in
+    final) ;;
+    best) [ -n "$REHEARSE" ] || die "WEIGHTS=best only with REHEARSE=1: ship the last epoch, not the one the test subset chose" ;;
+    *) die "WEIGHTS=$WEIGHTS: final (or best, for a rehearsal)" ;;
+  esac
   [ -f "$RUN/$WEIGHTS.safetensors" ] ||
     die "$RUN/$WEIGHTS.safetensors is missing (an unfinished run has no final weights: resume it to the end first)"
 }
@@ -83,18 +96,18 @@ check() {
   top5=$(json "$WORK/eval-full-f32.json" top5)
   shipped=$(json "$P/eval.json" top1)
   echo "   $(pct "$full") top-1 / $(pct "$top5") top-5; shipped now: $(pct "$shipped")"
-  if ! python3 -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$full" "$shipped"; then
+  if ! holds "$full" 'a > b' "$shipped"; then
     [ -n "$REHEARSE" ] || die "epoch $epoch ($(pct "$full")) does not beat the shipped model ($(pct "$shipped")): record it, ship nothing"
     echo "   (rehearsal: it does not beat the shipped model; going on)"
   fi
 
   echo "== 2. export: rank-1024 f16 whitening, f16 parameters, evaluated as exported"
   local args=() line key
-  while IFS= read -r line; do
+  while IFS= read -r line || [ -n "$line" ]; do
     case $line in ''|'#'*) continue ;; esac
     key=${line%%=*}
     case $key in
-      commit) args+=(--provenance "$line (training; exported with $(git -C "$ROOT" rev-parse --short HEAD))") ;;
+      commit) args+=(--provenance "$line (training; exported with $(git -C "$ROOT" describe --always --dirty))") ;;
       sessions) ;;
       *) args+=(--provenance "$line") ;;
     esac
@@ -126,8 +139,11 @@ PY
 
   echo "== 3. compact file against full whitening: under 0.1 point"
   echo "   compact $(pct "$compact"), full $(pct "$full")"
-  python3 -c "import sys; sys.exit(not abs(float(sys.argv[1]) - float(sys.argv[2])) < 0.001)" "$compact" "$full" ||
+  holds "$compact" 'abs(a - b) < 0.001' "$full" ||
     die "the compact file moves top-1 by 0.1 point or more: ship the full file, or a larger --whitening-rank"
+  if ! holds "$compact" 'a > b' "$shipped"; then
+    [ -n "$REHEARSE" ] || die "the compact file ($(pct "$compact")) does not beat the shipped one ($(pct "$shipped")): ship nothing"
+  fi
 
   if [ -n "$REHEARSE" ]; then
     echo "== 4. numpy rebuild: left out (REHEARSE=1)"
@@ -137,19 +153,32 @@ PY
     local numpy
     numpy=$(json "$WORK/numpy.json" top1)
     echo "   numpy $(pct "$numpy"), allcnn $(pct "$compact") (a few JPEG-decoder flips are expected: 1-11 images so far)"
-    python3 -c "import sys; sys.exit(not abs(float(sys.argv[1]) - float(sys.argv[2])) < 0.003)" "$numpy" "$compact" ||
+    holds "$numpy" 'abs(a - b) < 0.003' "$compact" ||
       die "the numpy rebuild is 0.3 point or more off allcnn's figure: the format or its documentation has drifted"
   fi
-  echo "$RUN" > "$WORK/run"
+  # What was checked, for install: the run, the weights and their digest.
+  printf '%s\n%s\n%s\n' "$RUN" "$WEIGHTS" "$(sha "$w")" > "$WORK/run"
   echo "checked: $WORK/export is ready; next: bench/ship.sh install $RUN"
 }
 
 install() {
   need_run
   [ -z "$REHEARSE" ] || die "REHEARSE=1: nothing is installed from a rehearsal"
-  [ -f "$WORK/export/eval.json" ] && [ "$(cat "$WORK/run" 2>/dev/null)" = "$RUN" ] ||
-    die "no checked export of $RUN in $WORK: bench/ship.sh check $RUN first"
+  local checked
+  checked=$(printf '%s\n%s\n%s' "$RUN" "$WEIGHTS" "$(sha "$RUN/$WEIGHTS.safetensors")")
+  [ -f "$WORK/export/eval.json" ] && [ "$(cat "$WORK/run" 2>/dev/null)" = "$checked" ] ||
+    die "no checked export of $RUN/$WEIGHTS.safetensors as it is now in $WORK: bench/ship.sh check $RUN first"
   [ -f "$WORK/numpy.json" ] || die "$WORK has no numpy rebuild: run check without REHEARSE"
+  for f in metrics.jsonl learning-curve.svg config.toml; do
+    [ -f "$RUN/$f" ] || die "$RUN/$f is missing"
+  done
+  holds "$(meta "$WORK/export/model.safetensors" allcnn.eval.top1)" 'a == b' "$(json "$WORK/export/eval.json" top1)" ||
+    die "$WORK/export/model.safetensors records another top-1 (allcnn.eval.top1) than its eval.json"
+  [ -z "$(git -C "$ROOT" status --porcelain -- "$P")" ] ||
+    die "$P has uncommitted changes: commit or restore them first (git checkout -- $P)"
+  # From here on a failure puts the shipped files back as committed.
+  trap 'rc=$?; if [ "$rc" -ne 0 ]; then echo "ship: install failed; restoring $P as committed" >&2; git -C "$ROOT" checkout -- "$P"; git -C "$ROOT" clean -fq -- "$P"; fi' EXIT
+
   echo "== 5. into the crate ($P)"
   cp "$WORK"/export/{model.safetensors,config.json,README.md,eval.json} "$P/"
   cp "$RUN/metrics.jsonl" "$RUN/learning-curve.svg" "$P/"
@@ -160,18 +189,16 @@ text = open(sys.argv[1]).read()
 open(sys.argv[2], "w").write(re.sub(r'(?m)^path = ".*"$', 'path = "../shared/data/cifar10-jpg"', text, count=1))
 PY
   git -C "$ROOT" status --short -- "$P"
-  [ "$(meta "$P/model.safetensors" allcnn.eval.top1)" = "$(json "$P/eval.json" top1)" ] ||
-    die "$P/model.safetensors records another top-1 (allcnn.eval.top1) than its eval.json"
 
   echo "== 6. the binary with the new weights embedded"
   (cd "$ROOT" && cargo build --release -p allcnn-cli)
-  local bin=$ROOT/target/release/allcnn
+  local bin=$TARGET/release/allcnn
   "$bin" pretrained list
   "$bin" eval --data "$D" --json > "$WORK/eval-embedded.json"
   local want got
   want=$(json "$WORK/export/eval.json" top1)
   got=$(json "$WORK/eval-embedded.json" top1)
-  [ "$want" = "$got" ] || die "the embedded model scores $got, the export $want"
+  holds "$got" 'a == b' "$want" || die "the embedded model scores $got, the export $want"
   echo "   embedded: $(pct "$got") (= the export)"
   "$bin" eval --data "$D" --precision bf16 --json > "$WORK/eval-embedded-bf16.json"
   echo "   embedded, --precision bf16: $(pct "$(json "$WORK/eval-embedded-bf16.json" top1)")"
@@ -183,17 +210,18 @@ PY
     cargo test --release -p allcnn-cli --test cli shipped_weights &&
     cargo test --release -p allcnn-train --test real_data shipped &&
     cargo test --release -p allcnn-train --test classify shipped &&
-    rm -f target/package/allcnn-models-*.crate &&
+    rm -f "$TARGET"/package/allcnn-models-*.crate &&
     cargo package --workspace --exclude allcnn-testing --no-verify --allow-dirty --quiet)
   local crate size
-  crate=$(ls "$ROOT"/target/package/allcnn-models-*.crate)
+  crate=$(ls "$TARGET"/package/allcnn-models-*.crate)
   size=$(stat -c %s "$crate")
   [ "$size" -lt $((10 * 1024 * 1024)) ] || die "$crate is $size bytes: over crates.io's 10 MiB"
-  echo "installed; $crate is $size bytes. Next: bench/ship.sh figures"
+  trap - EXIT
+  echo "installed (not committed); $crate is $size bytes. Next: bench/ship.sh figures"
 }
 
 figures() {
-  local bin=$ROOT/target/release/allcnn
+  local bin=$TARGET/release/allcnn
   [ -x "$bin" ] || die "no binary at $bin: bench/ship.sh install first"
   [ -d "$D/test" ] || die "no CIFAR-10 image folder at $D (set D)"
   local dir=$WORK/figures
@@ -231,5 +259,5 @@ case $MODE in
   check) check ;;
   install) install ;;
   figures) figures ;;
-  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
 esac

@@ -125,10 +125,15 @@ pub fn open_split(
         DataError::BadImage { .. } if skip_flag => anyhow::anyhow!(
             "{e}; remove or replace the file, or pass --skip-bad-images to leave out the images that cannot be read"
         ),
+        // The split's own folder (not a mistyped --data path beside it).
         DataError::MissingFile { path, .. }
             if path
-                .parent()
-                .is_some_and(allcnn_data::folder::has_split_folders) =>
+                .file_name()
+                .is_some_and(|n| n == allcnn_data::Split::from(split).name())
+                && path.parent().is_some_and(|p| {
+                    allcnn_data::folder::has_split_folders(p)
+                        && matches!((p.canonicalize(), data.canonicalize()), (Ok(a), Ok(b)) if a == b)
+                }) =>
         {
             let other = match split {
                 crate::values::SplitArg::Train => "test",

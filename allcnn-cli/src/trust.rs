@@ -351,7 +351,7 @@ fn uncompared(
         .collect();
     lines.extend(verdicts.iter().filter(|v| !v.comparable).map(|v| {
         format!(
-            "{}: no image is left to compare, so its verdict is n/a",
+            "{}: a comparison its verdict rests on has no image left (above), so the verdict is n/a",
             v.method
         )
     }));
@@ -425,7 +425,7 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "grad-cam: no image is left to compare, so its verdict is n/a"
+            "grad-cam: a comparison its verdict rests on has no image left (above), so the verdict is n/a"
         );
         assert!(super::uncompared(&rows[..1], &verdicts[..1], 10).is_empty());
     }

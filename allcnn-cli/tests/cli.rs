@@ -1893,6 +1893,20 @@ fn train_eval_predict_resume_round_trip() {
     );
     assert_ok(&eval(&["--split", "train"]));
     std::fs::rename(&aside, data.join("test")).unwrap();
+    // A mistyped --data beside split folders is not a missing split.
+    let o = allcnn(&[
+        "eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        data.join("tset").to_str().unwrap(),
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("tset is missing") && !stderr(&o).contains("--split"),
+        "{}",
+        stderr(&o)
+    );
 
     // predict knows the class names and the preprocessing from the file.
     let img = data.join("test/dogs/0.png");
