@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Class count of the head (default 10; 1000 for the ImageNet model).
-    #[arg(long, value_parser = crate::values::count::<usize>)]
+    #[arg(long, value_parser = crate::values::classes)]
     classes: Option<usize>,
     /// Precision of the convolution GEMMs: `f32` (the default), `bf16`
     /// (bf16 operands, f32 accumulation) or `auto` (what runs fastest on

@@ -22,10 +22,10 @@ pub enum Command {
         #[arg(long, default_value = "data")]
         dir: PathBuf,
         /// Download from this URL instead of the official one (a mirror).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::values::http_url)]
         url: Option<String>,
         /// Expected MD5 of the archive when --url serves a different file.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::values::md5)]
         md5: Option<String>,
         /// Download and extract again even if the dataset is already there.
         #[arg(long)]

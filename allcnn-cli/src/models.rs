@@ -8,7 +8,7 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct Args {
     /// Class count of the head (default: 10 for CIFAR models, 1000 for ImageNet).
-    #[arg(long, value_parser = crate::values::count::<usize>)]
+    #[arg(long, value_parser = crate::values::classes)]
     classes: Option<usize>,
     /// Print JSON (one array of objects) instead of a table.
     #[arg(long)]

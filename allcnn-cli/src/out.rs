@@ -191,16 +191,27 @@ pub fn refuse_writing_over_inputs<'a>(
     Ok(())
 }
 
-/// Fails where `out` lies inside the data set folder `data`: a figure
-/// written there could replace one of its images, or be read as one.
+/// Fails where `out` (a file or a folder, made or to be made) lies inside
+/// the data set folder `data`: a figure written there could replace one of
+/// its images or be read as one, and a run or report folder there becomes
+/// a class folder without images, which every later use of the data set
+/// refuses. Its nearest existing folder is what is compared.
 pub fn outside_data(out: &Path, data: &Path) -> Result<()> {
-    let folder = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let (Ok(folder), Ok(data_real)) =
-        (std::fs::canonicalize(folder), std::fs::canonicalize(data))
-    {
+    let mut folder = out;
+    let existing = loop {
+        if folder.is_dir() {
+            break Some(folder);
+        }
+        match folder.parent() {
+            Some(p) if p.as_os_str().is_empty() => break Some(Path::new(".")),
+            Some(p) => folder = p,
+            None => break None,
+        }
+    };
+    if let (Some(Ok(folder)), Ok(data_real)) = (
+        existing.map(std::fs::canonicalize),
+        std::fs::canonicalize(data),
+    ) {
         if folder.starts_with(&data_real) {
             bail!(
                 "--out {} lies inside the data set --data {}, where it could replace one of its images or be read as one; write it elsewhere",

@@ -92,6 +92,7 @@ fn pct(v: Option<f64>) -> String {
 
 pub fn run(args: &Args) -> Result<()> {
     let experiment: Experiment = args.experiment.parse()?;
+    crate::out::outside_data(&args.out, &args.data)?;
     let mut options = ReproduceOptions::new(experiment, &args.data, &args.out);
     options.epochs = args.epochs;
     options.overrides = args.set.clone();
@@ -220,7 +221,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if report.interrupted {
         let why = crate::Stopped::of(&trainer);
-        eprintln!("{why}: the current model has a checkpoint; rerun the same command to resume");
+        eprintln!(
+            "{why}: the current model has a checkpoint; rerun the same command to resume it and the rows after it (`allcnn train --resume` above resumes that model alone, outside the report)"
+        );
         return Err(why.into());
     }
     Ok(())

@@ -259,6 +259,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let Some(out) = &args.out else {
         usage!("no run directory: pass --out RUN");
     };
+    crate::out::outside_data(out, &data_path)?;
     // Said before the data are read (seconds to minutes).
     if !args.grid {
         allcnn_train::trainer::refuse_run_dir_in_use(out)?;

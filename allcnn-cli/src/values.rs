@@ -74,6 +74,43 @@ pub fn count<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
     T::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
+/// `--classes`: a count no class layer can exceed (the spec's channel
+/// limit), so that a typo is a usage error naming the flag rather than an
+/// invalid layer 9.
+pub fn classes(s: &str) -> Result<usize, String> {
+    let n: usize = count(s)?;
+    let most = allcnn_models::SpecLimits::DEFAULT.channels;
+    if n > most {
+        return Err(format!(
+            "{n} classes: a class layer has at most {most} channels"
+        ));
+    }
+    Ok(n)
+}
+
+/// `data download --md5`: 32 hexadecimal digits, as `md5sum` prints them.
+pub fn md5(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err("an MD5 is 32 hexadecimal digits (the first word `md5sum FILE` prints)".into())
+    }
+}
+
+/// `data download --url`: an http:// or https:// URL with a host.
+pub fn http_url(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let rest = ["http://", "https://"]
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .ok_or("only http:// and https:// URLs can be downloaded; for an archive already on this machine, copy it into --dir (it is then checked and extracted)")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the URL names no host".into());
+    }
+    Ok(s.to_string())
+}
+
 /// A Hugging Face repository id `OWNER/NAME`, for `export-hub --repo`:
 /// each part 1-96 letters, digits, `-`, `_` or `.`, neither starting nor
 /// ending with `-` or `.`, without `--` or `..` (the Hub's rules).
@@ -194,6 +231,45 @@ pub fn colormap() -> impl TypedValueParser<Value = allcnn_viz::render::Colormap>
 #[cfg(test)]
 mod tests {
     use super::{count, dataset_id, license_id, repo_id};
+
+    #[test]
+    fn classes_are_bounded_by_the_class_layer() {
+        assert_eq!(super::classes("100").unwrap(), 100);
+        assert!(super::classes("0").unwrap_err().contains("at least 1"));
+        assert!(super::classes("100000000")
+            .unwrap_err()
+            .contains("at most 16384 channels"));
+    }
+
+    #[test]
+    fn md5_and_url_are_checked_as_flags() {
+        assert_eq!(
+            super::md5(" C58F30108F718F92721AF3B95E74349A").unwrap(),
+            "c58f30108f718f92721af3b95e74349a"
+        );
+        for bad in [
+            "nothex",
+            "c58f30108f718f92721af3b95e74349",
+            "g58f30108f718f92721af3b95e74349a",
+        ] {
+            assert!(
+                super::md5(bad).unwrap_err().contains("32 hexadecimal"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            super::http_url("HTTP://mirror.example/c.tar.gz").unwrap(),
+            "HTTP://mirror.example/c.tar.gz"
+        );
+        for (bad, says) in [
+            ("ftp://x/c.tar.gz", "only http:// and https://"),
+            ("notaurl", "only http:// and https://"),
+            ("https://", "names no host"),
+            ("http:///c.tar.gz", "names no host"),
+        ] {
+            assert!(super::http_url(bad).unwrap_err().contains(says), "{bad}");
+        }
+    }
 
     #[test]
     fn counts_are_said_in_words() {

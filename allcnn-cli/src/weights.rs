@@ -31,7 +31,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = crate::values::model_name())]
     pub model: Option<String>,
     /// Class count, with --model.
-    #[arg(long, value_parser = crate::values::count::<usize>)]
+    #[arg(long, value_parser = crate::values::classes)]
     pub classes: Option<usize>,
     /// Precision of the convolutions on CPU: `f32` (the default: exact
     /// against PyTorch), `bf16` (bf16 operands, f32 accumulation: about
@@ -97,7 +97,9 @@ impl ModelArgs {
 pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
     let Some(weights) = &args.weights else {
         if args.model.is_some() || args.classes.is_some() {
-            bail!("--model and --classes describe a --weights file; pass --weights FILE with them");
+            usage!(
+                "--model and --classes describe a --weights file; pass --weights FILE with them"
+            );
         }
         let file = AllCnnC::Cifar10.load(device)?;
         return finish(file, Path::new(AllCnnC::Cifar10.name()), args.precision);

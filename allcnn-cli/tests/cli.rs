@@ -730,6 +730,44 @@ fn outputs_never_replace_inputs_found_in_folders_or_foreign_files() {
         "{}",
         stderr(&o)
     );
+    // A run or report folder there, even one not made yet, would become a
+    // class folder without images: refused before anything is written.
+    for args in [
+        vec![
+            "train",
+            "--preset",
+            "cifar10",
+            "--data",
+            "DATA",
+            "--out",
+            "data/train/runs/a",
+        ],
+        vec![
+            "reproduce",
+            "table3",
+            "--data",
+            "DATA",
+            "--out",
+            "data/report",
+        ],
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                "DATA" => s(&p("data")),
+                a if a.starts_with("data/") => s(&p(a)),
+                a => a.to_string(),
+            })
+            .collect();
+        let o = allcnn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_exit(&o, 1);
+        assert!(
+            stderr(&o).contains("lies inside the data set"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!p("data/train").exists() && !p("data/report").exists());
 
     // Labels of a tensor input are class indices of the model, or refused
     // with their image (not truncated or wrapped).
@@ -1066,7 +1104,7 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     // Values out of range and missing arguments: usage errors, exit 2.
     let png = s(&dir.path().join("top.png"));
     let nodata = s(&dir.path().join("no-such-data"));
-    let usage: [&[&str]; 10] = [
+    let usage: [&[&str]; 14] = [
         &[
             "viz", "top", "--data", &nodata, "--layer", "conv6", "-k", "0", "--out", &png,
         ],
@@ -1098,6 +1136,22 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
         ],
         &["viz", "--method", "gradient"],
         &["models", "--classes", "0"],
+        // More classes than a class layer can have; a head without the
+        // file it describes; a checksum or a URL that cannot be one.
+        &["models", "--classes", "100000000"],
+        &["predict", "--classes", "7", img_s],
+        &[
+            "data", "download", "cifar10", "--dir", dir_s, "--md5", "nothex",
+        ],
+        &[
+            "data",
+            "download",
+            "cifar10",
+            "--dir",
+            dir_s,
+            "--url",
+            "ftp://x/c.tar.gz",
+        ],
         // Settings that would do nothing (they were ignored without a word).
         &[
             "viz", "--method", "gradient", "--input", img_s, "--out", dir_s, "--alpha", "0.3",

@@ -720,10 +720,12 @@ fn extract(archive: &Path, dir: &Path, kind: CifarKind) -> Result<(), DataError>
         return Err(e);
     }
     if target.exists() {
-        log::warn!(
-            "{}: replacing an incomplete dataset folder",
-            target.display()
-        );
+        // Complete only under --force (a complete folder is kept otherwise).
+        let what = match missing_member(&target, kind) {
+            None => "the dataset folder (--force)",
+            Some(_) => "an incomplete dataset folder",
+        };
+        log::warn!("{}: replacing {what}", target.display());
         std::fs::remove_dir_all(&target).map_err(|e| DataError::io("cannot remove", &target, e))?;
     }
     let from = tmp.join(kind.folder());

@@ -68,12 +68,15 @@ impl LrSchedule {
 
     /// The epochs at which the rate drops in a run of `total_epochs`
     /// (empty for [`LrSchedule::Constant`] and [`LrSchedule::StepIters`]).
+    /// A scaled drop is never before the end of the first epoch: a short
+    /// run that rounds a small fraction to 0 would otherwise train at the
+    /// dropped rate from the start, never at the one it was given.
     pub fn milestone_epochs(&self, total_epochs: u64) -> Vec<u64> {
         match self {
             LrSchedule::MultiStep { milestones, .. } => milestones.clone(),
             LrSchedule::Scaled { fractions, .. } => fractions
                 .iter()
-                .map(|f| (f * total_epochs as f64).round() as u64)
+                .map(|f| ((f * total_epochs as f64).round() as u64).max(1))
                 .collect(),
             LrSchedule::Constant | LrSchedule::StepIters { .. } => Vec::new(),
         }

@@ -154,6 +154,17 @@ fn scaled_schedule_keeps_the_paper_shape() {
     assert!((s.lr(1.0, 20, 0, 35) - 0.1).abs() < 1e-12);
     assert!((s.lr(1.0, 25, 0, 35) - 0.01).abs() < 1e-12);
     assert!((s.lr(1.0, 30, 0, 35) - 0.001).abs() < 1e-12);
+    // A fraction that rounds to epoch 0 in a short run drops after the
+    // first epoch, not before it (a 1-epoch ImageNet run trained at a
+    // tenth of its rate).
+    let early = LrSchedule::Scaled {
+        fractions: vec![0.1, 0.4, 0.9],
+        gamma: 0.1,
+    };
+    assert_eq!(early.milestone_epochs(1), vec![1, 1, 1]);
+    assert_eq!(early.lr(0.01, 0, 0, 1), 0.01);
+    assert_eq!(early.milestone_epochs(3), vec![1, 1, 3]);
+    assert!((early.lr(0.01, 1, 0, 3) - 0.0001).abs() < 1e-15);
     assert!(LrSchedule::Scaled {
         fractions: vec![0.5, 1.5],
         gamma: 0.1

@@ -239,7 +239,8 @@ impl ReproduceOptions {
     ///
     /// # Errors
     /// [`TrainError::BadOverride`] for a malformed override or one that sets
-    /// `model`, `spec` or `data.path` (given per row and by `data`);
+    /// `model`, `spec` or `data.path` (given per row and by `data`), or
+    /// `epochs` or the `schedule` (given by `epochs`);
     /// [`TrainError::InvalidConfig`] when the result is not valid.
     pub fn config(&self, row: &PaperRow) -> Result<TrainConfig, TrainError> {
         let mut c = TrainConfig::preset(self.experiment.preset())?;
@@ -258,6 +259,14 @@ impl ReproduceOptions {
                 return Err(TrainError::BadOverride {
                     item: item.clone(),
                     reason: "reproduce sets the model of each row (choose rows with --models) and the data path (--data)".into(),
+                });
+            }
+            // The report states the protocol from --epochs: an override
+            // would train another one than it says.
+            if key == "epochs" || key == "schedule" || key.starts_with("schedule.") {
+                return Err(TrainError::BadOverride {
+                    item: item.clone(),
+                    reason: "reproduce sets the epochs and the learning-rate schedule: the paper's, or with --epochs N the paper's scaled to N epochs".into(),
                 });
             }
             c.set(item)?;

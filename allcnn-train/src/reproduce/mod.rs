@@ -566,10 +566,10 @@ fn scaled_protocol(schedule: &LrSchedule, epochs: u64) -> String {
     let at: Vec<String> = drops
         .iter()
         .map(|(m, n)| {
-            let times = if *n > 1 {
-                format!(" (x{n})")
-            } else {
-                String::new()
+            let times = match n {
+                1 => String::new(),
+                2 => " (twice)".to_string(),
+                n => format!(" ({n} times)"),
             };
             format!("{}{times}", m + 1)
         })
@@ -735,8 +735,18 @@ mod tests {
         assert_eq!(c.schedule.milestone_epochs(35), vec![20, 25, 30]);
         assert_eq!(c.lr, 0.01);
         assert_eq!(c.data.path.as_deref(), Some(Path::new("/data")));
-        o.overrides = vec!["model=all-cnn-c".into()];
-        assert!(matches!(o.config(row), Err(TrainError::BadOverride { .. })));
+        for bad in [
+            "model=all-cnn-c",
+            "epochs=3",
+            "schedule.kind=constant",
+            "schedule.gamma=0.5",
+        ] {
+            o.overrides = vec![bad.into()];
+            assert!(
+                matches!(o.config(row), Err(TrainError::BadOverride { .. })),
+                "{bad}"
+            );
+        }
         let mut o = ReproduceOptions::new(Experiment::Imagenet, "/data", "/out");
         o.epochs = Some(9);
         let c = o.config(&Experiment::Imagenet.rows()[0]).unwrap();
@@ -754,6 +764,6 @@ mod tests {
             "scaled to 35 epochs: learning rate x0.1 at the start of epochs 21, 26, 31 (the paper's drops at the same fractions of the run)"
         );
         assert!(scaled_protocol(&s, 1).contains("too short"));
-        assert!(scaled_protocol(&s, 2).contains("epoch 2 (x2)"));
+        assert!(scaled_protocol(&s, 2).contains("epoch 2 (twice)"));
     }
 }
