@@ -106,6 +106,9 @@ pub fn run(cmd: &Command) -> Result<()> {
             } else {
                 out!("{}", crate::printable(&i.to_string()))?;
             }
+            for p in i.problems() {
+                eprintln!("warning: {}", crate::printable(&p));
+            }
         }
     }
     Ok(())

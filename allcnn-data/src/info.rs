@@ -67,6 +67,55 @@ pub struct DatasetInfo {
     pub splits: Vec<SplitInfo>,
 }
 
+impl DatasetInfo {
+    /// What would make training or evaluation refuse this data set, in
+    /// words: a class folder without images, splits with other classes.
+    /// Empty when there is nothing to say.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.splits {
+            let empty: Vec<&str> = s
+                .classes
+                .iter()
+                .filter(|c| c.count == 0)
+                .map(|c| c.name.as_str())
+                .collect();
+            if !empty.is_empty() {
+                out.push(format!(
+                    "{}: no image in the class folder{} {}: training and evaluation refuse a class without examples",
+                    s.name,
+                    if empty.len() == 1 { "" } else { "s" },
+                    empty.join(", ")
+                ));
+            }
+        }
+        let names = |s: &SplitInfo| s.classes.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        if let [first, rest @ ..] = self.splits.as_slice() {
+            for other in rest {
+                if names(first) != names(other) {
+                    out.push(format!(
+                        "{} has the classes [{}], {} [{}]: training refuses them, as the labels would not match",
+                        first.name,
+                        names(first).join(", "),
+                        other.name,
+                        names(other).join(", ")
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `n` and the noun, in the plural unless `n` is 1.
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 impl fmt::Display for DatasetInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "format: {}", self.format)?;
@@ -75,10 +124,10 @@ impl fmt::Display for DatasetInfo {
             writeln!(f)?;
             writeln!(
                 f,
-                "{}: {} images, {} classes ({})",
+                "{}: {}, {} ({})",
                 s.name,
-                s.images,
-                s.classes.len(),
+                count(s.images, "image", "images"),
+                count(s.classes.len(), "class", "classes"),
                 s.path.display()
             )?;
             let width = s

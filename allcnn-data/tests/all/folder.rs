@@ -226,6 +226,11 @@ fn info_and_open_on_split_folders() {
     assert_eq!(i.splits[0].classes[2].name, "cat");
     let table = i.to_string();
     assert!(table.contains("train: 5 images, 3 classes"), "{table}");
+    // val/ lacks cat: said, as training refuses it.
+    assert_eq!(
+        i.problems(),
+        ["train has the classes [ant, bee, cat], val [ant, bee]: training refuses them, as the labels would not match"]
+    );
     let json = serde_json::to_value(&i).unwrap();
     assert_eq!(json["format"], "image-folder");
     let test = open_dataset(tmp.path(), Split::Test, &OpenOptions::default()).unwrap();
@@ -252,6 +257,34 @@ fn split_folders_are_found_whatever_their_case() {
     assert_eq!(test.len(), 2);
     let i = info(tmp.path()).unwrap();
     assert_eq!(i.splits.len(), 2, "{i}");
+}
+
+#[test]
+fn info_says_what_training_would_refuse() {
+    // test/ with a class train/ lacks, and an empty class folder: both
+    // said, with the counts in words.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(&tmp.path().join("train"));
+    png(&tmp.path().join("test/ant/1.png"), 4, 3, 1);
+    std::fs::create_dir_all(tmp.path().join("test/cat")).unwrap();
+    png(&tmp.path().join("test/wasp/1.png"), 4, 3, 1);
+    let i = info(tmp.path()).unwrap();
+    let p = i.problems();
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("test: no image in the class folder cat:"),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[1].starts_with("train has the classes [ant, bee, cat], test [ant, cat, wasp]"),
+        "{}",
+        p[1]
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    png(&tmp.path().join("train/ant/1.png"), 4, 3, 1);
+    let table = info(tmp.path()).unwrap().to_string();
+    assert!(table.contains("train: 1 image, 1 class ("), "{table}");
 }
 
 #[test]
