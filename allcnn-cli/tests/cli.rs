@@ -1871,6 +1871,22 @@ fn train_eval_predict_resume_round_trip() {
         note.contains("is a training checkpoint: using its weights at step"),
         "{note}"
     );
+    // Its predictions name the classes (the run's weights files beside it
+    // record them; the checkpoint does not).
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        run.join("checkpoint.safetensors").to_str().unwrap(),
+        data.join("test/dogs/0.png").to_str().unwrap(),
+        "--top-k",
+        "2",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("cats") && stdout(&o).contains("dogs"),
+        "{}",
+        stdout(&o)
+    );
     // Without the run's preprocessing beside it: refused, saying why.
     let lone = dir.path().join("lone");
     std::fs::create_dir(&lone).unwrap();
