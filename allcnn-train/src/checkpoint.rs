@@ -230,7 +230,7 @@ impl Checkpoint {
         let classes = spec.classes().ok();
         if let Some(names) = pre_path
             .parent()
-            .and_then(|dir| recorded_class_names(dir))
+            .and_then(recorded_class_names)
             .filter(|n| Some(n.len()) == classes)
         {
             meta.set_class_names(&names);
@@ -365,6 +365,32 @@ fn checksum<'a>(state: &str, tensors: impl Iterator<Item = (&'a str, &'a [u8])>)
     h.finalize()
 }
 
+/// The class names recorded in a run's final or best weights in `dir`
+/// (only their safetensors headers are read).
+fn recorded_class_names(dir: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    [crate::trainer::files::FINAL, crate::trainer::files::BEST]
+        .iter()
+        .find_map(|name| {
+            let mut f = std::fs::File::open(dir.join(name)).ok()?;
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).ok()?;
+            let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
+            // A header is a few kilobytes; more is not one of ours.
+            if n > 16 << 20 {
+                return None;
+            }
+            let mut header = vec![0u8; n];
+            f.read_exact(&mut header).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+            let names = v
+                .get("__metadata__")?
+                .get(allcnn_models::KEY_CLASS_NAMES)?
+                .as_str()?;
+            serde_json::from_str(names).ok()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::EpochPartial;
@@ -394,30 +420,4 @@ mod tests {
         let back: EpochPartial = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
         assert_eq!(back.silent_classes(), [1]);
     }
-}
-
-/// The class names recorded in a run's final or best weights in `dir`
-/// (only their safetensors headers are read).
-fn recorded_class_names(dir: &Path) -> Option<Vec<String>> {
-    use std::io::Read;
-    [crate::trainer::files::FINAL, crate::trainer::files::BEST]
-        .iter()
-        .find_map(|name| {
-            let mut f = std::fs::File::open(dir.join(name)).ok()?;
-            let mut len = [0u8; 8];
-            f.read_exact(&mut len).ok()?;
-            let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
-            // A header is a few kilobytes; more is not one of ours.
-            if n > 16 << 20 {
-                return None;
-            }
-            let mut header = vec![0u8; n];
-            f.read_exact(&mut header).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-            let names = v
-                .get("__metadata__")?
-                .get(allcnn_models::KEY_CLASS_NAMES)?
-                .as_str()?;
-            serde_json::from_str(names).ok()
-        })
 }
