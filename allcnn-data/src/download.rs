@@ -127,6 +127,22 @@ pub fn download_cifar(
     // The folders this call creates are removed again if it fails before
     // anything lands in them (a partial download stays, to be resumed).
     let created = first_missing_ancestor(dir);
+    // A file where the folder or one of its parents should be ("File
+    // exists" said nothing of which).
+    if let Some(file) = dir.ancestors().find(|a| a.is_file()) {
+        return Err(DataError::InvalidConfig {
+            name: "dir",
+            value: dir.display().to_string(),
+            reason: if file == dir {
+                "it is a file, not a folder: give a folder to download into".into()
+            } else {
+                format!(
+                    "{} is a file, not a folder: give a folder to download into",
+                    file.display()
+                )
+            },
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|e| DataError::io("cannot create", dir, e))?;
     let result = download_into(kind, dir, opts, url, &md5);
     if result.is_err() {

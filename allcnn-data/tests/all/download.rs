@@ -365,6 +365,38 @@ fn http_error_names_url() {
 }
 
 #[test]
+fn a_file_where_the_folder_goes_is_named() {
+    // No server needed: refused before any request.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("data");
+    std::fs::write(&file, b"mine").unwrap();
+    let md5 = "0".repeat(32);
+    for (dir, says) in [
+        (file.clone(), "it is a file, not a folder".to_string()),
+        (
+            file.join("sub"),
+            format!("{} is a file, not a folder", file.display()),
+        ),
+    ] {
+        let err = download_cifar(
+            CifarKind::Cifar10,
+            &dir,
+            &opts("http://127.0.0.1:9/x", &md5),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&says), "{msg}");
+        // The file named once.
+        assert_eq!(
+            msg.matches(&*file.display().to_string()).count(),
+            1,
+            "{msg}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}
+
+#[test]
 fn a_failed_download_leaves_no_empty_folders_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let md5 = "0".repeat(32);
