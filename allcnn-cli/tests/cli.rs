@@ -3259,8 +3259,9 @@ fn shipped_weights_are_the_default_of_predict_eval_and_viz() {
         "{}",
         stdout(&default)
     );
+    // A usage error: --model describes a --weights file.
     let o = allcnn(&["predict", "--model", "all-cnn-c", cat.to_str().unwrap()]);
-    assert_exit(&o, 1);
+    assert_exit(&o, 2);
     assert!(stderr(&o).contains("--weights"), "{}", stderr(&o));
 
     // eval on a ten-image folder, with and without --weights/--model/--classes.
