@@ -159,6 +159,17 @@ pub fn download_cifar(
     result
 }
 
+/// Up to `n` bytes from the start of `path` (fewer, or none, when it is
+/// shorter or unreadable).
+fn first_bytes(path: &Path, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(n);
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(n as u64).read_to_end(&mut head);
+    }
+    head
+}
+
 /// The outermost folder of `dir` that does not exist yet (`dir` itself, or
 /// one of its ancestors), `None` when `dir` exists.
 fn first_missing_ancestor(dir: &Path) -> Option<PathBuf> {
@@ -240,7 +251,24 @@ fn download_into(
         outcome.resumed = resumed;
         let found = file_md5(&part)?;
         if found != *md5 {
+            // Not an archive at all (an error or login page served with
+            // status 200): say so, rather than point at --md5.
+            let head = first_bytes(&part, 64);
             remove_file(&part)?;
+            if !head.starts_with(&[0x1f, 0x8b]) {
+                let shown: String = String::from_utf8_lossy(&head)
+                    .chars()
+                    .take(40)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                return Err(DataError::Http {
+                    url: url.to_string(),
+                    reason: format!(
+                        "the server sent {got} bytes that are not a gzip archive (they begin `{}`): a web page instead of the file? The download was deleted",
+                        shown.trim()
+                    ),
+                });
+            }
             return Err(DataError::Md5Mismatch {
                 path: part,
                 expected: md5.to_string(),

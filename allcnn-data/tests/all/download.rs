@@ -272,6 +272,26 @@ fn corrupted_download_is_deleted() {
 }
 
 #[test]
+fn a_web_page_instead_of_the_archive_is_said() {
+    // A login or error page served with status 200: not a gzip archive,
+    // so the MD5 and --md5 are beside the point.
+    let page = b"<!DOCTYPE html>\n<html><body>Please sign in</body></html>\n".to_vec();
+    let srv = serve(page, vec![Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let md5 = "0".repeat(32);
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &opts(&srv.url, &md5)).unwrap_err();
+    assert!(matches!(err, DataError::Http { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not a gzip archive (they begin `<!DOCTYPE html> <html><body>Please sign")
+            && msg.contains(&srv.url)
+            && !msg.contains("--md5"),
+        "{msg}"
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
 fn server_without_range_restarts_cleanly() {
     let body = archive(2, None);
     let md5 = md5_of(&body);
