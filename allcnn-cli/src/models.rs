@@ -147,9 +147,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     if sources.is_empty() {
+        let n = rows.first().map_or(0, |r| r.classes);
         outln!(
-            "\npaper = -: the paper reports no error for heads of {} classes",
-            rows.first().map_or(0, |r| r.classes)
+            "\npaper = -: the paper reports no error for heads of {n} {}",
+            if n == 1 { "class" } else { "classes" }
         )?;
     } else {
         outln!("\npaper = top-1 test error in Springenberg et al. 2014, from:")?;

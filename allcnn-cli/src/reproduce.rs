@@ -190,8 +190,18 @@ pub fn run(args: &Args) -> Result<()> {
             report.device,
             report.host.cpu
         )?;
+        // The model column as wide as its longest label (the ImageNet
+        // row's ran past a fixed 34).
+        let name = |r: &allcnn_train::reproduce::ReportRow| format!("{} ({})", r.label, r.model);
+        let w = report
+            .rows
+            .iter()
+            .map(|r| name(r).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(34);
         outln!(
-            "{:<34} {:>8} {:>8} {:>7}  status",
+            "{:<w$} {:>8} {:>8} {:>7}  status",
             "model",
             "paper",
             "ours",
@@ -199,8 +209,8 @@ pub fn run(args: &Args) -> Result<()> {
         )?;
         for r in &report.rows {
             outln!(
-                "{:<34} {:>8} {:>8} {:>7}  {}",
-                format!("{} ({})", r.label, r.model),
+                "{:<w$} {:>8} {:>8} {:>7}  {}",
+                name(r),
                 format!("{:.2}%", r.paper_error),
                 pct(r.test_error),
                 format!("{}/{}", r.epochs_done, r.epochs),

@@ -3081,6 +3081,20 @@ fn reproduce_a_subset_then_rerun_skips_it() {
         .unwrap_or_else(|| panic!("{out_text}"));
     assert!(row.contains("10.30%") && row.ends_with("done"), "{row}");
     assert!(out_text.contains("not run"), "{out_text}");
+    // Every row's status starts under the header's (the model column is as
+    // wide as the longest row's name).
+    let header = out_text.lines().find(|l| l.starts_with("model ")).unwrap();
+    let at = header.find("status").unwrap();
+    for l in out_text
+        .lines()
+        .filter(|l| l.contains(" (all-cnn") || l.contains(" (model-"))
+    {
+        let status = &l[at..];
+        assert!(
+            ["done", "not run"].iter().any(|s| status.starts_with(s)),
+            "{header}\n{l}"
+        );
+    }
     // Two classes, not CIFAR-10's ten: said on stderr and in the report.
     assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
     assert!(out.join("all-cnn-a/final.safetensors").is_file());
