@@ -156,6 +156,21 @@ PY
     holds "$numpy" 'abs(a - b) < 0.003' "$compact" ||
       die "the numpy rebuild is 0.3 point or more off allcnn's figure: the format or its documentation has drifted"
   fi
+  # The figures the docs quote (step 5), in one place.
+  python3 - "$WORK" "$epoch" <<'PY' | tee "$WORK/summary.txt"
+import json, os, sys
+work, epoch = sys.argv[1], sys.argv[2]
+full = json.load(open(os.path.join(work, "eval-full-f32.json")))
+comp = json.load(open(os.path.join(work, "export", "eval.json")))
+classes = sorted(full["per_class"], key=lambda c: c["accuracy"])
+print(f"epoch {epoch}: full whitening, f32 {100*full['top1']:.2f}% / {100*full['top5']:.2f}% (loss {full['loss']:.3f}); "
+      f"compact {100*comp['top1']:.2f}% / {100*comp['top5']:.2f}%")
+print("per class (full): " + ", ".join(f"{c['name']} {100*c['accuracy']:.1f}%" for c in classes))
+numpy = os.path.join(work, "numpy.json")
+if os.path.exists(numpy):
+    n = json.load(open(numpy))
+    print(f"numpy rebuild: {100*n['top1']:.2f}% ({round(abs(n['top1'] - comp['top1']) * n['images'])} images off)")
+PY
   # What was checked, for install: the run, the weights and their digest.
   printf '%s\n%s\n%s\n' "$RUN" "$WEIGHTS" "$(sha "$w")" > "$WORK/run"
   echo "checked: $WORK/export is ready; next: bench/ship.sh install $RUN"
