@@ -100,6 +100,12 @@ def main():
         help="torch.autocast to bfloat16 (f32 weights, bf16 convolutions): PyTorch's fastest CPU path "
         "with --channels-last on CPUs with AVX512-BF16 or AMX",
     )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="on CUDA, let cuDNN and cuBLAS use TF32 tensor cores for f32 (PyTorch's default for "
+        "convolutions; off here unless asked, so that the f32 row is f32)",
+    )
     args = p.parse_args()
 
     text = sys.stdin.read() if args.spec == "-" else open(args.spec).read()
@@ -112,6 +118,11 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        # PyTorch's fastest: cuDNN's algorithm search for the fixed shapes.
+        torch.backends.cudnn.benchmark = True
     model = AllCnnRef(spec, classes).to(device)
     side = spec["input_size"]
     n = args.batch * 3 * side * side
@@ -158,7 +169,10 @@ def main():
             {
                 "model": args.model,
                 "mode": args.mode,
-                "conv": "pytorch" + ("-bf16" if args.bf16 else "") + ("-nhwc" if args.channels_last else ""),
+                "conv": "pytorch"
+                + ("-bf16" if args.bf16 else "")
+                + ("-tf32" if args.tf32 and device.type == "cuda" else "")
+                + ("-nhwc" if args.channels_last else ""),
                 "batch": args.batch,
                 "iters": args.iters,
                 "warmup": args.warmup,

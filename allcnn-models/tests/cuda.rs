@@ -110,8 +110,15 @@ fn cudnn_block_matches_cpu_in_all_three_passes() {
                 [flat(&y), grad(&x), grad(&w), grad(&b)]
             };
             let cpu = run(&Device::Cpu, Algorithm::Im2col);
-            // f32 (FMA math), and the bf16 precision (TF32 tensor cores).
+            // f32 (FMA math), and the bf16 precision (TF32 tensor cores)
+            // without the ReLU: TF32 rounding flips its mask where a
+            // pre-activation is near 0 (a numpy simulation of case 0: 4
+            // flips, weight and bias gradients 1e-2 off), which golden.rs
+            // bounds by cosine instead.
             for (algorithm, tol) in [(Algorithm::Im2col, 2e-5), (Algorithm::WinogradBf16, 5e-3)] {
+                if relu && matches!(algorithm, Algorithm::WinogradBf16) {
+                    continue;
+                }
                 let cuda = run(&gpu, algorithm);
                 for (what, (c, g)) in ["output", "input grad", "weight grad", "bias grad"]
                     .iter()

@@ -69,12 +69,18 @@ pub fn train_step(
     // buffer zero-filled and then added to), its gradients ready after the
     // forward; elsewhere candle's, from the loss tensor.
     // The labels on the host, for the statistics and the class-map watch
-    // (a few hundred integers).
-    let host = labels
-        .to_dtype(DType::U32)
-        .and_then(|l| l.to_vec1::<u32>())
-        .ctx(|| format!("reading the labels at step {step}"))?;
+    // (a few hundred integers): read before the pass on CPU (the kernels'
+    // backward takes them), after the backward is queued elsewhere (so a
+    // GPU is not made to wait for them before the forward).
+    let read_labels = || {
+        labels
+            .to_dtype(DType::U32)
+            .and_then(|l| l.to_vec1::<u32>())
+            .ctx(|| format!("reading the labels at step {step}"))
+    };
+    let mut host = Vec::new();
     let fast = if images.device().is_cpu() {
+        host = read_labels()?;
         model.train_grads(images, &host, &mut dropout)?
     } else {
         None
@@ -94,6 +100,9 @@ pub fn train_step(
                 .ctx(|| format!("backward pass at step {step}"))?;
             let (loss_v, logits) =
                 to_host(&loss, &logits).ctx(|| format!("reading the loss at step {step}"))?;
+            if host.is_empty() {
+                host = read_labels()?;
+            }
             (logits, loss_v, grads)
         }
     };
