@@ -135,7 +135,7 @@ pub fn open_split(
                 .is_some_and(|n| n == allcnn_data::Split::from(split).name())
                 && path.parent().is_some_and(|p| {
                     allcnn_data::folder::has_split_folders(p)
-                        && matches!((p.canonicalize(), data.canonicalize()), (Ok(a), Ok(b)) if a == b)
+                        && crate::out::same_folder(p, data)
                 }) =>
         {
             let other = match split {

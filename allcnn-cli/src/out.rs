@@ -282,3 +282,8 @@ impl<'a> Inputs<'a> {
         self.0.iter().find(|(r, _)| *r == real).map(|(_, p)| *p)
     }
 }
+
+/// Whether `a` and `b` name the same folder (`b` exists).
+pub(crate) fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}

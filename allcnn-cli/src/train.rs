@@ -1,6 +1,6 @@
 //! `allcnn train` and `allcnn eval`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -572,7 +572,7 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{model} ({})", args.run.display()));
     let out = args.out.as_ref().unwrap_or(&args.run);
-    let own = same_folder(out, &args.run);
+    let own = crate::out::same_folder(out, &args.run);
     if args.out.is_some() {
         crate::out::check(
             out,
@@ -612,9 +612,4 @@ pub fn run_plot(args: &PlotArgs) -> Result<()> {
         csv.display()
     )?;
     Ok(())
-}
-
-/// Whether `a` and `b` name the same folder (`b` exists).
-fn same_folder(a: &Path, b: &Path) -> bool {
-    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
