@@ -25,6 +25,22 @@ pub enum DeviceSpec {
     Metal(usize),
 }
 
+impl std::fmt::Display for DeviceSpec {
+    /// As given on the command line (`cuda:1`; device 0 without its index).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, index) = match *self {
+            DeviceSpec::Cpu => return f.write_str("cpu"),
+            DeviceSpec::Auto(i) => ("auto", i),
+            DeviceSpec::Cuda(i) => ("cuda", i),
+            DeviceSpec::Metal(i) => ("metal", i),
+        };
+        match index {
+            0 => f.write_str(kind),
+            i => write!(f, "{kind}:{i}"),
+        }
+    }
+}
+
 /// Parses `cpu`, `auto`, `cuda`, `cuda:1`, `metal:0`, ... (a usage error,
 /// exit 2, for anything else).
 pub fn parse_device(spec: &str) -> Result<DeviceSpec, String> {
@@ -65,13 +81,13 @@ impl DeviceArg {
             }
             DeviceSpec::Cuda(index) => {
                 if !candle_core::utils::cuda_is_available() {
-                    bail!("--device cuda: this allcnn was built without CUDA; rebuild with `cargo build --release -p allcnn-cli --features cuda` (or `cudnn`)");
+                    bail!("--device {}: this allcnn was built without CUDA; rebuild with `cargo build --release -p allcnn-cli --features cuda` (or `cudnn`)", self.spec);
                 }
                 Device::new_cuda(index).with_context(|| format!("opening CUDA device {index}"))
             }
             DeviceSpec::Metal(index) => {
                 if !candle_core::utils::metal_is_available() {
-                    bail!("--device metal: this allcnn was built without Metal; rebuild with `cargo build --release -p allcnn-cli --features metal` (macOS only)");
+                    bail!("--device {}: this allcnn was built without Metal; rebuild with `cargo build --release -p allcnn-cli --features metal` (macOS only)", self.spec);
                 }
                 Device::new_metal(index).with_context(|| format!("opening Metal device {index}"))
             }

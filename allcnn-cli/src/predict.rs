@@ -88,18 +88,23 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The images [`load_images`] brought to the model's input size, to be
-/// said once per command ([`Resized::note`]).
+/// What [`load_images`] did to the files beyond decoding them, to be said
+/// once per command ([`InputNotes::note`]): images brought to the model's
+/// input size, and transparency dropped.
 #[derive(Debug, Default)]
-pub struct Resized {
-    /// The first such image and its width and height.
+pub struct InputNotes {
+    /// The first resized image and its width and height.
     first: Option<(PathBuf, usize, usize)>,
     count: usize,
     side: usize,
+    /// The first image with transparent pixels, and how many had them.
+    transparent: Option<PathBuf>,
+    transparent_count: usize,
 }
 
-impl Resized {
-    /// Counts the images of `batch` (made from `paths`) that were resized.
+impl InputNotes {
+    /// Counts the images of `batch` (made from `paths`) that were resized
+    /// or had transparent pixels.
     pub fn record(&mut self, batch: &InputBatch, paths: &[PathBuf]) {
         for i in batch.resized() {
             self.side = batch.images.dims().last().copied().unwrap_or(0);
@@ -107,29 +112,42 @@ impl Resized {
             let (h, w) = batch.original_sizes[i];
             self.first.get_or_insert_with(|| (paths[i].clone(), w, h));
         }
+        for (i, _) in batch.transparent.iter().enumerate().filter(|(_, &t)| t) {
+            self.transparent_count += 1;
+            self.transparent.get_or_insert_with(|| paths[i].clone());
+        }
     }
 
-    /// One line on stderr when any image was resized: a photo brought down
-    /// to 32x32 is not what the network was trained on, and `eval` refuses
-    /// such images for that reason.
+    /// A line on stderr for each kind of change: a photo brought down to
+    /// 32x32 is not what the network was trained on (`eval` refuses such
+    /// images for that reason), and the colours under transparent pixels,
+    /// which a viewer does not show, are what the network sees.
     pub fn note(&self) {
-        let Some((first, w, h)) = &self.first else {
-            return;
-        };
-        let side = self.side;
-        let how = if side < 64 {
-            "resized"
-        } else {
-            "resized and centre-cropped"
-        };
-        let others = match self.count {
+        let others = |n: usize| match n {
             1 => String::new(),
             n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
         };
-        eprintln!(
-            "note: {} ({w}x{h}){others} {how} to the model's {side}x{side} input",
-            first.display()
-        );
+        if let Some((first, w, h)) = &self.first {
+            let side = self.side;
+            let how = if side < 64 {
+                "resized"
+            } else {
+                "resized and centre-cropped"
+            };
+            eprintln!(
+                "note: {} ({w}x{h}){} {how} to the model's {side}x{side} input",
+                first.display(),
+                others(self.count)
+            );
+        }
+        if let Some(first) = &self.transparent {
+            eprintln!(
+                "note: {}{} {} transparent pixels: their alpha is dropped (as PIL's convert(\"RGB\")), so the colours stored under them, which a viewer does not show, are what the network sees",
+                first.display(),
+                others(self.transparent_count),
+                if self.transparent_count == 1 { "has" } else { "have" }
+            );
+        }
     }
 }
 
@@ -141,7 +159,7 @@ pub fn load_images(
     side: usize,
     pre: &Preprocessing,
     device: &Device,
-    resized: &mut Resized,
+    resized: &mut InputNotes,
 ) -> Result<Tensor> {
     let batch = allcnn_data::input::load_batch(paths, side, pre, device)?;
     resized.record(&batch, paths);
@@ -304,7 +322,7 @@ pub fn run(args: &Args) -> Result<()> {
         let classifier = Classifier::with_preprocessing(loaded.file.clone(), pre);
         let mut chunks = Vec::new();
         let bar = crate::progress::bar(paths.len() as u64, "predicting");
-        let mut resized = Resized::default();
+        let mut resized = InputNotes::default();
         for chunk in paths.chunks(args.batch) {
             let batch = classifier.load_images(chunk)?;
             resized.record(&batch, chunk);

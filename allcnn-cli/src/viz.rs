@@ -472,7 +472,7 @@ pub fn run(args: &Args) -> Result<()> {
         } else {
             let paths: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
             // Already said when the images were loaded for the maps.
-            let mut said = crate::predict::Resized::default();
+            let mut said = crate::predict::InputNotes::default();
             load_images(
                 &paths,
                 input.dim(3)?,
@@ -561,7 +561,7 @@ pub(crate) fn read_input(
         .unwrap_or(model.spec().input_size);
     let pre = preprocessing(loaded, &model_args.label());
     let names = paths.iter().map(|p| p.display().to_string()).collect();
-    let mut resized = crate::predict::Resized::default();
+    let mut resized = crate::predict::InputNotes::default();
     let x = load_images(&paths, side, &pre, device, &mut resized)?;
     resized.note();
     Ok((x, None, names))

@@ -407,6 +407,12 @@ fn errors_exit_nonzero_with_a_useful_message() {
     let o = allcnn(&["bench", "--device", "cuda", "--iters", "1", "--batch", "1"]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    // The device as given, index included (`metal:1` was echoed as `metal`).
+    let o = allcnn(&[
+        "bench", "--device", "metal:1", "--iters", "1", "--batch", "1",
+    ]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--device metal:1: "), "{}", stderr(&o));
 
     let o = allcnn(&["frobnicate"]);
     assert_exit(&o, 2); // clap usage errors exit 2
@@ -507,6 +513,35 @@ fn predict_images_with_self_describing_weights() {
     assert_eq!(stderr(&o).matches("note:").count(), 1, "{}", stderr(&o));
     let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).unwrap();
     assert_eq!(t["logits"].dims(), &[2, 4]);
+    // Transparency is dropped (as PIL's convert("RGB")), and said: the
+    // colours under transparent pixels are classified though not seen. An
+    // RGBA file with every pixel opaque is not named.
+    let rgba = dir.path().join("rgba");
+    std::fs::create_dir(&rgba).unwrap();
+    let alpha = |a: u8| {
+        image::RgbaImage::from_fn(32, 32, move |x, _| {
+            image::Rgba([9, 9, 9, if x < 16 { a } else { 255 }])
+        })
+    };
+    alpha(0).save(rgba.join("see-through.png")).unwrap();
+    alpha(255).save(rgba.join("opaque.png")).unwrap();
+    let o = allcnn(&[
+        "predict",
+        "--weights",
+        w.to_str().unwrap(),
+        rgba.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "note: {} has transparent pixels: their alpha is dropped",
+            rgba.join("see-through.png").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("note:").count(), 1, "{err}");
+    assert!(!err.contains("opaque.png"), "{err}");
     // Readable as any file the user makes there (not a private 0600
     // temporary file renamed into place).
     #[cfg(unix)]

@@ -69,8 +69,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 pub struct DownloadOutcome {
     /// The extracted dataset folder, ready for [`crate::CifarDataset::load`].
     pub dataset_dir: PathBuf,
-    /// The archive (absent when `remove_archive`).
-    pub archive: PathBuf,
+    /// The archive, where it is on disk when the call returns: `None` after
+    /// [`DownloadOptions::remove_archive`], or for a dataset found complete
+    /// whose archive had been removed before.
+    pub archive: Option<PathBuf>,
     /// Whether the dataset was already complete (nothing was done).
     pub already_present: bool,
     /// Bytes fetched over the network by this call.
@@ -208,7 +210,7 @@ fn download_into(
     let archive = dir.join(archive_name);
     let mut outcome = DownloadOutcome {
         dataset_dir: target.clone(),
-        archive: archive.clone(),
+        archive: archive.is_file().then(|| archive.clone()),
         already_present: false,
         downloaded_bytes: 0,
         resumed: false,
@@ -303,6 +305,7 @@ fn download_into(
     if opts.remove_archive {
         remove_file(&archive)?;
     }
+    outcome.archive = archive.is_file().then_some(archive);
     Ok(outcome)
 }
 

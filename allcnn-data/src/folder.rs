@@ -148,7 +148,7 @@ fn dangling_target(path: &Path) -> Option<PathBuf> {
 
 /// The error for a file that cannot be opened: a dangling link is a bad
 /// image (named with its target, and skippable), anything else an I/O error.
-fn open_error(path: &Path, e: std::io::Error) -> DataError {
+pub(crate) fn open_error(path: &Path, e: std::io::Error) -> DataError {
     match dangling_target(path) {
         Some(target) => DataError::BadImage {
             path: path.to_path_buf(),
@@ -182,6 +182,16 @@ pub fn decode_image(path: &Path) -> Result<Image, DataError> {
 /// # Errors
 /// [`DataError::BadImage`] when they cannot be decoded.
 pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError> {
+    decode_keeping_opacity(bytes, path).map(|(img, _)| img)
+}
+
+/// [`decode_image_bytes`], and whether the image had pixels that are not
+/// fully opaque: their alpha is dropped (as PIL's `convert("RGB")` does),
+/// so the colours stored under them are what the model sees.
+pub(crate) fn decode_keeping_opacity(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Image, bool), DataError> {
     let bad = |e: &dyn std::fmt::Display| DataError::BadImage {
         path: path.to_path_buf(),
         reason: one_line(e),
@@ -205,9 +215,15 @@ pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError>
             &"truncated JPEG: no end-of-image marker (FF D9), the file was cut short",
         ));
     }
-    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
+    let decoded = reader.decode().map_err(|e| bad(&e))?;
+    let transparent =
+        decoded.color().has_alpha() && decoded.to_rgba8().pixels().any(|p| p[3] < u8::MAX);
+    let img = decoded.to_rgb8();
     let (w, h) = img.dimensions();
-    Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())
+    Ok((
+        Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())?,
+        transparent,
+    ))
 }
 
 /// A decoder's message on one line (some hold newlines).

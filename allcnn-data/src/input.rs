@@ -14,7 +14,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::augment::resize_u8;
-use crate::folder::decode_image;
+use crate::folder::{decode_keeping_opacity, open_error};
 use crate::{Augmentation, DataError, Image, Preprocessing};
 
 /// Brings an RGB image to a model's `side` x `side` input. Small inputs
@@ -53,6 +53,11 @@ pub struct InputBatch {
     /// Each file's size as decoded, `(height, width)` as [`Image`] gives
     /// it: those that differ from the input were brought to it by [`fit`].
     pub original_sizes: Vec<(usize, usize)>,
+    /// Whether each file had pixels that are not fully opaque (a PNG with
+    /// alpha): the alpha is dropped, as PIL's `convert("RGB")` does, so the
+    /// model sees the colours stored under transparent pixels, which a
+    /// viewer does not show.
+    pub transparent: Vec<bool>,
 }
 
 impl InputBatch {
@@ -80,9 +85,13 @@ pub fn load_batch<P: AsRef<Path>>(
 ) -> Result<InputBatch, DataError> {
     let mut pixels = Vec::with_capacity(paths.len() * 3 * side * side);
     let mut original_sizes = Vec::with_capacity(paths.len());
+    let mut transparent = Vec::with_capacity(paths.len());
     for p in paths {
-        let img = decode_image(p.as_ref())?;
+        let p = p.as_ref();
+        let bytes = std::fs::read(p).map_err(|e| open_error(p, e))?;
+        let (img, alpha) = decode_keeping_opacity(&bytes, p)?;
         original_sizes.push((img.height(), img.width()));
+        transparent.push(alpha);
         pixels.extend_from_slice(fit(&img, side)?.as_chw());
     }
     let t = Tensor::from_vec(pixels, (paths.len(), 3, side, side), device)
@@ -90,6 +99,7 @@ pub fn load_batch<P: AsRef<Path>>(
     Ok(InputBatch {
         images: pre.apply(&t)?,
         original_sizes,
+        transparent,
     })
 }
 

@@ -214,6 +214,7 @@ fn happy_path_then_nothing_to_do() {
         entries(tmp.path()),
         vec!["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
     );
+    assert_eq!(out.archive, Some(tmp.path().join("cifar-10-binary.tar.gz")));
     let ds = CifarDataset::load(tmp.path(), CifarKind::Cifar10, Split::Train).unwrap();
     assert_eq!(ds.len(), 15);
     assert_eq!(ds.class_names()[9], "truck");
@@ -473,12 +474,19 @@ fn a_file_named_like_the_url_is_never_touched() {
     std::fs::write(&notes, "mine").unwrap();
     let mut o = opts(&url, &md5);
     o.remove_archive = true;
-    download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap();
+    let out = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap();
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
     assert_eq!(
         entries(tmp.path()),
         vec!["cifar-10-batches-bin", "notes.txt"]
     );
+    // The removed archive is not reported (`--json` listed it).
+    assert_eq!(out.archive, None);
+    // Nor by a later call that finds the dataset complete.
+    o.remove_archive = false;
+    let again = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap();
+    assert!(again.already_present);
+    assert_eq!(again.archive, None);
 }
 
 #[test]
