@@ -226,14 +226,7 @@ pub fn outside_data(out: &Path, data: &Path) -> Result<()> {
 /// The tensor names in the header of the safetensors file `path`, sorted;
 /// `None` when it is not one. Only the header is read.
 fn tensor_names(path: &Path) -> Option<Vec<String>> {
-    let header = crate::weights::safetensors_header(path)?;
-    let mut names: Vec<String> = header
-        .into_iter()
-        .filter(|(k, _)| k != "__metadata__")
-        .map(|(k, _)| k)
-        .collect();
-    names.sort();
-    Some(names)
+    Some(allcnn_models::SafetensorsHeader::read(path).ok()?.tensors)
 }
 
 /// The name of a network parameter (`*.weight`) in `path`, when it is a

@@ -176,35 +176,10 @@ fn refuse_other_architecture(path: &Path, asked: &ArchSpec, m: &str, c: usize) -
     )
 }
 
-/// The JSON header of the safetensors file `path` (tensor entries and
-/// `__metadata__`); `None` when it is not one. Only the header is read.
-pub(crate) fn safetensors_header(
-    path: &Path,
-) -> Option<serde_json::Map<String, serde_json::Value>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
-    // safetensors' own limit on a header.
-    if len > 100_000_000 {
-        return None;
-    }
-    let mut header = vec![0u8; len];
-    file.read_exact(&mut header).ok()?;
-    serde_json::from_slice(&header).ok()
-}
-
 /// The `__metadata__` keys of the safetensors file `path`, if it is one.
 fn metadata_keys(path: &Path) -> Option<Vec<String>> {
-    let header = safetensors_header(path)?;
-    Some(
-        header
-            .get("__metadata__")
-            .and_then(|m| m.as_object())
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default(),
-    )
+    let header = allcnn_models::SafetensorsHeader::read(path).ok()?;
+    Some(header.metadata.into_keys().collect())
 }
 
 /// Whether `path` is a training checkpoint (by its metadata key).

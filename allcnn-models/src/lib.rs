@@ -68,9 +68,9 @@ pub use spec::{
     registry, ArchSpec, ConvShape, Layer, LayerName, MapShape, ModelInfo, SpatialLayer, SpecLimits,
 };
 pub use weights::{
-    write_atomic, TrainingRecord, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX, KEY_CLASSES,
-    KEY_CLASS_NAMES, KEY_INPUT_SIZE, KEY_MODEL, KEY_PREPROCESSING, KEY_SPEC, KEY_TRAIN_EPOCH,
-    KEY_TRAIN_STEP, KEY_TRAIN_TEST_ACCURACY, KEY_TRAIN_VAL_ACCURACY,
+    write_atomic, SafetensorsHeader, TrainingRecord, WeightsFile, WeightsMeta, ATTACHMENT_PREFIX,
+    KEY_CLASSES, KEY_CLASS_NAMES, KEY_INPUT_SIZE, KEY_MODEL, KEY_PREPROCESSING, KEY_SPEC,
+    KEY_TRAIN_EPOCH, KEY_TRAIN_STEP, KEY_TRAIN_TEST_ACCURACY, KEY_TRAIN_VAL_ACCURACY,
 };
 
 #[doc = include_str!("../README.md")]

@@ -499,3 +499,93 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     }
     result.map_err(io)
 }
+
+/// The header of a safetensors file, read without its tensor data: the
+/// tensor names and the `__metadata__` strings. For looking at a file
+/// (which model, which classes, a checkpoint or weights) before loading it,
+/// or instead of loading it; a header is a few kilobytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SafetensorsHeader {
+    /// The tensor names, sorted.
+    pub tensors: Vec<String>,
+    /// The `__metadata__` map (empty when the file has none).
+    pub metadata: HashMap<String, String>,
+}
+
+impl SafetensorsHeader {
+    /// Reads the header of `path`. The file's length is checked against the
+    /// tensors' data offsets, so a file cut short is refused as the full
+    /// load would refuse it.
+    ///
+    /// ```no_run
+    /// let header = allcnn_models::SafetensorsHeader::read("model.safetensors".as_ref())?;
+    /// println!("{:?}", header.metadata.get(allcnn_models::KEY_MODEL));
+    /// # Ok::<(), allcnn_models::ModelError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] when the file cannot be read,
+    /// [`ModelError::NotSafetensors`] when it is not a whole safetensors
+    /// file.
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        use std::io::Read;
+        let io = |cause| ModelError::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let bad = |reason: String| ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|_| {
+            bad(format!(
+                "{file_len} bytes, shorter than the 8-byte header length"
+            ))
+        })?;
+        let n = u64::from_le_bytes(len);
+        // safetensors' own limit on a header.
+        if n > 100_000_000 || 8 + n > file_len {
+            return Err(bad(format!(
+                "a header of {n} bytes announced in a file of {file_len}"
+            )));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let mut out = SafetensorsHeader::default();
+        let mut data_end = 0u64;
+        for (name, entry) in header {
+            if name == "__metadata__" {
+                let fields = entry
+                    .as_object()
+                    .ok_or_else(|| bad("`__metadata__` is not a JSON object".into()))?;
+                for (key, value) in fields {
+                    let value = value
+                        .as_str()
+                        .ok_or_else(|| bad(format!("metadata `{key}` is not a string")))?;
+                    out.metadata.insert(key.clone(), value.to_string());
+                }
+                continue;
+            }
+            let end = entry
+                .get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(format!("tensor `{name}` has no data_offsets")))?;
+            data_end = data_end.max(end);
+            out.tensors.push(name);
+        }
+        if 8 + n + data_end != file_len {
+            return Err(bad(format!(
+                "the header describes {} bytes, the file has {file_len}",
+                8 + n + data_end
+            )));
+        }
+        out.tensors.sort();
+        Ok(out)
+    }
+}

@@ -548,3 +548,61 @@ fn eval_forward_with_planes_handed_on_equals_the_layer_by_layer_pass() {
         assert_eq!(detached, want, "{name}: detached");
     }
 }
+
+#[test]
+fn a_header_is_read_without_the_data_and_a_cut_file_is_refused() {
+    use allcnn_models::SafetensorsHeader;
+    let dir = tempfile::tempdir().unwrap();
+    // A file written by hand: one 2x2 f32 tensor (16 bytes) and metadata.
+    let json = br#"{"__metadata__":{"allcnn.model":"x"},"b":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"a":{"dtype":"F32","shape":[0],"data_offsets":[16,16]}}"#;
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json);
+    bytes.extend_from_slice(&[0u8; 16]);
+    let path = dir.path().join("t.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let h = SafetensorsHeader::read(&path).unwrap();
+    assert_eq!(h.tensors, ["a", "b"]);
+    assert_eq!(h.metadata.len(), 1);
+    assert_eq!(h.metadata["allcnn.model"], "x");
+
+    // As a saved model's: the same names and metadata as the safetensors
+    // crate's parse of the whole file.
+    let w = dir.path().join("w.safetensors");
+    let mut meta = WeightsMeta::default();
+    meta.extra
+        .insert(KEY_CLASS_NAMES.into(), r#"["cat","dog"]"#.into());
+    model("all-cnn-a", 3).save(&w, &meta, &[]).unwrap();
+    let h = SafetensorsHeader::read(&w).unwrap();
+    let whole = std::fs::read(&w).unwrap();
+    let (_, parsed) = safetensors::SafeTensors::read_metadata(&whole).unwrap();
+    assert_eq!(&h.metadata, parsed.metadata().as_ref().unwrap());
+    let mut names: Vec<String> = parsed.tensors().into_keys().collect();
+    names.sort();
+    assert_eq!(h.tensors, names);
+    assert_eq!(h.metadata[KEY_CLASS_NAMES], r#"["cat","dog"]"#);
+
+    // Cut short by one byte, a header length past the end, and not a
+    // safetensors file at all: refused, naming the file.
+    for (name, bytes) in [
+        ("cut", bytes[..bytes.len() - 1].to_vec()),
+        (
+            "long",
+            [u64::MAX.to_le_bytes().to_vec(), b"{}".to_vec()].concat(),
+        ),
+        ("text", b"hello, world".to_vec()),
+        ("tiny", b"abc".to_vec()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        match SafetensorsHeader::read(&p) {
+            Err(e @ ModelError::NotSafetensors { .. }) => {
+                assert!(e.to_string().contains(&p.display().to_string()), "{e}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        SafetensorsHeader::read(&dir.path().join("missing")),
+        Err(ModelError::Io { .. })
+    ));
+}

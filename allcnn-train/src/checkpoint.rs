@@ -368,26 +368,11 @@ fn checksum<'a>(state: &str, tensors: impl Iterator<Item = (&'a str, &'a [u8])>)
 /// The class names recorded in a run's final or best weights in `dir`
 /// (only their safetensors headers are read).
 fn recorded_class_names(dir: &Path) -> Option<Vec<String>> {
-    use std::io::Read;
     [crate::trainer::files::FINAL, crate::trainer::files::BEST]
         .iter()
         .find_map(|name| {
-            let mut f = std::fs::File::open(dir.join(name)).ok()?;
-            let mut len = [0u8; 8];
-            f.read_exact(&mut len).ok()?;
-            let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
-            // A header is a few kilobytes; more is not one of ours.
-            if n > 16 << 20 {
-                return None;
-            }
-            let mut header = vec![0u8; n];
-            f.read_exact(&mut header).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-            let names = v
-                .get("__metadata__")?
-                .get(allcnn_models::KEY_CLASS_NAMES)?
-                .as_str()?;
-            serde_json::from_str(names).ok()
+            let header = allcnn_models::SafetensorsHeader::read(&dir.join(name)).ok()?;
+            serde_json::from_str(header.metadata.get(allcnn_models::KEY_CLASS_NAMES)?).ok()
         })
 }
 
