@@ -22,6 +22,14 @@ maps silent all epoch).
 Compare with the run's `metrics.jsonl` and the log:
 `bench/compare_caffe_log.py torch.jsonl ALL_CNN_C.log.test` reads it as
 it reads a run's. Not run by CI. Needs torch, numpy, pillow.
+
+The whole schedule (350 epochs, x0.1 at 200, 250 and 300) is days on a
+2-core CPU but minutes on a GPU: `--device cuda --epochs 350 --milestones
+200,250,300` keeps the whitened images on the GPU, draws the batches and
+the augmentation there (from the same seeded CPU generator), and reads
+the loss back once per epoch; `--time-limit S` stops between epochs so
+that the lines written so far are not lost (bench/gpu-protocol.sh runs it
+on a lent GPU machine).
 """
 
 import argparse
@@ -53,20 +61,36 @@ def init_weights(model, kind):
             nn.init.zeros_(m.bias)
 
 
-def flip_translate(x, gen, max_shift):
-    """Random horizontal flip and a shift of up to `max_shift` pixels in each
-    direction with zero fill, per example (allcnn's FlipTranslate)."""
-    n = x.shape[0]
+def draw_shifts(gen, n, max_shift):
+    """One batch's draws for [`flip_translate`] from the CPU generator
+    `gen`: flips, then dy, then dx (allcnn's FlipTranslate's order)."""
     flips = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    return flips, dy, dx
+
+
+def flip_translate(x, flips, dy, dx, max_shift):
+    """Horizontal flips where `flips`, then shifts by (dy, dx) - max_shift
+    pixels with zero fill, per example, on `x`'s device (the draws there
+    too)."""
+    n, _, h, w = x.shape
+    dev = x.device
     k = max_shift
-    padded = F.pad(x, (k, k, k, k))
-    dy = torch.randint(0, 2 * k + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * k + 1, (n,), generator=gen)
-    out = torch.empty_like(x)
-    for i in range(n):
-        out[i] = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
-    return out
+    x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (k, k, k, k)).permute(0, 2, 3, 1)  # N, H+2k, W+2k, C
+    rows = dy[:, None] + torch.arange(h, device=dev)  # N, H
+    cols = dx[:, None] + torch.arange(w, device=dev)  # N, W
+    picked = padded[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2)
+
+
+def lr_at(a, step, epoch):
+    """The linear warm-up over the first `a.warmup` steps, times `a.gamma`
+    for each milestone epoch (counted from 0) reached."""
+    warm = min(1.0, (step + 1) / a.warmup) if a.warmup else 1.0
+    drops = sum(epoch >= m for m in a.milestones)
+    return a.lr * warm * a.gamma**drops
 
 
 def main():
@@ -84,76 +108,109 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast + channels_last")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", help="append the JSON lines here too")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--milestones", default="", help="epochs (from 0) where the lr drops, e.g. 200,250,300")
+    ap.add_argument("--gamma", type=float, default=0.1, help="the lr's factor at each milestone")
+    ap.add_argument("--train-images", type=int, default=50000, help="fewer for a smoke test")
+    ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds: stop between epochs before this")
+    ap.add_argument("--save", help="write the final state_dict here (torch.save)")
     a = ap.parse_args()
+    a.milestones = [int(m) for m in a.milestones.split(",") if m]
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     spec = next(s for s in json.load(open(a.spec)) if s["name"] == "all-cnn-c")
 
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     t0 = time.time()
-    xtr, ytr = load_split(a.data, "train", 50000, a.seed)
-    xte, yte = load_split(a.data, "test", 10000, a.seed)
+    xtr, ytr = load_split(a.data, "train", a.train_images, a.seed)
+    xte, yte = load_split(a.data, "test", a.test_images, a.seed)
     classes = sorted(os.listdir(os.path.join(a.data, "train")))
     flat = gcn(xtr.transpose(0, 3, 1, 2).reshape(len(xtr), -1).astype(np.float64))
     mean, w = zca_fit(flat)
     del flat
     xtr, xte = whiten(xtr, mean, w), whiten(xte, mean, w)
-    ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
+    xtr, xte = xtr.to(dev), xte.to(dev)
+    ytr, yte = torch.from_numpy(ytr).to(dev), torch.from_numpy(yte).to(dev)
     prep = time.time() - t0
 
     model = AllCnnRef(spec, 10)
     init_weights(model, a.init)
     fmt = torch.channels_last if a.bf16 else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(dev, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay)
     gen = torch.Generator().manual_seed(a.seed)
     step = 0
     meta = {"framework": f"pytorch {torch.__version__}" + (" bf16+cl" if a.bf16 else " f32"),
             "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "init": a.init,
             "augment": a.augment, "seed": a.seed, "weight_decay": a.weight_decay,
-            "prep_seconds": round(prep, 1)}
+            "milestones": a.milestones, "device": str(dev), "prep_seconds": round(prep, 1)}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    longest = 0.0
     for epoch in range(a.epochs):
+        if a.time_limit and time.time() - t0 + longest > a.time_limit:
+            emit(dict(meta, type="stopped", epoch=epoch, step=step,
+                      reason=f"--time-limit {a.time_limit:g} s: epoch {epoch} would not end in time"), a.out)
+            break
+        sync()
         te = time.time()
         model.train()
+        # The epoch's draws, made on the CPU in the order of a batch-by-batch
+        # loop and sent to the device at once (a copy from pageable memory
+        # per step would wait for the GPU every step).
         order = torch.randperm(len(xtr), generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
-        alive = torch.zeros(10, dtype=torch.bool)
-        for i in range(0, len(order) - a.batch + 1, a.batch):
-            idx = order[i : i + a.batch]
-            x = xtr[idx]
+        steps = len(order) // a.batch
+        if a.augment == "flip-translate":
+            draws = [draw_shifts(gen, a.batch, 5) for _ in range(steps)]
+            shifts = [torch.stack(d).to(dev) for d in zip(*draws)]  # flips, dy, dx: [steps, batch]
+        order = order.to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
+        alive = torch.zeros(10, device=dev)
+        seen = 0
+        for s in range(steps):
+            idx = order[s * a.batch : (s + 1) * a.batch]
+            x, y = xtr[idx], ytr[idx]
             if a.augment == "flip-translate":
-                x = flip_translate(x, gen, 5)
+                x = flip_translate(x, *(t[s] for t in shifts), 5)
             x = x.contiguous(memory_format=fmt)
-            lr = a.lr * min(1.0, (step + 1) / a.warmup) if a.warmup else a.lr
             for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                group["lr"] = lr_at(a, step, epoch)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
                 logits = model(x)
             logits = logits.float()
-            loss = F.cross_entropy(logits, ytr[idx])
+            loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == ytr[idx]).sum().item()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
-            own = logits.gather(1, ytr[idx][:, None]).squeeze(1) > 0
-            alive |= torch.zeros(10, dtype=torch.bool).index_put((ytr[idx][own],), torch.tensor(True))
+            own = logits.gather(1, y[:, None]).squeeze(1) > 0
+            alive.index_add_(0, y, own.float())
             step += 1
+        sync()
         train_seconds = time.time() - te
+        longest = max(longest, train_seconds * 1.2)
         model.eval()
-        test_correct, test_loss = 0, 0.0
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        test_correct = torch.zeros((), dtype=torch.long, device=dev)
+        test_loss = torch.zeros((), device=dev)
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
             for i in range(0, len(xte), 500):
                 out = model(xte[i : i + 500].contiguous(memory_format=fmt)).float()
-                test_correct += (out.argmax(1) == yte[i : i + 500]).sum().item()
-                test_loss += F.cross_entropy(out, yte[i : i + 500], reduction="sum").item()
-        row = dict(meta, type="epoch", epoch=epoch, step=step,
-                   train_loss=round(loss_sum / seen, 4), train_accuracy=round(correct / seen, 4),
-                   test_accuracy=test_correct / len(xte), test_loss=round(test_loss / len(xte), 4),
-                   silent_classes=[classes[int(c)] for c in torch.nonzero(~alive).flatten()],
+                test_correct += (out.argmax(1) == yte[i : i + 500]).sum()
+                test_loss += F.cross_entropy(out, yte[i : i + 500], reduction="sum")
+        row = dict(meta, type="epoch", epoch=epoch, step=step, last_lr=lr_at(a, step - 1, epoch),
+                   train_loss=round(loss_sum.item() / seen, 4), train_accuracy=round(correct.item() / seen, 4),
+                   test_accuracy=test_correct.item() / len(xte), test_loss=round(test_loss.item() / len(xte), 4),
+                   silent_classes=[classes[int(c)] for c in torch.nonzero(alive == 0).flatten()],
                    epoch_seconds=round(train_seconds, 1), images_per_sec=round(seen / train_seconds, 1))
         emit(row, a.out)
+    if a.save:
+        torch.save(model.state_dict(), a.save)
 
 
 if __name__ == "__main__":
