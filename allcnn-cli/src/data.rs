@@ -78,6 +78,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                 force: *force,
                 timeout: None,
                 body_timeout: None,
+                idle_timeout: None,
                 max_bytes: *max_bytes,
             };
             let out = download_cifar(kind, dir, &opts)?;

@@ -53,6 +53,11 @@ pub struct DownloadOptions {
     /// [`DEFAULT_BODY_TIMEOUT`]); a stalled or trickling server then ends
     /// the call, and running it again resumes the partial download.
     pub body_timeout: Option<Duration>,
+    /// The longest the server may send nothing while the body is read
+    /// (default [`DEFAULT_IDLE_TIMEOUT`]): a stalled connection ends the
+    /// call with the partial download kept, to be resumed, long before
+    /// [`Self::body_timeout`].
+    pub idle_timeout: Option<Duration>,
     /// Refuse, and stop reading, a download larger than this (default
     /// [`DEFAULT_MAX_BYTES`]): a server cannot fill the disk.
     pub max_bytes: Option<u64>,
@@ -60,6 +65,8 @@ pub struct DownloadOptions {
 
 /// The default [`DownloadOptions::body_timeout`]: 30 minutes.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The default [`DownloadOptions::idle_timeout`]: 2 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The default [`DownloadOptions::max_bytes`]: 512 MiB (the CIFAR archives
 /// are about 170 MB).
 pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
@@ -590,31 +597,51 @@ fn fetch_resumable(
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let mut reader = resp.into_body().into_reader();
-        let mut buf = vec![0u8; 1 << 16];
+        // The body is read on a thread of its own, so that a server that
+        // stops sending is noticed here (ureq has no timeout between two
+        // reads); on a stall that thread is left to the body timeout.
+        let chunks = read_in_background(resp.into_body().into_reader());
+        let idle = opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let mut got = 0u64;
+        let mut stalled = false;
         let read_error = loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => {
-                    if start + got + n as u64 > max_bytes {
+            match chunks.recv_timeout(idle) {
+                Ok(Ok(chunk)) if chunk.is_empty() => break None,
+                Ok(Ok(chunk)) => {
+                    let n = chunk.len() as u64;
+                    if start + got + n > max_bytes {
                         drop(file);
                         remove_file(part)?;
-                        return Err(too_big(start + got + n as u64));
+                        return Err(too_big(start + got + n));
                     }
-                    file.write_all(&buf[..n])
+                    file.write_all(&chunk)
                         .map_err(|e| DataError::io("cannot write", part, e))?;
-                    got += n as u64;
-                    pb.inc(n as u64);
+                    got += n;
+                    pb.inc(n);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
+                Ok(Err(e)) => break Some(e),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    stalled = true;
+                    break None;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Some(std::io::Error::other(
+                        "the body's reader ended without a word",
+                    ))
+                }
             }
         };
         file.flush()
             .map_err(|e| DataError::io("cannot write", part, e))?;
         pb.finish_and_clear();
         let have = start + got;
+        if stalled {
+            return Err(http(format!(
+                "the server sent nothing for {} s after {have} bytes (a stalled connection); the partial file {} is kept, run again to resume",
+                idle.as_secs_f64(),
+                part.display()
+            )));
+        }
         match total {
             Some(t) if have < t => {
                 return Err(DataError::Truncated {
@@ -634,6 +661,31 @@ fn fetch_resumable(
         }
         return Ok((got, resumed));
     }
+}
+
+/// Reads `reader` to its end on a thread of its own, sending its chunks
+/// (an empty one at the end) or its error.
+fn read_in_background(
+    mut reader: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; 1 << 16];
+        match reader.read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Ok(buf)).is_err() || n == 0 {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// `e` and its chain of causes (the tar crate's "failed to unpack ..."

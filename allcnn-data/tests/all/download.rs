@@ -547,7 +547,7 @@ fn oversized_and_stalled_downloads_end_by_themselves() {
         );
         assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
     }
-    let srv = serve(body, vec![Reply::Stall]);
+    let srv = serve(body.clone(), vec![Reply::Stall]);
     let tmp = tempfile::tempdir().unwrap();
     let mut o = opts(&srv.url, &md5);
     o.body_timeout = Some(Duration::from_millis(500));
@@ -558,6 +558,29 @@ fn oversized_and_stalled_downloads_end_by_themselves() {
         matches!(err, DataError::Http { .. } | DataError::Truncated { .. }),
         "{err:?}"
     );
+
+    // A stall is noticed after the idle timeout, long before the body's, and
+    // said as one; what came before it is kept and resumed.
+    let srv = serve(body.clone(), vec![Reply::Stall, Reply::Full]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(&srv.url, &md5);
+    o.idle_timeout = Some(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let err = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let half = body.len() / 2;
+    assert!(
+        matches!(err, DataError::Http { .. })
+            && err.to_string().contains(&format!(
+                "the server sent nothing for 0.3 s after {half} bytes (a stalled connection)"
+            ))
+            && err.to_string().contains("run again to resume"),
+        "{err}"
+    );
+    assert_eq!(entries(tmp.path()), ["cifar-10-binary.tar.gz.allcnn-part"]);
+    let out = download_cifar(CifarKind::Cifar10, tmp.path(), &o).unwrap();
+    assert!(out.resumed);
+    assert_eq!(out.downloaded_bytes, (body.len() - half) as u64);
 }
 
 /// `archive(3, None)` plus `extra` members appended by `add`.
