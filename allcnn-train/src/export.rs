@@ -870,6 +870,19 @@ fn write_model(
     write_model_with(weights, weights_path, choice, half, &[])
 }
 
+/// How images of another size are brought to a model's `side` x `side`
+/// input (as `allcnn_data::input::fit` does).
+fn input_sizing(side: usize) -> String {
+    if side < 64 {
+        format!("Images of another size are resized to {side}x{side}.")
+    } else {
+        format!(
+            "Images are resized, the shorter side to {}, then centre-cropped to {side}x{side}.",
+            side * 256 / 224
+        )
+    }
+}
+
 /// [`write_model`] with `extra` metadata entries.
 fn write_model_with(
     weights: &WeightsFile,
@@ -1115,11 +1128,9 @@ fn model_card(c: &CardInput<'_>) -> String {
     }
     let _ = writeln!(
         s,
-        "\nPreprocessing: {}. Images are resized to {}x{} (larger inputs: the shorter side to \
-         256/224 of that, then a centre crop).",
+        "\nPreprocessing: {}. {}",
         c.preprocessing.unwrap_or("none recorded"),
-        c.input_size,
-        c.input_size
+        input_sizing(c.input_size)
     );
 
     // Recipe.
