@@ -2761,6 +2761,8 @@ fn export_hub_round_trip() {
         "batch_size = 4",
         "| test | 12 |",
         "| dogs |",
+        // A 32-px model only resizes (no centre crop below 64 px).
+        "Images of another size are resized to 32x32.",
     ] {
         assert!(card.contains(needle), "{needle} missing from\n{card}");
     }
