@@ -2,7 +2,7 @@
 //! reports, skipping finished models, resuming an interrupted one, and the
 //! errors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,6 +37,9 @@ struct InterruptAt {
     model: String,
     current: String,
     flag: Arc<AtomicBool>,
+    /// report.md as it reads while `model` trains.
+    report: PathBuf,
+    seen: Arc<std::sync::Mutex<String>>,
 }
 
 impl Observer for InterruptAt {
@@ -45,6 +48,7 @@ impl Observer for InterruptAt {
     }
     fn on_step(&mut self, e: &StepEvent) {
         if self.current == self.model && e.step == 1 {
+            *self.seen.lock().unwrap() = std::fs::read_to_string(&self.report).unwrap();
             self.flag.store(true, Ordering::SeqCst);
         }
     }
@@ -107,6 +111,7 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
 
     // Session 1: Ctrl-C during the fifth model (Model B) after one step.
     let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
     let mut trainer = Trainer::builder()
         .console(false)
         .interrupt_flag(flag.clone())
@@ -114,6 +119,8 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
             model: "model-b".into(),
             current: String::new(),
             flag,
+            report: out.join(REPORT_MARKDOWN),
+            seen: seen.clone(),
         }))
         .build();
     let (r, actions, fits) = run(&mut trainer, &o);
@@ -122,6 +129,14 @@ fn table3_runs_every_model_reports_skips_and_resumes() {
     assert_eq!(actions.len(), 5, "{actions:?}");
     assert!(actions.iter().all(|(_, a)| *a == ModelAction::Start));
     assert!(report.interrupted);
+    // While Model B trained, the report said so, and what a row left so
+    // means (a process killed without a word).
+    let mid = seen.lock().unwrap().clone();
+    assert!(
+        mid.contains("- status: 4 of 12 rows done, 1 running")
+            && mid.contains("a row still `running` when no `allcnn reproduce` is at work was stopped without a word"),
+        "{mid}"
+    );
     let statuses: Vec<RowStatus> = report.rows.iter().map(|r| r.status).collect();
     assert_eq!(&statuses[..4], &[RowStatus::Done; 4]);
     assert_eq!(statuses[4], RowStatus::Interrupted);

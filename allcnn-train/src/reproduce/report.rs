@@ -264,6 +264,15 @@ impl ReproduceReport {
         if self.interrupted {
             state.push_str("; this session was interrupted: rerun the same command to resume");
         }
+        if count(RowStatus::Running) > 0 {
+            // Written while a model trains; a process that dies without a
+            // word (a second Ctrl-C, a kill, a crash) leaves it so.
+            state.push_str(
+                "; a row still `running` when no `allcnn reproduce` is at work was stopped \
+                 without a word (a second Ctrl-C, a kill, a crash): rerun the same command to \
+                 resume it from its last checkpoint",
+            );
+        }
         let _ = writeln!(s, "- status: {state}");
         for n in &self.notes {
             let _ = writeln!(s, "- **warning**: {n}");
