@@ -331,6 +331,20 @@ pub fn run(args: &Args) -> Result<()> {
         }
         bar.finish_and_clear();
         resized.note();
+        // JSON and the listing hold text: a name that is not UTF-8 loses
+        // its invalid bytes there, which the user should know.
+        if let Some(first) = paths.iter().find(|p| p.to_str().is_none()) {
+            let n = paths.iter().filter(|p| p.to_str().is_none()).count();
+            eprintln!(
+                "note: {}{} not valid UTF-8: the output shows {} with U+FFFD in place of the bytes that are not",
+                crate::printable(&first.display().to_string()),
+                match n {
+                    1 => " is".to_string(),
+                    n => format!(" and {} are", crate::count(n as u64 - 1, "more file name")),
+                },
+                if n == 1 { "it" } else { "them" }
+            );
+        }
         let names = paths.iter().map(|p| p.display().to_string()).collect();
         (names, Tensor::cat(&chunks, 0)?)
     };

@@ -542,6 +542,30 @@ fn predict_images_with_self_describing_weights() {
     );
     assert_eq!(err.matches("note:").count(), 1, "{err}");
     assert!(!err.contains("opaque.png"), "{err}");
+    // A file name that is not UTF-8 is said, as its bytes are lost in the
+    // output (JSON holds text).
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = rgba.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+        std::fs::copy(rgba.join("opaque.png"), &odd).unwrap();
+        let o = allcnn(&[
+            "predict",
+            "--weights",
+            w.to_str().unwrap(),
+            rgba.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_ok(&o);
+        let err = stderr(&o);
+        assert!(
+            err.contains("caf\u{FFFD}.png is not valid UTF-8: the output shows it with U+FFFD"),
+            "{err}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        std::fs::remove_file(&odd).unwrap();
+    }
     // Readable as any file the user makes there (not a private 0600
     // temporary file renamed into place).
     #[cfg(unix)]
