@@ -108,7 +108,7 @@ pub fn run(cmd: &Command) -> Result<()> {
                 out!("{}", crate::printable(&i.to_string()))?;
             }
             for p in i.problems() {
-                eprintln!("warning: {}", crate::printable(&p));
+                eprintln!("warning: {}", crate::printable_name(&p));
             }
         }
     }

@@ -31,7 +31,7 @@ pub struct Args {
     /// Store the ZCA whitening matrix as a low-rank f16 basis of this rank
     /// plus an isotropic remainder (256 keeps CIFAR-10 weights under 8 MB
     /// instead of 43 MB); evaluate the exported file afterwards.
-    #[arg(long, value_name = "RANK")]
+    #[arg(long, value_name = "RANK", value_parser = crate::values::count::<usize>)]
     whitening_rank: Option<usize>,
     /// Store the network's parameters as f16 (about 2.7 MB less for
     /// All-CNN-C; they load back as f32); evaluate the exported file.
@@ -97,6 +97,13 @@ pub fn run(args: &Args) -> Result<()> {
     let s = export_hub_with_progress(&args.run, &args.out, &options, &mut |done, total| {
         bar.get_or_insert_with(|| crate::progress::bar(total, "evaluating the export"))
             .set_position(done)
+    })
+    .map_err(|e| match (e, &args.eval_data) {
+        // Name the data that does not fit (the library says only "data").
+        (allcnn_train::TrainError::DataMismatch { reason }, Some(data)) => {
+            anyhow::anyhow!("--eval-data {}: {reason}", data.display())
+        }
+        (e, _) => e.into(),
     })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();

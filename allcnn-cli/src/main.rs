@@ -162,6 +162,13 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A file or class name as one line: every control character escaped
+/// (`\n`, `\t` too, which [`printable`] keeps for multi-line text), so a
+/// name cannot split a line of output or move the cursor.
+pub(crate) fn printable_name(name: &str) -> std::borrow::Cow<'_, str> {
+    allcnn_data::info::one_line(name)
+}
+
 /// Sends the libraries' `log` records to stderr as `warning: ...` lines
 /// (warnings and errors by default, more with -v), so that nothing they
 /// report is lost.

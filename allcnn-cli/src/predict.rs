@@ -50,11 +50,41 @@ pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let (mut files, skipped): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(p)
+            let (images, others): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(p)
                 .with_context(|| format!("reading folder {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| is_image_file(f))
-                .partition(|f| f.is_file());
+                .partition(|f| is_image_file(f));
+            // Other files are left out by their names, which is said: a
+            // .webp or a file without an extension was dropped silently.
+            let mut others: Vec<&PathBuf> = others
+                .iter()
+                .filter(|f| {
+                    f.is_file()
+                        && !f
+                            .file_name()
+                            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+                })
+                .collect();
+            if !others.is_empty() {
+                others.sort();
+                let shown: Vec<String> = others
+                    .iter()
+                    .take(3)
+                    .map(|f| {
+                        crate::printable_name(&f.file_name().unwrap_or_default().to_string_lossy())
+                            .into_owned()
+                    })
+                    .collect();
+                eprintln!(
+                    "note: {}: {} left out, not named .jpg, .jpeg or .png: {}{} (give such a file by its path to read it by its content)",
+                    crate::printable_name(&p.display().to_string()),
+                    crate::count(others.len() as u64, "file"),
+                    shown.join(", "),
+                    if others.len() > 3 { ", ..." } else { "" }
+                );
+            }
+            let (mut files, skipped): (Vec<PathBuf>, Vec<PathBuf>) =
+                images.into_iter().partition(|f| f.is_file());
             if let Some(first) = skipped.iter().min() {
                 eprintln!(
                     "warning: {}: {} skipped, not a readable regular file (a link to nothing, a folder, a FIFO): {}",
@@ -270,15 +300,22 @@ pub fn is_safetensors(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "safetensors")
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    if args.inputs.len() > 1 {
-        if let Some(t) = args.inputs.iter().find(|p| is_safetensors(p)) {
+/// Refuses a preprocessed tensor file among other inputs (`what`: what
+/// the command does with it, e.g. "classified").
+pub fn tensor_file_alone(inputs: &[PathBuf], what: &str) -> Result<()> {
+    if inputs.len() > 1 {
+        if let Some(t) = inputs.iter().find(|p| is_safetensors(p)) {
             bail!(
-                "{}: a preprocessed tensor file is classified on its own; pass it alone, and the images in another call",
+                "{}: a preprocessed tensor file is {what} on its own; pass it alone, and the images in another call",
                 t.display()
             );
         }
     }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    tensor_file_alone(&args.inputs, "classified")?;
     let tensor_file = args.inputs.len() == 1 && is_safetensors(&args.inputs[0]);
     // Listed here only for the --out check (an error in listing them is
     // reported after the weights', where the images are read).
@@ -337,7 +374,7 @@ pub fn run(args: &Args) -> Result<()> {
             let n = paths.iter().filter(|p| p.to_str().is_none()).count();
             eprintln!(
                 "note: {}{} not valid UTF-8: the output shows {} with U+FFFD in place of the bytes that are not",
-                crate::printable(&first.display().to_string()),
+                crate::printable_name(&first.display().to_string()),
                 match n {
                     1 => " is".to_string(),
                     n => format!(" and {} are", crate::count(n as u64 - 1, "more file name")),
@@ -370,14 +407,14 @@ pub fn run(args: &Args) -> Result<()> {
                 .map(|g| match &g.name {
                     Some(n) => format!(
                         "{} ({}) {:.1}%",
-                        crate::printable(n),
+                        crate::printable_name(n),
                         g.class,
                         100.0 * g.probability
                     ),
                     None => format!("class {} {:.1}%", g.class, 100.0 * g.probability),
                 })
                 .collect();
-            outln!("{}: {}", crate::printable(&p.input), top.join(", "))?;
+            outln!("{}: {}", crate::printable_name(&p.input), top.join(", "))?;
         }
     }
     Ok(())

@@ -471,7 +471,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         if let Augmentation::CenterCrop { crop, .. } = Augmentation::imagenet_eval() {
             if input != crop {
                 bail!(
-                    "--center-crop is ImageNet's evaluation (shorter side resized to 256, centre crop of {crop}) for {crop}-px models; {} takes {input}x{input} images: leave out --center-crop",
+                    "--center-crop is ImageNet's evaluation (shorter side resized to 256, centre crop of {crop}) for {crop}-px models; the model of {} takes {input}x{input} images: leave out --center-crop",
                     args.model.label()
                 );
             }
@@ -514,7 +514,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     for c in &r.per_class {
         outln!(
             "{:>14}  {:>7}  {:>7.2}%",
-            crate::printable(&c.name),
+            crate::printable_name(&c.name),
             c.count,
             100.0 * c.accuracy
         )?;

@@ -79,11 +79,12 @@ struct Faithfulness {
 
 pub fn run(args: &Args) -> Result<()> {
     if !(args.threshold.is_finite() && args.threshold > -1.0 && args.threshold <= 1.0) {
-        bail!(
+        usage!(
             "--threshold {}: use a rank correlation in (-1, 1]",
             args.threshold
         );
     }
+    crate::values::once_each("--methods", &args.methods)?;
     let inputs = args
         .model
         .weights

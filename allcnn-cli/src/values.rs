@@ -45,6 +45,19 @@ pub enum DatasetArg {
 
 /// A wall-clock duration such as `2h30m`, `90min`, `45s` (humantime's
 /// format), for `--time-limit`; at least one second.
+/// A usage error (exit 2) when `list`, the values of `flag`, names one
+/// twice: a method computed and drawn twice is a slip, not a request.
+pub fn once_each<T: PartialEq + std::fmt::Display>(flag: &str, list: &[T]) -> anyhow::Result<()> {
+    if let Some(twice) = list
+        .iter()
+        .enumerate()
+        .find_map(|(i, v)| list[..i].contains(v).then_some(v))
+    {
+        usage!("{flag}: {twice} is listed twice");
+    }
+    Ok(())
+}
+
 pub fn duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("{e}: give a duration such as 2h30m, 90min or 45s"))?;

@@ -131,7 +131,7 @@ pub(crate) struct MethodArgs {
 impl MethodArgs {
     pub(crate) fn options(&self) -> Result<MethodOptions> {
         if !(self.noise.is_finite() && self.noise >= 0.0) {
-            bail!("--noise {}: use a fraction >= 0, e.g. 0.15", self.noise);
+            usage!("--noise {}: use a fraction >= 0, e.g. 0.15", self.noise);
         }
         Ok(MethodOptions {
             layer: self.layer,
@@ -332,6 +332,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (Some(method), Some(out)) = (args.method, &args.out) else {
         usage!("allcnn viz needs --method, --input and --out (see --help)");
     };
+    crate::values::once_each("--compare", &args.compare)?;
     let inputs = model_args.weights.iter().chain(&args.input);
     let kind = if is_safetensors(out) {
         OutKind::File
@@ -399,8 +400,8 @@ pub fn run(args: &Args) -> Result<()> {
             if !json {
                 outln!(
                     "{}: {} ({:.1}%)",
-                    crate::printable(name),
-                    crate::printable(&class),
+                    crate::printable_name(name),
+                    crate::printable_name(&class),
                     100.0 * g.probability
                 )?;
             }
@@ -549,6 +550,7 @@ pub(crate) fn read_input(
     Vec<String>,
 )> {
     let model = &loaded.file.model;
+    crate::predict::tensor_file_alone(inputs, "explained")?;
     if inputs.len() == 1 && is_safetensors(&inputs[0]) {
         let (input, labels) = load_tensor_file(&inputs[0], device, Some(model.classes()))?;
         return Ok((input, labels, Vec::new()));

@@ -124,10 +124,10 @@ pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
             refuse_other_architecture(path, &asked, m, c)?;
             WeightsFile::load_as(path, asked, device)?
         }
-        (Some(m), None) => bail!(
+        (Some(m), None) => usage!(
             "--model {m} needs --classes N as well: the class count the weights were trained for (10 for CIFAR-10, 100 for CIFAR-100)"
         ),
-        (None, Some(c)) => bail!(
+        (None, Some(c)) => usage!(
             "--classes {c} needs --model NAME as well: the architecture of the weights (`allcnn models` lists them)"
         ),
         (None, None) => match WeightsFile::load(path, device) {
@@ -224,7 +224,7 @@ fn other_kind_of_file(path: &Path, error: allcnn_models::ModelError) -> anyhow::
     let keys = metadata_keys(path);
     let flags = || {
         anyhow::anyhow!(
-            "{error}: give them with --model NAME --classes N (`allcnn models` lists the architectures)"
+            "{error} with --model NAME --classes N (`allcnn models` lists the architectures)"
         )
     };
     let Some(keys) = keys else {

@@ -2786,7 +2786,7 @@ fn export_hub_round_trip() {
         "| test | 12 |",
         "| dogs |",
         // A 32-px model only resizes (no centre crop below 64 px).
-        "Images of another size are resized to 32x32.",
+        "Images of another size are resized to 32x32 (the aspect ratio is not kept).",
     ] {
         assert!(card.contains(needle), "{needle} missing from\n{card}");
     }
@@ -2927,7 +2927,13 @@ fn export_hub_round_trip() {
     assert_eq!(results[0]["examples"], 12);
     let source = results[0]["source"].as_str().unwrap();
     assert!(
-        source.contains("evaluation of this file (model.safetensors) on the 12 test images"),
+        // An image folder is named: a copy of a data set (JPEG files) is
+        // not its original.
+        source.contains("evaluation of this file (model.safetensors) on the 12 test images")
+            && source.contains(&format!(
+                "of the image folder `{}`",
+                data.file_name().unwrap().to_string_lossy()
+            )),
         "{source}"
     );
     assert!(
@@ -3967,4 +3973,143 @@ fn weights_without_an_architecture_ask_for_both_flags() {
     assert_ok(&o);
     // The same parameters: the maps agree completely.
     assert!(stdout(&o).contains(" 1.000 "), "{}", stdout(&o));
+}
+
+/// Usage errors found after parsing (repeated list entries, values out of
+/// range, flags that need another) exit 2 as clap's do, and name the flag.
+#[test]
+fn usage_errors_found_after_parsing_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = samples().join("cat.jpg");
+    let cat = cat.to_str().unwrap();
+    let out = dir.path().join("o");
+    let out = out.to_str().unwrap();
+    let w = dir.path().join("w.safetensors");
+    std::fs::write(&w, b"not read").unwrap();
+    for (args, says) in [
+        (
+            &[
+                "viz",
+                "--method",
+                "gradient",
+                "--input",
+                cat,
+                "--out",
+                out,
+                "--compare",
+                "gradient,saliency,gradient",
+            ][..],
+            "--compare: gradient is listed twice",
+        ),
+        (
+            &[
+                "viz",
+                "sanity",
+                "--input",
+                cat,
+                "--out",
+                out,
+                "--methods",
+                "saliency,saliency",
+            ][..],
+            "--methods: saliency is listed twice",
+        ),
+        (
+            &[
+                "viz",
+                "sanity",
+                "--input",
+                cat,
+                "--out",
+                out,
+                "--threshold",
+                "2",
+            ][..],
+            "--threshold 2: use a rank correlation in (-1, 1]",
+        ),
+        (
+            &[
+                "viz",
+                "--method",
+                "gradient",
+                "--input",
+                cat,
+                "--out",
+                out,
+                "--smooth",
+                "2",
+                "--noise=-1",
+            ][..],
+            "--noise -1: use a fraction >= 0",
+        ),
+        (
+            &["export-hub", "run", "--out", out, "--whitening-rank", "0"][..],
+            "--whitening-rank",
+        ),
+        (
+            &[
+                "predict",
+                "--weights",
+                w.to_str().unwrap(),
+                "--classes",
+                "100",
+                cat,
+            ][..],
+            "--classes 100 needs --model NAME as well",
+        ),
+    ] {
+        let o = allcnn(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("o").exists(), "nothing written");
+
+    // A tensor file among images is refused by viz as by predict, saying
+    // why (viz tried to decode it as an image).
+    let o = allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--input",
+        "x.safetensors",
+        cat,
+        "--out",
+        out,
+    ]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains(
+            "x.safetensors: a preprocessed tensor file is explained on its own; pass it alone"
+        ),
+        "{}",
+        stderr(&o)
+    );
+
+    // A folder's files not named as images are said, not dropped silently;
+    // a name holding a newline is printed escaped, on one line.
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    std::fs::copy(samples().join("dog.jpg"), imgs.join("dog.jpg")).unwrap();
+    std::fs::copy(samples().join("dog.jpg"), imgs.join("dog.webp")).unwrap();
+    std::fs::copy(samples().join("dog.jpg"), imgs.join("noext")).unwrap();
+    std::fs::write(imgs.join(".hidden"), b"x").unwrap();
+    #[cfg(unix)]
+    std::fs::copy(samples().join("cat.jpg"), imgs.join("two\nlines.jpg")).unwrap();
+    let o = allcnn(&["predict", imgs.to_str().unwrap(), "--top-k", "1"]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "note: {}: 2 files left out, not named .jpg, .jpeg or .png: dog.webp, noext (give such a file by its path to read it by its content)",
+            imgs.display()
+        )),
+        "{err}"
+    );
+    #[cfg(unix)]
+    {
+        let text = stdout(&o);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("two\\nlines.jpg: "), "{text}");
+    }
 }

@@ -215,7 +215,22 @@ pub(crate) fn decode_keeping_opacity(
             &"truncated JPEG: no end-of-image marker (FF D9), the file was cut short",
         ));
     }
-    let decoded = reader.decode().map_err(|e| bad(&e))?;
+    let decoded = reader.decode().map_err(|e| match e {
+        // "Image size exceeds limit" said neither the limit nor what to do.
+        image::ImageError::Limits(_) => {
+            let size = image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .map_or_else(String::new, |(w, h)| format!("{w}x{h}: "));
+            bad(&format!(
+                "{size}over the limits on images ({MAX_IMAGE_SIDE} pixels a side, {} MiB decoded); \
+                 scale it down first (the models take 32x32, or 224x224 for ImageNet)",
+                MAX_IMAGE_BYTES >> 20
+            ))
+        }
+        e => bad(&e),
+    })?;
     let transparent =
         decoded.color().has_alpha() && decoded.to_rgba8().pixels().any(|p| p[3] < u8::MAX);
     let img = decoded.to_rgb8();

@@ -116,6 +116,30 @@ fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
+/// A file or class name for one line of output: its control characters
+/// escaped (`\n`, `\t`, `\r`, others as `\u{1b}`), so that it can neither
+/// split a line nor move a terminal's cursor.
+///
+/// ```
+/// assert_eq!(allcnn_data::info::one_line("ca\nt"), "ca\\nt");
+/// assert_eq!(allcnn_data::info::one_line("cat"), "cat");
+/// ```
+pub fn one_line(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            '\t' => "\\t".to_string(),
+            '\r' => "\\r".to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 impl fmt::Display for DatasetInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "format: {}", self.format)?;
@@ -130,16 +154,12 @@ impl fmt::Display for DatasetInfo {
                 count(s.classes.len(), "class", "classes"),
                 s.path.display()
             )?;
-            let width = s
-                .classes
-                .iter()
-                .map(|c| c.name.len())
-                .max()
-                .unwrap_or(5)
-                .max(5);
+            // A folder name holding a newline or a tab would split the table.
+            let names: Vec<_> = s.classes.iter().map(|c| one_line(&c.name)).collect();
+            let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
             writeln!(f, "  {:>5}  {:<width$}  {:>8}", "label", "class", "images")?;
-            for (i, c) in s.classes.iter().enumerate() {
-                writeln!(f, "  {:>5}  {:<width$}  {:>8}", i, c.name, c.count)?;
+            for (i, (c, name)) in s.classes.iter().zip(&names).enumerate() {
+                writeln!(f, "  {:>5}  {:<width$}  {:>8}", i, name, c.count)?;
             }
         }
         Ok(())

@@ -41,7 +41,7 @@ pub enum ModelError {
         reason: String,
     },
     /// The input is too small for the network.
-    #[error("a {}x{} input is too small for `{name}`: {layer} would leave an empty map", input.0, input.1)]
+    #[error("an input of {}x{} pixels is too small for `{name}`: {layer} would leave an empty map", input.0, input.1)]
     InputTooSmall {
         /// The architecture's name.
         name: String,
@@ -143,7 +143,7 @@ pub enum ModelError {
         reason: String,
     },
     /// The weights file does not say which architecture it holds.
-    #[error("{} does not describe its architecture (no `{key}` metadata); pass the model name and class count explicitly", path.display())]
+    #[error("{} does not describe its architecture (no `{key}` metadata); name its architecture and class count", path.display())]
     NotSelfDescribing {
         /// The file at fault.
         path: PathBuf,

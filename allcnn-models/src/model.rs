@@ -422,8 +422,9 @@ impl AllCnn {
                 let bad_values = values.iter().filter(|v| !v.is_finite()).count();
                 if bad_values > 0 {
                     return Err(bad(format!(
-                        "{bad_values} of its {} values are NaN or infinite: the file is corrupt, or was saved from a run that diverged",
-                        values.len()
+                        "{bad_values} of its {} values {} NaN or infinite: the file is corrupt, or was saved from a run that diverged",
+                        values.len(),
+                        if bad_values == 1 { "is" } else { "are" }
                     )));
                 }
                 t.to_device(device)

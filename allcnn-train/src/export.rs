@@ -507,9 +507,20 @@ pub fn export_hub_with_progress(
         };
         std::fs::rename(&pending, &weights_path).map_err(TrainError::io(&weights_path))?;
         let images = report.examples;
-        let on = dataset
-            .as_ref()
-            .map_or(String::new(), |(_, name)| format!(" of {name}"));
+        // An image folder is a copy of the data set (CIFAR-10 as JPEG files
+        // is not the binary original): name the folder the figure is on.
+        let folder = options.evaluate_on.as_deref().filter(|p| {
+            allcnn_data::info::detect_format(p)
+                .is_ok_and(|(f, _)| f == allcnn_data::info::DatasetFormat::ImageFolder)
+        });
+        let on = match (dataset.as_ref(), folder.and_then(|p| p.file_name())) {
+            (Some((_, name)), Some(dir)) => {
+                format!(" of {name} as the image folder `{}`", dir.to_string_lossy())
+            }
+            (Some((_, name)), None) => format!(" of {name}"),
+            (None, Some(dir)) => format!(" of the image folder `{}`", dir.to_string_lossy()),
+            (None, None) => String::new(),
+        };
         results.retain(|r| r.split != "test");
         results.insert(
             0,
@@ -874,7 +885,9 @@ fn write_model(
 /// input (as `allcnn_data::input::fit` does).
 fn input_sizing(side: usize) -> String {
     if side < 64 {
-        format!("Images of another size are resized to {side}x{side}.")
+        format!(
+            "Images of another size are resized to {side}x{side} (the aspect ratio is not kept)."
+        )
     } else {
         format!(
             "Images are resized, the shorter side to {}, then centre-cropped to {side}x{side}.",

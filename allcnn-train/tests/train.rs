@@ -743,7 +743,11 @@ fn a_batch_larger_than_the_data_or_a_too_small_input_is_refused_before_anything_
     c.spec = Some(allcnn_models::ArchSpec::by_name("all-cnn-imagenet", 2).unwrap());
     let train = random_dataset(8, 8, 2, 7);
     let e = quiet().train(&c, &data(train, None), &run).unwrap_err();
-    assert!(e.to_string().contains("8x8 input is too small"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("an input of 8x8 pixels is too small"),
+        "{e}"
+    );
     assert!(!run.exists(), "the run directory was made");
     // Nor translations that shift the images out of view (accepted, every
     // image could be all fill).

@@ -390,7 +390,7 @@ impl<'a> SanityCheck<'a> {
         if let Some(other) = shuffled {
             if other.spec().convs() != self.model.spec().convs() {
                 return Err(VizError::InvalidArgument(format!(
-                    "the shuffled-label network is a `{}`, not the same architecture as `{}`",
+                    "the shuffled-label network's architecture is `{}`, not the explained network's `{}`",
                     other.spec().name,
                     self.model.spec().name
                 )));

@@ -430,3 +430,17 @@ fn loader_size_errors_name_the_file() {
     let sub = Subset::new(data, vec![2, 0]).unwrap();
     assert!(sub.describe(0).ends_with("odd.png"), "{}", sub.describe(0));
 }
+
+#[test]
+fn an_image_over_the_size_limit_says_its_size_the_limit_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.png");
+    image::RgbImage::new(9000, 4).save(&path).unwrap();
+    let e = allcnn_data::folder::decode_image(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("wide.png")
+            && msg.contains("9000x4: over the limits on images (8192 pixels a side, 256 MiB decoded); scale it down first"),
+        "{msg}"
+    );
+}
