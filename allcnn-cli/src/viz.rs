@@ -212,6 +212,10 @@ struct Written {
     layer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     channels: Option<Vec<usize>>,
+    /// What the maps explain (`--target`: `predicted`, `class:K`, ...),
+    /// which need not be the predictions above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -384,8 +388,21 @@ pub fn run(args: &Args) -> Result<()> {
     };
     // What the model sees in each image, so the maps can be read.
     let mut row_labels = Vec::new();
-    let mut written = Written::default();
+    let mut written = Written {
+        target: Some(args.target.to_string()),
+        ..Written::default()
+    };
     let json = args.common.json;
+    // The predictions printed below are not what the maps explain.
+    if !json && !matches!(args.target, TargetSpec::Predicted) {
+        let name = match (&args.target, loaded.class_names.as_deref()) {
+            (TargetSpec::Class(k), Some(names)) if (*k as usize) < names.len() => {
+                format!(" ({})", crate::printable_name(&names[*k as usize]))
+            }
+            _ => String::new(),
+        };
+        outln!("maps of {method} for --target {}{name}", args.target)?;
+    }
     // The logits, when the predictions are printed: `predicted` then reuses
     // them instead of running the model a second time.
     let mut logits = None;

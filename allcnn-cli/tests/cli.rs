@@ -4112,4 +4112,33 @@ fn usage_errors_found_after_parsing_exit_2() {
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains("two\\nlines.jpg: "), "{text}");
     }
+
+    // The maps of --target class:K are said to be of that class (the
+    // predictions printed beside them are the model's own), in text and JSON.
+    let maps = dir.path().join("maps");
+    let args = [
+        "viz",
+        "--method",
+        "gradient",
+        "--input",
+        cat,
+        "--target",
+        "class:5",
+        "--out",
+        maps.to_str().unwrap(),
+    ];
+    let o = allcnn(&args);
+    assert_ok(&o);
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("maps of gradient for --target class:5 (dog)\n"),
+        "{text}"
+    );
+    let maps2 = dir.path().join("maps2");
+    let mut args = args.to_vec();
+    args[8] = maps2.to_str().unwrap();
+    let o = allcnn(&[&args[..], &["--json"]].concat());
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["target"], "class:5");
 }
