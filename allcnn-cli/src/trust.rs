@@ -126,6 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
     // asked about the same class or unit.
     let target = args.target.resolve(model, &input, labels.as_ref())?;
     let settings = args.settings.options()?;
+    args.settings.warn_unused(&args.methods);
     let layers = model.spec().convs().len();
     let steps = 1 + layers * if args.cascading_only { 1 } else { 2 } + shuffled.is_some() as usize;
     let bar = crate::progress::bar(steps as u64, "networks");

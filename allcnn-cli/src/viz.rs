@@ -156,6 +156,91 @@ impl MethodArgs {
         })
     }
 
+    /// A warning for each setting given (other than its default) that none
+    /// of `methods` uses: `--steps` with gradient was ignored without a
+    /// word.
+    pub(crate) fn warn_unused(&self, methods: &[Method]) {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: MethodArgs,
+        }
+        use clap::Parser;
+        let d = Defaults::parse_from(["allcnn"]).settings;
+        use Method as M;
+        let baseline = &[
+            M::IntegratedGradients,
+            M::Occlusion,
+            M::DeepLift,
+            M::DeepLiftShap,
+            M::GradientShap,
+            M::FeatureAblation,
+            M::ShapleyValues,
+            M::ShapleyValueSampling,
+            M::KernelShap,
+            M::Lime,
+        ][..];
+        let patch = &[
+            M::FeatureAblation,
+            M::ShapleyValues,
+            M::ShapleyValueSampling,
+            M::KernelShap,
+            M::Lime,
+        ][..];
+        let sampled = &[
+            M::GradientShap,
+            M::ShapleyValueSampling,
+            M::KernelShap,
+            M::Lime,
+        ][..];
+        let seeded = &[
+            M::DeepLiftShap,
+            M::GradientShap,
+            M::ShapleyValueSampling,
+            M::KernelShap,
+            M::Lime,
+        ][..];
+        let checks: [(&str, bool, &[Method]); 12] = [
+            (
+                "--layer",
+                self.layer != d.layer,
+                &[M::GradCam, M::GuidedGradCam],
+            ),
+            ("--no-relu", self.no_relu != d.no_relu, &[M::GradCam]),
+            ("--steps", self.steps != d.steps, &[M::IntegratedGradients]),
+            (
+                "--quadrature",
+                self.quadrature != d.quadrature,
+                &[M::IntegratedGradients],
+            ),
+            ("--baseline", self.baseline != d.baseline, baseline),
+            ("--window", self.window != d.window, &[M::Occlusion]),
+            ("--stride", self.stride != d.stride, &[M::Occlusion]),
+            ("--lrp", self.lrp != d.lrp, &[M::Lrp]),
+            ("--patch", self.patch != d.patch, patch),
+            ("--samples", self.samples != d.samples, sampled),
+            (
+                "--shap-baselines",
+                self.shap_baselines != d.shap_baselines,
+                &[M::DeepLiftShap, M::GradientShap],
+            ),
+            // SmoothGrad's noise is seeded too, whatever the method.
+            ("--seed", self.seed != d.seed && self.smooth == 0, seeded),
+        ];
+        for (flag, given, users) in checks {
+            if given && !methods.iter().any(|m| users.contains(m)) {
+                let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+                let ours: Vec<String> = methods.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "warning: {flag} applies to {} only: {} {} not use it",
+                    users.join(", "),
+                    ours.join(", "),
+                    if ours.len() == 1 { "does" } else { "do" }
+                );
+            }
+        }
+    }
+
     /// How the maps of `method` are drawn: squared or variance SmoothGrad
     /// maps are non-negative.
     pub(crate) fn style(&self, method: Method) -> Style {
@@ -357,13 +442,13 @@ pub fn run(args: &Args) -> Result<()> {
         model
             .check_layer(layer)
             .map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
-        let cam = |m: &Method| matches!(m, Method::GradCam | Method::GuidedGradCam);
-        if !cam(&method) && !args.compare.iter().any(cam) {
-            eprintln!(
-                "warning: --layer {layer} applies to grad-cam and guided-grad-cam only: {method} does not use it"
-            );
-        }
     }
+    // The comparison figure's methods too, where one is drawn.
+    let mut used = vec![method];
+    if !is_safetensors(out) {
+        used.extend(args.compare.iter().filter(|m| **m != method));
+    }
+    args.settings.warn_unused(&used);
     let (input, labels, names) = read_input(&args.input, &loaded, model_args, &device)?;
     // The names of the PNGs this command writes (without `.png`).
     let prefix = if args.overlay {

@@ -907,9 +907,38 @@ fn hostile_flags_and_paths_are_refused_and_nothing_is_overwritten() {
     ]);
     assert_ok(&o);
     assert!(
-        stderr(&o).contains("--layer conv3 applies to grad-cam and guided-grad-cam only"),
+        stderr(&o).contains(
+            "warning: --layer applies to grad-cam, guided-grad-cam only: gradient does not use it"
+        ),
         "{}",
         stderr(&o)
+    );
+    // Every method setting alike (--steps, --window, --lrp, ... were
+    // ignored without a word); the comparison's methods count as used.
+    let o = allcnn(&[
+        "viz",
+        "--method",
+        "gradient",
+        "--steps",
+        "10",
+        "--window",
+        "4",
+        "--samples",
+        "3",
+        "--compare",
+        "gradient,occlusion",
+        "--input",
+        img.to_str().unwrap(),
+        "--out",
+        dir.path().join("figs").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: --steps applies to integrated-gradients only: gradient, occlusion do not use it")
+            && err.contains("warning: --samples applies to gradient-shap, shapley-value-sampling, kernel-shap, lime only")
+            && !err.contains("--window"),
+        "{err}"
     );
     // Nor a FIFO (reading it to see what it holds hung for ever) or a
     // device (`--force` replaced `/dev/null` as root), `--force` or not.
