@@ -526,6 +526,27 @@ pub fn run(args: &Args) -> Result<()> {
         (None, None) => TargetSpec::Predicted.resolve(model, &input, labels.as_ref())?,
     };
     let maps = method.attribute_with(model, &input, &target, &settings)?;
+    // A map of zeros draws as flat grey, which looks like a bug: say why.
+    let peaks = maps
+        .abs()?
+        .flatten_from(1)?
+        .max(1)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    let flat: Vec<usize> = (0..peaks.len()).filter(|&i| peaks[i] == 0.0).collect();
+    if let Some(&first) = flat.first() {
+        let which = names.get(first).map_or_else(
+            || format!("image {first}"),
+            |n| crate::printable_name(n).into_owned(),
+        );
+        let others = match flat.len() {
+            1 => String::new(),
+            n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
+        };
+        eprintln!(
+            "note: the {method} map of {which}{others} is zero everywhere (drawn flat grey): the target's output has no gradient there (a unit that does not fire, a ReLU that is off, a class map at 0)"
+        );
+    }
     if is_safetensors(out) {
         crate::predict::save_tensor("attribution", &maps, out)?;
         if json {

@@ -604,6 +604,55 @@ fn predict_images_with_self_describing_weights() {
         err.contains("a preprocessed tensor file is classified on its own"),
         "{err}"
     );
+
+    // A map of zeros (here every weight 0: no gradient anywhere) is said,
+    // not drawn as flat grey without a word.
+    let zero = dir.path().join("zero.safetensors");
+    zeroed(&w, &zero);
+    let o = allcnn(&[
+        "viz",
+        "--weights",
+        zero.to_str().unwrap(),
+        "--method",
+        "gradient",
+        "--input",
+        imgs.join("a.png").to_str().unwrap(),
+        imgs.join("b.png").to_str().unwrap(),
+        "--out",
+        dir.path().join("flat").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains(&format!(
+            "note: the gradient map of {} and 1 more image is zero everywhere (drawn flat grey)",
+            imgs.join("a.png").display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A copy of the weights file `from` with every tensor zero (same names,
+/// shapes, dtypes and metadata).
+fn zeroed(from: &std::path::Path, to: &std::path::Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let zeros: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, vec![0u8; v.data().len()], v.shape().to_vec(), v.dtype()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = zeros
+        .iter()
+        .map(|(n, d, s, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, header.metadata().clone(), to).unwrap();
 }
 
 #[test]
