@@ -491,10 +491,16 @@ pub fn run(args: &Args) -> Result<()> {
     // The logits, when the predictions are printed: `predicted` then reuses
     // them instead of running the model a second time.
     let mut logits = None;
-    if !names.is_empty() {
+    {
+        // A tensor file's images have no names: they are counted.
+        let shown: Vec<String> = if names.is_empty() {
+            (0..input.dim(0)?).map(|i| format!("image {i}")).collect()
+        } else {
+            names.clone()
+        };
         let l = logits.insert(model.forward(&input)?);
         let guesses = top_guesses(l, 1, loaded.class_names.as_deref())?;
-        for (name, g) in names.iter().zip(guesses.iter().filter_map(|g| g.first())) {
+        for (name, g) in shown.iter().zip(guesses.iter().filter_map(|g| g.first())) {
             let class = g
                 .name
                 .clone()

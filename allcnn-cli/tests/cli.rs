@@ -1489,6 +1489,9 @@ fn viz_matches_captum_and_renders() {
         out.to_str().unwrap(),
     ]);
     assert_ok(&o);
+    // A tensor file's images are named by their index in the predictions
+    // (none were printed for them).
+    assert!(stdout(&o).contains("\nimage 1: "), "{}", stdout(&o));
     let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
     allcnn_testing::assert_close(
         "cli guided backprop",
