@@ -481,6 +481,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         Augmentation::None
     };
     let bar = crate::progress::bar(data.len() as u64, "evaluating");
+    let skipped = data.skipped().to_vec();
     let r = evaluate_weights_file(
         &loaded.file,
         &args.model.label(),
@@ -499,7 +500,17 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&r)?)?;
+        let mut v = serde_json::to_value(&r)?;
+        // The images --skip-bad-images left out, which the figures do not
+        // count (only stderr said so).
+        if let Some(obj) = v.as_object_mut().filter(|_| !skipped.is_empty()) {
+            let skipped: Vec<serde_json::Value> = skipped
+                .iter()
+                .map(|(p, why)| serde_json::json!({ "path": p, "reason": why }))
+                .collect();
+            obj.insert("skipped".into(), skipped.into());
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
     outln!(

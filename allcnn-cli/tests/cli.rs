@@ -2058,6 +2058,7 @@ fn train_eval_predict_resume_round_trip() {
     assert_eq!(v["examples"], 12);
     assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
     assert_eq!(v["per_class"][1]["name"], "dogs");
+    assert!(v.get("skipped").is_none(), "none left out: {v}");
 
     // An undecodable test image: eval names it and the flag that skips
     // it; with the flag it evaluates the other 12.
@@ -2087,6 +2088,19 @@ fn train_eval_predict_resume_round_trip() {
     assert!(stderr(&o).contains("zz-bad.png"), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["examples"], 12);
+    // The JSON records what it left out (only stderr did).
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 1, "{v}");
+    assert!(
+        v["skipped"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("zz-bad.png"),
+        "{v}"
+    );
+    assert!(
+        !v["skipped"][0]["reason"].as_str().unwrap().is_empty(),
+        "{v}"
+    );
     std::fs::remove_file(&bad).unwrap();
 
     // A folder with train/ only: the test split is missing, and the error

@@ -155,6 +155,13 @@ pub trait Dataset: Send + Sync {
     fn image_shape(&self) -> Option<(usize, usize, usize)> {
         None
     }
+
+    /// The files left out as unreadable when the data were opened (an
+    /// image folder with `OnError::Skip`), with the reason; none
+    /// elsewhere. A subset reports its whole source's.
+    fn skipped(&self) -> &[(std::path::PathBuf, String)] {
+        &[]
+    }
 }
 
 /// `Dataset` for the smart pointers to one: every method forwarded.
@@ -178,6 +185,9 @@ macro_rules! forward_dataset {
             }
             fn image_shape(&self) -> Option<(usize, usize, usize)> {
                 (**self).image_shape()
+            }
+            fn skipped(&self) -> &[(std::path::PathBuf, String)] {
+                (**self).skipped()
             }
         }
     )*};
@@ -403,6 +413,9 @@ impl<D: Dataset> Dataset for ShuffledLabels<D> {
     fn describe(&self, index: usize) -> String {
         self.inner.describe(index)
     }
+    fn skipped(&self) -> &[(std::path::PathBuf, String)] {
+        self.inner.skipped()
+    }
 }
 
 impl<D: Dataset> Dataset for Subset<D> {
@@ -426,6 +439,9 @@ impl<D: Dataset> Dataset for Subset<D> {
             Ok(i) => self.inner.describe(i),
             Err(_) => format!("example {index} of the subset"),
         }
+    }
+    fn skipped(&self) -> &[(std::path::PathBuf, String)] {
+        self.inner.skipped()
     }
 }
 

@@ -491,6 +491,9 @@ impl Dataset for ImageFolder {
     fn class_names(&self) -> &[String] {
         &self.classes
     }
+    fn skipped(&self) -> &[(PathBuf, String)] {
+        &self.skipped
+    }
     fn label(&self, index: usize) -> Result<u32, DataError> {
         self.files
             .get(index)
