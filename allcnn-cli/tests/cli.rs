@@ -4006,10 +4006,11 @@ fn weights_without_an_architecture_ask_for_both_flags() {
         "all-cnn-c",
         img_s,
     ]);
-    assert_exit(&o, 1);
+    // Usage errors (exit 2), as without --weights.
+    assert_exit(&o, 2);
     assert!(stderr(&o).contains("needs --classes N"), "{}", stderr(&o));
     let o = allcnn(&["predict", "--weights", bare_s, "--classes", "10", img_s]);
-    assert_exit(&o, 1);
+    assert_exit(&o, 2);
     assert!(stderr(&o).contains("needs --model NAME"), "{}", stderr(&o));
     // The second model of `viz sanity` is named as such.
     let nosuch = dir.path().join("nosuch.safetensors");
