@@ -415,7 +415,11 @@ fn strict_loading_names_tensor_and_shapes() {
     write_raw(&p, &good);
     let e = WeightsFile::load(&p, &Device::Cpu).unwrap_err();
     assert!(matches!(e, ModelError::NotSelfDescribing { .. }), "{e}");
-    assert!(e.to_string().contains("name its architecture and class count"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("name its architecture and class count"),
+        "{e}"
+    );
     WeightsFile::load_as(&p, spec.clone(), &Device::Cpu).unwrap();
 
     // Truncated file and a file that is not safetensors at all.
