@@ -140,6 +140,15 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// `` and N more NOUNs`` after the first of `n` things named, or nothing
+/// when `n` is 1: "a.png and 2 more images".
+pub(crate) fn and_more(n: usize, noun: &str) -> String {
+    match n {
+        0 | 1 => String::new(),
+        n => format!(" and {}", count(n as u64 - 1, &format!("more {noun}"))),
+    }
+}
+
 /// `text` safe to print on a terminal: control characters other than line
 /// breaks and tabs (an ANSI escape in a class name from a weights file or a
 /// folder name) are shown escaped, as `\u{1b}`, instead of being sent to

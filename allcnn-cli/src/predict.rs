@@ -153,13 +153,9 @@ impl InputNotes {
     /// images for that reason), and the colours under transparent pixels,
     /// which a viewer does not show, are what the network sees.
     pub fn note(&self) {
-        let others = |n: usize| match n {
-            1 => String::new(),
-            n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
-        };
         if let Some((first, w, h)) = &self.first {
             let side = self.side;
-            let how = if side < 64 {
+            let how = if side < allcnn_data::input::CENTRE_CROP_FROM {
                 "resized"
             } else {
                 "resized and centre-cropped"
@@ -167,14 +163,14 @@ impl InputNotes {
             eprintln!(
                 "note: {} ({w}x{h}){} {how} to the model's {side}x{side} input",
                 first.display(),
-                others(self.count)
+                crate::and_more(self.count, "image")
             );
         }
         if let Some(first) = &self.transparent {
             eprintln!(
                 "note: {}{} {} transparent pixels: their alpha is dropped (as PIL's convert(\"RGB\")), so the colours stored under them, which a viewer does not show, are what the network sees",
                 first.display(),
-                others(self.transparent_count),
+                crate::and_more(self.transparent_count, "image"),
                 if self.transparent_count == 1 { "has" } else { "have" }
             );
         }
@@ -182,17 +178,17 @@ impl InputNotes {
 }
 
 /// Loads image files as a preprocessed batch
-/// ([`allcnn_data::input::load_batch`]), counting in `resized` those not of
+/// ([`allcnn_data::input::load_batch`]), noting in `notes` those not of
 /// the model's input size.
 pub fn load_images(
     paths: &[PathBuf],
     side: usize,
     pre: &Preprocessing,
     device: &Device,
-    resized: &mut InputNotes,
+    notes: &mut InputNotes,
 ) -> Result<Tensor> {
     let batch = allcnn_data::input::load_batch(paths, side, pre, device)?;
-    resized.record(&batch, paths);
+    notes.record(&batch, paths);
     Ok(batch.images)
 }
 
@@ -359,26 +355,24 @@ pub fn run(args: &Args) -> Result<()> {
         let classifier = Classifier::with_preprocessing(loaded.file.clone(), pre);
         let mut chunks = Vec::new();
         let bar = crate::progress::bar(paths.len() as u64, "predicting");
-        let mut resized = InputNotes::default();
+        let mut notes = InputNotes::default();
         for chunk in paths.chunks(args.batch) {
             let batch = classifier.load_images(chunk)?;
-            resized.record(&batch, chunk);
+            notes.record(&batch, chunk);
             chunks.push(classifier.logits(&batch.images)?);
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        resized.note();
+        notes.note();
         // JSON and the listing hold text: a name that is not UTF-8 loses
         // its invalid bytes there, which the user should know.
         if let Some(first) = paths.iter().find(|p| p.to_str().is_none()) {
             let n = paths.iter().filter(|p| p.to_str().is_none()).count();
             eprintln!(
-                "note: {}{} not valid UTF-8: the output shows {} with U+FFFD in place of the bytes that are not",
+                "note: {}{} {} not valid UTF-8: the output shows {} with U+FFFD in place of the bytes that are not",
                 crate::printable_name(&first.display().to_string()),
-                match n {
-                    1 => " is".to_string(),
-                    n => format!(" and {} are", crate::count(n as u64 - 1, "more file name")),
-                },
+                crate::and_more(n, "file name"),
+                if n == 1 { "is" } else { "are" },
                 if n == 1 { "it" } else { "them" }
             );
         }

@@ -43,21 +43,24 @@ pub enum DatasetArg {
     Cifar100,
 }
 
-/// A wall-clock duration such as `2h30m`, `90min`, `45s` (humantime's
-/// format), for `--time-limit`; at least one second.
+/// The first entry of `list` that an earlier one equals.
+pub fn first_repeat<T: PartialEq>(list: &[T]) -> Option<&T> {
+    list.iter()
+        .enumerate()
+        .find_map(|(i, v)| list[..i].contains(v).then_some(v))
+}
+
 /// A usage error (exit 2) when `list`, the values of `flag`, names one
 /// twice: a method computed and drawn twice is a slip, not a request.
 pub fn once_each<T: PartialEq + std::fmt::Display>(flag: &str, list: &[T]) -> anyhow::Result<()> {
-    if let Some(twice) = list
-        .iter()
-        .enumerate()
-        .find_map(|(i, v)| list[..i].contains(v).then_some(v))
-    {
+    if let Some(twice) = first_repeat(list) {
         usage!("{flag}: {twice} is listed twice");
     }
     Ok(())
 }
 
+/// A wall-clock duration such as `2h30m`, `90min`, `45s` (humantime's
+/// format), for `--time-limit`; at least one second.
 pub fn duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("{e}: give a duration such as 2h30m, 90min or 45s"))?;

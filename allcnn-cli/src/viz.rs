@@ -545,10 +545,7 @@ pub fn run(args: &Args) -> Result<()> {
             || format!("image {first}"),
             |n| crate::printable_name(n).into_owned(),
         );
-        let others = match flat.len() {
-            1 => String::new(),
-            n => format!(" and {}", crate::count(n as u64 - 1, "more image")),
-        };
+        let others = crate::and_more(flat.len(), "image");
         eprintln!(
             "note: the {method} map of {which}{others} is zero everywhere (drawn flat grey): the target's output has no gradient there (a unit that does not fire, a ReLU that is off, a class map at 0)"
         );
@@ -692,9 +689,9 @@ pub(crate) fn read_input(
         .unwrap_or(model.spec().input_size);
     let pre = preprocessing(loaded, &model_args.label());
     let names = paths.iter().map(|p| p.display().to_string()).collect();
-    let mut resized = crate::predict::InputNotes::default();
-    let x = load_images(&paths, side, &pre, device, &mut resized)?;
-    resized.note();
+    let mut notes = crate::predict::InputNotes::default();
+    let x = load_images(&paths, side, &pre, device, &mut notes)?;
+    notes.note();
     Ok((x, None, names))
 }
 
@@ -722,11 +719,7 @@ fn parse_channels(s: &str) -> Result<Vec<usize>> {
         (a..b).collect()
     } else {
         let list = s.split(',').map(number).collect::<Result<Vec<_>>>()?;
-        if let Some(c) = list
-            .iter()
-            .enumerate()
-            .find_map(|(i, c)| list[..i].contains(c).then_some(c))
-        {
+        if let Some(c) = crate::values::first_repeat(&list) {
             usage!("--channels {s}: channel {c} is listed twice");
         }
         list

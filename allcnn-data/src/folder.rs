@@ -182,16 +182,33 @@ pub fn decode_image(path: &Path) -> Result<Image, DataError> {
 /// # Errors
 /// [`DataError::BadImage`] when they cannot be decoded.
 pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<Image, DataError> {
-    decode_keeping_opacity(bytes, path).map(|(img, _)| img)
+    rgb(&decode_dynamic(bytes, path)?)
 }
 
 /// [`decode_image_bytes`], and whether the image had pixels that are not
 /// fully opaque: their alpha is dropped (as PIL's `convert("RGB")` does),
-/// so the colours stored under them are what the model sees.
+/// so the colours stored under them are what the model sees. Only the
+/// inputs of `predict` and `viz` are looked at so; a data set's images are
+/// not.
 pub(crate) fn decode_keeping_opacity(
     bytes: &[u8],
     path: &Path,
 ) -> Result<(Image, bool), DataError> {
+    let decoded = decode_dynamic(bytes, path)?;
+    let transparent =
+        decoded.color().has_alpha() && decoded.to_rgba8().pixels().any(|p| p[3] < u8::MAX);
+    Ok((rgb(&decoded)?, transparent))
+}
+
+/// The decoded image as 8-bit RGB.
+fn rgb(decoded: &image::DynamicImage) -> Result<Image, DataError> {
+    let img = decoded.to_rgb8();
+    let (w, h) = img.dimensions();
+    Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())
+}
+
+/// Decodes JPEG or PNG bytes, the size checked before any pixel.
+fn decode_dynamic(bytes: &[u8], path: &Path) -> Result<image::DynamicImage, DataError> {
     let bad = |e: &dyn std::fmt::Display| DataError::BadImage {
         path: path.to_path_buf(),
         reason: one_line(e),
@@ -215,7 +232,7 @@ pub(crate) fn decode_keeping_opacity(
             &"truncated JPEG: no end-of-image marker (FF D9), the file was cut short",
         ));
     }
-    let decoded = reader.decode().map_err(|e| match e {
+    reader.decode().map_err(|e| match e {
         // "Image size exceeds limit" said neither the limit nor what to do.
         image::ImageError::Limits(_) => {
             let size = image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -230,15 +247,7 @@ pub(crate) fn decode_keeping_opacity(
             ))
         }
         e => bad(&e),
-    })?;
-    let transparent =
-        decoded.color().has_alpha() && decoded.to_rgba8().pixels().any(|p| p[3] < u8::MAX);
-    let img = decoded.to_rgb8();
-    let (w, h) = img.dimensions();
-    Ok((
-        Image::from_rgb_hwc(h as usize, w as usize, img.as_raw())?,
-        transparent,
-    ))
+    })
 }
 
 /// A decoder's message on one line (some hold newlines).

@@ -17,6 +17,16 @@ use crate::augment::resize_u8;
 use crate::folder::{decode_keeping_opacity, open_error};
 use crate::{Augmentation, DataError, Image, Preprocessing};
 
+/// The smallest input side that [`fit`] centre-crops to (ImageNet's);
+/// smaller inputs (CIFAR's 32 px) are resized whole.
+pub const CENTRE_CROP_FROM: usize = 64;
+
+/// The side [`fit`] resizes an image's shorter side to before cropping it
+/// to a `side` input of [`CENTRE_CROP_FROM`] or more: 256/224 of it.
+pub const fn resize_before_crop(side: usize) -> usize {
+    side * 256 / 224
+}
+
 /// Brings an RGB image to a model's `side` x `side` input. Small inputs
 /// (CIFAR's 32 px, below 64) keep an image of that size and resize any
 /// other (bilinear). Larger ones (ImageNet) take the evaluation transform
@@ -34,11 +44,11 @@ pub fn fit(img: &Image, side: usize) -> Result<Image, DataError> {
             reason: "needs a non-zero size and an RGB image".into(),
         });
     }
-    if side < 64 {
+    if side < CENTRE_CROP_FROM {
         return resize_u8(img, side, side);
     }
     let eval = Augmentation::CenterCrop {
-        resize: side * 256 / 224,
+        resize: resize_before_crop(side),
         crop: side,
     };
     let params = eval.sample(0, 0, 0, img.height(), img.width());

@@ -884,14 +884,14 @@ fn write_model(
 /// How images of another size are brought to a model's `side` x `side`
 /// input (as `allcnn_data::input::fit` does).
 fn input_sizing(side: usize) -> String {
-    if side < 64 {
+    if side < allcnn_data::input::CENTRE_CROP_FROM {
         format!(
             "Images of another size are resized to {side}x{side} (the aspect ratio is not kept)."
         )
     } else {
         format!(
             "Images are resized, the shorter side to {}, then centre-cropped to {side}x{side}.",
-            side * 256 / 224
+            allcnn_data::input::resize_before_crop(side)
         )
     }
 }
