@@ -154,21 +154,7 @@ pub(crate) fn and_more(n: usize, noun: &str) -> String {
 /// folder name) are shown escaped, as `\u{1b}`, instead of being sent to
 /// the terminal.
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let hostile = |c: char| c.is_control() && c != '\n' && c != '\t';
-    if text.chars().any(hostile) {
-        text.chars()
-            .map(|c| {
-                if hostile(c) {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
-    }
+    allcnn_data::info::printable(text)
 }
 
 /// A file or class name as one line: every control character escaped

@@ -125,16 +125,33 @@ fn count(n: usize, one: &str, many: &str) -> String {
 /// assert_eq!(allcnn_data::info::one_line("cat"), "cat");
 /// ```
 pub fn one_line(name: &str) -> std::borrow::Cow<'_, str> {
-    if !name.chars().any(char::is_control) {
-        return name.into();
+    escape_controls(name, |_| false)
+}
+
+/// Multi-line text safe for a terminal: its control characters escaped as
+/// in [`one_line`] but for line breaks and tabs, which are kept (an ANSI
+/// escape in a class name read from a weights file is shown, not obeyed).
+///
+/// ```
+/// assert_eq!(allcnn_data::info::printable("a\n\u{1b}[31mb"), "a\n\\u{1b}[31mb");
+/// ```
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, |c| c == '\n' || c == '\t')
+}
+
+/// `text` with its control characters escaped, but for those `keep` keeps.
+fn escape_controls(text: &str, keep: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !keep(c);
+    if !text.chars().any(escaped) {
+        return text.into();
     }
-    name.chars()
+    text.chars()
         .map(|c| match c {
+            c if !escaped(c) => c.to_string(),
             '\n' => "\\n".to_string(),
             '\t' => "\\t".to_string(),
             '\r' => "\\r".to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
-            c => c.to_string(),
+            c => c.escape_unicode().to_string(),
         })
         .collect::<String>()
         .into()
